@@ -1,0 +1,29 @@
+"""The default `tfopt run` (configs/default.yaml): MNIST-1D, mnist1d_cnn, float and int8 TFLite.
+
+Usage: python benchmarks/default_run.py
+Writes benchmarks/results/default_run.{json,md} and prints the table.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import tfopt
+from tfopt._pipeline import run
+from tfopt._report import markdown_table
+
+out = Path(__file__).parent / "results"
+out.mkdir(exist_ok=True)
+with tempfile.TemporaryDirectory() as tmp:
+    report = run(tfopt.config.load(), out_dir=Path(tmp) / "default", verbose=0)
+table = markdown_table(report["results"])
+header = (
+    f"Default run (`tfopt run`), {report['dataset']}, wall time {report['seconds']:.0f} s "
+    f"on {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}).\n\n"
+)
+(out / "default_run.md").write_text(header + table + "\n")
+(out / "default_run.json").write_text(json.dumps(report, indent=2, default=str))
+print(header + table)
+sys.exit(0)

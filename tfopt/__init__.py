@@ -1,0 +1,59 @@
+"""tfopt: make Keras 3 models small and fast to deploy.
+
+Subpackages are imported lazily so that ``import tfopt`` and the CLI start fast; the first use of a
+subpackage imports TensorFlow and checks that Keras 3 runs on the TensorFlow backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from tfopt._backend import check_environment
+from tfopt.errors import (
+    BackendError,
+    ConfigError,
+    ExportCheckError,
+    MissingDependencyError,
+    OfflineError,
+    TfoptError,
+)
+
+__version__ = "0.1.0"
+
+check_environment()
+
+_SUBMODULES = (
+    "auto",
+    "bench",
+    "callbacks",
+    "cluster",
+    "config",
+    "data",
+    "distill",
+    "export",
+    "models",
+    "prune",
+    "quantize",
+    "tune",
+)
+
+__all__ = [
+    *_SUBMODULES,
+    "BackendError",
+    "ConfigError",
+    "ExportCheckError",
+    "MissingDependencyError",
+    "OfflineError",
+    "TfoptError",
+    "__version__",
+]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tfopt.{name}")
+    raise AttributeError(f"module 'tfopt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

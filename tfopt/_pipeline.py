@@ -1,0 +1,237 @@
+"""One `tfopt run`: data -> model -> baseline fit -> recipe steps -> export -> bench -> report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tfopt._backend import import_keras
+from tfopt._steps import step_module
+from tfopt.config import RunConfig
+from tfopt.data import Dataset
+
+keras = import_keras()
+
+_TFLITE_QUANTIZATION = {
+    "tflite": "float32",
+    "tflite-dynamic": "dynamic",
+    "tflite-float16": "float16",
+    "tflite-int8": "int8",
+    "tflite-int16x8": "int16x8",
+}
+_SUFFIX = {"onnx": ".onnx", "savedmodel": ""}
+
+
+def _log(msg: str) -> None:
+    print(f"[tfopt] {msg}", flush=True)
+
+
+@dataclass
+class StepContext:
+    """What a recipe step gets besides its config and the current model (see CONTRIBUTING.md)."""
+
+    data: Dataset
+    run_dir: Path
+    baseline: keras.Model | None = None
+    batch_size: int = 64
+    verbose: int = 1
+    seed: int = 0
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage: str = "baseline"
+
+    def log(self, msg: str) -> None:
+        _log(msg)
+
+    def log_dir(self, stage: str | None = None) -> Path:
+        return self.run_dir / "logs" / (stage or self.stage)
+
+    def compile(self, model: keras.Model, learning_rate: float) -> None:
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+
+    def fit(
+        self,
+        model: keras.Model,
+        *,
+        epochs: int,
+        learning_rate: float,
+        stage: str | None = None,
+        callbacks=(),
+        batch_size: int | None = None,
+        compile: bool = True,
+    ):
+        if compile:
+            self.compile(model, learning_rate)
+        tb = keras.callbacks.TensorBoard(str(self.log_dir(stage)), write_graph=False)
+        return model.fit(
+            self.data.x_train,
+            self.data.y_train,
+            batch_size=batch_size or self.batch_size,
+            epochs=epochs,
+            validation_data=self.data.val,
+            callbacks=[tb, *callbacks],
+            verbose=self.verbose,
+        )
+
+    def record(self, key: str, value: Any) -> None:
+        self.records.setdefault(self.stage, {})[key] = value
+
+
+def _unique_dir(path: Path) -> Path:
+    """``path`` if it is free, else ``path-2``, ``path-3``, ...: a run never overwrites another."""
+    if not path.exists() or not any(path.iterdir()):
+        return path
+    n = 2
+    while (candidate := path.with_name(f"{path.name}-{n}")).exists():
+        n += 1
+    return candidate
+
+
+def _build_model(cfg: RunConfig, data: Dataset) -> keras.Model:
+    from tfopt import models
+
+    if cfg.model.path:
+        return models.load(cfg.model.path)
+    return models.get(
+        cfg.model.name,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        **cfg.model.options,
+    )
+
+
+def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
+    from tfopt import export
+
+    rep = data.x_train[: cfg.export.representative_samples]
+    if fmt in _TFLITE_QUANTIZATION:
+        return export.tflite(
+            model,
+            path,
+            quantization=_TFLITE_QUANTIZATION[fmt],
+            representative_data=rep,
+            check_data=data.x_val,
+        )
+    return export.export(model, path, format=fmt, check_data=data.x_val)
+
+
+def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
+    """Runs a validated config end to end and returns the report (also written to the run dir)."""
+    from tfopt import bench
+    from tfopt import data as data_mod
+    from tfopt._report import write_report
+
+    started = time.time()
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    keras.utils.set_random_seed(cfg.seed)
+    run_dir = _unique_dir(Path(out_dir) if out_dir else Path("runs") / cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(
+        json.dumps(cfg.model_dump(serialize_as_any=True), indent=2)
+    )
+    total = 4 + len(cfg.steps)
+    n = 1
+
+    _log(f"[{n}/{total}] data: {cfg.data.name}")
+    data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+    _log(f"      {data}")
+    ctx = StepContext(
+        data=data, run_dir=run_dir, batch_size=cfg.train.batch_size, verbose=verbose, seed=cfg.seed
+    )
+
+    n += 1
+    model = _build_model(cfg, data)
+    _log(
+        f"[{n}/{total}] baseline: {model.name} ({model.count_params():,} params), "
+        f"{cfg.train.epochs} epochs -> {run_dir / 'baseline.keras'}"
+    )
+    if cfg.train.epochs:
+        ctx.fit(model, epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate)
+    else:
+        ctx.compile(model, cfg.train.learning_rate)
+    model.save(run_dir / "baseline.keras")
+    ctx.baseline = model
+    stages = [{"stage": "baseline", "model": model, "keras": run_dir / "baseline.keras"}]
+
+    for i, step in enumerate(cfg.steps):
+        n += 1
+        stage = step.name or f"{i + 1}_{step.type}"
+        ctx.stage = stage
+        _log(f"[{n}/{total}] step {stage}: {step.model_dump(exclude={'type', 'name'})}")
+        model = step_module(step.type).run(step, model, ctx)
+        path = run_dir / f"{stage}.keras"
+        model.save(path)
+        stages.append({"stage": stage, "model": model, "keras": path})
+
+    n += 1
+    final = stages[-1]
+    exports = [(stages[0], "tflite")] if len(stages) > 1 else []
+    exports += [(final, fmt) for fmt in cfg.export.formats]
+    names = ", ".join(f"{stage['stage']}:{fmt}" for stage, fmt in exports)
+    _log(f"[{n}/{total}] export: {names}")
+    artifacts = []
+    for stage, fmt in exports:
+        path = run_dir / f"{stage['stage']}_{fmt.replace('-', '_')}{_SUFFIX.get(fmt, '.tflite')}"
+        art = _export(stage["model"], fmt, path, cfg, data)
+        artifacts.append({"stage": stage["stage"], "format": fmt, "artifact": art})
+
+    n += 1
+    _log(f"[{n}/{total}] bench: accuracy on {len(data.x_test)} test samples through each artifact")
+    rows = []
+    for stage in stages:
+        res = bench.benchmark(
+            stage["model"], data.test, warmup=cfg.bench.warmup, runs=cfg.bench.runs
+        )
+        rows.append(_row(stage["stage"], "keras", stage["keras"], res, None))
+    for item in artifacts:
+        art = item["artifact"]
+        res = bench.benchmark(art.path, data.test, warmup=cfg.bench.warmup, runs=cfg.bench.runs)
+        rows.append(_row(item["stage"], item["format"], art.path, res, art.check))
+    for row in rows:
+        _log(
+            f"      {row['stage']:<14} {row['format']:<14} acc {row['accuracy']:.4f}  "
+            f"{_kb(row['bytes'])}  gzip {_kb(row['gzip_bytes'])}  p50 {row['latency_ms']['p50']:.3f} ms"
+        )
+
+    report = {
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "dataset": repr(data),
+        "seconds": round(time.time() - started, 1),
+        "config": cfg.model_dump(serialize_as_any=True),
+        "steps": ctx.records,
+        "results": rows,
+    }
+    write_report(report, run_dir)
+    _log(f"done in {report['seconds']:.0f}s: {run_dir / 'report.md'}")
+    return report
+
+
+def _kb(n) -> str:
+    return "-" if n is None else f"{n / 1024:.1f} KiB"
+
+
+def _row(stage, fmt, path, res, check) -> dict:
+    r = res.to_dict()
+    if fmt == "keras":  # benchmark() sizes files only; a .keras file is a zip of weights + config
+        from tfopt.bench import file_sizes
+
+        r.update({k if k == "gzip_bytes" else "bytes": v for k, v in file_sizes(path).items()})
+    return {
+        "stage": stage,
+        "format": fmt,
+        "path": str(path),
+        "accuracy": r["accuracy"],
+        "bytes": r["bytes"],
+        "gzip_bytes": r["gzip_bytes"],
+        "latency_ms": r["latency_ms"],
+        "check": check,
+    }

@@ -1,0 +1,166 @@
+"""Tables, JSON, Markdown and PNG plots for a list of benchmark results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _as_dict(r) -> dict:
+    return r.to_dict() if hasattr(r, "to_dict") else dict(r)
+
+
+def _kib(n) -> str:
+    return "-" if n is None else f"{n / 1024:.1f}"
+
+
+def _num(v, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _si(n) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def format_table(results) -> str:
+    """A Markdown table: one row per artifact (accuracy, size, params, MACs, latency), then one row
+    per artifact and concurrency level (throughput, latency percentiles, mean batch size)."""
+    rows = [_as_dict(r) for r in results]
+    lines = [
+        "| artifact | runtime | accuracy | KiB | gzip KiB | params | MACs (source) | p50 ms | p90 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lat = r.get("latency_ms") or {}
+        macs = "-" if r.get("macs") is None else f"{_si(r['macs'])} ({r.get('ops_source')})"
+        lines.append(
+            f"| {r['artifact']} | {r['runtime']} | {_num(r.get('accuracy'), '{:.4f}')} | "
+            f"{_kib(r.get('bytes'))} | {_kib(r.get('gzip_bytes'))} | {_si(r.get('params'))} | {macs} | "
+            f"{_num(lat.get('p50'))} | {_num(lat.get('p90'))} | {_num(lat.get('p99'))} |"
+        )
+    levels = [(r, c) for r in rows for c in r.get("concurrency") or []]
+    if levels:
+        lines += [
+            "",
+            "| artifact | clients | workers | micro-batch | req/s | p50 ms | p90 ms | p99 ms | mean batch |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for r, c in levels:
+            mb = f"max {c['max_batch']}, {c['max_wait_ms']:g} ms" if c["micro_batch"] else "no"
+            lat = c["latency_ms"]
+            lines.append(
+                f"| {r['artifact']} | {c['clients']} | {c['workers']} | {mb} | "
+                f"{c['throughput_rps']:.0f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
+                f"{c['mean_batch_size']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_latency_vs_concurrency(results, path) -> Path | None:
+    """Plots p50/p99 latency and throughput against clients; None if no result has two levels."""
+    rows = [_as_dict(r) for r in results if len(_as_dict(r).get("concurrency") or []) >= 2]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for r in rows:
+        label = Path(r["artifact"]).name
+        if r["concurrency"][0]["micro_batch"]:
+            label += " (micro-batch)"
+        c = [lv["clients"] for lv in r["concurrency"]]
+        line = ax1.plot(c, [lv["latency_ms"]["p50"] for lv in r["concurrency"]], "o-", label=f"{label} p50")
+        ax1.plot(c, [lv["latency_ms"]["p99"] for lv in r["concurrency"]], "x--",
+                 color=line[0].get_color(), label=f"{label} p99")
+        ax2.plot(c, [lv["throughput_rps"] for lv in r["concurrency"]], "o-", label=label)
+    for ax, ylabel in ((ax1, "latency (ms)"), (ax2, "throughput (requests/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax1.set_yscale("log")
+    fig.suptitle("Latency and throughput vs concurrency")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_size(results, path) -> Path | None:
+    """Plots accuracy against gzip size for the results that have both; None if there are none."""
+    rows = [_as_dict(r) for r in results]
+    rows = [r for r in rows if r.get("accuracy") is not None and r.get("gzip_bytes") is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["gzip_bytes"] / 1024, r["accuracy"])
+        ax.annotate(Path(r["artifact"]).name, (r["gzip_bytes"] / 1024, r["accuracy"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("gzip size (KiB)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.set_title("Accuracy vs size")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results, out_dir, *, title: str = "Benchmark", stem: str = "bench") -> dict[str, Path]:
+    """Writes ``<stem>.json``, ``<stem>.md`` and the PNG plots for a list of results.
+
+    Args:
+        results: `BenchResult` objects or their ``to_dict()`` dicts.
+        out_dir: the directory to write to (created if needed).
+        title: the Markdown report's heading. Defaults to "Benchmark".
+        stem: the file name stem. Defaults to "bench".
+
+    Returns:
+        ``{"json": path, "markdown": path, "latency_plot": path, "size_plot": path}`` (the plots
+        only when there was something to plot).
+
+    Example:
+        >>> tfopt.bench.write_report([res_float, res_int8], "runs/x")["markdown"]
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [_as_dict(r) for r in results]
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    latency = plot_latency_vs_concurrency(rows, out / f"{stem}_latency_vs_concurrency.png")
+    size = plot_accuracy_vs_size(rows, out / f"{stem}_accuracy_vs_size.png")
+    md = [f"# {title}", "", format_table(rows)]
+    loads = [r["load_avg"] for r in rows if r.get("load_avg")]
+    if loads:
+        md.append(f"Load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in loads[0])} "
+                  "— latency and throughput depend on what else the machine runs.\n")
+    sources = sorted({r["ops_source"] for r in rows if r.get("ops_source")})
+    if sources:
+        md.append(f"Params and MACs counted from: {', '.join(sources)} (dense, conv and matmul layers; "
+                  "per sample).\n")
+    if latency:
+        paths["latency_plot"] = latency
+        md.append(f"![latency vs concurrency]({latency.name})\n")
+    if size:
+        paths["size_plot"] = size
+        md.append(f"![accuracy vs size]({size.name})\n")
+    paths["markdown"].write_text("\n".join(md))
+    return paths

@@ -1,0 +1,58 @@
+"""The `tfopt` command line. Subcommands live in `tfopt/cli/_<name>.py` (see CONTRIBUTING.md)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tfopt.errors import ConfigError, TfoptError
+
+COMMANDS = ["run"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfopt",
+        description="Make Keras 3 models small and fast: prune, quantize, distill, search, export, benchmark.",
+    )
+    from tfopt import __version__
+
+    parser.add_argument("--version", action="version", version=f"tfopt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"tfopt.cli._{name}")
+        module.add_parser(sub).set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # key=value overrides may come after options (`run c.yaml --out d train.epochs=3`)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not getattr(args, "_main", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._main(args) or 0)
+    except ConfigError as e:
+        print(f"tfopt: config error: {e}", file=sys.stderr)
+        return 2
+    except TfoptError as e:
+        print(f"tfopt: error: {e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as e:
+        print(f"tfopt: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tfopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

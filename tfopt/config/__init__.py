@@ -1,0 +1,28 @@
+"""YAML run configs, validated against a schema; `key=value` overrides.
+
+Example:
+    >>> cfg = tfopt.config.load("configs/default.yaml", overrides=["train.epochs=5"])
+    >>> cfg.train.epochs
+    5
+"""
+
+from tfopt.config._base import Section, StepConfig
+from tfopt.config._schema import (
+    EXPORT_FORMATS,
+    RunConfig,
+    apply_overrides,
+    default_config_path,
+    load,
+    validate,
+)
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "RunConfig",
+    "Section",
+    "StepConfig",
+    "apply_overrides",
+    "default_config_path",
+    "load",
+    "validate",
+]

@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from tfopt._steps import STEPS, step_module
+from tfopt.config._base import Section, StepConfig
+from tfopt.errors import ConfigError
+
+EXPORT_FORMATS = (
+    "tflite",
+    "tflite-dynamic",
+    "tflite-float16",
+    "tflite-int8",
+    "tflite-int16x8",
+    "onnx",
+    "savedmodel",
+)
+
+
+class DataConfig(Section):
+    name: str = "mnist1d"  # a dataset name (tfopt.data.DATASETS) or a .npz path
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from tfopt.data._datasets import DATASETS
+
+        if v in DATASETS or v.endswith(".npz"):
+            return v
+        raise ValueError(_unknown("dataset", v, DATASETS, extra=" or a path to a .npz file"))
+
+
+class ModelConfig(Section):
+    name: str | None = "mnist1d_cnn"  # a zoo model (tfopt.models.MODELS)
+    path: str | None = None  # or a user's .keras file (loaded with safe_mode=True)
+    options: dict[str, Any] = Field(default_factory=dict)  # the zoo builder's keyword options
+
+    @field_validator("path")
+    @classmethod
+    def _keras_file(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith(".keras"):
+            raise ValueError(f"must be a .keras file. Received: {v!r}")
+        return v
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=0)  # 0: use the model as it is (e.g. an already trained .keras)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0)
+
+
+class ExportConfig(Section):
+    formats: list[str] = Field(default_factory=lambda: ["tflite", "tflite-int8"], min_length=1)
+    representative_samples: int = Field(200, ge=1)
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        for f in v:
+            if f not in EXPORT_FORMATS:
+                raise ValueError(_unknown("format", f, EXPORT_FORMATS))
+        return v
+
+
+class BenchConfig(Section):
+    runs: int = Field(200, ge=1)  # timed single-sample runs per artifact
+    warmup: int = Field(20, ge=0)
+
+
+class RunConfig(Section):
+    name: str = "default"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    steps: list[StepConfig] = Field(default_factory=list)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+
+def _unknown(what: str, value: Any, allowed, extra: str = "") -> str:
+    hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return f"unknown {what} {value!r}{did_you_mean}. Allowed: {sorted(allowed)}{extra}"
+
+
+def _path(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _one_line(err: ValidationError, model_cls, prefix: str = "") -> str:
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    where = prefix + _path(loc)
+    if e["type"] == "extra_forbidden":
+        allowed = _fields_at(model_cls, loc[:-1])
+        return f"{where}: {_unknown('key', loc[-1], allowed)}"
+    msg = e["msg"].removeprefix("Value error, ")
+    value = e.get("input")
+    hidden = isinstance(value, dict | list) or e["type"] == "missing" or repr(value) in msg
+    shown = "" if hidden else f" (got {value!r})"
+    return f"{where}: {msg}{shown}"
+
+
+def _fields_at(model_cls, loc) -> list[str]:
+    """Names of the keys allowed at ``loc`` inside ``model_cls``."""
+    cls = model_cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, Section)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
+def _validate_step(raw: Any, index: int) -> StepConfig:
+    where = f"steps[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping with a 'type' key (got {raw!r})")
+    step_type = raw.get("type")
+    if step_type not in STEPS:
+        raise ConfigError(f"{where}.type: {_unknown('step type', step_type, STEPS)}")
+    cls = step_module(step_type).Config
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, cls, prefix=f"{where}.")) from None
+
+
+def validate(raw: Any) -> RunConfig:
+    """Validates a config mapping; raises `ConfigError` with a one-line message."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"a config must be a mapping of keys to values (got {type(raw).__name__})"
+        )
+    raw = copy.deepcopy(raw)
+    steps = raw.pop("steps", None) or []
+    if not isinstance(steps, list):
+        raise ConfigError(f"steps: must be a list of steps (got {steps!r})")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, RunConfig)) from None
+    cfg.steps = [_validate_step(s, i) for i, s in enumerate(steps)]
+    if cfg.model.path is None and cfg.model.name is None:
+        raise ConfigError("model: set model.name (a zoo model) or model.path (a .keras file)")
+    return cfg
+
+
+def _parse_override(text: str) -> tuple[list[str | int], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value (e.g. train.epochs=5)")
+    key, value = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has no key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Returns a copy of ``raw`` with ``key.path=value`` overrides applied (values parsed as YAML)."""
+    raw = copy.deepcopy(raw or {})
+    for text in overrides:
+        parts, value = _parse_override(text)
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    raise ConfigError(f"override {text!r}: {_path(parts[: i + 1])} does not exist")
+                node = node[part]
+            else:
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {text!r}: {_path(parts[:i])} is not a mapping")
+                node = node.setdefault(part, [] if isinstance(nxt, int) else {})
+        last = parts[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or last >= len(node):
+                raise ConfigError(f"override {text!r}: {_path(parts)} does not exist")
+        elif not isinstance(node, dict):
+            raise ConfigError(f"override {text!r}: {_path(parts[:-1])} is not a mapping")
+        node[last] = value
+    return raw
+
+
+def default_config_path() -> Path:
+    """The embedded default config (`tfopt/configs/default.yaml`)."""
+    return Path(str(importlib.resources.files("tfopt") / "configs" / "default.yaml"))
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {str(path)!r}")
+    try:
+        # safe_load builds only plain YAML types: no arbitrary Python objects.
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path.name}: invalid YAML{where}: {problem}") from None
+
+
+def load(path=None, *, overrides: list[str] = ()) -> RunConfig:
+    """Reads a YAML config (the embedded default when ``path`` is None) and validates it.
+
+    Args:
+        path: the YAML file. Defaults to None (`default_config_path()`).
+        overrides: ``key.path=value`` strings applied before validation. Defaults to ().
+
+    Returns:
+        A validated `RunConfig`.
+
+    Raises:
+        ConfigError: one line naming the key path, the rule, and a did-you-mean where it helps.
+    """
+    raw = read_yaml(path or default_config_path())
+    return validate(apply_overrides(raw, list(overrides)))

@@ -1,0 +1,25 @@
+"""Exceptions raised by tfopt. Each says what was wrong and what to do about it."""
+
+
+class TfoptError(Exception):
+    """Base class for tfopt errors."""
+
+
+class BackendError(TfoptError, ImportError):
+    """Keras is not Keras 3 with the TensorFlow backend."""
+
+
+class ConfigError(TfoptError, ValueError):
+    """A YAML config or a ``key=value`` override is invalid. The message is one line."""
+
+
+class OfflineError(TfoptError, OSError):
+    """A loader needs the network and cannot reach it."""
+
+
+class ExportCheckError(TfoptError):
+    """An exported artifact disagrees with the Keras model beyond the tolerance."""
+
+
+class MissingDependencyError(TfoptError, ImportError):
+    """An optional dependency is not installed; the message says what to install."""

@@ -1,0 +1,156 @@
+"""What every export shares: the `Artifact` it returns and the parity check against Keras."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tfopt.errors import ExportCheckError
+
+# Parity tolerances by format: (minimum argmax agreement with the Keras model, maximum absolute
+# difference of the outputs as a fraction of the largest Keras output magnitude, or None when
+# quantization makes a raw difference meaningless and only the agreement is checked).
+TOLERANCES: dict[str, tuple[float, float | None]] = {
+    "tflite": (0.99, 1e-3),
+    "tflite-float16": (0.99, 2e-2),
+    "tflite-dynamic": (0.95, None),
+    "tflite-int8": (0.9, None),
+    "tflite-int16x8": (0.95, None),
+    "onnx": (0.99, 1e-3),
+    "savedmodel": (0.99, 1e-4),
+    "tensorrt-fp32": (0.99, 1e-3),
+    "tensorrt-fp16": (0.99, 2e-2),
+    "tensorrt-int8": (0.9, None),
+}
+
+
+@dataclass
+class Artifact:
+    """An exported file (or directory) and the result of checking it against the Keras model.
+
+    Attributes:
+        path: the file or directory written.
+        format: the export format, e.g. ``"tflite-int8"`` or ``"onnx"``.
+        bytes: total size on disk.
+        check: the parity check: samples, max/mean abs diff, argmax agreement, limits, passed.
+        info: format-specific facts (input/output names and shapes, opset, files written, ...).
+    """
+
+    path: Path
+    format: str
+    bytes: int
+    check: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+    def write_json(self, path) -> Path:
+        """Writes `to_dict()` as JSON to ``path`` and returns the path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        return path
+
+
+def disk_bytes(path) -> int:
+    """Size of a file, or the summed size of the files under a directory."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def single_input(model, fmt: str):
+    """Returns the model's only input tensor, or raises a clear error for multi-input models."""
+    inputs = model.inputs
+    if len(inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            f"format={fmt!r} export supports models with one input and one output. Received: "
+            f"a model with {len(inputs)} inputs and {len(model.outputs)} outputs."
+        )
+    return inputs[0]
+
+
+def input_name(model) -> str:
+    """A stable name for the model's input (the InputLayer's name), usable as a tensor name."""
+    tensor = model.inputs[0]
+    history = getattr(tensor, "_keras_history", None)
+    name = getattr(getattr(history, "operation", None), "name", None) or "input"
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+
+
+def check_inputs(model, check_data=None, fallback=None, *, limit: int = 256) -> np.ndarray:
+    """The inputs of the parity check: ``check_data``, else ``fallback``, else 64 random normals."""
+    data = check_data if check_data is not None else fallback
+    if data is None:
+        shape = (64, *model.input_shape[1:])
+        return np.random.default_rng(0).normal(size=shape).astype("float32")
+    return np.asarray(data[0] if isinstance(data, tuple) else data, dtype="float32")[:limit]
+
+
+def check_against_keras(model, runner, x, *, min_agreement: float,
+                        max_abs_diff: float | None = None) -> dict:
+    """Compares an artifact's outputs with the Keras model's on ``x``; returns the measurements.
+
+    Args:
+        model: the Keras model the artifact was exported from.
+        runner: an object with ``predict(x) -> np.ndarray`` running the artifact.
+        x: check inputs.
+        min_agreement: the lowest acceptable fraction of inputs with the same argmax.
+        max_abs_diff: the largest acceptable absolute output difference, as a fraction of the
+            largest absolute Keras output (floored at 1). Defaults to None (not checked).
+
+    Returns:
+        A dict: samples, max_abs_diff, mean_abs_diff, argmax_agreement, min_agreement,
+        max_abs_diff_limit (absolute, or None), passed.
+    """
+    expected = np.asarray(model.predict(x, verbose=0, batch_size=256), dtype="float32")
+    got = np.asarray(runner.predict(x), dtype="float32").reshape(expected.shape)
+    diff = np.abs(expected - got)
+    agreement = float(np.mean(expected.argmax(-1) == got.argmax(-1)))
+    limit = None
+    if max_abs_diff is not None:
+        limit = float(max_abs_diff * max(1.0, float(np.abs(expected).max())))
+    passed = agreement >= min_agreement and (limit is None or float(diff.max()) <= limit)
+    return {
+        "samples": len(x),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "argmax_agreement": agreement,
+        "min_agreement": float(min_agreement),
+        "max_abs_diff_limit": limit,
+        "passed": bool(passed),
+    }
+
+
+def verify(model, runner, x, *, fmt: str, path, min_agreement: float | None = None,
+           atol: float | None = None) -> dict:
+    """Runs `check_against_keras` with the format's tolerances and raises if it fails.
+
+    Raises:
+        ExportCheckError: the artifact disagrees with the Keras model beyond the tolerance.
+    """
+    default_agreement, default_atol = TOLERANCES[fmt]
+    min_agreement = default_agreement if min_agreement is None else float(min_agreement)
+    atol = default_atol if atol is None else float(atol)
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(f"min_agreement must be in [0, 1]. Received: min_agreement={min_agreement}")
+    if atol is not None and atol < 0:
+        raise ValueError(f"atol must be >= 0. Received: atol={atol}")
+    check = check_against_keras(model, runner, x, min_agreement=min_agreement, max_abs_diff=atol)
+    check["format"] = fmt
+    if not check["passed"]:
+        limit = check["max_abs_diff_limit"]
+        diff_rule = "" if limit is None else f" and a max abs diff of at most {limit:.3g}"
+        raise ExportCheckError(
+            f"{Path(path).name} ({fmt}) disagrees with the Keras model: argmax agreement "
+            f"{check['argmax_agreement']:.1%} on {check['samples']} inputs, max abs diff "
+            f"{check['max_abs_diff']:.3g}; the check needs an agreement of at least "
+            f"{min_agreement:.1%}{diff_rule}. Lower min_agreement= (or raise atol=) to accept it."
+        )
+    return check

@@ -1,0 +1,115 @@
+"""ONNX export with tf2onnx ``from_function`` (``from_keras`` fails on Keras 3), checked with
+onnxruntime."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tfopt._backend import check_model, quiet
+from tfopt.errors import MissingDependencyError
+from tfopt.export._common import Artifact, check_inputs, input_name, single_input, verify
+
+OUTPUT_NAME = "output_0"  # the same name as the SavedModel serving signature's output
+
+
+def _rename_output(model_proto, new: str) -> str:
+    """Renames the graph's single output (tf2onnx calls it e.g. ``Identity:0``); returns the old name."""
+    old = model_proto.graph.output[0].name
+    if old == new:
+        return old
+    for node in model_proto.graph.node:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+    model_proto.graph.output[0].name = new
+    return old
+
+
+def onnx(model, path, *, opset: int = 17, dynamic_batch: bool = True, check_data=None,
+         min_agreement: float | None = None, atol: float | None = None) -> Artifact:
+    """Exports a Keras model to ONNX and checks it with onnxruntime against the Keras model.
+
+    The graph is traced with `tf2onnx.convert.from_function` and an explicit input signature; the
+    input keeps the Keras input layer's name and the output is called ``output_0``.
+
+    Args:
+        model: a Keras 3 model with one input and one output.
+        path: where to write the ``.onnx`` file.
+        opset: the ONNX opset to target. Defaults to 17.
+        dynamic_batch: leave the batch dimension symbolic (any batch size). Defaults to True
+            (False fixes it to 1).
+        check_data: inputs for the parity check. Defaults to 64 random normal inputs.
+        min_agreement: the argmax agreement below which the check fails. Defaults to 0.99.
+        atol: the largest accepted max abs difference, as a fraction of the largest Keras output
+            (floored at 1). Defaults to 1e-3.
+
+    Returns:
+        An `Artifact` (format ``"onnx"``); ``info`` holds the opset and input/output names and shapes.
+
+    Raises:
+        ValueError: a bad opset, or a model with several inputs or outputs.
+        MissingDependencyError: tf2onnx or onnxruntime is not installed.
+        RuntimeError: tf2onnx failed (one line).
+        ExportCheckError: onnxruntime's outputs disagree with Keras beyond the tolerance.
+
+    Example:
+        >>> art = tfopt.export.onnx(model, "m.onnx", opset=17)
+        >>> art.info["inputs"]
+        {'input': [None, 40, 1]}
+    """
+    check_model(model)
+    if not isinstance(opset, int) or not 7 <= opset <= 21:
+        raise ValueError(f"opset must be an int in [7, 21]. Received: opset={opset!r}")
+    tensor = single_input(model, "onnx")
+    try:
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as e:
+        raise MissingDependencyError("ONNX export needs tf2onnx: pip install tf2onnx onnx") from e
+    from tfopt.bench._runners import OnnxRunner
+
+    name = input_name(model)
+    batch = None if dynamic_batch else 1
+    spec = tf.TensorSpec((batch, *model.input_shape[1:]), tensor.dtype, name=name)
+    fn = tf.function(lambda x: model(x, training=False))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    try:
+        with quiet():
+            proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=opset)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise RuntimeError(f"ONNX export (tf2onnx, opset {opset}) failed: {first}") from None
+    _rename_output(proto, OUTPUT_NAME)
+    path.write_bytes(proto.SerializeToString())
+    runner = OnnxRunner(path)
+    out_shape = [None if batch is None else 1, *model.output_shape[1:]]
+    info = {
+        "opset": opset,
+        "inputs": {runner.input_name: runner.shape_signature},
+        "outputs": {OUTPUT_NAME: out_shape},
+        "dynamic_batch": dynamic_batch,
+    }
+    x = check_inputs(model, check_data)
+    if not dynamic_batch:
+        x = x[:64]
+    check = verify(model, _OneByOne(runner) if not dynamic_batch else runner, x, fmt="onnx",
+                   path=path, min_agreement=min_agreement, atol=atol)
+    return Artifact(path=path, format="onnx", bytes=path.stat().st_size, check=check, info=info)
+
+
+class _OneByOne:
+    """Feeds a fixed-batch-1 runner one sample at a time."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def predict(self, x):
+        import numpy as np
+
+        return np.concatenate([self.runner.invoke(x[i : i + 1]) for i in range(len(x))])

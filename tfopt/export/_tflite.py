@@ -1,0 +1,183 @@
+"""TFLite export: float32, dynamic-range, float16, full int8 and int16x8, parity-checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tfopt._backend import check_model, import_keras, quiet
+from tfopt.export._common import Artifact, check_against_keras, check_inputs, verify
+
+keras = import_keras()
+
+QUANTIZATIONS = ("float32", "dynamic", "float16", "int8", "int16x8")
+
+__all__ = ["QUANTIZATIONS", "Artifact", "check_against_keras", "tflite"]
+
+_TENSOR_LIST_HINT = (
+    "The model needs TensorFlow ops outside the TFLite builtins (recurrent layers such as GRU/LSTM "
+    "lower to TensorList ops that need a static shape). Pass fixed_batch=1 to convert with a fixed "
+    "input shape and builtin ops only (runs anywhere; the batch size is fixed), or "
+    "select_tf_ops=True to keep the TF ops (the runtime then needs the Flex delegate, which "
+    "ai_edge_litert does not ship)."
+)
+
+
+def _is_qat(model) -> bool:
+    return any(type(layer).__module__.startswith("tfopt.quantize") for layer in model._flatten_layers())
+
+
+def _representative(data, limit: int = 200, batch: int = 1):
+    x = np.asarray(data[0] if isinstance(data, tuple) else data, dtype="float32")[:limit]
+
+    def gen():
+        for i in range(0, len(x) - batch + 1, batch):
+            yield [x[i : i + batch]]
+
+    return gen
+
+
+def _fixed_shape_converter(model, fixed_batch: int):
+    """A converter for a concrete function with a fixed input shape (variables frozen)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((fixed_batch, *model.input_shape[1:]), model.inputs[0].dtype)
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    with quiet():  # absl warns that the path without trackable_obj (which freezes variables) is old
+        return tf.lite.TFLiteConverter.from_concrete_functions([fn])
+
+
+def _conversion_error(e: Exception) -> str:
+    """The one meaningful line of a converter error (which is pages of MLIR locations)."""
+    parts = [ln.rsplit("error:", 1)[-1].strip() for ln in str(e).splitlines() if "error:" in ln]
+    parts = [p for p in parts if p and not p.startswith("loc(")]
+    ops = [p for p in parts if p.startswith("'")]  # "'tf.X' op requires ..." names the culprit
+    if parts:
+        return (ops or parts)[0][:300]
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _convert(model, quantization: str, representative_data, int8_io: bool, select_tf_ops: bool,
+             fixed_batch: int | None = None) -> bytes:
+    import tensorflow as tf
+
+    if fixed_batch:
+        converter = _fixed_shape_converter(model, fixed_batch)
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    builtins = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization in ("int8", "int16x8") and representative_data is not None:
+        converter.representative_dataset = _representative(representative_data, batch=fixed_batch or 1)
+    if quantization == "int8" and not _is_qat(model):
+        builtins = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if quantization == "int16x8":
+        builtins = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    if int8_io:
+        converter.inference_input_type = tf.int8 if quantization == "int8" else tf.int16
+        converter.inference_output_type = converter.inference_input_type
+    if select_tf_ops:
+        builtins = [*builtins, tf.lite.OpsSet.SELECT_TF_OPS]
+    converter.target_spec.supported_ops = builtins
+    try:
+        with quiet():
+            return converter.convert()
+    except Exception as e:  # the converter raises ConverterError with pages of MLIR
+        msg = _conversion_error(e)
+        text = str(e)
+        if not select_tf_ops and ("TensorList" in text or "Flex" in text or "not supported" in text):
+            hint = " " + _TENSOR_LIST_HINT
+        elif not select_tf_ops:
+            hint = (" If the model needs TF ops outside the TFLite builtins (e.g. RNNs), pass "
+                    "fixed_batch=1 or select_tf_ops=True.")
+        else:
+            hint = ""
+        raise RuntimeError(f"TFLite conversion ({quantization}) failed: {msg}.{hint}") from None
+
+
+def tflite(model, path, *, quantization: str = "float32", representative_data=None,
+           int8_io: bool = False, select_tf_ops: bool = False, check_data=None,
+           min_agreement: float | None = None, atol: float | None = None,
+           fixed_batch: int | None = None) -> Artifact:
+    """Converts a Keras model to a ``.tflite`` file and checks it against the Keras model.
+
+    The batch dimension stays dynamic (resize the interpreter's input) unless ``fixed_batch`` is set.
+
+    Args:
+        model: a Keras 3 model (plain, pruned-and-stripped, or QAT).
+        path: where to write the ``.tflite`` file.
+        quantization: one of ``"float32"``, ``"dynamic"`` (int8 weights), ``"float16"``,
+            ``"int8"`` (full integer; needs ``representative_data`` unless the model is a tfopt QAT
+            model) or ``"int16x8"``. Defaults to "float32".
+        representative_data: ``x`` or ``(x, y)`` used to calibrate activation ranges (first 200
+            samples). Defaults to None.
+        int8_io: make the model's input and output int8 (int16 for int16x8) too. Defaults to False.
+        select_tf_ops: allow TensorFlow ops outside the TFLite builtins (the runtime then needs the
+            Flex delegate; the parity check is skipped, with the reason, when this process's
+            interpreter lacks it). Defaults to False.
+        check_data: inputs for the parity check. Defaults to ``representative_data``, else random
+            normal inputs.
+        min_agreement: the argmax agreement with Keras below which the check fails. Defaults to
+            0.99 for float32/float16, 0.95 for dynamic/int16x8 and 0.9 for int8.
+        atol: the largest accepted max abs output difference, as a fraction of the largest Keras
+            output (floored at 1). Defaults to 1e-3 for float32, 2e-2 for float16 and None (not
+            checked) for the integer quantizations.
+        fixed_batch: convert with this fixed batch size instead of a dynamic one (lets recurrent
+            layers convert with builtin ops only). Defaults to None (dynamic batch).
+
+    Returns:
+        An `Artifact` with the path, size and the check's measurements.
+
+    Raises:
+        ValueError: an unknown quantization, or int8 without representative data.
+        RuntimeError: the converter failed (one line, with what to try).
+        ExportCheckError: the artifact disagrees with the Keras model more than allowed.
+
+    Example:
+        >>> art = tfopt.export.tflite(model, "m.tflite", quantization="int8",
+        ...                           representative_data=x[:200])
+        >>> art.check["argmax_agreement"]
+    """
+    check_model(model)
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"Unrecognized quantization={quantization!r}. Supported: {list(QUANTIZATIONS)}"
+        )
+    if quantization in ("int8", "int16x8") and representative_data is None and not _is_qat(model):
+        raise ValueError(
+            f"quantization={quantization!r} needs representative_data (a few hundred training "
+            "inputs) to calibrate activation ranges, unless the model is a tfopt QAT model."
+        )
+    if int8_io and quantization not in ("int8", "int16x8"):
+        raise ValueError(
+            f"int8_io=True needs quantization='int8' or 'int16x8'. Received: {quantization!r}"
+        )
+    if fixed_batch is not None and (not isinstance(fixed_batch, int) or fixed_batch < 1):
+        raise ValueError(f"fixed_batch must be an int >= 1 or None. Received: fixed_batch={fixed_batch!r}")
+    from tfopt.bench._runners import TFLiteRunner
+
+    content = _convert(model, quantization, representative_data, int8_io, select_tf_ops,
+                       fixed_batch=fixed_batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    fmt = "tflite" if quantization == "float32" else f"tflite-{quantization}"
+    x = check_inputs(model, check_data, representative_data)
+    info = {"quantization": quantization, "fixed_batch": fixed_batch, "select_tf_ops": select_tf_ops}
+    try:
+        runner = TFLiteRunner(content)
+    except (RuntimeError, ValueError) as e:
+        if select_tf_ops and "Flex" in str(e):
+            check = {"format": fmt, "passed": None, "skipped": (
+                "the model holds TF (Flex) ops and this process's LiteRT interpreter has no Flex "
+                "delegate, so the artifact could not be run; check it on the target runtime")}
+            return Artifact(path=path, format=fmt, bytes=len(content), check=check, info=info)
+        raise
+    info["input"] = {"dtype": np.dtype(runner.input_dtype).name, "shape": runner.shape_signature}
+    check = verify(model, runner, x, fmt=fmt, path=path, min_agreement=min_agreement, atol=atol)
+    return Artifact(path=path, format=fmt, bytes=len(content), check=check, info=info)

@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+from tfopt._backend import import_keras
+
+keras = import_keras()
+layers = keras.layers
+
+
+def _regularizer(l2: float):
+    return keras.regularizers.L2(l2) if l2 else None
+
+
+def mnist1d_cnn(
+    input_shape=(40, 1),
+    num_classes=10,
+    *,
+    width: int = 32,
+    dense: int = 128,
+    dropout: float = 0.0,
+    l2: float = 0.0,
+) -> keras.Model:
+    """The MNIST-1D CNN: 3 Conv1D(width, 5) (the last two with stride 2), Dense(dense), Dense(classes)."""
+    reg = _regularizer(l2)
+    conv = dict(kernel_size=5, padding="same", activation="relu", kernel_regularizer=reg)
+    inputs = keras.Input(input_shape, name="input")
+    x = layers.Conv1D(width, **conv, name="conv1")(inputs)
+    x = layers.Conv1D(width, strides=2, **conv, name="conv2")(x)
+    x = layers.Conv1D(width, strides=2, **conv, name="conv3")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(dense, activation="relu", kernel_regularizer=reg, name="fc1")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, kernel_regularizer=reg, name="logits")(x)
+    return keras.Model(inputs, outputs, name="mnist1d_cnn")
+
+
+def mnist1d_cnn2d(
+    input_shape=(40, 1),
+    num_classes=10,
+    *,
+    width: int = 32,
+    dense: int = 128,
+    dropout: float = 0.0,
+    l2: float = 0.0,
+) -> keras.Model:
+    """`mnist1d_cnn` written with Conv2D(5x1) kernels (the form tfmot's QAT accepts)."""
+    reg = _regularizer(l2)
+    conv = dict(kernel_size=(5, 1), padding="same", activation="relu", kernel_regularizer=reg)
+    inputs = keras.Input(input_shape, name="input")
+    x = layers.Reshape((input_shape[0], 1, input_shape[1]), name="to_2d")(inputs)
+    x = layers.Conv2D(width, **conv, name="conv1")(x)
+    x = layers.Conv2D(width, strides=(2, 1), **conv, name="conv2")(x)
+    x = layers.Conv2D(width, strides=(2, 1), **conv, name="conv3")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(dense, activation="relu", kernel_regularizer=reg, name="fc1")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, kernel_regularizer=reg, name="logits")(x)
+    return keras.Model(inputs, outputs, name="mnist1d_cnn2d")
+
+
+def mnist1d_resnet(
+    input_shape=(40, 1), num_classes=10, *, width: int = 64, blocks: int = 2, l2: float = 0.0
+) -> keras.Model:
+    """A small residual Conv1D network with BatchNorm: stem, `blocks` stages of 2 basic blocks."""
+    reg = _regularizer(l2)
+
+    def conv_bn(x, filters, kernel, strides, name, relu=True):
+        x = layers.Conv1D(
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_regularizer=reg,
+            name=f"{name}_conv",
+        )(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    inputs = keras.Input(input_shape, name="input")
+    x = conv_bn(inputs, width, 5, 1, "stem")
+    filters = width
+    for stage in range(blocks):
+        for block in range(2):
+            strides = 2 if (stage > 0 and block == 0) else 1
+            if stage > 0 and block == 0:
+                filters *= 2
+            name = f"s{stage + 1}b{block + 1}"
+            shortcut = x
+            if strides != 1 or shortcut.shape[-1] != filters:
+                shortcut = conv_bn(x, filters, 1, strides, f"{name}_proj", relu=False)
+            y = conv_bn(x, filters, 3, strides, f"{name}_a")
+            y = conv_bn(y, filters, 3, 1, f"{name}_b", relu=False)
+            x = layers.Add(name=f"{name}_add")([shortcut, y])
+            x = layers.ReLU(name=f"{name}_out")(x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    outputs = layers.Dense(num_classes, kernel_regularizer=reg, name="logits")(x)
+    return keras.Model(inputs, outputs, name="mnist1d_resnet")
+
+
+def digits_cnn(
+    input_shape=(8, 8, 1),
+    num_classes=10,
+    *,
+    width: int = 16,
+    dense: int = 64,
+    dropout: float = 0.0,
+    l2: float = 0.0,
+) -> keras.Model:
+    """A small Conv2D network for scikit-learn's 8x8 digits."""
+    reg = _regularizer(l2)
+    inputs = keras.Input(input_shape, name="input")
+    x = layers.Conv2D(
+        width, 3, padding="same", activation="relu", kernel_regularizer=reg, name="conv1"
+    )(inputs)
+    x = layers.Conv2D(
+        2 * width,
+        3,
+        strides=2,
+        padding="same",
+        activation="relu",
+        kernel_regularizer=reg,
+        name="conv2",
+    )(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(dense, activation="relu", kernel_regularizer=reg, name="fc1")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, kernel_regularizer=reg, name="logits")(x)
+    return keras.Model(inputs, outputs, name="digits_cnn")
+
+
+MODELS: dict[str, Callable[..., keras.Model]] = {
+    "mnist1d_cnn": mnist1d_cnn,
+    "mnist1d_cnn2d": mnist1d_cnn2d,
+    "mnist1d_resnet": mnist1d_resnet,
+    "digits_cnn": digits_cnn,
+}
+
+
+def get(name: str, *, input_shape=None, num_classes: int | None = None, **kwargs) -> keras.Model:
+    """Builds a reference model by name (a new, untrained model each call).
+
+    Args:
+        name: one of `MODELS`.
+        input_shape: input shape without the batch dimension. Defaults to the model's own.
+        num_classes: number of output logits. Defaults to 10.
+        **kwargs: the builder's options (``width``, ``dense``, ``dropout``, ``l2``, ...).
+
+    Returns:
+        An uncompiled ``keras.Model`` that outputs logits.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name not in MODELS:
+        hint = difflib.get_close_matches(str(name), MODELS, n=1)
+        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(f"Unknown model {name!r}.{did_you_mean} Known models: {sorted(MODELS)}")
+    args = {}
+    if input_shape is not None:
+        args["input_shape"] = tuple(input_shape)
+    if num_classes is not None:
+        args["num_classes"] = int(num_classes)
+    return MODELS[name](**args, **kwargs)
+
+
+# Modules that register tfopt's custom layers with Keras; imported before loading a .keras file.
+_CUSTOM_OBJECT_MODULES = ("tfopt.prune", "tfopt.quantize", "tfopt.cluster", "tfopt.distill")
+
+
+def register_custom_objects() -> None:
+    """Imports tfopt's layer modules so `keras.models.load_model` knows their classes."""
+    for module in _CUSTOM_OBJECT_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+def load(path, *, compile: bool = False) -> keras.Model:
+    """Loads a user's ``.keras`` model file with ``safe_mode=True`` (no arbitrary code).
+
+    Args:
+        path: the ``.keras`` file.
+        compile: restore the saved compile state too. Defaults to False.
+
+    Returns:
+        The ``keras.Model``; models holding tfopt wrappers (pruning, QAT, clustering) load too.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a ``.keras`` archive.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No such model file: {str(path)!r}")
+    if path.suffix != ".keras":
+        raise ValueError(
+            f"tfopt loads Keras 3 '.keras' files. Received: {str(path)!r}. Re-save the model with "
+            "model.save('model.keras')."
+        )
+    register_custom_objects()
+    return keras.models.load_model(path, compile=compile, safe_mode=True)
