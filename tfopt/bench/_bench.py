@@ -109,10 +109,23 @@ def _data(data):
     return np.asarray(data, dtype="float32"), None
 
 
-def benchmark(artifact, data=None, *, concurrency=(1,), warmup: int = 20, runs: int = 200,
-              micro_batch: bool = False, max_batch: int = 32, max_wait_ms: float = 1.0,
-              workers: int | None = None, requests: int = 1000, duration_s: float = 2.0,
-              num_threads: int = 1, model=None, name: str | None = None) -> BenchResult:
+def benchmark(
+    artifact,
+    data=None,
+    *,
+    concurrency=(1,),
+    warmup: int = 20,
+    runs: int = 200,
+    micro_batch: bool = False,
+    max_batch: int = 32,
+    max_wait_ms: float = 0.0,
+    workers: int | None = None,
+    requests: int = 1000,
+    duration_s: float = 2.0,
+    num_threads: int = 1,
+    model=None,
+    name: str | None = None,
+) -> BenchResult:
     """Measures an artifact in its own runtime: accuracy, size, params/MACs, latency, throughput.
 
     Args:
@@ -127,7 +140,8 @@ def benchmark(artifact, data=None, *, concurrency=(1,), warmup: int = 20, runs: 
         runs: timed single-sample runs. Defaults to 200.
         micro_batch: group concurrent requests into batches in the load test. Defaults to False.
         max_batch: the largest micro-batch. Defaults to 32.
-        max_wait_ms: how long a micro-batch waits to fill. Defaults to 1.0.
+        max_wait_ms: how long a micro-batch that is not full waits for more requests.
+            Defaults to 0.0 (batch whatever is waiting).
         workers: interpreters/sessions in the serving pool. Defaults to
             ``min(clients, os.cpu_count())``.
         requests: the most requests per concurrency level. Defaults to 1000.
@@ -149,7 +163,9 @@ def benchmark(artifact, data=None, *, concurrency=(1,), warmup: int = 20, runs: 
         >>> res.accuracy, res.gzip_bytes, res.latency_ms["p99"], res.concurrency[1]["throughput_rps"]
     """
     if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0. Received: runs={runs}, warmup={warmup}")
+        raise ValueError(
+            f"runs must be >= 1 and warmup >= 0. Received: runs={runs}, warmup={warmup}"
+        )
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency or ())
     if any(not isinstance(c, int) or c < 1 for c in levels):
         raise ValueError(f"concurrency must hold ints >= 1. Received: concurrency={concurrency!r}")
@@ -179,8 +195,17 @@ def benchmark(artifact, data=None, *, concurrency=(1,), warmup: int = 20, runs: 
         result.samples = len(y)
     result.latency_ms = _latency(runner, x[:1], warmup=warmup, runs=runs)
     for clients in levels:
-        result.concurrency.append(load_test(
-            runner, x, clients=clients, workers=workers, micro_batch=micro_batch,
-            max_batch=max_batch, max_wait_ms=max_wait_ms, requests=requests, duration_s=duration_s,
-        ))
+        result.concurrency.append(
+            load_test(
+                runner,
+                x,
+                clients=clients,
+                workers=workers,
+                micro_batch=micro_batch,
+                max_batch=max_batch,
+                max_wait_ms=max_wait_ms,
+                requests=requests,
+                duration_s=duration_s,
+            )
+        )
     return result

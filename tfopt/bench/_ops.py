@@ -35,8 +35,12 @@ def keras_counts(model) -> dict:
             macs += _prod(out) * _prod(kernel.shape[:-1])
         elif kernel is not None and cls in ("Dense", "EinsumDense"):
             macs += _prod(out) * int(kernel.shape[0])
-    return {"params": int(model.count_params()), "macs": int(macs), "flops": int(2 * macs),
-            "source": "keras"}
+    return {
+        "params": int(model.count_params()),
+        "macs": int(macs),
+        "flops": int(2 * macs),
+        "source": "keras",
+    }
 
 
 def _leaf_layers(model):
@@ -52,7 +56,9 @@ def tflite_counts(path_or_bytes) -> dict:
     CONV_3D, BATCH_MATMUL. ``params`` sums those ops' weight and bias tensors."""
     from ai_edge_litert.interpreter import Interpreter
 
-    content = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    content = (
+        path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    )
     it = Interpreter(model_content=content)
     it.allocate_tensors()
     shapes = {t["index"]: [int(d) for d in t["shape"]] for t in it.get_tensor_details()}
@@ -81,7 +87,12 @@ def tflite_counts(path_or_bytes) -> dict:
             continue
         weights.update(i for i in ins[1:] if i >= 0)
     params = sum(_prod(shapes[i]) for i in weights if i in shapes)
-    return {"params": int(params), "macs": int(macs), "flops": int(2 * macs), "source": "tflite-graph"}
+    return {
+        "params": int(params),
+        "macs": int(macs),
+        "flops": int(2 * macs),
+        "source": "tflite-graph",
+    }
 
 
 def onnx_counts(path) -> dict:
@@ -113,4 +124,9 @@ def onnx_counts(path) -> dict:
             trans_b = any(a.name == "transB" and a.i for a in node.attribute)
             macs += per_sample * (w[-1] if trans_b else w[0])
     params = sum(int(a.size) for a in inits.values() if a.dtype.kind == "f" and a.ndim >= 1)
-    return {"params": int(params), "macs": int(macs), "flops": int(2 * macs), "source": "onnx-graph"}
+    return {
+        "params": int(params),
+        "macs": int(macs),
+        "flops": int(2 * macs),
+        "source": "onnx-graph",
+    }

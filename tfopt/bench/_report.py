@@ -47,7 +47,7 @@ def format_table(results) -> str:
     if levels:
         lines += [
             "",
-            "| artifact | clients | workers | micro-batch | req/s | p50 ms | p90 ms | p99 ms | mean batch |",
+            "| artifact | clients | workers | micro-batch | req/s | p50 ms | p90 ms | p99 ms | batch: mean / per request |",
             "|---|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for r, c in levels:
@@ -56,7 +56,7 @@ def format_table(results) -> str:
             lines.append(
                 f"| {r['artifact']} | {c['clients']} | {c['workers']} | {mb} | "
                 f"{c['throughput_rps']:.0f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
-                f"{c['mean_batch_size']:.2f} |"
+                f"{c['mean_batch_size']:.2f} / {c.get('request_batch_size', 1.0):.1f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -77,9 +77,16 @@ def plot_latency_vs_concurrency(results, path) -> Path | None:
         if r["concurrency"][0]["micro_batch"]:
             label += " (micro-batch)"
         c = [lv["clients"] for lv in r["concurrency"]]
-        line = ax1.plot(c, [lv["latency_ms"]["p50"] for lv in r["concurrency"]], "o-", label=f"{label} p50")
-        ax1.plot(c, [lv["latency_ms"]["p99"] for lv in r["concurrency"]], "x--",
-                 color=line[0].get_color(), label=f"{label} p99")
+        line = ax1.plot(
+            c, [lv["latency_ms"]["p50"] for lv in r["concurrency"]], "o-", label=f"{label} p50"
+        )
+        ax1.plot(
+            c,
+            [lv["latency_ms"]["p99"] for lv in r["concurrency"]],
+            "x--",
+            color=line[0].get_color(),
+            label=f"{label} p99",
+        )
         ax2.plot(c, [lv["throughput_rps"] for lv in r["concurrency"]], "o-", label=label)
     for ax, ylabel in ((ax1, "latency (ms)"), (ax2, "throughput (requests/s)")):
         ax.set_xscale("log", base=2)
@@ -110,8 +117,13 @@ def plot_accuracy_vs_size(results, path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         ax.scatter(r["gzip_bytes"] / 1024, r["accuracy"])
-        ax.annotate(Path(r["artifact"]).name, (r["gzip_bytes"] / 1024, r["accuracy"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            Path(r["artifact"]).name,
+            (r["gzip_bytes"] / 1024, r["accuracy"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("gzip size (KiB)")
     ax.set_ylabel("accuracy")
@@ -124,7 +136,9 @@ def plot_accuracy_vs_size(results, path) -> Path | None:
     return path
 
 
-def write_report(results, out_dir, *, title: str = "Benchmark", stem: str = "bench") -> dict[str, Path]:
+def write_report(
+    results, out_dir, *, title: str = "Benchmark", stem: str = "bench"
+) -> dict[str, Path]:
     """Writes ``<stem>.json``, ``<stem>.md`` and the PNG plots for a list of results.
 
     Args:
@@ -150,12 +164,16 @@ def write_report(results, out_dir, *, title: str = "Benchmark", stem: str = "ben
     md = [f"# {title}", "", format_table(rows)]
     loads = [r["load_avg"] for r in rows if r.get("load_avg")]
     if loads:
-        md.append(f"Load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in loads[0])} "
-                  "— latency and throughput depend on what else the machine runs.\n")
+        md.append(
+            f"Load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in loads[0])} "
+            "— latency and throughput depend on what else the machine runs.\n"
+        )
     sources = sorted({r["ops_source"] for r in rows if r.get("ops_source")})
     if sources:
-        md.append(f"Params and MACs counted from: {', '.join(sources)} (dense, conv and matmul layers; "
-                  "per sample).\n")
+        md.append(
+            f"Params and MACs counted from: {', '.join(sources)} (dense, conv and matmul layers; "
+            "per sample).\n"
+        )
     if latency:
         paths["latency_plot"] = latency
         md.append(f"![latency vs concurrency]({latency.name})\n")

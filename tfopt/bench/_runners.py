@@ -116,7 +116,9 @@ class OnnxRunner:
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
-            raise MissingDependencyError("Running .onnx files needs onnxruntime: pip install onnxruntime") from e
+            raise MissingDependencyError(
+                "Running .onnx files needs onnxruntime: pip install onnxruntime"
+            ) from e
         self._source = model if isinstance(model, bytes | bytearray) else str(model)
         self.num_threads = num_threads
         opts = ort.SessionOptions()
@@ -142,7 +144,9 @@ class OnnxRunner:
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         x = np.asarray(x, dtype="float32")
-        return np.concatenate([self.invoke(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return np.concatenate(
+            [self.invoke(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        )
 
 
 class SavedModelRunner:
@@ -165,7 +169,9 @@ class SavedModelRunner:
         self._fn = self._loaded.signatures[signature]
         specs = self._fn.structured_input_signature[1]
         if len(specs) != 1:
-            raise ValueError(f"SavedModelRunner runs one-input signatures; {signature!r} has {sorted(specs)}")
+            raise ValueError(
+                f"SavedModelRunner runs one-input signatures; {signature!r} has {sorted(specs)}"
+            )
         self.input_name, spec = next(iter(specs.items()))
         self._dtype = spec.dtype
         self.shape_signature = [None if d is None else int(d) for d in spec.shape]
@@ -186,7 +192,9 @@ class SavedModelRunner:
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         x = np.asarray(x, dtype="float32")
-        return np.concatenate([self.invoke(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return np.concatenate(
+            [self.invoke(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        )
 
 
 class KerasRunner:
@@ -236,12 +244,16 @@ class KerasRunner:
 
 def _triton_model(path: Path) -> Path:
     """The model file inside a Triton model directory (its highest numbered version)."""
-    versions = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    versions = sorted(
+        (p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+    )
     for version in reversed(versions):
         for name in ("model.onnx", "model.savedmodel"):
             if (version / name).exists():
                 return version / name
-    raise ValueError(f"Triton model directory {str(path)!r} has no <version>/model.onnx or model.savedmodel")
+    raise ValueError(
+        f"Triton model directory {str(path)!r} has no <version>/model.onnx or model.savedmodel"
+    )
 
 
 def runner_for(artifact, **kwargs):
@@ -268,8 +280,10 @@ def runner_for(artifact, **kwargs):
                 return runner_for(_triton_model(path), **kwargs)
             if (path / "saved_model.pb").exists():
                 return SavedModelRunner(path)
-            raise ValueError(f"Directory {str(path)!r} is neither a SavedModel (saved_model.pb) nor "
-                             "a Triton model directory (config.pbtxt)")
+            raise ValueError(
+                f"Directory {str(path)!r} is neither a SavedModel (saved_model.pb) nor "
+                "a Triton model directory (config.pbtxt)"
+            )
         suffix = path.suffix
         if suffix == ".tflite":
             return TFLiteRunner(path, **{k: v for k, v in kwargs.items() if k == "num_threads"})
@@ -277,8 +291,10 @@ def runner_for(artifact, **kwargs):
             return OnnxRunner(path, **{k: v for k, v in kwargs.items() if k == "num_threads"})
         if suffix == ".keras":
             return KerasRunner(path, **{k: v for k, v in kwargs.items() if k == "mode"})
-        raise ValueError(f"Unrecognized artifact {str(artifact)!r}. Supported: .tflite, .onnx, "
-                         ".keras files, SavedModel or Triton model directories, or a keras.Model")
+        raise ValueError(
+            f"Unrecognized artifact {str(artifact)!r}. Supported: .tflite, .onnx, "
+            ".keras files, SavedModel or Triton model directories, or a keras.Model"
+        )
     from tfopt._backend import check_model
 
     check_model(artifact, "artifact")

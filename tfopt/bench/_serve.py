@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
-import queue
 import threading
 import time
 
@@ -24,40 +24,57 @@ def _bucket(n: int, max_batch: int) -> int:
 
 
 class _Request:
-    __slots__ = ("x", "done", "y", "error")
+    """One request. ``signal`` is a lock held from creation: releasing it wakes the caller (a raw
+    lock is several times cheaper than a `threading.Event`, which matters for tiny models)."""
+
+    __slots__ = ("x", "signal", "y", "error", "done", "slot")
 
     def __init__(self, x):
         self.x = x
-        self.done = threading.Event()
+        self.signal = threading.Lock()
+        self.signal.acquire()
         self.y = None
         self.error = None
+        self.done = False
+        self.slot = None  # set when this request's thread is handed a runner to serve with
 
 
 class Server:
     """Serves single-sample requests from many threads with a pool of ``workers`` runners.
 
-    Without micro-batching, a request borrows a free runner from the pool, runs, and returns it.
-    With micro-batching, requests go to a queue; each worker takes the first waiting request, then
-    gathers more until it has ``max_batch`` or ``max_wait_ms`` passed, runs them as one batch
-    (padded to a power of two, so each runner sees few distinct shapes) and hands each caller its
-    row. ``batch_sizes`` records the real size of every batch run.
+    There are no dispatcher threads: the calling threads serve each other (leader/follower). A
+    request that finds a free runner runs at once on the caller's thread; otherwise it waits in a
+    queue. A thread holding a runner runs its own request together with up to ``max_batch - 1``
+    queued ones as one batch (with micro-batching; else ``max_batch`` is 1), hands each caller its
+    row, and passes the runner on to the oldest still-waiting request, whose thread serves next. A
+    lone client therefore pays no hand-off, and under load one invocation serves a whole batch.
+    With ``max_wait_ms > 0`` a batch that is not full waits up to that long for more requests.
+    Batches are padded to a power of two and each pool slot keeps one runner per padded size, so
+    no interpreter is resized while serving. ``batch_sizes`` records every batch's real size.
 
     Args:
-        runner: a runner from `tfopt.bench.runner_for` (cloned for each worker).
-        workers: the number of runners (interpreters / sessions) in the pool. Defaults to the
-            number of CPUs.
+        runner: a runner from `tfopt.bench.runner_for` (cloned for each slot and batch size).
+        workers: the number of runners (interpreters / sessions) serving at the same time.
+            Defaults to the number of CPUs.
         micro_batch: group waiting requests into batches. Defaults to False.
         max_batch: the largest batch when micro-batching. Defaults to 32.
-        max_wait_ms: how long a worker waits for a batch to fill. Defaults to 1.0.
+        max_wait_ms: how long a batch that is not full waits for more requests. Defaults to 0.0.
 
     Example:
         >>> with Server(runner_for("m.tflite"), workers=2, micro_batch=True) as server:
-        ...     logits = server.submit(x[:1])
+        ...     logits = server.submit(x[:1])  # from many threads at once
     """
 
-    def __init__(self, runner, *, workers: int | None = None, micro_batch: bool = False,
-                 max_batch: int = 32, max_wait_ms: float = 1.0):
-        workers = workers or os.cpu_count() or 1
+    def __init__(
+        self,
+        runner,
+        *,
+        workers: int | None = None,
+        micro_batch: bool = False,
+        max_batch: int = 32,
+        max_wait_ms: float = 0.0,
+    ):
+        workers = (os.cpu_count() or 1) if workers is None else workers
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1. Received: workers={workers!r}")
         if not isinstance(max_batch, int) or max_batch < 1:
@@ -66,26 +83,17 @@ class Server:
             raise ValueError(f"max_wait_ms must be >= 0. Received: max_wait_ms={max_wait_ms!r}")
         self.workers = workers
         self.micro_batch = bool(micro_batch)
-        self.max_batch = max_batch
-        self.max_wait = max_wait_ms / 1e3
+        self.max_batch = max_batch if micro_batch else 1
+        self.max_wait = max_wait_ms / 1e3 if micro_batch else 0.0
         self.batch_sizes: list[int] = []
         self._template = runner
-        self._pool: queue.Queue = queue.Queue()
-        self._requests: queue.Queue = queue.Queue()
-        self._threads: list[threading.Thread] = []
+        self._slots: list[dict[int, object]] = [{} for _ in range(workers)]
+        self._slots[0][1] = runner
+        self._free = list(range(workers))
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._cv = threading.Condition()
+        self._waiting_leaders = 0
         self._closed = False
-        if self.micro_batch:
-            # each worker keeps one runner per padded batch size, so no interpreter is resized
-            self._worker_runners = [{} for _ in range(workers)]
-            self._worker_runners[0][1] = runner
-            for i in range(workers):
-                t = threading.Thread(target=self._work, args=(i,), daemon=True, name=f"tfopt-worker-{i}")
-                t.start()
-                self._threads.append(t)
-        else:
-            self._pool.put(runner)
-            for _ in range(workers - 1):
-                self._pool.put(runner.clone())
 
     def __enter__(self) -> Server:
         return self
@@ -94,17 +102,11 @@ class Server:
         self.close()
 
     def close(self) -> None:
-        """Stops the workers (micro-batching) after the requests already queued."""
-        if self._closed:
-            return
+        """Refuses new requests (requests already queued are still served)."""
         self._closed = True
-        for _ in self._threads:
-            self._requests.put(None)
-        for t in self._threads:
-            t.join(timeout=10)
 
-    def _runner(self, worker: int, size: int):
-        runners = self._worker_runners[worker]
+    def _runner(self, slot: int, size: int):
+        runners = self._slots[slot]
         if size not in runners:
             runners[size] = self._template.clone()
         return runners[size]
@@ -112,78 +114,80 @@ class Server:
     def warmup(self) -> None:
         """Creates and runs every runner once (each padded batch size when micro-batching)."""
         x = np.zeros((1, *self._template.input_shape), dtype="float32")
-        if self.micro_batch:
-            sizes = sorted({_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)})
-            for w in range(self.workers):
-                for size in sizes:
-                    self._runner(w, size).invoke(np.repeat(x, size, axis=0))
-        else:
-            runners = [self._pool.get() for _ in range(self.workers)]
-            for r in runners:
-                r.invoke(x)
-                self._pool.put(r)
+        sizes = sorted({_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)})
+        for slot in range(self.workers):
+            for size in sizes:
+                self._runner(slot, size).invoke(np.repeat(x, size, axis=0))
 
     def submit(self, x: np.ndarray) -> np.ndarray:
         """Serves one request ``x`` (shape ``(1, ...)``), blocking until its output is ready."""
-        if not self.micro_batch:
-            runner = self._pool.get()
-            try:
-                return runner.invoke(x)
-            finally:
-                self._pool.put(runner)
         if self._closed:
             raise RuntimeError("the Server is closed")
         req = _Request(x)
-        self._requests.put(req)
-        req.done.wait()
+        with self._cv:
+            if self._free:
+                req.slot = self._free.pop()
+            else:
+                self._pending.append(req)
+                if self._waiting_leaders:
+                    self._cv.notify()
+        if req.slot is None:
+            req.signal.acquire()  # blocks until answered, or handed a runner to serve with
+        if not req.done:
+            self._serve(req)
         if req.error is not None:
             raise req.error
         return req.y
 
-    def _work(self, worker: int) -> None:
-        q = self._requests
-        while True:
-            first = q.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.perf_counter() + self.max_wait
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    remaining = deadline - time.perf_counter()
-                    req = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
-                except queue.Empty:
-                    break
-                if req is None:
-                    stop = True
-                    break
-                batch.append(req)
-            self._run(worker, batch)
-            if stop:
-                return
-
-    def _run(self, worker: int, batch: list[_Request]) -> None:
+    def _serve(self, req: _Request) -> None:
+        slot, batch = req.slot, [req]
+        with self._cv:
+            if self.max_wait and len(self._pending) < self.max_batch - 1:
+                self._waiting_leaders += 1
+                self._cv.wait_for(lambda: len(self._pending) >= self.max_batch - 1, self.max_wait)
+                self._waiting_leaders -= 1
+            while self._pending and len(batch) < self.max_batch:
+                batch.append(self._pending.popleft())
         n = len(batch)
         size = _bucket(n, self.max_batch)
         try:
-            x = np.concatenate([r.x for r in batch])
+            x = np.concatenate([r.x for r in batch]) if n > 1 else batch[0].x
             if size > n:
                 x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
-            y = self._runner(worker, size).invoke(x)
-            self.batch_sizes.append(n)
+            y = self._runner(slot, size).invoke(x)
             for i, r in enumerate(batch):
                 r.y = y[i : i + 1]
-        except Exception as e:  # hand the error to every caller rather than hang them
+        except Exception as e:  # every caller in the batch gets the error rather than hangs
             for r in batch:
                 r.error = e
+        self.batch_sizes.append(n)
         for r in batch:
-            r.done.set()
+            r.done = True
+        with self._cv:
+            nxt = self._pending.popleft() if self._pending else None
+            if nxt is None:
+                self._free.append(slot)
+            else:
+                nxt.slot = slot
+        for r in batch[1:]:
+            r.signal.release()
+        if nxt is not None:
+            nxt.signal.release()
 
 
-def load_test(runner, x, *, clients: int = 1, workers: int | None = None,
-              micro_batch: bool = False, max_batch: int = 32, max_wait_ms: float = 1.0,
-              requests: int = 2000, duration_s: float = 3.0, warmup: bool = True) -> dict:
+def load_test(
+    runner,
+    x,
+    *,
+    clients: int = 1,
+    workers: int | None = None,
+    micro_batch: bool = False,
+    max_batch: int = 32,
+    max_wait_ms: float = 0.0,
+    requests: int = 2000,
+    duration_s: float = 3.0,
+    warmup: bool = True,
+) -> dict:
     """Measures throughput and latency with ``clients`` threads sending single-sample requests.
 
     Each client sends a request, waits for the answer and sends the next (closed loop), cycling
@@ -197,7 +201,7 @@ def load_test(runner, x, *, clients: int = 1, workers: int | None = None,
         workers: runners in the serving pool. Defaults to ``min(clients, os.cpu_count())``.
         micro_batch: group waiting requests into batches. Defaults to False.
         max_batch: the largest micro-batch. Defaults to 32.
-        max_wait_ms: how long a micro-batch waits to fill. Defaults to 1.0.
+        max_wait_ms: how long a micro-batch that is not full waits for more. Defaults to 0.0.
         requests: the most requests to send. Defaults to 2000.
         duration_s: the longest time to run. Defaults to 3.0.
         warmup: run every pooled runner once before timing. Defaults to True.
@@ -205,7 +209,8 @@ def load_test(runner, x, *, clients: int = 1, workers: int | None = None,
     Returns:
         A dict: clients, workers, micro_batch, max_batch, max_wait_ms, requests (answered),
         seconds, throughput_rps, latency_ms (p50/p90/p99/mean, including queueing) and
-        mean_batch_size (1.0 without micro-batching).
+        mean_batch_size (requests / batches; 1.0 without micro-batching) and request_batch_size
+        (the size of the batch the average request was served in).
 
     Raises:
         ValueError: a bad count or duration.
@@ -221,13 +226,18 @@ def load_test(runner, x, *, clients: int = 1, workers: int | None = None,
             f"duration_s={duration_s}"
         )
     x = np.asarray(x, dtype="float32")
-    workers = workers or min(clients, os.cpu_count() or 1)
+    workers = min(clients, os.cpu_count() or 1) if workers is None else workers
     counter = itertools.count()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
     start = threading.Barrier(clients + 1)
-    with Server(runner, workers=workers, micro_batch=micro_batch, max_batch=max_batch,
-                max_wait_ms=max_wait_ms) as server:
+    with Server(
+        runner,
+        workers=workers,
+        micro_batch=micro_batch,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+    ) as server:
         if warmup:
             server.warmup()
         state = {"deadline": 0.0}
@@ -273,4 +283,8 @@ def load_test(runner, x, *, clients: int = 1, workers: int | None = None,
         "throughput_rps": len(ms) / seconds if seconds > 0 else 0.0,
         "latency_ms": _percentiles(ms),
         "mean_batch_size": float(np.mean(sizes)) if micro_batch and sizes else 1.0,
+        # the batch size the average request was served in (large batches weigh more)
+        "request_batch_size": float(np.sum(np.square(sizes)) / np.sum(sizes))
+        if micro_batch and sizes
+        else 1.0,
     }

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +61,27 @@ class Artifact:
         return path
 
 
+@contextlib.contextmanager
+def silenced():
+    """Silences the converters' Python-level chatter ("Saved artifact at ...", "Assets written",
+    calibration warnings), which `tfopt._backend.quiet` (file descriptors) misses in Jupyter."""
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl", "tf2onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def disk_bytes(path) -> int:
     """Size of a file, or the summed size of the files under a directory."""
     path = Path(path)
@@ -93,8 +118,9 @@ def check_inputs(model, check_data=None, fallback=None, *, limit: int = 256) -> 
     return np.asarray(data[0] if isinstance(data, tuple) else data, dtype="float32")[:limit]
 
 
-def check_against_keras(model, runner, x, *, min_agreement: float,
-                        max_abs_diff: float | None = None) -> dict:
+def check_against_keras(
+    model, runner, x, *, min_agreement: float, max_abs_diff: float | None = None
+) -> dict:
     """Compares an artifact's outputs with the Keras model's on ``x``; returns the measurements.
 
     Args:
@@ -128,8 +154,16 @@ def check_against_keras(model, runner, x, *, min_agreement: float,
     }
 
 
-def verify(model, runner, x, *, fmt: str, path, min_agreement: float | None = None,
-           atol: float | None = None) -> dict:
+def verify(
+    model,
+    runner,
+    x,
+    *,
+    fmt: str,
+    path,
+    min_agreement: float | None = None,
+    atol: float | None = None,
+) -> dict:
     """Runs `check_against_keras` with the format's tolerances and raises if it fails.
 
     Raises:
@@ -139,7 +173,9 @@ def verify(model, runner, x, *, fmt: str, path, min_agreement: float | None = No
     min_agreement = default_agreement if min_agreement is None else float(min_agreement)
     atol = default_atol if atol is None else float(atol)
     if not 0.0 <= min_agreement <= 1.0:
-        raise ValueError(f"min_agreement must be in [0, 1]. Received: min_agreement={min_agreement}")
+        raise ValueError(
+            f"min_agreement must be in [0, 1]. Received: min_agreement={min_agreement}"
+        )
     if atol is not None and atol < 0:
         raise ValueError(f"atol must be >= 0. Received: atol={atol}")
     check = check_against_keras(model, runner, x, min_agreement=min_agreement, max_abs_diff=atol)

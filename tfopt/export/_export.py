@@ -56,11 +56,33 @@ FORMATS: dict[str, tuple[Callable[..., Artifact], str, str]] = {
 }
 
 
+# common names for a format, suggested (never accepted silently)
+_ALIASES = {
+    "trt": "tensorrt",
+    "tf-trt": "tensorrt",
+    "tftrt": "tensorrt",
+    "tflite-fp32": "tflite",
+    "tflite-float32": "tflite",
+    "tflite-fp16": "tflite-float16",
+    "tf": "savedmodel",
+    "saved_model": "savedmodel",
+}
+
+
 def check_format(format: str) -> str:
     """Returns ``format`` if it is supported, else raises a ValueError with a did-you-mean."""
     if format in FORMATS:
         return format
-    hint = difflib.get_close_matches(str(format), FORMATS, n=1, cutoff=0.5)
+    text = str(format).lower()
+    if text in _ALIASES:
+        raise ValueError(
+            f"Unrecognized format={format!r}. Did you mean {_ALIASES[text]!r}? "
+            f"Supported formats are: {list(FORMATS)}"
+        )
+    digits = "".join(c for c in text if c.isdigit())
+    # "tflite8" means int8, not float32: prefer the formats holding the same digits
+    pool = [f for f in FORMATS if digits and digits in f] or list(FORMATS)
+    hint = difflib.get_close_matches(text, pool, n=1, cutoff=0.5)
     did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
     raise ValueError(
         f"Unrecognized format={format!r}.{did_you_mean} Supported formats are: {list(FORMATS)}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tfopt._backend import check_model, quiet
 from tfopt.errors import MissingDependencyError
-from tfopt.export._common import Artifact, check_inputs, input_name, single_input, verify
+from tfopt.export._common import Artifact, check_inputs, input_name, silenced, single_input, verify
 
 OUTPUT_NAME = "output_0"  # the same name as the SavedModel serving signature's output
 
@@ -29,8 +29,16 @@ def _rename_output(model_proto, new: str) -> str:
     return old
 
 
-def onnx(model, path, *, opset: int = 17, dynamic_batch: bool = True, check_data=None,
-         min_agreement: float | None = None, atol: float | None = None) -> Artifact:
+def onnx(
+    model,
+    path,
+    *,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    check_data=None,
+    min_agreement: float | None = None,
+    atol: float | None = None,
+) -> Artifact:
     """Exports a Keras model to ONNX and checks it with onnxruntime against the Keras model.
 
     The graph is traced with `tf2onnx.convert.from_function` and an explicit input signature; the
@@ -80,7 +88,7 @@ def onnx(model, path, *, opset: int = 17, dynamic_batch: bool = True, check_data
     path.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     try:
-        with quiet():
+        with quiet(), silenced():
             proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=opset)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -98,8 +106,15 @@ def onnx(model, path, *, opset: int = 17, dynamic_batch: bool = True, check_data
     x = check_inputs(model, check_data)
     if not dynamic_batch:
         x = x[:64]
-    check = verify(model, _OneByOne(runner) if not dynamic_batch else runner, x, fmt="onnx",
-                   path=path, min_agreement=min_agreement, atol=atol)
+    check = verify(
+        model,
+        _OneByOne(runner) if not dynamic_batch else runner,
+        x,
+        fmt="onnx",
+        path=path,
+        min_agreement=min_agreement,
+        atol=atol,
+    )
     return Artifact(path=path, format="onnx", bytes=path.stat().st_size, check=check, info=info)
 
 

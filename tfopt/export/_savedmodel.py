@@ -6,12 +6,27 @@ import shutil
 from pathlib import Path
 
 from tfopt._backend import check_model, quiet
-from tfopt.export._common import Artifact, check_inputs, disk_bytes, input_name, single_input, verify
+from tfopt.export._common import (
+    Artifact,
+    check_inputs,
+    disk_bytes,
+    input_name,
+    silenced,
+    single_input,
+    verify,
+)
 
 
-def savedmodel(model, path, *, dynamic_batch: bool = True, overwrite: bool = False,
-               check_data=None, min_agreement: float | None = None,
-               atol: float | None = None) -> Artifact:
+def savedmodel(
+    model,
+    path,
+    *,
+    dynamic_batch: bool = True,
+    overwrite: bool = False,
+    check_data=None,
+    min_agreement: float | None = None,
+    atol: float | None = None,
+) -> Artifact:
     """Exports a Keras model as a TensorFlow SavedModel with a serving signature, checked by loading
     it back with `tf.saved_model.load` and calling the signature.
 
@@ -57,7 +72,7 @@ def savedmodel(model, path, *, dynamic_batch: bool = True, overwrite: bool = Fal
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = None if dynamic_batch else 1
     spec = tf.TensorSpec((batch, *model.input_shape[1:]), tensor.dtype, name=input_name(model))
-    with quiet():
+    with quiet(), silenced():
         model.export(str(path), format="tf_saved_model", verbose=False, input_signature=[spec])
     runner = SavedModelRunner(path)
     out = runner._fn.structured_outputs[runner.output_name]
@@ -75,6 +90,7 @@ def savedmodel(model, path, *, dynamic_batch: bool = True, overwrite: bool = Fal
         x = x[:64]
     else:
         runner_check = runner
-    check = verify(model, runner_check, x, fmt="savedmodel", path=path,
-                   min_agreement=min_agreement, atol=atol)
+    check = verify(
+        model, runner_check, x, fmt="savedmodel", path=path, min_agreement=min_agreement, atol=atol
+    )
     return Artifact(path=path, format="savedmodel", bytes=disk_bytes(path), check=check, info=info)

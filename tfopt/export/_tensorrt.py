@@ -31,9 +31,13 @@ _INSTALL = (
 
 def _require(module: str):
     if importlib.util.find_spec(module.split(".")[0]) is None:
-        raise MissingDependencyError(_INSTALL if module == "tensorrt" else (
-            f"Running a TensorRT engine for the parity check needs `{module}`: pip install cuda-python"
-        ))
+        raise MissingDependencyError(
+            _INSTALL
+            if module == "tensorrt"
+            else (
+                f"Running a TensorRT engine for the parity check needs `{module}`: pip install cuda-python"
+            )
+        )
     return importlib.import_module(module)
 
 
@@ -71,8 +75,14 @@ class _Calibrator:
                 if self.i + self.batch > len(self.x):
                     return None
                 chunk = np.ascontiguousarray(self.x[self.i : self.i + self.batch])
-                _call(cudart.cudaMemcpy(self.mem, chunk.ctypes.data, chunk.nbytes,
-                                        cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
+                _call(
+                    cudart.cudaMemcpy(
+                        self.mem,
+                        chunk.ctypes.data,
+                        chunk.nbytes,
+                        cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                    )
+                )
                 self.i += self.batch
                 return [int(self.mem)]
 
@@ -110,8 +120,10 @@ class TensorRTRunner:
         out = np.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype="float32")
         d_in, d_out = _call(cudart.cudaMalloc(x.nbytes)), _call(cudart.cudaMalloc(out.nbytes))
         try:
-            h2d, d2h = (cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                        cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+            h2d, d2h = (
+                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+            )
             _call(cudart.cudaMemcpy(d_in, x.ctypes.data, x.nbytes, h2d))
             self.context.set_tensor_address(self.input_name, int(d_in))
             self.context.set_tensor_address(self.output_name, int(d_out))
@@ -125,12 +137,24 @@ class TensorRTRunner:
 
     def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
         batch_size = min(batch_size, self.max_batch)
-        return np.concatenate([self.invoke(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return np.concatenate(
+            [self.invoke(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        )
 
 
-def tensorrt(model, path, *, precision: str = "fp16", max_batch_size: int = 64, opset: int = 17,
-             workspace_mb: int = 1024, calibration_data=None, check_data=None,
-             min_agreement: float | None = None, atol: float | None = None) -> Artifact:
+def tensorrt(
+    model,
+    path,
+    *,
+    precision: str = "fp16",
+    max_batch_size: int = 64,
+    opset: int = 17,
+    workspace_mb: int = 1024,
+    calibration_data=None,
+    check_data=None,
+    min_agreement: float | None = None,
+    atol: float | None = None,
+) -> Artifact:
     """Builds a TensorRT engine from the model's ONNX export and checks it against Keras.
 
     Args:
@@ -165,7 +189,9 @@ def tensorrt(model, path, *, precision: str = "fp16", max_batch_size: int = 64, 
     if precision not in PRECISIONS:
         raise ValueError(f"Unrecognized precision={precision!r}. Supported: {list(PRECISIONS)}")
     if not isinstance(max_batch_size, int) or max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be an int >= 1. Received: max_batch_size={max_batch_size!r}")
+        raise ValueError(
+            f"max_batch_size must be an int >= 1. Received: max_batch_size={max_batch_size!r}"
+        )
     if precision == "int8" and calibration_data is None:
         raise ValueError("precision='int8' needs calibration_data (a few hundred training inputs).")
     trt = _require("tensorrt")
@@ -197,13 +223,20 @@ def tensorrt(model, path, *, precision: str = "fp16", max_batch_size: int = 64, 
         config.int8_calibrator = _Calibrator(trt, cal, batch=min(32, len(cal)))
     engine = builder.build_serialized_network(network, config)
     if engine is None:
-        raise RuntimeError(f"TensorRT could not build a {precision} engine from {onnx_art.path.name}")
+        raise RuntimeError(
+            f"TensorRT could not build a {precision} engine from {onnx_art.path.name}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(engine))
     fmt = f"tensorrt-{precision}"
-    x = check_inputs(model, check_data)[:max_batch_size * 4]
-    check = verify(model, TensorRTRunner(path), x, fmt=fmt, path=path,
-                   min_agreement=min_agreement, atol=atol)
-    info = {"precision": precision, "onnx": str(onnx_art.path), "max_batch_size": max_batch_size,
-            "trt_version": getattr(trt, "__version__", None)}
+    x = check_inputs(model, check_data)[: max_batch_size * 4]
+    check = verify(
+        model, TensorRTRunner(path), x, fmt=fmt, path=path, min_agreement=min_agreement, atol=atol
+    )
+    info = {
+        "precision": precision,
+        "onnx": str(onnx_art.path),
+        "max_batch_size": max_batch_size,
+        "trt_version": getattr(trt, "__version__", None),
+    }
     return Artifact(path=path, format=fmt, bytes=path.stat().st_size, check=check, info=info)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tfopt._backend import check_model, import_keras, quiet
-from tfopt.export._common import Artifact, check_against_keras, check_inputs, verify
+from tfopt.export._common import Artifact, check_against_keras, check_inputs, silenced, verify
 
 keras = import_keras()
 
@@ -25,7 +25,9 @@ _TENSOR_LIST_HINT = (
 
 
 def _is_qat(model) -> bool:
-    return any(type(layer).__module__.startswith("tfopt.quantize") for layer in model._flatten_layers())
+    return any(
+        type(layer).__module__.startswith("tfopt.quantize") for layer in model._flatten_layers()
+    )
 
 
 def _representative(data, limit: int = 200, batch: int = 1):
@@ -59,8 +61,14 @@ def _conversion_error(e: Exception) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def _convert(model, quantization: str, representative_data, int8_io: bool, select_tf_ops: bool,
-             fixed_batch: int | None = None) -> bytes:
+def _convert(
+    model,
+    quantization: str,
+    representative_data,
+    int8_io: bool,
+    select_tf_ops: bool,
+    fixed_batch: int | None = None,
+) -> bytes:
     import tensorflow as tf
 
     if fixed_batch:
@@ -73,7 +81,9 @@ def _convert(model, quantization: str, representative_data, int8_io: bool, selec
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization in ("int8", "int16x8") and representative_data is not None:
-        converter.representative_dataset = _representative(representative_data, batch=fixed_batch or 1)
+        converter.representative_dataset = _representative(
+            representative_data, batch=fixed_batch or 1
+        )
     if quantization == "int8" and not _is_qat(model):
         builtins = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if quantization == "int16x8":
@@ -90,20 +100,33 @@ def _convert(model, quantization: str, representative_data, int8_io: bool, selec
     except Exception as e:  # the converter raises ConverterError with pages of MLIR
         msg = _conversion_error(e)
         text = str(e)
-        if not select_tf_ops and ("TensorList" in text or "Flex" in text or "not supported" in text):
+        if not select_tf_ops and (
+            "TensorList" in text or "Flex" in text or "not supported" in text
+        ):
             hint = " " + _TENSOR_LIST_HINT
         elif not select_tf_ops:
-            hint = (" If the model needs TF ops outside the TFLite builtins (e.g. RNNs), pass "
-                    "fixed_batch=1 or select_tf_ops=True.")
+            hint = (
+                " If the model needs TF ops outside the TFLite builtins (e.g. RNNs), pass "
+                "fixed_batch=1 or select_tf_ops=True."
+            )
         else:
             hint = ""
         raise RuntimeError(f"TFLite conversion ({quantization}) failed: {msg}.{hint}") from None
 
 
-def tflite(model, path, *, quantization: str = "float32", representative_data=None,
-           int8_io: bool = False, select_tf_ops: bool = False, check_data=None,
-           min_agreement: float | None = None, atol: float | None = None,
-           fixed_batch: int | None = None) -> Artifact:
+def tflite(
+    model,
+    path,
+    *,
+    quantization: str = "float32",
+    representative_data=None,
+    int8_io: bool = False,
+    select_tf_ops: bool = False,
+    check_data=None,
+    min_agreement: float | None = None,
+    atol: float | None = None,
+    fixed_batch: int | None = None,
+) -> Artifact:
     """Converts a Keras model to a ``.tflite`` file and checks it against the Keras model.
 
     The batch dimension stays dynamic (resize the interpreter's input) unless ``fixed_batch`` is set.
@@ -158,24 +181,42 @@ def tflite(model, path, *, quantization: str = "float32", representative_data=No
             f"int8_io=True needs quantization='int8' or 'int16x8'. Received: {quantization!r}"
         )
     if fixed_batch is not None and (not isinstance(fixed_batch, int) or fixed_batch < 1):
-        raise ValueError(f"fixed_batch must be an int >= 1 or None. Received: fixed_batch={fixed_batch!r}")
+        raise ValueError(
+            f"fixed_batch must be an int >= 1 or None. Received: fixed_batch={fixed_batch!r}"
+        )
     from tfopt.bench._runners import TFLiteRunner
 
-    content = _convert(model, quantization, representative_data, int8_io, select_tf_ops,
-                       fixed_batch=fixed_batch)
+    with silenced():
+        content = _convert(
+            model,
+            quantization,
+            representative_data,
+            int8_io,
+            select_tf_ops,
+            fixed_batch=fixed_batch,
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     fmt = "tflite" if quantization == "float32" else f"tflite-{quantization}"
     x = check_inputs(model, check_data, representative_data)
-    info = {"quantization": quantization, "fixed_batch": fixed_batch, "select_tf_ops": select_tf_ops}
+    info = {
+        "quantization": quantization,
+        "fixed_batch": fixed_batch,
+        "select_tf_ops": select_tf_ops,
+    }
     try:
         runner = TFLiteRunner(content)
     except (RuntimeError, ValueError) as e:
         if select_tf_ops and "Flex" in str(e):
-            check = {"format": fmt, "passed": None, "skipped": (
-                "the model holds TF (Flex) ops and this process's LiteRT interpreter has no Flex "
-                "delegate, so the artifact could not be run; check it on the target runtime")}
+            check = {
+                "format": fmt,
+                "passed": None,
+                "skipped": (
+                    "the model holds TF (Flex) ops and this process's LiteRT interpreter has no Flex "
+                    "delegate, so the artifact could not be run; check it on the target runtime"
+                ),
+            }
             return Artifact(path=path, format=fmt, bytes=len(content), check=check, info=info)
         raise
     info["input"] = {"dtype": np.dtype(runner.input_dtype).name, "shape": runner.shape_signature}

@@ -15,8 +15,14 @@ BACKENDS = {"savedmodel": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
 KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 
 _TRITON_TYPES = {
-    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int8": "TYPE_INT8",
-    "uint8": "TYPE_UINT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "float64": "TYPE_FP64",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
     "bool": "TYPE_BOOL",
 }
 
@@ -25,10 +31,19 @@ def _dims(shape) -> str:
     return ", ".join("-1" if d is None else str(int(d)) for d in shape)
 
 
-def config_pbtxt(*, name: str, platform: str, inputs: dict, outputs: dict, max_batch_size: int,
-                 dynamic_batching: bool = True, preferred_batch_sizes=(),
-                 max_queue_delay_us: int = 100, instance_count: int = 1,
-                 kind: str = "KIND_CPU") -> str:
+def config_pbtxt(
+    *,
+    name: str,
+    platform: str,
+    inputs: dict,
+    outputs: dict,
+    max_batch_size: int,
+    dynamic_batching: bool = True,
+    preferred_batch_sizes=(),
+    max_queue_delay_us: int = 100,
+    instance_count: int = 1,
+    kind: str = "KIND_CPU",
+) -> str:
     """The text of a Triton ``config.pbtxt``.
 
     ``inputs``/``outputs`` map tensor names to ``(dtype, shape)`` where ``shape`` excludes the batch
@@ -46,18 +61,36 @@ def config_pbtxt(*, name: str, platform: str, inputs: dict, outputs: dict, max_b
     if dynamic_batching and max_batch_size > 0:
         body = []
         if preferred_batch_sizes:
-            body.append(f"  preferred_batch_size: [ {', '.join(str(int(b)) for b in preferred_batch_sizes)} ]")
+            body.append(
+                f"  preferred_batch_size: [ {', '.join(str(int(b)) for b in preferred_batch_sizes)} ]"
+            )
         body.append(f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}")
         lines.append("dynamic_batching {\n" + "\n".join(body) + "\n}")
-    lines.append(f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: {kind}\n  }}\n]")
+    lines.append(
+        f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: {kind}\n  }}\n]"
+    )
     return "\n".join(lines) + "\n"
 
 
-def triton(model, repository, *, name: str | None = None, version: int = 1,
-           backend: str = "savedmodel", max_batch_size: int = 64, dynamic_batching: bool = True,
-           preferred_batch_sizes=(), max_queue_delay_us: int = 100, instance_count: int = 1,
-           kind: str = "KIND_CPU", opset: int = 17, overwrite: bool = False, check_data=None,
-           min_agreement: float | None = None, atol: float | None = None) -> Artifact:
+def triton(
+    model,
+    repository,
+    *,
+    name: str | None = None,
+    version: int = 1,
+    backend: str = "savedmodel",
+    max_batch_size: int = 64,
+    dynamic_batching: bool = True,
+    preferred_batch_sizes=(),
+    max_queue_delay_us: int = 100,
+    instance_count: int = 1,
+    kind: str = "KIND_CPU",
+    opset: int = 17,
+    overwrite: bool = False,
+    check_data=None,
+    min_agreement: float | None = None,
+    atol: float | None = None,
+) -> Artifact:
     """Writes a Triton Inference Server model repository entry for a Keras model.
 
     Layout: ``<repository>/<name>/config.pbtxt`` and ``<repository>/<name>/<version>/model.savedmodel``
@@ -106,7 +139,9 @@ def triton(model, repository, *, name: str | None = None, version: int = 1,
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"version must be an int >= 1. Received: version={version!r}")
     if not isinstance(max_batch_size, int) or max_batch_size < 0:
-        raise ValueError(f"max_batch_size must be an int >= 0. Received: max_batch_size={max_batch_size!r}")
+        raise ValueError(
+            f"max_batch_size must be an int >= 0. Received: max_batch_size={max_batch_size!r}"
+        )
     name = name or model.name
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"name must be a plain directory name. Received: name={name!r}")
@@ -131,13 +166,23 @@ def triton(model, repository, *, name: str | None = None, version: int = 1,
     dtype = np.dtype(model.inputs[0].dtype).name
     out_dtype = np.dtype(model.outputs[0].dtype).name
     batched = max_batch_size > 0
-    inputs = {k: (dtype, v[1:] if batched else [1, *v[1:]]) for k, v in inner.info["inputs"].items()}
-    outputs = {k: (out_dtype, v[1:] if batched else [1, *v[1:]]) for k, v in inner.info["outputs"].items()}
+    inputs = {
+        k: (dtype, v[1:] if batched else [1, *v[1:]]) for k, v in inner.info["inputs"].items()
+    }
+    outputs = {
+        k: (out_dtype, v[1:] if batched else [1, *v[1:]]) for k, v in inner.info["outputs"].items()
+    }
     text = config_pbtxt(
-        name=name, platform=BACKENDS[backend], inputs=inputs, outputs=outputs,
-        max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
-        preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
-        instance_count=instance_count, kind=kind,
+        name=name,
+        platform=BACKENDS[backend],
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        dynamic_batching=dynamic_batching,
+        preferred_batch_sizes=preferred_batch_sizes,
+        max_queue_delay_us=max_queue_delay_us,
+        instance_count=instance_count,
+        kind=kind,
     )
     (model_dir / "config.pbtxt").write_text(text)
     info = {
@@ -148,5 +193,6 @@ def triton(model, repository, *, name: str | None = None, version: int = 1,
         "outputs": inner.info["outputs"],
         "config_pbtxt": text,
     }
-    return Artifact(path=model_dir, format="triton", bytes=disk_bytes(model_dir),
-                    check=inner.check, info=info)
+    return Artifact(
+        path=model_dir, format="triton", bytes=disk_bytes(model_dir), check=inner.check, info=info
+    )

@@ -1,0 +1,254 @@
+"""tfopt.bench: accuracy through each runtime, counts, latency, load, micro-batching, reports, CLI."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def identity():
+    """A model whose logits are its inputs: Dense(3) with an identity kernel and no bias."""
+    import keras
+
+    inputs = keras.Input((3,), name="input")
+    dense = keras.layers.Dense(3, use_bias=False, name="identity")
+    model = keras.Model(inputs, dense(inputs), name="identity")
+    dense.set_weights([np.eye(3, dtype="float32")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    """40 samples whose argmax is known; the labels are right for exactly 30 of them (0.75)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype("float32")
+    y = x.argmax(-1)
+    y[:10] = (y[:10] + 1) % 3
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def artifacts(identity, tmp_path_factory):
+    from tfopt.export import export
+
+    d = tmp_path_factory.mktemp("artifacts")
+    return {
+        "tflite": export(identity, d / "m.tflite").path,
+        "onnx": export(identity, d / "m.onnx", format="onnx").path,
+        "savedmodel": export(identity, d / "sm", format="savedmodel").path,
+    }
+
+
+@pytest.mark.parametrize("kind", ["keras", "tflite", "onnx", "savedmodel"])
+def test_accuracy_is_exact_through_every_runtime(identity, labelled, artifacts, kind):
+    from tfopt.bench import benchmark, file_sizes
+
+    artifact = identity if kind == "keras" else artifacts[kind]
+    res = benchmark(artifact, labelled, concurrency=(), runs=20, warmup=2)
+    assert res.accuracy == 0.75
+    assert res.samples == 40
+    assert (
+        res.runtime
+        == {
+            "keras": "keras",
+            "tflite": "tflite",
+            "onnx": "onnxruntime",
+            "savedmodel": "savedmodel",
+        }[kind]
+    )
+    if kind != "keras":
+        assert (res.bytes, res.gzip_bytes) == tuple(file_sizes(artifact).values())
+        assert 0 < res.gzip_bytes
+    lat = res.latency_ms
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert res.concurrency == []
+    assert len(res.load_avg) == 3
+
+
+def test_params_and_macs_agree_across_keras_tflite_and_onnx(tmp_path):
+    import keras
+
+    import tfopt
+    from tfopt.bench import keras_counts, onnx_counts, tflite_counts
+
+    keras.utils.set_random_seed(0)
+    model = tfopt.models.get("mnist1d_cnn", width=4, dense=8)
+    rng = np.random.default_rng(0)  # non-zero biases: TFLite shares identical constant tensors
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    # conv1 40*4*5 + conv2 20*4*(5*4) + conv3 10*4*(5*4) + fc1 8*40 + logits 10*8
+    macs = 800 + 1600 + 800 + 320 + 80
+    assert keras_counts(model) == {
+        "params": model.count_params(),
+        "macs": macs,
+        "flops": 2 * macs,
+        "source": "keras",
+    }
+    tfl = tfopt.export.tflite(model, tmp_path / "m.tflite").path
+    onx = tfopt.export.onnx(model, tmp_path / "m.onnx").path
+    assert tflite_counts(tfl)["macs"] == macs and tflite_counts(tfl)["source"] == "tflite-graph"
+    assert onnx_counts(onx)["macs"] == macs
+    assert tflite_counts(tfl)["params"] == model.count_params()
+
+
+def test_load_test_throughput_at_two_clients(artifacts, labelled):
+    from tfopt.bench import load_test, runner_for
+
+    res = load_test(
+        runner_for(artifacts["tflite"]), labelled[0], clients=2, requests=400, duration_s=30
+    )
+    assert res["requests"] == 400  # bounded by the request count, not the time
+    assert res["workers"] == 2 and res["clients"] == 2
+    assert res["throughput_rps"] > 0
+    assert res["throughput_rps"] == pytest.approx(400 / res["seconds"])
+    assert 0 < res["latency_ms"]["p50"] <= res["latency_ms"]["p99"]
+    assert res["mean_batch_size"] == 1.0
+    short = load_test(
+        runner_for(artifacts["tflite"]), labelled[0], clients=1, requests=10**9, duration_s=0.2
+    )
+    assert 0 < short["requests"] < 10**9 and short["seconds"] < 2  # bounded by the time
+
+
+def test_micro_batching_batches_and_routes_each_answer(artifacts):
+    from tfopt.bench import Server, runner_for
+
+    x = np.random.default_rng(1).normal(size=(8, 3)).astype("float32")
+    answers = [None] * 8
+    barrier = threading.Barrier(8)
+    with Server(
+        runner_for(artifacts["tflite"]), workers=1, micro_batch=True, max_batch=8, max_wait_ms=200
+    ) as server:
+        server.warmup()
+
+        def client(i):
+            barrier.wait()
+            answers[i] = server.submit(x[i : i + 1])
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    # the identity model answers each request with its own input
+    np.testing.assert_allclose(np.concatenate(answers), x, atol=1e-6)
+    assert sum(server.batch_sizes) == 8
+    assert max(server.batch_sizes) >= 4  # 8 simultaneous requests, 200 ms to gather them
+    assert len(server.batch_sizes) <= 4
+
+
+def test_benchmark_with_micro_batching_reports_batch_sizes(artifacts, labelled):
+    from tfopt.bench import benchmark
+
+    res = benchmark(
+        artifacts["onnx"],
+        labelled,
+        concurrency=(1, 8),
+        micro_batch=True,
+        max_batch=8,
+        max_wait_ms=5,
+        requests=400,
+        duration_s=20,
+        runs=10,
+    )
+    one, eight = res.concurrency
+    assert (one["clients"], eight["clients"]) == (1, 8)
+    assert one["mean_batch_size"] == 1.0
+    assert eight["mean_batch_size"] > 1.5
+    assert eight["micro_batch"] is True and eight["max_batch"] == 8
+    assert eight["requests"] == 400 and eight["throughput_rps"] > 0
+
+
+def test_bad_arguments_are_clear(artifacts, labelled, tmp_path):
+    from tfopt.bench import benchmark, runner_for
+
+    with pytest.raises(
+        ValueError, match=r"concurrency must hold ints >= 1\. Received: concurrency=\[0\]"
+    ):
+        benchmark(artifacts["tflite"], labelled, concurrency=[0])
+    with pytest.raises(ValueError, match=r"data's samples have shape \(4,\) but .* takes \(3,\)"):
+        benchmark(artifacts["tflite"], (np.zeros((2, 4)), np.zeros(2)))
+    (tmp_path / "m.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"Unrecognized artifact .*m\.pt"):
+        runner_for(tmp_path / "m.pt")
+    with pytest.raises(FileNotFoundError, match="No such artifact"):
+        runner_for(tmp_path / "missing.tflite")
+
+
+def test_write_report_table_json_and_plots(artifacts, labelled, tmp_path):
+    from tfopt.bench import benchmark, format_table, write_report
+
+    results = [
+        benchmark(artifacts["tflite"], labelled, concurrency=(1, 2), requests=100, runs=10),
+        benchmark(artifacts["onnx"], labelled, concurrency=(1, 2), requests=100, runs=10),
+    ]
+    table = format_table(results)
+    assert table.count("| 0.7500 |") == 2
+    assert "| clients | workers | micro-batch | req/s |" in table
+    paths = write_report(results, tmp_path / "rep", title="Tiny")
+    rows = json.loads(paths["json"].read_text())
+    assert [r["accuracy"] for r in rows] == [0.75, 0.75]
+    assert [c["clients"] for c in rows[0]["concurrency"]] == [1, 2]
+    md = paths["markdown"].read_text()
+    assert (
+        md.startswith("# Tiny")
+        and "![latency vs concurrency](bench_latency_vs_concurrency.png)" in md
+    )
+    for key in ("latency_plot", "size_plot"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bench(artifacts, tmp_path, capsys):
+    from tfopt.cli import main
+
+    out = tmp_path / "b.json"
+    assert (
+        main(
+            [
+                "bench",
+                str(artifacts["tflite"]),
+                "--concurrency",
+                "1,2",
+                "--requests",
+                "50",
+                "--runs",
+                "10",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| artifact | runtime | accuracy |" in printed
+    (row,) = json.loads(out.read_text())
+    assert row["accuracy"] is None  # no --data
+    assert [c["clients"] for c in row["concurrency"]] == [1, 2]
+    assert all(c["requests"] == 50 for c in row["concurrency"])
+    with pytest.raises(SystemExit):
+        main(["bench", str(artifacts["tflite"]), "--concurrency", "0,x"])
+    assert "--concurrency takes comma-separated client counts" in capsys.readouterr().err
+
+
+def test_server_hands_runtime_errors_to_every_caller_and_validates_arguments():
+    from tfopt.bench import Server
+
+    class Broken:
+        runtime = "test"
+        input_shape = (3,)
+
+        def clone(self):
+            return self
+
+        def invoke(self, x):
+            raise ValueError(f"bad batch of {len(x)}")
+
+    with Server(Broken(), workers=1, micro_batch=True, max_batch=4) as server:
+        with pytest.raises(ValueError, match="bad batch of 1"):
+            server.submit(np.zeros((1, 3), "float32"))
+    with pytest.raises(RuntimeError, match="closed"):
+        server.submit(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match=r"workers must be an int >= 1\. Received: workers=-1"):
+        Server(Broken(), workers=-1)
+    with pytest.raises(ValueError, match=r"max_batch must be an int >= 1\. Received: max_batch=0"):
+        Server(Broken(), micro_batch=True, max_batch=0)

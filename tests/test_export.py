@@ -1,0 +1,280 @@
+"""tfopt.export: every format from a tiny model, parity checks, errors, and `tfopt export`."""
+
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def model():
+    import keras
+
+    import tfopt
+
+    keras.utils.set_random_seed(1)
+    return tfopt.models.get("mnist1d_cnn", width=4, dense=8)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).normal(size=(128, 40, 1)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "fmt, min_agreement",
+    [
+        ("tflite", 0.99),
+        ("tflite-float16", 0.99),
+        ("tflite-dynamic", 0.95),
+        ("tflite-int8", 0.9),
+        ("tflite-int16x8", 0.95),
+    ],
+)
+def test_tflite_formats_are_checked_and_keep_a_dynamic_batch(
+    model, x, tmp_path, fmt, min_agreement
+):
+    from tfopt.bench import TFLiteRunner
+    from tfopt.export import export
+
+    art = export(model, tmp_path / "m.tflite", format=fmt, representative_data=x)
+    assert art.format == fmt
+    assert art.bytes == (tmp_path / "m.tflite").stat().st_size
+    assert art.check["passed"] is True
+    assert art.check["samples"] == 128
+    assert art.check["min_agreement"] == min_agreement
+    assert art.check["argmax_agreement"] >= min_agreement
+    runner = TFLiteRunner(art.path)
+    assert runner.shape_signature == [None, 40, 1]
+    out = runner.invoke(x[:3])
+    assert out.shape == (3, 10)
+    if fmt == "tflite":
+        np.testing.assert_allclose(out, model.predict(x[:3], verbose=0), atol=1e-5)
+        assert art.check["max_abs_diff"] < 1e-5
+
+
+def test_int8_io_model_is_fully_integer(model, x, tmp_path):
+    from tfopt.bench import TFLiteRunner
+    from tfopt.export import tflite
+
+    art = tflite(
+        model, tmp_path / "m.tflite", quantization="int8", representative_data=x, int8_io=True
+    )
+    assert TFLiteRunner(art.path).input_dtype == np.int8
+    assert art.info["input"]["dtype"] == "int8"
+
+
+def test_onnx_runs_in_onnxruntime_with_any_batch(model, x, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from tfopt.export import export
+
+    art = export(model, tmp_path / "m.onnx", format="onnx", opset=13, check_data=x)
+    assert art.check["passed"] is True and art.check["argmax_agreement"] == 1.0
+    assert art.check["max_abs_diff"] < 1e-4
+    assert art.info["inputs"] == {"input": [None, 40, 1]}
+    assert art.info["outputs"] == {"output_0": [None, 10]}
+    assert [o.version for o in onnx.load(art.path).opset_import if o.domain in ("", "ai.onnx")] == [
+        13
+    ]
+    session = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    for n in (1, 7):
+        (out,) = session.run(["output_0"], {"input": x[:n]})
+        np.testing.assert_allclose(out, model.predict(x[:n], verbose=0), atol=1e-5)
+
+
+def test_savedmodel_reloads_with_a_serving_signature(model, x, tmp_path):
+    import tensorflow as tf
+
+    from tfopt.export import savedmodel
+
+    art = savedmodel(model, tmp_path / "sm")
+    assert art.format == "savedmodel" and art.check["passed"] is True
+    assert art.check["max_abs_diff"] <= 1e-5
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    fn = loaded.signatures["serving_default"]
+    out = fn(input=tf.constant(x[:5]))["output_0"].numpy()
+    np.testing.assert_allclose(out, model.predict(x[:5], verbose=0), atol=1e-5)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        savedmodel(model, tmp_path / "sm")
+
+
+EXPECTED_CONFIG = """name: "tiny"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [
+  {
+    name: "input"
+    data_type: TYPE_FP32
+    dims: [ 40, 1 ]
+  }
+]
+output [
+  {
+    name: "output_0"
+    data_type: TYPE_FP32
+    dims: [ 10 ]
+  }
+]
+dynamic_batching {
+  preferred_batch_size: [ 4, 8 ]
+  max_queue_delay_microseconds: 500
+}
+instance_group [
+  {
+    count: 2
+    kind: KIND_CPU
+  }
+]
+"""
+
+
+def test_triton_repository_layout_and_config(model, tmp_path):
+    from tfopt.bench import runner_for
+    from tfopt.export import export
+
+    art = export(
+        model,
+        tmp_path / "repo",
+        format="triton",
+        backend="onnx",
+        name="tiny",
+        max_batch_size=16,
+        preferred_batch_sizes=(4, 8),
+        max_queue_delay_us=500,
+        instance_count=2,
+    )
+    assert art.path == tmp_path / "repo" / "tiny"
+    assert (tmp_path / "repo" / "tiny" / "1" / "model.onnx").is_file()
+    assert (tmp_path / "repo" / "tiny" / "config.pbtxt").read_text() == EXPECTED_CONFIG
+    assert art.check["passed"] is True
+    assert runner_for(art.path).runtime == "onnxruntime"  # bench finds the model file
+
+    art = export(model, tmp_path / "repo", format="triton", version=2)
+    config = (tmp_path / "repo" / model.name / "config.pbtxt").read_text()
+    assert (tmp_path / "repo" / model.name / "2" / "model.savedmodel" / "saved_model.pb").is_file()
+    assert 'platform: "tensorflow_savedmodel"' in config
+    assert "max_batch_size: 64" in config and "dynamic_batching {" in config
+    assert 'name: "output_0"' in config and "dims: [ 10 ]" in config
+    with pytest.raises(ValueError, match=r"Unrecognized backend='trt'"):
+        export(model, tmp_path / "repo", format="triton", backend="trt")
+
+
+def test_tensorrt_without_the_package_says_what_to_install(model, tmp_path):
+    import importlib.util
+
+    from tfopt import MissingDependencyError
+    from tfopt.export import export
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed")
+    with pytest.raises(MissingDependencyError, match=r"TensorFlow >= 2\.18.*pip install tensorrt"):
+        export(model, tmp_path / "m.engine", format="tensorrt")
+    assert not (tmp_path / "m.onnx").exists()  # failed before doing any work
+
+
+def test_unknown_format_lists_the_supported_ones(model, tmp_path):
+    from tfopt.export import export
+
+    with pytest.raises(
+        ValueError,
+        match=r"format='tflite8'\. Did you mean 'tflite-int8'\? "
+        r"Supported formats are: \['tflite', 'tflite-float16'",
+    ):
+        export(model, tmp_path / "m", format="tflite8")
+    with pytest.raises(ValueError, match=r"format='trt'\. Did you mean 'tensorrt'\?"):
+        export(model, tmp_path / "m", format="trt")
+    with pytest.raises(ValueError, match=r"'onnx' does not take option\(s\) \['quantization'\]"):
+        export(model, tmp_path / "m.onnx", format="onnx", quantization="int8")
+
+
+def test_failed_parity_raises_unless_the_tolerance_is_relaxed(model, x, tmp_path):
+    from tfopt import ExportCheckError
+    from tfopt.export import export
+
+    # float16 weights are not exact: a zero tolerance on the max abs diff must fail
+    with pytest.raises(
+        ExportCheckError, match=r"m\.tflite \(tflite-float16\) disagrees.*raise atol"
+    ):
+        export(model, tmp_path / "m.tflite", format="tflite-float16", check_data=x, atol=0.0)
+    # int8 calibrated on inputs 1000x too small saturates on the real inputs
+    with pytest.raises(ExportCheckError, match=r"needs an agreement of at least 90\.0%"):
+        export(
+            model,
+            tmp_path / "q.tflite",
+            format="tflite-int8",
+            representative_data=x * 1e-3,
+            check_data=x,
+        )
+    art = export(
+        model,
+        tmp_path / "q.tflite",
+        format="tflite-int8",
+        representative_data=x * 1e-3,
+        check_data=x,
+        min_agreement=0.0,
+    )
+    assert art.check["passed"] is True and art.check["argmax_agreement"] < 0.9
+
+
+def test_check_against_keras_measures_a_wrong_runner(model, x):
+    from tfopt.export import check_against_keras
+
+    class Wrong:
+        def predict(self, x):
+            y = model.predict(x, verbose=0)
+            y[:32] = -y[:32]  # flips the argmax of the first quarter (the max becomes the min)
+            return y
+
+    check = check_against_keras(model, Wrong(), x, min_agreement=0.9, max_abs_diff=None)
+    assert check["argmax_agreement"] == 0.75
+    assert check["passed"] is False
+
+
+@pytest.fixture(scope="module")
+def gru():
+    import keras
+
+    inputs = keras.Input((12, 3), name="seq")
+    h = keras.layers.GRU(8)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(4)(h))
+
+
+def test_recurrent_model_needs_an_explicit_option(gru, tmp_path):
+    from tfopt.bench import TFLiteRunner
+    from tfopt.export import tflite
+
+    with pytest.raises(
+        RuntimeError, match=r"TensorList.*Pass fixed_batch=1.*select_tf_ops=True"
+    ) as e:
+        tflite(gru, tmp_path / "g.tflite")
+    assert len(str(e.value)) < 800  # one readable message, not pages of MLIR
+    art = tflite(gru, tmp_path / "g.tflite", fixed_batch=1)
+    assert art.check["passed"] is True and art.check["max_abs_diff"] < 1e-5
+    runner = TFLiteRunner(art.path)
+    assert runner.shape_signature == [1, 12, 3]
+    x = np.random.default_rng(0).normal(size=(5, 12, 3)).astype("float32")
+    np.testing.assert_allclose(runner.predict(x), gru.predict(x, verbose=0), atol=1e-5)
+    art = tflite(gru, tmp_path / "s.tflite", select_tf_ops=True)
+    assert art.check["passed"] is None and "Flex" in art.check["skipped"]
+
+
+def test_cli_export(model, tmp_path, capsys):
+    from tfopt.cli import main
+    from tfopt.cli._export import FORMAT_NAMES
+    from tfopt.export import FORMATS, default_path
+
+    assert list(FORMAT_NAMES) == list(FORMATS)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    assert default_path(path, "tflite-int8") == tmp_path / "m_int8.tflite"
+    assert default_path(path, "savedmodel") == tmp_path / "m_savedmodel"
+    assert main(["export", str(path), "--format", "onnx", "--opset", "15"]) == 0
+    out = capsys.readouterr().out
+    assert f"onnx: {tmp_path / 'm.onnx'}" in out and "check passed: argmax agreement 100.0%" in out
+    report = json.loads((tmp_path / "m.onnx.export.json").read_text())
+    assert report["format"] == "onnx" and report["info"]["opset"] == 15
+    assert report["check"]["passed"] is True
+    assert main(["export", str(path), "--format", "tflite8"]) == 1
+    assert "Did you mean 'tflite-int8'?" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""`tfopt bench ARTIFACT [ARTIFACT ...] [--data NAME] [--concurrency 1,8,32] [--json out.json]`."""
+
+from __future__ import annotations
+
+
+def _levels(text: str) -> list[int]:
+    import argparse
+
+    try:
+        levels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        levels = []
+    if not levels or any(v < 1 for v in levels):
+        raise argparse.ArgumentTypeError(
+            f"--concurrency takes comma-separated client counts >= 1, e.g. 1,8,32. Received: {text!r}"
+        )
+    return levels
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "bench",
+        help="benchmark artifacts in their runtime: accuracy, size, latency, throughput under load",
+        description="Measure each ARTIFACT (.keras, .tflite, .onnx, SavedModel or Triton model "
+        "directory) in its own runtime: accuracy on the dataset's test split, params/MACs, file "
+        "and gzip size, single-request latency p50/p90/p99, and throughput/latency at each "
+        "concurrency level. Prints a table; --json and --report write files.",
+    )
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT")
+    p.add_argument(
+        "--data",
+        help="dataset name or .npz; its test split gives accuracy and inputs "
+        "(default: none: latency on zero inputs, no accuracy)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_levels,
+        default=[1],
+        metavar="1,8,32",
+        help="client counts for the load test (default: 1)",
+    )
+    p.add_argument(
+        "--micro-batch", action="store_true", help="group concurrent requests into batches"
+    )
+    p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch (default: 32)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a batch that is not full waits for more requests (default: 0)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="interpreters/sessions in the pool (default: min(clients, CPUs))",
+    )
+    p.add_argument(
+        "--requests", type=int, default=1000, help="most requests per level (default: 1000)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=2.0, help="longest seconds per level (default: 2)"
+    )
+    p.add_argument("--runs", type=int, default=200, help="timed single-request runs (default: 200)")
+    p.add_argument("--json", dest="json_path", metavar="OUT.json", help="write the results as JSON")
+    p.add_argument(
+        "--report", metavar="DIR", help="write bench.md, bench.json and PNG plots to DIR"
+    )
+    return p
+
+
+def main(args) -> int:
+    import json
+    from pathlib import Path
+
+    from tfopt import bench
+
+    data = None
+    if args.data:
+        from tfopt.cli._export import _load_data
+
+        data = _load_data(args.data).test
+    results = []
+    for artifact in args.artifacts:
+        results.append(
+            bench.benchmark(
+                artifact,
+                data,
+                concurrency=args.concurrency,
+                micro_batch=args.micro_batch,
+                max_batch=args.max_batch,
+                max_wait_ms=args.max_wait_ms,
+                workers=args.workers,
+                requests=args.requests,
+                duration_s=args.duration,
+                runs=args.runs,
+            )
+        )
+    print(bench.format_table(results), end="")
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        print(f"json: {args.json_path}")
+    if args.report:
+        paths = bench.write_report(results, args.report)
+        print(f"report: {paths['markdown']}")
+    return 0

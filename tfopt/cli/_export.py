@@ -1,0 +1,140 @@
+"""`tfopt export MODEL.keras --format F [--out PATH] [--data NAME]`."""
+
+from __future__ import annotations
+
+# the formats, without importing TensorFlow (kept equal to tfopt.export.FORMATS by a test)
+FORMAT_NAMES = (
+    "tflite",
+    "tflite-float16",
+    "tflite-dynamic",
+    "tflite-int8",
+    "tflite-int16x8",
+    "onnx",
+    "savedmodel",
+    "triton",
+    "tensorrt",
+    "tensorrt-fp16",
+    "tensorrt-int8",
+)
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "export",
+        help="export a .keras model (TFLite, ONNX, SavedModel, Triton, TensorRT), parity-checked",
+        description="Export MODEL.keras in FORMAT and check the artifact against the Keras model "
+        "(argmax agreement and max abs difference on sample inputs). The check's result is printed "
+        "and written to <out>.export.json. Formats: " + ", ".join(FORMAT_NAMES) + ".",
+    )
+    p.add_argument("model", help="the .keras model file")
+    p.add_argument(
+        "--format",
+        "-f",
+        default="tflite",
+        metavar="F",
+        help="export format (default: tflite): " + ", ".join(FORMAT_NAMES),
+    )
+    p.add_argument(
+        "--out",
+        "-o",
+        help="output file or directory (default: next to MODEL, e.g. "
+        "m.keras -> m_int8.tflite, m.onnx, m_savedmodel/, m_triton/)",
+    )
+    p.add_argument(
+        "--data",
+        help="dataset name (or .npz with x_train/y_train/x_test/y_test) whose "
+        "training inputs calibrate int8 and whose validation inputs are the check inputs",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=200,
+        help="representative samples for int8 calibration (default: 200)",
+    )
+    p.add_argument("--opset", type=int, help="ONNX opset (onnx, triton --backend onnx, tensorrt)")
+    p.add_argument(
+        "--backend", choices=("savedmodel", "onnx"), help="Triton backend (default: savedmodel)"
+    )
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT precision")
+    p.add_argument(
+        "--select-tf-ops",
+        action="store_true",
+        help="TFLite: allow TF ops outside the builtins (needs the Flex delegate at runtime)",
+    )
+    p.add_argument(
+        "--fixed-batch",
+        type=int,
+        help="TFLite: fix the batch size (lets RNNs convert with builtin ops only)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        help="lowest accepted argmax agreement with Keras (default: by format)",
+    )
+    p.add_argument(
+        "--atol",
+        type=float,
+        help="largest accepted max abs difference, as a fraction "
+        "of the largest Keras output (default: by format)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing SavedModel/Triton version"
+    )
+    return p
+
+
+def _load_data(name: str):
+    from pathlib import Path
+
+    from tfopt import data
+
+    if name.endswith(".npz"):
+        return data.from_npz(Path(name))
+    return data.load(name)
+
+
+def main(args) -> int:
+    from pathlib import Path
+
+    if args.format not in FORMAT_NAMES:
+        from tfopt.export import check_format
+
+        check_format(args.format)  # raises with the did-you-mean
+    from tfopt import export, models
+
+    model = models.load(args.model)
+    out = Path(args.out) if args.out else export.default_path(args.model, args.format)
+    options = {}
+    if args.data:
+        ds = _load_data(args.data)
+        if args.format.startswith("tflite"):
+            options["representative_data"] = ds.x_train[: args.samples]
+        if args.format.startswith("tensorrt-int8") or args.precision == "int8":
+            options["calibration_data"] = ds.x_train[: args.samples]
+        options["check_data"] = ds.x_val[:256]
+    named = {
+        "opset": args.opset,
+        "backend": args.backend,
+        "precision": args.precision,
+        "fixed_batch": args.fixed_batch,
+        "min_agreement": args.min_agreement,
+        "atol": args.atol,
+    }
+    options.update({k: v for k, v in named.items() if v is not None})
+    if args.select_tf_ops:
+        options["select_tf_ops"] = True
+    if args.overwrite:
+        options["overwrite"] = True
+    art = export.export(model, out, format=args.format, **options)
+    report = art.write_json(Path(f"{art.path}.export.json"))
+    check = art.check
+    if check.get("passed") is None:
+        verdict = f"check skipped: {check.get('skipped')}"
+    else:
+        verdict = (
+            f"check passed: argmax agreement {check['argmax_agreement']:.1%} on "
+            f"{check['samples']} inputs, max abs diff {check['max_abs_diff']:.3g}"
+        )
+    print(f"{art.format}: {art.path} ({art.bytes / 1024:.1f} KiB); {verdict}")
+    print(f"report: {report}")
+    return 0
