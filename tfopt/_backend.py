@@ -7,8 +7,11 @@ TensorFlow is imported; the full check runs the first time a tfopt module import
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import sys
+import warnings
 
 from tfopt.errors import BackendError
 
@@ -82,15 +85,27 @@ def check_model(model, arg: str = "model"):
 
 @contextlib.contextmanager
 def quiet():
-    """Silences stdout/stderr at the file-descriptor level (TF's converter prints from C++)."""
+    """Silences TensorFlow's chatter: C++ logs (file descriptors 1 and 2), Python prints ("Saved
+    artifact at ..."), the tensorflow/absl/tf2onnx loggers and UserWarnings. Exceptions still
+    propagate; they are shown after the streams are restored."""
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl", "tf2onnx")]
+    levels = [lg.level for lg in loggers]
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
-        yield
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore", UserWarning)
+            yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -98,3 +113,5 @@ def quiet():
         os.dup2(saved[1], 2)
         for fd in (*saved, devnull):
             os.close(fd)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

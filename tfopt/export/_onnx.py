@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tfopt._backend import check_model, quiet
 from tfopt.errors import MissingDependencyError
-from tfopt.export._common import Artifact, check_inputs, input_name, silenced, single_input, verify
+from tfopt.export._common import Artifact, check_inputs, input_name, single_input, verify
 
 OUTPUT_NAME = "output_0"  # the same name as the SavedModel serving signature's output
 
@@ -88,7 +88,7 @@ def onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     try:
-        with quiet(), silenced():
+        with quiet():
             proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=opset)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

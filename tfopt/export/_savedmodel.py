@@ -11,7 +11,6 @@ from tfopt.export._common import (
     check_inputs,
     disk_bytes,
     input_name,
-    silenced,
     single_input,
     verify,
 )
@@ -72,7 +71,7 @@ def savedmodel(
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = None if dynamic_batch else 1
     spec = tf.TensorSpec((batch, *model.input_shape[1:]), tensor.dtype, name=input_name(model))
-    with quiet(), silenced():
+    with quiet():
         model.export(str(path), format="tf_saved_model", verbose=False, input_signature=[spec])
     runner = SavedModelRunner(path)
     out = runner._fn.structured_outputs[runner.output_name]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tfopt._backend import check_model, import_keras, quiet
-from tfopt.export._common import Artifact, check_against_keras, check_inputs, silenced, verify
+from tfopt.export._common import Artifact, check_against_keras, check_inputs, is_qat, verify
 
 keras = import_keras()
 
@@ -22,12 +22,6 @@ _TENSOR_LIST_HINT = (
     "select_tf_ops=True to keep the TF ops (the runtime then needs the Flex delegate, which "
     "ai_edge_litert does not ship)."
 )
-
-
-def _is_qat(model) -> bool:
-    return any(
-        type(layer).__module__.startswith("tfopt.quantize") for layer in model._flatten_layers()
-    )
 
 
 def _representative(data, limit: int = 200, batch: int = 1):
@@ -84,7 +78,7 @@ def _convert(
         converter.representative_dataset = _representative(
             representative_data, batch=fixed_batch or 1
         )
-    if quantization == "int8" and not _is_qat(model):
+    if quantization == "int8" and not is_qat(model):
         builtins = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if quantization == "int16x8":
         builtins = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
@@ -171,7 +165,7 @@ def tflite(
         raise ValueError(
             f"Unrecognized quantization={quantization!r}. Supported: {list(QUANTIZATIONS)}"
         )
-    if quantization in ("int8", "int16x8") and representative_data is None and not _is_qat(model):
+    if quantization in ("int8", "int16x8") and representative_data is None and not is_qat(model):
         raise ValueError(
             f"quantization={quantization!r} needs representative_data (a few hundred training "
             "inputs) to calibrate activation ranges, unless the model is a tfopt QAT model."
@@ -186,7 +180,7 @@ def tflite(
         )
     from tfopt.bench._runners import TFLiteRunner
 
-    with silenced():
+    with quiet():
         content = _convert(
             model,
             quantization,
