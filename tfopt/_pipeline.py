@@ -23,7 +23,7 @@ _TFLITE_QUANTIZATION = {
     "tflite-int8": "int8",
     "tflite-int16x8": "int16x8",
 }
-_SUFFIX = {"onnx": ".onnx", "savedmodel": ""}
+_SUFFIX = {"onnx": ".onnx", "savedmodel": "", "triton": "", "tensorrt": ".engine"}
 
 
 def _log(msg: str) -> None:
@@ -186,14 +186,18 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
     n += 1
     _log(f"[{n}/{total}] bench: accuracy on {len(data.x_test)} test samples through each artifact")
     rows = []
+    options = dict(
+        warmup=cfg.bench.warmup,
+        runs=cfg.bench.runs,
+        concurrency=cfg.bench.concurrency,
+        micro_batch=cfg.bench.micro_batch,
+    )
     for stage in stages:
-        res = bench.benchmark(
-            stage["model"], data.test, warmup=cfg.bench.warmup, runs=cfg.bench.runs
-        )
+        res = bench.benchmark(stage["model"], data.test, **options)
         rows.append(_row(stage["stage"], "keras", stage["keras"], res, None))
     for item in artifacts:
         art = item["artifact"]
-        res = bench.benchmark(art.path, data.test, warmup=cfg.bench.warmup, runs=cfg.bench.runs)
+        res = bench.benchmark(art.path, data.test, model=stages[-1]["model"], **options)
         rows.append(_row(item["stage"], item["format"], art.path, res, art.check))
     for row in rows:
         _log(
@@ -225,13 +229,12 @@ def _row(stage, fmt, path, res, check) -> dict:
         from tfopt.bench import file_sizes
 
         r.update({k if k == "gzip_bytes" else "bytes": v for k, v in file_sizes(path).items()})
+    keep = ("accuracy", "bytes", "gzip_bytes", "params", "macs", "latency_ms", "concurrency")
     return {
         "stage": stage,
         "format": fmt,
         "path": str(path),
-        "accuracy": r["accuracy"],
-        "bytes": r["bytes"],
-        "gzip_bytes": r["gzip_bytes"],
-        "latency_ms": r["latency_ms"],
+        "artifact": f"{stage}:{fmt}",
+        **{k: r.get(k) for k in keep},
         "check": check,
     }

@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tfopt.bench._report import plot_accuracy_vs_size
+
 
 def _fmt_bytes(n) -> str:
     return "-" if n is None else f"{n / 1024:.1f} KiB"
 
 
+def _count(n) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| stage | format | accuracy | size | gzip size | latency p50 (ms) | latency p99 (ms) | parity with Keras |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stage | format | accuracy | size | gzip size | params | MACs | latency p50 (ms) | latency p99 (ms) | parity with Keras |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         check = r.get("check")
@@ -25,37 +31,26 @@ def markdown_table(rows: list[dict]) -> str:
         lat = r.get("latency_ms") or {}
         lines.append(
             f"| {r['stage']} | {r['format']} | {r['accuracy']:.4f} | {_fmt_bytes(r['bytes'])} | "
-            f"{_fmt_bytes(r['gzip_bytes'])} | {lat.get('p50', float('nan')):.3f} | "
+            f"{_fmt_bytes(r['gzip_bytes'])} | {_count(r.get('params'))} | {_count(r.get('macs'))} | "
+            f"{lat.get('p50', float('nan')):.3f} | "
             f"{lat.get('p99', float('nan')):.3f} | {parity} |"
         )
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+def throughput_table(rows: list[dict]) -> str:
+    lines = [
+        "| stage | format | clients | req/s | p50 (ms) | p99 (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        if r["format"] == "keras":
-            continue
-        ax.scatter(r["gzip_bytes"] / 1024, r["accuracy"], s=40)
-        ax.annotate(
-            f"{r['stage']}:{r['format']}",
-            (r["gzip_bytes"] / 1024, r["accuracy"]),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    ax.set_xlabel("gzip size (KiB)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy vs size of the exported artifacts")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        for level in r.get("concurrency") or []:
+            lat = level.get("latency_ms", {})
+            lines.append(
+                f"| {r['stage']} | {r['format']} | {level['clients']} | {level['throughput_rps']:.0f} | "
+                f"{lat.get('p50', float('nan')):.3f} | {lat.get('p99', float('nan')):.3f} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def write_report(report: dict, run_dir: Path) -> None:
@@ -72,6 +67,9 @@ def write_report(report: dict, run_dir: Path) -> None:
         markdown_table(report["results"]),
         "",
     ]
+    load = throughput_table(report["results"])
+    if load:
+        md += ["## Under concurrent load", "", load, ""]
     if report.get("steps"):
         md += ["## Steps", ""]
         for stage, facts in report["steps"].items():
@@ -79,4 +77,6 @@ def write_report(report: dict, run_dir: Path) -> None:
         md.append("")
     md += ["![accuracy vs size](report.png)", "", "TensorBoard: `tensorboard --logdir logs`", ""]
     (run_dir / "report.md").write_text("\n".join(md))
-    _plot(report["results"], run_dir / "report.png")
+    plot_accuracy_vs_size(
+        [r for r in report["results"] if r["format"] != "keras"], run_dir / "report.png"
+    )

@@ -8,7 +8,7 @@ import sys
 
 from tfopt.errors import ConfigError, TfoptError
 
-COMMANDS = ["run"]
+COMMANDS = ["run", "export", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

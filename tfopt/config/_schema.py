@@ -21,6 +21,8 @@ EXPORT_FORMATS = (
     "tflite-int16x8",
     "onnx",
     "savedmodel",
+    "triton",
+    "tensorrt",
 )
 
 
@@ -73,6 +75,15 @@ class ExportConfig(Section):
 class BenchConfig(Section):
     runs: int = Field(200, ge=1)  # timed single-sample runs per artifact
     warmup: int = Field(20, ge=0)
+    concurrency: list[int] = Field(default_factory=lambda: [1])  # client counts of the load test
+    micro_batch: bool = False  # group waiting requests into one batch in the load test
+
+    @field_validator("concurrency")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError(f"client counts must be >= 1. Received: {v}")
+        return v
 
 
 class RunConfig(Section):
