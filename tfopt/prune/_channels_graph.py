@@ -1,0 +1,442 @@
+"""The channel dependency graph behind `tfopt.prune.prune_channels`.
+
+Every tensor's last axis (its channels) is described by a `Layout`: a list of segments, each a
+whole "channel space" created by one producer (Conv/Dense/SeparableConv output, a model input, or
+the output of a layer tfopt cannot see through), repeated ``repeat`` times (a Flatten of a
+``(spatial, C)`` tensor lays its ``spatial * C`` features out as ``repeat=spatial`` copies of the
+``C`` channels). Layers that keep channels one to one (BatchNorm, activations, pooling, padding,
+dropout, DepthwiseConv) pass the layout through; element-wise merges (Add, Multiply, ...) tie the
+spaces of their inputs together (union-find); Concatenate lays its inputs' segments side by side.
+A group is a set of tied spaces: the same channel indices are kept in every space of a group.
+A group is frozen when any of its spaces reaches the model output, a layer tfopt cannot handle, a
+model input or a producer the user excluded with ``filters``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfopt._backend import import_keras
+
+keras = import_keras()
+L = keras.layers
+
+
+class Unsupported(Exception):
+    """A layer tfopt cannot prune through; the message is the reason shown in the plan."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a tensor's last axis is made of channel spaces: ``segments`` repeated ``repeat`` times."""
+
+    segments: tuple[tuple[int, int], ...]  # (space id, size)
+    repeat: int = 1
+
+    @property
+    def width(self) -> int:
+        return sum(size for _, size in self.segments)
+
+    @property
+    def channels(self) -> int:
+        return self.width * self.repeat
+
+
+@dataclass
+class NodeInfo:
+    """One call of an operation in the model graph, with the layouts of its inputs and outputs."""
+
+    node: object
+    op: object
+    kind: str  # input | producer | tied | merge | concat | flatten | frozen
+    in_layouts: list[Layout]
+    out_layouts: list[Layout]
+    in_shapes: list[tuple]
+    out_shapes: list[tuple]
+    reason: str | None = None
+
+
+@dataclass
+class Group:
+    """Channel spaces tied together: one pruning decision (which indices to keep) for all."""
+
+    id: int
+    spaces: list[int]
+    size: int
+    producers: list[str]
+    frozen: str | None = None
+    scores: np.ndarray | None = None
+    importance_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+# Layers that keep channel i at channel i and have no per-channel weights.
+_PASSTHROUGH = tuple(
+    getattr(L, name)
+    for name in (
+        "ReLU",
+        "LeakyReLU",
+        "ELU",
+        "Activation",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "Identity",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
+        "Rescaling",
+    )
+    if hasattr(L, name)
+)
+_CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
+_CONV_T = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+_DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
+_PRODUCERS = (*_CONV, *_CONV_T, *_SEPARABLE, L.Dense)
+_MERGE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
+# keras.ops calls recorded in a functional graph (``x + y`` on symbolic tensors).
+_MERGE_OPS = {"Add", "Subtract", "Multiply", "Maximum", "Minimum"}
+_SUPPORTED = (
+    *_PASSTHROUGH,
+    *_PRODUCERS,
+    *_DEPTHWISE,
+    *_MERGE,
+    L.BatchNormalization,
+    L.LayerNormalization,
+    L.PReLU,
+    L.Concatenate,
+    L.Flatten,
+    L.InputLayer,
+)
+
+
+def is_producer(op) -> bool:
+    return type(op) in _PRODUCERS
+
+
+def _is_layer(op) -> bool:
+    return isinstance(op, L.Layer)
+
+
+def _shape(t) -> tuple:
+    return tuple(t.shape)
+
+
+def _check_channels_last(op):
+    fmt = getattr(op, "data_format", None)
+    if fmt is not None and fmt != "channels_last":
+        raise Unsupported(f"data_format={fmt!r} (only channels_last is supported)")
+
+
+class Graph:
+    """The analysed model: nodes in topological order, channel spaces, groups."""
+
+    def __init__(self, model, *, prunable=None):
+        self.model = model
+        self.func = _functional(model)
+        self.space_size: list[int] = []
+        self.space_producer: list[str | None] = []
+        self._parent: list[int] = []
+        self._frozen: dict[int, str] = {}  # space -> reason (any space; resolved to roots later)
+        self.layouts: dict[int, Layout] = {}  # id(KerasTensor) -> Layout
+        self.nodes: list[NodeInfo] = []
+        self.skipped: dict[str, str] = {}  # layer name -> why it is left whole
+        self.prunable = prunable or (lambda layer: True)
+        self._analyse()
+        self.groups = self._make_groups()
+
+    # -- union-find over channel spaces ---------------------------------------------------------
+    def new_space(self, size: int, producer: str | None, frozen: str | None = None) -> int:
+        sid = len(self.space_size)
+        self.space_size.append(int(size))
+        self.space_producer.append(producer)
+        self._parent.append(sid)
+        if frozen:
+            self._frozen[sid] = frozen
+        return sid
+
+    def find(self, s: int) -> int:
+        while self._parent[s] != s:
+            self._parent[s] = self._parent[self._parent[s]]
+            s = self._parent[s]
+        return s
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self._parent[max(ra, rb)] = min(ra, rb)
+
+    def freeze(self, layout: Layout, reason: str) -> None:
+        for sid, _ in layout.segments:
+            self._frozen.setdefault(sid, reason)
+
+    def fresh(self, shape: tuple, producer: str | None, frozen: str | None = None) -> Layout:
+        channels = shape[-1] if len(shape) > 1 else 1
+        if channels is None:
+            channels = 0
+            frozen = frozen or "unknown channel count"
+        return Layout(((self.new_space(channels, producer, frozen), int(channels)),))
+
+    # -- analysis ------------------------------------------------------------------------------
+    def _analyse(self) -> None:
+        func = self.func
+        calls: dict[int, int] = {}
+        for depth in sorted(func._nodes_by_depth, reverse=True):
+            for node in func._nodes_by_depth[depth]:
+                calls[id(node.operation)] = calls.get(id(node.operation), 0) + 1
+        for x in func.inputs:
+            self.layouts[id(x)] = self.fresh(_shape(x), None, "model input")
+        for depth in sorted(func._nodes_by_depth, reverse=True):
+            for node in func._nodes_by_depth[depth]:
+                if node.is_input:
+                    continue
+                self._visit(node, calls[id(node.operation)])
+        for x in func.outputs:
+            self.freeze(self.layouts[id(x)], "model output")
+
+    def _visit(self, node, n_calls: int) -> None:
+        op = node.operation
+        ins = [self.layouts[id(t)] for t in node.input_tensors]
+        in_shapes = [_shape(t) for t in node.input_tensors]
+        out_shapes = [_shape(t) for t in node.outputs]
+        info = NodeInfo(node, op, "frozen", ins, [], in_shapes, out_shapes)
+        try:
+            if n_calls > 1:
+                raise Unsupported(f"layer is called {n_calls} times (shared weights)")
+            info.kind, info.out_layouts = self._rule(op, node, ins, in_shapes, out_shapes)
+        except Unsupported as e:
+            info.kind, info.reason = "frozen", str(e)
+            self.skipped[op.name] = str(e)
+            for lay in ins:
+                self.freeze(lay, f"feeds {op.name} ({type(op).__name__}), which is left whole")
+            info.out_layouts = [
+                self.fresh(s, op.name, f"comes from {op.name} ({type(op).__name__}), left whole")
+                for s in out_shapes
+            ]
+        for t, lay in zip(node.outputs, info.out_layouts):
+            self.layouts[id(t)] = lay
+        self.nodes.append(info)
+
+    def _rule(self, op, node, ins, in_shapes, out_shapes):  # noqa: C901 - one rule per layer kind
+        cls = type(op)
+        if not _is_layer(op):
+            if cls.__name__ in _MERGE_OPS and not node.arguments.kwargs:
+                args = node.arguments.args
+                if len(ins) == 2 and len(args) == 2:
+                    return "merge", [self._merge(op, ins, in_shapes, out_shapes)]
+                scalar = [a for a in args if isinstance(a, int | float)]
+                if len(ins) == 1 and len(args) == 2 and len(scalar) == 1:
+                    return "tied", [ins[0]]  # x * 2.0, x + 1.0: channel i stays channel i
+            raise Unsupported(f"operation {cls.__name__} is not supported by channel pruning")
+        if cls not in _SUPPORTED:
+            if isinstance(op, keras.Model):
+                raise Unsupported("nested model")
+            base = next((b.__name__ for b in cls.__mro__[1:] if b in _SUPPORTED), None)
+            extra = f" (subclass of {base})" if base else ""
+            raise Unsupported(f"layer type {cls.__name__}{extra} is not supported")
+        if len(node.outputs) != 1:
+            raise Unsupported("layer has several outputs")
+        mode = getattr(getattr(op, "dtype_policy", None), "quantization_mode", None)
+        if mode:
+            raise Unsupported(f"quantized layer ({mode})")
+        if getattr(op, "lora_enabled", False):
+            raise Unsupported("LoRA-enabled layer")
+        out_shape = out_shapes[0]
+        if cls in _MERGE:
+            return "merge", [self._merge(op, ins, in_shapes, out_shapes)]
+        if cls is L.Concatenate:
+            return "concat", [self._concat(op, ins, in_shapes, out_shape)]
+        if len(ins) != 1:
+            raise Unsupported(f"layer takes {len(ins)} tensor inputs")
+        lay, in_shape = ins[0], in_shapes[0]
+        if cls is L.Flatten:
+            _check_channels_last(op)
+            spatial = in_shape[1:-1]
+            if lay.repeat != 1 or any(d is None for d in spatial):
+                raise Unsupported("Flatten of a tensor with unknown spatial size")
+            return "flatten", [Layout(lay.segments, lay.repeat * int(np.prod(spatial, dtype=int)))]
+        if cls in _PRODUCERS:
+            _check_channels_last(op)
+            if getattr(op, "groups", 1) != 1:
+                raise Unsupported(f"grouped convolution (groups={op.groups})")
+            if lay.channels != in_shape[-1]:
+                raise Unsupported("input channel layout does not match the input shape")
+            return "producer", [self.fresh(out_shape, op.name)]
+        # From here on: layers that keep channel i at channel i.
+        if lay.repeat != 1 and cls not in _PASSTHROUGH:
+            raise Unsupported("applied to a flattened tensor")
+        if cls in _DEPTHWISE:
+            _check_channels_last(op)
+            if op.depth_multiplier != 1:
+                raise Unsupported(f"depth_multiplier={op.depth_multiplier} (only 1 is supported)")
+        elif cls is L.BatchNormalization:
+            if op.axis not in (-1, len(in_shape) - 1):
+                raise Unsupported(f"BatchNormalization axis={op.axis} is not the channel axis")
+        elif cls is L.LayerNormalization:
+            axis = op.axis if isinstance(op.axis, list | tuple) else [op.axis]
+            if [a % len(in_shape) for a in axis] != [len(in_shape) - 1]:
+                raise Unsupported(f"LayerNormalization over axis={op.axis} (only the last axis)")
+        elif cls is L.PReLU:
+            if in_shape[-1] is None:
+                raise Unsupported("PReLU with unknown channel count")
+        elif cls is L.Activation:
+            name = getattr(op.activation, "__name__", str(op.activation))
+            if name in ("softmax", "log_softmax"):
+                raise Unsupported(f"activation {name!r} mixes channels")
+        elif cls is L.Rescaling:
+            if np.size(op.scale) != 1 or np.size(op.offset) != 1:
+                raise Unsupported("per-channel Rescaling")
+        else:
+            _check_channels_last(op)
+        if out_shape[-1] != in_shape[-1] and len(out_shape) > 1:
+            raise Unsupported("changes the channel count")
+        return "tied", [lay]
+
+    def _merge(self, op, ins, in_shapes, out_shapes) -> Layout:
+        if any(s[-1] != out_shapes[0][-1] for s in in_shapes):
+            raise Unsupported("inputs broadcast along the channel axis")
+        first = ins[0]
+        for lay in ins[1:]:
+            if lay.repeat != first.repeat or [s for _, s in lay.segments] != [
+                s for _, s in first.segments
+            ]:
+                raise Unsupported("inputs have differently concatenated channels")
+        for lay in ins[1:]:
+            for (a, _), (b, _) in zip(first.segments, lay.segments):
+                self.union(a, b)
+        return first
+
+    def _concat(self, op, ins, in_shapes, out_shape) -> Layout:
+        rank = len(out_shape)
+        if op.axis % rank != rank - 1:  # concatenation along a spatial axis ties the channels
+            return self._merge(op, ins, in_shapes, [out_shape])
+        if any(lay.repeat != 1 for lay in ins):
+            raise Unsupported("concatenates flattened tensors")
+        return Layout(tuple(seg for lay in ins for seg in lay.segments))
+
+    # -- groups --------------------------------------------------------------------------------
+    def _make_groups(self) -> list[Group]:
+        for info in self.nodes:
+            if info.kind == "producer" and not self.prunable(info.op):
+                self.freeze(info.out_layouts[0], f"{info.op.name} excluded by filters")
+        members: dict[int, list[int]] = {}
+        for sid in range(len(self.space_size)):
+            members.setdefault(self.find(sid), []).append(sid)
+        groups = []
+        for root, spaces in sorted(members.items()):
+            frozen = next((self._frozen[s] for s in spaces if s in self._frozen), None)
+            producers = [self.space_producer[s] for s in spaces if self.space_producer[s]]
+            groups.append(Group(len(groups), spaces, self.space_size[root], producers, frozen))
+        self.group_of = {s: g.id for g in groups for s in g.spaces}
+        return groups
+
+    def nodes_touching(self, group: Group):
+        """(node, layout index in ``in_layouts``) pairs whose inputs include the group's channels."""
+        spaces = set(group.spaces)
+        for info in self.nodes:
+            for lay in info.in_layouts:
+                if any(s in spaces for s, _ in lay.segments):
+                    yield info, lay
+
+
+def _functional(model):
+    if isinstance(model, keras.Sequential):
+        func = getattr(model, "_functional", None)
+        if func is None:
+            raise ValueError(
+                f"The Sequential model {model.name!r} is not built: give it an input shape "
+                "(keras.Input(...) as its first layer) or call it on data before pruning."
+            )
+        return func
+    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "_is_graph_network", True):
+        raise TypeError(
+            f"prune_channels needs a functional or Sequential Keras model (a graph of layers). "
+            f"Received a subclassed model: {type(model).__module__}.{type(model).__name__}"
+        )
+    return model
+
+
+# -- per-layer weights, params and MACs -------------------------------------------------------
+def weight_roles(op, name: str, shape: tuple, in_channels: int) -> dict[int, str]:
+    """Which axes of weight ``name`` follow the layer's input ("in") or output ("out") channels."""
+    cls = type(op)
+    rank = len(shape)
+    if cls is L.Dense:
+        return {0: "in", 1: "out"} if name == "kernel" else {0: "out"}
+    if cls in _CONV:
+        return {rank - 2: "in", rank - 1: "out"} if name == "kernel" else {0: "out"}
+    if cls in _CONV_T:
+        return {rank - 2: "out", rank - 1: "in"} if name == "kernel" else {0: "out"}
+    if cls in _DEPTHWISE:
+        return {rank - 2: "in"} if name == "kernel" else {0: "in"}
+    if cls in _SEPARABLE:
+        if name == "depthwise_kernel":
+            return {rank - 2: "in"}
+        if name == "pointwise_kernel":
+            return {rank - 2: "in_m", rank - 1: "out"}
+        return {0: "out"}
+    if cls in (L.BatchNormalization, L.LayerNormalization):
+        return {0: "in"} if rank == 1 and shape[0] == in_channels else {}
+    if cls is L.PReLU:
+        return {rank - 1: "in"} if shape[-1] == in_channels and in_channels > 1 else {}
+    return {}
+
+
+def layer_macs(info: NodeInfo, c_in: int, c_out: int) -> int | None:
+    """Multiply-accumulates of one call with ``c_in`` input and ``c_out`` output channels."""
+    op = info.op
+    out_shape, in_shape = info.out_shapes[0], info.in_shapes[0] if info.in_shapes else ()
+    if isinstance(op, L.Dense):
+        inner = out_shape[1:-1]
+        return None if None in inner else int(np.prod(inner, dtype=np.int64)) * c_in * c_out
+    conv_like = (*_CONV, *_CONV_T, *_DEPTHWISE, *_SEPARABLE)
+    if not isinstance(op, conv_like):
+        return 0
+    k = int(np.prod(op.kernel_size))
+    spatial = (in_shape if isinstance(op, _CONV_T) else out_shape)[1:-1]
+    if None in spatial:
+        return None
+    pos = int(np.prod(spatial, dtype=np.int64))
+    if isinstance(op, _CONV_T):
+        return pos * k * c_in * c_out
+    if isinstance(op, _CONV):
+        return pos * k * (c_in // getattr(op, "groups", 1)) * c_out
+    m = op.depth_multiplier
+    if isinstance(op, _DEPTHWISE):
+        return pos * k * c_in * m
+    return pos * k * c_in * m + pos * c_in * m * c_out
+
+
+def keep_count(size: int, ratio: float, round_to: int | None) -> int:
+    """Channels kept in a group of ``size``: remove floor(ratio * size), round up to round_to."""
+    keep = size - math.floor(ratio * size + 1e-9)
+    if round_to:
+        keep = math.ceil(keep / round_to) * round_to
+    return max(1, min(size, keep))

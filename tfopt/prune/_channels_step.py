@@ -1,0 +1,105 @@
+"""The ``prune_channels`` recipe step: structural channel pruning, fine-tuned after each round.
+
+Example config::
+
+    steps:
+      - type: prune_channels
+        macs_reduction: 0.5     # or ratio: 0.3 (fraction of channels removed per group)
+        steps: 2
+        epochs_per_step: 5
+        learning_rate: 0.001
+        importance: l1
+        round_to: 8
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tfopt._backend import import_keras
+from tfopt.config import StepConfig
+from tfopt.prune._channels import prune_channels_iterative
+
+keras = import_keras()
+
+
+class Config(StepConfig):
+    """Options of the ``prune_channels`` step. Give ``ratio`` or ``macs_reduction``, not both.
+
+    Attributes:
+        ratio: total fraction of channels removed from every prunable group (see
+            `tfopt.prune.prune_channels`). Defaults to None.
+        macs_reduction: total fraction of the MACs to remove. Defaults to 0.5 when ``ratio`` is
+            not given.
+        steps: prune / fine-tune rounds. Defaults to 2.
+        epochs_per_step: fine-tuning epochs after each round. Defaults to 3.
+        learning_rate: Adam learning rate of the fine-tuning. Defaults to 1e-3.
+        importance: ``"l1"``, ``"l2"`` or ``"bn_gamma"``. Defaults to "l1".
+        round_to: keep channel counts multiples of this. Defaults to None.
+        filters: regex or list of regexes of the layers that may lose channels. Defaults to None.
+    """
+
+    type: Literal["prune_channels"] = "prune_channels"
+    ratio: float | None = Field(None, ge=0.0, lt=1.0)
+    macs_reduction: float | None = Field(None, ge=0.0, lt=1.0)
+    steps: int = Field(2, ge=1)
+    epochs_per_step: int = Field(3, ge=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    importance: Literal["l1", "l2", "bn_gamma"] = "l1"
+    round_to: int | None = Field(None, ge=1)
+    filters: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if self.ratio is not None and self.macs_reduction is not None:
+            raise ValueError(
+                f"give ratio or macs_reduction, not both (got ratio={self.ratio}, "
+                f"macs_reduction={self.macs_reduction})"
+            )
+        if self.ratio is None and self.macs_reduction is None:
+            self.macs_reduction = 0.5
+        return self
+
+
+def run(cfg: Config, model: keras.Model, ctx) -> keras.Model:
+    """Prunes ``model``'s channels in ``cfg.steps`` rounds, fine-tuning with ``ctx.fit`` after each."""
+    stage = ctx.stage
+
+    def fit(m, k):
+        ctx.log(f"      round {k}/{cfg.steps}: {m.count_params():,} params; fine-tuning")
+        if cfg.epochs_per_step:
+            ctx.fit(
+                m, epochs=cfg.epochs_per_step, learning_rate=cfg.learning_rate, stage=f"{stage}_{k}"
+            )
+        else:
+            ctx.compile(m, cfg.learning_rate)
+
+    pruned, plans = prune_channels_iterative(
+        model,
+        ratio=cfg.ratio,
+        macs_reduction=cfg.macs_reduction,
+        steps=cfg.steps,
+        epochs_per_step=cfg.epochs_per_step,
+        learning_rate=cfg.learning_rate,
+        importance=cfg.importance,
+        round_to=cfg.round_to,
+        filters=cfg.filters,
+        fit=fit,
+    )
+    first, last = plans[0], plans[-1]
+    ctx.record("params_before", first.params_before)
+    ctx.record("params_after", last.params_after)
+    ctx.record("macs_before", first.macs_before)
+    ctx.record("macs_after", last.macs_after)
+    ctx.record(
+        "macs_reduction", 1 - last.macs_after / first.macs_before if first.macs_before else 0.0
+    )
+    ctx.record("ratios", [p.ratio for p in plans])
+    ctx.record("skipped_layers", last.skipped)
+    ctx.log(
+        f"      params {first.params_before:,} -> {last.params_after:,}, "
+        f"MACs {first.macs_before:,} -> {last.macs_after:,}"
+    )
+    return pruned

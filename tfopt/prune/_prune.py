@@ -1,0 +1,460 @@
+"""`prune`, `strip` and `sparsity`: the model-level entry points of magnitude pruning."""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfopt._backend import check_model, import_keras
+from tfopt.prune._schedules import ConstantSparsity, PruningSchedule, PruningScheduleWarning
+from tfopt.prune._wrapper import (
+    _SLOTS,
+    PruneLowMagnitude,
+    _check_block_size,
+    _check_m_by_n,
+    _class_key,
+    _resolve,
+    unsupported_reason,
+    wrap,
+)
+
+keras = import_keras()
+
+
+@dataclass
+class PruneReport:
+    """Which layers `prune` wrapped and which it left dense, with the reason.
+
+    Attributes:
+        wrapped: ``[{"layer": name, "class": class name, "weights": [attribute paths]}]``.
+        skipped: ``[{"layer": name, "class": class name, "reason": why}]`` for layers that hold
+            weights but were not wrapped.
+    """
+
+    wrapped: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"pruned {len(self.wrapped)} layers, left {len(self.skipped)} dense"]
+        lines += [f"  + {w['layer']} ({w['class']})" for w in self.wrapped]
+        lines += [f"  - {s['layer']} ({s['class']}): {s['reason']}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+@dataclass
+class SparsityReport:
+    """Per-layer and global sparsity of the prunable weights of a model.
+
+    Attributes:
+        layers: ``{layer name: {"zeros": int, "size": int, "sparsity": float}}``.
+        global_sparsity: zeros / size over all the layers listed.
+    """
+
+    layers: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def global_sparsity(self) -> float:
+        size = sum(v["size"] for v in self.layers.values())
+        return sum(v["zeros"] for v in self.layers.values()) / size if size else 0.0
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "global_sparsity": self.global_sparsity}
+
+    def __str__(self) -> str:
+        width = max([len(n) for n in self.layers] + [6])
+        lines = [f"{'layer':<{width}}  {'params':>9}  sparsity"]
+        for name, v in self.layers.items():
+            lines.append(f"{name:<{width}}  {v['size']:>9}  {v['sparsity']:.1%}")
+        total = sum(v["size"] for v in self.layers.values())
+        lines.append(f"{'global':<{width}}  {total:>9}  {self.global_sparsity:.1%}")
+        return "\n".join(lines)
+
+
+def _make_filter(filters) -> Callable:
+    if filters is None:
+        return lambda layer: True
+    if isinstance(filters, str):
+        try:
+            pattern = re.compile(filters)
+        except re.error as e:
+            raise ValueError(
+                f"filters is not a valid regex ({e}). Received: filters={filters!r}"
+            ) from None
+        return lambda layer: pattern.search(layer.name) is not None
+    if callable(filters):
+        return lambda layer: bool(filters(layer))
+    if isinstance(filters, (list, tuple, set)) and all(isinstance(f, str) for f in filters):
+        names = set(filters)
+        return lambda layer: layer.name in names
+    raise TypeError(
+        "filters must be a regex string, a list of layer names or a callable layer -> bool. "
+        f"Received: filters={filters!r}"
+    )
+
+
+def _check_schedule(schedule, m_by_n) -> PruningSchedule:
+    if schedule is None:
+        sparsity = 1.0 - m_by_n[0] / m_by_n[1] if m_by_n else 0.5
+        return ConstantSparsity(sparsity, begin_step=0, frequency=100)
+    if not isinstance(schedule, PruningSchedule):
+        raise TypeError(
+            "schedule must be a tfopt.prune schedule (ConstantSparsity, PolynomialDecay, "
+            f"GradualCubic). Received: schedule={schedule!r} of type "
+            f"{type(schedule).__module__}.{type(schedule).__name__}"
+        )
+    return schedule
+
+
+def _fresh(layer):
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _copy_layer(layer):
+    """A new, unbuilt layer like ``layer`` (from its config; a deep copy if it has none)."""
+    try:
+        return _fresh(layer)
+    except Exception as config_error:
+        try:
+            return copy.deepcopy(layer)
+        except Exception:
+            raise ValueError(
+                f"Cannot copy layer {layer.name!r} ({type(layer).__module__}."
+                f"{type(layer).__name__}): its get_config/from_config failed "
+                f"({type(config_error).__name__}: {config_error}) and "
+                "so did copy.deepcopy. Give the layer a get_config() that returns its __init__ "
+                "arguments."
+            ) from config_error
+
+
+def _has_weights(layer) -> bool:
+    try:
+        return bool(layer.weights)
+    except Exception:  # an unbuilt layer
+        return _class_key(layer) is not None
+
+
+def _is_graph_model(model) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, (keras.Sequential, Functional))
+
+
+def prune(
+    model,
+    schedule: PruningSchedule | None = None,
+    *,
+    m_by_n: tuple[int, int] | None = None,
+    block_size: tuple[int, int] | None = None,
+    filters: str | list[str] | Callable | None = None,
+):
+    """Returns a copy of ``model`` whose prunable layers are wrapped in `PruneLowMagnitude`.
+
+    The user's model is not changed. The copy has the same weights; its masks start all ones and
+    are updated inside ``model.fit`` (no callback needed) as ``schedule`` says. Layers it cannot
+    prune are left as they are and listed, with the reason, in ``pruned.pruning_report``.
+
+    The masks advance once per training step, so a schedule must reach its target within the
+    steps you train: `PruningSchedule.check` (``schedule.check(epochs * steps_per_epoch)``) says
+    so before training, the optional `tfopt.callbacks.PruningSummaries` checks it when ``fit``
+    starts, and `strip` warns about every layer that has not reached its target.
+
+    Sequential and functional models are cloned. A subclassed model is copied through its
+    ``get_config`` and the prunable layers it holds as attributes (or in lists) are wrapped on the
+    copy; such a pruned model saves with ``save_weights`` (re-run `prune` on a fresh model to load
+    them) rather than as a ``.keras`` file.
+
+    Args:
+        model: a built Keras 3 model.
+        schedule: a `ConstantSparsity`, `PolynomialDecay` or `GradualCubic`. Defaults to a new
+            ``ConstantSparsity(0.5)`` (``ConstantSparsity(1 - m/n)`` with ``m_by_n``).
+        m_by_n: structured sparsity keeping ``m`` of every ``n`` consecutive weights along the
+            reduction axis, e.g. ``(2, 4)``. Defaults to None (unstructured).
+        block_size: prune whole ``(rows, cols)`` blocks of each kernel's 2-D view. Defaults to None.
+        filters: which layers to prune: a regex searched in layer names, a list of names, or a
+            callable ``layer -> bool``. Defaults to None (every supported layer).
+
+    Returns:
+        The new ``keras.Model`` (uncompiled), with a ``pruning_report`` attribute (`PruneReport`).
+
+    Raises:
+        TypeError: ``model`` is not a Keras 3 model, or a wrong ``schedule``/``filters`` type.
+        ValueError: invalid ``m_by_n`` / ``block_size``, or a subclassed model that cannot be
+            copied.
+
+    Example:
+        >>> pruned = prune(model, PolynomialDecay(0.0, 0.8, begin_step=0, end_step=2000))
+        >>> pruned.compile("adam", "sparse_categorical_crossentropy")
+        >>> pruned.fit(x, y, epochs=5)
+        >>> small = strip(pruned)
+    """
+    check_model(model)
+    m_by_n = _check_m_by_n(m_by_n)
+    block_size = _check_block_size(block_size)
+    if m_by_n and block_size:
+        raise ValueError(
+            f"Use m_by_n or block_size, not both. Received: m_by_n={m_by_n}, block_size={block_size}"
+        )
+    schedule = _check_schedule(schedule, m_by_n)
+    select = _make_filter(filters)
+    report = PruneReport()
+
+    def decide(layer) -> bool:
+        """Whether to wrap ``layer``; records the decision (and the reason) in the report."""
+        reason = unsupported_reason(layer, m_by_n=m_by_n)
+        if reason is None and not select(layer):
+            reason = "excluded by filters"
+        if reason is not None:
+            if _has_weights(layer):
+                report.skipped.append(
+                    {"layer": layer.name, "class": type(layer).__name__, "reason": reason}
+                )
+            return False
+        report.wrapped.append(
+            {
+                "layer": layer.name,
+                "class": type(layer).__name__,
+                "weights": list(_SLOTS[_class_key(layer)]),
+            }
+        )
+        return True
+
+    if _is_graph_model(model):
+        pairs = []
+
+        def clone_function(layer):
+            new = _copy_layer(layer)
+            if decide(layer):
+                try:
+                    new = wrap(
+                        new,
+                        schedule,
+                        m_by_n=m_by_n,
+                        block_size=block_size,
+                        name=f"prune_{layer.name}",
+                    )
+                except Exception as e:  # never crash on a layer we misjudged: keep it dense
+                    report.wrapped.pop()
+                    report.skipped.append(
+                        {"layer": layer.name, "class": type(layer).__name__, "reason": str(e)}
+                    )
+            pairs.append((layer, new))
+            return new
+
+        pruned = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+        for old, new in pairs:
+            target = new.layer if isinstance(new, PruneLowMagnitude) else new
+            if old.weights:
+                target.set_weights(old.get_weights())
+    else:
+        pruned = _prune_subclassed(model, decide, schedule, m_by_n, block_size)
+    pruned.pruning_report = report
+    return pruned
+
+
+def _copy_subclassed(model):
+    try:
+        copy = keras.models.clone_model(model)
+    except Exception as e:
+        raise ValueError(
+            f"Cannot copy the subclassed model {type(model).__name__!r} to prune it (the user's "
+            f"model is never changed): {type(e).__name__}: {e}. Give the model get_config/"
+            "from_config (or build it as a functional model) and try again."
+        ) from e
+    config = model.get_build_config() if model.built else None
+    if config:
+        copy.build_from_config(config)
+    if len(copy.weights) != len(model.weights):
+        raise ValueError(
+            f"Cannot copy the subclassed model {type(model).__name__!r}: its copy has "
+            f"{len(copy.weights)} weights, the model {len(model.weights)}. Build the model "
+            "(call it on data) before pruning it."
+        )
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _layer_slots(layer, prefix="", seen=None):
+    """Yields (path, owner, container, key, sublayer) for the layers held in attributes or lists.
+
+    ``container[key]`` (or ``setattr(owner, key, ...)`` when ``container is owner``) replaces the
+    sublayer. Wrappers and prunable layers are not descended into.
+    """
+    seen = set() if seen is None else seen
+    for name, value in list(vars(layer).items()):
+        if (
+            name in ("_layers", "_tracker")
+            or name.startswith("_")
+            and not isinstance(value, keras.Layer)
+        ):
+            continue
+        if isinstance(value, list):
+            items = [(f"{prefix}{name}.{i}", value, i, v) for i, v in enumerate(value)]
+        else:
+            items = [(f"{prefix}{name}", layer, name, value)]
+        for path, container, key, sub in items:
+            if not isinstance(sub, keras.Layer) or id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            yield path, layer, container, key, sub
+            if not isinstance(sub, PruneLowMagnitude) and _class_key(sub) is None:
+                yield from _layer_slots(sub, f"{path}.", seen)
+
+
+def _is_leaf(layer) -> bool:
+    return not any(isinstance(v, keras.Layer) for v in vars(layer).values())
+
+
+def _prune_subclassed(model, decide, schedule, m_by_n, block_size):
+    if not model._call_has_training_arg:
+        raise ValueError(
+            f"The subclassed model {type(model).__name__!r} has a call() without a `training` "
+            "argument, so model.fit never tells its layers that it is training and the pruning "
+            "masks would never update. Add `training=None` to its call() signature (and pass it "
+            "on to sublayers if you like), or build the model as a functional model."
+        )
+    copy = _copy_subclassed(model)
+    for _, owner, container, key, layer in list(_layer_slots(copy)):
+        if _class_key(layer) is None and (not layer.weights or not _is_leaf(layer)):
+            continue  # weightless, or a container whose own sublayers are visited
+        if not decide(layer):
+            continue
+        wrapper = wrap(
+            layer, schedule, m_by_n=m_by_n, block_size=block_size, name=f"prune_{layer.name}"
+        )
+        wrapper._build_masks()
+        if container is owner:
+            setattr(owner, key, wrapper)
+        else:
+            container[key] = wrapper
+        owner._tracker.untrack(layer)
+        owner._tracker.track(wrapper)  # a list item set by index is not tracked by Keras
+    return copy
+
+
+def _check_reached(wrappers) -> None:
+    late = [
+        f"{w.name} (step {w.step}, target at step {w.schedule.final_step})"
+        for w in wrappers
+        if w.schedule.target_sparsity > 0 and w.step <= w.schedule.final_step
+    ]
+    if late:
+        warnings.warn(
+            "These layers have not reached their schedule's target sparsity; the model is less "
+            f"sparse than planned: {', '.join(late)}. Train until the schedule's end_step "
+            "(tfopt.prune.sparsity(model) shows the sparsity now).",
+            PruningScheduleWarning,
+            stacklevel=3,
+        )
+
+
+def wrappers_of(model) -> list[PruneLowMagnitude]:
+    """All pruning wrappers in ``model`` (nested models included)."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, PruneLowMagnitude)
+    ]
+
+
+def strip(model):
+    """Returns a copy of a pruned model with plain Keras layers and the zeros in their kernels.
+
+    Warns with `PruningScheduleWarning` when a layer has not yet reached its schedule's target.
+
+    Args:
+        model: a model returned by `prune` (trained or not). A model without wrappers is copied.
+
+    Returns:
+        A new ``keras.Model`` whose layers are the wrapped layers' own classes, names and configs,
+        with ``weight * mask`` as weights. The pruned model is not changed.
+
+    Raises:
+        TypeError: ``model`` is not a Keras 3 model.
+
+    Example:
+        >>> small = strip(pruned)
+        >>> tfopt.export.tflite(small, "m.tflite")
+    """
+    check_model(model)
+    _check_reached(wrappers_of(model))
+    if not _is_graph_model(model):
+        return _strip_subclassed(model)
+    pairs = []
+
+    def clone_function(layer):
+        source = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        new = _fresh(source)
+        pairs.append((layer, new))
+        return new
+
+    stripped = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    for old, new in pairs:
+        weights = old.masked_weights() if isinstance(old, PruneLowMagnitude) else old.get_weights()
+        if weights:
+            new.set_weights(weights)
+    return stripped
+
+
+def _strip_subclassed(model):
+    copy = keras.models.clone_model(model)  # the config holds the original, plain layers
+    config = model.get_build_config() if model.built else None
+    if config:
+        copy.build_from_config(config)
+    source = {path: layer for path, _, _, _, layer in _layer_slots(model)}
+    for path, _, _, _, layer in _layer_slots(copy):
+        old = source.get(path)
+        if isinstance(old, PruneLowMagnitude):
+            layer.set_weights(old.masked_weights())
+        elif old is not None and old.weights and _is_leaf(old):
+            layer.set_weights(old.get_weights())
+    return copy
+
+
+def sparsity(model) -> SparsityReport:
+    """Reports the sparsity of each prunable layer's weights and of all of them together.
+
+    Works on pruned models (the masked weights) and on stripped or plain models (the zeros in the
+    kernels of Dense, Conv, Embedding... layers).
+
+    Args:
+        model: a Keras 3 model.
+
+    Returns:
+        A `SparsityReport`: ``report.layers[name]["sparsity"]`` and ``report.global_sparsity``;
+        ``print(report)`` shows a table.
+
+    Raises:
+        TypeError: ``model`` is not a Keras 3 model.
+
+    Example:
+        >>> print(sparsity(strip(pruned)))
+    """
+    check_model(model)
+    report = SparsityReport()
+    inner = set()
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, PruneLowMagnitude):
+            inner.update(id(sub) for sub in layer.layer._flatten_layers())
+            zeros = size = 0
+            for z, s in layer.sparsities().values():
+                zeros, size = zeros + z, size + s
+            name = layer.layer.name
+        elif _class_key(layer) is not None and layer.built and id(layer) not in inner:
+            zeros = size = 0
+            for path in _SLOTS[_class_key(layer)]:
+                value = keras.ops.convert_to_numpy(_resolve(layer, path)[2].value)
+                zeros, size = zeros + int(np.sum(value == 0)), size + int(value.size)
+            name = layer.name
+        else:
+            continue
+        report.layers[name] = {
+            "zeros": zeros,
+            "size": size,
+            "sparsity": zeros / size if size else 0.0,
+        }
+    return report
