@@ -1,0 +1,282 @@
+"""Distiller: the loss formula, frozen teacher, metrics, features, precompute, students, errors."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfopt
+from tfopt.distill import Distiller
+
+
+def _net(width=8, dense=16, **kw):
+    return tfopt.models.get("mnist1d_cnn", width=width, dense=dense, **kw)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_loss_is_alpha_ce_plus_one_minus_alpha_t2_kl_plus_regularization(tiny_data):
+    x, y = tiny_data
+    teacher, student = _net(), _net(width=4, dense=8, l2=1e-3)
+    d = Distiller(teacher=teacher, student=student, temperature=2.5, alpha=0.3)
+    d.compile("adam")
+    logits = d(x[:16], training=False)
+    got = float(d.compute_loss(x[:16], y[:16], logits, training=False))
+    s = np.asarray(logits, "float64")
+    t = teacher.predict(x[:16], verbose=0).astype("float64")
+    ce = -np.mean(np.log(_softmax(s)[np.arange(16), y[:16]]))
+    pt, ps = _softmax(t / 2.5), _softmax(s / 2.5)
+    kl = np.mean(np.sum(pt * np.log(pt / ps), axis=-1))
+    reg = sum(float(v) for v in student.losses)
+    assert reg > 0
+    np.testing.assert_allclose(got, 0.3 * ce + 0.7 * 2.5**2 * kl + reg, rtol=1e-5)
+
+
+def test_fit_trains_student_only_and_metrics_are_the_students(tiny_data):
+    x, y = tiny_data
+    # BatchNorm moving statistics would move if the teacher ran in training mode
+    teacher = tfopt.models.get("mnist1d_resnet", width=4, blocks=1)
+    student = _net(width=4, dense=8)
+    teacher_before = [w.copy() for w in teacher.get_weights()]
+    student_before = [w.copy() for w in student.get_weights()]
+    d = Distiller(teacher=teacher, student=student, temperature=4.0, alpha=0.1)
+    d.compile(keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+    assert {v.path for v in d.trainable_weights} == {v.path for v in student.trainable_weights}
+    hist = d.fit(x, y, epochs=2, batch_size=16, verbose=0, validation_data=(x, y))
+    assert set(hist.history) >= {
+        "loss",
+        "student_loss",
+        "distillation_loss",
+        "accuracy",
+        "val_accuracy",
+    }
+    for a, b in zip(teacher.get_weights(), teacher_before):
+        np.testing.assert_array_equal(a, b)
+    assert teacher.trainable  # the user's teacher is not modified
+    assert any(not np.array_equal(a, b) for a, b in zip(student.get_weights(), student_before))
+    res = d.evaluate(x, y, verbose=0, return_dict=True)
+    pred = d.predict(x, verbose=0)
+    np.testing.assert_allclose(pred, student.predict(x, verbose=0), atol=1e-6)
+    assert res["accuracy"] == pytest.approx(np.mean(pred.argmax(-1) == y))
+    assert res["loss"] == pytest.approx(
+        0.1 * res["student_loss"] + 0.9 * res["distillation_loss"], rel=1e-4
+    )
+
+
+def test_alpha_one_is_plain_training(tiny_data):
+    x, y = tiny_data
+    plain = _net(width=4, dense=8)
+    student = keras.models.clone_model(plain)
+    student.set_weights(plain.get_weights())
+    d = Distiller(teacher=_net(), student=student, alpha=1.0)
+    d.compile(keras.optimizers.SGD(0.1))
+    plain.compile(
+        keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    d.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    plain.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    for a, b in zip(student.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_precomputed_teacher_gives_the_same_training(tiny_data):
+    x, y = tiny_data
+    teacher = _net()
+    s1 = _net(width=4, dense=8)
+    s2 = keras.models.clone_model(s1)
+    s2.set_weights(s1.get_weights())
+    init = None
+    for student, pre in ((s1, False), (s2, True)):
+        d = Distiller(
+            teacher=teacher,
+            student=student,
+            alpha=0.2,
+            features={"fc1": "fc1"},
+            precompute_teacher=pre,
+        )
+        init = d.projections[0].kernel.numpy() if init is None else init  # 8 -> 16 projection
+        d.projections[0].kernel.assign(init)
+        d.compile(keras.optimizers.SGD(0.05))
+        d.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for a, b in zip(s1.get_weights(), s2.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    d = Distiller(teacher=teacher, student=_net(width=4), precompute_teacher=True)
+    d.compile("adam")
+    import tensorflow as tf
+
+    with pytest.raises(ValueError, match="precompute_teacher=True needs fit"):
+        d.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), verbose=0)
+
+
+def test_feature_distillation_projects_different_widths(tiny_data):
+    x, y = tiny_data
+    teacher, student = _net(width=8, dense=16), _net(width=4, dense=16)
+    d = Distiller(
+        teacher=teacher,
+        student=student,
+        alpha=0.0,
+        features={"conv3": "conv3", "fc1": "fc1"},
+        feature_weight=2.0,
+    )
+    proj_conv, proj_fc = d.projections
+    assert proj_fc is None  # same width: identity
+    assert tuple(proj_conv.kernel.shape) == (4, 8)
+    before = proj_conv.kernel.numpy().copy()
+    d.compile(keras.optimizers.Adam(1e-2))
+    logits = d(x[:8], training=False)
+    got = float(d.compute_loss(x[:8], y[:8], logits, training=False))
+    t_feat = keras.Model(
+        teacher.input, [teacher.get_layer("conv3").output, teacher.get_layer("fc1").output]
+    )
+    s_feat = keras.Model(
+        student.input, [student.get_layer("conv3").output, student.get_layer("fc1").output]
+    )
+    tc, tf_ = (np.asarray(a) for a in t_feat(x[:8]))
+    sc, sf = (np.asarray(a) for a in s_feat(x[:8]))
+    pt, ps = _softmax(teacher.predict(x[:8], verbose=0) / 4), _softmax(np.asarray(logits) / 4)
+    kl = np.mean(np.sum(pt * np.log(pt / ps), -1))
+    mse = np.mean((tc - sc @ before) ** 2) + np.mean((tf_ - sf) ** 2)
+    np.testing.assert_allclose(got, 16 * kl + 2.0 * mse, rtol=1e-4)
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert not np.allclose(proj_conv.kernel.numpy(), before)  # the projection learns
+    with pytest.raises(ValueError, match=r"no layer named 'nope'"):
+        Distiller(teacher=teacher, student=student, features={"nope": "fc1"})
+    with pytest.raises(
+        ValueError, match=r"differ only in their last .* 'conv2' shape=\(None, 20, 8\)"
+    ):
+        Distiller(teacher=teacher, student=student, features={"conv2": "conv3"})
+
+
+def test_keras_distillation_loss_can_be_plugged_in(tiny_data):
+    x, y = tiny_data
+    teacher, student = _net(), _net(width=4)
+    ours = Distiller(teacher=teacher, student=student, temperature=3.0, alpha=0.0)
+    ours.compile("adam")
+    theirs = Distiller(teacher=teacher, student=student, temperature=3.0, alpha=0.0)
+    kd = keras.distillation.LogitsDistillation(temperature=3.0, loss=keras.losses.KLDivergence())
+    theirs.compile("adam", distillation_loss=kd)
+    logits = ours(x[:16])
+    a = float(ours.compute_loss(x[:16], y[:16], logits, training=False))
+    b = float(theirs.compute_loss(x[:16], y[:16], logits, training=False))
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_clustered_and_stripped_students_train_and_save_alone(tmp_path, tiny_data):
+    x, y = tiny_data
+    teacher = _net()
+    clustered = tfopt.cluster.cluster(_net(width=4), 4)  # custom wrapper layers
+    for name, student in (("clustered", clustered), ("stripped", tfopt.cluster.strip(clustered))):
+        d = Distiller(teacher=teacher, student=student, alpha=0.5)
+        d.compile(keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+        d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        d.student.save(tmp_path / f"{name}.keras")
+        loaded = tfopt.models.load(tmp_path / f"{name}.keras")
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), d.predict(x, verbose=0), atol=1e-6)
+    assert max(tfopt.cluster.distinct_values(clustered).values()) == 4  # still clustered
+
+
+def test_pruned_and_qat_students(tiny_data):
+    x, y = tiny_data
+    teacher = _net()
+    pruned = tfopt.prune.prune(_net(width=4), tfopt.prune.ConstantSparsity(0.5))
+    d = Distiller(teacher=teacher, student=pruned, alpha=0.5)
+    d.compile(keras.optimizers.Adam(1e-2))
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    small = tfopt.prune.strip(pruned)
+    assert np.mean(small.get_layer("fc1").kernel.numpy() == 0) >= 0.5
+    q = tfopt.quantize.qat(_net(width=4))
+    d = Distiller(teacher=teacher, student=q, alpha=0.5)
+    d.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    np.testing.assert_allclose(d.predict(x, verbose=0), q.predict(x, verbose=0), atol=1e-6)
+
+
+def test_subclassed_student(tiny_data):
+    class Small(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.flat = keras.layers.Flatten()
+            self.out = keras.layers.Dense(10)
+
+        def call(self, x):
+            return self.out(self.flat(x))
+
+    x, y = tiny_data
+    student = Small()
+    d = Distiller(teacher=_net(), student=student, alpha=0.5)
+    d.compile(keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    np.testing.assert_allclose(d.predict(x, verbose=0), student.predict(x, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="features needs Functional or Sequential models"):
+        Distiller(teacher=_net(), student=Small(), features=["fc1"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"temperature": 0}, r"temperature must be a number > 0. Received: temperature=0"),
+        ({"temperature": -1.5}, r"Received: temperature=-1.5"),
+        ({"alpha": 1.5}, r"alpha must be a number in \[0, 1\]. Received: alpha=1.5"),
+        ({"alpha": -0.1}, r"Received: alpha=-0.1"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Distiller(teacher=_net(), student=_net(width=4), **kwargs)
+
+
+def test_bad_models():
+    with pytest.raises(
+        ValueError, match=r"teacher output shape=\(None, 10\), student output shape=\(None, 5\)"
+    ):
+        Distiller(teacher=_net(), student=tfopt.models.get("mnist1d_cnn", num_classes=5))
+    with pytest.raises(
+        ValueError,
+        match=r"teacher input shape=\(None, 40, 1\), student input shape=\(None, 30, 1\)",
+    ):
+        Distiller(teacher=_net(), student=tfopt.models.get("mnist1d_cnn", input_shape=(30, 1)))
+    soft = keras.Sequential(
+        [keras.Input((40, 1)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]
+    )
+    with pytest.raises(ValueError, match="The teacher ends with a softmax"):
+        Distiller(teacher=soft, student=_net())
+    with pytest.raises(
+        TypeError, match=r"`student` must be a keras.Model .* Received: student=str"
+    ):
+        Distiller(teacher=_net(), student="student.keras")
+    d = Distiller(teacher=_net(), student=_net(width=4))
+    with pytest.raises(ValueError, match="not loss="):
+        d.compile("adam", loss="mse")
+    with pytest.raises(NotImplementedError, match=r"distiller.student.save"):
+        d.save("d.keras")
+
+
+def test_distill_recipe_step(tmp_path, tiny_data):
+    from tfopt._pipeline import StepContext
+    from tfopt.distill import _step
+
+    x, y = tiny_data
+    data = tfopt.data.from_arrays(x, y, x_test=x[:16], y_test=y[:16])
+    teacher = _net()
+    teacher.save(tmp_path / "teacher.keras")
+    ctx = StepContext(data=data, run_dir=tmp_path, baseline=_net(), verbose=0, stage="2_distill")
+    cfg = _step.Config(
+        teacher=str(tmp_path / "teacher.keras"),
+        student={"model": "mnist1d_cnn", "width": 4},
+        epochs=1,
+    )
+    out = _step.run(cfg, teacher, ctx)
+    assert out.get_layer("conv1").filters == 4
+    assert ctx.records["2_distill"]["student_params"] == out.count_params()
+    current = _net(width=6)
+    before = [w.copy() for w in current.get_weights()]
+    out = _step.run(_step.Config(epochs=1), current, ctx)  # baseline teacher, copy of current model
+    assert out is not current and out.get_layer("conv1").filters == 6
+    for a, b in zip(current.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(tfopt.ConfigError, match="alpha"):
+        tfopt.config.validate({"steps": [{"type": "distill", "alpha": 2}]})
+    with pytest.raises(tfopt.ConfigError, match="student.model must name a zoo model"):
+        tfopt.config.validate({"steps": [{"type": "distill", "student": {"model": "resnet"}}]})

@@ -1,0 +1,269 @@
+"""The `ClusterWeights` wrapper: a layer whose kernel is ``centroids[assignments]``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfopt._backend import import_keras
+
+keras = import_keras()
+ops = keras.ops
+
+INITS = ("kmeans++", "linear")
+
+# Layer types whose forward pass ClusterWeights reproduces exactly (checked by exact type, so that
+# a user's subclass with its own call() is skipped rather than silently run with the wrong ops).
+_DENSE = (keras.layers.Dense,)
+_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+SUPPORTED = tuple(c.__name__ for c in (*_DENSE, *_CONV, *_DEPTHWISE))
+
+
+def layer_kind(layer) -> str | None:
+    """Returns "dense", "conv" or "depthwise" for a layer ClusterWeights can wrap, else None."""
+    if type(layer) in _DENSE:
+        return "dense"
+    if type(layer) in _CONV:
+        return "conv"
+    if type(layer) in _DEPTHWISE:
+        return "depthwise"
+    return None
+
+
+def channel_axis(kind: str) -> int:
+    """The kernel axis that indexes channels: outputs for Dense/Conv, inputs for depthwise."""
+    return -2 if kind == "depthwise" else -1
+
+
+def _kmeans_1d(values: np.ndarray, k: int, rng: np.random.Generator, iters: int = 50) -> np.ndarray:
+    """k-means on scalars: k-means++ seeding, then Lloyd iterations. Returns sorted centroids."""
+    uniq = np.unique(values)
+    if uniq.size <= k:
+        return np.concatenate([uniq, np.full(k - uniq.size, uniq[-1])])
+    sample = values if values.size <= 20000 else rng.choice(values, 20000, replace=False)
+    centroids = [float(rng.choice(sample))]
+    dist = (sample - centroids[0]) ** 2
+    for _ in range(1, k):
+        total = dist.sum()
+        pick = rng.choice(sample, p=dist / total) if total > 0 else rng.choice(sample)
+        centroids.append(float(pick))
+        dist = np.minimum(dist, (sample - pick) ** 2)
+    c = np.sort(np.asarray(centroids, dtype="float64"))
+    v = np.sort(values.astype("float64"))
+    for _ in range(iters):
+        bounds = (c[1:] + c[:-1]) / 2
+        idx = np.searchsorted(bounds, v)
+        sums = np.bincount(idx, weights=v, minlength=k)
+        counts = np.bincount(idx, minlength=k)
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), c)  # empty cluster keeps its place
+        new = np.sort(new)
+        if np.allclose(new, c):
+            c = new
+            break
+        c = new
+    return c
+
+
+def init_codebook(
+    rows: np.ndarray, k: int, *, init: str, preserve_sparsity: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clusters each row of ``rows`` (shape ``(C, M)``) into ``k`` values.
+
+    Returns ``(centroids (C, k), assignments (C, M) int32, trainable_mask (C, k))``. With
+    ``preserve_sparsity``, a row holding zeros gets centroid 0 pinned at exactly 0.0 (mask 0): its
+    zeros are assigned to it and every non-zero weight to one of the other ``k - 1`` centroids.
+    """
+    rng = np.random.default_rng(seed)
+    n_rows = rows.shape[0]
+    centroids = np.zeros((n_rows, k), "float32")
+    assignments = np.zeros(rows.shape, "int32")
+    mask = np.ones((n_rows, k), "float32")
+    for r in range(n_rows):
+        w = rows[r].astype("float64")
+        nonzero = w != 0 if preserve_sparsity else np.ones(w.shape, bool)
+        pin = bool(preserve_sparsity and not nonzero.all())
+        free = k - 1 if pin else k
+        vals = w[nonzero]
+        if pin:
+            mask[r, 0] = 0.0
+        if vals.size == 0:
+            continue  # an all-zero row: every weight on the pinned zero centroid
+        uniq = np.unique(vals)
+        if uniq.size <= free:  # already few values: keep each one exactly
+            c = np.concatenate([uniq, np.full(free - uniq.size, uniq[-1])])
+        elif init == "linear":
+            c = np.linspace(vals.min(), vals.max(), free)
+        else:
+            c = _kmeans_1d(vals, free, rng)
+        nearest = np.argmin(np.abs(vals[:, None] - c[None, :]), axis=1)
+        offset = 1 if pin else 0
+        centroids[r, offset:] = c
+        assignments[r, nonzero] = nearest + offset
+    return centroids, assignments, mask
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class ClusterWeights(keras.layers.Wrapper):
+    """Wraps a Dense/Conv layer so that its kernel is a gather of trainable centroids.
+
+    The forward pass uses ``kernel = centroids[assignments]``: the centroids train (gradients flow
+    to them), the assignments stay fixed. With ``per_channel=True`` every output channel has its
+    own codebook of ``n_clusters`` values. A centroid pinned at 0.0 (``preserve_sparsity``) keeps the
+    zeros of a pruned kernel exactly zero. The wrapped layer's own kernel is kept (non-trainable)
+    only so that the layer can be rebuilt; `tfopt.cluster.strip` writes the clustered kernel into a
+    plain layer.
+
+    Args:
+        layer: a built or unbuilt Dense, Conv1D/2D/3D or DepthwiseConv1D/2D layer.
+        n_clusters: number of distinct kernel values (per channel with ``per_channel``).
+            Defaults to 16.
+        per_channel: one codebook per channel instead of one per layer. Defaults to False.
+        init: ``"kmeans++"`` or ``"linear"`` (evenly spaced between min and max).
+            Defaults to "kmeans++".
+        preserve_sparsity: keep zero weights exactly zero. Defaults to True.
+        **kwargs: `keras.layers.Layer` options (``name``, ...).
+
+    Example:
+        >>> wrapped = ClusterWeights(keras.layers.Dense(8), n_clusters=4)
+    """
+
+    def __init__(
+        self,
+        layer,
+        n_clusters: int = 16,
+        per_channel: bool = False,
+        init: str = "kmeans++",
+        preserve_sparsity: bool = True,
+        **kwargs,
+    ):
+        super().__init__(layer, **kwargs)
+        self.kind = layer_kind(layer)
+        if self.kind is None:
+            raise ValueError(
+                f"ClusterWeights wraps {list(SUPPORTED)} layers. Received: layer="
+                f"{type(layer).__name__} ({layer.name!r})"
+            )
+        self.n_clusters = int(n_clusters)
+        self.per_channel = bool(per_channel)
+        self.init = init
+        self.preserve_sparsity = bool(preserve_sparsity)
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        kernel = self.layer.kernel
+        kernel.trainable = False  # the forward pass uses the centroids, not this variable
+        shape = tuple(kernel.shape)
+        axis = channel_axis(self.kind) % len(shape)
+        rows = shape[axis] if self.per_channel else 1
+        cols = int(np.prod(shape)) // rows
+        self.centroids = self.add_weight(
+            name="centroids", shape=(rows, self.n_clusters), initializer="zeros", trainable=True
+        )
+        self.assignments = self.add_weight(
+            name="assignments",
+            shape=(rows, cols),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+        )
+        self.centroid_mask = self.add_weight(
+            name="centroid_mask",
+            shape=(rows, self.n_clusters),
+            initializer="ones",
+            trainable=False,
+        )
+        self._kernel_axis = axis
+        self._kernel_shape = shape
+        self.built = True
+
+    # Layout: the kernel's channel axis moved to the front, the rest flattened: (rows, cols).
+    def _to_rows(self, kernel: np.ndarray) -> np.ndarray:
+        if not self.per_channel:
+            return kernel.reshape(1, -1)
+        moved = np.moveaxis(kernel, self._kernel_axis, 0)
+        return moved.reshape(moved.shape[0], -1)
+
+    def _from_rows(self, rows):
+        if not self.per_channel:
+            return ops.reshape(rows, self._kernel_shape)
+        moved_shape = (self._kernel_shape[self._kernel_axis],) + tuple(
+            d for i, d in enumerate(self._kernel_shape) if i != self._kernel_axis
+        )
+        return ops.moveaxis(ops.reshape(rows, moved_shape), 0, self._kernel_axis)
+
+    def initialize_clusters(self, *, seed: int = 0) -> None:
+        """Clusters the wrapped layer's current kernel (k-means++ or linear) into the codebook."""
+        kernel = np.asarray(keras.ops.convert_to_numpy(self.layer.kernel))
+        centroids, assignments, mask = init_codebook(
+            self._to_rows(kernel),
+            self.n_clusters,
+            init=self.init,
+            preserve_sparsity=self.preserve_sparsity,
+            seed=seed,
+        )
+        self.centroids.assign(centroids)
+        self.assignments.assign(assignments)
+        self.centroid_mask.assign(mask)
+
+    def clustered_kernel(self):
+        """The kernel the forward pass uses: ``centroids[assignments]``, pinned centroids at 0."""
+        centroids = ops.where(
+            self.centroid_mask > 0, self.centroids, ops.zeros_like(self.centroids)
+        )
+        values = ops.take_along_axis(centroids, ops.cast(self.assignments, "int32"), axis=1)
+        return self._from_rows(values)
+
+    def clustered_kernel_numpy(self) -> np.ndarray:
+        """`clustered_kernel` as a NumPy array (exact pinned zeros)."""
+        centroids = np.asarray(keras.ops.convert_to_numpy(self.centroids))
+        mask = np.asarray(keras.ops.convert_to_numpy(self.centroid_mask))
+        centroids = np.where(mask > 0, centroids, np.float32(0.0)).astype("float32")
+        idx = np.asarray(keras.ops.convert_to_numpy(self.assignments))
+        values = np.take_along_axis(centroids, idx, axis=1)
+        return np.asarray(keras.ops.convert_to_numpy(self._from_rows(values)))
+
+    def call(self, inputs):
+        layer = self.layer
+        kernel = self.clustered_kernel()
+        if self.kind == "dense":
+            x = ops.matmul(inputs, kernel)
+            if layer.bias is not None:
+                x = ops.add(x, layer.bias)
+        else:
+            padding = layer.padding
+            if padding == "causal":  # Conv1D only
+                inputs = ops.pad(inputs, layer._compute_causal_padding())
+                padding = "valid"
+            conv = ops.conv if self.kind == "conv" else ops.depthwise_conv
+            x = conv(
+                inputs,
+                kernel,
+                strides=list(layer.strides) if self.kind == "conv" else layer.strides,
+                padding=padding,
+                dilation_rate=layer.dilation_rate,
+                data_format=layer.data_format,
+            )
+            if layer.use_bias:
+                channels = layer.bias.shape[0]
+                rank = len(x.shape) - 2
+                if layer.data_format == "channels_last":
+                    bias_shape = (1,) * (rank + 1) + (channels,)
+                else:
+                    bias_shape = (1, channels) + (1,) * rank
+                x = ops.add(x, ops.reshape(layer.bias, bias_shape))
+        if layer.activation is not None:
+            x = layer.activation(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            n_clusters=self.n_clusters,
+            per_channel=self.per_channel,
+            init=self.init,
+            preserve_sparsity=self.preserve_sparsity,
+        )
+        return config
