@@ -15,7 +15,7 @@ model input or a producer the user excluded with ``filters``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,7 +70,6 @@ class Group:
     frozen: str | None = None
     scores: np.ndarray | None = None
     importance_source: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 # Layers that keep channel i at channel i and have no per-channel weights.
@@ -356,14 +355,6 @@ class Graph:
             groups.append(Group(len(groups), spaces, self.space_size[root], producers, frozen))
         self.group_of = {s: g.id for g in groups for s in g.spaces}
         return groups
-
-    def nodes_touching(self, group: Group):
-        """(node, layout index in ``in_layouts``) pairs whose inputs include the group's channels."""
-        spaces = set(group.spaces)
-        for info in self.nodes:
-            for lay in info.in_layouts:
-                if any(s in spaces for s, _ in lay.segments):
-                    yield info, lay
 
 
 def _functional(model):
