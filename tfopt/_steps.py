@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 
 STEPS: dict[str, str] = {
-    # "prune": "tfopt.prune._step",
+    "prune": "tfopt.prune._step",
     # "qat": "tfopt.quantize._step",
-    # "cluster": "tfopt.cluster._step",
-    # "distill": "tfopt.distill._step",
+    "cluster": "tfopt.cluster._step",
+    "distill": "tfopt.distill._step",
     "prune_channels": "tfopt.prune._channels_step",
 }
 
