@@ -10,7 +10,7 @@ import importlib
 
 STEPS: dict[str, str] = {
     "prune": "tfopt.prune._step",
-    # "qat": "tfopt.quantize._step",
+    "qat": "tfopt.quantize._step",
     "cluster": "tfopt.cluster._step",
     "distill": "tfopt.distill._step",
     "prune_channels": "tfopt.prune._channels_step",

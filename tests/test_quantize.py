@@ -1,0 +1,527 @@
+"""Quantization-aware training: tfopt.quantize.qat -> fit -> fully int8 TFLite."""
+
+import glob
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import tfopt
+from tfopt.quantize import ActivationQuantizer, QuantizeWrapper, qat
+
+keras = pytest.importorskip("keras")
+L = keras.layers
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _interpreter(path):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    it.allocate_tensors()
+    return it
+
+
+def _ops(path):
+    """[(op name, [input dtypes], [output dtypes], [input tensor indices])] of a .tflite file."""
+    it = _interpreter(path)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    out = []
+    for op in it._get_ops_details():
+        ins = [i for i in op["inputs"] if i >= 0]
+        out.append(
+            (
+                op["op_name"],
+                [tensors[i]["dtype"].__name__ for i in ins],
+                [tensors[i]["dtype"].__name__ for i in op["outputs"] if i >= 0],
+                ins,
+            )
+        )
+    return it, out
+
+
+_KERNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+
+
+def _assert_fully_int8(path, *, float_prefix=0):
+    """Only the input QUANTIZE (after ``float_prefix`` float preprocessing ops) and the output
+    DEQUANTIZE touch float tensors; every conv / FC has int8 input, int8 weights, int8 output."""
+    _, ops = _interpreter(path), _ops(path)[1]
+    names = [o[0] for o in ops]
+    floats = [i for i, (_, ins, outs, _) in enumerate(ops) if "float32" in ins + outs]
+    assert names[float_prefix] == "QUANTIZE" and names[-1] == "DEQUANTIZE", names
+    assert floats == [*range(float_prefix + 1), len(ops) - 1], [ops[i][:3] for i in floats]
+    assert names.count("DEQUANTIZE") == 1
+    kernels = [o for o in ops if o[0] in _KERNEL_OPS]
+    assert kernels
+    for name, ins, outs, _ in kernels:
+        data_ins = ins[:2] if name != "TRANSPOSE_CONV" else ins[1:3]
+        assert data_ins == ["int8", "int8"] and outs == ["int8"], (name, ins, outs)
+    return names
+
+
+def _compile(model, lr=2e-3):
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _signal_data(n=384, length=24, classes=4, seed=0):
+    """Class k = a bump at position 5k + noise: learnable by a small Conv1D in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype("int32")
+    t = np.arange(length)
+    x = np.exp(-0.5 * ((t[None] - (4 + 5 * y[:, None])) / 1.5) ** 2)
+    x = x + 0.3 * rng.normal(size=x.shape)
+    return x[..., None].astype("float32"), y
+
+
+def _conv1d_bn_model():
+    i = keras.Input((24, 1), name="x")
+    h = L.Conv1D(8, 5, padding="same", use_bias=False, name="c1")(i)
+    h = L.BatchNormalization(name="bn1")(h)
+    h = L.ReLU(name="r1")(h)
+    s = L.Conv1D(8, 3, padding="same", activation="relu", name="c2")(h)
+    s = L.BatchNormalization(name="bn2")(s)  # BN after a conv with its own activation
+    h = L.Add(name="add")([h, s])
+    h = L.ReLU(name="r2")(h)
+    h = L.MaxPooling1D(2, name="pool")(h)
+    h = L.Concatenate(name="cat")([h, L.AveragePooling1D(1, name="avg")(h)])
+    h = L.Flatten(name="flat")(h)
+    h = L.Dense(16, activation="relu", name="fc")(h)
+    return keras.Model(i, L.Dense(4, name="logits")(h), name="c1d")
+
+
+@pytest.fixture(scope="module")
+def trained_qat(tmp_path_factory):
+    """A float Conv1D+BN model, its QAT copy after fine-tuning and the int8 export."""
+    keras.utils.set_random_seed(0)
+    x, y = _signal_data()
+    xt, yt = _signal_data(256, seed=1)
+    model = _compile(_conv1d_bn_model())
+    model.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    before = [w.copy() for w in model.get_weights()]
+    q = _compile(qat(model), lr=5e-4)
+    q.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    path = tmp_path_factory.mktemp("qat") / "m.tflite"
+    art = tfopt.export.tflite(q, path, quantization="int8", check_data=xt)
+    return SimpleNamespace(model=model, before=before, q=q, art=art, x=x, y=y, xt=xt, yt=yt)
+
+
+# -- the main path -------------------------------------------------------------------------------
+
+
+def test_qat_conv1d_bn_residual_model_exports_fully_int8(trained_qat):
+    t = trained_qat
+    names = _assert_fully_int8(t.art.path)
+    assert names.count("CONV_2D") == 2 and names.count("FULLY_CONNECTED") == 2
+    assert {"ADD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "CONCATENATION", "MUL"} <= set(names)
+    assert t.art.check["argmax_agreement"] >= 0.99
+    from tfopt.bench._runners import TFLiteRunner
+
+    got = TFLiteRunner(t.art.path).predict(t.xt).argmax(-1)
+    keras_pred = t.q.predict(t.xt, verbose=0).argmax(-1)
+    assert np.mean(got == keras_pred) >= 0.99
+    assert np.mean(got == t.yt) >= 0.9
+
+
+def test_qat_leaves_the_users_model_untouched(trained_qat):
+    t = trained_qat
+    assert [type(layer).__name__ for layer in t.model.layers].count("QuantizeWrapper") == 0
+    for a, b in zip(t.before, t.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert t.q is not t.model and t.q.get_layer("quant_c1").layer is not t.model.get_layer("c1")
+
+
+def test_qat_report_lists_quantized_folded_and_ranges(trained_qat):
+    r = trained_qat.q.qat_report
+    assert r.quantized == {
+        "c1": "Conv1D, per-channel weights (run as 2-D conv), folded bn1",
+        "c2": "Conv1D, per-channel weights (run as 2-D conv)",
+        "bn2": "BatchNormalization, int8 multiply + add",
+        "fc": "Dense, per-tensor weights",
+        "logits": "Dense, per-tensor weights",
+    }
+    assert r.folded == {"bn1": "c1"}
+    assert r.float_layers == {}
+    # input, after the fused ReLUs, the average pool and the concatenation
+    assert r.ranges == ["x_range", "r1_range", "r2_range", "avg_range", "cat_range"]
+    assert "5 layers quantized, 1 BatchNorms folded, 0 left float" in r.summary()
+
+
+def test_folded_batchnorm_matches_the_float_model_at_inference():
+    keras.utils.set_random_seed(1)
+    x, y = _signal_data(128)
+    model = _compile(_conv1d_bn_model())
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    q = qat(model)
+    q.get_layer("quant_c1")  # exists
+    # ranges from one pass in training mode, weights unchanged (lr 0)
+    q.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    for layer in q._flatten_layers():
+        if isinstance(layer, ActivationQuantizer):
+            layer.momentum = 0.0
+    q(x, training=True)
+    moving = q.get_layer("quant_c1").batchnorm.moving_mean.numpy()
+    # the training pass updated the folded BatchNorm's statistics like BatchNorm would
+    bn = model.get_layer("bn1")
+    conv_out = keras.Model(model.input, model.get_layer("c1").output).predict(x, verbose=0)
+    m = bn.momentum
+    expected = m * bn.moving_mean.numpy() + (1 - m) * conv_out.mean(axis=(0, 1))
+    np.testing.assert_allclose(moving, expected, rtol=1e-4, atol=1e-6)
+    q.get_layer("quant_c1").batchnorm.moving_mean.assign(bn.moving_mean)
+    q.get_layer("quant_c1").batchnorm.moving_variance.assign(bn.moving_variance)
+    # at inference the folded conv + BN + ReLU equals the float one up to int8 rounding
+    want = keras.Model(model.input, model.get_layer("r1").output).predict(x, verbose=0)
+    got = keras.Model(q.input, q.get_layer("r1_range").output).predict(x, verbose=0)
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
+
+
+def test_qat_model_round_trips_through_a_keras_file(trained_qat, tmp_path):
+    t = trained_qat
+    path = tmp_path / "q.keras"
+    t.q.save(path)
+    loaded = tfopt.models.load(path)
+    assert isinstance(loaded.get_layer("quant_c1"), QuantizeWrapper)
+    assert loaded.get_layer("quant_c1").batchnorm.name == "bn1"
+    assert isinstance(loaded.get_layer("x_range"), ActivationQuantizer)
+    np.testing.assert_array_equal(t.q.predict(t.xt, verbose=0), loaded.predict(t.xt, verbose=0))
+    art = tfopt.export.tflite(loaded, tmp_path / "l.tflite", quantization="int8", check_data=t.xt)
+    assert art.check["argmax_agreement"] >= 0.99
+
+
+# -- sparsity-preserving QAT ---------------------------------------------------------------------
+
+
+def test_pruned_zeros_stay_zero_through_qat_and_in_the_int8_file(tmp_path):
+    keras.utils.set_random_seed(2)
+    x, y = _signal_data(256)
+    i = keras.Input((24, 1))
+    h = L.Conv1D(16, 5, padding="same", activation="relu", name="conv")(i)
+    h = L.Flatten()(h)
+    model = _compile(keras.Model(i, L.Dense(4, name="fc")(h)))
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    zeros = {}
+    for name in ("conv", "fc"):  # prune 80% by magnitude, as a stripped pruned model would be
+        layer = model.get_layer(name)
+        k = layer.kernel.numpy()
+        k[np.abs(k) < np.quantile(np.abs(k), 0.8)] = 0.0
+        layer.kernel.assign(k)
+        zeros[name] = k == 0
+    q = _compile(qat(model), lr=1e-3)
+    assert f"sparsity {zeros['fc'].mean():.1%} preserved" in q.qat_report.quantized["fc"]
+    q.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    fc = q.get_layer("quant_fc")
+    assert np.all(fc.layer.kernel.numpy()[zeros["fc"]] == 0.0)
+    assert np.all(q.get_layer("quant_conv").layer.kernel.numpy()[zeros["conv"]] == 0.0)
+    art = tfopt.export.tflite(q, tmp_path / "s.tflite", quantization="int8", check_data=x)
+    it, ops = _ops(art.path)
+    weights = {}
+    for name, _ins, _, idx in ops:
+        if name in ("FULLY_CONNECTED", "CONV_2D"):
+            weights[name] = it.get_tensor(idx[1])
+    w_fc = weights["FULLY_CONNECTED"]  # TFLite stores (out, in)
+    assert w_fc.dtype == np.int8 and np.all(w_fc.T[zeros["fc"]] == 0)
+    w_conv = weights["CONV_2D"]  # (out, 1, k, in)
+    assert w_conv.dtype == np.int8
+    assert np.all(np.transpose(w_conv[:, 0], (1, 2, 0))[zeros["conv"]] == 0)
+
+
+# -- coverage ------------------------------------------------------------------------------------
+
+
+def _fit_export(q, x, y, path, **kwargs):
+    _compile(q, lr=1e-3).fit(x, y, epochs=1, batch_size=16, verbose=0)
+    return tfopt.export.tflite(
+        q, path, quantization="int8", check_data=x, min_agreement=0.0, **kwargs
+    )
+
+
+def test_conv2d_depthwise_separable_transpose_and_batchnorm_everywhere(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype("float32")
+    y = np.arange(32) % 4
+    i = keras.Input((8, 8, 3))
+    h = L.BatchNormalization(name="bn_in")(i)  # BatchNorm first
+    h = L.Conv2D(8, 3, padding="same", name="conv")(h)
+    h = L.BatchNormalization(name="bn_conv")(h)
+    h = L.Activation("relu", name="act")(h)
+    h = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(h)
+    h = L.BatchNormalization(name="bn_dw")(h)
+    h = L.ReLU(6.0, name="relu6")(h)
+    h = L.SeparableConv2D(8, 3, padding="same", activation="relu", name="sep")(h)
+    h = L.Conv2DTranspose(4, 3, strides=2, padding="same", name="tconv")(h)
+    h = L.BatchNormalization(name="bn_t")(h)
+    h = L.AveragePooling2D(2, name="avg")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    h = L.Dense(8, name="fc")(h)
+    h = L.BatchNormalization(name="bn_fc")(h)  # BatchNorm after Dense
+    model = keras.Model(i, L.Dense(4, name="logits")(h))
+    q = qat(model)
+    r = q.qat_report
+    assert r.folded == {"bn_conv": "conv", "bn_dw": "dw", "bn_t": "tconv", "bn_fc": "fc"}
+    assert r.quantized["sep"] == "SeparableConv2D, per-channel weights"
+    assert r.quantized["dw"] == "DepthwiseConv2D, per-channel weights, folded bn_dw"
+    assert r.quantized["tconv"] == "Conv2DTranspose, per-tensor weights, folded bn_t"
+    assert r.quantized["bn_in"] == "BatchNormalization, int8 multiply + add"
+    art = _fit_export(q, x, y, tmp_path / "c2d.tflite")
+    names = _assert_fully_int8(art.path)
+    assert names.count("DEPTHWISE_CONV_2D") == 2  # the depthwise and the separable's first half
+    assert names.count("TRANSPOSE_CONV") == 1 and names.count("CONV_2D") == 2
+
+
+@pytest.mark.parametrize(
+    "layer_fn",
+    [
+        lambda: L.SeparableConv2D(4, 3, strides=2, padding="same"),
+        lambda: L.DepthwiseConv2D(3, strides=2, depth_multiplier=2, padding="valid"),
+        lambda: L.Conv2DTranspose(4, 3, strides=2, padding="same"),
+        lambda: L.Conv1D(4, 3, strides=2, dilation_rate=1, padding="causal"),
+    ],
+)
+def test_wrapped_layers_compute_what_the_float_layer_computes(layer_fn):
+    is_1d = "Conv1D" in type(layer_fn()).__name__
+    shape = (8, 3) if is_1d else (8, 8, 3)
+    x = np.random.default_rng(0).normal(size=(16, *shape)).astype("float32")
+    i = keras.Input(shape)
+    model = keras.Model(i, layer_fn()(i))
+    q = qat(model)
+    q(x, training=True)  # sets the ranges
+    want = model.predict(x, verbose=0)
+    got = q.predict(x, verbose=0)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 0.03 * np.abs(want).max()  # int8 rounding only
+
+
+def test_embedding_weights_are_int8(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 50, size=(32, 12)).astype("int32")
+    y = np.arange(32) % 4
+    i = keras.Input((12,), dtype="int32")
+    h = L.Embedding(50, 16, name="emb")(i)
+    h = L.Conv1D(8, 3, activation="relu", name="conv")(h)
+    h = L.GlobalAveragePooling1D()(h)
+    q = qat(keras.Model(i, L.Dense(4, name="fc")(h)))
+    assert q.qat_report.quantized["emb"] == "Embedding, per-tensor embeddings"
+    assert "input_range" not in q.qat_report.ranges  # integer inputs are not fake-quantized
+    art = _fit_export(q, x, y, tmp_path / "emb.tflite")
+    it, ops = _ops(art.path)
+    gather = [o for o in ops if o[0] == "GATHER"]
+    assert len(gather) == 1 and gather[0][1][0] == "int8" and gather[0][2] == ["int8"]
+    assert it.get_tensor(gather[0][3][0]).shape == (50, 16)
+    assert all("float32" not in o[1] for o in ops if o[0] in _KERNEL_OPS)
+    assert art.check["argmax_agreement"] >= 0.99
+
+
+def test_attention_block_keeps_attention_float_and_the_rest_int8(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 10, 16)).astype("float32")
+    y = np.arange(32) % 4
+    i = keras.Input((10, 16))
+    h = L.Dense(16, name="proj")(i)
+    a = L.MultiHeadAttention(2, 8, name="mha")(h, h)
+    h = L.LayerNormalization(name="ln1")(L.Add(name="res1")([h, a]))
+    f = L.Dense(16, name="ffn2")(L.Dense(32, activation="relu", name="ffn1")(h))
+    h = L.LayerNormalization(name="ln2")(L.Add(name="res2")([h, f]))
+    h = L.GlobalAveragePooling1D()(h)
+    q = qat(keras.Model(i, L.Dense(4, name="logits")(h)))
+    r = q.qat_report
+    assert set(r.float_layers) == {"mha", "ln1", "ln2"}
+    assert set(r.quantized) == {"proj", "ffn1", "ffn2", "logits"}
+    art = _fit_export(q, x, y, tmp_path / "mha.tflite")
+    _, ops = _ops(art.path)
+    fc = [o for o in ops if o[0] == "FULLY_CONNECTED"]
+    int8_fc = [o for o in fc if o[1][:2] == ["int8", "int8"] and o[2] == ["int8"]]
+    assert len(int8_fc) == 4  # the four Dense layers
+    assert len(fc) > 4  # attention projections stay float
+    assert {"SOFTMAX", "RSQRT"} <= {o[0] for o in ops if "float32" in o[1]}
+    assert art.check["argmax_agreement"] >= 0.9
+
+
+def test_gru_is_left_float_and_the_rest_quantized(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 10, 4)).astype("float32")
+    y = np.arange(32) % 4
+    i = keras.Input((10, 4))
+    h = L.Conv1D(8, 3, activation="relu", name="conv")(i)
+    h = L.GRU(8, name="gru")(h)
+    q = qat(keras.Model(i, L.Dense(4, name="fc")(h)))
+    assert list(q.qat_report.float_layers) == ["gru"]
+    assert "no int8 GRU kernel" in q.qat_report.float_layers["gru"]
+    art = _fit_export(q, x, y, tmp_path / "gru.tflite", fixed_batch=1)
+    _, ops = _ops(art.path)
+    kernels = {o[0]: o for o in ops if o[0] in _KERNEL_OPS}
+    assert kernels["CONV_2D"][1][:2] == ["int8", "int8"]
+    assert kernels["FULLY_CONNECTED"][1][:2] == ["int8", "int8"]
+    assert "WHILE" in [o[0] for o in ops]
+    assert art.check["argmax_agreement"] >= 0.99
+
+
+def test_sequential_and_subclassed_models(tmp_path):
+    x, y = _signal_data(64)
+    seq = keras.Sequential(
+        [
+            keras.Input((24, 1)),
+            L.Conv1D(4, 3, activation="relu"),
+            L.BatchNormalization(),
+            L.Flatten(),
+            L.Dense(4),
+        ]
+    )
+    q = qat(seq)
+    assert len(q.qat_report.quantized) == 3
+    _assert_fully_int8(_fit_export(q, x, y, tmp_path / "seq.tflite").path)
+
+    class Net(keras.Model):
+        def __init__(self, classes=4, **kwargs):
+            super().__init__(**kwargs)
+            self.classes = classes
+            self.conv = L.Conv1D(8, 3, activation="relu")
+            self.pool = L.GlobalAveragePooling1D()
+            self.heads = [L.Dense(8, activation="relu"), L.Dense(classes)]
+
+        def call(self, x):
+            h = self.pool(self.conv(x))
+            return self.heads[1](self.heads[0](h))
+
+        def get_config(self):
+            return {**super().get_config(), "classes": self.classes}
+
+    net = Net()
+    net(x[:2])
+    q = qat(net)
+    assert sorted(v.split(",")[0] for v in q.qat_report.quantized.values()) == [
+        "Conv1D",
+        "Dense",
+        "Dense",
+    ]
+    assert type(net.conv).__name__ == "Conv1D"  # the original keeps its layers
+    art = _fit_export(q, x, y, tmp_path / "sub.tflite")
+    assert art.check["argmax_agreement"] >= 0.99
+    names = [o[0] for o in _ops(art.path)[1]]
+    assert names.count("CONV_2D") == 1 and names.count("FULLY_CONNECTED") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [("MobileNetV2", 0), ("EfficientNetB0", 1), ("MobileNetV3Small", 2)],
+)
+def test_keras_applications_convert_fully_int8(name, prefix, tmp_path):
+    kwargs = {"alpha": 0.35} if name == "MobileNetV2" else {}
+    model = getattr(keras.applications, name)(
+        input_shape=(32, 32, 3), weights=None, classes=4, classifier_activation=None, **kwargs
+    )
+    q = qat(model)
+    assert not {k for k, v in q.qat_report.float_layers.items() if "preprocessing" not in v}
+    x = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype("float32")
+    q(x, training=True)  # one training-mode pass sets the ranges (a fit would too, slower)
+    art = tfopt.export.tflite(
+        q, tmp_path / f"{name}.tflite", quantization="int8", check_data=x, min_agreement=0.0
+    )
+    # float only before the input QUANTIZE (EfficientNet/MobileNetV3 rescale in float) and at the end
+    _assert_fully_int8(art.path, float_prefix=prefix)
+
+
+# -- options and errors --------------------------------------------------------------------------
+
+
+def test_filters_select_layers_and_bad_arguments_raise():
+    model = _conv1d_bn_model()
+    q = qat(model, filters=r"^(c1|logits)$")
+    assert set(q.qat_report.quantized) == {"c1", "logits"}
+    assert q.qat_report.float_layers["fc"] == "excluded by filters"
+    q = qat(model, filters=["fc"])
+    assert set(q.qat_report.quantized) == {"fc"}
+    q = qat(model, filters=lambda layer: layer.name.startswith("c"))
+    assert set(q.qat_report.quantized) == {"c1", "c2"}
+    with pytest.raises(ValueError, match=r"Unrecognized scheme='int4'. Supported schemes are"):
+        qat(model, scheme="int4")
+    with pytest.raises(TypeError, match=r"filters must be None, a regex.*Received: filters=3"):
+        qat(model, filters=3)
+    with pytest.raises(TypeError, match=r"must be a keras.Model"):
+        qat("model.keras")
+    with pytest.raises(ValueError, match=r"is not built"):
+        qat(keras.Sequential([L.Dense(2)]))
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\). Received: momentum=1.5"):
+        ActivationQuantizer(momentum=1.5)
+    with pytest.raises(ValueError, match=r"cannot wrap LSTM layers"):
+        QuantizeWrapper(L.LSTM(2))
+
+
+# -- TensorBoard and the recipe step -------------------------------------------------------------
+
+
+def test_quantization_summaries_write_the_learned_ranges(tmp_path):
+    import tensorflow as tf
+
+    x, y = _signal_data(64)
+    i = keras.Input((24, 1), name="x")
+    h = L.Flatten()(L.Conv1D(4, 3, activation="relu", name="conv")(i))
+    q = _compile(qat(keras.Model(i, L.Dense(4, name="fc")(h))))
+    cb = tfopt.callbacks.QuantizationSummaries(tmp_path / "logs")
+    q.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
+    values = {}
+    for path in glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                values.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
+    names = ["x_range", "quant_conv/output_range", "quant_fc/output_range"]
+    assert set(values) == {f"quantization/{n}/{k}" for n in names for k in ("min", "max", "scale")}
+    assert [s for s, _ in values["quantization/x_range/max"]] == [4, 8]
+    conv = q.get_layer("quant_conv").output_quantizer
+    assert values["quantization/quant_conv/output_range/max"][-1][1] == pytest.approx(
+        float(conv.range_max.numpy())
+    )
+    assert values["quantization/quant_conv/output_range/min"][-1][1] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match=r"update_freq must be 'epoch' or an int >= 1"):
+        tfopt.callbacks.QuantizationSummaries(tmp_path, update_freq=0)
+    float_model = _compile(keras.Sequential([keras.Input((24, 1)), L.Flatten(), L.Dense(4)]))
+    with pytest.raises(TypeError, match=r"has no ActivationQuantizer layers"):
+        float_model.fit(
+            x, y, epochs=1, verbose=0, callbacks=[tfopt.callbacks.QuantizationSummaries(tmp_path)]
+        )
+
+
+def test_qat_recipe_step_returns_the_fitted_qat_model(tmp_path):
+    from pydantic import ValidationError
+
+    from tfopt._steps import step_module
+
+    step = step_module("qat")
+    cfg = step.Config(epochs=1, learning_rate=1e-3)
+    assert (cfg.scheme, cfg.preserve_sparsity, cfg.filters) == ("int8", True, None)
+    with pytest.raises(ValidationError, match=r"epochs"):
+        step.Config(epochs=0)
+    with pytest.raises(ValidationError, match=r"Extra inputs are not permitted"):
+        step.Config(bits=4)
+    x, y = _signal_data(64)
+    fits, records = [], {}
+
+    class Ctx:
+        data = SimpleNamespace(x_train=x, y_train=y)
+
+        def log(self, msg):
+            pass
+
+        def log_dir(self, stage=None):
+            return tmp_path / "logs" / "qat"
+
+        def fit(self, model, *, epochs, learning_rate, callbacks=()):
+            fits.append((epochs, learning_rate))
+            _compile(model, learning_rate)
+            return model.fit(x, y, epochs=epochs, verbose=0, callbacks=list(callbacks))
+
+        def record(self, key, value):
+            records[key] = value
+
+    out = step.run(cfg, _conv1d_bn_model(), Ctx())
+    assert fits == [(1, 1e-3)]
+    assert isinstance(out.get_layer("quant_c1"), QuantizeWrapper)
+    assert records["qat_report"]["folded"] == {"bn1": "c1"}
+    assert glob.glob(str(tmp_path / "logs" / "qat" / "quantization" / "events.out.tfevents.*"))

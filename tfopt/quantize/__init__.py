@@ -1,0 +1,22 @@
+"""Quantization: quantization-aware training (QAT) that converts to fully int8 TFLite.
+
+Post-training modes (dynamic, float16, int8, int16x8) are options of `tfopt.export.tflite`.
+
+Example:
+    >>> q = tfopt.quantize.qat(model)
+    >>> q.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    >>> q.fit(x, y, epochs=3, callbacks=[tfopt.callbacks.QuantizationSummaries("logs/qat")])
+    >>> tfopt.export.tflite(q, "m.tflite", quantization="int8")
+"""
+
+from tfopt.quantize._layers import ActivationQuantizer, FloatBoundary, QuantizeWrapper
+from tfopt.quantize._qat import SCHEMES, QATReport, qat
+
+__all__ = [
+    "SCHEMES",
+    "ActivationQuantizer",
+    "FloatBoundary",
+    "QATReport",
+    "QuantizeWrapper",
+    "qat",
+]

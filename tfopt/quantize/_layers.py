@@ -1,0 +1,385 @@
+"""QAT layers: an activation range tracker and a weight fake-quant wrapper.
+
+Both emit ``keras.quantizers.fake_quant_with_min_max_vars`` (``tf.quantization.fake_quant_*`` on the
+TensorFlow backend), which the TFLite converter turns into int8 kernels without representative data.
+"""
+
+from __future__ import annotations
+
+from tfopt._backend import import_keras
+
+keras = import_keras()
+ops = keras.ops
+fake_quant = keras.quantizers.fake_quant_with_min_max_vars
+
+# The smallest weight range: keeps the scale of an all-zero (pruned) channel valid.
+_MIN_RANGE = 1e-6
+
+# Layer kinds QuantizeWrapper can fake-quantize, by Keras class name.
+KINDS = {
+    "Conv1D": "conv1d",
+    "Conv2D": "conv2d",
+    "DepthwiseConv2D": "depthwise",
+    "SeparableConv2D": "separable",
+    "Conv2DTranspose": "conv_transpose",
+    "Dense": "dense",
+    "Embedding": "embedding",
+    "BatchNormalization": "batchnorm",
+}
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantizes a tensor to 8 bits with a range tracked as a moving average of min/max.
+
+    The first training batch sets the range; later batches move it with ``momentum``. The range
+    always contains 0 (TFLite's int8 zero point must be exact).
+
+    Args:
+        momentum: weight of the old range in the moving average. Defaults to 0.99.
+        num_bits: bits of the integer type. Defaults to 8.
+        **kwargs: `keras.layers.Layer` arguments (``name``, ...).
+
+    Example:
+        >>> y = tfopt.quantize.ActivationQuantizer(name="q_out")(x)
+    """
+
+    def __init__(self, *, momentum: float = 0.99, num_bits: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1). Received: momentum={momentum}")
+        self.momentum = float(momentum)
+        self.num_bits = int(num_bits)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        zeros = keras.initializers.Zeros()
+        self.range_min = self.add_weight(shape=(), initializer=zeros, trainable=False, name="min")
+        self.range_max = self.add_weight(shape=(), initializer=zeros, trainable=False, name="max")
+        self.initialized = self.add_weight(
+            shape=(), initializer=zeros, trainable=False, name="initialized"
+        )
+
+    def call(self, x, training=None):
+        if training:
+            xs = ops.stop_gradient(x)
+            bmin, bmax = ops.min(xs), ops.max(xs)
+            first = ops.equal(self.initialized, 0.0)
+            m = self.momentum
+            self.range_min.assign(ops.where(first, bmin, m * self.range_min + (1 - m) * bmin))
+            self.range_max.assign(ops.where(first, bmax, m * self.range_max + (1 - m) * bmax))
+            self.initialized.assign(1.0)
+        lo = ops.minimum(self.range_min, 0.0)
+        hi = ops.maximum(ops.maximum(self.range_max, 0.0), lo + _MIN_RANGE)
+        return fake_quant(x, lo, hi, num_bits=self.num_bits)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "num_bits": self.num_bits}
+
+
+def _symmetric(w, axis=None):
+    """Symmetric narrow-range fake-quant of a weight: per tensor, or per channel on the last axis."""
+    if axis is None:
+        m = ops.maximum(ops.max(ops.abs(w)), _MIN_RANGE)
+        return fake_quant(w, -m, m, num_bits=8, narrow_range=True)
+    m = ops.maximum(ops.max(ops.abs(w), axis=tuple(range(len(w.shape) - 1))), _MIN_RANGE)
+    return fake_quant(w, -m, m, num_bits=8, narrow_range=True, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class QuantizeWrapper(keras.layers.Wrapper):
+    """Runs a layer with fake-quantized weights, an optional folded BatchNorm and output range.
+
+    Supported layers (see `KINDS`): Conv1D (run as a 2-D conv so the per-channel axis is last),
+    Conv2D, DepthwiseConv2D and SeparableConv2D (per-channel weights), Conv2DTranspose, Dense and
+    Embedding (per-tensor weights), and a standalone BatchNormalization (run as multiply + add with
+    an int8 range in between). A following ``BatchNormalization`` can be folded into the wrapped
+    layer: training uses the batch statistics with the correction of Jacob et al. (2018), inference
+    the folded kernel ``W * gamma / sqrt(var + eps)`` that TFLite will see.
+
+    Args:
+        layer: the layer to wrap (built or not).
+        batchnorm: a ``BatchNormalization`` layer (``axis=-1``) to fold into ``layer``. Defaults to
+            None.
+        quantize_output: track and fake-quantize the output range. Defaults to True.
+        preserve_sparsity: keep the kernel's exact zeros at zero (a mask taken when the wrapper is
+            built on a layer with weights). Defaults to True.
+        **kwargs: `keras.layers.Layer` arguments.
+
+    Example:
+        >>> q = tfopt.quantize.QuantizeWrapper(keras.layers.Conv2D(8, 3))
+    """
+
+    def __init__(
+        self,
+        layer,
+        *,
+        batchnorm=None,
+        quantize_output: bool = True,
+        preserve_sparsity: bool = True,
+        **kwargs,
+    ):
+        super().__init__(layer, **kwargs)
+        kind = KINDS.get(type(layer).__name__)
+        if kind is None:
+            raise ValueError(
+                f"QuantizeWrapper cannot wrap {type(layer).__name__} layers. Supported: {list(KINDS)}"
+            )
+        if batchnorm is not None and kind in ("embedding", "batchnorm"):
+            raise ValueError(f"batchnorm cannot be folded into a {type(layer).__name__} layer.")
+        self.kind = kind
+        self.batchnorm = batchnorm
+        self.quantize_output = bool(quantize_output)
+        self.preserve_sparsity = bool(preserve_sparsity) and kind != "batchnorm"
+        self.output_quantizer = (
+            ActivationQuantizer(name="output_range") if quantize_output else None
+        )
+        self.mid_quantizer = (
+            ActivationQuantizer(name="mid_range") if kind in ("separable", "batchnorm") else None
+        )
+        # TFLite fuses only RELU/RELU6 into the op; other activations (swish, sigmoid, ...) run as
+        # their own int8 ops and need the range of their input.
+        act = getattr(getattr(layer, "activation", None), "__name__", "linear")
+        self.preactivation_quantizer = (
+            ActivationQuantizer(name="preactivation_range")
+            if kind not in ("embedding", "batchnorm") and act not in ("linear", "relu", "relu6")
+            else None
+        )
+
+    # -- building -------------------------------------------------------------------------------
+    def _kernel(self):
+        layer = self.layer
+        if self.kind == "embedding":
+            return layer.embeddings
+        if self.kind == "separable":
+            return layer.pointwise_kernel
+        if self.kind == "batchnorm":
+            return None
+        return layer.kernel
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        out_shape = self.layer.compute_output_shape(input_shape)
+        if self.batchnorm is not None and not self.batchnorm.built:
+            self.batchnorm.build(out_shape)
+        if self.output_quantizer is not None and not self.output_quantizer.built:
+            self.output_quantizer.build(out_shape)
+        for q in (self.mid_quantizer, self.preactivation_quantizer):
+            if q is not None and not q.built:
+                q.build(out_shape)
+        self.mask = None
+        if self.preserve_sparsity:
+            k = self._kernel()
+            self.mask = self.add_weight(
+                shape=k.shape, initializer="ones", trainable=False, name="sparsity_mask"
+            )
+            self.update_mask()
+        self.built = True
+
+    def update_mask(self):
+        """Sets the sparsity mask to the kernel's non-zeros (call after loading pruned weights)."""
+        if self.mask is not None:
+            self.mask.assign(ops.cast(ops.not_equal(self._kernel(), 0.0), self.mask.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    # -- the linear part --------------------------------------------------------------------------
+    def _linear(self, x, kernel, quantize, kind):
+        """Applies the layer's linear op with ``kernel`` (fake-quantized if ``quantize``)."""
+        layer = self.layer
+        if kind == "dense":
+            return ops.matmul(x, _symmetric(kernel) if quantize else kernel)
+        if kind == "conv1d":
+            k4 = ops.expand_dims(kernel, 0)
+            if quantize:
+                k4 = _symmetric(k4, axis=-1)
+            x4 = ops.expand_dims(x, 1)
+            padding = layer.padding
+            if padding == "causal":
+                pad = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+                x4 = ops.pad(x4, ((0, 0), (0, 0), (pad, 0), (0, 0)))
+                padding = "valid"
+            y = ops.conv(
+                x4,
+                k4,
+                strides=(1, layer.strides[0]),
+                padding=padding,
+                dilation_rate=(1, layer.dilation_rate[0]),
+            )
+            return ops.squeeze(y, 1)
+        if kind == "pointwise":  # the 1x1 second half of a SeparableConv2D
+            return ops.conv(x, _symmetric(kernel, axis=-1) if quantize else kernel, padding="valid")
+        if kind == "conv2d":
+            return ops.conv(
+                x,
+                _symmetric(kernel, axis=-1) if quantize else kernel,
+                strides=layer.strides,
+                padding=layer.padding,
+                dilation_rate=layer.dilation_rate,
+            )
+        if kind == "depthwise":
+            if quantize:
+                kernel = self._depthwise_fq(kernel)
+            return ops.depthwise_conv(
+                x,
+                kernel,
+                strides=layer.strides,
+                padding=layer.padding,
+                dilation_rate=layer.dilation_rate,
+            )
+        if kind == "conv_transpose":
+            return ops.conv_transpose(
+                x,
+                _symmetric(kernel) if quantize else kernel,
+                strides=layer.strides,
+                padding=layer.padding,
+                output_padding=layer.output_padding,
+                dilation_rate=layer.dilation_rate,
+            )
+        raise AssertionError(kind)
+
+    def _depthwise_fq(self, dk):
+        """Per-channel fake-quant of a depthwise kernel over its in * multiplier output channels."""
+        kh, kw, cin, mult = dk.shape
+        flat = _symmetric(ops.reshape(dk, (kh, kw, 1, cin * mult)), axis=-1)
+        return ops.reshape(flat, (kh, kw, cin, mult))
+
+    @staticmethod
+    def _scale_kernel(kernel, scale, kind):
+        """Multiplies each output channel of ``kernel`` by ``scale``."""
+        if kind == "depthwise":
+            return kernel * ops.reshape(scale, kernel.shape[2:])
+        if kind == "conv_transpose":
+            return kernel * ops.reshape(scale, (-1, 1))
+        return kernel * scale
+
+    def _masked(self, kernel):
+        return kernel if self.mask is None else kernel * self.mask
+
+    # -- call -------------------------------------------------------------------------------------
+    def call(self, x, training=None):
+        kind, layer = self.kind, self.layer
+        if kind == "embedding":
+            y = ops.take(_symmetric(self._masked(layer.embeddings)), ops.cast(x, "int32"), axis=0)
+            return self._out(y, training)
+        if kind == "batchnorm":
+            return self._call_batchnorm(x, training)
+        if kind == "dense" and len(x.shape) > 2:
+            # N-D inputs run as one 2-D matmul + bias + activation + range, which TFLite fuses into
+            # a single int8 FULLY_CONNECTED; only the final reshape sees the N-D shape.
+            lead = ops.shape(x)[:-1]
+            y = self.call(ops.reshape(x, (-1, x.shape[-1])), training=training)
+            return ops.reshape(y, (*lead, y.shape[-1]))
+        if kind == "separable":
+            dk = layer.depthwise_kernel
+            x = ops.depthwise_conv(
+                x,
+                self._depthwise_fq(dk),
+                strides=layer.strides,
+                padding=layer.padding,
+                dilation_rate=layer.dilation_rate,
+            )
+            x = self.mid_quantizer(x, training=training)
+            y = self._fold(x, self._masked(layer.pointwise_kernel), training, "pointwise")
+        else:
+            y = self._fold(x, self._masked(self._kernel()), training, kind)
+        return self._out(y, training)
+
+    def _fold(self, x, kernel, training, kind):
+        bias = self.layer.bias if self.layer.use_bias else None
+        bn = self.batchnorm
+        if bn is None:
+            y = self._linear(x, kernel, True, kind)
+            return y if bias is None else y + bias
+        gamma = bn.gamma if bn.scale else 1.0
+        beta = bn.beta if bn.center else 0.0
+        eps = bn.epsilon
+        scale_m = gamma / ops.sqrt(bn.moving_variance + eps)
+        if training:
+            # BatchNorm's input is the layer's output with its bias; the bias cancels out.
+            yf = self._linear(x, kernel, False, kind)
+            if bias is not None:
+                yf = yf + bias
+            axes = tuple(range(len(yf.shape) - 1))
+            mean, var = ops.moments(yf, axes)
+            m = bn.momentum
+            bn.moving_mean.assign(m * bn.moving_mean + (1 - m) * ops.stop_gradient(mean))
+            bn.moving_variance.assign(m * bn.moving_variance + (1 - m) * ops.stop_gradient(var))
+            scale_b = gamma / ops.sqrt(var + eps)
+            y = self._linear(x, self._scale_kernel(kernel, scale_m, kind), True, kind)
+            if bias is not None:
+                mean = mean - bias
+            return y * (scale_b / scale_m) + (beta - mean * scale_b)
+        offset = beta - bn.moving_mean * scale_m
+        if bias is not None:
+            offset = offset + bias * scale_m
+        return self._linear(x, self._scale_kernel(kernel, scale_m, kind), True, kind) + offset
+
+    def _call_batchnorm(self, x, training):
+        bn = self.layer
+        gamma = bn.gamma if bn.scale else 1.0
+        beta = bn.beta if bn.center else 0.0
+        scale = gamma / ops.sqrt(bn.moving_variance + bn.epsilon)
+        if training:
+            self.mid_quantizer(x * scale, training=True)  # track the range TFLite's MUL will need
+            return self._out(bn(x, training=True), training)
+        y = self.mid_quantizer(x * _symmetric(scale), training=False)
+        return self._out(y + (beta - bn.moving_mean * scale), training)
+
+    def _out(self, y, training):
+        if self.preactivation_quantizer is not None:
+            y = self.preactivation_quantizer(y, training=training)
+        if self.kind not in ("embedding", "batchnorm"):
+            y = self.layer.activation(y)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y, training=training)
+        return y
+
+    # -- config -----------------------------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            batchnorm=None
+            if self.batchnorm is None
+            else keras.saving.serialize_keras_object(self.batchnorm),
+            quantize_output=self.quantize_output,
+            preserve_sparsity=self.preserve_sparsity,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(
+            config["layer"], custom_objects=custom_objects
+        )
+        if config.get("batchnorm") is not None:
+            config["batchnorm"] = keras.saving.deserialize_keras_object(
+                config["batchnorm"], custom_objects=custom_objects
+            )
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class FloatBoundary(keras.layers.Layer):
+    """Marks where int8 values enter a float-only layer (e.g. attention).
+
+    TFLite's converter can otherwise propagate an int8 scale into the float layer's first
+    FULLY_CONNECTED and emit an op with an int8 input and float weights, which does not run. The
+    boundary is an elementwise ``maximum(x, lowest float)``: exact, and TFLite keeps it float, so
+    a DEQUANTIZE goes right before it.
+
+    Example:
+        >>> y = tfopt.quantize.FloatBoundary()(x)
+    """
+
+    def call(self, x):
+        return ops.maximum(x, -3.4e38)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

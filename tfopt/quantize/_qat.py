@@ -1,0 +1,592 @@
+"""`qat()`: rewrite a Keras 3 model for quantization-aware training that converts to int8 TFLite."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from tfopt._backend import check_model, import_keras
+from tfopt.quantize._layers import KINDS, ActivationQuantizer, FloatBoundary, QuantizeWrapper
+
+keras = import_keras()
+tree = keras.tree
+
+SCHEMES = ("int8",)
+
+# Ops that only move or select values: int8 in, same scale out; no range of their own.
+_PASS_THROUGH = {
+    "InputLayer",
+    "Reshape",
+    "Flatten",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "Identity",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "Permute",
+    "RepeatVector",
+    "ActivityRegularization",
+    "Masking",
+    # max pooling selects values: TFLite's int8 MAX_POOL keeps the input's scale
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "MaxPooling3D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    # keras.ops called on symbolic tensors
+    "ExpandDims",
+    "Squeeze",
+    "Transpose",
+}
+
+# Input preprocessing: kept float, the range is tracked after it.
+_PREPROCESSING = {"Rescaling", "Normalization"}
+
+# Layers left float, with the reason given in the report.
+_FLOAT_REASONS = {
+    "Rescaling": "input preprocessing: runs in float before the model input is quantized",
+    "Normalization": "input preprocessing: runs in float before the model input is quantized",
+    "GRU": "recurrent layer: TFLite runs its loop in float (no int8 GRU kernel)",
+    "LSTM": "recurrent layer: kept float (TFLite's int8 LSTM needs a calibrated UNIDIRECTIONAL_SEQUENCE_LSTM)",
+    "SimpleRNN": "recurrent layer: TFLite runs its loop in float",
+    "RNN": "recurrent layer: TFLite runs its loop in float",
+    "Bidirectional": "recurrent layer: TFLite runs its loop in float",
+    "ConvLSTM1D": "recurrent layer: TFLite runs its loop in float",
+    "ConvLSTM2D": "recurrent layer: TFLite runs its loop in float",
+    "MultiHeadAttention": "attention (einsum projections, scaled dot product, softmax) kept float; "
+    "its input and output ranges are tracked so the layers around it run in int8",
+    "GroupQueryAttention": "attention kept float",
+    "LayerNormalization": "lowered by TFLite to mean/rsqrt ops with no int8 ranges; kept float",
+    "GroupNormalization": "lowered by TFLite to mean/rsqrt ops with no int8 ranges; kept float",
+    "UnitNormalization": "lowered by TFLite to norm ops with no int8 ranges; kept float",
+    "EinsumDense": "EinsumDense is not supported by tfopt QAT yet; kept float",
+    "Conv3D": "TFLite has no int8 CONV_3D kernel; kept float",
+    "Conv1DTranspose": "not supported by tfopt QAT yet; kept float",
+    "Conv3DTranspose": "TFLite has no int8 kernel; kept float",
+    "DepthwiseConv1D": "not supported by tfopt QAT yet; kept float",
+    "SeparableConv1D": "not supported by tfopt QAT yet; kept float",
+}
+
+
+# Float layers whose inputs need a FloatBoundary (see its docstring).
+_BOUNDARY = {"MultiHeadAttention", "GroupQueryAttention", "EinsumDense"}
+
+
+def _boundary(x):
+    if isinstance(x, keras.KerasTensor) and _is_float(x):
+        return FloatBoundary(name=f"float_boundary_{keras.backend.get_uid('float_boundary')}")(x)
+    return x
+
+
+def _is_fusable_activation(op) -> bool:
+    """True for the activations TFLite fuses into the op before them (RELU, RELU6)."""
+    name = type(op).__name__
+    if name == "ReLU":
+        return (
+            op.max_value in (None, 6.0)
+            and float(op.negative_slope) == 0.0
+            and float(op.threshold) == 0.0
+        )
+    if name == "Activation":
+        fn = getattr(op.activation, "__name__", "")
+        return fn in ("relu", "relu6")
+    return False
+
+
+def _unquantizable(layer) -> str | None:
+    """Why ``layer`` cannot be wrapped by QuantizeWrapper, or None if it can."""
+    name = type(layer).__name__
+    if name not in KINDS:
+        return None if not layer.weights else f"{name} is not supported by tfopt QAT; kept float"
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return f"data_format={layer.data_format!r}: TFLite int8 kernels need channels_last"
+    if getattr(layer, "groups", 1) != 1:
+        return f"groups={layer.groups}: TFLite has no int8 grouped convolution"
+    if name == "BatchNormalization" and layer.axis not in (-1, len(layer.input.shape) - 1):
+        return f"BatchNormalization(axis={layer.axis}) is not on the channel axis"
+    if getattr(layer, "quantization_mode", None):
+        return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
+    return None
+
+
+@dataclass
+class QATReport:
+    """What `qat` did to each layer.
+
+    Attributes:
+        quantized: layer name -> what was quantized (weights scheme, folded BatchNorm).
+        folded: BatchNorm name -> the layer it was folded into.
+        float_layers: layer name -> why it was left float.
+        ranges: names of the activation range trackers inserted (inputs, fused outputs, ...).
+    """
+
+    quantized: dict[str, str] = field(default_factory=dict)
+    folded: dict[str, str] = field(default_factory=dict)
+    float_layers: dict[str, str] = field(default_factory=dict)
+    ranges: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """Returns a readable multi-line summary."""
+        lines = [
+            f"QAT: {len(self.quantized)} layers quantized, {len(self.folded)} BatchNorms "
+            f"folded, {len(self.float_layers)} left float, {len(self.ranges)} ranges tracked"
+        ]
+        lines += [f"  quantized {k}: {v}" for k, v in self.quantized.items()]
+        lines += [f"  folded    {k} -> {v}" for k, v in self.folded.items()]
+        lines += [f"  float     {k}: {v}" for k, v in self.float_layers.items()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "quantized": dict(self.quantized),
+            "folded": dict(self.folded),
+            "float_layers": dict(self.float_layers),
+            "ranges": list(self.ranges),
+        }
+
+
+def _make_filter(filters) -> Callable:
+    if filters is None:
+        return lambda layer: True
+    if isinstance(filters, str):
+        pattern = re.compile(filters)
+        return lambda layer: pattern.search(layer.name) is not None
+    if callable(filters):
+        return filters
+    if isinstance(filters, Iterable):
+        names = set(filters)
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError(f"filters must hold layer names (str). Received: filters={filters!r}")
+        return lambda layer: layer.name in names
+    raise TypeError(
+        "filters must be None, a regex string, a list of layer names or a callable "
+        f"layer -> bool. Received: filters={filters!r} of type {type(filters).__name__}"
+    )
+
+
+def _clone(op, report: QATReport | None = None):
+    """A new operation with the same config (weights are copied after it is built)."""
+    if isinstance(op, keras.layers.InputLayer):
+        return op
+    try:
+        return type(op).from_config(op.get_config())
+    except Exception:  # no config round trip: share the op (stateless ops lose nothing)
+        if report is not None and isinstance(op, keras.layers.Layer) and op.weights:
+            report.float_layers[op.name] = (
+                f"{type(op).__name__} has no get_config/from_config round trip, so it could not "
+                "be copied: the QAT model shares this layer (and its weights) with the original"
+            )
+        return op
+
+
+def _copy_weights(src, dst) -> None:
+    if src is not dst and src.weights:
+        dst.set_weights(src.get_weights())
+
+
+def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = True):
+    """Returns a quantization-aware-training copy of ``model`` (the model itself is not changed).
+
+    Weights are fake-quantized to int8 (per output channel for convolutions, per tensor for Dense,
+    Conv2DTranspose and Embedding), BatchNormalization layers that follow a Conv/Dense are folded
+    into it, and activation ranges are tracked (moving average of min/max) where TFLite's int8
+    kernels need them: model inputs, outputs of fused Conv/Dense+BatchNorm+ReLU, Add, Concatenate,
+    Multiply, pooling and standalone activations. Layers tfopt cannot quantize (RNNs, attention,
+    LayerNormalization, unknown layers) stay float and are listed with the reason in
+    ``returned_model.qat_report``. Fit the result as usual, then export it with
+    ``tfopt.export.tflite(qat_model, path, quantization="int8")`` (no representative data needed).
+
+    Args:
+        model: a Keras 3 model: Sequential (built), functional or subclassed.
+        scheme: the quantization scheme; only ``"int8"`` (int8 weights and activations).
+            Defaults to "int8".
+        filters: which layers to quantize: a regex matched against layer names, a list of names,
+            or a callable ``layer -> bool``. Layers not selected stay float. Defaults to None
+            (all supported layers).
+        preserve_sparsity: keep exact zeros of kernels (e.g. of a pruned and stripped model) at
+            zero during QAT and in the int8 file. Defaults to True.
+
+    Returns:
+        A new, uncompiled ``keras.Model`` with `QuantizeWrapper` and `ActivationQuantizer` layers
+        and a ``qat_report`` attribute (`QATReport`).
+
+    Raises:
+        TypeError: ``model`` is not a Keras 3 model, or ``filters`` has the wrong type.
+        ValueError: an unknown ``scheme``, or a Sequential model that is not built.
+
+    Example:
+        >>> q = tfopt.quantize.qat(model)
+        >>> q.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        >>> q.fit(x, y, epochs=2)
+        >>> tfopt.export.tflite(q, "m.tflite", quantization="int8")
+    """
+    check_model(model)
+    if scheme not in SCHEMES:
+        raise ValueError(f"Unrecognized scheme={scheme!r}. Supported schemes are: {list(SCHEMES)}")
+    selected = _make_filter(filters)
+    report = QATReport()
+    functional = _functional_view(model)
+    if functional is not None:
+        new = _rewrite(functional, selected, preserve_sparsity, report, name=model.name)
+    else:
+        new = _rewrite_subclassed(model, selected, preserve_sparsity, report)
+    new.qat_report = report
+    return new
+
+
+def _functional_view(model):
+    if isinstance(model, keras.Sequential):
+        func = getattr(model, "_functional", None)
+        if func is None:
+            raise ValueError(
+                f"Sequential model {model.name!r} is not built: give it a keras.Input or call "
+                "model.build(input_shape) before qat()."
+            )
+        return func
+    if getattr(model, "_nodes_by_depth", None) is not None and hasattr(model, "_run_through_graph"):
+        if type(model).__name__ in ("Functional", "Model") or hasattr(model, "_inputs_struct"):
+            return model
+    return None
+
+
+class _Ranges:
+    """Creates uniquely named ActivationQuantizers and records them in the report."""
+
+    def __init__(self, report: QATReport):
+        self.report = report
+        self.used: set[str] = set()
+
+    def name(self, base: str) -> str:
+        name, i = f"{base}_range", 1
+        while name in self.used:
+            i += 1
+            name = f"{base}_range_{i}"
+        self.used.add(name)
+        self.report.ranges.append(name)
+        return name
+
+    def __call__(self, x, base: str):
+        return ActivationQuantizer(name=self.name(base))(x)
+
+
+def _is_float(t) -> bool:
+    return "float" in str(getattr(t, "dtype", ""))
+
+
+def _rewrite(func, selected, preserve_sparsity, report, *, name):
+    """Rebuilds a functional model node by node with QAT layers."""
+    ranges = _Ranges(report)
+    for layer in func.layers:
+        ranges.used.add(layer.name)
+    consumers: dict[int, list] = {}
+    all_nodes = [
+        n
+        for depth in sorted(func._nodes_by_depth, reverse=True)
+        for n in func._nodes_by_depth[depth]
+    ]
+    for node in all_nodes:
+        if node.is_input:
+            continue
+        for t in node.input_tensors:
+            consumers.setdefault(id(t), []).append(node)
+    output_ids = {id(t) for t in func.outputs}
+    op_calls: dict[int, int] = {}
+    for node in all_nodes:
+        op_calls[id(node.operation)] = op_calls.get(id(node.operation), 0) + 1
+
+    def sole_consumer(t):
+        users = consumers.get(id(t), [])
+        if len(users) == 1 and id(t) not in output_ids:
+            return users[0]
+        return None
+
+    def wants_range(t) -> bool:
+        """Whether the value ``t`` needs its own int8 range (fused activations move it after)."""
+        if not _is_float(t):
+            return False
+        user = sole_consumer(t)
+        return not (user is not None and _is_fusable_activation(user.operation))
+
+    tensors: dict[int, object] = {}
+    new_inputs = []
+    for t in func.inputs:
+        layer = t._keras_history.operation
+        x = keras.Input(batch_shape=t.shape, dtype=t.dtype, name=layer.name)
+        new_inputs.append(x)
+        users = consumers.get(id(t), [])
+        preprocessed = users and all(type(u.operation).__name__ in _PREPROCESSING for u in users)
+        # an input that is only rescaled/normalized is quantized after the preprocessing
+        tensors[id(t)] = ranges(x, layer.name) if _is_float(t) and not preprocessed else x
+
+    clones: dict[int, object] = {}  # id(original op) -> new op, shared ops stay shared
+    skip_nodes: set[int] = set()  # BatchNorm nodes folded into the layer before them
+    for node in all_nodes:
+        op = node.operation
+        if node.is_input or id(node) in skip_nodes:
+            continue
+        if any(id(x) not in tensors for x in node.input_tensors):
+            continue
+        args, kwargs = node.arguments.fill_in(tensors)
+        out_t = node.outputs[0] if len(node.outputs) == 1 else None
+        cls = type(op).__name__
+
+        if isinstance(op, keras.Model):  # a nested model: quantize it on its own
+            if id(op) not in clones:
+                clones[id(op)] = qat(op, filters=selected, preserve_sparsity=preserve_sparsity)
+                sub_report = clones[id(op)].qat_report
+                for k, v in sub_report.quantized.items():
+                    report.quantized[f"{op.name}/{k}"] = v
+                for k, v in sub_report.folded.items():
+                    report.folded[f"{op.name}/{k}"] = v
+                for k, v in sub_report.float_layers.items():
+                    report.float_layers[f"{op.name}/{k}"] = v
+            outputs = clones[id(op)](*args, **kwargs)
+            _store(node, outputs, tensors)
+            continue
+
+        reason = _unquantizable_built(op) if isinstance(op, keras.layers.Layer) else None
+        if cls in _FLOAT_REASONS:
+            reason = _FLOAT_REASONS[cls]
+        wrappable = cls in KINDS and reason is None
+        if wrappable and not selected(op):
+            wrappable, reason = False, "excluded by filters"
+
+        if wrappable and out_t is not None and all(v is None for v in kwargs.values()):
+            if id(op) in clones:
+                wrapper = clones[id(op)]
+                outputs = wrapper(*args)
+                _store(node, outputs, tensors)
+                continue
+            bn_node = None
+            user = sole_consumer(out_t)
+            if (
+                cls not in ("Embedding", "BatchNormalization")
+                and user is not None
+                and type(user.operation).__name__ == "BatchNormalization"
+                and op_calls[id(op)] == 1
+                and op_calls[id(user.operation)] == 1
+                and _unquantizable(user.operation) is None
+                and getattr(op.activation, "__name__", "") == "linear"
+                and selected(user.operation)
+            ):
+                bn_node = user
+            final_t = bn_node.outputs[0] if bn_node is not None else out_t
+            bn = _clone(bn_node.operation) if bn_node is not None else None
+            wrapper = QuantizeWrapper(
+                _clone(op),
+                batchnorm=bn,
+                quantize_output=wants_range(final_t)
+                or (op_calls[id(op)] > 1 and _is_float(final_t)),
+                preserve_sparsity=preserve_sparsity,
+                name=f"quant_{op.name}",
+            )
+            outputs = wrapper(*args)
+            _copy_weights(op, wrapper.layer)
+            if bn is not None:
+                _copy_weights(bn_node.operation, bn)
+                skip_nodes.add(id(bn_node))
+                report.folded[bn_node.operation.name] = op.name
+            wrapper.update_mask()
+            clones[id(op)] = wrapper
+            report.quantized[op.name] = _describe(wrapper)
+            tensors[id(final_t)] = outputs
+            continue
+
+        if reason is not None and isinstance(op, keras.layers.Layer):
+            report.float_layers[op.name] = reason
+            if cls in _BOUNDARY:
+                args, kwargs = tree.map_structure(_boundary, (args, kwargs))
+        new_op = clones.get(id(op))
+        first = new_op is None
+        if first:
+            new_op = _clone(op, report)
+            clones[id(op)] = new_op
+        outputs = new_op(*args, **kwargs)
+        if first and isinstance(op, keras.layers.Layer):
+            _copy_weights(op, new_op)
+        flat = tree.flatten(outputs)
+        if cls not in _PASS_THROUGH:
+            base = getattr(op, "name", cls.lower())
+            flat = [ranges(y, base) if wants_range(t) else y for t, y in zip(node.outputs, flat)]
+        for t, y in zip(node.outputs, flat):
+            tensors[id(t)] = y
+
+    outs = [tensors[id(t)] for t in func.outputs]
+    # model outputs always get a range (a pass-through last op, e.g. Flatten, would lack one)
+    outs = [y if _has_range(y) or not _is_float(y) else ranges(y, "output") for y in outs]
+    structure = getattr(func, "_outputs_struct", None)
+    outputs = tree.pack_sequence_as(structure, outs) if structure is not None else outs
+    in_structure = getattr(func, "_inputs_struct", None)
+    inputs = (
+        tree.pack_sequence_as(in_structure, new_inputs) if in_structure is not None else new_inputs
+    )
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _store(node, outputs, tensors):
+    for t, y in zip(node.outputs, tree.flatten(outputs)):
+        tensors[id(t)] = y
+
+
+def _has_range(y) -> bool:
+    hist = getattr(y, "_keras_history", None)
+    if hist is None:
+        return False
+    op = hist.operation
+    seen = 0
+    while type(op).__name__ in _PASS_THROUGH and seen < 100:  # ranges pass through shape ops
+        parents = op._inbound_nodes[-1].input_tensors if op._inbound_nodes else []
+        if not parents:
+            return False
+        op = parents[0]._keras_history.operation
+        seen += 1
+    if isinstance(op, ActivationQuantizer):
+        return True
+    return isinstance(op, QuantizeWrapper) and op.quantize_output
+
+
+def _describe(wrapper: QuantizeWrapper) -> str:
+    per = {
+        "conv1d": "per-channel weights (run as 2-D conv)",
+        "conv2d": "per-channel weights",
+        "depthwise": "per-channel weights",
+        "separable": "per-channel weights",
+        "conv_transpose": "per-tensor weights",
+        "dense": "per-tensor weights",
+        "embedding": "per-tensor embeddings",
+        "batchnorm": "int8 multiply + add",
+    }[wrapper.kind]
+    text = f"{type(wrapper.layer).__name__}, {per}"
+    if wrapper.batchnorm is not None:
+        text += f", folded {wrapper.batchnorm.name}"
+    if wrapper.mask is not None and float(keras.ops.min(wrapper.mask)) == 0.0:
+        zeros = 1.0 - float(keras.ops.mean(wrapper.mask))
+        text += f", sparsity {zeros:.1%} preserved"
+    return text
+
+
+# -- subclassed models --------------------------------------------------------------------------
+
+
+def _input_shape_of(model):
+    shapes = getattr(model, "_build_shapes_dict", None)
+    if shapes:
+        shape = next(iter(shapes.values()))
+        if shape is not None:
+            return tuple(shape)
+    try:
+        return tuple(model.input_shape)
+    except Exception:
+        return None
+
+
+def _rewrite_subclassed(model, selected, preserve_sparsity, report):
+    """Copies a subclassed model and swaps its attribute layers for QAT wrappers."""
+    shape = _input_shape_of(model)
+    if shape is None or not model.built:
+        raise ValueError(
+            f"Model {model.name!r} ({type(model).__name__}) is not built: call it on a batch "
+            "(or model.build(input_shape)) before qat()."
+        )
+    try:
+        copy = type(model).from_config(model.get_config())
+    except Exception as e:
+        raise TypeError(
+            f"qat() copies a subclassed model with from_config(get_config()) so the original is "
+            f"not changed, and {type(model).__name__} does not support that ({e}). Implement "
+            "get_config(), or build the model with the functional API."
+        ) from None
+    import numpy as np
+
+    sample = np.zeros((1, *shape[1:]), dtype="float32")
+    copy(sample)
+    copy.set_weights(model.get_weights())
+    ranges = _Ranges(report)
+    _swap_layers(copy, selected, preserve_sparsity, report, ranges, prefix="")
+    inputs = keras.Input(batch_shape=shape, name="input")
+    outputs = copy(ranges(inputs, "input"))
+    new = keras.Model(inputs, outputs, name=model.name)
+    return new
+
+
+def _swap_layers(parent, selected, preserve_sparsity, report, ranges, prefix):
+    for attr, value in list(vars(parent).items()):
+        if attr.startswith("_") and attr not in ("_layers",):
+            continue
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        changed = False
+        for i, layer in enumerate(items):
+            if not isinstance(layer, keras.layers.Layer) or isinstance(layer, QuantizeWrapper):
+                continue
+            cls = type(layer).__name__
+            name = f"{prefix}{layer.name}"
+            reason = _FLOAT_REASONS.get(cls) or _unquantizable_built(layer)
+            if cls in KINDS and reason is None and not selected(layer):
+                reason = "excluded by filters"
+            if cls in KINDS and reason is None:
+                wrapper = QuantizeWrapper(
+                    layer, preserve_sparsity=preserve_sparsity, name=f"quant_{layer.name}"
+                )
+                wrapper.build(_layer_input_shape(layer))
+                wrapper.update_mask()
+                items[i] = wrapper
+                changed = True
+                report.quantized[name] = _describe(wrapper)
+            elif reason is not None:
+                report.float_layers[name] = reason
+            elif layer._layers if hasattr(layer, "_layers") else False:
+                _swap_layers(layer, selected, preserve_sparsity, report, ranges, f"{name}/")
+        if changed and attr != "_layers":
+            new_value = (
+                items[0]
+                if not isinstance(value, list | tuple)
+                else (tuple(items) if isinstance(value, tuple) else items)
+            )
+            _set_tracked(parent, attr, value, new_value)
+
+
+def _set_tracked(parent, attr, old, new):
+    """Replaces a sublayer attribute of a built layer (Keras locks tracking after build)."""
+    tracker = getattr(parent, "_tracker", None)
+    locked = bool(getattr(tracker, "locked", False))
+    if tracker is not None:
+        tracker.unlock()
+    try:
+        setattr(parent, attr, new)
+    finally:
+        if tracker is not None and locked:
+            tracker.lock()
+    olds = old if isinstance(old, list | tuple) else [old]
+    news = new if isinstance(new, list | tuple) else [new]
+    layers = getattr(parent, "_layers", None)
+    if layers is not None:  # the wrapper takes the old layer's place in the tracked list
+        for o, n in zip(olds, news):
+            if o is not n and o in layers:
+                layers.remove(o)
+
+
+def _unquantizable_built(layer):
+    try:
+        return _unquantizable(layer)
+    except Exception:  # layer.input is unavailable for a layer called eagerly
+        if type(layer).__name__ == "BatchNormalization" and layer.axis not in (-1,):
+            return f"BatchNormalization(axis={layer.axis}) is not on the channel axis"
+        return None
+
+
+def _layer_input_shape(layer):
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values()), None)
+    if shape is None:
+        raise ValueError(f"layer {layer.name!r} is not built")
+    return tuple(shape)
