@@ -85,3 +85,41 @@ def test_tfopt_run_end_to_end(tmp_path):
     )
     assert proc2.returncode == 0, proc2.stderr[-2000:]
     assert (tmp_path / "runs" / "e2e-2" / "report.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "prune_qat.yaml", "compress_all.yaml"])
+def test_shipped_configs_validate(name):
+    from tfopt.config import default_config_path, load
+
+    cfg = load(default_config_path().parent / name)
+    assert cfg.name == name.removesuffix(".yaml")
+
+
+@pytest.mark.slow
+def test_recipe_prune_then_qat_end_to_end(tmp_path):
+    from tfopt.config import default_config_path
+
+    config = default_config_path().parent / "prune_qat.yaml"
+    proc = _tfopt(
+        "run",
+        str(config),
+        "train.epochs=2",
+        "steps.0.epochs=2",
+        "steps.1.epochs=1",
+        "bench.runs=10",
+        "--out",
+        "r",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[tfopt] [3/6] step 1_prune" in proc.stdout and "[tfopt] [4/6] step 2_qat" in proc.stdout
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    rows = {(r["stage"], r["format"]): r for r in report["results"]}
+    assert set(rows) >= {("baseline", "tflite"), ("2_qat", "tflite-int8")}
+    assert report["steps"]["1_prune"]["global_sparsity"] >= 0.79
+    assert (tmp_path / "r" / "logs" / "1_prune").is_dir() and (
+        tmp_path / "r" / "logs" / "2_qat"
+    ).is_dir()
+    int8, fp32 = rows[("2_qat", "tflite-int8")], rows[("baseline", "tflite")]
+    assert int8["gzip_bytes"] * 6 < fp32["gzip_bytes"]  # 80% zeros + int8 weights
+    assert int8["check"]["passed"]
