@@ -262,7 +262,7 @@ def test_recurrent_model_needs_an_explicit_option(gru, tmp_path):
 
 def test_cli_export(model, tmp_path, capsys):
     from tfopt.cli import main
-    from tfopt.cli._export import FORMAT_NAMES
+    from tfopt.config import EXPORT_FORMATS as FORMAT_NAMES
     from tfopt.export import FORMATS, default_path
 
     assert list(FORMAT_NAMES) == list(FORMATS)

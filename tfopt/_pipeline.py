@@ -23,7 +23,7 @@ _TFLITE_QUANTIZATION = {
     "tflite-int8": "int8",
     "tflite-int16x8": "int16x8",
 }
-_SUFFIX = {"onnx": ".onnx", "savedmodel": "", "triton": "", "tensorrt": ".engine"}
+_SUFFIX = {"onnx": ".onnx", "savedmodel": "", "triton": ""}
 
 
 def _log(msg: str) -> None:
@@ -179,7 +179,8 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
     _log(f"[{n}/{total}] export: {names}")
     artifacts = []
     for stage, fmt in exports:
-        path = run_dir / f"{stage['stage']}_{fmt.replace('-', '_')}{_SUFFIX.get(fmt, '.tflite')}"
+        suffix = ".engine" if fmt.startswith("tensorrt") else _SUFFIX.get(fmt, ".tflite")
+        path = run_dir / f"{stage['stage']}_{fmt.replace('-', '_')}{suffix}"
         art = _export(stage["model"], fmt, path, cfg, data)
         artifacts.append({"stage": stage["stage"], "format": fmt, "artifact": art})
 

@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-# the formats, without importing TensorFlow (kept equal to tfopt.export.FORMATS by a test)
-FORMAT_NAMES = (
-    "tflite",
-    "tflite-float16",
-    "tflite-dynamic",
-    "tflite-int8",
-    "tflite-int16x8",
-    "onnx",
-    "savedmodel",
-    "triton",
-    "tensorrt",
-    "tensorrt-fp16",
-    "tensorrt-int8",
-)
+from tfopt.config import EXPORT_FORMATS as FORMAT_NAMES
 
 
 def add_parser(sub):

@@ -13,16 +13,20 @@ from tfopt._steps import STEPS, step_module
 from tfopt.config._base import Section, StepConfig
 from tfopt.errors import ConfigError
 
+# every format of tfopt.export.export, listed here without importing TensorFlow (a test keeps the
+# two equal); the CLI and the config schema check names against it
 EXPORT_FORMATS = (
     "tflite",
-    "tflite-dynamic",
     "tflite-float16",
+    "tflite-dynamic",
     "tflite-int8",
     "tflite-int16x8",
     "onnx",
     "savedmodel",
     "triton",
     "tensorrt",
+    "tensorrt-fp16",
+    "tensorrt-int8",
 )
 
 
