@@ -8,7 +8,7 @@ import sys
 
 from tfopt.errors import ConfigError, TfoptError
 
-COMMANDS = ["run", "export", "bench"]
+COMMANDS = ["run", "export", "bench", "auto"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,156 @@
+"""`tfopt auto` on MNIST-1D / mnist1d_cnn with default settings: how small within half a point?
+
+Runs ``tfopt auto --max-accuracy-drop 0.005 --time-budget S`` (the default config: MNIST-1D,
+mnist1d_cnn, 30-epoch float baseline) in a subprocess, then reads its report and prints a Markdown
+table: the float baseline's TFLite file, the best artifact (gzip size, ratio = baseline TFLite bytes
+/ best gzip bytes, test accuracy delta, all measured through the TFLite files), trials and wall
+time. Target (issue 5): ratio >= 20x within 0.5 point of the baseline's test accuracy, in 30 min on
+2 cores. Writes benchmarks/results/auto_mnist1d.json and .md.
+
+    python benchmarks/auto_mnist1d.py [--time-budget 1560] [--out runs/bench_auto_mnist1d]
+
+Also copies the run's report.md and pareto.png to benchmarks/results/auto_mnist1d_report.md and
+auto_mnist1d_pareto.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _pt(a, b) -> str:
+    return "-" if a is None or b is None else f"{100 * (a - b):+.2f}"
+
+
+def table(report: dict, wall: float) -> tuple[str, dict]:
+    base, best, closest = report["baseline"], report.get("best"), report.get("closest")
+    rows = [
+        "| artifact | bytes | gzip bytes | ratio vs float TFLite | val acc | test acc | "
+        "test delta (pt) |",
+        "|---|---|---|---|---|---|---|",
+        f"| float baseline (TFLite float32) | {base['bytes']} | {base['gzip_bytes']} | 1.0x | "
+        f"{base['val_accuracy']:.4f} | {base['test_accuracy']:.4f} | 0.00 |",
+    ]
+
+    def row(label, c):
+        return (
+            f"| {label}: {' + '.join(c['stages'])} | {c['bytes']} | {c['gzip_bytes']} | "
+            f"{c['ratio']:.1f}x | {c['val_accuracy']:.4f} | {c['test_accuracy']:.4f} | "
+            f"{_pt(c['test_accuracy'], base['test_accuracy'])} |"
+        )
+
+    if best:
+        rows.append(row(f"best (trial {best['trial_id']})", best))
+    elif closest:
+        rows.append(
+            row(f"none within budget; most accurate (trial {closest['trial_id']})", closest)
+        )
+    target_met = bool(
+        best
+        and best["ratio"] >= 20.0
+        and base["test_accuracy"] - best["test_accuracy"] <= 0.005 + 1e-12
+        and wall <= 1800
+    )
+    summary = {
+        "ratio": None if not best else round(best["ratio"], 2),
+        "test_delta_pt": None
+        if not best
+        else round(100 * (best["test_accuracy"] - base["test_accuracy"]), 2),
+        "trials_completed": report["trials_completed"],
+        "trials_failed": report["trials_failed"],
+        "wall_time_s": round(wall, 1),
+        "stopped": report["stopped"],
+        "target": ">= 20x smaller (gzip TFLite vs float TFLite), test accuracy within 0.5 pt, <= 30 min",
+        "target_met": target_met,
+    }
+    rows += [
+        "",
+        f"trials: {report['trials_completed']} completed, {report['trials_failed']} failed "
+        f"(stopped: {report['stopped']}); wall time {wall / 60:.1f} min (baseline training + "
+        f"search); techniques: {', '.join(report['techniques'])}; target met: "
+        f"{'yes' if target_met else 'no'}",
+    ]
+    return "\n".join(rows), summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--time-budget",
+        type=float,
+        default=1560.0,
+        help="search seconds passed to tfopt auto (baseline training comes on top)",
+    )
+    ap.add_argument(
+        "--out",
+        default=str(HERE.parent / "runs" / "bench_auto_mnist1d"),
+        help="the run directory (search state, artifacts; git-ignored)",
+    )
+    args = ap.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tfopt",
+        "auto",
+        "--max-accuracy-drop",
+        "0.005",
+        "--time-budget",
+        str(args.time_budget),
+        "--out",
+        args.out,
+        "--overwrite",
+    ]
+    print("$ tfopt " + " ".join(cmd[3:]), flush=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(HERE.parent)}
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=str(HERE.parent),
+    )
+    for line in proc.stdout:
+        if line.startswith(("[auto]", "tfopt")):
+            print(line, end="", flush=True)
+    code = proc.wait()
+    wall = time.perf_counter() - started
+    report_path = Path(args.out) / "report.json"
+    if not report_path.exists():
+        print(f"tfopt auto exited with {code} and wrote no report", file=sys.stderr)
+        return 1
+    report = json.loads(report_path.read_text())
+    md, summary = table(report, wall)
+    print()
+    print(md)
+    summary.update(
+        command="tfopt " + " ".join(cmd[3:]),
+        exit_code=code,
+        baseline=report["baseline"],
+        best=report.get("best"),
+        front=report["front"],
+        note="latencies were measured on a shared, loaded 2-core machine",
+    )
+    (RESULTS / "auto_mnist1d.json").write_text(json.dumps(summary, indent=2, default=str))
+    shutil.copyfile(Path(args.out) / "pareto.png", RESULTS / "auto_mnist1d_pareto.png")
+    shutil.copyfile(Path(args.out) / "report.md", RESULTS / "auto_mnist1d_report.md")
+    (RESULTS / "auto_mnist1d.md").write_text(
+        "# tfopt auto on MNIST-1D (mnist1d_cnn)\n\n`" + summary["command"] + "`\n\n" + md + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""tfopt.tune: search space, trials measured through the artifact, failures, resume, hparams, distributed."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras_tuner = pytest.importorskip("keras_tuner")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 40, 1)).astype("float32")
+    y = rng.integers(0, 10, size=n).astype("int32")
+    return x, y
+
+
+# A builder whose width=8 model uses erfinv, which TFLite cannot convert: its trials must fail.
+BUILDER_SRC = textwrap.dedent(
+    """
+    import keras
+
+    class ErfInv(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.erfinv(keras.ops.tanh(x) * 0.5)
+
+    def builder(width=16, dense=16):
+        inputs = keras.Input((40, 1))
+        x = keras.layers.Conv1D(width, 5, strides=2, activation="relu")(inputs)
+        x = keras.layers.Flatten()(x)
+        x = keras.layers.Dense(dense, activation="relu")(x)
+        if width == 8:
+            x = ErfInv()(x)
+        return keras.Model(inputs, keras.layers.Dense(10)(x))
+    """
+)
+_ns: dict = {}
+exec(BUILDER_SRC, _ns)
+builder = _ns["builder"]
+
+
+def test_score_is_exact():
+    import tfopt
+
+    m = {"val_accuracy": 0.88, "gzip_bytes": 1024, "latency_ms": 0.5}
+    assert tfopt.tune.score(m, "size") == -10.0
+    assert tfopt.tune.score(m, "latency") == 1.0
+    assert tfopt.tune.score(m, "accuracy", size_weight=0.01) == pytest.approx(0.88 - 0.1)
+    # 1.5 points over a 0.5-point budget costs 1 + 100 * 0.015 = 2.5
+    over = tfopt.tune.score(m, "size", baseline_accuracy=0.90, max_accuracy_drop=0.005)
+    assert over == pytest.approx(-12.5)
+    inside = tfopt.tune.score(m, "size", baseline_accuracy=0.884, max_accuracy_drop=0.005)
+    assert inside == -10.0
+    with pytest.raises(ValueError, match="Unrecognized objective='speed'"):
+        tfopt.tune.score(m, "speed")
+    with pytest.raises(ValueError, match="needs baseline_accuracy"):
+        tfopt.tune.score(m, "size", max_accuracy_drop=0.01)
+
+
+def test_hypermodel_space_and_build():
+    import tfopt
+
+    hm = tfopt.tune.CompressionHyperModel(builder="mnist1d_cnn", techniques=("prune", "quantize"))
+    assert hm.hyperparameter_names() == [
+        "learning_rate", "batch_size", "dropout", "l2", "width", "dense",
+        "sparsity", "schedule", "prune_scope", "quantization", "ft_epochs", "ft_learning_rate",
+    ]  # fmt: skip
+    hm = tfopt.tune.CompressionHyperModel(
+        builder="mnist1d_cnn", techniques=(), space={"width": 8, "dense": [16, 24], "dropout": 0.2}
+    )
+    hp = keras_tuner.HyperParameters()
+    model = hm.build(hp)
+    assert hp.values["width"] == 8 and hp.values["dense"] == 16 and hp.values["dropout"] == 0.2
+    assert model.get_layer("conv1").filters == 8
+    assert model.get_layer("fc1").units == 16
+    assert model.get_layer("dropout").rate == 0.2
+    assert model.optimizer is not None  # compiled with the tuned learning rate
+    with pytest.raises(ValueError, match=r"Unknown hyperparameter\(s\) \['depth'\]"):
+        tfopt.tune.CompressionHyperModel(builder="mnist1d_cnn", space={"depth": [1, 2]})
+    with pytest.raises(ValueError, match="Unrecognized technique 'magic'"):
+        tfopt.tune.CompressionHyperModel(builder="mnist1d_cnn", techniques=("magic",))
+    with pytest.raises(ValueError, match="Unrecognized target='onnx'"):
+        tfopt.tune.CompressionHyperModel(builder="mnist1d_cnn", target="onnx")
+    with pytest.raises(ValueError, match="Unrecognized kind='grid'"):
+        tfopt.tune.create_tuner(hm, kind="grid")
+    with pytest.raises(ValueError, match="seeds= is not supported with kind='hyperband'"):
+        tfopt.tune.create_tuner(hm, kind="hyperband", seeds=[{"width": 8}])
+
+
+def test_failed_export_is_a_failed_trial_and_search_goes_on(tmp_path):
+    """Seeds run width=8 (erfinv: no TFLite conversion) then width=16; metrics come from the file."""
+    import tensorflow as tf
+
+    import tfopt
+
+    train, val = _data(96), _data(64, seed=1)
+    hm = tfopt.tune.CompressionHyperModel(
+        builder=builder, techniques=(), target="tflite", space={"width": [8, 16], "batch_size": 32}
+    )
+    tuner = tfopt.tune.create_tuner(
+        hm, kind="random", max_trials=2, seeds=[{"width": 8}, {"width": 16}],
+        directory=str(tmp_path), project_name="p", epochs=1, objective="accuracy", size_weight=0.01,
+    )  # fmt: skip
+    tuner.search(train, val, verbose=0)
+    trials = tuner.oracle.trials
+    assert [trials[t].status for t in sorted(trials)] == ["FAILED", "COMPLETED"]
+    assert "export to tflite (float32) failed" in trials["0"].message
+    records = tuner.records()
+    assert [r["status"] for r in records] == ["FAILED", "COMPLETED"]
+    m = records[1]["metrics"]
+    art = tuner.artifact_path(trials["1"])
+    assert m["val_accuracy"] == tfopt.bench.evaluate(str(art), val)
+    assert m["gzip_bytes"] == tfopt.bench.file_sizes(art)["gzip_bytes"]
+    assert trials["1"].score == pytest.approx(tfopt.tune.score(m, "accuracy", size_weight=0.01))
+    assert tuner.load_model(trials["1"]).get_layer(index=1).filters == 16
+
+    # TensorBoard: the experiment config and the completed trial, as hparams-plugin summaries
+    plugins, scalars = set(), {}
+    for path in tuner.log_dir.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                plugins.add(v.metadata.plugin_data.plugin_name)
+                if v.tag in ("val_accuracy", "gzip_bytes"):
+                    scalars[v.tag] = float(tf.make_ndarray(v.tensor))
+    assert "hparams" in plugins
+    assert scalars["val_accuracy"] == pytest.approx(m["val_accuracy"])
+    assert scalars["gzip_bytes"] == m["gzip_bytes"]
+
+
+def test_hyperband_runs_and_bayesian_builds(tmp_path):
+    import tfopt
+
+    train, val = _data(64), _data(32, seed=1)
+    hm = tfopt.tune.CompressionHyperModel(
+        builder="mnist1d_cnn",
+        techniques=(),
+        target="tflite",
+        space={"width": [4, 8], "dense": 8, "batch_size": 32},
+    )
+    hb = tfopt.tune.create_tuner(
+        hm, kind="hyperband", max_epochs=2, directory=str(tmp_path), project_name="hb"
+    )
+    assert isinstance(hb.oracle, keras_tuner.oracles.HyperbandOracle)
+    hb.search(train, val, verbose=0)
+    done = [t for t in hb.oracle.trials.values() if t.status == "COMPLETED"]
+    assert len(done) >= 2
+    assert {t.hyperparameters.values["tuner/epochs"] for t in done} <= {1, 2}
+    bo = tfopt.tune.create_tuner(
+        hm, kind="bayesian", max_trials=2, directory=str(tmp_path), project_name="bo"
+    )
+    assert isinstance(bo.oracle, tfopt.tune.SeededBayesianOptimizationOracle)
+
+
+SEARCH_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np
+    import tfopt
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 40, 1)).astype("float32")
+    y = rng.integers(0, 10, size=64).astype("int32")
+    directory, max_trials = sys.argv[1], int(sys.argv[2])
+    kill_after = int(os.environ.get("KILL_AFTER_TRIALS", "0"))
+    done = []
+
+    def on_done(trial_id, record):
+        done.append(trial_id)
+        print("DONE", trial_id, record["status"], flush=True)
+
+    hm = tfopt.tune.CompressionHyperModel(
+        builder="mnist1d_cnn", techniques=(), target="tflite",
+        space={"width": [4, 8, 12, 16], "dense": [8, 16, 24], "batch_size": 32})
+    if kill_after:
+        build = hm.build
+
+        def build_or_die(hp):  # killed in the middle of the next trial
+            if len(done) >= kill_after:
+                print("KILLING", flush=True)
+                os.kill(os.getpid(), 9)
+            return build(hp)
+
+        hm.build = build_or_die
+    tuner = tfopt.tune.create_tuner(
+        hm, kind=os.environ.get("KIND", "random"), max_trials=max_trials, directory=directory,
+        project_name="p", epochs=1, on_trial_done=on_done)
+    tuner.search((x, y), (x[:32], y[:32]), verbose=0)
+    print("FINISHED", os.environ.get("KERASTUNER_TUNER_ID", ""), len(done), flush=True)
+    """
+)
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+@pytest.mark.slow
+def test_search_resumes_after_the_process_is_killed(tmp_path):
+    script = tmp_path / "search.py"
+    script.write_text(SEARCH_SCRIPT)
+    d = str(tmp_path / "s")
+    first = subprocess.run(
+        [sys.executable, str(script), d, "3"],
+        capture_output=True,
+        text=True,
+        env=_env(KILL_AFTER_TRIALS="1"),
+        timeout=240,
+    )
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert "DONE 0 COMPLETED" in first.stdout and "KILLING" in first.stdout
+    assert "FINISHED" not in first.stdout
+    oracle = json.loads((tmp_path / "s" / "p" / "oracle.json").read_text())
+    assert oracle["ongoing_trials"] == {"tuner0": "1"}  # killed while trial 1 was running
+    record0 = (tmp_path / "s" / "p" / "trial_0" / "tfopt.json").read_text()
+
+    second = subprocess.run(
+        [sys.executable, str(script), d, "3"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=240,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Reloading Tuner" in second.stdout
+    assert "DONE 0" not in second.stdout  # trial 0 is not run again
+    assert "DONE 1 COMPLETED" in second.stdout and "DONE 2 COMPLETED" in second.stdout
+    assert "FINISHED  2" in second.stdout
+    assert (tmp_path / "s" / "p" / "trial_0" / "tfopt.json").read_text() == record0
+    oracle = json.loads((tmp_path / "s" / "p" / "oracle.json").read_text())
+    assert sorted(oracle["end_order"]) == ["0", "1", "2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_distributed_chief_and_worker_on_loopback(tmp_path):
+    script = tmp_path / "search.py"
+    script.write_text(SEARCH_SCRIPT)
+    d = str(tmp_path / "dist")
+    net = dict(KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(_free_port()))
+    chief = subprocess.Popen(
+        [sys.executable, str(script), d, "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(KERASTUNER_TUNER_ID="chief", **net),
+    )
+    try:
+        time.sleep(3)  # the worker retries until the chief serves; this only avoids a busy wait
+        worker = subprocess.run(
+            [sys.executable, str(script), d, "2"],
+            capture_output=True,
+            text=True,
+            env=_env(KERASTUNER_TUNER_ID="tuner0", **net),
+            timeout=240,
+        )
+        out, err = chief.communicate(timeout=60)
+    finally:
+        if chief.poll() is None:
+            chief.kill()
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    assert chief.returncode == 0, err[-2000:]
+    assert "DONE 0 COMPLETED" in worker.stdout and "DONE 1 COMPLETED" in worker.stdout
+    assert "FINISHED tuner0 2" in worker.stdout
+    assert "DONE" not in out and "FINISHED chief 0" in out  # the chief only serves the oracle
+    oracle = json.loads((tmp_path / "dist" / "p" / "oracle.json").read_text())
+    assert sorted(oracle["end_order"]) == ["0", "1"]
+
+
+def test_seeded_bayesian_oracle_proposes_seeds_then_refines(tmp_path):
+    import tfopt
+
+    class Quadratic(keras_tuner.Tuner):
+        def run_trial(self, trial, **kwargs):
+            x = trial.hyperparameters.Float("x", -2.0, 2.0)
+            return {"score": -((x - 1.0) ** 2)}
+
+    space = keras_tuner.HyperParameters()
+    space.Float("x", -2.0, 2.0)
+    oracle = tfopt.tune.SeededBayesianOptimizationOracle(
+        objective=keras_tuner.Objective("score", "max"), max_trials=10, num_initial_points=3,
+        seeds=[{"x": -1.5}, {"x": 5.0}], seed=0, hyperparameters=space,
+    )  # fmt: skip
+    tuner = Quadratic(oracle=oracle, directory=str(tmp_path), project_name="q")
+    tuner.search(verbose=0)
+    xs = [oracle.trials[t].hyperparameters.values["x"] for t in oracle.start_order]
+    assert len(xs) == 10 and len(set(xs)) == 10
+    assert xs[0] == -1.5  # the seed, as given
+    assert xs[1] == -2.0  # 5.0 is outside [-2, 2]: the default (the minimum) is used instead
+    best = oracle.get_best_trials(1)[0].hyperparameters.values["x"]
+    assert abs(best - 1.0) < 0.2

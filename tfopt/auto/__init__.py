@@ -1,0 +1,29 @@
+"""The automatic optimizer ("the agent"): the smallest or fastest artifact within an accuracy budget.
+
+`optimize` searches compression recipes (channel pruning, magnitude pruning, clustering, QAT/PTQ,
+distillation from the float model, and their hyperparameters) with KerasTuner, starting from
+known-good recipes, and measures every candidate through its exported TFLite file. It keeps the
+Pareto front (accuracy vs size vs latency), saves the best artifact so far and a report after every
+trial, and resumes an interrupted search. The CLI is ``tfopt auto [CONFIG] --max-accuracy-drop X``.
+
+Example:
+    >>> res = tfopt.auto.optimize(model, train=ds.train, val=ds.val, test=ds.test,
+    ...                           max_accuracy_drop=0.005, time_budget=1200, out_dir="runs/auto")
+    >>> res.best_path, res.ratio
+"""
+
+from tfopt.auto._optimize import AUTO_OBJECTIVES, KNOWN_GOOD, AutoResult, default_seeds, optimize
+from tfopt.auto._pareto import DEFAULT_OBJECTIVES, dominates, pareto_front
+from tfopt.auto._report import write_report
+
+__all__ = [
+    "AUTO_OBJECTIVES",
+    "DEFAULT_OBJECTIVES",
+    "KNOWN_GOOD",
+    "AutoResult",
+    "default_seeds",
+    "dominates",
+    "optimize",
+    "pareto_front",
+    "write_report",
+]

@@ -1,0 +1,186 @@
+"""The report of an automatic optimization: report.json, report.md and pareto.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _kb(n) -> str:
+    return "-" if n is None else f"{n / 1024:.1f} KB"
+
+
+def _acc(a) -> str:
+    return "-" if a is None else f"{a:.4f}"
+
+
+def _delta(a, base) -> str:
+    return "-" if a is None or base is None else f"{100 * (a - base):+.2f} pt"
+
+
+def _ms(x) -> str:
+    return "-" if x is None else f"{x:.3f} ms"
+
+
+def write_json(path: Path, data: dict) -> Path:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def markdown(data: dict) -> str:
+    """Renders the report dict as Markdown."""
+    base = data["baseline"]
+    best = data.get("best")
+    lines = [
+        f"# tfopt auto: {data.get('name', 'report')}",
+        "",
+        f"- target: `{data['target']}`, objective: **{data['objective']}**, accuracy budget: "
+        f"{100 * data['max_accuracy_drop']:.2f} pt below the float baseline (measured through the "
+        "exported artifacts; a candidate must stay within it on the validation data"
+        + (" and on the test data" if base.get("test_accuracy") is not None else "")
+        + ")",
+        f"- trials: {data['trials_completed']} completed, {data['trials_failed']} failed; stopped: "
+        f"{data['stopped']}; wall time {data['elapsed_s']:.0f} s",
+        f"- techniques searched: {', '.join(data['techniques']) or 'none (PTQ only)'}",
+        "",
+        "| artifact | bytes | gzip | ratio | val acc | test acc | latency p50 |",
+        "|---|---|---|---|---|---|---|",
+        f"| float baseline (TFLite float32) | {base['bytes']} | {base['gzip_bytes']} | 1.0x | "
+        f"{_acc(base['val_accuracy'])} | {_acc(base.get('test_accuracy'))} | "
+        f"{_ms(base['latency_ms'])} |",
+    ]
+    if best:
+        lines.append(
+            f"| best: trial {best['trial_id']} ({' + '.join(best['stages'])}) | {best['bytes']} | "
+            f"{best['gzip_bytes']} | {best['ratio']:.1f}x | {_acc(best['val_accuracy'])} "
+            f"({_delta(best['val_accuracy'], base['val_accuracy'])}) | "
+            f"{_acc(best.get('test_accuracy'))} "
+            f"({_delta(best.get('test_accuracy'), base.get('test_accuracy'))}) | "
+            f"{_ms(best['latency_ms'])} |"
+        )
+    lines.append("")
+    if best:
+        lines.append(
+            f"Best artifact: `{best['artifact']}` (ratio = baseline TFLite bytes / gzip bytes)."
+        )
+    else:
+        closest = data.get("closest")
+        lines.append("**No candidate met the accuracy budget.**")
+        if closest:
+            lines.append(
+                f"The most accurate candidate was trial {closest['trial_id']} "
+                f"({' + '.join(closest['stages'])}): val {_acc(closest['val_accuracy'])} "
+                f"({_delta(closest['val_accuracy'], base['val_accuracy'])}), "
+                f"{_kb(closest['gzip_bytes'])} gzip."
+            )
+    lines += [
+        "",
+        "## Pareto front (val accuracy max, gzip size min, latency min)",
+        "",
+        "| trial | recipe | val acc | test acc | gzip | ratio | latency p50 | in budget |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cands = {c["trial_id"]: c for c in data["candidates"]}
+    for tid in data["front"]:
+        c = cands[tid]
+        lines.append(
+            f"| {tid} | {' + '.join(c['stages'])} | {_acc(c['val_accuracy'])} | "
+            f"{_acc(c.get('test_accuracy'))} | {_kb(c['gzip_bytes'])} | {c['ratio']:.1f}x | "
+            f"{_ms(c['latency_ms'])} | {'yes' if c['within_budget'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "## All trials",
+        "",
+        "| trial | status | recipe | val acc | test acc | gzip | ratio | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in data["candidates"]:
+        if c["status"] == "COMPLETED":
+            lines.append(
+                f"| {c['trial_id']} | ok | {' + '.join(c['stages'])} | {_acc(c['val_accuracy'])} | "
+                f"{_acc(c.get('test_accuracy'))} | {_kb(c['gzip_bytes'])} | {c['ratio']:.1f}x | "
+                f"{c['seconds']:.0f} |"
+            )
+        else:
+            err = str(c.get("error", "")).splitlines()[0][:120] if c.get("error") else ""
+            lines.append(
+                f"| {c['trial_id']} | failed | {err} | - | - | - | - | {c['seconds']:.0f} |"
+            )
+    if data.get("missing_techniques"):
+        lines += [
+            "",
+            f"Not available in this installation: {', '.join(data['missing_techniques'])}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, data: dict) -> Path:
+    """Draws val accuracy vs gzip size and vs latency; the front and the budget line marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = data["baseline"]
+    done = [c for c in data["candidates"] if c["status"] == "COMPLETED"]
+    front = [c for c in done if c["trial_id"] in set(data["front"])]
+    floor = base["val_accuracy"] - data["max_accuracy_drop"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in (
+        (axes[0], "gzip_bytes", "gzip size (KB, log)"),
+        (axes[1], "latency_ms", "latency p50 (ms, log)"),
+    ):
+        scale = 1024 if key == "gzip_bytes" else 1
+        ax.scatter(
+            [c[key] / scale for c in done],
+            [c["val_accuracy"] for c in done],
+            c="#999999",
+            s=18,
+            label="candidates",
+        )
+        pts = sorted((c[key] / scale, c["val_accuracy"]) for c in front)
+        if pts:
+            ax.plot(*zip(*pts), "o-", color="#d62728", ms=5, label="Pareto front")
+        bx = (base["gzip_bytes"] if key == "gzip_bytes" else base["latency_ms"]) / scale
+        ax.scatter(
+            [bx], [base["val_accuracy"]], marker="*", s=160, c="#1f77b4", label="float baseline"
+        )
+        ax.axhline(floor, ls="--", color="#2ca02c", lw=1, label="accuracy budget")
+        if data.get("best"):
+            b = data["best"]
+            ax.scatter(
+                [b[key] / scale],
+                [b["val_accuracy"]],
+                marker="D",
+                s=60,
+                facecolors="none",
+                edgecolors="k",
+                label="best",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("val accuracy (through the artifact)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"tfopt auto: {data['target']}, objective {data['objective']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out_dir, data: dict) -> dict[str, Path]:
+    """Writes ``report.json``, ``report.md`` and ``pareto.png`` into ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": write_json(out_dir / "report.json", data),
+        "markdown": out_dir / "report.md",
+        "plot": out_dir / "pareto.png",
+    }
+    paths["markdown"].write_text(markdown(data))
+    plot(paths["plot"], data)
+    return paths

@@ -1,0 +1,58 @@
+"""Hyperparameter search with KerasTuner, measured through the exported TFLite artifact.
+
+The search space (`CompressionHyperModel`: learning rate, batch size, dropout, L2, width/depth,
+target sparsity, pruning schedule, QAT vs PTQ, clustering, distillation temperature/alpha) is kept
+apart from running a trial (`Tuner.run_trial`: train, compress, export, measure). Objectives combine
+accuracy with the artifact's measured gzip size and latency (`score`). A candidate that fails to
+export is a failed trial, not a dead search; a search resumes from its directory after the process
+is killed (``overwrite=False``); every trial is logged to TensorBoard's hparams plugin.
+
+Distributed search uses KerasTuner's chief/worker mode: run the same script once with
+``KERASTUNER_TUNER_ID=chief`` (it serves the oracle over gRPC and runs no trials) and once per worker
+with ``KERASTUNER_TUNER_ID=tuner0``, ``tuner1``, ..., all with ``KERASTUNER_ORACLE_IP`` /
+``KERASTUNER_ORACLE_PORT`` set to the chief's address (e.g. ``127.0.0.1`` / ``8000``) and the same
+``directory``.
+
+Example:
+    >>> hm = tfopt.tune.CompressionHyperModel(builder="mnist1d_cnn", space={"sparsity": [0.5, 0.8]})
+    >>> tuner = tfopt.tune.create_tuner(hm, kind="bayesian", max_trials=8, directory="runs/tune",
+    ...                                 objective="accuracy", size_weight=0.01)
+    >>> tuner.search(ds.train, ds.val, test=ds.test)
+    >>> best = tuner.oracle.get_best_trials(1)[0]
+"""
+
+from tfopt.tune._compress import (
+    TECHNIQUES,
+    CompressionResult,
+    available_techniques,
+    compress,
+)
+from tfopt.tune._measure import ExportFailed, export_and_measure
+from tfopt.tune._space import TARGETS, CompressionHyperModel
+from tfopt.tune._tuner import (
+    KINDS,
+    OBJECTIVES,
+    SeededBayesianOptimizationOracle,
+    SeededRandomSearchOracle,
+    Tuner,
+    create_tuner,
+    score,
+)
+
+__all__ = [
+    "KINDS",
+    "OBJECTIVES",
+    "TARGETS",
+    "TECHNIQUES",
+    "CompressionHyperModel",
+    "CompressionResult",
+    "ExportFailed",
+    "SeededBayesianOptimizationOracle",
+    "SeededRandomSearchOracle",
+    "Tuner",
+    "available_techniques",
+    "compress",
+    "create_tuner",
+    "export_and_measure",
+    "score",
+]

@@ -1,0 +1,425 @@
+"""Running trials: train (optionally), compress, export, measure through the artifact, score."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import keras_tuner
+import numpy as np
+
+from tfopt.tune._hparams import write_config, write_trial
+from tfopt.tune._measure import ExportFailed, export_and_measure
+
+OBJECTIVES = ("accuracy", "size", "latency")
+KINDS = ("random", "bayesian", "hyperband")
+
+
+def score(
+    metrics: dict,
+    objective: str = "accuracy",
+    *,
+    baseline_accuracy: float | None = None,
+    max_accuracy_drop: float | None = None,
+    size_weight: float = 0.0,
+    latency_weight: float = 0.0,
+) -> float:
+    """The scalar a search maximizes, from the measurements of an exported artifact.
+
+    * ``"accuracy"``: ``val_accuracy - size_weight * log2(gzip_bytes) - latency_weight *
+      log2(latency_ms)``.
+    * ``"size"``: ``-log2(gzip_bytes)``; ``"latency"``: ``-log2(latency_ms)``.
+
+    With ``max_accuracy_drop`` (and ``baseline_accuracy``), a candidate whose accuracy drop exceeds
+    the budget loses ``1 + 100 * excess`` (one halving of size per point over budget, plus one),
+    so the search learns the feasible region instead of ignoring it.
+
+    Args:
+        metrics: ``val_accuracy``, ``gzip_bytes`` and ``latency_ms`` of the artifact.
+        objective: one of `OBJECTIVES`. Defaults to "accuracy".
+        baseline_accuracy: the float baseline's accuracy. Defaults to None.
+        max_accuracy_drop: the allowed drop (0.005 = half a point). Defaults to None (no constraint).
+        size_weight: see above. Defaults to 0.0.
+        latency_weight: see above. Defaults to 0.0.
+
+    Returns:
+        The score (higher is better).
+
+    Raises:
+        ValueError: unknown objective, or a budget without a baseline.
+
+    Example:
+        >>> tfopt.tune.score({"val_accuracy": 0.9, "gzip_bytes": 1024, "latency_ms": 0.1}, "size")
+        -10.0
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"Unrecognized objective={objective!r}. Supported: {list(OBJECTIVES)}")
+    if max_accuracy_drop is not None and baseline_accuracy is None:
+        raise ValueError("max_accuracy_drop needs baseline_accuracy (the float model's accuracy).")
+    acc = float(metrics["val_accuracy"])
+    size = math.log2(max(float(metrics["gzip_bytes"]), 1.0))
+    lat = math.log2(max(float(metrics["latency_ms"]), 1e-6))
+    if objective == "accuracy":
+        value = acc - size_weight * size - latency_weight * lat
+    elif objective == "size":
+        value = -size
+    else:
+        value = -lat
+    if max_accuracy_drop is not None:
+        excess = (baseline_accuracy - acc) - max_accuracy_drop
+        if excess > 1e-12:
+            value -= 1.0 + 100.0 * excess
+    return float(value)
+
+
+class Tuner(keras_tuner.Tuner):
+    """A KerasTuner `Tuner` whose trials are measured through the exported TFLite artifact.
+
+    ``run_trial`` builds the model of the trial's hyperparameters (`CompressionHyperModel.build`),
+    trains it (builder mode), compresses it (`CompressionHyperModel.compress`), exports it with
+    `tfopt.export.tflite`, and measures the file with `tfopt.bench` on the validation data (and
+    the test data when given). A candidate that fails to export is a failed trial
+    (`keras_tuner.errors.FailedTrialError`); the search goes on. Each trial's hparams and metrics go
+    to TensorBoard (hparams plugin) under ``<directory>/<project_name>/tensorboard``, and its
+    measurements to ``trial_<id>/tfopt.json``.
+
+    Use `tfopt.tune.create_tuner` to build one with a random, Bayesian or Hyperband oracle.
+
+    Args:
+        oracle: a KerasTuner oracle whose objective is ``keras_tuner.Objective("score", "max")``.
+        hypermodel: a `CompressionHyperModel`.
+        epochs: float training epochs per trial (builder mode; Hyperband sets its own). Defaults
+            to 1.
+        objective: see `tfopt.tune.score`. Defaults to "accuracy".
+        baseline_accuracy: for the accuracy budget. Defaults to None.
+        max_accuracy_drop: the accuracy budget. Defaults to None.
+        size_weight: see `tfopt.tune.score`. Defaults to 0.0.
+        latency_weight: see `tfopt.tune.score`. Defaults to 0.0.
+        representative_samples: calibration samples taken from the training inputs. Defaults to 200.
+        latency_runs: timed invocations per artifact. Defaults to 50.
+        on_trial_done: called with ``(trial_id, record)`` after each trial (records hold the
+            hyperparameters, the status and the measurements). Defaults to None.
+        save_models: also save each compressed Keras model as ``trial_<id>/model.keras``.
+            Defaults to False.
+        directory: the search's directory. Defaults to "tfopt_tune".
+        project_name: the project's name inside ``directory``. Defaults to "search".
+        overwrite: start afresh instead of resuming. Defaults to False.
+        **kwargs: passed to `keras_tuner.Tuner`.
+
+    Example:
+        >>> tuner = tfopt.tune.create_tuner(hm, kind="random", max_trials=3, directory="runs/t")
+        >>> tuner.search((x, y), (xv, yv))
+    """
+
+    def __init__(
+        self,
+        oracle,
+        hypermodel,
+        *,
+        epochs: int = 1,
+        objective: str = "accuracy",
+        baseline_accuracy: float | None = None,
+        max_accuracy_drop: float | None = None,
+        size_weight: float = 0.0,
+        latency_weight: float = 0.0,
+        representative_samples: int = 200,
+        latency_runs: int = 50,
+        on_trial_done: Callable | None = None,
+        save_models: bool = False,
+        directory: str = "tfopt_tune",
+        project_name: str = "search",
+        overwrite: bool = False,
+        **kwargs,
+    ):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"Unrecognized objective={objective!r}. Supported: {list(OBJECTIVES)}")
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0. Received: epochs={epochs}")
+        self.epochs = int(epochs)
+        self.score_options = dict(
+            objective=objective,
+            baseline_accuracy=baseline_accuracy,
+            max_accuracy_drop=max_accuracy_drop,
+            size_weight=size_weight,
+            latency_weight=latency_weight,
+        )
+        score({"val_accuracy": 1.0, "gzip_bytes": 1, "latency_ms": 1}, **self.score_options)
+        self.representative_samples = int(representative_samples)
+        self.latency_runs = int(latency_runs)
+        self.on_trial_done = on_trial_done
+        self.save_models = bool(save_models)
+        super().__init__(
+            oracle=oracle,
+            hypermodel=hypermodel,
+            directory=directory,
+            project_name=project_name,
+            overwrite=overwrite,
+            **kwargs,
+        )
+
+    @property
+    def log_dir(self) -> Path:
+        """The TensorBoard directory of the search (hparams plugin)."""
+        return Path(self.project_dir) / "tensorboard"
+
+    def on_search_begin(self):
+        super().on_search_begin()
+        write_config(self.log_dir, self.oracle.get_space())
+
+    def run_trial(self, trial, train, val, *, test=None, teacher=None, verbose=0):
+        """Runs one trial; returns its metrics (``score`` is the objective).
+
+        Args:
+            trial: the KerasTuner trial.
+            train: ``(x, y)`` training data.
+            val: ``(x, y)`` validation data; the score is measured on it through the artifact.
+            test: ``(x, y)`` also measured (reported, never optimized). Defaults to None.
+            teacher: the float model to distill from. Defaults to None (the trial's own float
+                model).
+            verbose: Keras fit verbosity. Defaults to 0.
+
+        Returns:
+            ``{"score", "val_accuracy", "gzip_bytes", "bytes", "latency_ms"}`` (+ test_accuracy).
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: the candidate could not be exported.
+        """
+        hp = trial.hyperparameters
+        started = time.perf_counter()
+        trial_dir = Path(self.get_trial_dir(trial.trial_id))
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        record = {"trial_id": trial.trial_id, "values": dict(hp.values), "status": "RUNNING"}
+        try:
+            model = self.hypermodel.build(hp)
+            # Hyperband's budget: each trial trains a fresh model for tuner/epochs epochs.
+            epochs = int(hp.values.get("tuner/epochs", self.epochs))
+            if epochs > 0:
+                self.hypermodel.fit(
+                    hp, model, train, epochs=epochs, validation_data=val, verbose=verbose
+                )
+            result = self.hypermodel.compress(
+                hp,
+                model,
+                train,
+                val,
+                teacher=teacher if teacher is not None else model,
+                verbose=verbose,
+            )
+            record["recipe"] = self.hypermodel.recipe(hp)
+            record["stages"] = result.stages
+            record["facts"] = result.facts
+            x_train = np.asarray(train[0], dtype="float32")
+            metrics = export_and_measure(
+                result.model,
+                trial_dir / "model.tflite",
+                quantization=result.quantization,
+                representative=x_train[: self.representative_samples],
+                val=val,
+                test=test,
+                latency_runs=self.latency_runs,
+            )
+        except ExportFailed as e:
+            record.update(status="FAILED", error=str(e), seconds=time.perf_counter() - started)
+            self._finish(trial, trial_dir, record)
+            raise keras_tuner.errors.FailedTrialError(str(e)) from e
+        except Exception as e:
+            record.update(
+                status="FAILED",
+                error=f"{type(e).__name__}: {e}",
+                seconds=time.perf_counter() - started,
+            )
+            self._finish(trial, trial_dir, record)
+            raise keras_tuner.errors.FailedTrialError(f"{type(e).__name__}: {e}") from e
+        metrics["score"] = score(metrics, **self.score_options)
+        record.update(status="COMPLETED", metrics=metrics, seconds=time.perf_counter() - started)
+        if self.hypermodel.model is None:  # builder mode: keep the trained float model
+            model.save(trial_dir / "float.keras")
+        if self.save_models:
+            try:
+                result.model.save(trial_dir / "model.keras")
+                record["keras_model"] = str(trial_dir / "model.keras")
+            except Exception as e:  # a wrapper without a saveable config must not fail the trial
+                record["keras_model_error"] = f"{type(e).__name__}: {e}"
+        self._finish(trial, trial_dir, record)
+        write_trial(self.log_dir, trial.trial_id, hp.values, metrics)
+        return {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+
+    def _finish(self, trial, trial_dir: Path, record: dict) -> None:
+        (trial_dir / "tfopt.json").write_text(json.dumps(record, indent=2, default=str))
+        if self.on_trial_done is not None:
+            self.on_trial_done(trial.trial_id, record)
+
+    def records(self) -> list[dict]:
+        """The ``tfopt.json`` records of all finished trials, in trial order."""
+        out = []
+        for path in sorted(Path(self.project_dir).glob("trial_*/tfopt.json")):
+            out.append(json.loads(path.read_text()))
+        return out
+
+    def save_model(self, trial_id, model, step=0):
+        model.save(Path(self.get_trial_dir(trial_id)) / "float.keras")
+
+    def load_model(self, trial):
+        """The trained float model of a builder-mode trial (``trial_<id>/float.keras``)."""
+        from tfopt.models import load
+
+        return load(Path(self.get_trial_dir(trial.trial_id)) / "float.keras")
+
+    def artifact_path(self, trial) -> Path:
+        """The exported ``.tflite`` of a trial."""
+        return Path(self.get_trial_dir(trial.trial_id)) / "model.tflite"
+
+
+def _conforms(hp, value) -> bool:
+    """Whether ``value`` lies in the hyperparameter's domain."""
+    kind = type(hp).__name__
+    if kind == "Fixed":
+        return value == hp.value
+    if kind == "Choice":
+        return value in hp.values
+    if kind == "Boolean":
+        return isinstance(value, bool)
+    if kind in ("Int", "Float"):
+        return hp.min_value <= value <= hp.max_value
+    return True
+
+
+class _SeededMixin:
+    """Proposes the given ``seeds`` (hyperparameter values) first, then the oracle's own."""
+
+    def __init__(self, *args, seeds: Sequence[dict] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seeds = [dict(s) for s in seeds]
+
+    def _seed_values(self) -> dict | None:
+        started = len(self.start_order)
+        if started >= len(self.seeds):
+            return None
+        values = {hp.name: hp.default for hp in self.hyperparameters.space}
+        space = {hp.name: hp for hp in self.hyperparameters.space}
+        for name, value in self.seeds[started].items():
+            if name not in values:
+                raise ValueError(
+                    f"seed {self.seeds[started]} names {name!r}, which is not in the search "
+                    f"space {sorted(values)}"
+                )
+            if _conforms(space[name], value):  # a value the space excludes keeps the default
+                values[name] = value
+        return values
+
+    def populate_space(self, trial_id):
+        values = self._seed_values()
+        if values is not None:
+            return {"status": "RUNNING", "values": values}
+        return super().populate_space(trial_id)
+
+
+class SeededRandomSearchOracle(_SeededMixin, keras_tuner.oracles.RandomSearchOracle):
+    """`RandomSearchOracle` that tries ``seeds`` first."""
+
+
+class SeededBayesianOptimizationOracle(
+    _SeededMixin, keras_tuner.oracles.BayesianOptimizationOracle
+):
+    """`BayesianOptimizationOracle` that tries ``seeds`` first (they count as initial points).
+
+    KerasTuner's Gaussian process, with a cheaper proposal step: the upper confidence bound is
+    evaluated on ``num_candidates`` random points in one batch (instead of 50 L-BFGS restarts with
+    numerical gradients, which take tens of seconds per trial on a busy 2-core machine), and the
+    best point not tried yet is proposed.
+    """
+
+    num_candidates = 4096
+
+    def _make_gpr(self):
+        gpr = super()._make_gpr()
+        gpr.n_restarts_optimizer = 3
+        return gpr
+
+    def populate_space(self, trial_id):
+        values = self._seed_values()
+        if values is not None:
+            return {"status": "RUNNING", "values": values}
+        completed = [t for t in self.trials.values() if t.status == "COMPLETED"]
+        initial = self.num_initial_points or max(3 * len(self.hyperparameters.space), 3)
+        if len(completed) < initial or not self._nonfixed_space():
+            return self._random_populate_space()
+        x, y = self._vectorize_trials()
+        self.gpr.fit(np.nan_to_num(x, posinf=0, neginf=0), np.nan_to_num(y, posinf=0, neginf=0))
+        bounds = self._get_hp_bounds()
+        candidates = self._random_state.uniform(
+            bounds[:, 0], bounds[:, 1], size=(self.num_candidates, bounds.shape[0])
+        )
+        mu, sigma = self.gpr.predict(candidates, return_std=True)
+        for index in np.argsort(mu - self.beta * sigma):  # lowest bound first (minimization)
+            values = self._vector_to_values(candidates[index])
+            if self._compute_values_hash(values) not in self._tried_so_far:
+                return {"status": "RUNNING", "values": values}
+        return self._random_populate_space()
+
+
+def create_tuner(
+    hypermodel,
+    *,
+    kind: str = "bayesian",
+    max_trials: int = 10,
+    seeds: Sequence[dict] = (),
+    seed: int | None = 0,
+    max_epochs: int = 3,
+    max_consecutive_failed_trials: int = 5,
+    **kwargs,
+) -> Tuner:
+    """Builds a `Tuner` with a random-search, Bayesian-optimization or Hyperband oracle.
+
+    Args:
+        hypermodel: a `CompressionHyperModel`.
+        kind: ``"random"``, ``"bayesian"`` (needs scikit-learn) or ``"hyperband"``. Defaults to
+            "bayesian".
+        max_trials: trials to run (random/bayesian); Hyperband derives its own count from
+            ``max_epochs``. Defaults to 10.
+        seeds: hyperparameter values to try first (random/bayesian), e.g. known-good recipes.
+            Defaults to ().
+        seed: the oracle's random seed. Defaults to 0.
+        max_epochs: Hyperband's largest training budget per trial. Defaults to 3.
+        max_consecutive_failed_trials: stop the search after this many failures in a row.
+            Defaults to 5.
+        **kwargs: passed to `Tuner` (``directory``, ``project_name``, ``overwrite``, ``epochs``,
+            ``objective``, ...).
+
+    Returns:
+        The `Tuner`; call ``tuner.search(train, val, test=..., teacher=...)``.
+
+    Raises:
+        ValueError: an unknown ``kind``, or ``seeds`` with Hyperband.
+
+    Example:
+        >>> hm = tfopt.tune.CompressionHyperModel(builder="mnist1d_cnn")
+        >>> tuner = tfopt.tune.create_tuner(hm, kind="random", max_trials=4, directory="runs/tune")
+        >>> tuner.search((x, y), (xv, yv))
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Unrecognized kind={kind!r}. Supported kinds are: {list(KINDS)}")
+    if max_trials < 1:
+        raise ValueError(f"max_trials must be >= 1. Received: max_trials={max_trials}")
+    objective = keras_tuner.Objective("score", "max")
+    common = dict(
+        objective=objective, seed=seed, max_consecutive_failed_trials=max_consecutive_failed_trials
+    )
+    if kind == "random":
+        oracle = SeededRandomSearchOracle(max_trials=max_trials, seeds=seeds, **common)
+    elif kind == "bayesian":
+        oracle = SeededBayesianOptimizationOracle(max_trials=max_trials, seeds=seeds, **common)
+    else:
+        if seeds:
+            raise ValueError(
+                "seeds= is not supported with kind='hyperband' (it plans its brackets)."
+            )
+        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=max_epochs, factor=3, **common)
+    return Tuner(oracle, hypermodel, **kwargs)
