@@ -58,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--latency-rounds", type=int, default=10)
     p.add_argument("--latency-runs", type=int, default=100, help="timed runs per round")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=128, help="mnist1d_resnet's stem width")
     return p.parse_args(argv)
 
 
@@ -139,7 +140,10 @@ def main(argv=None) -> int:
     data = tfopt.data.load("mnist1d")
 
     baseline = tfopt.models.get(
-        "mnist1d_resnet", input_shape=data.input_shape, num_classes=data.num_classes
+        "mnist1d_resnet",
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        width=args.width,
     )
     compile_model(baseline, args.lr)
     t = time.time()
@@ -251,7 +255,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     ratios = {f"{t:.2f}": [round(p.ratio, 4) for p in channel[t][1]] for t in channel}
     header = (
-        f"Channel pruning on MNIST-1D (`mnist1d_resnet`, test set of {len(data.x_test)}), "
+        f"Channel pruning on MNIST-1D (`mnist1d_resnet`, width {args.width}, test set of {len(data.x_test)}), "
         f"baseline trained {args.epochs} epochs. Channel pruning: "
         f"`prune_channels_iterative(macs_reduction=...)` in {args.steps} rounds x {per_step} "
         f"fine-tuning epochs (ratio per round {ratios}, importance {args.importance!r}, "
