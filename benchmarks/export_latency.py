@@ -4,8 +4,11 @@ throughput at 1, 2, 8 and 32 concurrent clients, with and without micro-batching
 
 Run: OMP_NUM_THREADS=1 python benchmarks/export_latency.py [--epochs 5] [--quick]
 Writes benchmarks/results/export_latency.json and .md. Every interpreter/session uses one thread;
-the serving pool has min(clients, CPUs) of them. The machine's load average is printed: on a shared
-machine the absolute numbers and the concurrency scaling depend on what else runs.
+the serving pool has min(clients, CPUs) of them, one per replica process (`tfopt.bench.load_test`'s
+default for TFLite); rows marked "1 process" run the same pool as threads of one process, for
+comparison. Clients are closed-loop (one request in flight each, as perf_analyzer's concurrency).
+The machine's load average is printed: on a shared machine the absolute numbers and the
+concurrency scaling depend on what else runs.
 """
 
 from __future__ import annotations
@@ -129,24 +132,26 @@ def main() -> int:
     lat = latency_table(runners, x, args.rounds, predict_rounds=min(args.rounds, 200))
     load_mid = _load()
 
-    levels = (1, 2, 8, 32)
-    runs: dict[str, list[list[dict]]] = {"no": [[] for _ in levels], "yes": [[] for _ in levels]}
+    # (clients, micro-batching, processes): None = load_test's default, one process per worker
+    configs = [(c, mb, None) for mb in (False, True) for c in (1, 2, 8, 32)]
+    configs += [(8, False, 1), (32, True, 1)]
+    runs: list[list[dict]] = [[] for _ in configs]
     base = TFLiteRunner(i8.path)
     for _ in range(args.reps):  # interleave the configurations; report each one's median run
-        for mb in ("no", "yes"):
-            for k, clients in enumerate(levels):
-                runs[mb][k].append(
-                    load_test(
-                        base,
-                        x,
-                        clients=clients,
-                        micro_batch=mb == "yes",
-                        max_batch=32,
-                        max_wait_ms=args.max_wait_ms,
-                        requests=10**9,
-                        duration_s=args.duration,
-                    )
+        for k, (clients, mb, processes) in enumerate(configs):
+            runs[k].append(
+                load_test(
+                    base,
+                    x,
+                    clients=clients,
+                    processes=processes,
+                    micro_batch=mb,
+                    max_batch=32,
+                    max_wait_ms=args.max_wait_ms,
+                    requests=10**9,
+                    duration_s=args.duration,
                 )
+            )
     # context: the same load test on a runtime whose call dominates the per-request Python cost
     keras_rows = []
     kr = KerasRunner(model, mode="predict_on_batch")
@@ -169,17 +174,16 @@ def main() -> int:
         return sorted(rs, key=lambda r: r["throughput_rps"])[len(rs) // 2]
 
     load_rows = []
-    one = statistics.median(r["throughput_rps"] for r in runs["no"][0])
-    for mb in ("no", "yes"):
-        for k in range(len(levels)):
-            r = median_run(runs[mb][k])
-            load_rows.append(
-                {
-                    **r,
-                    "speedup_vs_1_client": r["throughput_rps"] / one,
-                    "all_rps": [round(v["throughput_rps"]) for v in runs[mb][k]],
-                }
-            )
+    one = statistics.median(r["throughput_rps"] for r in runs[0])
+    for k in range(len(configs)):
+        r = median_run(runs[k])
+        load_rows.append(
+            {
+                **r,
+                "speedup_vs_1_client": r["throughput_rps"] / one,
+                "all_rps": [round(v["throughput_rps"]) for v in runs[k]],
+            }
+        )
 
     lines = [
         "### Single-sample latency, mnist1d_cnn (interleaved, 1 thread each)",
@@ -197,15 +201,16 @@ def main() -> int:
     lines += [
         "",
         f"### TFLite int8 under load ({args.duration:g} s per level, median of {args.reps} "
-        f"interleaved runs; pool of min(clients, {os.cpu_count()}) interpreters)",
+        f"interleaved runs; pool of min(clients, {os.cpu_count()}) interpreters, one per process "
+        "unless marked)",
         "",
-        "| clients | workers | micro-batch | req/s | x 1 client | p50 ms | p99 ms | batch: mean / per request | req/s of each run |",
+        "| clients | workers (processes) | micro-batch | req/s | x 1 client | p50 ms | p99 ms | batch: mean / per request | req/s of each run |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in load_rows:
         mb = f"max 32, {r['max_wait_ms']:g} ms" if r["micro_batch"] else "no"
         lines.append(
-            f"| {r['clients']} | {r['workers']} | {mb} | {r['throughput_rps']:.0f} | "
+            f"| {r['clients']} | {r['workers']} ({r['processes']}) | {mb} | {r['throughput_rps']:.0f} | "
             f"{r['speedup_vs_1_client']:.2f} | {r['latency_ms']['p50']:.3f} | "
             f"{r['latency_ms']['p99']:.3f} | {r['mean_batch_size']:.1f} / {r['request_batch_size']:.1f} | {r['all_rps']} |"
         )
@@ -223,8 +228,7 @@ def main() -> int:
             f"| {r['clients']} | {mb} | {r['throughput_rps']:.0f} | {r['throughput_rps'] / k1:.2f} | "
             f"{r['latency_ms']['p50']:.3f} | {r['latency_ms']['p99']:.3f} | {r['mean_batch_size']:.1f} / {r['request_batch_size']:.1f} |"
         )
-    t8 = next(r for r in load_rows if r["clients"] == 8 and not r["micro_batch"])
-    t32 = next(r for r in load_rows if r["clients"] == 32 and r["micro_batch"])
+    t8, t32 = load_rows[configs.index((8, False, None))], load_rows[configs.index((32, True, None))]
     targets = {
         "8 clients >= 1.7x one client": (
             t8["speedup_vs_1_client"],

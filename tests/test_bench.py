@@ -99,7 +99,8 @@ def test_load_test_throughput_at_two_clients(artifacts, labelled):
         runner_for(artifacts["tflite"]), labelled[0], clients=2, requests=400, duration_s=30
     )
     assert res["requests"] == 400  # bounded by the request count, not the time
-    assert res["workers"] == 2 and res["clients"] == 2
+    # a TFLite runner is rebuilt in one replica process per worker
+    assert res["workers"] == 2 and res["clients"] == 2 and res["processes"] == 2
     assert res["throughput_rps"] > 0
     assert res["throughput_rps"] == pytest.approx(400 / res["seconds"])
     assert 0 < res["latency_ms"]["p50"] <= res["latency_ms"]["p99"]
@@ -108,6 +109,48 @@ def test_load_test_throughput_at_two_clients(artifacts, labelled):
         runner_for(artifacts["tflite"]), labelled[0], clients=1, requests=10**9, duration_s=0.2
     )
     assert 0 < short["requests"] < 10**9 and short["seconds"] < 2  # bounded by the time
+
+
+def test_load_test_in_one_process_and_process_errors(artifacts, labelled, identity):
+    from tfopt.bench import KerasRunner, load_test, runner_for
+
+    one = load_test(
+        runner_for(artifacts["tflite"]), labelled[0], clients=8, processes=1, requests=300
+    )
+    assert one["processes"] == 1 and one["requests"] == 300 and one["workers"] == 2
+    # a Keras model cannot be rebuilt in another process: it is served from this one
+    keras_run = load_test(KerasRunner(identity), labelled[0], clients=2, requests=20)
+    assert keras_run["processes"] == 1 and keras_run["requests"] == 20
+    with pytest.raises(ValueError, match="needs a runner that can be rebuilt in another process"):
+        load_test(KerasRunner(identity), labelled[0], clients=2, processes=2)
+    with pytest.raises(ValueError, match=r"processes must be an int from 1 to min\(workers"):
+        load_test(runner_for(artifacts["tflite"]), labelled[0], clients=2, processes=3)
+    with pytest.raises(RuntimeError, match="a load-test process failed"):
+        # the replicas get the wrong input width: the error comes back with its traceback
+        load_test(runner_for(artifacts["tflite"]), np.zeros((4, 5), "float32"), clients=2)
+
+
+def test_submit_async_answers_on_a_worker_thread(artifacts):
+    from tfopt.bench import Server, runner_for
+
+    x = np.random.default_rng(2).normal(size=(5, 3)).astype("float32")
+    answers, done = {}, threading.Semaphore(0)
+
+    def callback(i):
+        def answer(y, error):
+            answers[i] = (y, error, threading.current_thread().name)
+            done.release()
+
+        return answer
+
+    with Server(runner_for(artifacts["tflite"]), workers=2) as server:
+        for i in range(5):
+            server.submit_async(x[i : i + 1], callback(i))
+        for _ in range(5):
+            done.acquire()
+    for i, (y, error, thread) in answers.items():
+        assert error is None and thread.startswith("tfopt-serve-")
+        np.testing.assert_allclose(y, x[i : i + 1], atol=1e-6)
 
 
 def test_micro_batching_batches_and_routes_each_answer(artifacts):

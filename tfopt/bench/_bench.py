@@ -120,6 +120,7 @@ def benchmark(
     max_batch: int = 32,
     max_wait_ms: float = 0.0,
     workers: int | None = None,
+    processes: int | None = None,
     requests: int = 1000,
     duration_s: float = 2.0,
     num_threads: int = 1,
@@ -144,6 +145,8 @@ def benchmark(
             Defaults to 0.0 (batch whatever is waiting).
         workers: interpreters/sessions in the serving pool. Defaults to
             ``min(clients, os.cpu_count())``.
+        processes: replica processes the workers are spread over (see `tfopt.bench.load_test`).
+            Defaults to one per worker for TFLite and ONNX files, else 1.
         requests: the most requests per concurrency level. Defaults to 1000.
         duration_s: the longest time per concurrency level. Defaults to 2.0.
         num_threads: intra-op threads per TFLite interpreter / ONNX session. Defaults to 1.
@@ -201,6 +204,7 @@ def benchmark(
                 x,
                 clients=clients,
                 workers=workers,
+                processes=processes,
                 micro_batch=micro_batch,
                 max_batch=max_batch,
                 max_wait_ms=max_wait_ms,

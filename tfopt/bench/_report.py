@@ -47,14 +47,14 @@ def format_table(results) -> str:
     if levels:
         lines += [
             "",
-            "| artifact | clients | workers | micro-batch | req/s | p50 ms | p90 ms | p99 ms | batch: mean / per request |",
+            "| artifact | clients | workers (processes) | micro-batch | req/s | p50 ms | p90 ms | p99 ms | batch: mean / per request |",
             "|---|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for r, c in levels:
             mb = f"max {c['max_batch']}, {c['max_wait_ms']:g} ms" if c["micro_batch"] else "no"
             lat = c["latency_ms"]
             lines.append(
-                f"| {r['artifact']} | {c['clients']} | {c['workers']} | {mb} | "
+                f"| {r['artifact']} | {c['clients']} | {c['workers']} ({c.get('processes', 1)}) | {mb} | "
                 f"{c['throughput_rps']:.0f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
                 f"{c['mean_batch_size']:.2f} / {c.get('request_batch_size', 1.0):.1f} |"
             )

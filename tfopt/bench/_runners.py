@@ -20,6 +20,7 @@ class TFLiteRunner:
     """
 
     runtime = "tflite"
+    rebuildable = True  # pickles to its model bytes, so a load-test process can rebuild it
 
     def __init__(self, model, *, num_threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
@@ -38,6 +39,12 @@ class TFLiteRunner:
 
     def clone(self) -> TFLiteRunner:
         return TFLiteRunner(self._content, num_threads=self.num_threads)
+
+    def __getstate__(self) -> dict:
+        return {"content": self._content, "num_threads": self.num_threads}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["content"], num_threads=state["num_threads"])
 
     @property
     def input_dtype(self):
@@ -111,6 +118,7 @@ class OnnxRunner:
     one anyway so that a serving pool's sessions do not share intra-op threads."""
 
     runtime = "onnxruntime"
+    rebuildable = True  # pickles to its model, so a load-test process can rebuild it
 
     def __init__(self, model, *, num_threads: int = 1):
         try:
@@ -133,6 +141,12 @@ class OnnxRunner:
 
     def clone(self) -> OnnxRunner:
         return OnnxRunner(self._source, num_threads=self.num_threads)
+
+    def __getstate__(self) -> dict:
+        return {"source": self._source, "num_threads": self.num_threads}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["source"], num_threads=state["num_threads"])
 
     @property
     def input_shape(self) -> tuple[int, ...]:

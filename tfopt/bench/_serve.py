@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import collections
 import itertools
+import logging
+import math
+import multiprocessing
 import os
+import pickle
+import queue
 import threading
 import time
+import traceback
 
 import numpy as np
 
@@ -23,39 +28,23 @@ def _bucket(n: int, max_batch: int) -> int:
     return min(max_batch, 1 << (n - 1).bit_length())
 
 
-class _Request:
-    """One request. ``signal`` is a lock held from creation: releasing it wakes the caller (a raw
-    lock is several times cheaper than a `threading.Event`, which matters for tiny models)."""
-
-    __slots__ = ("x", "signal", "y", "error", "done", "slot")
-
-    def __init__(self, x):
-        self.x = x
-        self.signal = threading.Lock()
-        self.signal.acquire()
-        self.y = None
-        self.error = None
-        self.done = False
-        self.slot = None  # set when this request's thread is handed a runner to serve with
+_STOP = object()  # queued once per worker by `Server.close`
 
 
 class Server:
-    """Serves single-sample requests from many threads with a pool of ``workers`` runners.
+    """Serves single-sample requests with a pool of ``workers`` serving threads.
 
-    There are no dispatcher threads: the calling threads serve each other (leader/follower). A
-    request that finds a free runner runs at once on the caller's thread; otherwise it waits in a
-    queue. A thread holding a runner runs its own request together with up to ``max_batch - 1``
-    queued ones as one batch (with micro-batching; else ``max_batch`` is 1), hands each caller its
-    row, and passes the runner on to the oldest still-waiting request, whose thread serves next. A
-    lone client therefore pays no hand-off, and under load one invocation serves a whole batch.
-    With ``max_wait_ms > 0`` a batch that is not full waits up to that long for more requests.
-    Batches are padded to a power of two and each pool slot keeps one runner per padded size, so
-    no interpreter is resized while serving. ``batch_sizes`` records every batch's real size.
+    Requests go into one queue; each worker thread owns its runners (an interpreter or session is
+    not shared), takes the oldest request and, with micro-batching, every other waiting request up
+    to ``max_batch``, runs them as one batch and answers each. With ``max_wait_ms > 0`` a batch that
+    is not full waits up to that long for more requests. Batches are padded to a power of two and
+    each worker keeps one runner per padded size, so no interpreter is resized while serving.
+    ``batch_sizes`` records every batch's real size.
 
     Args:
-        runner: a runner from `tfopt.bench.runner_for` (cloned for each slot and batch size).
-        workers: the number of runners (interpreters / sessions) serving at the same time.
-            Defaults to the number of CPUs.
+        runner: a runner from `tfopt.bench.runner_for` (cloned for each worker and batch size).
+        workers: the number of serving threads, each with its own runners. Defaults to the number
+            of CPUs.
         micro_batch: group waiting requests into batches. Defaults to False.
         max_batch: the largest batch when micro-batching. Defaults to 32.
         max_wait_ms: how long a batch that is not full waits for more requests. Defaults to 0.0.
@@ -87,13 +76,16 @@ class Server:
         self.max_wait = max_wait_ms / 1e3 if micro_batch else 0.0
         self.batch_sizes: list[int] = []
         self._template = runner
-        self._slots: list[dict[int, object]] = [{} for _ in range(workers)]
-        self._slots[0][1] = runner
-        self._free = list(range(workers))
-        self._pending: collections.deque[_Request] = collections.deque()
-        self._cv = threading.Condition()
-        self._waiting_leaders = 0
+        self._runners: list[dict[int, object]] = [{} for _ in range(workers)]
+        self._runners[0][1] = runner
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, args=(w,), daemon=True, name=f"tfopt-serve-{w}")
+            for w in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
 
     def __enter__(self) -> Server:
         return self
@@ -102,11 +94,18 @@ class Server:
         self.close()
 
     def close(self) -> None:
-        """Refuses new requests (requests already queued are still served)."""
+        """Refuses new requests, serves those already queued, and stops the workers."""
+        if self._closed:
+            return
         self._closed = True
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join()
 
-    def _runner(self, slot: int, size: int):
-        runners = self._slots[slot]
+    def _runner(self, worker: int, size: int):
+        runners = self._runners[worker]
         if size not in runners:
             runners[size] = self._template.clone()
         return runners[size]
@@ -115,64 +114,219 @@ class Server:
         """Creates and runs every runner once (each padded batch size when micro-batching)."""
         x = np.zeros((1, *self._template.input_shape), dtype="float32")
         sizes = sorted({_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)})
-        for slot in range(self.workers):
+        for worker in range(self.workers):
             for size in sizes:
-                self._runner(slot, size).invoke(np.repeat(x, size, axis=0))
+                self._runner(worker, size).invoke(np.repeat(x, size, axis=0))
+
+    def submit_async(self, x: np.ndarray, callback) -> None:
+        """Queues one request ``x`` (shape ``(1, ...)``); a worker thread later calls
+        ``callback(y, error)`` with its output (``error`` is None) or the exception raised."""
+        if self._closed:
+            raise RuntimeError("the Server is closed")
+        self._queue.put((x, callback))
 
     def submit(self, x: np.ndarray) -> np.ndarray:
         """Serves one request ``x`` (shape ``(1, ...)``), blocking until its output is ready."""
-        if self._closed:
-            raise RuntimeError("the Server is closed")
-        req = _Request(x)
-        with self._cv:
-            if self._free:
-                req.slot = self._free.pop()
-            else:
-                self._pending.append(req)
-                if self._waiting_leaders:
-                    self._cv.notify()
-        if req.slot is None:
-            req.signal.acquire()  # blocks until answered, or handed a runner to serve with
-        if not req.done:
-            self._serve(req)
-        if req.error is not None:
-            raise req.error
-        return req.y
+        answer = []
+        ready = threading.Lock()  # a raw lock wakes the caller several times cheaper than an Event
+        ready.acquire()
 
-    def _serve(self, req: _Request) -> None:
-        slot, batch = req.slot, [req]
-        with self._cv:
-            if self.max_wait and len(self._pending) < self.max_batch - 1:
-                self._waiting_leaders += 1
-                self._cv.wait_for(lambda: len(self._pending) >= self.max_batch - 1, self.max_wait)
-                self._waiting_leaders -= 1
-            while self._pending and len(batch) < self.max_batch:
-                batch.append(self._pending.popleft())
-        n = len(batch)
-        size = _bucket(n, self.max_batch)
-        try:
-            x = np.concatenate([r.x for r in batch]) if n > 1 else batch[0].x
-            if size > n:
-                x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
-            y = self._runner(slot, size).invoke(x)
-            for i, r in enumerate(batch):
-                r.y = y[i : i + 1]
-        except Exception as e:  # every caller in the batch gets the error rather than hangs
-            for r in batch:
-                r.error = e
-        self.batch_sizes.append(n)
-        for r in batch:
-            r.done = True
-        with self._cv:
-            nxt = self._pending.popleft() if self._pending else None
-            if nxt is None:
-                self._free.append(slot)
-            else:
-                nxt.slot = slot
-        for r in batch[1:]:
-            r.signal.release()
-        if nxt is not None:
-            nxt.signal.release()
+        def callback(y, error):
+            answer.append((y, error))
+            ready.release()
+
+        self.submit_async(x, callback)
+        ready.acquire()
+        y, error = answer[0]
+        if error is not None:
+            raise error
+        return y
+
+    def _take_batch(self, first) -> tuple[list, bool]:
+        """``first`` plus waiting requests up to ``max_batch``; True when a stop was taken."""
+        batch = [first]
+        deadline = time.perf_counter() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _work(self, worker: int) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch, stop = self._take_batch(item) if self.max_batch > 1 else ([item], False)
+            n = len(batch)
+            size = _bucket(n, self.max_batch)
+            try:
+                x = np.concatenate([r[0] for r in batch]) if n > 1 else item[0]
+                if size > n:
+                    x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
+                y, error = self._runner(worker, size).invoke(x), None
+            except Exception as e:  # every caller in the batch gets the error rather than hangs
+                y, error = None, e
+            self.batch_sizes.append(n)
+            for i, (_, callback) in enumerate(batch):
+                try:
+                    callback(None if error else y[i : i + 1], error)
+                except Exception:  # a broken callback must not take the worker down
+                    logging.getLogger("tfopt").exception("a Server callback raised")
+            if stop:
+                return
+
+
+def _closed_loop(
+    runner,
+    x,
+    *,
+    clients,
+    workers,
+    micro_batch,
+    max_batch,
+    max_wait_ms,
+    requests,
+    duration_s,
+    warmup,
+    ready=None,
+) -> dict:
+    """Runs ``clients`` closed-loop clients against a `Server` in this process.
+
+    A client keeps one request in flight: the answer's callback (on the worker thread) sends the
+    client's next request, so no thread is woken per request. ``ready`` (a callable) is called
+    after warm-up and blocks until the timed run may start.
+    """
+    with Server(
+        runner,
+        workers=workers,
+        micro_batch=micro_batch,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+    ) as server:
+        if warmup:
+            server.warmup()
+        if ready is not None:
+            ready()
+        latencies: list[float] = []
+        errors: list[BaseException] = []
+        counter = itertools.count()
+        finished = threading.Semaphore(0)
+        n = len(x)
+        deadline = math.inf
+
+        def send() -> None:
+            i = next(counter)
+            t = time.perf_counter()
+            if i >= requests or t > deadline:
+                finished.release()
+                return
+            server.submit_async(x[i % n : i % n + 1], lambda y, error, t=t: answered(t, error))
+
+        def answered(t: float, error) -> None:
+            if error is not None:
+                errors.append(error)
+                finished.release()
+                return
+            latencies.append(time.perf_counter() - t)
+            send()
+
+        t0 = time.perf_counter()
+        deadline = t0 + duration_s
+        for _ in range(clients):
+            send()
+        for _ in range(clients):
+            finished.acquire()
+        seconds = time.perf_counter() - t0
+        sizes = list(server.batch_sizes)
+    if errors:
+        raise errors[0]
+    return {
+        "latency_s": np.asarray(latencies),
+        "seconds": seconds,
+        "batch_sizes": sizes,
+    }
+
+
+def _child(conn, payload: bytes, start) -> None:
+    """A load-test process: rebuilds the runner, warms up, waits for ``start``, runs, reports."""
+    try:
+        args = pickle.loads(payload)
+
+        def ready():
+            conn.send(("ready", None))
+            start.wait()
+
+        out = _closed_loop(**args, ready=ready)
+        conn.send(("done", out))
+    except BaseException:  # noqa: BLE001 - the parent re-raises it with this traceback
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _in_processes(runner, x, *, processes, clients, workers, requests, timeout_s, **kwargs):
+    """Runs `_closed_loop` in ``processes`` spawned processes that share out clients, workers
+    and requests, starts their timed runs together and merges the results."""
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once TensorFlow has started
+    start = ctx.Event()
+    procs, conns = [], []
+    shares = zip(_split(clients, processes), _split(workers, processes), strict=True)
+    try:
+        for c, w in shares:
+            share = max(1, round(requests * c / clients))
+            payload = pickle.dumps(
+                {"runner": runner, "x": x, "clients": c, "workers": w, "requests": share, **kwargs}
+            )
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_child, args=(child, payload, start), daemon=True)
+            p.start()
+            child.close()
+            procs.append(p)
+            conns.append(parent)
+
+        def receive(conn, expect):
+            if not conn.poll(timeout_s):
+                raise RuntimeError(f"a load-test process sent nothing for {timeout_s:.0f} s")
+            try:
+                kind, value = conn.recv()
+            except EOFError:
+                raise RuntimeError("a load-test process exited without a result") from None
+            if kind == "error":
+                raise RuntimeError(f"a load-test process failed:\n{value}")
+            if kind != expect:
+                raise RuntimeError(f"a load-test process sent {kind!r}, expected {expect!r}")
+            return value
+
+        for conn in conns:
+            receive(conn, "ready")
+        start.set()
+        outs = [receive(conn, "done") for conn in conns]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return {
+        "latency_s": np.concatenate([o["latency_s"] for o in outs]),
+        # the processes start together: the run lasts as long as the slowest one
+        "seconds": max(o["seconds"] for o in outs),
+        "batch_sizes": [s for o in outs for s in o["batch_sizes"]],
+    }
 
 
 def load_test(
@@ -181,6 +335,7 @@ def load_test(
     *,
     clients: int = 1,
     workers: int | None = None,
+    processes: int | None = None,
     micro_batch: bool = False,
     max_batch: int = 32,
     max_wait_ms: float = 0.0,
@@ -188,17 +343,27 @@ def load_test(
     duration_s: float = 3.0,
     warmup: bool = True,
 ) -> dict:
-    """Measures throughput and latency with ``clients`` threads sending single-sample requests.
+    """Measures throughput and latency with ``clients`` concurrent closed-loop clients.
 
-    Each client sends a request, waits for the answer and sends the next (closed loop), cycling
-    through ``x``. The run stops after ``requests`` answers or ``duration_s`` seconds, whichever
-    comes first.
+    Each client keeps one single-sample request in flight and sends its next one as soon as the
+    answer arrives (Triton's ``perf_analyzer --concurrency-range`` measures the same way), cycling
+    through ``x``. Clients are not OS threads: the answer's callback sends the next request, so the
+    numbers show the serving pool rather than Python's thread switching. The run stops after
+    ``requests`` answers or ``duration_s`` seconds, whichever comes first.
+
+    The pool's ``workers`` (one runner each) can be spread over ``processes`` replica processes,
+    each serving its share of the clients, as a server deployed with one process per core behind a
+    load balancer would: one Python process cannot run two tiny-model requests at once (the GIL),
+    separate processes can. Only runners that can be rebuilt in another process (TFLite, ONNX) can
+    use more than one; the others run in this process.
 
     Args:
         runner: a runner (see `tfopt.bench.runner_for`).
         x: inputs; request ``i`` is ``x[i % len(x)]``.
-        clients: concurrent client threads. Defaults to 1.
+        clients: concurrent clients. Defaults to 1.
         workers: runners in the serving pool. Defaults to ``min(clients, os.cpu_count())``.
+        processes: replica processes sharing the clients and workers. Defaults to ``workers`` for
+            TFLite and ONNX runners and 1 for the others.
         micro_batch: group waiting requests into batches. Defaults to False.
         max_batch: the largest micro-batch. Defaults to 32.
         max_wait_ms: how long a micro-batch that is not full waits for more. Defaults to 0.0.
@@ -207,13 +372,15 @@ def load_test(
         warmup: run every pooled runner once before timing. Defaults to True.
 
     Returns:
-        A dict: clients, workers, micro_batch, max_batch, max_wait_ms, requests (answered),
-        seconds, throughput_rps, latency_ms (p50/p90/p99/mean, including queueing) and
+        A dict: clients, workers, processes, micro_batch, max_batch, max_wait_ms, requests
+        (answered), seconds, throughput_rps, latency_ms (p50/p90/p99/mean, including queueing),
         mean_batch_size (requests / batches; 1.0 without micro-batching) and request_batch_size
         (the size of the batch the average request was served in).
 
     Raises:
-        ValueError: a bad count or duration.
+        ValueError: a bad count or duration, or ``processes > 1`` for a runner that cannot be
+            rebuilt in another process.
+        RuntimeError: a load-test process failed (with its traceback).
 
     Example:
         >>> load_test(runner_for("m.tflite"), x_test, clients=8)["throughput_rps"]
@@ -227,54 +394,49 @@ def load_test(
         )
     x = np.asarray(x, dtype="float32")
     workers = min(clients, os.cpu_count() or 1) if workers is None else workers
-    counter = itertools.count()
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[BaseException] = []
-    start = threading.Barrier(clients + 1)
-    with Server(
-        runner,
-        workers=workers,
-        micro_batch=micro_batch,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-    ) as server:
-        if warmup:
-            server.warmup()
-        state = {"deadline": 0.0}
-
-        def client(k: int) -> None:
-            out = latencies[k]
-            start.wait()
-            deadline = state["deadline"]
-            try:
-                while True:
-                    i = next(counter)
-                    if i >= requests:
-                        return
-                    t = time.perf_counter()
-                    if t > deadline:
-                        return
-                    server.submit(x[i % len(x) : i % len(x) + 1])
-                    out.append((time.perf_counter() - t) * 1e3)
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
-        for t in threads:
-            t.start()
-        t0 = time.perf_counter()
-        state["deadline"] = t0 + duration_s
-        start.wait()
-        for t in threads:
-            t.join()
-        seconds = time.perf_counter() - t0
-        sizes = list(server.batch_sizes)
-    if errors:
-        raise errors[0]
-    ms = np.concatenate([np.asarray(v) for v in latencies]) if any(latencies) else np.array([])
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1. Received: workers={workers!r}")
+    if processes is None:
+        processes = (
+            min(workers, clients) if workers > 1 and getattr(runner, "rebuildable", False) else 1
+        )
+    elif not isinstance(processes, int) or not 1 <= processes <= min(workers, clients):
+        raise ValueError(
+            f"processes must be an int from 1 to min(workers, clients) = {min(workers, clients)}. "
+            f"Received: processes={processes!r}"
+        )
+    elif processes > 1 and not getattr(runner, "rebuildable", False):
+        raise ValueError(
+            f"processes={processes} needs a runner that can be rebuilt in another process "
+            f"(TFLite or ONNX); a {type(runner).__name__} serves from this process only"
+        )
+    kwargs = {
+        "micro_batch": micro_batch,
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "duration_s": duration_s,
+        "warmup": warmup,
+    }
+    if processes == 1:
+        out = _closed_loop(runner, x, clients=clients, workers=workers, requests=requests, **kwargs)
+    else:
+        out = _in_processes(
+            runner,
+            x,
+            processes=processes,
+            clients=clients,
+            workers=workers,
+            requests=requests,
+            timeout_s=120 + 2 * duration_s,
+            **kwargs,
+        )
+    ms = out["latency_s"] * 1e3
+    sizes = out["batch_sizes"]
+    seconds = out["seconds"]
     return {
         "clients": clients,
         "workers": workers,
+        "processes": processes,
         "micro_batch": bool(micro_batch),
         "max_batch": max_batch if micro_batch else 1,
         "max_wait_ms": max_wait_ms if micro_batch else 0.0,

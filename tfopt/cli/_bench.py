@@ -55,6 +55,12 @@ def add_parser(sub):
         help="interpreters/sessions in the pool (default: min(clients, CPUs))",
     )
     p.add_argument(
+        "--processes",
+        type=int,
+        help="replica processes the pool is spread over (default: one per worker for .tflite "
+        "and .onnx, else 1)",
+    )
+    p.add_argument(
         "--requests", type=int, default=1000, help="most requests per level (default: 1000)"
     )
     p.add_argument(
@@ -90,6 +96,7 @@ def main(args) -> int:
                 max_batch=args.max_batch,
                 max_wait_ms=args.max_wait_ms,
                 workers=args.workers,
+                processes=args.processes,
                 requests=args.requests,
                 duration_s=args.duration,
                 runs=args.runs,
