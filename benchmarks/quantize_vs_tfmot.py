@@ -20,7 +20,9 @@ single-sample invoke time (1 thread, XNNPACK as shipped), measured for all artif
 process, interleaved: in each of `--latency-rounds` rounds every artifact runs 200 invokes (the
 order rotates); the number is the lowest per-round median (the least disturbed by other processes
 on a shared machine) and the ratio to PTQ int8 is the median of the per-round ratios.
-Writes benchmarks/results/quantize_vs_tfmot.{json,md} and prints the table.
+A second section breaks the float and tfopt QAT int8 files down byte by byte (weights, biases,
+quantization parameters, tensor names, the rest) from their flatbuffers.
+Writes benchmarks/results/quantize_vs_tfmot.{json,md} and prints the tables.
 """
 
 import argparse
@@ -80,6 +82,115 @@ def latencies(paths: dict, sample, rounds: int, n: int = 200) -> dict:
                 times.append(time.perf_counter() - t)
             medians[k].append(1e6 * statistics.median(times))
     return medians
+
+
+def size_breakdown(path) -> dict:
+    """Bytes of a .tflite file by what they hold, from its flatbuffer.
+
+    Weight / bias / other constant / metadata buffers count their data plus the 4-byte length of
+    the flatbuffer vector; quantization parameters count each scale (float32), zero point (int64)
+    and min/max (float32) vector with its length; tensor names count each string, its length and
+    its terminating NUL. "rest" is the file size minus all of those: the flatbuffer tables and
+    vtables, operator lists, tensor shapes, signature defs and alignment padding.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(data, 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        c = model.OperatorCodes(i)
+        codes.append(op_names[max(c.BuiltinCode(), c.DeprecatedBuiltinCode())])
+    # which input of an op is its weight / bias
+    roles = {
+        "CONV_2D": {1: "weights", 2: "biases"},
+        "DEPTHWISE_CONV_2D": {1: "weights", 2: "biases"},
+        "FULLY_CONNECTED": {1: "weights", 2: "biases"},
+        "TRANSPOSE_CONV": {1: "weights", 3: "biases"},
+        "GATHER": {0: "weights"},
+    }
+    metadata = {model.Metadata(i).Buffer() for i in range(model.MetadataLength())}
+    out = dict.fromkeys(
+        [
+            "weights",
+            "biases",
+            "other constants",
+            "metadata",
+            "quantization scales",
+            "quantization zero points",
+            "quantization min/max",
+            "tensor names",
+        ],
+        0,
+    )
+    buffer_role: dict[int, str] = {}
+    for g in range(model.SubgraphsLength()):
+        sub = model.Subgraphs(g)
+        for o in range(sub.OperatorsLength()):
+            op = sub.Operators(o)
+            for pos, role in roles.get(codes[op.OpcodeIndex()], {}).items():
+                if pos < op.InputsLength() and op.Inputs(pos) >= 0:
+                    buf = sub.Tensors(op.Inputs(pos)).Buffer()
+                    buffer_role.setdefault(buf, role)
+        for t in range(sub.TensorsLength()):
+            tensor = sub.Tensors(t)
+            out["tensor names"] += 4 + len(tensor.Name()) + 1
+            q = tensor.Quantization()
+            if q is not None:
+                for n, size, key in (
+                    (q.ScaleLength(), 4, "quantization scales"),
+                    (q.ZeroPointLength(), 8, "quantization zero points"),
+                    (q.MinLength(), 4, "quantization min/max"),
+                    (q.MaxLength(), 4, "quantization min/max"),
+                ):
+                    if n:
+                        out[key] += 4 + n * size
+    for b in range(model.BuffersLength()):
+        n = model.Buffers(b).DataLength()
+        if not n:
+            continue
+        role = "metadata" if b in metadata else buffer_role.get(b, "other constants")
+        out[role] += 4 + n
+    out["rest"] = len(data) - sum(out.values())
+    out["total"] = len(data)
+    return out
+
+
+def breakdown_section(sizes: dict) -> str:
+    """Markdown: the float and tfopt QAT int8 files of mnist1d_cnn, byte by byte."""
+    f, q = sizes["float"], sizes["tfopt_qat"]
+    lines = [
+        "**Where the bytes are: float32 vs tfopt QAT int8 (mnist1d_cnn)**",
+        "",
+        "Parsed from the flatbuffers with `tensorflow.lite.python.schema_py_generated` (see "
+        "`size_breakdown` in benchmarks/quantize_vs_tfmot.py for what each row counts).",
+        "",
+        "| bytes | float32 | tfopt QAT int8 | int8 - float | float / int8 |",
+        "|---|---|---|---|---|",
+    ]
+    for key in f:
+        ratio = f"{f[key] / q[key]:.2f}x" if q[key] and f[key] else "-"
+        lines.append(f"| {key} | {f[key]} | {q[key]} | {q[key] - f[key]:+d} | {ratio} |")
+    w_f, w_q = f["weights"], q["weights"]
+    other_f, other_q = f["total"] - w_f, q["total"] - w_q
+    d = {k: q[k] - f[k] for k in f}
+    qparams = sum(v for k, v in d.items() if k.startswith("quantization"))
+    budget = f["total"] / 4 - w_q
+    lines += [
+        "",
+        f"The weights shrink {w_f / w_q:.2f}x ({w_f} -> {w_q} bytes). Everything else is "
+        f"{other_f} bytes in the float file and {other_q} in the int8 file "
+        f"({other_q - other_f:+d}: quantization parameters {qparams:+d}, tensor names "
+        f"{d['tensor names']:+d}, biases {d['biases']:+d} since int8 kernels keep int32 "
+        f"biases, other constants and metadata {d['other constants'] + d['metadata']:+d}, "
+        f"structure {d['rest']:+d}). A raw 4x file would have to be at most "
+        f"{f['total'] / 4:.0f} bytes; the int8 weights alone take {w_q}, leaving {budget:.0f} "
+        f"bytes for everything else, {budget / other_f:.0%} of what the float file itself "
+        "spends on it. With the float file's non-weight bytes unchanged the ratio would be "
+        f"{f['total'] / (w_q + other_f):.2f}x; it is {f['total'] / q['total']:.2f}x.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def qat_fit(model, data, epochs, lr, batch, *, preserve_sparsity=True):
@@ -219,6 +330,7 @@ def main() -> int:
             f"[6/6] accuracy through TFLite; latency, {args.latency_rounds} interleaved rounds",
             flush=True,
         )
+        sizes = {key: size_breakdown(paths[key]) for key in ("float", "ptq", "tfopt_qat")}
         rows = {}
         for key, path in paths.items():
             rows[key] = {"accuracy": tflite_accuracy(path, data), **file_sizes(path)}
@@ -263,16 +375,18 @@ def main() -> int:
         "is the median of per-round ratios).\n\n"
     )
     table = "\n".join(lines)
-    (out_dir / "quantize_vs_tfmot.md").write_text(header + table + "\n")
+    section = breakdown_section(sizes)
+    (out_dir / "quantize_vs_tfmot.md").write_text(header + table + "\n\n" + section)
     result = {
         "rows": rows,
         "notes": notes,
+        "size_breakdown_bytes": sizes,
         "args": vars(args),
         "tfmot_versions": tfm["versions"],
         "seconds": round(time.time() - started, 1),
     }
     (out_dir / "quantize_vs_tfmot.json").write_text(json.dumps(result, indent=2, default=str))
-    print(header + table)
+    print(header + table + "\n\n" + section)
     return 0
 
 

@@ -9,8 +9,10 @@ Example:
     >>> tfopt.export.tflite(q, "m.tflite", quantization="int8")
 """
 
+from tfopt.quantize._attention import QuantizedMultiHeadAttention
 from tfopt.quantize._layers import ActivationQuantizer, FloatBoundary, QuantizeWrapper
 from tfopt.quantize._qat import SCHEMES, QATReport, qat
+from tfopt.quantize._subclassed import QuantizedSubclassModel
 
 __all__ = [
     "SCHEMES",
@@ -18,5 +20,7 @@ __all__ = [
     "FloatBoundary",
     "QATReport",
     "QuantizeWrapper",
+    "QuantizedMultiHeadAttention",
+    "QuantizedSubclassModel",
     "qat",
 ]

@@ -6,6 +6,9 @@ TensorFlow backend), which the TFLite converter turns into int8 kernels without 
 
 from __future__ import annotations
 
+import math
+import re
+
 from tfopt._backend import import_keras
 
 keras = import_keras()
@@ -23,6 +26,7 @@ KINDS = {
     "SeparableConv2D": "separable",
     "Conv2DTranspose": "conv_transpose",
     "Dense": "dense",
+    "EinsumDense": "einsum",
     "Embedding": "embedding",
     "BatchNormalization": "batchnorm",
 }
@@ -71,13 +75,65 @@ class ActivationQuantizer(keras.layers.Layer):
             self.initialized.assign(1.0)
         lo = ops.minimum(self.range_min, 0.0)
         hi = ops.maximum(ops.maximum(self.range_max, 0.0), lo + _MIN_RANGE)
-        return fake_quant(x, lo, hi, num_bits=self.num_bits)
+        return mark_int8(fake_quant(x, lo, hi, num_bits=self.num_bits))
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "num_bits": self.num_bits}
+
+
+def mark_int8(x):
+    """Tags ``x`` as fake-quantized to its int8 range (a Python attribute, like Keras's masks)."""
+    try:
+        x._tfopt_int8 = True
+    except AttributeError:  # a tensor type without attributes: the tag is only an optimization
+        pass
+    return x
+
+
+def is_int8(x) -> bool:
+    """Whether ``x`` is the output of an int8 range (see `mark_int8`).
+
+    A `QuantizeWrapper` that tracks its input range skips it for such inputs: a second range on
+    an int8 tensor would only requantize it, and before a reshape TFLite's converter rejects two
+    scales on one tensor.
+    """
+    return bool(getattr(x, "_tfopt_int8", False))
+
+
+def einsum_plan(layer) -> tuple[int, tuple[int, ...]] | None:
+    """How to run an ``EinsumDense`` as ``reshape(x, (-1, K)) @ reshape(kernel, (K, N))``.
+
+    That holds when the axes it contracts end the input, the output is the input's other axes
+    followed by the kernel's other axes, and the bias spans only kernel axes: e.g. attention's
+    query/key/value (``abc,cde->abde``) and output (``abcd,cde->abe``) projections, or a kernel
+    stored transposed (``abc,dc->abd``).
+
+    Returns:
+        ``(number of contracted input axes, kernel axis order)``: transposing the kernel by that
+        order puts the contracted axes first (in input order), then the output axes. None if the
+        equation is not of that form.
+    """
+    eq = layer.equation.replace(" ", "")
+    match = re.fullmatch(r"([a-z.]+),([a-z]+)->([a-z.]+)", eq)
+    if match is None:
+        return None
+    x, k, out = match.groups()
+    n = sum(c in x for c in k)
+    contracted, free = x[len(x) - n :], x[: len(x) - n]
+    kept = out[len(free) :]
+    if (
+        n == 0
+        or len(set(k)) != len(k)
+        or set(contracted) != set(k) - set(kept)
+        or not out.startswith(free)
+        or set(kept) != set(k) - set(contracted)
+        or (layer.bias_axes and not set(layer.bias_axes) <= set(kept))
+    ):
+        return None
+    return n, tuple(k.index(c) for c in contracted + kept)
 
 
 def _symmetric(w, axis=None):
@@ -94,17 +150,21 @@ class QuantizeWrapper(keras.layers.Wrapper):
     """Runs a layer with fake-quantized weights, an optional folded BatchNorm and output range.
 
     Supported layers (see `KINDS`): Conv1D (run as a 2-D conv so the per-channel axis is last),
-    Conv2D, DepthwiseConv2D and SeparableConv2D (per-channel weights), Conv2DTranspose, Dense and
-    Embedding (per-tensor weights), and a standalone BatchNormalization (run as multiply + add with
-    an int8 range in between). A following ``BatchNormalization`` can be folded into the wrapped
-    layer: training uses the batch statistics with the correction of Jacob et al. (2018), inference
-    the folded kernel ``W * gamma / sqrt(var + eps)`` that TFLite will see.
+    Conv2D, DepthwiseConv2D and SeparableConv2D (per-channel weights), Conv2DTranspose, Dense,
+    EinsumDense (one that is a reshaped Dense, see `einsum_plan`; run as one matmul) and Embedding
+    (per-tensor weights), and a standalone BatchNormalization (run as multiply + add with an int8
+    range in between). A following ``BatchNormalization`` can be folded into the wrapped layer:
+    training uses the batch statistics with the correction of Jacob et al. (2018), inference the
+    folded kernel ``W * gamma / sqrt(var + eps)`` that TFLite will see.
 
     Args:
         layer: the layer to wrap (built or not).
         batchnorm: a ``BatchNormalization`` layer (``axis=-1``) to fold into ``layer``. Defaults to
             None.
         quantize_output: track and fake-quantize the output range. Defaults to True.
+        quantize_input: track and fake-quantize the input range too (for an input that comes
+            from float ops inside a layer, e.g. attention's output projection), unless the input
+            already comes out of an int8 range (see `is_int8`). Defaults to False.
         preserve_sparsity: keep the kernel's exact zeros at zero (a mask taken when the wrapper is
             built on a layer with weights). Defaults to True.
         **kwargs: `keras.layers.Layer` arguments.
@@ -119,6 +179,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         *,
         batchnorm=None,
         quantize_output: bool = True,
+        quantize_input: bool = False,
         preserve_sparsity: bool = True,
         **kwargs,
     ):
@@ -128,11 +189,21 @@ class QuantizeWrapper(keras.layers.Wrapper):
             raise ValueError(
                 f"QuantizeWrapper cannot wrap {type(layer).__name__} layers. Supported: {list(KINDS)}"
             )
-        if batchnorm is not None and kind in ("embedding", "batchnorm"):
+        if kind == "einsum" and einsum_plan(layer) is None:
+            raise ValueError(
+                f"QuantizeWrapper wraps EinsumDense layers whose equation is a reshaped Dense "
+                f"(e.g. 'abc,cde->abde'). Received: equation={layer.equation!r}, "
+                f"bias_axes={layer.bias_axes!r}"
+            )
+        if quantize_input and kind == "embedding":
+            raise ValueError("quantize_input=True does not apply to Embedding (integer inputs).")
+        if batchnorm is not None and kind in ("embedding", "batchnorm", "einsum"):
             raise ValueError(f"batchnorm cannot be folded into a {type(layer).__name__} layer.")
         self.kind = kind
         self.batchnorm = batchnorm
         self.quantize_output = bool(quantize_output)
+        self.quantize_input = bool(quantize_input)
+        self.input_quantizer = ActivationQuantizer(name="input_range") if quantize_input else None
         self.preserve_sparsity = bool(preserve_sparsity) and kind != "batchnorm"
         self.output_quantizer = (
             ActivationQuantizer(name="output_range") if quantize_output else None
@@ -168,6 +239,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             self.batchnorm.build(out_shape)
         if self.output_quantizer is not None and not self.output_quantizer.built:
             self.output_quantizer.build(out_shape)
+        if self.input_quantizer is not None and not self.input_quantizer.built:
+            self.input_quantizer.build(input_shape)
         for q in (self.mid_quantizer, self.preactivation_quantizer):
             if q is not None and not q.built:
                 q.build(out_shape)
@@ -263,6 +336,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     # -- call -------------------------------------------------------------------------------------
     def call(self, x, training=None):
+        if self.input_quantizer is not None and not is_int8(x):
+            x = self.input_quantizer(x, training=training)
+        y = self._call(x, training)
+        return mark_int8(y) if self.quantize_output else y
+
+    def _call(self, x, training):
         kind, layer = self.kind, self.layer
         if kind == "embedding":
             y = ops.take(_symmetric(self._masked(layer.embeddings)), ops.cast(x, "int32"), axis=0)
@@ -273,8 +352,17 @@ class QuantizeWrapper(keras.layers.Wrapper):
             # N-D inputs run as one 2-D matmul + bias + activation + range, which TFLite fuses into
             # a single int8 FULLY_CONNECTED; only the final reshape sees the N-D shape.
             lead = ops.shape(x)[:-1]
-            y = self.call(ops.reshape(x, (-1, x.shape[-1])), training=training)
+            y = self._call_2d(ops.reshape(x, (-1, x.shape[-1])), training)
             return ops.reshape(y, (*lead, y.shape[-1]))
+        if kind == "einsum":  # the same, with the contracted axes and the kernel flattened
+            n, perm = einsum_plan(layer)
+            lead = ops.shape(x)[: len(x.shape) - n]
+            y = self._call_2d(ops.reshape(x, (-1, math.prod(x.shape[-n:]))), training)
+            return ops.reshape(y, (*lead, *(layer.kernel.shape[i] for i in perm[n:])))
+        return self._call_2d(x, training)
+
+    def _call_2d(self, x, training):
+        kind, layer = self.kind, self.layer
         if kind == "separable":
             dk = layer.depthwise_kernel
             x = ops.depthwise_conv(
@@ -291,6 +379,16 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return self._out(y, training)
 
     def _fold(self, x, kernel, training, kind):
+        if kind == "einsum":
+            bias = self.layer.bias
+            n, perm = einsum_plan(self.layer)
+            kernel = ops.transpose(kernel, perm)  # constant-folded by the converter
+            out_dims = kernel.shape[n:]
+            kernel = ops.reshape(kernel, (-1, math.prod(out_dims)))
+            if bias is not None:  # it spans only kernel output axes: broadcast, then flatten
+                bias = ops.reshape(ops.broadcast_to(bias, out_dims), (-1,))
+            y = self._linear(x, kernel, True, "dense")
+            return y if bias is None else y + bias
         bias = self.layer.bias if self.layer.use_bias else None
         bn = self.batchnorm
         if bn is None:
@@ -348,6 +446,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             if self.batchnorm is None
             else keras.saving.serialize_keras_object(self.batchnorm),
             quantize_output=self.quantize_output,
+            quantize_input=self.quantize_input,
             preserve_sparsity=self.preserve_sparsity,
         )
         return config

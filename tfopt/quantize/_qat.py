@@ -7,7 +7,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tfopt._backend import check_model, import_keras
-from tfopt.quantize._layers import KINDS, ActivationQuantizer, FloatBoundary, QuantizeWrapper
+from tfopt.quantize._attention import QuantizedMultiHeadAttention, attention_unquantizable
+from tfopt.quantize._layers import (
+    KINDS,
+    ActivationQuantizer,
+    FloatBoundary,
+    QuantizeWrapper,
+    einsum_plan,
+)
+from tfopt.quantize._subclassed import (
+    QuantizedSubclassModel,
+    sublayer_slots,
+    swap_in_attention,
+    swap_in_wrapper,
+)
 
 keras = import_keras()
 tree = keras.tree
@@ -63,13 +76,10 @@ _FLOAT_REASONS = {
     "Bidirectional": "recurrent layer: TFLite runs its loop in float",
     "ConvLSTM1D": "recurrent layer: TFLite runs its loop in float",
     "ConvLSTM2D": "recurrent layer: TFLite runs its loop in float",
-    "MultiHeadAttention": "attention (einsum projections, scaled dot product, softmax) kept float; "
-    "its input and output ranges are tracked so the layers around it run in int8",
-    "GroupQueryAttention": "attention kept float",
+    "GroupQueryAttention": "attention kept float (only MultiHeadAttention gets int8 projections)",
     "LayerNormalization": "lowered by TFLite to mean/rsqrt ops with no int8 ranges; kept float",
     "GroupNormalization": "lowered by TFLite to mean/rsqrt ops with no int8 ranges; kept float",
     "UnitNormalization": "lowered by TFLite to norm ops with no int8 ranges; kept float",
-    "EinsumDense": "EinsumDense is not supported by tfopt QAT yet; kept float",
     "Conv3D": "TFLite has no int8 CONV_3D kernel; kept float",
     "Conv1DTranspose": "not supported by tfopt QAT yet; kept float",
     "Conv3DTranspose": "TFLite has no int8 kernel; kept float",
@@ -116,6 +126,14 @@ def _unquantizable(layer) -> str | None:
         return f"BatchNormalization(axis={layer.axis}) is not on the channel axis"
     if getattr(layer, "quantization_mode", None):
         return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
+    if getattr(layer, "lora_enabled", False):
+        return "LoRA is enabled on this layer; kept float"
+    if name == "EinsumDense" and einsum_plan(layer) is None:
+        return (
+            f"EinsumDense equation {layer.equation!r} (bias_axes={layer.bias_axes!r}) is not a "
+            "reshaped Dense (x @ W over x's trailing axes), the form tfopt QAT runs as one int8 "
+            "FULLY_CONNECTED; kept float"
+        )
     return None
 
 
@@ -198,13 +216,20 @@ def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = 
     """Returns a quantization-aware-training copy of ``model`` (the model itself is not changed).
 
     Weights are fake-quantized to int8 (per output channel for convolutions, per tensor for Dense,
-    Conv2DTranspose and Embedding), BatchNormalization layers that follow a Conv/Dense are folded
-    into it, and activation ranges are tracked (moving average of min/max) where TFLite's int8
-    kernels need them: model inputs, outputs of fused Conv/Dense+BatchNorm+ReLU, Add, Concatenate,
-    Multiply, pooling and standalone activations. Layers tfopt cannot quantize (RNNs, attention,
-    LayerNormalization, unknown layers) stay float and are listed with the reason in
+    EinsumDense, Conv2DTranspose and Embedding), BatchNormalization layers that follow a Conv/Dense
+    are folded into it, and activation ranges are tracked (moving average of min/max) where
+    TFLite's int8 kernels need them: model inputs, outputs of fused Conv/Dense+BatchNorm+ReLU, Add,
+    Concatenate, Multiply, pooling and standalone activations. MultiHeadAttention becomes a
+    `QuantizedMultiHeadAttention`: int8 query/key/value/output projections around a float scaled
+    dot product and softmax. Layers tfopt cannot quantize (RNNs, LayerNormalization, EinsumDense
+    that is not a reshaped Dense, unknown layers) stay float and are listed with the reason in
     ``returned_model.qat_report``. Fit the result as usual, then export it with
     ``tfopt.export.tflite(qat_model, path, quantization="int8")`` (no representative data needed).
+
+    A subclassed model is copied with ``from_config(get_config())`` and its sublayers (also those
+    of custom layers it holds) are swapped in place; the result is a functional model around a
+    `QuantizedSubclassModel`, which records the swaps so that the ``.keras`` file loads when the
+    model class is registered with ``keras.saving.register_keras_serializable``.
 
     Args:
         model: a Keras 3 model: Sequential (built), functional or subclassed.
@@ -221,8 +246,9 @@ def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = 
         and a ``qat_report`` attribute (`QATReport`).
 
     Raises:
-        TypeError: ``model`` is not a Keras 3 model, or ``filters`` has the wrong type.
-        ValueError: an unknown ``scheme``, or a Sequential model that is not built.
+        TypeError: ``model`` is not a Keras 3 model, ``filters`` has the wrong type, or a
+            subclassed model does not round-trip through ``get_config`` / ``from_config``.
+        ValueError: an unknown ``scheme``, or a Sequential or subclassed model that is not built.
 
     Example:
         >>> q = tfopt.quantize.qat(model)
@@ -354,7 +380,17 @@ def _rewrite(func, selected, preserve_sparsity, report, *, name):
             _store(node, outputs, tensors)
             continue
 
-        reason = _unquantizable_built(op) if isinstance(op, keras.layers.Layer) else None
+        attention = isinstance(op, keras.layers.MultiHeadAttention)
+        if attention:
+            reason = attention_unquantizable(op)
+            if reason is None and not selected(op):
+                reason = "excluded by filters"
+            if reason is None:
+                outputs = _quantized_attention(op, args, kwargs, clones, ranges, report)
+                _store(node, outputs, tensors)
+                continue
+        else:
+            reason = _unquantizable_built(op) if isinstance(op, keras.layers.Layer) else None
         if cls in _FLOAT_REASONS:
             reason = _FLOAT_REASONS[cls]
         wrappable = cls in KINDS and reason is None
@@ -370,7 +406,7 @@ def _rewrite(func, selected, preserve_sparsity, report, *, name):
             bn_node = None
             user = sole_consumer(out_t)
             if (
-                cls not in ("Embedding", "BatchNormalization")
+                cls not in ("Embedding", "BatchNormalization", "EinsumDense")
                 and user is not None
                 and type(user.operation).__name__ == "BatchNormalization"
                 and op_calls[id(op)] == 1
@@ -404,7 +440,7 @@ def _rewrite(func, selected, preserve_sparsity, report, *, name):
 
         if reason is not None and isinstance(op, keras.layers.Layer):
             report.float_layers[op.name] = reason
-            if cls in _BOUNDARY:
+            if cls in _BOUNDARY or attention:
                 args, kwargs = tree.map_structure(_boundary, (args, kwargs))
         new_op = clones.get(id(op))
         first = new_op is None
@@ -433,6 +469,46 @@ def _rewrite(func, selected, preserve_sparsity, report, *, name):
     return keras.Model(inputs, outputs, name=name)
 
 
+def _quantized_attention(op, args, kwargs, clones, ranges, report):
+    """Calls the `QuantizedMultiHeadAttention` copy of ``op`` on the node's inputs.
+
+    Query, key and value get an int8 range first if nothing upstream gave them one, so that the
+    projections read int8 inputs.
+    """
+    new_op = clones.get(id(op))
+    first = new_op is None
+    if first:
+        new_op = QuantizedMultiHeadAttention.from_config(op.get_config())
+        clones[id(op)] = new_op
+    ranged: dict[int, object] = {}
+
+    def with_range(x):
+        if not isinstance(x, keras.KerasTensor) or not _is_float(x) or _has_range(x):
+            return x
+        if id(x) not in ranged:
+            ranged[id(x)] = ranges(x, f"{op.name}_input")
+        return ranged[id(x)]
+
+    args = [with_range(a) for a in args]
+    kwargs = {k: with_range(v) if k in ("query", "value", "key") else v for k, v in kwargs.items()}
+    outputs = new_op(*args, **kwargs)
+    if first:
+        new_op.copy_projection_weights(op)
+        report.quantized[op.name] = _describe_attention(new_op)
+    return outputs
+
+
+def _describe_attention(layer) -> str:
+    names = ", ".join(layer.projections())
+    text = (
+        f"MultiHeadAttention, per-tensor {names} projection weights (int8 matmuls); "
+        "query-key scores and softmax run in float"
+    )
+    if "gate" in layer.projections():  # the gate multiply sits between the two
+        return text + ", so does softmax x value"
+    return text + ", softmax x value in int8"
+
+
 def _store(node, outputs, tensors):
     for t, y in zip(node.outputs, tree.flatten(outputs)):
         tensors[id(t)] = y
@@ -450,7 +526,7 @@ def _has_range(y) -> bool:
             return False
         op = parents[0]._keras_history.operation
         seen += 1
-    if isinstance(op, ActivationQuantizer):
+    if isinstance(op, ActivationQuantizer | QuantizedMultiHeadAttention):
         return True
     return isinstance(op, QuantizeWrapper) and op.quantize_output
 
@@ -463,6 +539,7 @@ def _describe(wrapper: QuantizeWrapper) -> str:
         "separable": "per-channel weights",
         "conv_transpose": "per-tensor weights",
         "dense": "per-tensor weights",
+        "einsum": "per-tensor weights (run as one matmul)",
         "embedding": "per-tensor embeddings",
         "batchnorm": "int8 multiply + add",
     }[wrapper.kind]
@@ -508,71 +585,101 @@ def _rewrite_subclassed(model, selected, preserve_sparsity, report):
         ) from None
     import numpy as np
 
-    sample = np.zeros((1, *shape[1:]), dtype="float32")
-    copy(sample)
-    copy.set_weights(model.get_weights())
-    ranges = _Ranges(report)
-    _swap_layers(copy, selected, preserve_sparsity, report, ranges, prefix="")
-    inputs = keras.Input(batch_shape=shape, name="input")
-    outputs = copy(ranges(inputs, "input"))
-    new = keras.Model(inputs, outputs, name=model.name)
-    return new
-
-
-def _swap_layers(parent, selected, preserve_sparsity, report, ranges, prefix):
-    for attr, value in list(vars(parent).items()):
-        if attr.startswith("_") and attr not in ("_layers",):
-            continue
-        items = list(value) if isinstance(value, list | tuple) else [value]
-        changed = False
-        for i, layer in enumerate(items):
-            if not isinstance(layer, keras.layers.Layer) or isinstance(layer, QuantizeWrapper):
-                continue
-            cls = type(layer).__name__
-            name = f"{prefix}{layer.name}"
-            reason = _FLOAT_REASONS.get(cls) or _unquantizable_built(layer)
-            if cls in KINDS and reason is None and not selected(layer):
-                reason = "excluded by filters"
-            if cls in KINDS and reason is None:
-                wrapper = QuantizeWrapper(
-                    layer, preserve_sparsity=preserve_sparsity, name=f"quant_{layer.name}"
-                )
-                wrapper.build(_layer_input_shape(layer))
-                wrapper.update_mask()
-                items[i] = wrapper
-                changed = True
-                report.quantized[name] = _describe(wrapper)
-            elif reason is not None:
-                report.float_layers[name] = reason
-            elif layer._layers if hasattr(layer, "_layers") else False:
-                _swap_layers(layer, selected, preserve_sparsity, report, ranges, f"{name}/")
-        if changed and attr != "_layers":
-            new_value = (
-                items[0]
-                if not isinstance(value, list | tuple)
-                else (tuple(items) if isinstance(value, tuple) else items)
-            )
-            _set_tracked(parent, attr, value, new_value)
-
-
-def _set_tracked(parent, attr, old, new):
-    """Replaces a sublayer attribute of a built layer (Keras locks tracking after build)."""
-    tracker = getattr(parent, "_tracker", None)
-    locked = bool(getattr(tracker, "locked", False))
-    if tracker is not None:
-        tracker.unlock()
+    shape = (None, *shape[1:])  # the batch size the model was built with is not part of it
+    copy(np.zeros((1, *shape[1:]), dtype="float32"))
     try:
-        setattr(parent, attr, new)
-    finally:
-        if tracker is not None and locked:
-            tracker.lock()
-    olds = old if isinstance(old, list | tuple) else [old]
-    news = new if isinstance(new, list | tuple) else [new]
-    layers = getattr(parent, "_layers", None)
-    if layers is not None:  # the wrapper takes the old layer's place in the tracked list
-        for o, n in zip(olds, news):
-            if o is not n and o in layers:
-                layers.remove(o)
+        copy.set_weights(model.get_weights())
+    except ValueError as e:
+        raise TypeError(
+            f"{type(model).__name__}.from_config(model.get_config()) builds a model with other "
+            f"weights than the model ({e}); get_config() must hold every argument that shapes "
+            "the layers."
+        ) from None
+    swaps: list[dict] = []
+    _plan_swaps(copy, model, selected, preserve_sparsity, report, swaps, path=[], prefix="")
+    wrapped = QuantizedSubclassModel(
+        copy,
+        swaps=swaps,
+        model_input_shape=shape,
+        preserve_sparsity=preserve_sparsity,
+        name=f"quant_{copy.name}",
+    )
+    # no range on the input here: the wrappers track their own input ranges
+    inputs = keras.Input(batch_shape=shape, name="input")
+    return keras.Model(inputs, wrapped(inputs), name=model.name)
+
+
+def _plan_swaps(parent, original, selected, preserve_sparsity, report, swaps, path, prefix):
+    """Swaps each quantizable sublayer of ``parent`` (recursively) for a QuantizeWrapper and
+    records its attribute path; reports the layers (by their names in ``original``, the user's
+    model) quantized and left float."""
+    seen: set[int] = set()
+    for attr, index, layer in list(sublayer_slots(parent)):
+        if isinstance(layer, QuantizeWrapper) or id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        cls = type(layer).__name__
+        step = [*path, [attr, index]]
+        source = getattr(original, attr, None)
+        source = source if index is None or source is None else source[index]
+        if not isinstance(source, keras.layers.Layer):
+            source = layer
+        name = f"{prefix}{source.name}"
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            reason = attention_unquantizable(layer)
+            if reason is None and not selected(source):
+                reason = "excluded by filters"
+            if reason is not None:
+                report.float_layers[name] = reason
+                continue
+            new = swap_in_attention(parent, [[attr, index]], name=source.name)
+            swaps.append({"path": step, "name": new.name, "kind": "attention"})
+            report.quantized[name] = _describe_attention(new)
+            report.ranges += [
+                f"{new.name}/{p.name}/input_range" for p in new.projections().values()
+            ]
+            continue
+        container = cls not in KINDS and cls not in _FLOAT_REASONS and sublayer_slots(layer)
+        graph = isinstance(layer, keras.Sequential) or (
+            isinstance(layer, keras.Model) and _functional_view(layer) is not None
+        )
+        custom = not type(layer).__module__.startswith("keras.")
+        if custom and container and next(container, None) is not None and not graph:
+            # a user's layer or subclassed model made of layers: quantize what is inside
+            _plan_swaps(layer, source, selected, preserve_sparsity, report, swaps, step, f"{name}/")
+            continue
+        reason = _FLOAT_REASONS.get(cls) or _unquantizable_built(layer)
+        if cls in KINDS and reason is None and not selected(source):
+            reason = "excluded by filters"
+        if cls in KINDS and reason is None:
+            quantize_input = cls != "Embedding"  # see QuantizedSubclassModel
+            wrapper = swap_in_wrapper(
+                parent,
+                [[attr, index]],
+                name=f"quant_{source.name}",
+                preserve_sparsity=preserve_sparsity,
+                quantize_input=quantize_input,
+            )
+            swaps.append(
+                {
+                    "path": step,
+                    "name": wrapper.name,
+                    "kind": "wrapper",
+                    "quantize_input": quantize_input,
+                }
+            )
+            report.quantized[name] = _describe(wrapper)
+            if quantize_input:
+                report.ranges.append(f"{wrapper.name}/input_range")
+        elif reason is not None:
+            report.float_layers[name] = reason
+    for layer in getattr(parent, "_layers", []):
+        swapped = isinstance(layer, QuantizeWrapper | QuantizedMultiHeadAttention)
+        if id(layer) not in seen and layer.weights and not swapped:
+            report.float_layers[f"{prefix}{layer.name}"] = (
+                "held in an attribute that is not a layer, list or tuple (e.g. a dict), which "
+                "qat() does not rewrite; kept float"
+            )
 
 
 def _unquantizable_built(layer):
@@ -582,11 +689,3 @@ def _unquantizable_built(layer):
         if type(layer).__name__ == "BatchNormalization" and layer.axis not in (-1,):
             return f"BatchNormalization(axis={layer.axis}) is not on the channel axis"
         return None
-
-
-def _layer_input_shape(layer):
-    shapes = getattr(layer, "_build_shapes_dict", None) or {}
-    shape = next(iter(shapes.values()), None)
-    if shape is None:
-        raise ValueError(f"layer {layer.name!r} is not built")
-    return tuple(shape)
