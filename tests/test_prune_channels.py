@@ -341,6 +341,11 @@ def test_macs_reduction_target_and_find_ratio():
         ),
         ({"ratio": 0.5, "filters": 3}, TypeError, r"Received: filters=3"),
         ({"macs_reduction": 1.0}, ValueError, r"Received: macs_reduction=1.0"),
+        (
+            {"ratio": 0.5, "allocation": "greedy"},
+            ValueError,
+            r"Unrecognized allocation='greedy'. Supported: \['uniform', 'global'\]",
+        ),
     ],
 )
 def test_bad_arguments_echo_the_value(kwargs, error, match):
@@ -519,3 +524,92 @@ def test_transpose_conv_prelu_squeeze_excite_and_layernorm():
     assert ln_new.get_layer("ln").gamma.shape == (6,)
     assert ln_new.get_layer("o").kernel.shape == (30, 2)
     assert ln_plan.layer("o").macs == (80, 60)
+
+
+def narrow_wide():
+    """c1 (4 filters) -> c2 (12 filters) -> GAP -> Dense: MACs = 1728*k1 + 576*k1*k2 + 4*k2."""
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
+    x = L.Conv2D(12, 3, padding="same", activation="relu", name="c2")(x)
+    return keras.Model(inp, L.Dense(4, name="out")(L.GlobalAveragePooling2D()(x)))
+
+
+def _keeps(plan):
+    return {g.producers[0]: g.keep for g in plan.groups if not g.frozen}
+
+
+def test_global_allocation_meets_the_mac_target_where_uniform_overshoots():
+    model = narrow_wide()
+    flat = lambda layer: np.ones(layer.filters)  # noqa: E731 - equal importance everywhere
+    # 34608 MACs; the target is <= 17304. Uniform: ratio 5/12 keeps (3, 7) = 17308 MACs, so
+    # it must go to ratio 0.5, (2, 6) = 10392 MACs: 70% removed.
+    _, uni = prune_channels(model, macs_reduction=0.5, importance=flat, dry_run=True)
+    assert (uni.macs_before, uni.macs_after, _keeps(uni)) == (34608, 10392, {"c1": 2, "c2": 6})
+    # Global: LAMP scores 1/12, 1/11, ... thin c2 first; (4, 4) = 6912 + 9216 + 16 = 16144.
+    for round_to in (None, 4):
+        new, plan = prune_channels(
+            model, macs_reduction=0.5, importance=flat, allocation="global", round_to=round_to
+        )
+        assert _keeps(plan) == {"c1": 4, "c2": 4}
+        assert plan.macs_after == 16144 and plan.ratio == 0.5 and plan.allocation == "global"
+        assert new.count_params() == plan.params_after == (3 * 9 * 4 + 4) + (4 * 9 * 4 + 4) + 20
+    assert "allocation='global'" in str(plan) and "removed over all groups" in str(plan)
+    # ratio with global: that fraction of all 16 prunable channels, least LAMP score first
+    _, plan = prune_channels(model, 0.25, importance=flat, allocation="global", dry_run=True)
+    assert _keeps(plan) == {"c1": 4, "c2": 8} and plan.ratio == 0.25
+
+
+def test_global_allocation_ranks_by_lamp_score_and_gives_back_what_fits():
+    model = narrow_wide()
+    scores = lambda layer: np.arange(1.0, layer.filters + 1)  # noqa: E731
+    # LAMP of the i-th weakest channel: s_i / sum(s_j, j >= i). c2: 1/78, 2/77, ..., 6/63
+    # (0.095) go before c1's 1/10; then c2's 7/57 (0.123) loses to c1's 0.1: (3, 6) has
+    # 5184 + 10368 + 24 = 15576 MACs <= 17304. Giving c2's channel back would make 17308.
+    _, plan = prune_channels(
+        model, macs_reduction=0.5, importance=scores, allocation="global", dry_run=True
+    )
+    assert _keeps(plan) == {"c1": 3, "c2": 6} and plan.macs_after == 15576
+    kept = {g.producers[0]: g.kept_indices for g in plan.groups if not g.frozen}
+    assert kept == {"c1": [1, 2, 3], "c2": [6, 7, 8, 9, 10, 11]}
+    with pytest.raises(ValueError, match=r"macs_reduction=0.9 cannot be reached: keeping 4"):
+        prune_channels(model, macs_reduction=0.9, allocation="global", round_to=4)
+
+
+def test_global_mac_model_is_exact_on_every_coupling():
+    from tfopt.prune._channels import _MacModel, _Planner
+
+    model = graph_model()  # residual Add, Concatenate, DepthwiseConv, SeparableConv, Flatten
+    planner = _Planner(model, "l1", None)
+    macs = _MacModel(planner.graph)
+    groups = [g for g in planner.graph.groups if not g.frozen]
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        counts = {g.id: int(rng.integers(2, g.size + 1)) for g in groups}
+        gid = groups[int(rng.integers(len(groups)))].id
+        before = planner.plan(0.0, None, counts)[0].macs_after
+        saved = macs.saving(counts, gid, 1)
+        counts[gid] -= 1
+        assert before - planner.plan(0.0, None, counts)[0].macs_after == saved
+    x = _rng_x((8, 8, 3))
+    new, plan = prune_channels(model, macs_reduction=0.4, allocation="global", round_to=2)
+    assert plan.macs_reduction >= 0.4 and plan.params_after == new.count_params()
+    assert all(g.keep % 2 == 0 or g.keep == g.size for g in plan.groups)
+    assert new.predict(x, verbose=0).shape == (8, 5)
+
+
+def test_global_allocation_in_iterative_mode_and_recipe_config():
+    model = narrow_wide()
+    _, plans = prune_channels_iterative(
+        model, fit=lambda m, k: None, macs_reduction=0.5, steps=2, allocation="global"
+    )
+    assert [p.allocation for p in plans] == ["global", "global"]
+    assert 1 - plans[-1].macs_after / plans[0].macs_before >= 0.5
+    with pytest.raises(ValueError, match="Unrecognized allocation='x'"):
+        prune_channels_iterative(model, fit=lambda m, k: None, ratio=0.5, allocation="x")
+    from tfopt._steps import step_module
+
+    mod = step_module("prune_channels")
+    assert mod.Config(allocation="global").allocation == "global"
+    assert mod.Config().allocation == "uniform"
+    with pytest.raises(ValueError, match="allocation"):
+        mod.Config(allocation="lamp")

@@ -8,6 +8,8 @@ the MACs; `prune_channels_iterative` alternates pruning and fine-tuning.
 
 from __future__ import annotations
 
+import heapq
+import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -22,6 +24,7 @@ from tfopt.prune._channels_graph import (
     is_producer,
     keep_count,
     layer_macs,
+    layer_params,
     weight_roles,
 )
 from tfopt.prune._channels_plan import ChannelPlan, GroupPlan, LayerPlan
@@ -29,6 +32,7 @@ from tfopt.prune._channels_plan import ChannelPlan, GroupPlan, LayerPlan
 keras = import_keras()
 
 IMPORTANCES = ("l1", "l2", "bn_gamma")
+ALLOCATIONS = ("uniform", "global")
 
 
 # -- argument checks ----------------------------------------------------------------------------
@@ -57,6 +61,12 @@ def _check_importance(importance) -> str:
             "callable(layer) -> per-output-channel scores."
         )
     return importance
+
+
+def _check_allocation(allocation) -> str:
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"Unrecognized allocation={allocation!r}. Supported: {list(ALLOCATIONS)}")
+    return allocation
 
 
 def _filter_fn(filters) -> Callable:
@@ -151,6 +161,58 @@ def _kept_index(layout: Layout, kept: dict[int, np.ndarray]) -> np.ndarray:
     return base.astype(int)
 
 
+def _form(layout: Layout, graph: Graph) -> tuple[int, dict[int, int]]:
+    """A layout's channel count as ``const + sum(coef * keep[group])`` (frozen groups: const)."""
+    const, coefs = 0, {}
+    for sid, size in layout.segments:
+        g = graph.groups[graph.group_of[sid]]
+        if g.frozen:
+            const += size * layout.repeat
+        else:
+            coefs[g.id] = coefs.get(g.id, 0) + layout.repeat
+    return const, coefs
+
+
+def _bilinear(f) -> tuple[int, int, int, int]:
+    """``(d, a, b, c)`` with ``f(x, y) == d + a*x + b*y + c*x*y`` for a bilinear ``f``."""
+    f00, f10, f01, f11 = f(0, 0), f(1, 0), f(0, 1), f(1, 1)
+    return f00, f10 - f00, f01 - f00, f11 - f10 - f01 + f00
+
+
+class _MacModel:
+    """The model's MACs as a function of every prunable group's kept channel count.
+
+    A layer's MACs are bilinear in its input and output channel counts, and those are linear in
+    the groups' counts (a Concatenate adds segments, a Flatten repeats them), so the MACs saved
+    by removing channels from one group are exact and cheap to evaluate.
+    """
+
+    def __init__(self, graph: Graph):
+        self.terms = []  # (input channels form, output channels form, bilinear MAC coefficients)
+        self.of_group: dict[int, list[int]] = {}
+        for info in graph.nodes:
+            if info.kind not in ("producer", "tied") or not info.in_layouts:
+                continue
+            f_in, f_out = _form(info.in_layouts[0], graph), _form(info.out_layouts[0], graph)
+            touched = set(f_in[1]) | set(f_out[1])
+            if touched:
+                macs = _bilinear(lambda ci, co, info=info: layer_macs(info, ci, co) or 0)
+                self.terms.append((f_in, f_out, macs))
+                for gid in touched:
+                    self.of_group.setdefault(gid, []).append(len(self.terms) - 1)
+
+    def saving(self, keep: dict[int, int], gid: int, n: int) -> int:
+        """MACs saved by removing ``n`` more channels from group ``gid`` (counts ``keep``)."""
+        saved = 0
+        for t in self.of_group.get(gid, ()):
+            (c_in, a_in), (c_out, a_out), (_, a, b, c) = self.terms[t]
+            x = c_in + sum(k * keep[g] for g, k in a_in.items())
+            y = c_out + sum(k * keep[g] for g, k in a_out.items())
+            x2, y2 = x - n * a_in.get(gid, 0), y - n * a_out.get(gid, 0)
+            saved += a * (x - x2) + b * (y - y2) + c * (x * y - x2 * y2)
+        return saved
+
+
 class _Planner:
     """The analysed graph plus scores; makes a `ChannelPlan` for any ratio cheaply."""
 
@@ -161,20 +223,22 @@ class _Planner:
         self.order = {
             g.id: np.argsort(-g.scores, kind="stable") for g in self.graph.groups if not g.frozen
         }
+        self._macs = None
 
-    def kept(self, ratio: float, round_to: int | None) -> dict[int, np.ndarray]:
+    def kept(self, ratio: float, round_to: int | None, counts=None) -> dict[int, np.ndarray]:
+        """Kept channel indices per space: ``counts[group id]`` if given, else by ``ratio``."""
         kept_by_group = {}
         for g in self.graph.groups:
             if g.frozen:
                 kept_by_group[g.id] = np.arange(g.size)
             else:
-                k = keep_count(g.size, ratio, round_to)
+                k = counts[g.id] if counts else keep_count(g.size, ratio, round_to)
                 kept_by_group[g.id] = np.sort(self.order[g.id][:k])
         return {sid: kept_by_group[self.graph.group_of[sid]] for sid in self.graph.group_of}
 
-    def plan(self, ratio: float, round_to: int | None) -> tuple[ChannelPlan, dict]:
+    def plan(self, ratio: float, round_to: int | None, counts=None) -> tuple[ChannelPlan, dict]:
         graph = self.graph
-        kept = self.kept(ratio, round_to)
+        kept = self.kept(ratio, round_to, counts)
         layers, indices, seen = [], {}, {}
         for info in graph.nodes:
             op = info.op
@@ -196,20 +260,8 @@ class _Planner:
                 continue
             c_in = (info.in_layouts[0].channels, len(in_idx[0])) if in_idx else (0, 0)
             c_out = (info.out_layouts[0].channels, len(out_idx[0])) if out_idx else (0, 0)
-            p0 = p1 = 0
-            for w in weights:
-                shape = tuple(w.shape)
-                p0 += int(np.prod(shape, dtype=np.int64))
-                roles = weight_roles(op, w.name, shape, c_in[0]) if info.kind != "frozen" else {}
-                new = list(shape)
-                for axis, role in roles.items():
-                    if role == "in":
-                        new[axis] = c_in[1]
-                    elif role == "out":
-                        new[axis] = c_out[1]
-                    else:  # in_m
-                        new[axis] = c_in[1] * op.depth_multiplier
-                p1 += int(np.prod(new, dtype=np.int64))
+            p0 = sum(int(np.prod(tuple(w.shape), dtype=np.int64)) for w in weights)
+            p1 = p0 if info.kind == "frozen" else layer_params(op, c_in[0], c_in[1], c_out[1])
             macs = (layer_macs(info, c_in[0], c_out[0]), layer_macs(info, c_in[1], c_out[1]))
             reason = info.reason
             if info.kind == "frozen":
@@ -270,6 +322,91 @@ class _Planner:
             else:
                 lo = mid
         return hi
+
+    def global_counts(
+        self, round_to: int | None, *, ratio=None, macs_reduction=None
+    ) -> tuple[dict[int, int], float]:
+        """Kept channels per group when all groups compete (``allocation="global"``).
+
+        Every channel gets a LAMP score (Lee et al., ICLR 2021, applied to channels): its
+        importance divided by the summed importance of the channels of its group that are at
+        least as important. Scores are comparable across groups and grow as a group thins out
+        (with equal importances the k-th last channel scores 1/k), so the widest groups lose
+        channels first and a thin group's channels get dear. Channels are
+        removed in increasing score order (``round_to`` at a time, the block's mean score) until
+        ``macs_reduction`` of the MACs (counted exactly) or ``ratio`` of all prunable channels
+        are gone; then the most important removed blocks that still fit under the MAC target are
+        given back. Returns the counts and the fraction of prunable channels removed.
+        """
+        groups = [g for g in self.graph.groups if not g.frozen]
+        counts = {g.id: g.size for g in self.graph.groups}
+        total = sum(g.size for g in groups)
+        if not groups or not (ratio or macs_reduction):
+            return counts, 0.0
+        if self._macs is None:
+            self._macs = _MacModel(self.graph)
+        macs_of = self._macs.saving
+        lamp = {}  # per group, in removal order (least important first)
+        for g in groups:
+            asc = np.asarray(g.scores, dtype="float64")[self.order[g.id][::-1]]
+            tail = np.cumsum(asc[::-1])[::-1]
+            lamp[g.id] = np.divide(asc, tail, out=np.zeros_like(asc), where=tail > 0)
+        size = {g.id: g.size for g in groups}
+        floor = {g.id: min(g.size, round_to or 1) for g in groups}
+
+        def block(gid) -> int:  # channels the group's next removal takes (0: none left)
+            k = counts[gid]
+            nxt = (k - 1) // round_to * round_to if round_to else k - 1
+            return k - nxt if nxt >= floor[gid] else 0
+
+        def score(gid, n, start=None) -> float:
+            start = size[gid] - counts[gid] if start is None else start
+            return float(lamp[gid][start : start + n].mean())
+
+        macs0 = macs = self.plan(0.0, None)[0].macs_before
+        target_macs = None if macs_reduction is None else macs0 * (1 - macs_reduction)
+        target_removed = None if ratio is None else math.floor(ratio * total + 1e-9)
+        removed, blocks = 0, {g.id: [] for g in groups}
+        heap = [(score(g.id, block(g.id)), g.id) for g in groups if block(g.id)]
+        heapq.heapify(heap)  # a group's score only changes when the group itself shrinks
+        while (macs > target_macs) if target_macs is not None else (removed < target_removed):
+            if not heap:
+                frozen = [g.producers for g in self.graph.groups if g.frozen and g.producers]
+                raise ValueError(
+                    f"macs_reduction={macs_reduction!r} cannot be reached: keeping "
+                    f"{round_to or 1} channel(s) of every prunable group (all of a smaller "
+                    f"group) removes {1 - macs / macs0:.1%} of the MACs. Frozen groups "
+                    f"(produced by): {frozen[:10]}"
+                )
+            _, gid = heapq.heappop(heap)
+            n = block(gid)
+            macs -= macs_of(counts, gid, n)
+            counts[gid] -= n
+            removed += n
+            blocks[gid].append(n)
+            if block(gid):
+                heapq.heappush(heap, (score(gid, block(gid)), gid))
+        # The last block may overshoot the MAC target (by up to round_to channels of a wide
+        # group): give back the most important removed blocks that still fit under it.
+        while target_macs is not None:
+            fits = []
+            for gid, done in blocks.items():
+                if done:
+                    n = done[-1]
+                    counts[gid] += n
+                    added = macs_of(counts, gid, n)
+                    counts[gid] -= n
+                    if macs + added <= target_macs:
+                        start = size[gid] - counts[gid] - n
+                        fits.append((score(gid, n, start), gid, added))
+            if not fits:
+                break
+            _, gid, added = max(fits)
+            n = blocks[gid].pop()
+            counts[gid] += n
+            removed -= n
+            macs += added
+        return counts, removed / total
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -349,6 +486,7 @@ def prune_channels(
     macs_reduction: float | None = None,
     importance: str | Callable = "l1",
     round_to: int | None = None,
+    allocation: str = "uniform",
     filters: str | Sequence[str] | Callable | None = None,
     dry_run: bool = False,
 ):
@@ -367,17 +505,29 @@ def prune_channels(
             coupled channels keeps ``C - floor(ratio * C)`` (then rounded up to ``round_to``,
             at least 1). Because a conv's MACs scale with its input and output channels, MACs
             drop by roughly ``1 - (1 - ratio)**2``. Give ``ratio`` or ``macs_reduction``.
+            (With ``allocation="global"``: the fraction of all prunable channels.)
             Defaults to None.
         macs_reduction: instead of ``ratio``, the fraction of the model's MACs to remove (e.g.
-            0.5): the smallest ratio reaching it is found with `find_ratio`. Defaults to None.
+            0.5): the smallest ratio reaching it is found with `find_ratio` (with
+            ``allocation="global"``, channels are removed until it is reached).
+            Defaults to None.
         importance: how channels are ranked within a group: ``"l1"`` / ``"l2"`` norm of each
             producer's filter, summed over the group's producers; ``"bn_gamma"``: ``|gamma|`` of
             the BatchNorms on the group's channels (L1 where a group has none); or a
             ``callable(layer) -> scores`` called for every producer layer (Conv/Dense/
             SeparableConv) of a group and returning one score per output channel (summed).
             Defaults to "l1".
-        round_to: keep channel counts multiples of this (e.g. 8 for SIMD / accelerators).
-            Defaults to None.
+        round_to: keep channel counts multiples of this (e.g. 8 for SIMD / accelerators;
+            16 suits XNNPack's float32 and int8 kernels on AVX-512 CPUs). Defaults to None.
+        allocation: how the pruning is spread over the groups. ``"uniform"``: every group
+            loses the same fraction ``ratio``. ``"global"``: all channels compete on a LAMP
+            score (the channel's importance over the summed importance of its group's channels
+            that are at least as important), which thins the widest groups first (often the
+            late, parameter-heavy ones: more parameters go per MAC removed) without emptying
+            any; ``ratio`` is then the fraction of all prunable channels removed, and
+            ``macs_reduction`` is overshot by at most one channel (one ``round_to`` block) of
+            one group, where ``"uniform"`` rounds every group at once and can overshoot it far.
+            Defaults to "uniform".
         filters: which producer layers may lose output channels: a regex (searched in layer
             names), a list of regexes, or a ``callable(layer) -> bool``. A group is pruned only
             if all its producers are selected. Defaults to None (all layers).
@@ -392,10 +542,13 @@ def prune_channels(
     Raises:
         TypeError: ``model`` is not a Keras 3 functional/Sequential model, or bad ``filters``.
         ValueError: ``ratio``/``macs_reduction`` outside [0, 1), both or neither given, an
-            unknown ``importance``, a bad ``round_to``, or an unreachable ``macs_reduction``.
+            unknown ``importance`` or ``allocation``, a bad ``round_to``, or an unreachable
+            ``macs_reduction``.
 
     Example:
         >>> small, plan = tfopt.prune.prune_channels(model, 0.5, round_to=8)
+        >>> fast, plan = tfopt.prune.prune_channels(
+        ...     model, macs_reduction=0.5, allocation="global", round_to=16)
         >>> print(plan)                     # per-layer channels / params / MACs before -> after
         >>> _, plan = tfopt.prune.prune_channels(model, macs_reduction=0.5, dry_run=True)
     """
@@ -410,10 +563,15 @@ def prune_channels(
     else:
         macs_reduction = _check_ratio(macs_reduction, "macs_reduction")
     round_to = _check_round_to(round_to)
+    allocation = _check_allocation(allocation)
     planner = _Planner(model, importance, filters)
-    if ratio is None:
+    counts = None
+    if allocation == "global":
+        counts, ratio = planner.global_counts(round_to, ratio=ratio, macs_reduction=macs_reduction)
+    elif ratio is None:
         ratio = planner.ratio_for(macs_reduction, round_to)
-    plan, indices = planner.plan(ratio, round_to)
+    plan, indices = planner.plan(ratio, round_to, counts)
+    plan.allocation = allocation
     if dry_run:
         return None, plan
     return _build(model, planner, plan, indices), plan
@@ -462,6 +620,7 @@ def prune_channels_iterative(
     learning_rate: float = 5e-4,
     importance: str | Callable = "l1",
     round_to: int | None = None,
+    allocation: str = "uniform",
     filters: str | Sequence[str] | Callable | None = None,
     validation_data=None,
     batch_size: int = 64,
@@ -472,10 +631,11 @@ def prune_channels_iterative(
     """Prunes channels in ``steps`` rounds, fine-tuning after each: prune, fit, prune, fit, ...
 
     With ``ratio``, every step removes ``1 - (1 - ratio) ** (1 / steps)`` of the current
-    channels of each group, so that after all steps about ``ratio`` of the original channels are
-    gone (exact up to the per-step rounding). With ``macs_reduction``, step ``k`` (1-based)
-    prunes until the model has ``macs0 * (1 - macs_reduction * k / steps)`` MACs (``macs0``: the
-    original model's), so the MACs fall linearly to the target.
+    channels of each group (of all channels with ``allocation="global"``), so that after all
+    steps about ``ratio`` of the original channels are gone (exact up to the per-step rounding).
+    With ``macs_reduction``, step ``k`` (1-based) prunes until the model has
+    ``macs0 * (1 - macs_reduction * k / steps)`` MACs (``macs0``: the original model's), so the
+    MACs fall linearly to the target.
 
     Args:
         model: a functional or Sequential Keras 3 model (not modified).
@@ -489,6 +649,7 @@ def prune_channels_iterative(
         learning_rate: Adam learning rate for fine-tuning. Defaults to 5e-4.
         importance: as in `prune_channels`. Defaults to "l1".
         round_to: as in `prune_channels`. Defaults to None.
+        allocation: as in `prune_channels`. Defaults to "uniform".
         filters: as in `prune_channels` (layer names survive pruning). Defaults to None.
         validation_data: ``(x, y)`` passed to ``fit``. Defaults to None.
         batch_size: fine-tuning batch size. Defaults to 64.
@@ -528,6 +689,7 @@ def prune_channels_iterative(
         _check_ratio(ratio)
     else:
         _check_ratio(macs_reduction, "macs_reduction")
+    _check_allocation(allocation)
     if fit is None and train is None:
         raise ValueError(
             "prune_channels_iterative needs train=(x, y) or a fit=callable(model, step)"
@@ -555,7 +717,9 @@ def prune_channels_iterative(
     current = model
     macs0 = None
     for k in range(1, steps + 1):
-        kwargs = dict(importance=importance, round_to=round_to, filters=filters)
+        kwargs = dict(
+            importance=importance, round_to=round_to, allocation=allocation, filters=filters
+        )
         if ratio is not None:
             step_ratio = 1.0 - (1.0 - ratio) ** (1.0 / steps)
             current, plan = prune_channels(current, step_ratio, **kwargs)

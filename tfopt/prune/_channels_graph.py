@@ -400,6 +400,27 @@ def weight_roles(op, name: str, shape: tuple, in_channels: int) -> dict[int, str
     return {}
 
 
+def layer_params(op, c_in_full: int, c_in: int, c_out: int) -> int:
+    """Parameters of ``op`` with ``c_in`` input and ``c_out`` output channels.
+
+    ``c_in_full`` is the layer's original input channel count (it tells a BatchNorm's
+    per-channel weights from others).
+    """
+    total = 0
+    for w in op.weights:
+        shape = tuple(w.shape)
+        new = list(shape)
+        for axis, role in weight_roles(op, w.name, shape, c_in_full).items():
+            if role == "in":
+                new[axis] = c_in
+            elif role == "out":
+                new[axis] = c_out
+            else:  # in_m: separable pointwise rows
+                new[axis] = c_in * op.depth_multiplier
+        total += int(np.prod(new, dtype=np.int64))
+    return total
+
+
 def layer_macs(info: NodeInfo, c_in: int, c_out: int) -> int | None:
     """Multiply-accumulates of one call with ``c_in`` input and ``c_out`` output channels."""
     op = info.op

@@ -54,13 +54,15 @@ class ChannelPlan:
     """The plan of a channel-pruning run; ``str(plan)`` is a readable table.
 
     Attributes:
-        ratio: fraction of channels removed in every prunable group.
+        ratio: fraction of channels removed in every prunable group (``allocation="uniform"``)
+            or of all prunable channels together (``"global"``).
         round_to: kept channel counts are multiples of it (None: no rounding).
         importance: the importance criterion's name.
         layers: a `LayerPlan` per layer with weights, and per layer left whole.
         groups: a `GroupPlan` per group of coupled channels (frozen ones included).
         skipped: ``{layer name: reason}`` for the layers tfopt cannot prune through.
         notes: anything else worth knowing (e.g. an importance fallback).
+        allocation: how the pruning was spread over the groups: ``"uniform"`` or ``"global"``.
     """
 
     ratio: float
@@ -70,6 +72,7 @@ class ChannelPlan:
     groups: list[GroupPlan]
     skipped: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    allocation: str = "uniform"
 
     @property
     def params_before(self) -> int:
@@ -149,9 +152,11 @@ class ChannelPlan:
 
     def __str__(self) -> str:
         prunable = [g for g in self.groups if not g.frozen]
+        scope = "per prunable group" if self.allocation == "uniform" else "over all groups"
         head = (
-            f"Channel pruning plan: ratio={self.ratio:.4g} (fraction of channels removed per "
-            f"prunable group), importance={self.importance!r}, round_to={self.round_to}\n"
+            f"Channel pruning plan: ratio={self.ratio:.4g} (fraction of channels removed "
+            f"{scope}), allocation={self.allocation!r}, importance={self.importance!r}, "
+            f"round_to={self.round_to}\n"
             f"{len(prunable)} prunable groups, {len(self.groups) - len(prunable)} frozen; "
             f"params {self.params_before:,} -> {self.params_after:,}, "
             f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_reduction:.1%} fewer)"
@@ -167,6 +172,7 @@ class ChannelPlan:
 
     def __repr__(self) -> str:
         return (
-            f"ChannelPlan(ratio={self.ratio:.4g}, params={self.params_before}->{self.params_after}, "
+            f"ChannelPlan(ratio={self.ratio:.4g}, allocation={self.allocation!r}, "
+            f"params={self.params_before}->{self.params_after}, "
             f"macs={self.macs_before}->{self.macs_after}, skipped={list(self.skipped)})"
         )

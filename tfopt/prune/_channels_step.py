@@ -9,7 +9,8 @@ Example config::
         epochs_per_step: 5
         learning_rate: 0.001
         importance: l1
-        round_to: 8
+        allocation: global      # or uniform (the same fraction of every group)
+        round_to: 16
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Config(StepConfig):
         learning_rate: Adam learning rate of the fine-tuning. Defaults to 1e-3.
         importance: ``"l1"``, ``"l2"`` or ``"bn_gamma"``. Defaults to "l1".
         round_to: keep channel counts multiples of this. Defaults to None.
+        allocation: ``"uniform"`` (the same fraction of every group) or ``"global"`` (channels
+            of all groups ranked together; see `tfopt.prune.prune_channels`). Defaults to
+            "uniform".
         filters: regex or list of regexes of the layers that may lose channels. Defaults to None.
     """
 
@@ -49,6 +53,7 @@ class Config(StepConfig):
     learning_rate: float = Field(1e-3, gt=0)
     importance: Literal["l1", "l2", "bn_gamma"] = "l1"
     round_to: int | None = Field(None, ge=1)
+    allocation: Literal["uniform", "global"] = "uniform"
     filters: str | list[str] | None = None
 
     @model_validator(mode="after")
@@ -85,6 +90,7 @@ def run(cfg: Config, model: keras.Model, ctx) -> keras.Model:
         learning_rate=cfg.learning_rate,
         importance=cfg.importance,
         round_to=cfg.round_to,
+        allocation=cfg.allocation,
         filters=cfg.filters,
         fit=fit,
     )
