@@ -101,6 +101,7 @@ def test_optimize_measures_through_the_artifact_and_writes_the_report(trained, t
         model, train, val, test=test, max_accuracy_drop=0.05, max_trials=2,
         techniques=("prune",), space={"ft_epochs": 1, "sparsity": [0.5, 0.75]},
         seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run", log=lines.append,
+        refine=0,
     )  # fmt: skip
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))  # not mutated
     base = res.baseline
@@ -114,10 +115,9 @@ def test_optimize_measures_through_the_artifact_and_writes_the_report(trained, t
         assert c["test_accuracy"] == tfopt.bench.evaluate(c["artifact"], test)
         assert c["gzip_bytes"] == tfopt.bench.file_sizes(c["artifact"])["gzip_bytes"]
         assert c["ratio"] == base["bytes"] / c["gzip_bytes"]
-        assert c["within_budget"] == (
-            base["val_accuracy"] - c["val_accuracy"] <= 0.05 + 1e-12
-            and base["test_accuracy"] - c["test_accuracy"] <= 0.05 + 1e-12
-        )
+        assert c["within_budget"] == (base["val_accuracy"] - c["val_accuracy"] <= 0.05 + 1e-12)
+        assert c["test_drop"] == base["test_accuracy"] - c["test_accuracy"]
+        assert c["phase"] == "search" and c["refined_from"] is None
     points = [{"accuracy": c["val_accuracy"], "gzip_bytes": c["gzip_bytes"],
                "latency_ms": c["latency_ms"]} for c in res.candidates]  # fmt: skip
     assert res.front == [res.candidates[i]["trial_id"] for i in tfopt.auto.pareto_front(points)]
@@ -140,10 +140,123 @@ def test_optimize_measures_through_the_artifact_and_writes_the_report(trained, t
         model, train, val, test=test, max_accuracy_drop=0.05, max_trials=3,
         techniques=("prune",), space={"ft_epochs": 1, "sparsity": [0.5, 0.75]},
         seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run", log=lines.append,
+        refine=0,
     )  # fmt: skip
     assert any("resuming: 2 trial(s) already done" in ln for ln in lines)
     assert len([ln for ln in lines if ln.startswith("[auto] trial ")]) == 1
     assert [c["trial_id"] for c in again.candidates] == ["0", "1", "2"]
+
+
+def _cand(tid, val, size, stages, **kw):
+    return {"trial_id": tid, "status": "COMPLETED", "val_accuracy": val, "gzip_bytes": size,
+            "latency_ms": 1.0, "stages": stages, **kw}  # fmt: skip
+
+
+def test_refine_queue_and_recipe_are_exact():
+    from tfopt.auto import REFINE_EPOCHS, refine_queue, refine_recipe
+
+    cands = [
+        _cand("0", 0.90, 4000, ["a"]),  # within budget (drop 0)
+        _cand("1", 0.88, 1000, ["b"]),  # 1.5 pt over budget: rank 1000 * 2**1.5 = 2828
+        _cand("2", 0.86, 1000, ["b"]),  # same stages, less accurate: dropped
+        _cand("3", 0.895, 3000, ["c"]),  # within budget: rank 3000
+        _cand("4", 0.85, 500, ["d"]),  # 4.5 pt over, past the 3 pt margin
+        _cand("5", 0.875, 900, ["e"]),  # 2 pt over: rank 900 * 4 = 3600
+        {"trial_id": "6", "status": "FAILED", "stages": []},
+    ]
+    q = refine_queue(cands, 0.90, 0.005)
+    assert [c["trial_id"] for c in q] == ["1", "3", "5", "0"]
+    best = cands[3]  # only candidates smaller than the best are worth refining
+    assert [c["trial_id"] for c in refine_queue(cands, 0.90, 0.005, best=best)] == ["1", "5"]
+    refined = _cand("r000", 0.9, 990, ["b", "distill(T=4)"], refined_from="1")
+    assert [c["trial_id"] for c in refine_queue(cands + [refined], 0.90, 0.005)] == ["3", "5", "0"]
+    assert [c["trial_id"] for c in refine_queue(cands, 0.90, 0.005, margin=0.0)] == ["3", "0"]
+
+    recipe = {"sparsity": 0.9, "epochs": 12, "distill": False, "temperature": 1.0, "alpha": 0.9}
+    assert refine_recipe(recipe, ("prune",)) == {**recipe, "epochs": 12 * REFINE_EPOCHS}
+    assert refine_recipe(recipe, ("prune", "distill")) == {
+        "sparsity": 0.9, "epochs": 12 * REFINE_EPOCHS, "distill": True, "temperature": 2.0,
+        "alpha": 0.1,
+    }  # fmt: skip
+    own = {**recipe, "distill": True}  # a distilling recipe keeps its temperature and alpha
+    assert refine_recipe(own, ("prune", "distill")) == {**own, "epochs": 12 * REFINE_EPOCHS}
+    assert recipe["epochs"] == 12  # not mutated
+
+
+def test_selection_uses_val_only_and_refinement_is_recorded(trained, tmp_path, monkeypatch):
+    """Measurements are real, then rewritten: every test accuracy becomes 0 and the screening
+    trials' val accuracy 5 pt below the baseline (within the 10 pt budget). The smaller screened
+    candidate is refined; the refined one, measured honestly on val, is within budget and selected
+    (refined candidates are final) although it fails the test data (test never takes part), and
+    the report shows its test drop."""
+    import tfopt
+    import tfopt.tune._measure as measure
+    import tfopt.tune._tuner as tuner_mod
+
+    model, train, val, test = trained
+    tfopt.export.tflite(model, tmp_path / "float.tflite", quantization="float32")
+    base_val = tfopt.bench.evaluate(str(tmp_path / "float.tflite"), val)
+    real = measure.export_and_measure
+
+    def rewrite(*args, **kwargs):
+        m = real(*args, **kwargs)
+        m["test_accuracy"] = 0.0
+        if "search" in Path(m["path"]).parts:
+            m["val_accuracy"] = base_val - 0.05
+        return m
+
+    monkeypatch.setattr(tuner_mod, "export_and_measure", rewrite)
+    monkeypatch.setattr(measure, "export_and_measure", rewrite)
+    lines = []
+    res = tfopt.auto.optimize(
+        model, train, val, test=test, max_accuracy_drop=0.1, max_trials=2, refine=1,
+        techniques=("prune", "distill"), space={"ft_epochs": 1, "distill": False},
+        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run", log=lines.append,
+    )  # fmt: skip
+    base = res.baseline
+    assert base["val_accuracy"] == base_val
+    search = [c for c in res.candidates if c["phase"] == "search"]
+    refined = [c for c in res.candidates if c["phase"] == "refine"]
+    assert [c["trial_id"] for c in search] == ["0", "1"] and len(refined) == 1
+    assert all(c["within_budget"] for c in search)
+    r = refined[0]
+    assert r["trial_id"] == "r000" and r["status"] == "COMPLETED"
+    source = tfopt.auto.refine_queue(search, base_val, 0.1)[0]
+    assert source["gzip_bytes"] == min(c["gzip_bytes"] for c in search)  # equal val: smaller
+    assert r["refined_from"] == source["trial_id"]
+    assert r["recipe"]["epochs"] == 3 * source["recipe"]["epochs"] == 3
+    assert r["recipe"]["distill"] is True and "distill(T=2)" in r["stages"]
+    assert r["val_accuracy"] == tfopt.bench.evaluate(r["artifact"], val)
+    assert any(ln.startswith("[auto] trial r000") and f"(refines {source['trial_id']})" in ln
+               for ln in lines)  # fmt: skip
+    assert any(ln.startswith("[auto] refinement: 2 candidate(s)") for ln in lines)
+    # the refined candidate passes val and fails test; it is selected all the same
+    assert r["within_budget"] and r["test_accuracy"] == 0.0
+    assert res.best["trial_id"] == "r000" and res.best["test_drop"] == base["test_accuracy"]
+    assert res.best_path.read_bytes() == Path(r["artifact"]).read_bytes()
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    assert report["refinement"]["runs"] == 1 and report["refinement"]["stopped"] == "limit"
+    assert report["selection"] == (
+        "val accuracy within budget, then smallest gzip_bytes (refined candidates first); test "
+        "accuracy is measured and reported only"
+    )
+    md = (tmp_path / "run/report.md").read_text()
+    assert "selection uses the validation data only" in md
+    assert f"| r000 | ok | {' + '.join(r['stages'])} (refines {source['trial_id']}) |" in md
+    assert f"| 0.0000 ({100 * -base['test_accuracy']:+.2f} pt) |" in md  # the best's test drop
+    assert any("(not used to select)" in ln for ln in lines if ln.startswith("[auto] best:"))
+
+    # resume: the refinement run is read back, not repeated (the limit is reached)
+    lines.clear()
+    again = tfopt.auto.optimize(
+        model, train, val, test=test, max_accuracy_drop=0.1, max_trials=2, refine=1,
+        techniques=("prune", "distill"), space={"ft_epochs": 1, "distill": False},
+        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run", log=lines.append,
+    )  # fmt: skip
+    assert any("resuming: 3 trial(s) already done" in ln for ln in lines)
+    assert not [ln for ln in lines if ln.startswith("[auto] trial ")]
+    assert [c["trial_id"] for c in again.candidates] == ["0", "1", "r000"]
+    assert again.best["trial_id"] == "r000"
 
 
 def _bad_int8_model():
@@ -259,7 +372,11 @@ def test_cli_auto(tmp_path):
            "--techniques", "prune", "--target", "tflite"]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "[auto] trial 0 " in run.stdout and "[auto] best: trial 0" in run.stdout
+    # one screening trial, then its refinement (the default without --time-budget: one run per
+    # five trials, at least one), which is final
+    assert "[auto] trial 0 " in run.stdout and "[auto] trial r000 " in run.stdout
+    assert "[auto] best: trial r000" in run.stdout
     assert (out / "baseline.keras").exists() and (out / "best.tflite").exists()
     report = json.loads((out / "report.json").read_text())
-    assert report["trials_completed"] == 1 and report["best"]["trial_id"] == "0"
+    assert report["trials_completed"] == 2 and report["best"]["trial_id"] == "r000"
+    assert report["best"]["refined_from"] == "0" and report["refinement"]["runs"] == 1

@@ -2,7 +2,9 @@
 
 `optimize` searches compression recipes (channel pruning, magnitude pruning, clustering, QAT/PTQ,
 distillation from the float model, and their hyperparameters) with KerasTuner, starting from
-known-good recipes, and measures every candidate through its exported TFLite file. It keeps the
+known-good recipes, then refines the most promising small candidates with longer fine-tuning and
+distillation, and measures every candidate through its exported TFLite file. It selects on the
+validation data only (test data, when given, is measured and reported). It keeps the
 Pareto front (accuracy vs size vs latency), saves the best artifact so far and a report after every
 trial, and resumes an interrupted search. The CLI is ``tfopt auto [CONFIG] --max-accuracy-drop X``.
 
@@ -12,7 +14,18 @@ Example:
     >>> res.best_path, res.ratio
 """
 
-from tfopt.auto._optimize import AUTO_OBJECTIVES, KNOWN_GOOD, AutoResult, default_seeds, optimize
+from tfopt.auto._optimize import (
+    AUTO_OBJECTIVES,
+    KNOWN_GOOD,
+    REFINE_EPOCHS,
+    REFINE_MARGIN,
+    REFINE_SHARE,
+    AutoResult,
+    default_seeds,
+    optimize,
+    refine_queue,
+    refine_recipe,
+)
 from tfopt.auto._pareto import DEFAULT_OBJECTIVES, dominates, pareto_front
 from tfopt.auto._report import write_report
 
@@ -20,10 +33,15 @@ __all__ = [
     "AUTO_OBJECTIVES",
     "DEFAULT_OBJECTIVES",
     "KNOWN_GOOD",
+    "REFINE_EPOCHS",
+    "REFINE_MARGIN",
+    "REFINE_SHARE",
     "AutoResult",
     "default_seeds",
     "dominates",
     "optimize",
     "pareto_front",
+    "refine_queue",
+    "refine_recipe",
     "write_report",
 ]

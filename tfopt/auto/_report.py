@@ -37,13 +37,27 @@ def markdown(data: dict) -> str:
         f"# tfopt auto: {data.get('name', 'report')}",
         "",
         f"- target: `{data['target']}`, objective: **{data['objective']}**, accuracy budget: "
-        f"{100 * data['max_accuracy_drop']:.2f} pt below the float baseline (measured through the "
-        "exported artifacts; a candidate must stay within it on the validation data"
-        + (" and on the test data" if base.get("test_accuracy") is not None else "")
+        f"{100 * data['max_accuracy_drop']:.2f} pt below the float baseline on the validation data "
+        "(measured through the exported artifacts; selection uses the validation data only"
+        + (
+            ", the test data is measured and reported, never used to choose"
+            if base.get("test_accuracy") is not None
+            else ""
+        )
         + ")",
         f"- trials: {data['trials_completed']} completed, {data['trials_failed']} failed; stopped: "
         f"{data['stopped']}; wall time {data['elapsed_s']:.0f} s",
         f"- techniques searched: {', '.join(data['techniques']) or 'none (PTQ only)'}",
+    ]
+    ref = data.get("refinement")
+    if ref:
+        lines.append(
+            f"- refinement (trials r...): {ref['runs']} run(s), stopped: {ref['stopped']}; the "
+            f"smallest screened candidates within {100 * ref['margin']:.0f} pt of the budget "
+            f"re-run with {ref['epochs_factor']}x the fine-tuning epochs"
+            + (" and distillation from the float model" if ref.get("distill") else "")
+        )
+    lines += [
         "",
         "| artifact | bytes | gzip | ratio | val acc | test acc | latency p50 |",
         "|---|---|---|---|---|---|---|",
@@ -53,7 +67,9 @@ def markdown(data: dict) -> str:
     ]
     if best:
         lines.append(
-            f"| best: trial {best['trial_id']} ({' + '.join(best['stages'])}) | {best['bytes']} | "
+            f"| best: trial {best['trial_id']}"
+            + (f" (refines {best['refined_from']})" if best.get("refined_from") else "")
+            + f" ({' + '.join(best['stages'])}) | {best['bytes']} | "
             f"{best['gzip_bytes']} | {best['ratio']:.1f}x | {_acc(best['val_accuracy'])} "
             f"({_delta(best['val_accuracy'], base['val_accuracy'])}) | "
             f"{_acc(best.get('test_accuracy'))} "
@@ -79,7 +95,7 @@ def markdown(data: dict) -> str:
         "",
         "## Pareto front (val accuracy max, gzip size min, latency min)",
         "",
-        "| trial | recipe | val acc | test acc | gzip | ratio | latency p50 | in budget |",
+        "| trial | recipe | val acc | test acc | gzip | ratio | latency p50 | in budget (val) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     cands = {c["trial_id"]: c for c in data["candidates"]}
@@ -100,7 +116,9 @@ def markdown(data: dict) -> str:
     for c in data["candidates"]:
         if c["status"] == "COMPLETED":
             lines.append(
-                f"| {c['trial_id']} | ok | {' + '.join(c['stages'])} | {_acc(c['val_accuracy'])} | "
+                f"| {c['trial_id']} | ok | {' + '.join(c['stages'])}"
+                + (f" (refines {c['refined_from']})" if c.get("refined_from") else "")
+                + f" | {_acc(c['val_accuracy'])} | "
                 f"{_acc(c.get('test_accuracy'))} | {_kb(c['gzip_bytes'])} | {c['ratio']:.1f}x | "
                 f"{c['seconds']:.0f} |"
             )
