@@ -380,3 +380,24 @@ def test_cli_auto(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["trials_completed"] == 2 and report["best"]["trial_id"] == "r000"
     assert report["best"]["refined_from"] == "0" and report["refinement"]["runs"] == 1
+
+
+def test_auto_baseline_is_seeded_before_it_is_built(tmp_path):
+    """The same config gives the same initial baseline, whatever ran before in the process."""
+    import keras
+
+    from tfopt import config
+    from tfopt.cli._auto import baseline_model
+    from tfopt.data import from_arrays
+
+    cfg = config.load(overrides=["train.epochs=0", "seed=3"])
+    x, y = _blobs(32, 0)
+    data = from_arrays(x, y, x_test=x, y_test=y)
+    weights = []
+    for k in range(2):
+        keras.utils.set_random_seed(100 + k)  # disturb the global RNG state
+        keras.random.uniform((7,))
+        model = baseline_model(cfg, data, tmp_path / f"run{k}", log=lambda m: None)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -73,6 +73,7 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
     if saved.exists():
         log(f"[auto] using the trained baseline of the earlier run: {saved}")
         return load(saved)
+    keras.utils.set_random_seed(cfg.seed)  # before building: the initial weights are seeded too
     if cfg.model.path:
         model = load(cfg.model.path)
     else:
@@ -82,7 +83,6 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
             num_classes=data.num_classes,
             **cfg.model.options,
         )
-    keras.utils.set_random_seed(cfg.seed)
     if cfg.train.epochs:
         log(f"[auto] training the float baseline: {model.name}, {cfg.train.epochs} epochs")
         compile_classifier(model, cfg.train.learning_rate, logits=outputs_logits(model))
