@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import multiprocessing
 import os
 import pickle
@@ -223,7 +222,6 @@ def _closed_loop(
         counter = itertools.count()
         finished = threading.Semaphore(0)
         n = len(x)
-        deadline = math.inf
 
         def send() -> None:
             i = next(counter)

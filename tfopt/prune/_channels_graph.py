@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfopt._backend import import_keras
+from tfopt._backend import import_keras, sequential_graph
 
 keras = import_keras()
 L = keras.layers
@@ -359,13 +359,7 @@ class Graph:
 
 def _functional(model):
     if isinstance(model, keras.Sequential):
-        func = getattr(model, "_functional", None)
-        if func is None:
-            raise ValueError(
-                f"The Sequential model {model.name!r} is not built: give it an input shape "
-                "(keras.Input(...) as its first layer) or call it on data before pruning."
-            )
-        return func
+        return sequential_graph(model, "pruning")
     if not hasattr(model, "_nodes_by_depth") or not getattr(model, "_is_graph_network", True):
         raise TypeError(
             f"prune_channels needs a functional or Sequential Keras model (a graph of layers). "

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from tfopt._backend import check_model, import_keras
+from tfopt._backend import check_model, import_keras, sequential_graph
 from tfopt.quantize._attention import QuantizedMultiHeadAttention, attention_unquantizable
 from tfopt.quantize._layers import (
     KINDS,
@@ -272,13 +272,7 @@ def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = 
 
 def _functional_view(model):
     if isinstance(model, keras.Sequential):
-        func = getattr(model, "_functional", None)
-        if func is None:
-            raise ValueError(
-                f"Sequential model {model.name!r} is not built: give it a keras.Input or call "
-                "model.build(input_shape) before qat()."
-            )
-        return func
+        return sequential_graph(model, "qat()")
     if getattr(model, "_nodes_by_depth", None) is not None and hasattr(model, "_run_through_graph"):
         if type(model).__name__ in ("Functional", "Model") or hasattr(model, "_inputs_struct"):
             return model
