@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _tflite import tflite_ops as _ops
 
 import tfopt
 from tfopt.quantize import ActivationQuantizer, QuantizeWrapper, qat
@@ -16,42 +17,13 @@ L = keras.layers
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _interpreter(path):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    it = Interpreter(
-        model_path=str(path),
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    it.allocate_tensors()
-    return it
-
-
-def _ops(path):
-    """[(op name, [input dtypes], [output dtypes], [input tensor indices])] of a .tflite file."""
-    it = _interpreter(path)
-    tensors = {t["index"]: t for t in it.get_tensor_details()}
-    out = []
-    for op in it._get_ops_details():
-        ins = [i for i in op["inputs"] if i >= 0]
-        out.append(
-            (
-                op["op_name"],
-                [tensors[i]["dtype"].__name__ for i in ins],
-                [tensors[i]["dtype"].__name__ for i in op["outputs"] if i >= 0],
-                ins,
-            )
-        )
-    return it, out
-
-
 _KERNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 
 
 def _assert_fully_int8(path, *, float_prefix=0):
     """Only the input QUANTIZE (after ``float_prefix`` float preprocessing ops) and the output
     DEQUANTIZE touch float tensors; every conv / FC has int8 input, int8 weights, int8 output."""
-    _, ops = _interpreter(path), _ops(path)[1]
+    _, ops = _ops(path)
     names = [o[0] for o in ops]
     floats = [i for i, (_, ins, outs, _) in enumerate(ops) if "float32" in ins + outs]
     assert names[float_prefix] == "QUANTIZE" and names[-1] == "DEQUANTIZE", names

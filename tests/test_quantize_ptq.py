@@ -2,29 +2,12 @@
 
 import numpy as np
 import pytest
+from _tflite import tflite_ops as _details
 
 import tfopt
 
 keras = pytest.importorskip("keras")
 L = keras.layers
-
-
-def _details(path):
-    """Op names and, per op, (input dtypes, output dtypes) of a .tflite file."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    it = Interpreter(
-        model_path=str(path),
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    it.allocate_tensors()
-    tensors = {t["index"]: t for t in it.get_tensor_details()}
-    ops = []
-    for op in it._get_ops_details():
-        ins = [tensors[i]["dtype"].__name__ for i in op["inputs"] if i >= 0]
-        outs = [tensors[i]["dtype"].__name__ for i in op["outputs"]]
-        ops.append((op["op_name"], ins, outs))
-    return it, ops
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +52,7 @@ def test_int8_full_integer_ops_and_tensors(trained, tmp_path):
     it, ops = _details(art.path)
     kernels = [o for o in ops if o[0] in ("CONV_2D", "FULLY_CONNECTED")]
     assert len(kernels) == 3
-    for _, ins, outs in kernels:
+    for _, ins, outs, _ in kernels:
         assert ins[:2] == ["int8", "int8"] and ins[2] == "int32" and outs == ["int8"]
     names = [o[0] for o in ops]
     assert names[0] == "QUANTIZE" and names[-1] == "DEQUANTIZE" and names.count("DEQUANTIZE") == 1
@@ -90,7 +73,7 @@ def test_int8_io_makes_input_and_output_int8(trained, tmp_path):
     assert it.get_input_details()[0]["dtype"] == np.int8
     assert it.get_output_details()[0]["dtype"] == np.int8
     assert it.get_input_details()[0]["quantization"][0] > 0
-    assert all("float32" not in ins + outs for _, ins, outs in ops)
+    assert all("float32" not in ins + outs for _, ins, outs, _ in ops)
     assert art.check["argmax_agreement"] >= 0.95
 
 
@@ -101,7 +84,7 @@ def test_dynamic_float16_and_int16x8_tensor_types(trained, tmp_path):
     _, ops = _details(dyn.path)
     fc = [o for o in ops if o[0] == "FULLY_CONNECTED"]
     # int8 weights, float activations; the converter keeps weights under 1024 values float
-    assert [ins[:2] for _, ins, _ in fc] == [["float32", "int8"], ["float32", "float32"]]
+    assert [ins[:2] for _, ins, _, _ in fc] == [["float32", "int8"], ["float32", "float32"]]
     assert dyn.bytes < float_art.bytes / 2  # most weights (fc: 3072 of 3204) take 1 byte, not 4
 
     f16 = tfopt.export.tflite(model, tmp_path / "h.tflite", quantization="float16", check_data=x)
@@ -119,6 +102,6 @@ def test_dynamic_float16_and_int16x8_tensor_types(trained, tmp_path):
     _, ops = _details(i16.path)
     kernels = [o for o in ops if o[0] in ("CONV_2D", "FULLY_CONNECTED")]
     assert len(kernels) == 3
-    for _, ins, outs in kernels:
+    for _, ins, outs, _ in kernels:
         assert ins[:2] == ["int16", "int8"] and outs == ["int16"]
     assert i16.check["argmax_agreement"] >= 0.95
