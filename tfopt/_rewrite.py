@@ -155,9 +155,9 @@ class Report:
         return cls(d["technique"], [Entry(**e) for e in d["entries"]], dict(d.get("details", {})))
 
     def __str__(self) -> str:
-        lines = [
-            f"{self.technique}: changed {len(self.changed)} layers, skipped {len(self.skipped)}"
-        ]
+        head = f"{self.technique}: changed {len(self.changed)} layers, skipped {len(self.skipped)}"
+        counts = [f"{len(v)} {k}" for k, v in self.details.items() if isinstance(v, dict | list)]
+        lines = [head + (f" ({', '.join(counts)})" if counts else "")]
         for e in self.entries:
             mark = "+" if e.status == "changed" else "-"
             note = f": {e.note}" if e.note else ""
@@ -176,17 +176,20 @@ def attach_report(model, report: Report, legacy_name: str | None = None):
 
 
 # -- copy policy --------------------------------------------------------------------------------
-def copy_layer(layer, config: dict | None = None):
+def copy_layer(layer, config: dict | None = None, cls: type | None = None):
     """Returns a new, unbuilt layer (or keras.ops operation) like ``layer``; never ``layer`` itself.
 
     The copy comes from ``from_config(config or get_config())``; without a config round trip a
-    ``copy.deepcopy`` of an unbuilt-equivalent is tried. Weights are not copied (see `copy_weights`).
+    ``copy.deepcopy`` is tried. Weights are not copied (see `copy_weights`). ``cls`` builds another
+    class from the layer's config (e.g. a quantized variant).
 
     Raises:
         RewriteError: neither works; the message names the layer and what to add.
     """
     try:
-        return type(layer).from_config(config if config is not None else layer.get_config())
+        return (cls or type(layer)).from_config(
+            config if config is not None else layer.get_config()
+        )
     except Exception as config_error:
         if config is not None:
             raise RewriteError(
@@ -383,7 +386,9 @@ class GraphRewrite:
             if any(id(x) not in self.tensors for x in node.input_tensors):
                 continue
             args, kwargs = node.arguments.fill_in(self.tensors)
-            self.store(node, self.on_node(node, args, kwargs))
+            outputs = self.on_node(node, args, kwargs)
+            if outputs is not None:  # None: on_node stored its outputs itself
+                self.store(node, outputs)
         outs = self.on_outputs([self.tensors[id(t)] for t in self.func.outputs])
         out_struct = getattr(self.func, "_outputs_struct", None)
         in_struct = getattr(self.func, "_inputs_struct", None)
@@ -438,11 +443,13 @@ def set_slot(parent, attr, index, new) -> None:
         if tracker is not None and locked:
             tracker.lock()
     layers = getattr(parent, "_layers", None)
-    if layers is not None:
-        if old in layers:  # the replacement takes the old layer's place
-            layers[layers.index(old)] = new
-        elif new not in layers:
-            layers.append(new)
+    if layers is not None:  # the replacement takes the old layer's place (weight order kept)
+        at = next((i for i, x in enumerate(layers) if x is old), len(layers))
+        layers[:] = (
+            [x for x in layers[:at] if x is not new]
+            + [new]
+            + [x for x in layers[at + 1 :] if x is not new]
+        )
 
 
 def is_leaf(layer) -> bool:
