@@ -277,6 +277,12 @@ def test_keras_distillation_loss_can_be_plugged_in(tiny_data):
     a = float(ours.compute_loss(x[:16], y[:16], logits, training=False))
     b = float(theirs.compute_loss(x[:16], y[:16], logits, training=False))
     np.testing.assert_allclose(a, b, rtol=1e-5)
+    # by name too: Keras 3.15 resolves "kl_divergence" to a bare function that skips softmax and T²
+    theirs.compile("adam", distillation_loss="kl_divergence")
+    c = float(theirs.compute_loss(x[:16], y[:16], logits, training=False))
+    np.testing.assert_allclose(c, a, rtol=1e-5)
+    with pytest.raises(TypeError, match="distillation_loss must be"):
+        theirs.compile("adam", distillation_loss=3)
 
 
 def test_clustered_and_stripped_students_train_and_save_alone(tmp_path, tiny_data):
@@ -305,10 +311,6 @@ def test_pruned_student_masks_advance_once_per_step(tiny_data):
     assert wrappers and all(w.step == 4 for w in wrappers)
     zeros, total = pruned.get_layer("prune_fc1").sparsities()["_kernel"]
     assert abs(zeros / total - schedule(3)) <= 1 / total  # the masks of the 4th step (3/7 of 0.5)
-    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
-    assert all(w.step == 8 for w in wrappers)
-    small = tfopt.prune.strip(pruned)
-    assert np.mean(small.get_layer("fc1").kernel.numpy() == 0) >= 0.5 - 1 / total
 
 
 def test_qat_student_exports_to_int8_tflite_after_distillation(tmp_path, tiny_data):
@@ -350,8 +352,10 @@ def test_keras_round_trip_gives_identical_predictions(tmp_path, tiny_data):
     assert int(loaded.optimizer.iterations.numpy()) == 4
     assert teacher.trainable and loaded.teacher.trainable  # the teacher's flags are not changed
     loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)  # compiled on load: training resumes
+    assert loaded.student.get_layer("prune_fc1").step == 8
     small = tfopt.prune.strip(loaded.student)  # the student is extracted for export
     assert not any(isinstance(w, tfopt.prune.PruneLowMagnitude) for w in small.layers)
+    assert np.mean(small.get_layer("fc1").kernel.numpy() == 0) >= 0.49
 
 
 def test_subclassed_student(tiny_data):

@@ -388,9 +388,14 @@ class Distiller(keras.Model):
             )
         elif isinstance(distillation_loss, keras.distillation.DistillationLoss):
             self._logits_term = distillation_loss
-        else:
+        elif isinstance(distillation_loss, str) or callable(distillation_loss):
             self._logits_term = keras.distillation.LogitsDistillation(
                 temperature=self.temperature, loss=_kl_if_named(distillation_loss)
+            )
+        else:
+            raise TypeError(
+                "distillation_loss must be a keras.distillation.DistillationLoss, a loss name, a "
+                f"keras.losses.Loss or a function. Received: distillation_loss={distillation_loss!r}"
             )
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
