@@ -52,6 +52,11 @@ def test_one_filters_rule_for_every_technique():
     assert plan.report.changed == {}
     _, plan = tfopt.prune.prune_channels(model, 0.5, filters=["conv"], dry_run=True)
     assert set(plan.report.changed) == {"conv_a", "conv_b", "head"}  # head: fewer inputs
+    small, plan = tfopt.prune.prune_channels(
+        model, 0.5
+    )  # through relu6(x + 3) / 6 and (h + r) * .5
+    assert small.count_params() == plan.params_after == 280
+    assert small(_x()).shape == (4, 4)
     select = layer_filter(lambda layer: layer.name.endswith("_b"))
     assert [n for n in ("conv_a", "conv_b") if select(model.get_layer(n))] == ["conv_b"]
     with pytest.raises(TypeError, match=r"Received: filters=3 of type builtins.int"):

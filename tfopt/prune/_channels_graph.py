@@ -121,7 +121,31 @@ _SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 _PRODUCERS = (*_CONV, *_CONV_T, *_SEPARABLE, L.Dense)
 _MERGE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 # keras.ops calls recorded in a functional graph (``x + y`` on symbolic tensors).
-_MERGE_OPS = {"Add", "Subtract", "Multiply", "Maximum", "Minimum"}
+_MERGE_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"}
+# keras.ops that map each value on its own (``keras.ops.relu6(x)``, MobileNetV3's hard-swish).
+_ELEMENTWISE_OPS = {
+    "Relu",
+    "Relu6",
+    "Sigmoid",
+    "HardSigmoid",
+    "Silu",
+    "HardSilu",
+    "Gelu",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "Softsign",
+    "LeakyRelu",
+    "Abs",
+    "Negative",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Square",
+    "Erf",
+    "Clip",
+}
 _SUPPORTED = (
     *_PASSTHROUGH,
     *_PRODUCERS,
@@ -253,6 +277,10 @@ class Graph:
                 scalar = [a for a in args if isinstance(a, int | float)]
                 if len(ins) == 1 and len(args) == 2 and len(scalar) == 1:
                     return "tied", [ins[0]]  # x * 2.0, x + 1.0: channel i stays channel i
+            if cls.__name__ in _ELEMENTWISE_OPS and len(ins) == 1:
+                others = [a for a in node.arguments.args[1:]] + list(node.arguments.kwargs.values())
+                if all(isinstance(a, int | float | None) for a in others):
+                    return "tied", [ins[0]]
             raise Unsupported(f"operation {cls.__name__} is not supported by channel pruning")
         if cls not in _SUPPORTED:
             if isinstance(op, keras.Model):
