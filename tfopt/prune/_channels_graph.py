@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfopt import _measure as measure
 from tfopt._backend import import_keras, sequential_graph
 
 keras = import_keras()
@@ -444,28 +445,9 @@ def layer_params(op, c_in_full: int, c_in: int, c_out: int) -> int:
 
 
 def layer_macs(info: NodeInfo, c_in: int, c_out: int) -> int | None:
-    """Multiply-accumulates of one call with ``c_in`` input and ``c_out`` output channels."""
-    op = info.op
-    out_shape, in_shape = info.out_shapes[0], info.in_shapes[0] if info.in_shapes else ()
-    if isinstance(op, L.Dense):
-        inner = out_shape[1:-1]
-        return None if None in inner else int(np.prod(inner, dtype=np.int64)) * c_in * c_out
-    conv_like = (*_CONV, *_CONV_T, *_DEPTHWISE, *_SEPARABLE)
-    if not isinstance(op, conv_like):
-        return 0
-    k = int(np.prod(op.kernel_size))
-    spatial = (in_shape if isinstance(op, _CONV_T) else out_shape)[1:-1]
-    if None in spatial:
-        return None
-    pos = int(np.prod(spatial, dtype=np.int64))
-    if isinstance(op, _CONV_T):
-        return pos * k * c_in * c_out
-    if isinstance(op, _CONV):
-        return pos * k * (c_in // getattr(op, "groups", 1)) * c_out
-    m = op.depth_multiplier
-    if isinstance(op, _DEPTHWISE):
-        return pos * k * c_in * m
-    return pos * k * c_in * m + pos * c_in * m * c_out
+    """Multiply-accumulates of one call with ``c_in`` input and ``c_out`` output channels
+    (`tfopt._measure.layer_macs`, the counter every part of tfopt uses)."""
+    return measure.layer_macs(info.op, info.in_shapes, info.out_shapes, c_in=c_in, c_out=c_out)
 
 
 def keep_count(size: int, ratio: float, round_to: int | None) -> int:

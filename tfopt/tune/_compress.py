@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tfopt import _formats as formats
 from tfopt._backend import import_keras
 
 keras = import_keras()
@@ -262,12 +263,7 @@ def compress(
         current = cluster.strip(current)
         stages.append(f"cluster({clusters})")
 
-    quantization = {
-        "tflite-int8": "int8",
-        "tflite-float16": "float16",
-        "tflite-dynamic": "dynamic",
-        "tflite": "float32",
-    }[target]
+    quantization = formats.get(target).quantization
     if quantization == "int8" and recipe.get("quantization", "ptq") == "qat" and clusters > 0:
         # QAT fine-tuning would move the weights off their clusters (tfopt.quantize.qat keeps
         # zeros, not codebooks); calibrated int8 keeps <= n_clusters values per channel.

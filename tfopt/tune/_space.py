@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import keras_tuner
 
+from tfopt import _formats as formats
 from tfopt._backend import check_model, import_keras
 from tfopt.tune._compress import (
     TECHNIQUES,
@@ -24,7 +25,7 @@ from tfopt.tune._compress import (
 
 keras = import_keras()
 
-TARGETS = ("tflite-int8", "tflite-float16", "tflite-dynamic", "tflite")
+TARGETS = formats.targets()  # the formats table's search targets
 
 # name -> default choices. Floats with a range are declared below with hp.Float.
 TRAINING_CHOICES = {
