@@ -599,3 +599,44 @@ def test_pruning_summaries_raises_when_the_wrappers_never_train(tmp_path):
     cb = tfopt.callbacks.PruningSummaries(tmp_path)
     with pytest.raises(RuntimeError, match=r"did not see a training call"):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+
+
+@keras.saving.register_keras_serializable(package="tfopt_tests")
+class _MyDense(keras.layers.Layer):
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+
+    def call(self, x):
+        return x @ self.kernel
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_register_prunable_opts_a_users_layer_in(tmp_path):
+    inp = keras.Input((8,))
+    model = keras.Model(inp, keras.layers.Dense(4, name="head")(_MyDense(16, name="mine")(inp)))
+    assert "register_prunable" in prune(model).pruning_report.skipped["mine"]
+    tfopt.prune.register_prunable(_MyDense, weights=("kernel",))
+    try:
+        pruned = _compile(prune(model, ConstantSparsity(0.5, frequency=1)))
+        assert list(pruned.pruning_report.changed) == ["mine", "head"]
+        x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+        pruned.fit(x, np.zeros((16, 4), "float32"), batch_size=8, epochs=1, verbose=0)
+        assert sparsity(pruned).layers["mine"]["sparsity"] == 0.5
+        pruned.save(tmp_path / "m.keras")
+        loaded = keras.models.load_model(tmp_path / "m.keras")
+        np.testing.assert_allclose(loaded(x), pruned(x), atol=1e-6)
+        small = strip(loaded)
+        assert isinstance(small.get_layer("mine"), _MyDense)
+        assert np.mean(small.get_layer("mine").get_weights()[0] == 0) == 0.5
+    finally:
+        from tfopt.prune import _wrapper
+
+        _wrapper._SLOTS.pop(_wrapper._REGISTERED.pop(_MyDense))
+    with pytest.raises(TypeError, match=r"Received: weights='kernel'"):
+        tfopt.prune.register_prunable(_MyDense, weights="kernel")

@@ -18,7 +18,7 @@ from tfopt.prune._schedules import (
     PruningSchedule,
     PruningScheduleWarning,
 )
-from tfopt.prune._wrapper import PruneLowMagnitude, PruneMultiHeadAttention
+from tfopt.prune._wrapper import PruneLowMagnitude, PruneMultiHeadAttention, register_prunable
 
 __all__ = [
     "ChannelPlan",
@@ -34,6 +34,7 @@ __all__ = [
     "prune",
     "prune_channels",
     "prune_channels_iterative",
+    "register_prunable",
     "sparsity",
     "strip",
 ]

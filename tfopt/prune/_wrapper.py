@@ -42,9 +42,47 @@ _SLOTS: dict[str, tuple[str, ...]] = {
     ),
 }
 _DEPTHWISE = {"DepthwiseConv1D", "DepthwiseConv2D"}
+# Users' own layer classes opted in with `register_prunable`: class -> key in _SLOTS.
+_REGISTERED: dict[type, str] = {}
+
+
+def register_prunable(layer_class: type, weights: tuple[str, ...] | list[str]) -> None:
+    """Lets `prune` wrap your own layer class, pruning the weights held in ``weights``.
+
+    Like tfmot's ``PrunableLayer``: the wrapper substitutes ``weight * mask`` for each named
+    attribute while the layer's own ``call`` runs, so ``call`` must read the weights from those
+    attributes (e.g. ``self.kernel``). Register before `prune` and before loading a pruned
+    ``.keras`` file.
+
+    Args:
+        layer_class: a subclass of ``keras.layers.Layer``.
+        weights: attribute paths of the variables to prune, e.g. ``("kernel",)`` or
+            ``("proj.kernel", "gate")``.
+
+    Raises:
+        TypeError: ``layer_class`` is not a Keras layer class, or ``weights`` is not strings.
+
+    Example:
+        >>> tfopt.prune.register_prunable(MyDense, weights=("kernel",))
+        >>> pruned = tfopt.prune.prune(model)
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise TypeError(
+            f"layer_class must be a keras.layers.Layer subclass. Received: layer_class={layer_class!r}"
+        )
+    if isinstance(weights, str) or not weights or not all(isinstance(w, str) for w in weights):
+        raise TypeError(
+            "weights must be a non-empty list of attribute paths (str), e.g. ('kernel',). "
+            f"Received: weights={weights!r}"
+        )
+    key = f"{layer_class.__module__}.{layer_class.__qualname__}"
+    _SLOTS[key] = tuple(weights)
+    _REGISTERED[layer_class] = key
 
 
 def _class_key(layer) -> str | None:
+    if type(layer) in _REGISTERED:
+        return _REGISTERED[type(layer)]
     name = type(layer).__name__
     if name in _SLOTS and type(layer) is getattr(keras.layers, name, None):
         return name
@@ -59,7 +97,13 @@ def unsupported_reason(layer, *, m_by_n=None) -> str | None:
         if base is not None:
             return (
                 f"a subclass of {base} ({type(layer).__module__}.{type(layer).__name__}) may use "
-                "its weights in its own way; only Keras' own classes are wrapped"
+                "its weights in its own way; only Keras' own classes are wrapped (opt it in with "
+                "tfopt.prune.register_prunable)"
+            )
+        if layer.weights if layer.built else False:
+            return (
+                f"{type(layer).__name__} has no prunable kernel tfopt knows of (its weights are "
+                "kept dense; opt a layer of yours in with tfopt.prune.register_prunable)"
             )
         return f"{type(layer).__name__} has no prunable kernel (its weights are kept dense)"
     if getattr(layer, "quantization_mode", None):
