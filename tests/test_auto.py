@@ -404,19 +404,21 @@ def test_auto_baseline_is_seeded_before_it_is_built(tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_writes_a_recipe_that_tfopt_run_replays(tmp_path, capsys):
+def test_auto_writes_a_recipe_that_tfopt_run_replays(tmp_path):
     """`tfopt auto` -> recipe.yaml -> `tfopt run recipe.yaml`: the same artifact within 1 pt of
     test accuracy and 10% of gzip size (the recipe's model is auto's saved baseline and its
     stages start from the same seed, so only thread-level nondeterminism is left)."""
     import yaml
 
+    import tfopt
     from tfopt import cli, config
+    from tfopt.cli._auto import baseline_model
 
     rng = np.random.default_rng(5)
     centers = rng.normal(size=(10, 40, 1)).astype("float32")
     y, yt = rng.integers(0, 10, 400).astype("int32"), rng.integers(0, 10, 500).astype("int32")
-    x = centers[y] + 0.9 * rng.normal(size=(400, 40, 1)).astype("float32")
-    xt = centers[yt] + 0.9 * rng.normal(size=(500, 40, 1)).astype("float32")
+    x = centers[y] + 0.8 * rng.normal(size=(400, 40, 1)).astype("float32")
+    xt = centers[yt] + 0.8 * rng.normal(size=(500, 40, 1)).astype("float32")
     np.savez(tmp_path / "blobs.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
     (tmp_path / "c.yaml").write_text(
         yaml.safe_dump(
@@ -425,15 +427,22 @@ def test_auto_writes_a_recipe_that_tfopt_run_replays(tmp_path, capsys):
                 "seed": 3,
                 "data": {"name": str(tmp_path / "blobs.npz"), "val_fraction": 0.2},
                 "model": {"name": "mnist1d_cnn", "options": {"width": 8, "dense": 32}},
-                "train": {"epochs": 2, "batch_size": 32, "learning_rate": 0.003},
+                "train": {"epochs": 6, "batch_size": 32, "learning_rate": 0.003},
             }
         )
     )
     out = tmp_path / "auto"
-    argv = ["auto", str(tmp_path / "c.yaml"), "--max-accuracy-drop", "0.3", "--max-trials", "1",
-            "--techniques", "prune,quantize", "--out", str(out), "--quiet"]  # fmt: skip
-    assert cli.main(argv) == 0
-    assert "gzip ratio" in capsys.readouterr().out
+    # what `tfopt auto c.yaml` does, with a tiny search space (the CLI has no --space)
+    cfg = config.load(tmp_path / "c.yaml")
+    data = tfopt.data.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+    model = baseline_model(cfg, data, out, log=lambda m: None)
+    res = tfopt.auto.optimize(
+        model, data.train, data.val, test=data.test, max_accuracy_drop=0.3, max_trials=1,
+        refine=0, techniques=("prune", "quantize"), space={"ft_epochs": 8},
+        seeds=[{"sparsity": 0.5, "quantization": "qat"}], out_dir=out, seed=cfg.seed,
+        run_config=cfg, verbose=0,
+    )  # fmt: skip
+    assert res.recipe == out / "recipe.yaml"
     report = json.loads((out / "report.json").read_text())
     best = report["best"]
     assert best["ratio"] == report["baseline"]["gzip_bytes"] / best["gzip_bytes"]

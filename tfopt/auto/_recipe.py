@@ -75,6 +75,6 @@ def write_recipe(path: Path, raw: dict, *, best: dict, run_config: dict | None =
     head = HEADER.format(
         where=f"trial {best['trial_id']}", path=path, summary=summary, trained=trained
     )
-    body = yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=100)
+    body = yaml.safe_dump(raw, sort_keys=False, default_flow_style=False, width=100)
     path.write_text(head + body)
     return path
