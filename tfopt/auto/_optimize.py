@@ -19,7 +19,11 @@ AUTO_OBJECTIVES = ("size", "latency")
 
 @dataclass
 class AutoResult:
-    """What `optimize` found. ``best`` is None when no candidate met the budget."""
+    """What `optimize` found. ``best`` is None when no candidate met the budget.
+
+    ``recipe`` is ``out_dir/recipe.yaml``, the best candidate as a `tfopt run` config (None
+    without a best candidate); ``ratio`` is gzip-to-gzip.
+    """
 
     baseline: dict
     candidates: list[dict]

@@ -27,6 +27,7 @@ from tfopt.auto._refine import (
     refinement_run,
 )
 from tfopt.auto._report import fmt_time, progress_line, write_json, write_report
+from tfopt.tune._recipe import dump_steps, recipe_steps
 from tfopt.tune._space import CompressionHyperModel
 from tfopt.tune._tuner import Tuner
 
@@ -124,7 +125,12 @@ class Search:
         self.data: dict = {}
         self.recipe_path: Path | None = None
 
-        model.save(out_dir / "baseline.keras")  # the model of recipe.yaml
+        try:  # the model of recipe.yaml
+            model.save(out_dir / "baseline.keras")
+            self.replayable = True
+        except Exception as e:  # a model Keras cannot save: no recipe.yaml, the search goes on
+            self.replayable = False
+            self.say(f"[auto] no recipe.yaml: the model cannot be saved ({type(e).__name__}: {e})")
         self.baseline = _measure_baseline(model, out_dir, val, test, train[0][:200])
         write_json(out_dir / "baseline.json", self.baseline)
         b = self.baseline
@@ -173,6 +179,8 @@ class Search:
     # -- candidates ------------------------------------------------------------------------------
     def _add(self, record: dict) -> Candidate:
         c = Candidate.from_record(record, self.baseline, self.max_accuracy_drop)
+        if c.recipe and not c.steps:  # a record written before trials kept their steps
+            c.steps = dump_steps(recipe_steps(c.recipe, target=self.target))
         self.candidates[c.trial_id] = c
         if c.phase == "search":
             self.oracle.add_duration(c.seconds)
@@ -325,16 +333,20 @@ class Search:
                 shutil.copyfile(best.keras_model, self.out_dir / "best.keras")
             else:
                 (self.out_dir / "best.keras").unlink(missing_ok=True)
-            raw = recipe_config(
-                best.to_dict(),
-                out_dir=self.out_dir,
-                target=self.target,
-                seed=self.seed,
-                run_config=self.run_config,
-            )
-            self.recipe_path = write_recipe(
-                self.out_dir / "recipe.yaml", raw, best=best.to_dict(), run_config=self.run_config
-            )
+            if self.replayable:
+                raw = recipe_config(
+                    best.to_dict(),
+                    out_dir=self.out_dir,
+                    target=self.target,
+                    seed=self.seed,
+                    run_config=self.run_config,
+                )
+                self.recipe_path = write_recipe(
+                    self.out_dir / "recipe.yaml",
+                    raw,
+                    best=best.to_dict(),
+                    run_config=self.run_config,
+                )
         if best is None:
             for stale in ("best.tflite", "best.keras", "recipe.yaml"):
                 (self.out_dir / stale).unlink(missing_ok=True)
