@@ -51,8 +51,9 @@ class StepContext:
 
     ``step`` is the config of the stage being run (set by `run_steps`): `fit` applies its
     fine-tuning options (``lr_schedule``, ``batch_size``, ``distill``) when it has them.
-    ``tensorboard=False`` writes no TensorBoard logs (search trials); ``logger`` receives the
-    progress lines (None: print them).
+    ``tensorboard=False`` writes no TensorBoard logs and ``validate=False`` skips the per-epoch
+    validation (search trials, which measure through the exported artifact instead); ``logger``
+    receives the progress lines (None: print them).
     """
 
     data: Any  # tfopt.data.Dataset
@@ -65,6 +66,7 @@ class StepContext:
     stage: str = "baseline"
     step: Any = None
     tensorboard: bool = True
+    validate: bool = True
     logger: Callable[[str], None] | None = None
 
     def log(self, msg: str) -> None:
@@ -142,7 +144,7 @@ class StepContext:
             self.data.y_train,
             batch_size=batch,
             epochs=epochs,
-            validation_data=self.data.val,
+            validation_data=self.data.val if self.validate else None,
             callbacks=list(callbacks),
             verbose=self.verbose,
         )

@@ -143,6 +143,7 @@ def run_candidate(
         verbose=verbose,
         seed=0 if seed is None else seed,
         tensorboard=False,
+        validate=bool(verbose),  # shown only when someone watches; the artifact is measured
         logger=lambda msg: None,
     )
     final = run_steps(steps, model, ctx, seed=seed)
