@@ -375,3 +375,37 @@ def test_a_bug_in_a_trial_is_not_a_failed_export(tmp_path):
     assert record["status"] == "ERROR" and record["error"] == "TypeError: boom"
     message = tuner.oracle.trials["0"].message
     assert "TypeError: boom" in message and "FailedTrialError" not in message
+
+
+def test_step_context_compiles_softmax_models_and_applies_the_step_fine_tuning(tmp_path):
+    """`ctx.compile` takes a softmax head as probabilities (it assumed logits), and `ctx.fit`
+    applies the running step's fine-tuning keys: a cosine schedule and distillation."""
+    import keras
+
+    from tfopt._steps import StepContext
+    from tfopt.config import validate_steps
+    from tfopt.data import from_arrays
+
+    x, y = _data(64)
+    data = from_arrays(x, y, x_test=x[:8], y_test=y[:8])
+    inputs = keras.Input((40, 1))
+    probs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
+    student = keras.Model(inputs, probs)
+    teacher = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+    ctx = StepContext(data=data, run_dir=tmp_path, baseline=teacher, verbose=0, tensorboard=False)
+    ctx.compile(student, 1e-3)
+    assert student.loss.from_logits is False
+    ctx.compile(teacher, 1e-3)
+    assert teacher.loss.from_logits is True
+
+    student = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+    (ctx.step,) = validate_steps(
+        [{"type": "qat", "lr_schedule": "cosine", "batch_size": 16, "distill": {"alpha": 0.5}}]
+    )
+    history = ctx.fit(student, epochs=1, learning_rate=1e-3)
+    assert history.model is not student and history.model.student is student  # a Distiller
+    # cosine decay over the fit's steps, down to 5% at its last step
+    assert int(history.model.optimizer.iterations) == -(-len(data.x_train) // 16)
+    assert float(history.model.optimizer.learning_rate) == pytest.approx(5e-5, rel=1e-4)
+    assert len(history.history["loss"]) == 1
+    assert student.loss.from_logits is True  # compiled plainly again after distillation
