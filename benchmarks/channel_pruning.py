@@ -96,7 +96,7 @@ def magnitude_prune(baseline, target_nonzero, data, args):
     from tfopt.prune import ConstantSparsity, prune, strip
 
     probe = prune(baseline, ConstantSparsity(0.5))
-    wrapped = {w["layer"] for w in probe.pruning_report.wrapped}
+    wrapped = set(probe.pruning_report.changed)
     prunable = sum(
         int(np.prod(layer.kernel.shape)) for layer in baseline.layers if layer.name in wrapped
     )

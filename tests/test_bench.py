@@ -295,3 +295,57 @@ def test_server_hands_runtime_errors_to_every_caller_and_validates_arguments():
         Server(Broken(), workers=-1)
     with pytest.raises(ValueError, match=r"max_batch must be an int >= 1\. Received: max_batch=0"):
         Server(Broken(), micro_batch=True, max_batch=0)
+
+
+def test_run_report_rows_carry_their_own_models_counts(tmp_path):
+    """Each exported row of `tfopt run` has the params/MACs of the model it was exported from."""
+    import keras
+
+    from tfopt._measure import count
+    from tfopt._pipeline import run
+    from tfopt.config import validate
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.normal(size=(80, 40, 1)).astype("float32"),
+        "y_train": rng.integers(0, 10, size=80),
+        "x_test": rng.normal(size=(16, 40, 1)).astype("float32"),
+        "y_test": rng.integers(0, 10, size=16),
+    }
+    np.savez(tmp_path / "tiny.npz", **arrays)
+    cfg = validate(
+        {
+            "name": "tiny",
+            "data": {"name": str(tmp_path / "tiny.npz"), "val_fraction": 0.2},
+            "model": {"name": "mnist1d_cnn", "options": {"width": 8, "dense": 8}},
+            "train": {"epochs": 0, "batch_size": 32},
+            "steps": [
+                {"type": "prune_channels", "ratio": 0.5, "steps": 1, "epochs_per_step": 0},
+            ],
+            "export": {"formats": ["tflite-int8"], "representative_samples": 16},
+            "bench": {"runs": 2, "warmup": 0, "concurrency": []},
+        }
+    )
+    report = run(cfg, out_dir=tmp_path / "run", verbose=0)
+    rows = {(r["stage"], r["format"]): r for r in report["results"]}
+    baseline = count(keras.models.load_model(tmp_path / "run" / "baseline.keras", compile=False))
+    pruned = count(
+        keras.models.load_model(tmp_path / "run" / "1_prune_channels.keras", compile=False)
+    )
+    assert pruned["params"] < baseline["params"] and pruned["macs"] < baseline["macs"]
+    for stage, fmt, expected in [
+        ("baseline", "keras", baseline),
+        ("baseline", "tflite", baseline),  # was the final stage's numbers
+        ("1_prune_channels", "keras", pruned),
+        ("1_prune_channels", "tflite-int8", pruned),
+    ]:
+        assert (rows[stage, fmt]["params"], rows[stage, fmt]["macs"]) == (
+            expected["params"],
+            expected["macs"],
+        ), (stage, fmt)
+    md = (tmp_path / "run" / "report.md").read_text()
+    final = rows["1_prune_channels", "tflite-int8"]
+    ratio = rows["baseline", "tflite"]["gzip_bytes"] / final["gzip_bytes"]
+    assert "x smaller (gzip vs baseline tflite gzip)" in md
+    assert "| 1_prune_channels | tflite-int8 |" in md and f" {ratio:.1f}x |" in md
+    assert f"| {baseline['params']:,} | {baseline['macs']:,} |" in md

@@ -34,6 +34,97 @@ def test_loss_is_alpha_ce_plus_one_minus_alpha_t2_kl_plus_regularization(tiny_da
     np.testing.assert_allclose(got, 0.3 * ce + 0.7 * 2.5**2 * kl + reg, rtol=1e-5)
 
 
+def _tiny(activation=None, name=None):
+    """Input (2,) -> Dense(3): a model small enough to check the loss by hand."""
+    return keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(3, activation=activation)], name=name
+    )
+
+
+# Two samples, three classes: student logits s, teacher logits t, labels y.
+_S = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], "float32")
+_T = np.array([[2.0, 0.0, 1.0], [1.0, 1.0, -2.0]], "float32")
+_Y = np.array([1, 2], "int32")
+
+
+def _hand_loss(s, t, y, temperature, alpha):
+    s, t = s.astype("float64"), t.astype("float64")
+    ce = -np.mean(np.log(_softmax(s)[np.arange(len(y)), y]))
+    pt, ps = _softmax(t / temperature), _softmax(s / temperature)
+    kl = np.mean(np.sum(pt * np.log(pt / ps), axis=-1))
+    return alpha * ce + (1 - alpha) * temperature**2 * kl, ce, temperature**2 * kl
+
+
+@pytest.mark.parametrize(("teacher_act", "student_act"), [(None, None), ("softmax", "softmax")])
+def test_loss_on_tiny_tensors_is_hand_computed_kl_t2_plus_ce(teacher_act, student_act):
+    d = Distiller(
+        teacher=_tiny(teacher_act), student=_tiny(student_act), temperature=2.0, alpha=0.25
+    )
+    d.compile("sgd")
+    # stored teacher outputs and given student outputs, as the models would produce them
+    t = _softmax(_T) if teacher_act else _T
+    s = _softmax(_S) if student_act else _S
+    got = d.compute_loss(y={"labels": _Y, "teacher": t}, y_pred=keras.ops.convert_to_tensor(s))
+    want, ce, soft = _hand_loss(_S, _T, _Y, 2.0, 0.25)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    np.testing.assert_allclose(float(d.student_loss_tracker.result()), ce, rtol=1e-5)
+    np.testing.assert_allclose(float(d.distillation_loss_tracker.result()), soft, rtol=1e-5)
+
+
+def _with_softmax(model, kind):
+    """``model`` (logits) with a softmax head, built three ways; same weights."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    if kind == "layer":  # nested model + Softmax layer
+        return keras.Sequential([copy, keras.layers.Softmax()])
+    if kind == "head":  # flat: the copy's layers (names kept) + a Softmax layer
+        return keras.Model(copy.input, keras.layers.Softmax()(copy.output))
+    x = keras.Input(model.input_shape[1:])
+    if kind == "op":  # keras.ops.softmax in a functional graph
+        return keras.Model(x, keras.ops.softmax(copy(x)))
+    raise AssertionError(kind)
+
+
+def test_softmax_teacher_and_student_give_the_logits_loss_and_train(tiny_data):
+    x, y = tiny_data
+    teacher, student = _net(), _net(width=4, dense=8)
+    ref = Distiller(teacher=teacher, student=student, temperature=3.0, alpha=0.4)
+    ref.compile("adam")
+    want = float(ref.compute_loss(x[:16], y[:16], training=False))
+    soft_teacher = _with_softmax(teacher, "layer")
+    soft_student = _with_softmax(student, "op")
+    d = Distiller(teacher=soft_teacher, student=soft_student, temperature=3.0, alpha=0.4)
+    assert d._teacher_probs and d._student_probs
+    d.compile(keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+    np.testing.assert_allclose(
+        float(d.compute_loss(x[:16], y[:16], training=False)), want, rtol=1e-5
+    )
+    hist = d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert np.isfinite(hist.history["loss"]).all()
+    p = d.predict(x, verbose=0)  # the student's own outputs: probabilities
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
+    # a subclassed student can't be inspected: say what it returns
+    assert not Distiller(
+        teacher=teacher, student=soft_student, student_output="logits"
+    )._student_probs
+
+
+def test_ends_in_softmax_sees_through_wrappers_and_nested_models():
+    from tfopt.distill._distiller import ends_in_softmax
+
+    def seq(*layers):
+        return keras.Sequential([keras.Input((40, 1)), keras.layers.Flatten(), *layers])
+
+    soft = seq(keras.layers.Dense(10, activation="softmax"))
+    assert ends_in_softmax(soft)
+    assert ends_in_softmax(seq(keras.layers.Dense(10), keras.layers.Activation("softmax")))
+    assert ends_in_softmax(tfopt.quantize.qat(soft))
+    assert ends_in_softmax(tfopt.prune.prune(soft))
+    assert ends_in_softmax(_with_softmax(_net(), "op"))
+    assert not ends_in_softmax(_net())
+    assert not ends_in_softmax(seq(keras.layers.Dense(10, activation="log_softmax")))
+
+
 def test_fit_trains_student_only_and_metrics_are_the_students(tiny_data):
     x, y = tiny_data
     # BatchNorm moving statistics would move if the teacher ran in training mode
@@ -110,6 +201,31 @@ def test_precomputed_teacher_gives_the_same_training(tiny_data):
         d.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), verbose=0)
 
 
+def test_precomputed_teacher_outputs_give_the_live_teachers_loss(tiny_data):
+    import tensorflow as tf
+
+    x, y = tiny_data
+    teacher = _with_softmax(_net(), "head")  # stored probabilities, as the teacher returns them
+    d = Distiller(teacher=teacher, student=_net(width=4, dense=8), features=[("fc1", "fc1")])
+    d.compile("adam")
+    stored = d.precompute(x[:16])
+    np.testing.assert_allclose(stored["final_output"].sum(-1), 1.0, rtol=1e-5)
+    y_pred = d(x[:16], training=False)
+    live = float(d.compute_loss(x[:16], y[:16], y_pred, training=False))
+    y_pred = d(x[:16], training=False)
+    given = d.compute_loss(x[:16], {"labels": y[:16], "teacher": stored}, y_pred, training=False)
+    np.testing.assert_allclose(float(given), live, rtol=1e-5)
+
+    # a dataset that carries the stored outputs trains without calling the teacher
+    def no_teacher(_):
+        raise AssertionError("the teacher ran")
+
+    d._teacher_outputs = no_teacher
+    ds = tf.data.Dataset.from_tensor_slices((x, {"labels": y, "teacher": d.precompute(x)}))
+    hist = d.fit(ds.batch(16), epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"]).all()
+
+
 def test_feature_distillation_projects_different_widths(tiny_data):
     x, y = tiny_data
     teacher, student = _net(width=8, dense=16), _net(width=4, dense=16)
@@ -161,6 +277,12 @@ def test_keras_distillation_loss_can_be_plugged_in(tiny_data):
     a = float(ours.compute_loss(x[:16], y[:16], logits, training=False))
     b = float(theirs.compute_loss(x[:16], y[:16], logits, training=False))
     np.testing.assert_allclose(a, b, rtol=1e-5)
+    # by name too: Keras 3.15 resolves "kl_divergence" to a bare function that skips softmax and T²
+    theirs.compile("adam", distillation_loss="kl_divergence")
+    c = float(theirs.compute_loss(x[:16], y[:16], logits, training=False))
+    np.testing.assert_allclose(c, a, rtol=1e-5)
+    with pytest.raises(TypeError, match="distillation_loss must be"):
+        theirs.compile("adam", distillation_loss=3)
 
 
 def test_clustered_and_stripped_students_train_and_save_alone(tmp_path, tiny_data):
@@ -177,20 +299,63 @@ def test_clustered_and_stripped_students_train_and_save_alone(tmp_path, tiny_dat
     assert max(tfopt.cluster.distinct_values(clustered).values()) == 4  # still clustered
 
 
-def test_pruned_and_qat_students(tiny_data):
+def test_pruned_student_masks_advance_once_per_step(tiny_data):
     x, y = tiny_data
-    teacher = _net()
-    pruned = tfopt.prune.prune(_net(width=4), tfopt.prune.ConstantSparsity(0.5))
-    d = Distiller(teacher=teacher, student=pruned, alpha=0.5)
+    schedule = tfopt.prune.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=7, power=1, frequency=1)
+    pruned = tfopt.prune.prune(_net(width=4), schedule)
+    # features too: the student's output and features come from one pass
+    d = Distiller(teacher=_net(), student=pruned, alpha=0.5, features={"fc1": "prune_fc1"})
     d.compile(keras.optimizers.Adam(1e-2))
-    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
-    small = tfopt.prune.strip(pruned)
-    assert np.mean(small.get_layer("fc1").kernel.numpy() == 0) >= 0.5
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)  # 4 steps
+    wrappers = [w for w in pruned.layers if isinstance(w, tfopt.prune.PruneLowMagnitude)]
+    assert wrappers and all(w.step == 4 for w in wrappers)
+    zeros, total = pruned.get_layer("prune_fc1").sparsities()["_kernel"]
+    assert abs(zeros / total - schedule(3)) <= 1 / total  # the masks of the 4th step (3/7 of 0.5)
+
+
+def test_qat_student_exports_to_int8_tflite_after_distillation(tmp_path, tiny_data):
+    from _tflite import tflite_ops
+
+    x, y = tiny_data
     q = tfopt.quantize.qat(_net(width=4))
-    d = Distiller(teacher=teacher, student=q, alpha=0.5)
+    d = Distiller(teacher=_with_softmax(_net(), "layer"), student=q, alpha=0.5)
     d.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
     d.fit(x, y, epochs=1, batch_size=16, verbose=0)
     np.testing.assert_allclose(d.predict(x, verbose=0), q.predict(x, verbose=0), atol=1e-6)
+    art = tfopt.export.tflite(d.student, tmp_path / "q.tflite", quantization="int8", check_data=x)
+    _, ops = tflite_ops(art.path)
+    kernels = [op for op in ops if op[0] in ("CONV_2D", "FULLY_CONNECTED")]
+    assert kernels and all(ins[:2] == ["int8", "int8"] for _, ins, _, _ in kernels), kernels
+
+
+def test_keras_round_trip_gives_identical_predictions(tmp_path, tiny_data):
+    x, y = tiny_data
+    teacher = _with_softmax(_net(), "head")
+    student = _net(width=4, dense=8)  # fc1: 8 -> 16 projection
+    pruned = tfopt.prune.prune(student, tfopt.prune.ConstantSparsity(0.5, frequency=1))
+    d = Distiller(
+        teacher=teacher, student=pruned, temperature=2.0, alpha=0.3, features={"fc1": "prune_fc1"}
+    )
+    d.compile(keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    d.save(tmp_path / "d.keras")
+    loaded = keras.models.load_model(tmp_path / "d.keras")
+    assert type(loaded) is Distiller
+    # (the models' configs differ only in Keras's shared-object ids)
+    own = [k for k in d.get_config() if k not in ("teacher", "student")]
+    assert [loaded.get_config()[k] for k in own] == [d.get_config()[k] for k in own]
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), d.predict(x, verbose=0))
+    for a, b in zip(loaded.teacher.get_weights(), teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.projections[0].kernel.numpy(), d.projections[0].kernel)
+    assert loaded.student.get_layer("prune_fc1").step == 4
+    assert int(loaded.optimizer.iterations.numpy()) == 4
+    assert teacher.trainable and loaded.teacher.trainable  # the teacher's flags are not changed
+    loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)  # compiled on load: training resumes
+    assert loaded.student.get_layer("prune_fc1").step == 8
+    small = tfopt.prune.strip(loaded.student)  # the student is extracted for export
+    assert not any(isinstance(w, tfopt.prune.PruneLowMagnitude) for w in small.layers)
+    assert np.mean(small.get_layer("fc1").kernel.numpy() == 0) >= 0.49
 
 
 def test_subclassed_student(tiny_data):
@@ -237,11 +402,8 @@ def test_bad_models():
         match=r"teacher input shape=\(None, 40, 1\), student input shape=\(None, 30, 1\)",
     ):
         Distiller(teacher=_net(), student=tfopt.models.get("mnist1d_cnn", input_shape=(30, 1)))
-    soft = keras.Sequential(
-        [keras.Input((40, 1)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]
-    )
-    with pytest.raises(ValueError, match="The teacher ends with a softmax"):
-        Distiller(teacher=soft, student=_net())
+    with pytest.raises(ValueError, match=r"teacher_output must be None \(detect\), 'logits' or"):
+        Distiller(teacher=_net(), student=_net(width=4), teacher_output="softmax")
     with pytest.raises(
         TypeError, match=r"`student` must be a keras.Model .* Received: student=str"
     ):
@@ -249,8 +411,6 @@ def test_bad_models():
     d = Distiller(teacher=_net(), student=_net(width=4))
     with pytest.raises(ValueError, match="not loss="):
         d.compile("adam", loss="mse")
-    with pytest.raises(NotImplementedError, match=r"distiller.student.save"):
-        d.save("d.keras")
 
 
 def test_distill_recipe_step(tmp_path, tiny_data):

@@ -262,10 +262,8 @@ def test_recurrent_model_needs_an_explicit_option(gru, tmp_path):
 
 def test_cli_export(model, tmp_path, capsys):
     from tfopt.cli import main
-    from tfopt.config import EXPORT_FORMATS as FORMAT_NAMES
-    from tfopt.export import FORMATS, default_path
+    from tfopt.export import default_path
 
-    assert list(FORMAT_NAMES) == list(FORMATS)
     path = tmp_path / "m.keras"
     model.save(path)
     assert default_path(path, "tflite-int8") == tmp_path / "m_int8.tflite"
@@ -278,3 +276,66 @@ def test_cli_export(model, tmp_path, capsys):
     assert report["check"]["passed"] is True
     assert main(["export", str(path), "--format", "tflite8"]) == 1
     assert "Did you mean 'tflite-int8'?" in capsys.readouterr().err
+
+
+def _choices(argv_prefix, option):
+    """The ``choices`` of ``option`` in the parser of a `tfopt` subcommand."""
+    from tfopt.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    parser = sub.choices[argv_prefix]
+    return next(a for a in parser._actions if option in a.option_strings)
+
+
+def test_one_formats_table_feeds_config_cli_export_bench_and_search(
+    model, x, tmp_path, monkeypatch
+):
+    """A format added to the table is known everywhere: config, CLI, export, default paths."""
+    import tfopt
+    from tfopt import _formats
+    from tfopt.config import EXPORT_FORMATS, load
+
+    names = [
+        "tflite",
+        "tflite-float16",
+        "tflite-dynamic",
+        "tflite-int8",
+        "tflite-int16x8",
+        "onnx",
+        "savedmodel",
+        "triton",
+        "tensorrt",
+        "tensorrt-fp16",
+        "tensorrt-int8",
+    ]  # the user-facing names (README, DESIGN) do not change
+    assert list(_formats.FORMATS) == list(tfopt.export.FORMATS) == list(EXPORT_FORMATS) == names
+    targets = ("tflite", "tflite-float16", "tflite-dynamic", "tflite-int8")
+    assert tfopt.tune.TARGETS == _formats.targets() == targets
+    assert tuple(_choices("auto", "--target").choices) == targets
+    assert tfopt.export.TOLERANCES["tflite-int8"] == _formats.get("tflite-int8").tolerance
+    assert (
+        _formats.get("onnx").runtime == "onnxruntime" and _formats.get("tensorrt").runtime is None
+    )
+    with pytest.raises(ValueError, match=r"^Unrecognized format='onx'\. Did you mean 'onnx'\? "):
+        _formats.get("onx")
+
+    extra = _formats.Format(
+        "tflite-half",
+        exporter="tflite",
+        runtime="tflite",
+        min_agreement=0.99,
+        max_abs_diff=2e-2,
+        suffix=".tflite",
+        tag="_half",
+        fixed=(("quantization", "float16"),),
+    )
+    monkeypatch.setitem(_formats.FORMATS, "tflite-half", extra)
+    assert load(overrides=["export.formats=[tflite-half]"]).export.formats == ["tflite-half"]
+    assert "tflite-half" in _choices("export", "--format").help
+    path = tfopt.export.default_path(tmp_path / "m.keras", "tflite-half")
+    assert path == tmp_path / "m_half.tflite"
+    art = tfopt.export.export(model, path, format="tflite-half", check_data=x[:16])
+    assert art.info["quantization"] == "float16" and art.check["passed"]
+    with pytest.raises(ValueError, match=r"does not take option\(s\) \['quantization'\]"):
+        tfopt.export.export(model, path, format="tflite-half", quantization="int8")
+    assert tfopt.bench.runner_for(art.path).runtime == "tflite"

@@ -115,18 +115,18 @@ def test_qat_leaves_the_users_model_untouched(trained_qat):
 
 def test_qat_report_lists_quantized_folded_and_ranges(trained_qat):
     r = trained_qat.q.qat_report
-    assert r.quantized == {
+    assert r.changed == {
         "c1": "Conv1D, per-channel weights (run as 2-D conv), folded bn1",
         "c2": "Conv1D, per-channel weights (run as 2-D conv)",
         "bn2": "BatchNormalization, int8 multiply + add",
         "fc": "Dense, per-tensor weights",
         "logits": "Dense, per-tensor weights",
     }
-    assert r.folded == {"bn1": "c1"}
-    assert r.float_layers == {}
+    assert r.details["folded"] == {"bn1": "c1"}
+    assert r.skipped == {}
     # input, after the fused ReLUs, the average pool and the concatenation
-    assert r.ranges == ["x_range", "r1_range", "r2_range", "avg_range", "cat_range"]
-    assert "5 layers quantized, 1 BatchNorms folded, 0 left float" in r.summary()
+    assert r.details["ranges"] == ["x_range", "r1_range", "r2_range", "avg_range", "cat_range"]
+    assert "qat: changed 5 layers, skipped 0 (1 folded, 5 ranges)" in r.summary()
 
 
 def test_folded_batchnorm_matches_the_float_model_at_inference():
@@ -189,7 +189,7 @@ def test_pruned_zeros_stay_zero_through_qat_and_in_the_int8_file(tmp_path):
         layer.kernel.assign(k)
         zeros[name] = k == 0
     q = _compile(qat(model), lr=1e-3)
-    assert f"sparsity {zeros['fc'].mean():.1%} preserved" in q.qat_report.quantized["fc"]
+    assert f"sparsity {zeros['fc'].mean():.1%} preserved" in q.qat_report.changed["fc"]
     q.fit(x, y, epochs=2, batch_size=32, verbose=0)
     fc = q.get_layer("quant_fc")
     assert np.all(fc.layer.kernel.numpy()[zeros["fc"]] == 0.0)
@@ -238,11 +238,11 @@ def test_conv2d_depthwise_separable_transpose_and_batchnorm_everywhere(tmp_path)
     model = keras.Model(i, L.Dense(4, name="logits")(h))
     q = qat(model)
     r = q.qat_report
-    assert r.folded == {"bn_conv": "conv", "bn_dw": "dw", "bn_t": "tconv", "bn_fc": "fc"}
-    assert r.quantized["sep"] == "SeparableConv2D, per-channel weights"
-    assert r.quantized["dw"] == "DepthwiseConv2D, per-channel weights, folded bn_dw"
-    assert r.quantized["tconv"] == "Conv2DTranspose, per-tensor weights, folded bn_t"
-    assert r.quantized["bn_in"] == "BatchNormalization, int8 multiply + add"
+    assert r.details["folded"] == {"bn_conv": "conv", "bn_dw": "dw", "bn_t": "tconv", "bn_fc": "fc"}
+    assert r.changed["sep"] == "SeparableConv2D, per-channel weights"
+    assert r.changed["dw"] == "DepthwiseConv2D, per-channel weights, folded bn_dw"
+    assert r.changed["tconv"] == "Conv2DTranspose, per-tensor weights, folded bn_t"
+    assert r.changed["bn_in"] == "BatchNormalization, int8 multiply + add"
     art = _fit_export(q, x, y, tmp_path / "c2d.tflite")
     names = _assert_fully_int8(art.path)
     assert names.count("DEPTHWISE_CONV_2D") == 2  # the depthwise and the separable's first half
@@ -281,8 +281,10 @@ def test_embedding_weights_are_int8(tmp_path):
     h = L.Conv1D(8, 3, activation="relu", name="conv")(h)
     h = L.GlobalAveragePooling1D()(h)
     q = qat(keras.Model(i, L.Dense(4, name="fc")(h)))
-    assert q.qat_report.quantized["emb"] == "Embedding, per-tensor embeddings"
-    assert "input_range" not in q.qat_report.ranges  # integer inputs are not fake-quantized
+    assert q.qat_report.changed["emb"] == "Embedding, per-tensor embeddings"
+    assert (
+        "input_range" not in q.qat_report.details["ranges"]
+    )  # integer inputs are not fake-quantized
     art = _fit_export(q, x, y, tmp_path / "emb.tflite")
     it, ops = _ops(art.path)
     gather = [o for o in ops if o[0] == "GATHER"]
@@ -312,9 +314,9 @@ def test_attention_projections_run_as_int8_kernels(tmp_path):
     model.fit(x, y, epochs=4, batch_size=32, verbose=0)
     q = qat(model)
     r = q.qat_report
-    assert set(r.float_layers) == {"ln1", "ln2"}
-    assert set(r.quantized) == {"proj", "mha", "ffn1", "ffn2", "logits"}
-    assert "query, key, value, output projection weights" in r.quantized["mha"]
+    assert set(r.skipped) == {"ln1", "ln2"}
+    assert set(r.changed) == {"proj", "mha", "ffn1", "ffn2", "logits"}
+    assert "query, key, value, output projection weights" in r.changed["mha"]
     mha = q.get_layer("mha")
     assert isinstance(mha, tfopt.quantize.QuantizedMultiHeadAttention)
     np.testing.assert_array_equal(
@@ -352,9 +354,9 @@ def test_einsum_dense_is_quantized_when_it_is_a_reshaped_dense(tmp_path):
     model = keras.Model(i, L.Dense(4, name="logits")(h))
     q = qat(model)
     r = q.qat_report
-    assert r.quantized["ed"] == "EinsumDense, per-tensor weights (run as one matmul)"
-    assert {"merge", "transposed"} <= set(r.quantized)
-    assert "'abc,bd->acd'" in r.float_layers["mixing"]
+    assert r.changed["ed"] == "EinsumDense, per-tensor weights (run as one matmul)"
+    assert {"merge", "transposed"} <= set(r.changed)
+    assert "'abc,bd->acd'" in r.skipped["mixing"]
     q(x, training=True)
     sub = keras.Model(q.input, q.get_layer("quant_merge").output)
     want = keras.Model(model.input, model.get_layer("merge").output).predict(x, verbose=0)
@@ -376,8 +378,8 @@ def test_gru_is_left_float_and_the_rest_quantized(tmp_path):
     h = L.Conv1D(8, 3, activation="relu", name="conv")(i)
     h = L.GRU(8, name="gru")(h)
     q = qat(keras.Model(i, L.Dense(4, name="fc")(h)))
-    assert list(q.qat_report.float_layers) == ["gru"]
-    assert "no int8 GRU kernel" in q.qat_report.float_layers["gru"]
+    assert list(q.qat_report.skipped) == ["gru"]
+    assert "no int8 GRU kernel" in q.qat_report.skipped["gru"]
     art = _fit_export(q, x, y, tmp_path / "gru.tflite", fixed_batch=1)
     _, ops = _ops(art.path)
     kernels = {o[0]: o for o in ops if o[0] in _KERNEL_OPS}
@@ -399,7 +401,7 @@ def test_sequential_and_subclassed_models(tmp_path):
         ]
     )
     q = qat(seq)
-    assert len(q.qat_report.quantized) == 3
+    assert len(q.qat_report.changed) == 3
     _assert_fully_int8(_fit_export(q, x, y, tmp_path / "seq.tflite").path)
 
     class Net(keras.Model):
@@ -420,7 +422,7 @@ def test_sequential_and_subclassed_models(tmp_path):
     net = Net()
     net(x[:2])
     q = qat(net)
-    assert sorted(v.split(",")[0] for v in q.qat_report.quantized.values()) == [
+    assert sorted(v.split(",")[0] for v in q.qat_report.changed.values()) == [
         "Conv1D",
         "Dense",
         "Dense",
@@ -477,9 +479,9 @@ def test_qat_copy_of_a_registered_subclassed_model_round_trips_through_keras_fil
     q = qat(net, filters=lambda layer: layer.name != "hidden")
     r = q.qat_report
     conv_name = net.block.conv.name  # the user's names, not the copy's
-    assert set(r.quantized) == {f"block/{conv_name}", "attention", "out"}
-    assert r.float_layers == {
-        f"block/{net.block.norm.name}": r.float_layers[f"block/{net.block.norm.name}"],
+    assert set(r.changed) == {f"block/{conv_name}", "attention", "out"}
+    assert r.skipped == {
+        f"block/{net.block.norm.name}": r.skipped[f"block/{net.block.norm.name}"],
         "hidden": "excluded by filters",
     }
     _compile(q, lr=5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
@@ -522,8 +524,8 @@ def test_subclassed_models_report_what_qat_cannot_rewrite():
     model = Dicty()
     model(np.zeros((1, 3), "float32"))
     r = qat(model).qat_report
-    assert list(r.quantized) == ["head"]
-    assert "(e.g. a dict), which qat() does not rewrite" in r.float_layers["in_dict"]
+    assert list(r.changed) == ["head"]
+    assert "(e.g. a dict), which qat() does not rewrite" in r.skipped["in_dict"]
 
     class Forgetful(keras.Model):  # get_config drops `width`
         def __init__(self, width=4, **kwargs):
@@ -538,7 +540,9 @@ def test_subclassed_models_report_what_qat_cannot_rewrite():
 
     model = Forgetful(width=8)
     model(np.zeros((1, 3), "float32"))
-    with pytest.raises(TypeError, match=r"builds a model with other weights.*get_config\(\) must"):
+    with pytest.raises(
+        tfopt.RewriteError, match=r"builds a model with other weights.*get_config\(\) must"
+    ):
         qat(model)
 
 
@@ -553,7 +557,7 @@ def test_keras_applications_convert_fully_int8(name, prefix, tmp_path):
         input_shape=(32, 32, 3), weights=None, classes=4, classifier_activation=None, **kwargs
     )
     q = qat(model)
-    assert not {k for k, v in q.qat_report.float_layers.items() if "preprocessing" not in v}
+    assert not {k for k, v in q.qat_report.skipped.items() if "preprocessing" not in v}
     x = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype("float32")
     q(x, training=True)  # one training-mode pass sets the ranges (a fit would too, slower)
     art = tfopt.export.tflite(
@@ -569,15 +573,15 @@ def test_keras_applications_convert_fully_int8(name, prefix, tmp_path):
 def test_filters_select_layers_and_bad_arguments_raise():
     model = _conv1d_bn_model()
     q = qat(model, filters=r"^(c1|logits)$")
-    assert set(q.qat_report.quantized) == {"c1", "logits"}
-    assert q.qat_report.float_layers["fc"] == "excluded by filters"
+    assert set(q.qat_report.changed) == {"c1", "logits"}
+    assert q.qat_report.skipped["fc"] == "excluded by filters"
     q = qat(model, filters=["fc"])
-    assert set(q.qat_report.quantized) == {"fc"}
+    assert set(q.qat_report.changed) == {"fc"}
     q = qat(model, filters=lambda layer: layer.name.startswith("c"))
-    assert set(q.qat_report.quantized) == {"c1", "c2"}
+    assert set(q.qat_report.changed) == {"c1", "c2"}
     with pytest.raises(ValueError, match=r"Unrecognized scheme='int4'. Supported schemes are"):
         qat(model, scheme="int4")
-    with pytest.raises(TypeError, match=r"filters must be None, a regex.*Received: filters=3"):
+    with pytest.raises(TypeError, match=r"filters must be a regex.*Received: filters=3"):
         qat(model, filters=3)
     with pytest.raises(TypeError, match=r"must be a keras.Model"):
         qat("model.keras")
@@ -658,5 +662,5 @@ def test_qat_recipe_step_returns_the_fitted_qat_model(tmp_path):
     out = step.run(cfg, _conv1d_bn_model(), Ctx())
     assert fits == [(1, 1e-3)]
     assert isinstance(out.get_layer("quant_c1"), QuantizeWrapper)
-    assert records["qat_report"]["folded"] == {"bn1": "c1"}
+    assert records["qat_report"]["details"]["folded"] == {"bn1": "c1"}
     assert glob.glob(str(tmp_path / "logs" / "qat" / "quantization" / "events.out.tfevents.*"))

@@ -15,6 +15,7 @@ from tfopt.errors import (
     ExportCheckError,
     MissingDependencyError,
     OfflineError,
+    RewriteError,
     TfoptError,
 )
 
@@ -44,6 +45,8 @@ __all__ = [
     "ExportCheckError",
     "MissingDependencyError",
     "OfflineError",
+    "Report",
+    "RewriteError",
     "TfoptError",
     "__version__",
 ]
@@ -52,6 +55,8 @@ __all__ = [
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"tfopt.{name}")
+    if name == "Report":  # the report every technique returns (imports Keras, hence lazy)
+        return importlib.import_module("tfopt._rewrite").Report
     raise AttributeError(f"module 'tfopt' has no attribute {name!r}")
 
 

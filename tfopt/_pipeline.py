@@ -7,21 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+from tfopt import _formats as formats
 from tfopt._backend import import_keras
 from tfopt._steps import StepContext, run_steps
 from tfopt.config import RunConfig
 from tfopt.data import Dataset
 
 keras = import_keras()
-
-_TFLITE_QUANTIZATION = {
-    "tflite": "float32",
-    "tflite-dynamic": "dynamic",
-    "tflite-float16": "float16",
-    "tflite-int8": "int8",
-    "tflite-int16x8": "int16x8",
-}
-_SUFFIX = {"onnx": ".onnx", "savedmodel": "", "triton": ""}
 
 
 def _log(msg: str) -> None:
@@ -55,13 +47,9 @@ def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
     from tfopt import export
 
     rep = data.x_train[: cfg.export.representative_samples]
-    if fmt in _TFLITE_QUANTIZATION:
-        return export.tflite(
-            model,
-            path,
-            quantization=_TFLITE_QUANTIZATION[fmt],
-            representative_data=rep,
-            check_data=data.x_val,
+    if formats.get(fmt).exporter == "tflite":
+        return export.export(
+            model, path, format=fmt, representative_data=rep, check_data=data.x_val
         )
     return export.export(model, path, format=fmt, check_data=data.x_val)
 
@@ -128,10 +116,9 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
     _log(f"[{n}/{total}] export: {names}")
     artifacts = []
     for stage, fmt in exports:
-        suffix = ".engine" if fmt.startswith("tensorrt") else _SUFFIX.get(fmt, ".tflite")
-        path = run_dir / f"{stage['stage']}_{fmt.replace('-', '_')}{suffix}"
+        path = run_dir / f"{stage['stage']}_{fmt.replace('-', '_')}{formats.get(fmt).suffix}"
         art = _export(stage["model"], fmt, path, cfg, data)
-        artifacts.append({"stage": stage["stage"], "format": fmt, "artifact": art})
+        artifacts.append({"stage": stage, "format": fmt, "artifact": art})
 
     n += 1
     _log(f"[{n}/{total}] bench: accuracy on {len(data.x_test)} test samples through each artifact")
@@ -147,8 +134,9 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
         rows.append(_row(stage["stage"], "keras", stage["keras"], res, None))
     for item in artifacts:
         art = item["artifact"]
-        res = bench.benchmark(art.path, data.test, model=stages[-1]["model"], **options)
-        rows.append(_row(item["stage"], item["format"], art.path, res, art.check))
+        # params/MACs of the model this artifact was exported from, not of the final stage
+        res = bench.benchmark(art.path, data.test, model=item["stage"]["model"], **options)
+        rows.append(_row(item["stage"]["stage"], item["format"], art.path, res, art.check))
     for row in rows:
         _log(
             f"      {row['stage']:<14} {row['format']:<14} acc {row['accuracy']:.4f}  "

@@ -16,10 +16,34 @@ def _count(n) -> str:
     return "-" if n is None else f"{n:,}"
 
 
+def _reference(rows: list[dict]) -> dict | None:
+    """The row size ratios are measured against: the float32 TFLite export of the baseline."""
+    return next(
+        (
+            r
+            for r in rows
+            if (r["stage"], r["format"]) == ("baseline", "tflite") and r["gzip_bytes"]
+        ),
+        None,
+    )
+
+
+def gzip_ratio(row: dict, reference: dict | None) -> float | None:
+    """How many times smaller ``row``'s artifact is than ``reference``'s, gzip size to gzip size
+    (None for Keras files, whose zip container is not an artifact, or without a reference)."""
+    if reference is None or row["format"] == "keras" or not row.get("gzip_bytes"):
+        return None
+    return reference["gzip_bytes"] / row["gzip_bytes"]
+
+
 def markdown_table(rows: list[dict]) -> str:
+    reference = _reference(rows)
+    ratio_head = " x smaller (gzip vs baseline tflite gzip) |" if reference else ""
     lines = [
-        "| stage | format | accuracy | size | gzip size | params | MACs | latency p50 (ms) | latency p99 (ms) | parity with Keras |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| stage | format | accuracy | size | gzip size |"
+        + ratio_head
+        + " params | MACs | latency p50 (ms) | latency p99 (ms) | parity with Keras |",
+        "|---|---|---|---|---|" + ("---|" if reference else "") + "---|---|---|---|---|",
     ]
     for r in rows:
         check = r.get("check")
@@ -29,10 +53,14 @@ def markdown_table(rows: list[dict]) -> str:
             else f"{check['argmax_agreement']:.1%} argmax, max diff {check['max_abs_diff']:.2g}"
         )
         lat = r.get("latency_ms") or {}
+        ratio = ""
+        if reference:
+            value = gzip_ratio(r, reference)
+            ratio = " - |" if value is None else f" {value:.1f}x |"
         lines.append(
             f"| {r['stage']} | {r['format']} | {r['accuracy']:.4f} | {_fmt_bytes(r['bytes'])} | "
-            f"{_fmt_bytes(r['gzip_bytes'])} | {_count(r.get('params'))} | {_count(r.get('macs'))} | "
-            f"{lat.get('p50', float('nan')):.3f} | "
+            f"{_fmt_bytes(r['gzip_bytes'])} |{ratio} {_count(r.get('params'))} | "
+            f"{_count(r.get('macs'))} | {lat.get('p50', float('nan')):.3f} | "
             f"{lat.get('p99', float('nan')):.3f} | {parity} |"
         )
     return "\n".join(lines)
@@ -63,6 +91,8 @@ def write_report(report: dict, run_dir: Path) -> None:
         "",
         "Accuracy is measured on the test split through each artifact's own runtime (Keras, LiteRT).",
         "Latency: one sample per request, single thread, after warm-up.",
+        "Params and MACs are those of the model each artifact was exported from (per sample; "
+        "tfopt's pruning/QAT/cluster variables are not params). Size ratios are gzip to gzip.",
         "",
         markdown_table(report["results"]),
         "",

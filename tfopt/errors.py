@@ -23,3 +23,7 @@ class ExportCheckError(TfoptError):
 
 class MissingDependencyError(TfoptError, ImportError):
     """An optional dependency is not installed; the message says what to install."""
+
+
+class RewriteError(TfoptError, ValueError):
+    """A model cannot be rewritten by a technique; the message names the layer and says why."""

@@ -1,6 +1,7 @@
-"""Parameter and multiply-accumulate (MAC) counts from a Keras model, a TFLite graph or an ONNX
-graph. FLOPs are reported as 2 x MACs. Only the layers that dominate compute are counted: dense,
-convolutions (incl. depthwise / separable) and matrix products; elementwise ops are ignored."""
+"""Parameter and multiply-accumulate (MAC) counts from a Keras model (`tfopt._measure`, the one
+counter), a TFLite graph or an ONNX graph. FLOPs are reported as 2 x MACs. Only the layers that
+dominate compute are counted: dense, convolutions, attention, recurrent layers and matrix
+products; elementwise ops are ignored."""
 
 from __future__ import annotations
 
@@ -14,41 +15,16 @@ def _prod(shape) -> int:
 
 
 def keras_counts(model) -> dict:
-    """``{"params", "macs", "flops", "source": "keras"}`` for a Keras model (per sample)."""
-    macs = 0
-    for layer in _leaf_layers(model):
-        inner = getattr(layer, "layer", layer)  # tfopt wrappers (pruning, QAT) hold the real layer
-        try:
-            out = layer.output.shape[1:]
-        except (AttributeError, ValueError):
-            continue
-        kernel = getattr(inner, "kernel", None)
-        cls = type(inner).__name__
-        if cls.startswith("SeparableConv"):
-            dw = inner.depthwise_kernel.shape  # (*k, cin, multiplier)
-            pw = inner.pointwise_kernel.shape  # (*1, cin*mult, cout)
-            macs += _prod(out[:-1]) * (_prod(dw) + _prod(pw[-2:]))
-        elif cls.startswith("DepthwiseConv"):
-            k = inner.kernel.shape  # (*k, cin, multiplier)
-            macs += _prod(out) * _prod(k[:-2])
-        elif kernel is not None and cls.startswith("Conv") and "Transpose" not in cls:
-            macs += _prod(out) * _prod(kernel.shape[:-1])
-        elif kernel is not None and cls in ("Dense", "EinsumDense"):
-            macs += _prod(out) * int(kernel.shape[0])
-    return {
-        "params": int(model.count_params()),
-        "macs": int(macs),
-        "flops": int(2 * macs),
-        "source": "keras",
-    }
+    """``{"params", "macs", "flops", "source": "keras"}`` for a Keras model (per sample).
 
+    The one counter tfopt uses everywhere (`tfopt._measure.count`): plain-model params (tfopt's
+    wrappers count the layer they wrap, not their masks or quantizer ranges) and MACs of dense,
+    einsum, convolution (grouped, transposed, depthwise, separable), attention and recurrent
+    layers on the shapes they are called with.
+    """
+    from tfopt._measure import count
 
-def _leaf_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and not hasattr(layer, "layer"):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
+    return count(model)
 
 
 def tflite_counts(path_or_bytes) -> dict:

@@ -171,8 +171,8 @@ def write_report(
     sources = sorted({r["ops_source"] for r in rows if r.get("ops_source")})
     if sources:
         md.append(
-            f"Params and MACs counted from: {', '.join(sources)} (dense, conv and matmul layers; "
-            "per sample).\n"
+            f"Params and MACs counted from: {', '.join(sources)} (dense, convolution, attention, "
+            "recurrent and matmul layers; per sample).\n"
         )
     if latency:
         paths["latency_plot"] = latency

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfopt import _formats as formats
 from tfopt.errors import MissingDependencyError
 
 
@@ -270,6 +271,10 @@ def _triton_model(path: Path) -> Path:
     )
 
 
+# the runtime names of the formats table (`tfopt._formats`) -> the runner of such a file
+_FILE_RUNNERS = {cls.runtime: cls for cls in (TFLiteRunner, OnnxRunner)}
+
+
 def runner_for(artifact, **kwargs):
     """Returns the runner that executes ``artifact``.
 
@@ -298,17 +303,17 @@ def runner_for(artifact, **kwargs):
                 f"Directory {str(path)!r} is neither a SavedModel (saved_model.pb) nor "
                 "a Triton model directory (config.pbtxt)"
             )
-        suffix = path.suffix
-        if suffix == ".tflite":
-            return TFLiteRunner(path, **{k: v for k, v in kwargs.items() if k == "num_threads"})
-        if suffix == ".onnx":
-            return OnnxRunner(path, **{k: v for k, v in kwargs.items() if k == "num_threads"})
-        if suffix == ".keras":
+        if path.suffix == ".keras":
             return KerasRunner(path, **{k: v for k, v in kwargs.items() if k == "mode"})
-        raise ValueError(
-            f"Unrecognized artifact {str(artifact)!r}. Supported: .tflite, .onnx, "
-            ".keras files, SavedModel or Triton model directories, or a keras.Model"
-        )
+        fmt = formats.by_suffix(path.suffix)
+        runner = _FILE_RUNNERS.get(fmt.runtime) if fmt is not None else None
+        if runner is None:
+            suffixes = ", ".join(formats.runnable_suffixes())
+            raise ValueError(
+                f"Unrecognized artifact {str(artifact)!r}. Supported: {suffixes}, "
+                ".keras files, SavedModel or Triton model directories, or a keras.Model"
+            )
+        return runner(path, **{k: v for k, v in kwargs.items() if k == "num_threads"})
     from tfopt._backend import check_model
 
     check_model(artifact, "artifact")

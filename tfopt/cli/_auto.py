@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tfopt import _formats as formats
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -31,7 +33,7 @@ def add_parser(sub):
     p.add_argument("--objective", choices=["size", "latency"], default="size")
     p.add_argument(
         "--target",
-        choices=["tflite-int8", "tflite-float16", "tflite-dynamic", "tflite"],
+        choices=formats.targets(),
         default="tflite-int8",
     )
     p.add_argument(

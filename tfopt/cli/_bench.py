@@ -18,10 +18,13 @@ def _levels(text: str) -> list[int]:
 
 
 def add_parser(sub):
+    from tfopt import _formats as formats
+
+    files = ", ".join(formats.runnable_suffixes())
     p = sub.add_parser(
         "bench",
         help="benchmark artifacts in their runtime: accuracy, size, latency, throughput under load",
-        description="Measure each ARTIFACT (.keras, .tflite, .onnx, SavedModel or Triton model "
+        description=f"Measure each ARTIFACT (.keras, {files}, SavedModel or Triton model "
         "directory) in its own runtime: accuracy on the dataset's test split, params/MACs, file "
         "and gzip size, single-request latency p50/p90/p99, and throughput/latency at each "
         "concurrency level. Prints a table; --json and --report write files.",

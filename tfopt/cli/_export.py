@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from tfopt.config import EXPORT_FORMATS as FORMAT_NAMES
+from tfopt import _formats as formats
 
 
 def add_parser(sub):
+    names = ", ".join(formats.names())
     p = sub.add_parser(
         "export",
         help="export a .keras model (TFLite, ONNX, SavedModel, Triton, TensorRT), parity-checked",
         description="Export MODEL.keras in FORMAT and check the artifact against the Keras model "
         "(argmax agreement and max abs difference on sample inputs). The check's result is printed "
-        "and written to <out>.export.json. Formats: " + ", ".join(FORMAT_NAMES) + ".",
+        f"and written to <out>.export.json. Formats: {names}.",
     )
     p.add_argument("model", help="the .keras model file")
     p.add_argument(
@@ -19,7 +20,7 @@ def add_parser(sub):
         "-f",
         default="tflite",
         metavar="F",
-        help="export format (default: tflite): " + ", ".join(FORMAT_NAMES),
+        help=f"export format (default: tflite): {names}",
     )
     p.add_argument(
         "--out",
@@ -83,10 +84,7 @@ def _load_data(name: str):
 def main(args) -> int:
     from pathlib import Path
 
-    if args.format not in FORMAT_NAMES:
-        from tfopt.export import check_format
-
-        check_format(args.format)  # raises with the did-you-mean
+    fmt = formats.get(args.format)  # raises with a did-you-mean before TensorFlow loads
     from tfopt import export, models
 
     model = models.load(args.model)
@@ -94,9 +92,9 @@ def main(args) -> int:
     options = {}
     if args.data:
         ds = _load_data(args.data)
-        if args.format.startswith("tflite"):
+        if fmt.exporter == "tflite":
             options["representative_data"] = ds.x_train[: args.samples]
-        if args.format.startswith("tensorrt-int8") or args.precision == "int8":
+        if fmt.options.get("precision") == "int8" or args.precision == "int8":
             options["calibration_data"] = ds.x_train[: args.samples]
         options["check_data"] = ds.x_val[:256]
     named = {

@@ -12,15 +12,13 @@ Example:
     >>> small = tfopt.cluster.strip(clustered)
 """
 
-from tfopt.cluster._api import ClusterReport, LayerEntry, cluster, distinct_values, strip
+from tfopt.cluster._api import cluster, distinct_values, strip
 from tfopt.cluster._layers import INITS, SUPPORTED, ClusterWeights
 
 __all__ = [
     "INITS",
     "SUPPORTED",
-    "ClusterReport",
     "ClusterWeights",
-    "LayerEntry",
     "cluster",
     "distinct_values",
     "strip",

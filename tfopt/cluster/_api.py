@@ -2,78 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from tfopt._backend import check_model, import_keras
+from tfopt._rewrite import Report, attach_report, copy_layer, layer_filter, rewrite
 from tfopt.cluster._layers import INITS, SUPPORTED, ClusterWeights, channel_axis, layer_kind
 
 keras = import_keras()
 
 Filters = str | Sequence[str] | Callable[[object], bool] | None
-
-
-@dataclass
-class LayerEntry:
-    """One layer with weights: clustered (kernel size, zeros, an optional note) or skipped (why)."""
-
-    layer: str
-    class_name: str
-    status: str  # "clustered" | "skipped"
-    reason: str = ""  # why it was skipped, or a note on a clustered layer
-    weights: int = 0
-    zeros: int = 0
-
-
-@dataclass
-class ClusterReport:
-    """Which layers `cluster` wrapped and which it skipped, with the reason."""
-
-    n_clusters: int
-    per_channel: bool
-    init: str
-    preserve_sparsity: bool
-    layers: list[LayerEntry] = field(default_factory=list)
-
-    @property
-    def clustered(self) -> list[str]:
-        return [e.layer for e in self.layers if e.status == "clustered"]
-
-    @property
-    def skipped(self) -> dict[str, str]:
-        return {e.layer: e.reason for e in self.layers if e.status == "skipped"}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        head = (
-            f"cluster: n_clusters={self.n_clusters} per_channel={self.per_channel} "
-            f"init={self.init!r} preserve_sparsity={self.preserve_sparsity}"
-        )
-        lines = [head]
-        for e in self.layers:
-            if e.status == "clustered":
-                note = f" ({e.reason})" if e.reason else ""
-                lines.append(
-                    f"  clustered {e.layer} ({e.class_name}): {e.weights} weights, {e.zeros} zeros{note}"
-                )
-            else:
-                lines.append(f"  skipped   {e.layer} ({e.class_name}): {e.reason}")
-        return "\n".join(lines)
-
-
-def _matches(layer, filters: Filters) -> bool:
-    if filters is None:
-        return True
-    if isinstance(filters, str):
-        return re.search(filters, layer.name) is not None
-    if callable(filters):
-        return bool(filters(layer))
-    return any(re.search(p, layer.name) is not None for p in filters)
 
 
 def _check_args(n_clusters, init, filters) -> None:
@@ -96,41 +35,6 @@ def _check_args(n_clusters, init, filters) -> None:
             "filters must be None, a regex string, a list of regex strings or a callable "
             f"layer -> bool. Received: filters={filters!r}"
         )
-
-
-def _check_graph_model(model, fn: str) -> None:
-    check_model(model)
-    from keras.src.models.functional import Functional
-
-    if not isinstance(model, keras.Sequential | Functional):
-        raise TypeError(
-            f"{fn}() rebuilds Functional or Sequential models; {type(model).__name__} is a "
-            "subclassed model. Build it as a Functional model, or wrap its layers yourself with "
-            "tfopt.cluster.ClusterWeights."
-        )
-    if not model.built:
-        raise ValueError(
-            f"{fn}() needs a built model (its weights exist). Call the model on data or give it an "
-            f"Input first. Received: model={model.name!r} (not built)"
-        )
-
-
-def _rebuild(model, replace: Callable):
-    """Clones ``model`` layer by layer; ``replace(layer)`` returns a new layer or None (plain clone).
-
-    Returns the clone and the list of (original, new) layer pairs, in order.
-    """
-    pairs: list[tuple] = []
-
-    def clone(layer):
-        new = replace(layer)
-        if new is None:
-            new = layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, new))
-        return new
-
-    new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    return new_model, pairs
 
 
 def _why_not(layer) -> str:
@@ -177,11 +81,12 @@ def cluster(
     ``centroids[assignments]`` with trainable centroids (fine-tune with ``fit``; gradients flow to
     the centroids, assignments stay fixed). The user's model is not changed. Call `strip` after
     training to get plain Keras layers whose kernels hold at most ``n_clusters`` distinct values.
-    The returned model has a ``cluster_report`` attribute (a `ClusterReport`: layers clustered and
-    layers skipped, with the reason).
+    The returned model has a ``tfopt_report`` attribute (a `tfopt.Report`, also ``cluster_report``:
+    layers clustered and layers skipped, with the reason).
 
     Args:
-        model: a built Functional or Sequential Keras 3 model (nested models are handled).
+        model: a built Keras 3 model: Sequential, functional (nested models are handled) or
+            subclassed (its layers are replaced on a copy).
         n_clusters: distinct values per kernel (per channel with ``per_channel``); at least 2.
             Defaults to 16.
         per_channel: one codebook per output channel (input channel for depthwise convolutions).
@@ -196,11 +101,12 @@ def cluster(
         seed: seed of the k-means++ initialization. Defaults to 0.
 
     Returns:
-        A new ``keras.Model`` with `ClusterWeights` layers (compiled like ``model`` if it was).
+        A new ``keras.Model`` with `ClusterWeights` layers.
 
     Raises:
         ValueError: ``n_clusters`` < 2, an unknown ``init``, or an unbuilt model.
-        TypeError: ``model`` is not a Functional/Sequential Keras 3 model, or bad ``filters``.
+        TypeError: ``model`` is not a Keras 3 model, or bad ``filters``.
+        tfopt.RewriteError: a layer or subclassed model that cannot be copied.
 
     Example:
         >>> clustered = tfopt.cluster.cluster(model, 16)
@@ -208,54 +114,45 @@ def cluster(
         >>> small = tfopt.cluster.strip(clustered)
     """
     _check_args(n_clusters, init, filters)
-    _check_graph_model(model, "cluster")
-    report = ClusterReport(int(n_clusters), bool(per_channel), init, bool(preserve_sparsity))
+    check_model(model)
+    select = layer_filter(filters)
+    settings = {
+        "n_clusters": int(n_clusters),
+        "per_channel": bool(per_channel),
+        "init": init,
+        "preserve_sparsity": bool(preserve_sparsity),
+    }
+    report = Report("cluster", details=dict(settings))
+    seeds: dict[int, int] = {}
 
     def replace(layer):
         if not layer.weights:
             return None
         reason = _why_not(layer)
-        if not reason and not _matches(layer, filters):
+        if not reason and not select(layer):
             reason = "excluded by filters"
-        name, cls = layer.name, type(layer).__name__
         if reason:
             zeros = sum(int(np.sum(w == 0)) for w in layer.get_weights() if w.ndim > 1)
             if preserve_sparsity and zeros:
                 reason += (
                     f" (its {zeros} zero weights are not protected if the model is fine-tuned)"
                 )
-            report.layers.append(LayerEntry(name, cls, "skipped", reason))
+            report.skip(layer, reason)
             return None
         kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel))
-        report.layers.append(
-            LayerEntry(
-                name,
-                cls,
-                "clustered",
-                reason=_small_note(layer, n_clusters, per_channel),
-                weights=int(kernel.size),
-                zeros=int((kernel == 0).sum()),
-            )
-        )
-        inner = layer.__class__.from_config(layer.get_config())
-        return ClusterWeights(
-            inner,
-            n_clusters=int(n_clusters),
-            per_channel=bool(per_channel),
-            init=init,
-            preserve_sparsity=bool(preserve_sparsity),
-            name=layer.name,
-        )
+        note = f"{kernel.size} weights, {int((kernel == 0).sum())} zeros"
+        small = _small_note(layer, n_clusters, per_channel)
+        report.change(layer, f"{note} ({small})" if small else note)
+        wrapper = ClusterWeights(copy_layer(layer), **settings, name=layer.name)
+        seeds[id(wrapper)] = seed + len(seeds)
+        return wrapper
 
-    new_model, pairs = _rebuild(model, replace)
-    for i, (old, new) in enumerate(pairs):
-        if isinstance(new, ClusterWeights):
-            new.layer.set_weights(old.get_weights())
-            new.initialize_clusters(seed=seed + i)
-        elif old.weights:
-            new.set_weights(old.get_weights())
-    new_model.cluster_report = report
-    return new_model
+    def finish(layer, wrapper):
+        wrapper.layer.set_weights(layer.get_weights())
+        wrapper.initialize_clusters(seed=seeds[id(wrapper)])
+
+    clustered = rewrite(model, replace, finish=finish, action="cluster()")
+    return attach_report(clustered, report, "cluster_report")
 
 
 def strip(model):
@@ -266,14 +163,14 @@ def strip(model):
     clustered model. Other layers are copied unchanged.
 
     Args:
-        model: a Functional or Sequential model, usually from `cluster` after fine-tuning.
+        model: a Keras 3 model, usually from `cluster` after fine-tuning.
 
     Returns:
-        A new ``keras.Model`` of plain Keras layers (compiled like ``model`` if it was), ready for
+        A new ``keras.Model`` of plain Keras layers, ready for
         TFLite export or QAT.
 
     Raises:
-        TypeError: ``model`` is not a Functional/Sequential Keras 3 model.
+        TypeError: ``model`` is not a Keras 3 model.
         ValueError: the model is not built.
 
     Example:
@@ -281,25 +178,21 @@ def strip(model):
         >>> tfopt.cluster.distinct_values(small)
         {'conv1': 16, ...}
     """
-    _check_graph_model(model, "strip")
+    check_model(model)
 
     def replace(layer):
-        if isinstance(layer, ClusterWeights):
-            return layer.layer.__class__.from_config(layer.layer.get_config())
-        return None
+        return copy_layer(layer.layer) if isinstance(layer, ClusterWeights) else None
 
-    new_model, pairs = _rebuild(model, replace)
-    for old, new in pairs:
-        if isinstance(old, ClusterWeights):
-            kernel_path = old.layer.kernel.path
-            values = [
-                old.clustered_kernel_numpy() if v.path == kernel_path else v.numpy()
-                for v in old.layer.weights
+    def finish(wrapper, plain):
+        kernel_path = wrapper.layer.kernel.path
+        plain.set_weights(
+            [
+                wrapper.clustered_kernel_numpy() if v.path == kernel_path else v.numpy()
+                for v in wrapper.layer.weights
             ]
-            new.set_weights(values)
-        elif old.weights:
-            new.set_weights(old.get_weights())
-    return new_model
+        )
+
+    return rewrite(model, replace, finish=finish, action="strip()")
 
 
 def distinct_values(model, *, per_channel: bool = False) -> dict[str, int]:

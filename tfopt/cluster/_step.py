@@ -40,7 +40,7 @@ def run(cfg: Config, model, ctx):
         seed=ctx.seed,
     )
     report = clustered.cluster_report
-    ctx.log(f"      clustered {len(report.clustered)} layers, skipped {len(report.skipped)}")
+    ctx.log(f"      clustered {len(report.changed)} layers, skipped {len(report.skipped)}")
     for name, reason in report.skipped.items():
         ctx.log(f"      skipped {name}: {reason}")
     if cfg.epochs:

@@ -9,25 +9,13 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from tfopt import _formats as formats
 from tfopt._steps import STEPS, step_module
 from tfopt.config._base import Section, StepConfig
 from tfopt.errors import ConfigError
 
-# every format of tfopt.export.export, listed here without importing TensorFlow (a test keeps the
-# two equal); the CLI and the config schema check names against it
-EXPORT_FORMATS = (
-    "tflite",
-    "tflite-float16",
-    "tflite-dynamic",
-    "tflite-int8",
-    "tflite-int16x8",
-    "onnx",
-    "savedmodel",
-    "triton",
-    "tensorrt",
-    "tensorrt-fp16",
-    "tensorrt-int8",
-)
+# every format of tfopt.export.export: the names in the formats table (imported without TensorFlow)
+EXPORT_FORMATS = tuple(formats.names())
 
 
 class DataConfig(Section):
@@ -71,8 +59,8 @@ class ExportConfig(Section):
     @classmethod
     def _known_formats(cls, v: list[str]) -> list[str]:
         for f in v:
-            if f not in EXPORT_FORMATS:
-                raise ValueError(_unknown("format", f, EXPORT_FORMATS))
+            if f not in formats.FORMATS:
+                raise ValueError(_unknown("format", f, formats.names()))
         return v
 
 

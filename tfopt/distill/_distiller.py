@@ -1,4 +1,14 @@
-"""`Distiller`: a `keras.Model` that trains a student from a frozen teacher and the labels."""
+"""`Distiller`: a `keras.Model` that trains a student from a frozen teacher and the labels.
+
+Built on ``keras.distillation`` (Keras 3.15): the soft-target term is a
+``keras.distillation.LogitsDistillation`` and each feature term a
+``keras.distillation.FeatureDistillation``; any ``keras.distillation.DistillationLoss`` can replace
+the soft-target term. tfopt adds what ``keras.distillation.Distiller`` lacks: teachers and students
+that end in a softmax, precomputed teacher outputs, learned projections between feature maps of
+different widths, students whose layers update state in the training step (tfopt pruning and QAT
+wrappers: the student runs exactly once per step), regularization losses, and a teacher that is
+frozen without changing the user's model (Keras sets ``teacher.trainable = False``).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +20,14 @@ from tfopt._backend import check_model, import_keras
 
 keras = import_keras()
 ops = keras.ops
-from keras.src.losses.losses import LossFunctionWrapper  # noqa: E402  (not in the public API)
 
 _LABELS = "labels"
 _TEACHER = "teacher"
-_FINAL = "final_output"
+_FINAL = "final_output"  # the key keras.distillation uses for the model output among features
+_OUTPUT_KINDS = ("logits", "probabilities")
+# log() of a probability clipped at the smallest normal float32 is finite: a class whose
+# probability underflowed to 0 gets a very negative logit instead of -inf (and no NaN gradients).
+_TINY = float(np.finfo("float32").tiny)
 
 
 class _Scratch:
@@ -23,33 +36,59 @@ class _Scratch:
     features = None
 
 
-def _as_loss(loss, arg: str):
-    """A `keras.losses.Loss` from a name, a Loss or a function ``(y_true, y_pred) -> per-sample``."""
-    if isinstance(loss, keras.losses.Loss):
-        return loss
-    if isinstance(loss, str):
-        fn = keras.losses.get(loss)
-        if fn is None:
-            raise ValueError(f"Unknown loss {arg}={loss!r}")
-        return fn if isinstance(fn, keras.losses.Loss) else LossFunctionWrapper(fn)
-    if callable(loss):
-        return LossFunctionWrapper(loss)
-    raise TypeError(
-        f"{arg} must be a loss name, a keras.losses.Loss or a function. Received: {arg}={loss!r}"
-    )
-
-
-def _outputs_probabilities(model) -> bool:
-    """True when a Functional/Sequential model ends with a softmax (probabilities, not logits)."""
+def _output_operation(model):
+    """The layer (or op) that produces the model's first output; None when it can't be seen."""
     from keras.src.models.functional import Functional
 
-    if not isinstance(model, Functional | keras.Sequential) or not model.layers:
+    if isinstance(model, keras.Sequential):
+        op = model.layers[-1] if model.layers else None
+    elif isinstance(model, Functional):
+        op = model.outputs[0]._keras_history.operation
+    else:
+        return None
+    # tfopt's pruning/QAT/clustering wrappers keep the activation in the wrapped layer
+    while isinstance(op, keras.layers.Wrapper):
+        op = op.layer
+    if isinstance(op, keras.Model):
+        return _output_operation(op)
+    return op
+
+
+def ends_in_softmax(model) -> bool:
+    """Whether a Functional or Sequential model's output is a softmax (probabilities).
+
+    Looks through tfopt wrappers and nested models; a `keras.layers.Softmax`, a
+    ``keras.ops.softmax`` in a functional graph or a layer with ``activation="softmax"`` count.
+    A subclassed model can't be inspected: False (say ``teacher_output=``/``student_output=``).
+    """
+    op = _output_operation(model)
+    if op is None:
         return False
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
+    if type(op).__name__ == "Softmax":  # keras.layers.Softmax, or the op of keras.ops.softmax
         return True
-    act = getattr(last, "activation", None)
+    act = getattr(op, "activation", None)
     return act is keras.activations.softmax or getattr(act, "__name__", "") == "softmax"
+
+
+def _outputs_probabilities(model, kind, role: str) -> bool:
+    if kind is None:
+        return ends_in_softmax(model)
+    if kind not in _OUTPUT_KINDS:
+        raise ValueError(
+            f"{role}_output must be None (detect), 'logits' or 'probabilities'. "
+            f"Received: {role}_output={kind!r}"
+        )
+    return kind == "probabilities"
+
+
+def _log_space(outputs, probabilities: bool):
+    """Outputs a temperature can divide: logits as they are, probabilities as log(p).
+
+    log(softmax(z)) = z - logsumexp(z) differs from z by a constant per row, so
+    softmax(log(p) / T) = softmax(z / T): the same soft targets as the logits behind p.
+    """
+    outputs = ops.cast(outputs, "float32")  # also: float16 outputs of mixed-precision models
+    return ops.log(ops.maximum(outputs, _TINY)) if probabilities else outputs
 
 
 def _feature_pairs(features) -> list[tuple[str, str]]:
@@ -84,8 +123,48 @@ def _layer(model, name: str, role: str):
         raise ValueError(f"The {role} has no layer named {name!r}. Its layers: {names}") from None
 
 
+def _as_loss(loss, arg: str):
+    """A `keras.losses.Loss` (reduces over the batch, takes sample weights) from a name, a Loss or
+    a function ``(y_true, y_pred) -> per-sample``."""
+    from keras.src.losses.losses import LossFunctionWrapper  # not in the public API
+
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+    if isinstance(loss, str):
+        fn = keras.losses.get(loss)
+        if fn is None:
+            raise ValueError(f"Unknown loss {arg}={loss!r}")
+        return fn if isinstance(fn, keras.losses.Loss) else LossFunctionWrapper(fn)
+    if callable(loss):
+        return LossFunctionWrapper(loss)
+    raise TypeError(
+        f"{arg} must be a loss name, a keras.losses.Loss or a function. Received: {arg}={loss!r}"
+    )
+
+
+def _kl_if_named(loss):
+    """``"kl_divergence"`` (or its aliases) as a `keras.losses.KLDivergence` instance.
+
+    Keras 3.15's ``LogitsDistillation`` applies the softmax and the T**2 factor only to a
+    ``KLDivergence`` *instance*; the name resolves to a bare function that would get raw logits.
+    """
+    if isinstance(loss, str) and keras.losses.get(loss) is keras.losses.kl_divergence:
+        return keras.losses.KLDivergence()
+    return loss
+
+
+def _check_number(value, arg: str, *, low: float, high: float | None = None, open_low=False):
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (value > low if open_low else value >= low) and (high is None or value <= high)
+    if not ok:
+        rule = f"> {low:g}" if open_low else f">= {low:g}"
+        rule = f"in [{low:g}, {high:g}]" if high is not None else rule
+        raise ValueError(f"{arg} must be a number {rule}. Received: {arg}={value!r}")
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
 class Distiller(keras.Model):
-    """Trains ``student`` to match a frozen ``teacher`` (logits and, optionally, features) and labels.
+    """Trains ``student`` to match a frozen ``teacher`` (outputs and, optionally, features) and labels.
 
     The loss minimised by ``fit`` is::
 
@@ -96,40 +175,60 @@ class Distiller(keras.Model):
 
     where ``s``/``t`` are the student/teacher logits, ``T`` the temperature, ``t_i``/``s_i`` the
     outputs of the named intermediate layers and ``P_i`` a learned linear projection (a bias-free
-    Dense on the channel axis) used when the widths differ (identity otherwise). So ``alpha`` is the
-    weight of the hard-label loss (the convention of ``keras.distillation.Distiller``'s
-    ``student_loss_weight`` and of the Keras knowledge-distillation example); ``alpha=1`` is plain
-    training, ``alpha=0`` pure distillation.
+    Dense on the channel axis) used when the widths differ (identity otherwise). The soft-target
+    term is ``keras.distillation.LogitsDistillation(T, loss=keras.losses.KLDivergence())`` and each
+    feature term a ``keras.distillation.FeatureDistillation``. ``alpha`` is the weight of the
+    hard-label loss (``keras.distillation.Distiller``'s ``student_loss_weight``); ``alpha=1`` is
+    plain training, ``alpha=0`` pure distillation. Sample weights weigh the hard-label loss only
+    (the Keras distillation losses average over the batch).
 
-    The teacher is called with ``training=False`` and is never updated; it is *not* tracked by the
-    distiller (its ``trainable`` flag is left as the user set it, its weights are not in
-    ``distiller.weights``). The student is trained in place: save it with
-    ``distiller.student.save(path)``. ``predict`` returns the student's logits; the compiled
-    metrics are computed on the student. ``evaluate`` also reports ``student_loss`` and
-    ``distillation_loss``.
+    Models that end in a softmax work: their probabilities ``p`` enter the soft-target term as
+    ``log(p)``, whose tempered softmax equals that of the logits behind ``p`` (the temperature must
+    act on logits, never on probabilities). The default hard-label loss takes the student's
+    outputs as they are (``from_logits`` follows the student's output).
+
+    The teacher is called with ``training=False`` and is never updated; the user's teacher is not
+    modified (its ``trainable`` flag stays as it is) and its weights are not in
+    ``distiller.weights``, but it is saved with the distiller. The student runs once per training
+    step (its features come from the same pass), so pruning masks and QAT ranges advance once per
+    step. The student is trained in place: ``distiller.student`` is the model to strip and export.
+    ``predict`` returns the student's outputs; the compiled metrics are computed on the student.
+    ``evaluate`` also reports ``student_loss`` and ``distillation_loss``.
+
+    Precomputed teacher outputs: with ``precompute_teacher=True`` the teacher runs once over NumPy
+    ``x`` when ``fit`` starts. For a ``tf.data.Dataset`` (or outputs stored earlier), pass the
+    targets as ``{"labels": y, "teacher": outputs}``, where ``outputs`` is what the teacher returns
+    (logits or probabilities, as in ``teacher.predict``) or, with ``features``, the dict that
+    `precompute` returns; the teacher is then not run for those batches.
+
+    A Distiller saves and loads like any Keras model (``distiller.save("d.keras")``,
+    ``keras.models.load_model``): teacher, student, projections, compile and optimizer state.
 
     Args:
-        teacher: a trained Keras 3 model that outputs logits.
-        student: the Keras 3 model to train (logits with the teacher's output shape). It may hold
-            custom layers (tfopt pruning, QAT or clustering wrappers).
+        teacher: a trained Keras 3 model (logits or softmax probabilities).
+        student: the Keras 3 model to train, with the teacher's output shape. It may hold tfopt
+            pruning, QAT or clustering wrappers.
         temperature: softmax temperature ``T`` > 0. Defaults to 4.0.
         alpha: weight of the hard-label loss, in [0, 1]. Defaults to 0.1.
         features: intermediate layers to match: a dict ``{teacher_layer: student_layer}``, a list of
             pairs, or a list of names present in both models (Functional/Sequential models only).
-            Defaults to None (logits only).
-        feature_loss: loss between teacher features and projected student features.
-            Defaults to "mse".
+            Defaults to None (outputs only).
+        feature_loss: loss between teacher features and projected student features (a name, a
+            `keras.losses.Loss` or a function). Defaults to "mse".
         feature_weight: weight of each feature term inside the distillation part. Defaults to 1.0.
         precompute_teacher: run the teacher once over ``x`` when ``fit`` starts (NumPy ``x``), not
             at every step; the teacher outputs travel with the labels through shuffling and
             batching. Do not combine with random data augmentation. Defaults to False.
+        teacher_output: ``"logits"`` or ``"probabilities"``: what the teacher returns. Defaults to
+            None (probabilities when a Functional/Sequential teacher ends in a softmax, else logits;
+            say it for a subclassed teacher that ends in a softmax).
+        student_output: the same for the student. Defaults to None.
         name: the model's name. Defaults to "distiller".
 
     Raises:
-        TypeError: teacher or student is not a Keras 3 model; bad ``features``.
+        TypeError: teacher or student is not a Keras 3 model; bad ``features`` or ``feature_loss``.
         ValueError: ``temperature`` <= 0, ``alpha`` outside [0, 1], output or input shapes that
-            differ, a model that outputs probabilities, unknown feature layers, or feature maps
-            whose non-channel dimensions differ.
+            differ, unknown feature layers, or feature maps whose non-channel dimensions differ.
 
     Example:
         >>> d = tfopt.distill.Distiller(teacher=big, student=small, temperature=4.0, alpha=0.1)
@@ -149,28 +248,20 @@ class Distiller(keras.Model):
         feature_loss="mse",
         feature_weight: float = 1.0,
         precompute_teacher: bool = False,
+        teacher_output: str | None = None,
+        student_output: str | None = None,
         name: str = "distiller",
         **kwargs,
     ):
         check_model(teacher, "teacher")
         check_model(student, "student")
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, int | float)
-            or temperature <= 0
-        ):
-            raise ValueError(
-                f"temperature must be a number > 0. Received: temperature={temperature!r}"
-            )
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be a number in [0, 1]. Received: alpha={alpha!r}")
-        if (
-            isinstance(feature_weight, bool)
-            or not isinstance(feature_weight, int | float)
-            or feature_weight < 0
-        ):
-            raise ValueError(
-                f"feature_weight must be a number >= 0. Received: feature_weight={feature_weight!r}"
+        _check_number(temperature, "temperature", low=0, open_low=True)
+        _check_number(alpha, "alpha", low=0, high=1)
+        _check_number(feature_weight, "feature_weight", low=0)
+        if not (isinstance(feature_loss, str) or callable(feature_loss)):
+            raise TypeError(
+                "feature_loss must be a loss name, a keras.losses.Loss or a function. "
+                f"Received: feature_loss={feature_loss!r}"
             )
         if teacher is student:
             raise ValueError(
@@ -178,22 +269,24 @@ class Distiller(keras.Model):
             )
         super().__init__(name=name, **kwargs)
         _check_shapes(teacher, student)
-        for role, model in (("teacher", teacher), ("student", student)):
-            if _outputs_probabilities(model):
-                raise ValueError(
-                    f"The {role} ends with a softmax ({model.layers[-1].name!r}); the Distiller needs "
-                    "logits. Remove the final softmax (e.g. Dense(..., activation=None)) and use "
-                    "from_logits=True losses."
-                )
-        object.__setattr__(self, "_teacher", teacher)  # not tracked: frozen, not saved, not trained
+        self.teacher_output, self.student_output = teacher_output, student_output
+        self._teacher_probs = _outputs_probabilities(teacher, teacher_output, "teacher")
+        self._student_probs = _outputs_probabilities(student, student_output, "student")
+        # Not tracked: frozen without touching the user's `trainable` flags, not trained, not in
+        # `weights`. Keras's saving still writes and reads it (it walks every attribute).
+        object.__setattr__(self, "_teacher", teacher)
         self.student = student
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.feature_weight = float(feature_weight)
         self.precompute_teacher = bool(precompute_teacher)
-        self._feature_loss = _as_loss(feature_loss, "feature_loss")
+        self.feature_loss = feature_loss
         self._pairs = _feature_pairs(features)
         self._scratch = _Scratch()
+        self._logits_term = keras.distillation.LogitsDistillation(
+            temperature=self.temperature, loss=keras.losses.KLDivergence()
+        )
+        self._feature_terms = []
         self.projections = []
         teacher_extractor = student_extractor = None
         if self._pairs:
@@ -211,21 +304,35 @@ class Distiller(keras.Model):
                 s_feat = _layer(student, s_name, "student").output
                 t_out[t_name], s_out[s_name] = t_feat, s_feat
                 self.projections.append(_projection(t_name, s_name, t_feat.shape, s_feat.shape))
+                self._feature_terms.append(
+                    keras.distillation.FeatureDistillation(
+                        loss=feature_loss, teacher_layer_name=t_name, student_layer_name=s_name
+                    )
+                )
             teacher_extractor = keras.Model(
                 _inputs(teacher), t_out, name=f"{teacher.name}_features"
             )
+            # one pass gives the student's output and features (its layers are the student's)
             student_extractor = keras.Model(
                 _inputs(student), s_out, name=f"{student.name}_features"
             )
         object.__setattr__(self, "_teacher_extractor", teacher_extractor)
-        self._student_extractor = student_extractor
+        object.__setattr__(self, "_student_extractor", student_extractor)
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self._student_loss_arg = self._distillation_loss_arg = None
 
     @property
     def teacher(self):
         """The teacher model (frozen: called in inference mode, never updated)."""
         return self._teacher
+
+    @property
+    def features(self) -> list[tuple[str, str]]:
+        """The matched ``(teacher_layer, student_layer)`` pairs."""
+        return list(self._pairs)
+
+    # -- compile ---------------------------------------------------------------------------------
 
     def compile(
         self,
@@ -234,53 +341,86 @@ class Distiller(keras.Model):
         metrics=None,
         student_loss="sparse_categorical_crossentropy",
         distillation_loss=None,
+        loss=None,
         **kwargs,
     ):
         """Configures training; the metrics are computed on the student's outputs.
 
         Args:
             optimizer: optimizer for the student (and the feature projections). Defaults to "adam".
-            metrics: metrics on the student's logits and the labels, e.g. ``["accuracy"]``.
+            metrics: metrics on the student's outputs and the labels, e.g. ``["accuracy"]``.
                 Defaults to None.
-            student_loss: the hard-label loss on the student's logits. The names
-                ``"sparse_categorical_crossentropy"`` and ``"categorical_crossentropy"`` are taken
-                with ``from_logits=True``; any other name, `keras.losses.Loss` or function is used as
-                given. Defaults to "sparse_categorical_crossentropy".
-            distillation_loss: the soft-target loss. A loss name, `keras.losses.Loss` or function
-                is applied to ``(softmax(t / T), softmax(s / T))`` and multiplied by ``T**2``; a
-                ``keras.distillation.DistillationLoss`` (e.g. ``LogitsDistillation``) is given the
-                raw logits ``(t, s)`` and used as it is (note: in Keras 3.15,
-                ``LogitsDistillation()``'s default ``loss="kl_divergence"`` skips the softmax and
-                the ``T**2`` factor; pass ``loss=keras.losses.KLDivergence()``). Defaults to None
-                (``keras.losses.KLDivergence()``).
+            student_loss: the hard-label loss on the student's outputs. The names
+                ``"sparse_categorical_crossentropy"`` and ``"categorical_crossentropy"`` take
+                ``from_logits`` from the student's output (logits or probabilities); any other
+                name, `keras.losses.Loss` or function is used as given.
+                Defaults to "sparse_categorical_crossentropy".
+            distillation_loss: the soft-target term, given the teacher's and student's outputs in
+                log space (logits, or log-probabilities for a softmax output): a
+                ``keras.distillation.DistillationLoss`` is used as it is; a loss name,
+                `keras.losses.Loss` or function goes into
+                ``keras.distillation.LogitsDistillation(temperature, loss=...)`` (a KL divergence,
+                by name too, gets the softmax and the ``T**2`` factor; other losses see the tempered
+                log-space outputs). Defaults to None (``keras.losses.KLDivergence()``).
+            loss: not used; ``None`` is accepted (Keras passes it when loading a saved model).
+                Defaults to None.
             **kwargs: other `keras.Model.compile` options (``jit_compile``, ``steps_per_execution``).
 
         Raises:
-            ValueError: ``loss=`` was passed (use ``student_loss=``), or an unknown loss name.
+            ValueError: ``loss=`` was given (use ``student_loss=``), or an unknown loss name.
         """
-        if "loss" in kwargs:
+        if loss is not None:
             raise ValueError(
                 "Distiller.compile takes student_loss= (hard labels) and distillation_loss= (soft "
-                f"targets), not loss=. Received: loss={kwargs['loss']!r}"
+                f"targets), not loss=. Received: loss={loss!r}"
             )
+        self._student_loss_arg, self._distillation_loss_arg = student_loss, distillation_loss
         if student_loss in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
             cls = {
                 "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
                 "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
             }[student_loss]
-            student_loss = cls(from_logits=True)
+            student_loss = cls(from_logits=not self._student_probs)
         self._student_loss = _as_loss(student_loss, "student_loss")
         if distillation_loss is None:
-            distillation_loss = keras.losses.KLDivergence()
-        if isinstance(distillation_loss, keras.distillation.DistillationLoss):
-            self._distillation_loss, self._keras_distillation = distillation_loss, True
+            self._logits_term = keras.distillation.LogitsDistillation(
+                temperature=self.temperature, loss=keras.losses.KLDivergence()
+            )
+        elif isinstance(distillation_loss, keras.distillation.DistillationLoss):
+            self._logits_term = distillation_loss
+        elif isinstance(distillation_loss, str) or callable(distillation_loss):
+            self._logits_term = keras.distillation.LogitsDistillation(
+                temperature=self.temperature, loss=_kl_if_named(distillation_loss)
+            )
         else:
-            self._distillation_loss = _as_loss(distillation_loss, "distillation_loss")
-            self._keras_distillation = False
+            raise TypeError(
+                "distillation_loss must be a keras.distillation.DistillationLoss, a loss name, a "
+                f"keras.losses.Loss or a function. Received: distillation_loss={distillation_loss!r}"
+            )
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:
+            config.pop("loss", None)
+            for key, value in (
+                ("student_loss", self._student_loss_arg),
+                ("distillation_loss", self._distillation_loss_arg),
+            ):
+                config[key] = keras.saving.serialize_keras_object(value)
+        return config
+
+    def compile_from_config(self, config):
+        # Keras skips compile() on load for models that override it; ours knows its own config.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # -- the training step -----------------------------------------------------------------------
+
     def call(self, inputs, training=None):
-        """Returns the student's logits (in one pass with its features when features are used)."""
+        """Returns the student's outputs (in one pass with its features when features are used)."""
         if self._student_extractor is None:
             return self.student(inputs, training=training)
         outputs = self._student_extractor(inputs, training=training)
@@ -297,63 +437,61 @@ class Distiller(keras.Model):
         if y_pred is None:
             y_pred = self(x, training=training)
         if isinstance(y, Mapping) and _TEACHER in y:
-            teacher_out, labels = y[_TEACHER], y[_LABELS]
+            teacher_out, labels = y[_TEACHER], y.get(_LABELS)
         else:
             teacher_out, labels = None, y
         student_features, self._scratch.features = self._scratch.features, None
 
-        total = ops.convert_to_tensor(0.0)
-        hard = ops.convert_to_tensor(0.0)
+        zero = ops.convert_to_tensor(0.0)
+        hard = soft = zero
         if labels is not None and self.alpha > 0:
-            hard = self._student_loss(labels, y_pred, sample_weight=sample_weight)
-            total = total + self.alpha * hard
-        soft = ops.convert_to_tensor(0.0)
+            hard = ops.cast(
+                self._student_loss(labels, y_pred, sample_weight=sample_weight), "float32"
+            )
         if self.alpha < 1:
             if teacher_out is None:
                 teacher_out = self._teacher_outputs(x)
-            t_logits = ops.stop_gradient(ops.cast(teacher_out[_FINAL], y_pred.dtype))
-            if self._keras_distillation:
-                soft = self._distillation_loss.compute_loss(t_logits, y_pred)
-            else:
-                temp = self.temperature
-                t_soft = ops.softmax(t_logits / temp, axis=-1)
-                s_soft = ops.softmax(y_pred / temp, axis=-1)
-                soft = (
-                    self._distillation_loss(t_soft, s_soft, sample_weight=sample_weight) * temp**2
-                )
-            if self._pairs:
-                if student_features is None:
+            if not isinstance(teacher_out, Mapping):
+                teacher_out = {_FINAL: teacher_out}
+            t = ops.stop_gradient(_log_space(teacher_out[_FINAL], self._teacher_probs))
+            soft = self._logits_term.compute_loss(t, _log_space(y_pred, self._student_probs))
+            if self._feature_terms:
+                if student_features is None:  # y_pred came from elsewhere
                     student_features = self._student_extractor(x, training=training)
-                for (t_name, s_name), proj in zip(self._pairs, self.projections):
-                    t_feat = ops.stop_gradient(ops.cast(teacher_out[t_name], y_pred.dtype))
-                    s_feat = (
-                        proj(student_features[s_name])
-                        if proj is not None
-                        else student_features[s_name]
+                for term, proj in zip(self._feature_terms, self.projections):
+                    t_feat = ops.stop_gradient(
+                        ops.cast(teacher_out[term.teacher_layer_name], "float32")
                     )
-                    term = self._feature_loss(t_feat, s_feat, sample_weight=sample_weight)
-                    soft = soft + self.feature_weight * term
-            total = total + (1.0 - self.alpha) * soft
+                    s_feat = student_features[term.student_layer_name]
+                    s_feat = ops.cast(proj(s_feat) if proj is not None else s_feat, "float32")
+                    soft = soft + self.feature_weight * term.compute_loss(t_feat, s_feat)
+        total = self.alpha * hard + (1.0 - self.alpha) * soft
         if self.losses:
-            total = total + ops.sum(ops.stack([ops.cast(v, total.dtype) for v in self.losses]))
+            total = total + ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
         self.student_loss_tracker.update_state(hard)
         self.distillation_loss_tracker.update_state(soft)
         return total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y, Mapping) and _TEACHER in y:
-            y = y[_LABELS]
+            y = y.get(_LABELS)
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
+    # -- precomputed teacher outputs -------------------------------------------------------------
+
     def precompute(self, x, *, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Runs the teacher once over ``x`` and returns its logits (and features), as NumPy arrays.
+        """Runs the teacher once over ``x`` and returns its outputs (and features) as NumPy arrays.
+
+        Pass them back as ``fit(x, {"labels": y, "teacher": outputs})`` (also inside a
+        ``tf.data.Dataset``) to train without running the teacher.
 
         Args:
             x: NumPy inputs.
             batch_size: batch size of the teacher's pass. Defaults to 256.
 
         Returns:
-            ``{"final_output": logits, <teacher feature layer>: features, ...}``.
+            ``{"final_output": outputs, <teacher feature layer>: features, ...}``, the outputs as
+            the teacher returns them (logits or probabilities).
         """
         model = self._teacher_extractor if self._teacher_extractor is not None else self.teacher
         out = model.predict(x, batch_size=batch_size, verbose=0)
@@ -366,27 +504,47 @@ class Distiller(keras.Model):
             ValueError: ``precompute_teacher=True`` with ``x`` that is not a NumPy array (a
                 tf.data.Dataset, a generator, a dict) or with ``y`` missing.
         """
-        if self.precompute_teacher and self.alpha < 1:
+        given = isinstance(y, Mapping) and _TEACHER in y
+        if self.precompute_teacher and self.alpha < 1 and not given:
             if not isinstance(x, np.ndarray) or y is None:
                 raise ValueError(
                     "precompute_teacher=True needs fit(x, y) with x a NumPy array and labels y. "
-                    f"Received: x={type(x).__name__}, y={type(y).__name__}. Use "
-                    "precompute_teacher=False for datasets and generators."
+                    f"Received: x={type(x).__name__}, y={type(y).__name__}. For datasets, put "
+                    'the teacher outputs in the targets: {"labels": y, "teacher": '
+                    "distiller.precompute(x)}, or use precompute_teacher=False."
                 )
             y = {_LABELS: np.asarray(y), _TEACHER: self.precompute(x)}
         return super().fit(x, y, *args, **kwargs)
 
-    def save(self, *args, **kwargs):
-        raise NotImplementedError(
-            "A Distiller is a training harness; save the trained student instead: "
-            "distiller.student.save('student.keras')."
-        )
+    # -- serialization ---------------------------------------------------------------------------
 
     def get_config(self):
-        raise NotImplementedError(
-            "A Distiller is not serializable; save the trained student instead: "
-            "distiller.student.save('student.keras')."
-        )
+        feature_loss = self.feature_loss
+        if not isinstance(feature_loss, str):
+            feature_loss = keras.saving.serialize_keras_object(feature_loss)
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "student": keras.saving.serialize_keras_object(self.student),
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "features": [list(pair) for pair in self._pairs] or None,
+            "feature_loss": feature_loss,
+            "feature_weight": self.feature_weight,
+            "precompute_teacher": self.precompute_teacher,
+            "teacher_output": self.teacher_output,
+            "student_output": self.student_output,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        if isinstance(config.get("feature_loss"), Mapping):
+            config["feature_loss"] = keras.saving.deserialize_keras_object(config["feature_loss"])
+        return cls(**config)
 
 
 def _check_shapes(teacher, student) -> None:
@@ -398,7 +556,7 @@ def _check_shapes(teacher, student) -> None:
         a is not None and b is not None and a != b for a, b in zip(t_out, s_out)
     ):
         raise ValueError(
-            "The teacher and the student must output logits of the same shape. Received: teacher "
+            "The teacher and the student must have outputs of the same shape. Received: teacher "
             f"output shape={t_out}, student output shape={s_out}"
         )
     try:

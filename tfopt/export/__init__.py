@@ -3,7 +3,9 @@
 Formats: TFLite (float32, float16, dynamic-range, int8, int16x8), ONNX, SavedModel (serving
 signature), a Triton model repository and TensorRT (built from ONNX; needs the ``tensorrt``
 package and an NVIDIA GPU). Each export runs the artifact in its runtime and compares it with
-``model.predict``; the result is ``Artifact.check``.
+``model.predict``; the result is ``Artifact.check``. ``FORMATS`` is the one table of formats
+(name -> `Format`: exporter, runtime, parity tolerance, file suffix) that config, CLI, export,
+bench and search read.
 
 Example:
     >>> art = tfopt.export.export(model, "m.tflite", format="tflite-int8",
@@ -11,8 +13,9 @@ Example:
     >>> art.check["argmax_agreement"]
 """
 
+from tfopt._formats import FORMATS, Format
 from tfopt.export._common import TOLERANCES, Artifact, check_against_keras
-from tfopt.export._export import FORMATS, check_format, default_path, export
+from tfopt.export._export import check_format, default_path, export
 from tfopt.export._onnx import onnx
 from tfopt.export._savedmodel import savedmodel
 from tfopt.export._tensorrt import PRECISIONS, tensorrt
@@ -25,6 +28,7 @@ __all__ = [
     "QUANTIZATIONS",
     "TOLERANCES",
     "Artifact",
+    "Format",
     "check_against_keras",
     "check_format",
     "config_pbtxt",

@@ -8,23 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tfopt import _formats as formats
 from tfopt.errors import ExportCheckError
 
 # Parity tolerances by format: (minimum argmax agreement with the Keras model, maximum absolute
 # difference of the outputs as a fraction of the largest Keras output magnitude, or None when
-# quantization makes a raw difference meaningless and only the agreement is checked).
-TOLERANCES: dict[str, tuple[float, float | None]] = {
-    "tflite": (0.99, 1e-3),
-    "tflite-float16": (0.99, 2e-2),
-    "tflite-dynamic": (0.95, None),
-    "tflite-int8": (0.9, None),
-    "tflite-int16x8": (0.95, None),
-    "onnx": (0.99, 1e-3),
-    "savedmodel": (0.99, 1e-4),
-    "tensorrt-fp32": (0.99, 1e-3),
-    "tensorrt-fp16": (0.99, 2e-2),
-    "tensorrt-int8": (0.9, None),
-}
+# quantization makes a raw difference meaningless and only the agreement is checked). A view of
+# the formats table (`tfopt._formats`).
+TOLERANCES: dict[str, tuple[float, float | None]] = formats.tolerances()
 
 
 @dataclass

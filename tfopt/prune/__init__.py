@@ -10,7 +10,7 @@ Example:
 """
 
 from tfopt.prune._channels import ChannelPlan, find_ratio, prune_channels, prune_channels_iterative
-from tfopt.prune._prune import PruneReport, SparsityReport, prune, sparsity, strip
+from tfopt.prune._prune import SparsityReport, prune, sparsity, strip
 from tfopt.prune._schedules import (
     ConstantSparsity,
     GradualCubic,
@@ -27,7 +27,6 @@ __all__ = [
     "PolynomialDecay",
     "PruneLowMagnitude",
     "PruneMultiHeadAttention",
-    "PruneReport",
     "PruningSchedule",
     "PruningScheduleWarning",
     "SparsityReport",

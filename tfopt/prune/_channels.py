@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from tfopt._backend import check_model, import_keras
+from tfopt._rewrite import GraphRewrite, copy_layer, copy_weights, layer_filter
 from tfopt.prune._channels_graph import (
     _CONV_T,
     _SEPARABLE,
@@ -67,23 +67,6 @@ def _check_allocation(allocation) -> str:
     if allocation not in ALLOCATIONS:
         raise ValueError(f"Unrecognized allocation={allocation!r}. Supported: {list(ALLOCATIONS)}")
     return allocation
-
-
-def _filter_fn(filters) -> Callable:
-    if filters is None:
-        return lambda layer: True
-    if isinstance(filters, str):
-        pattern = re.compile(filters)
-        return lambda layer: bool(pattern.search(layer.name))
-    if isinstance(filters, Sequence) and all(isinstance(f, str) for f in filters):
-        patterns = [re.compile(f) for f in filters]
-        return lambda layer: any(p.search(layer.name) for p in patterns)
-    if callable(filters):
-        return lambda layer: bool(filters(layer))
-    raise TypeError(
-        "filters must be a regex string, a list of regex strings (matched against layer names) "
-        f"or a callable(layer) -> bool. Received: filters={filters!r}"
-    )
 
 
 # -- importance ---------------------------------------------------------------------------------
@@ -218,7 +201,7 @@ class _Planner:
 
     def __init__(self, model, importance, filters):
         self.importance_name = _check_importance(importance)
-        self.graph = Graph(model, prunable=_filter_fn(filters))
+        self.graph = Graph(model, prunable=layer_filter(filters))
         self.notes = _score_groups(self.graph, importance)
         self.order = {
             g.id: np.argsort(-g.scores, kind="stable") for g in self.graph.groups if not g.frozen
@@ -429,53 +412,35 @@ def _slice(op, info, in_idx, out_idx) -> list[np.ndarray]:
     return new
 
 
-def _build(model, planner: _Planner, plan: ChannelPlan, indices: dict):
-    graph = planner.graph
-    func = graph.func
-    tensors = {}
-    for x in func.inputs:
-        name = x._keras_history.operation.name
-        tensors[id(x)] = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=name)
-    shared: list[str] = []
-    clones: dict[int, object] = {}  # id(old layer) -> new layer (a shared layer stays shared)
-    for info in graph.nodes:
-        op = info.op
-        in_idx, out_idx = indices[id(info.node)]
-        fresh = id(op) not in clones
-        if not fresh:
-            new = clones[id(op)]
-        elif not isinstance(op, keras.layers.Layer):
-            new = op  # a stateless keras.ops operation
-        else:
-            config = op.get_config()
-            if info.kind == "producer":
-                key = "units" if "units" in config else "filters"
-                config[key] = len(out_idx[0])
-            try:
-                new = type(op).from_config(config)
-            except Exception as e:  # a custom layer that does not round-trip its config
-                if op.weights:
-                    raise ValueError(
-                        f"Cannot copy layer {op.name!r} ({type(op).__name__}): from_config failed "
-                        f"({e}). Give it a get_config()/from_config() that round-trips."
-                    ) from e
-                new = op
-                shared.append(op.name)
-        clones[id(op)] = new
-        args, kwargs = info.node.arguments.fill_in(tensors)
-        outputs = new(*args, **kwargs)
-        for t, y in zip(info.node.outputs, keras.tree.flatten(outputs)):
-            tensors[id(t)] = y
-        if fresh and new is not op and op.weights:
-            if info.kind == "frozen":
-                new.set_weights(op.get_weights())
-            else:
-                new.set_weights(_slice(op, info, in_idx[0], out_idx[0]))
-    if shared:
-        plan.notes.append(f"weightless layers reused (not copied) in the new model: {shared}")
-    inputs = keras.tree.map_structure(lambda t: tensors[id(t)], func._inputs_struct)
-    outputs = keras.tree.map_structure(lambda t: tensors[id(t)], func._outputs_struct)
-    return keras.Model(inputs, outputs, name=model.name)
+class _Narrow(GraphRewrite):
+    """Rebuilds the model with the plan's kept channels: narrower producers, sliced weights."""
+
+    def __init__(self, model, planner: _Planner, indices: dict):
+        super().__init__(model, "prune_channels()")
+        self.infos = {id(info.node): info for info in planner.graph.nodes}
+        self.indices = indices
+        self.node = None
+
+    def on_node(self, node, args, kwargs):
+        self.node = node  # new_layer/finish run for this node's op
+        return self.call(node.operation, args, kwargs)
+
+    def new_layer(self, op):
+        info = self.infos[id(self.node)]
+        if info.kind != "producer" or not isinstance(op, keras.layers.Layer):
+            return copy_layer(op)
+        config = op.get_config()
+        _, out_idx = self.indices[id(self.node)]
+        config["units" if "units" in config else "filters"] = len(out_idx[0])
+        return copy_layer(op, config)
+
+    def finish(self, op, new) -> None:
+        info = self.infos[id(self.node)]
+        if info.kind == "frozen" or not isinstance(op, keras.layers.Layer) or not op.weights:
+            copy_weights(op, new)
+            return
+        in_idx, out_idx = self.indices[id(self.node)]
+        new.set_weights(_slice(op, info, in_idx[0], out_idx[0]))
 
 
 # -- public API ---------------------------------------------------------------------------------
@@ -574,7 +539,7 @@ def prune_channels(
     plan.allocation = allocation
     if dry_run:
         return None, plan
-    return _build(model, planner, plan, indices), plan
+    return _Narrow(model, planner, indices).run(), plan
 
 
 def find_ratio(

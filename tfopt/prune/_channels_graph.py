@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfopt import _measure as measure
 from tfopt._backend import import_keras, sequential_graph
 
 keras = import_keras()
@@ -121,7 +122,31 @@ _SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 _PRODUCERS = (*_CONV, *_CONV_T, *_SEPARABLE, L.Dense)
 _MERGE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 # keras.ops calls recorded in a functional graph (``x + y`` on symbolic tensors).
-_MERGE_OPS = {"Add", "Subtract", "Multiply", "Maximum", "Minimum"}
+_MERGE_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"}
+# keras.ops that map each value on its own (``keras.ops.relu6(x)``, MobileNetV3's hard-swish).
+_ELEMENTWISE_OPS = {
+    "Relu",
+    "Relu6",
+    "Sigmoid",
+    "HardSigmoid",
+    "Silu",
+    "HardSilu",
+    "Gelu",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "Softsign",
+    "LeakyRelu",
+    "Abs",
+    "Negative",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Square",
+    "Erf",
+    "Clip",
+}
 _SUPPORTED = (
     *_PASSTHROUGH,
     *_PRODUCERS,
@@ -253,6 +278,10 @@ class Graph:
                 scalar = [a for a in args if isinstance(a, int | float)]
                 if len(ins) == 1 and len(args) == 2 and len(scalar) == 1:
                     return "tied", [ins[0]]  # x * 2.0, x + 1.0: channel i stays channel i
+            if cls.__name__ in _ELEMENTWISE_OPS and len(ins) == 1:
+                others = [a for a in node.arguments.args[1:]] + list(node.arguments.kwargs.values())
+                if all(isinstance(a, int | float | None) for a in others):
+                    return "tied", [ins[0]]
             raise Unsupported(f"operation {cls.__name__} is not supported by channel pruning")
         if cls not in _SUPPORTED:
             if isinstance(op, keras.Model):
@@ -416,28 +445,9 @@ def layer_params(op, c_in_full: int, c_in: int, c_out: int) -> int:
 
 
 def layer_macs(info: NodeInfo, c_in: int, c_out: int) -> int | None:
-    """Multiply-accumulates of one call with ``c_in`` input and ``c_out`` output channels."""
-    op = info.op
-    out_shape, in_shape = info.out_shapes[0], info.in_shapes[0] if info.in_shapes else ()
-    if isinstance(op, L.Dense):
-        inner = out_shape[1:-1]
-        return None if None in inner else int(np.prod(inner, dtype=np.int64)) * c_in * c_out
-    conv_like = (*_CONV, *_CONV_T, *_DEPTHWISE, *_SEPARABLE)
-    if not isinstance(op, conv_like):
-        return 0
-    k = int(np.prod(op.kernel_size))
-    spatial = (in_shape if isinstance(op, _CONV_T) else out_shape)[1:-1]
-    if None in spatial:
-        return None
-    pos = int(np.prod(spatial, dtype=np.int64))
-    if isinstance(op, _CONV_T):
-        return pos * k * c_in * c_out
-    if isinstance(op, _CONV):
-        return pos * k * (c_in // getattr(op, "groups", 1)) * c_out
-    m = op.depth_multiplier
-    if isinstance(op, _DEPTHWISE):
-        return pos * k * c_in * m
-    return pos * k * c_in * m + pos * c_in * m * c_out
+    """Multiply-accumulates of one call with ``c_in`` input and ``c_out`` output channels
+    (`tfopt._measure.layer_macs`, the counter every part of tfopt uses)."""
+    return measure.layer_macs(info.op, info.in_shapes, info.out_shapes, c_in=c_in, c_out=c_out)
 
 
 def keep_count(size: int, ratio: float, round_to: int | None) -> int:

@@ -100,6 +100,20 @@ class ChannelPlan:
         """Fraction of the parameters removed."""
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
+    @property
+    def report(self):
+        """The plan as the `tfopt.Report` every technique gives: layers narrowed, layers skipped."""
+        from tfopt._rewrite import Entry, Report
+
+        report = Report("prune_channels", details={"notes": list(self.notes)})
+        for x in self.layers:
+            if x.status == "pruned":
+                note = f"channels in {_pair(x.channels_in)}, out {_pair(x.channels_out)}"
+                report.entries.append(Entry(x.name, x.type, "changed", note))
+            elif x.status == "skipped" or x.reason:
+                report.entries.append(Entry(x.name, x.type, "skipped", x.reason or ""))
+        return report
+
     def layer(self, name: str) -> LayerPlan:
         """The `LayerPlan` of the layer called ``name``."""
         for x in self.layers:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +9,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfopt._backend import check_model, import_keras
+from tfopt._rewrite import (
+    Report,
+    attach_report,
+    copy_layer,
+    is_graph_model,
+    layer_filter,
+    rewrite,
+)
 from tfopt.prune._schedules import ConstantSparsity, PruningSchedule, PruningScheduleWarning
 from tfopt.prune._wrapper import (
     _SLOTS,
@@ -24,26 +30,6 @@ from tfopt.prune._wrapper import (
 )
 
 keras = import_keras()
-
-
-@dataclass
-class PruneReport:
-    """Which layers `prune` wrapped and which it left dense, with the reason.
-
-    Attributes:
-        wrapped: ``[{"layer": name, "class": class name, "weights": [attribute paths]}]``.
-        skipped: ``[{"layer": name, "class": class name, "reason": why}]`` for layers that hold
-            weights but were not wrapped.
-    """
-
-    wrapped: list[dict] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"pruned {len(self.wrapped)} layers, left {len(self.skipped)} dense"]
-        lines += [f"  + {w['layer']} ({w['class']})" for w in self.wrapped]
-        lines += [f"  - {s['layer']} ({s['class']}): {s['reason']}" for s in self.skipped]
-        return "\n".join(lines)
 
 
 @dataclass
@@ -75,28 +61,6 @@ class SparsityReport:
         return "\n".join(lines)
 
 
-def _make_filter(filters) -> Callable:
-    if filters is None:
-        return lambda layer: True
-    if isinstance(filters, str):
-        try:
-            pattern = re.compile(filters)
-        except re.error as e:
-            raise ValueError(
-                f"filters is not a valid regex ({e}). Received: filters={filters!r}"
-            ) from None
-        return lambda layer: pattern.search(layer.name) is not None
-    if callable(filters):
-        return lambda layer: bool(filters(layer))
-    if isinstance(filters, (list, tuple, set)) and all(isinstance(f, str) for f in filters):
-        names = set(filters)
-        return lambda layer: layer.name in names
-    raise TypeError(
-        "filters must be a regex string, a list of layer names or a callable layer -> bool. "
-        f"Received: filters={filters!r}"
-    )
-
-
 def _check_schedule(schedule, m_by_n) -> PruningSchedule:
     if schedule is None:
         sparsity = 1.0 - m_by_n[0] / m_by_n[1] if m_by_n else 0.5
@@ -110,38 +74,11 @@ def _check_schedule(schedule, m_by_n) -> PruningSchedule:
     return schedule
 
 
-def _fresh(layer):
-    return layer.__class__.from_config(layer.get_config())
-
-
-def _copy_layer(layer):
-    """A new, unbuilt layer like ``layer`` (from its config; a deep copy if it has none)."""
-    try:
-        return _fresh(layer)
-    except Exception as config_error:
-        try:
-            return copy.deepcopy(layer)
-        except Exception:
-            raise ValueError(
-                f"Cannot copy layer {layer.name!r} ({type(layer).__module__}."
-                f"{type(layer).__name__}): its get_config/from_config failed "
-                f"({type(config_error).__name__}: {config_error}) and "
-                "so did copy.deepcopy. Give the layer a get_config() that returns its __init__ "
-                "arguments."
-            ) from config_error
-
-
 def _has_weights(layer) -> bool:
     try:
         return bool(layer.weights)
     except Exception:  # an unbuilt layer
         return _class_key(layer) is not None
-
-
-def _is_graph_model(model) -> bool:
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, (keras.Sequential, Functional))
 
 
 def prune(
@@ -156,7 +93,7 @@ def prune(
 
     The user's model is not changed. The copy has the same weights; its masks start all ones and
     are updated inside ``model.fit`` (no callback needed) as ``schedule`` says. Layers it cannot
-    prune are left as they are and listed, with the reason, in ``pruned.pruning_report``.
+    prune are left as they are and listed, with the reason, in ``pruned.tfopt_report``.
 
     The masks advance once per training step, so a schedule must reach its target within the
     steps you train: `PruningSchedule.check` (``schedule.check(epochs * steps_per_epoch)``) says
@@ -179,7 +116,8 @@ def prune(
             callable ``layer -> bool``. Defaults to None (every supported layer).
 
     Returns:
-        The new ``keras.Model`` (uncompiled), with a ``pruning_report`` attribute (`PruneReport`).
+        The new ``keras.Model`` (uncompiled), with a ``tfopt_report`` attribute (`tfopt.Report`, also
+        ``pruning_report``).
 
     Raises:
         TypeError: ``model`` is not a Keras 3 model, or a wrong ``schedule``/``filters`` type.
@@ -200,140 +138,43 @@ def prune(
             f"Use m_by_n or block_size, not both. Received: m_by_n={m_by_n}, block_size={block_size}"
         )
     schedule = _check_schedule(schedule, m_by_n)
-    select = _make_filter(filters)
-    report = PruneReport()
+    select = layer_filter(filters)
+    report = Report("prune")
 
-    def decide(layer) -> bool:
-        """Whether to wrap ``layer``; records the decision (and the reason) in the report."""
+    def replace(layer):
         reason = unsupported_reason(layer, m_by_n=m_by_n)
         if reason is None and not select(layer):
             reason = "excluded by filters"
         if reason is not None:
             if _has_weights(layer):
-                report.skipped.append(
-                    {"layer": layer.name, "class": type(layer).__name__, "reason": reason}
-                )
-            return False
-        report.wrapped.append(
-            {
-                "layer": layer.name,
-                "class": type(layer).__name__,
-                "weights": list(_SLOTS[_class_key(layer)]),
-            }
-        )
-        return True
+                report.skip(layer, reason)
+            return None
+        try:
+            new = wrap(
+                copy_layer(layer),
+                schedule,
+                m_by_n=m_by_n,
+                block_size=block_size,
+                name=f"prune_{layer.name}",
+            )
+        except (ValueError, TypeError) as e:  # a layer we misjudged stays dense, with the reason
+            report.skip(layer, str(e))
+            return None
+        report.change(layer, ", ".join(_SLOTS[_class_key(layer)]))
+        return new
 
-    if _is_graph_model(model):
-        pairs = []
+    def finish(layer, wrapper):
+        wrapper.layer.set_weights(layer.get_weights())
 
-        def clone_function(layer):
-            new = _copy_layer(layer)
-            if decide(layer):
-                try:
-                    new = wrap(
-                        new,
-                        schedule,
-                        m_by_n=m_by_n,
-                        block_size=block_size,
-                        name=f"prune_{layer.name}",
-                    )
-                except Exception as e:  # never crash on a layer we misjudged: keep it dense
-                    report.wrapped.pop()
-                    report.skipped.append(
-                        {"layer": layer.name, "class": type(layer).__name__, "reason": str(e)}
-                    )
-            pairs.append((layer, new))
-            return new
-
-        pruned = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-        for old, new in pairs:
-            target = new.layer if isinstance(new, PruneLowMagnitude) else new
-            if old.weights:
-                target.set_weights(old.get_weights())
-    else:
-        pruned = _prune_subclassed(model, decide, schedule, m_by_n, block_size)
-    pruned.pruning_report = report
-    return pruned
-
-
-def _copy_subclassed(model):
-    try:
-        copy = keras.models.clone_model(model)
-    except Exception as e:
-        raise ValueError(
-            f"Cannot copy the subclassed model {type(model).__name__!r} to prune it (the user's "
-            f"model is never changed): {type(e).__name__}: {e}. Give the model get_config/"
-            "from_config (or build it as a functional model) and try again."
-        ) from e
-    config = model.get_build_config() if model.built else None
-    if config:
-        copy.build_from_config(config)
-    if len(copy.weights) != len(model.weights):
-        raise ValueError(
-            f"Cannot copy the subclassed model {type(model).__name__!r}: its copy has "
-            f"{len(copy.weights)} weights, the model {len(model.weights)}. Build the model "
-            "(call it on data) before pruning it."
-        )
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _layer_slots(layer, prefix="", seen=None):
-    """Yields (path, owner, container, key, sublayer) for the layers held in attributes or lists.
-
-    ``container[key]`` (or ``setattr(owner, key, ...)`` when ``container is owner``) replaces the
-    sublayer. Wrappers and prunable layers are not descended into.
-    """
-    seen = set() if seen is None else seen
-    for name, value in list(vars(layer).items()):
-        if (
-            name in ("_layers", "_tracker")
-            or name.startswith("_")
-            and not isinstance(value, keras.Layer)
-        ):
-            continue
-        if isinstance(value, list):
-            items = [(f"{prefix}{name}.{i}", value, i, v) for i, v in enumerate(value)]
-        else:
-            items = [(f"{prefix}{name}", layer, name, value)]
-        for path, container, key, sub in items:
-            if not isinstance(sub, keras.Layer) or id(sub) in seen:
-                continue
-            seen.add(id(sub))
-            yield path, layer, container, key, sub
-            if not isinstance(sub, PruneLowMagnitude) and _class_key(sub) is None:
-                yield from _layer_slots(sub, f"{path}.", seen)
-
-
-def _is_leaf(layer) -> bool:
-    return not any(isinstance(v, keras.Layer) for v in vars(layer).values())
-
-
-def _prune_subclassed(model, decide, schedule, m_by_n, block_size):
-    if not model._call_has_training_arg:
+    if not is_graph_model(model) and not model._call_has_training_arg:
         raise ValueError(
             f"The subclassed model {type(model).__name__!r} has a call() without a `training` "
             "argument, so model.fit never tells its layers that it is training and the pruning "
             "masks would never update. Add `training=None` to its call() signature (and pass it "
             "on to sublayers if you like), or build the model as a functional model."
         )
-    copy = _copy_subclassed(model)
-    for _, owner, container, key, layer in list(_layer_slots(copy)):
-        if _class_key(layer) is None and (not layer.weights or not _is_leaf(layer)):
-            continue  # weightless, or a container whose own sublayers are visited
-        if not decide(layer):
-            continue
-        wrapper = wrap(
-            layer, schedule, m_by_n=m_by_n, block_size=block_size, name=f"prune_{layer.name}"
-        )
-        wrapper._build_masks()
-        if container is owner:
-            setattr(owner, key, wrapper)
-        else:
-            container[key] = wrapper
-        owner._tracker.untrack(layer)
-        owner._tracker.track(wrapper)  # a list item set by index is not tracked by Keras
-    return copy
+    pruned = rewrite(model, replace, finish=finish, action="prune()")
+    return attach_report(pruned, report, "pruning_report")
 
 
 def _check_reached(wrappers) -> None:
@@ -382,37 +223,14 @@ def strip(model):
     """
     check_model(model)
     _check_reached(wrappers_of(model))
-    if not _is_graph_model(model):
-        return _strip_subclassed(model)
-    pairs = []
 
-    def clone_function(layer):
-        source = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
-        new = _fresh(source)
-        pairs.append((layer, new))
-        return new
+    def replace(layer):
+        return copy_layer(layer.layer) if isinstance(layer, PruneLowMagnitude) else None
 
-    stripped = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    for old, new in pairs:
-        weights = old.masked_weights() if isinstance(old, PruneLowMagnitude) else old.get_weights()
-        if weights:
-            new.set_weights(weights)
-    return stripped
+    def finish(wrapper, plain):
+        plain.set_weights(wrapper.masked_weights())
 
-
-def _strip_subclassed(model):
-    copy = keras.models.clone_model(model)  # the config holds the original, plain layers
-    config = model.get_build_config() if model.built else None
-    if config:
-        copy.build_from_config(config)
-    source = {path: layer for path, _, _, _, layer in _layer_slots(model)}
-    for path, _, _, _, layer in _layer_slots(copy):
-        old = source.get(path)
-        if isinstance(old, PruneLowMagnitude):
-            layer.set_weights(old.masked_weights())
-        elif old is not None and old.weights and _is_leaf(old):
-            layer.set_weights(old.get_weights())
-    return copy
+    return rewrite(model, replace, finish=finish, action="strip()")
 
 
 def sparsity(model) -> SparsityReport:

@@ -139,7 +139,7 @@ def run(cfg: Config, model, ctx):
     )
     report = pruned.pruning_report
     ctx.log(
-        f"prune: {len(report.wrapped)} layers with {schedule!r}, {len(report.skipped)} kept dense"
+        f"prune: {len(report.changed)} layers with {schedule!r}, {len(report.skipped)} kept dense"
     )
     ctx.fit(
         pruned,

@@ -11,14 +11,13 @@ Example:
 
 from tfopt.quantize._attention import QuantizedMultiHeadAttention
 from tfopt.quantize._layers import ActivationQuantizer, FloatBoundary, QuantizeWrapper
-from tfopt.quantize._qat import SCHEMES, QATReport, qat
+from tfopt.quantize._qat import SCHEMES, qat
 from tfopt.quantize._subclassed import QuantizedSubclassModel
 
 __all__ = [
     "SCHEMES",
     "ActivationQuantizer",
     "FloatBoundary",
-    "QATReport",
     "QuantizeWrapper",
     "QuantizedMultiHeadAttention",
     "QuantizedSubclassModel",

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-
-from tfopt._backend import check_model, import_keras, sequential_graph
+from tfopt._backend import check_model, import_keras
+from tfopt._rewrite import (
+    GraphRewrite,
+    Report,
+    attach_report,
+    copy_layer,
+    copy_model,
+    copy_weights,
+    is_graph_model,
+    layer_filter,
+    sublayer_slots,
+)
 from tfopt.quantize._attention import QuantizedMultiHeadAttention, attention_unquantizable
 from tfopt.quantize._layers import (
     KINDS,
@@ -17,7 +24,6 @@ from tfopt.quantize._layers import (
 )
 from tfopt.quantize._subclassed import (
     QuantizedSubclassModel,
-    sublayer_slots,
     swap_in_attention,
     swap_in_wrapper,
 )
@@ -137,81 +143,6 @@ def _unquantizable(layer) -> str | None:
     return None
 
 
-@dataclass
-class QATReport:
-    """What `qat` did to each layer.
-
-    Attributes:
-        quantized: layer name -> what was quantized (weights scheme, folded BatchNorm).
-        folded: BatchNorm name -> the layer it was folded into.
-        float_layers: layer name -> why it was left float.
-        ranges: names of the activation range trackers inserted (inputs, fused outputs, ...).
-    """
-
-    quantized: dict[str, str] = field(default_factory=dict)
-    folded: dict[str, str] = field(default_factory=dict)
-    float_layers: dict[str, str] = field(default_factory=dict)
-    ranges: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """Returns a readable multi-line summary."""
-        lines = [
-            f"QAT: {len(self.quantized)} layers quantized, {len(self.folded)} BatchNorms "
-            f"folded, {len(self.float_layers)} left float, {len(self.ranges)} ranges tracked"
-        ]
-        lines += [f"  quantized {k}: {v}" for k, v in self.quantized.items()]
-        lines += [f"  folded    {k} -> {v}" for k, v in self.folded.items()]
-        lines += [f"  float     {k}: {v}" for k, v in self.float_layers.items()]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {
-            "quantized": dict(self.quantized),
-            "folded": dict(self.folded),
-            "float_layers": dict(self.float_layers),
-            "ranges": list(self.ranges),
-        }
-
-
-def _make_filter(filters) -> Callable:
-    if filters is None:
-        return lambda layer: True
-    if isinstance(filters, str):
-        pattern = re.compile(filters)
-        return lambda layer: pattern.search(layer.name) is not None
-    if callable(filters):
-        return filters
-    if isinstance(filters, Iterable):
-        names = set(filters)
-        if not all(isinstance(n, str) for n in names):
-            raise TypeError(f"filters must hold layer names (str). Received: filters={filters!r}")
-        return lambda layer: layer.name in names
-    raise TypeError(
-        "filters must be None, a regex string, a list of layer names or a callable "
-        f"layer -> bool. Received: filters={filters!r} of type {type(filters).__name__}"
-    )
-
-
-def _clone(op, report: QATReport | None = None):
-    """A new operation with the same config (weights are copied after it is built)."""
-    if isinstance(op, keras.layers.InputLayer):
-        return op
-    try:
-        return type(op).from_config(op.get_config())
-    except Exception:  # no config round trip: share the op (stateless ops lose nothing)
-        if report is not None and isinstance(op, keras.layers.Layer) and op.weights:
-            report.float_layers[op.name] = (
-                f"{type(op).__name__} has no get_config/from_config round trip, so it could not "
-                "be copied: the QAT model shares this layer (and its weights) with the original"
-            )
-        return op
-
-
-def _copy_weights(src, dst) -> None:
-    if src is not dst and src.weights:
-        dst.set_weights(src.get_weights())
-
-
 def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = True):
     """Returns a quantization-aware-training copy of ``model`` (the model itself is not changed).
 
@@ -243,7 +174,8 @@ def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = 
 
     Returns:
         A new, uncompiled ``keras.Model`` with `QuantizeWrapper` and `ActivationQuantizer` layers
-        and a ``qat_report`` attribute (`QATReport`).
+        and a ``tfopt_report`` attribute (`tfopt.Report`, also ``qat_report``; its ``details`` hold
+        the ``folded`` BatchNorms and the activation ``ranges``).
 
     Raises:
         TypeError: ``model`` is not a Keras 3 model, ``filters`` has the wrong type, or a
@@ -259,30 +191,19 @@ def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = 
     check_model(model)
     if scheme not in SCHEMES:
         raise ValueError(f"Unrecognized scheme={scheme!r}. Supported schemes are: {list(SCHEMES)}")
-    selected = _make_filter(filters)
-    report = QATReport()
-    functional = _functional_view(model)
-    if functional is not None:
-        new = _rewrite(functional, selected, preserve_sparsity, report, name=model.name)
+    selected = layer_filter(filters)
+    report = Report("qat", details={"folded": {}, "ranges": []})
+    if is_graph_model(model):
+        new = _QATRewrite(model, selected, preserve_sparsity, report).run()
     else:
         new = _rewrite_subclassed(model, selected, preserve_sparsity, report)
-    new.qat_report = report
-    return new
-
-
-def _functional_view(model):
-    if isinstance(model, keras.Sequential):
-        return sequential_graph(model, "qat()")
-    if getattr(model, "_nodes_by_depth", None) is not None and hasattr(model, "_run_through_graph"):
-        if type(model).__name__ in ("Functional", "Model") or hasattr(model, "_inputs_struct"):
-            return model
-    return None
+    return attach_report(new, report, "qat_report")
 
 
 class _Ranges:
     """Creates uniquely named ActivationQuantizers and records them in the report."""
 
-    def __init__(self, report: QATReport):
+    def __init__(self, report: Report):
         self.report = report
         self.used: set[str] = set()
 
@@ -292,7 +213,7 @@ class _Ranges:
             i += 1
             name = f"{base}_range_{i}"
         self.used.add(name)
-        self.report.ranges.append(name)
+        self.report.details["ranges"].append(name)
         return name
 
     def __call__(self, x, base: str):
@@ -303,164 +224,117 @@ def _is_float(t) -> bool:
     return "float" in str(getattr(t, "dtype", ""))
 
 
-def _rewrite(func, selected, preserve_sparsity, report, *, name):
-    """Rebuilds a functional model node by node with QAT layers."""
-    ranges = _Ranges(report)
-    for layer in func.layers:
-        ranges.used.add(layer.name)
-    consumers: dict[int, list] = {}
-    all_nodes = [
-        n
-        for depth in sorted(func._nodes_by_depth, reverse=True)
-        for n in func._nodes_by_depth[depth]
-    ]
-    for node in all_nodes:
-        if node.is_input:
-            continue
-        for t in node.input_tensors:
-            consumers.setdefault(id(t), []).append(node)
-    output_ids = {id(t) for t in func.outputs}
-    op_calls: dict[int, int] = {}
-    for node in all_nodes:
-        op_calls[id(node.operation)] = op_calls.get(id(node.operation), 0) + 1
+class _QATRewrite(GraphRewrite):
+    """Rebuilds a graph model with QAT layers: wrappers (BatchNorm folded), activation ranges."""
 
-    def sole_consumer(t):
-        users = consumers.get(id(t), [])
-        if len(users) == 1 and id(t) not in output_ids:
-            return users[0]
-        return None
+    def __init__(self, model, selected, preserve_sparsity, report):
+        super().__init__(model, "qat()")
+        self.selected, self.preserve_sparsity, self.report = selected, preserve_sparsity, report
+        self.ranges = _Ranges(report)
+        for layer in self.func.layers:
+            self.ranges.used.add(layer.name)
 
-    def wants_range(t) -> bool:
+    def nested(self, model):  # a nested model is quantized on its own
+        new = qat(model, filters=self.selected, preserve_sparsity=self.preserve_sparsity)
+        self.report.merge(new.qat_report, model.name)
+        return new
+
+    def wants_range(self, t) -> bool:
         """Whether the value ``t`` needs its own int8 range (fused activations move it after)."""
         if not _is_float(t):
             return False
-        user = sole_consumer(t)
+        user = self.sole_consumer(t)
         return not (user is not None and _is_fusable_activation(user.operation))
 
-    tensors: dict[int, object] = {}
-    new_inputs = []
-    for t in func.inputs:
-        layer = t._keras_history.operation
-        x = keras.Input(batch_shape=t.shape, dtype=t.dtype, name=layer.name)
-        new_inputs.append(x)
-        users = consumers.get(id(t), [])
+    def on_input(self, t, x):
+        users = self.consumers.get(id(t), [])
         preprocessed = users and all(type(u.operation).__name__ in _PREPROCESSING for u in users)
         # an input that is only rescaled/normalized is quantized after the preprocessing
-        tensors[id(t)] = ranges(x, layer.name) if _is_float(t) and not preprocessed else x
+        name = t._keras_history.operation.name
+        return self.ranges(x, name) if _is_float(t) and not preprocessed else x
 
-    clones: dict[int, object] = {}  # id(original op) -> new op, shared ops stay shared
-    skip_nodes: set[int] = set()  # BatchNorm nodes folded into the layer before them
-    for node in all_nodes:
+    def on_outputs(self, outputs: list) -> list:
+        # model outputs always get a range (a pass-through last op, e.g. Flatten, would lack one)
+        return [
+            y if _has_range(y) or not _is_float(y) else self.ranges(y, "output") for y in outputs
+        ]
+
+    def on_node(self, node, args, kwargs):
         op = node.operation
-        if node.is_input or id(node) in skip_nodes:
-            continue
-        if any(id(x) not in tensors for x in node.input_tensors):
-            continue
-        args, kwargs = node.arguments.fill_in(tensors)
-        out_t = node.outputs[0] if len(node.outputs) == 1 else None
+        if isinstance(op, keras.Model):
+            return self.call(op, args, kwargs)
         cls = type(op).__name__
-
-        if isinstance(op, keras.Model):  # a nested model: quantize it on its own
-            if id(op) not in clones:
-                clones[id(op)] = qat(op, filters=selected, preserve_sparsity=preserve_sparsity)
-                sub_report = clones[id(op)].qat_report
-                for k, v in sub_report.quantized.items():
-                    report.quantized[f"{op.name}/{k}"] = v
-                for k, v in sub_report.folded.items():
-                    report.folded[f"{op.name}/{k}"] = v
-                for k, v in sub_report.float_layers.items():
-                    report.float_layers[f"{op.name}/{k}"] = v
-            outputs = clones[id(op)](*args, **kwargs)
-            _store(node, outputs, tensors)
-            continue
-
         attention = isinstance(op, keras.layers.MultiHeadAttention)
         if attention:
             reason = attention_unquantizable(op)
-            if reason is None and not selected(op):
+            if reason is None and not self.selected(op):
                 reason = "excluded by filters"
             if reason is None:
-                outputs = _quantized_attention(op, args, kwargs, clones, ranges, report)
-                _store(node, outputs, tensors)
-                continue
+                return _quantized_attention(op, args, kwargs, self.layers, self.ranges, self.report)
         else:
             reason = _unquantizable_built(op) if isinstance(op, keras.layers.Layer) else None
         if cls in _FLOAT_REASONS:
             reason = _FLOAT_REASONS[cls]
         wrappable = cls in KINDS and reason is None
-        if wrappable and not selected(op):
+        if wrappable and not self.selected(op):
             wrappable, reason = False, "excluded by filters"
-
-        if wrappable and out_t is not None and all(v is None for v in kwargs.values()):
-            if id(op) in clones:
-                wrapper = clones[id(op)]
-                outputs = wrapper(*args)
-                _store(node, outputs, tensors)
-                continue
-            bn_node = None
-            user = sole_consumer(out_t)
-            if (
-                cls not in ("Embedding", "BatchNormalization", "EinsumDense")
-                and user is not None
-                and type(user.operation).__name__ == "BatchNormalization"
-                and op_calls[id(op)] == 1
-                and op_calls[id(user.operation)] == 1
-                and _unquantizable(user.operation) is None
-                and getattr(op.activation, "__name__", "") == "linear"
-                and selected(user.operation)
-            ):
-                bn_node = user
-            final_t = bn_node.outputs[0] if bn_node is not None else out_t
-            bn = _clone(bn_node.operation) if bn_node is not None else None
-            wrapper = QuantizeWrapper(
-                _clone(op),
-                batchnorm=bn,
-                quantize_output=wants_range(final_t)
-                or (op_calls[id(op)] > 1 and _is_float(final_t)),
-                preserve_sparsity=preserve_sparsity,
-                name=f"quant_{op.name}",
-            )
-            outputs = wrapper(*args)
-            _copy_weights(op, wrapper.layer)
-            if bn is not None:
-                _copy_weights(bn_node.operation, bn)
-                skip_nodes.add(id(bn_node))
-                report.folded[bn_node.operation.name] = op.name
-            wrapper.update_mask()
-            clones[id(op)] = wrapper
-            report.quantized[op.name] = _describe(wrapper)
-            tensors[id(final_t)] = outputs
-            continue
-
+        single = len(node.outputs) == 1
+        if wrappable and single and all(v is None for v in kwargs.values()):
+            return self.wrapped(node, op, args)
         if reason is not None and isinstance(op, keras.layers.Layer):
-            report.float_layers[op.name] = reason
+            if id(op) not in self.layers:
+                self.report.skip(op, reason)
             if cls in _BOUNDARY or attention:
                 args, kwargs = tree.map_structure(_boundary, (args, kwargs))
-        new_op = clones.get(id(op))
-        first = new_op is None
-        if first:
-            new_op = _clone(op, report)
-            clones[id(op)] = new_op
-        outputs = new_op(*args, **kwargs)
-        if first and isinstance(op, keras.layers.Layer):
-            _copy_weights(op, new_op)
+        outputs = self.call(op, args, kwargs)
         flat = tree.flatten(outputs)
         if cls not in _PASS_THROUGH:
             base = getattr(op, "name", cls.lower())
-            flat = [ranges(y, base) if wants_range(t) else y for t, y in zip(node.outputs, flat)]
-        for t, y in zip(node.outputs, flat):
-            tensors[id(t)] = y
+            flat = [
+                self.ranges(y, base) if self.wants_range(t) else y
+                for t, y in zip(node.outputs, flat)
+            ]
+        return flat
 
-    outs = [tensors[id(t)] for t in func.outputs]
-    # model outputs always get a range (a pass-through last op, e.g. Flatten, would lack one)
-    outs = [y if _has_range(y) or not _is_float(y) else ranges(y, "output") for y in outs]
-    structure = getattr(func, "_outputs_struct", None)
-    outputs = tree.pack_sequence_as(structure, outs) if structure is not None else outs
-    in_structure = getattr(func, "_inputs_struct", None)
-    inputs = (
-        tree.pack_sequence_as(in_structure, new_inputs) if in_structure is not None else new_inputs
-    )
-    return keras.Model(inputs, outputs, name=name)
+    def wrapped(self, node, op, args):
+        """Calls the `QuantizeWrapper` of ``op`` (with a following BatchNorm folded in)."""
+        if id(op) in self.layers:
+            return self.layers[id(op)](*args)
+        out_t = node.outputs[0]
+        bn_node = None
+        user = self.sole_consumer(out_t)
+        if (
+            type(op).__name__ not in ("Embedding", "BatchNormalization", "EinsumDense")
+            and user is not None
+            and type(user.operation).__name__ == "BatchNormalization"
+            and self.calls[id(op)] == 1
+            and self.calls[id(user.operation)] == 1
+            and _unquantizable(user.operation) is None
+            and getattr(op.activation, "__name__", "") == "linear"
+            and self.selected(user.operation)
+        ):
+            bn_node = user
+        final_t = bn_node.outputs[0] if bn_node is not None else out_t
+        bn = copy_layer(bn_node.operation) if bn_node is not None else None
+        wrapper = QuantizeWrapper(
+            copy_layer(op),
+            batchnorm=bn,
+            quantize_output=self.wants_range(final_t)
+            or (self.calls[id(op)] > 1 and _is_float(final_t)),
+            preserve_sparsity=self.preserve_sparsity,
+            name=f"quant_{op.name}",
+        )
+        outputs = wrapper(*args)
+        copy_weights(op, wrapper.layer)
+        if bn is not None:
+            copy_weights(bn_node.operation, bn)
+            self.skip_nodes.add(id(bn_node))
+            self.report.details["folded"][bn_node.operation.name] = op.name
+        wrapper.update_mask()
+        self.layers[id(op)] = wrapper
+        self.report.change(op, _describe(wrapper))
+        self.tensors[id(final_t)] = outputs
+        return None  # stored above: the output is the folded BatchNorm's
 
 
 def _quantized_attention(op, args, kwargs, clones, ranges, report):
@@ -472,7 +346,7 @@ def _quantized_attention(op, args, kwargs, clones, ranges, report):
     new_op = clones.get(id(op))
     first = new_op is None
     if first:
-        new_op = QuantizedMultiHeadAttention.from_config(op.get_config())
+        new_op = copy_layer(op, config=op.get_config(), cls=QuantizedMultiHeadAttention)
         clones[id(op)] = new_op
     ranged: dict[int, object] = {}
 
@@ -488,7 +362,7 @@ def _quantized_attention(op, args, kwargs, clones, ranges, report):
     outputs = new_op(*args, **kwargs)
     if first:
         new_op.copy_projection_weights(op)
-        report.quantized[op.name] = _describe_attention(new_op)
+        report.change(op, _describe_attention(new_op))
     return outputs
 
 
@@ -501,11 +375,6 @@ def _describe_attention(layer) -> str:
     if "gate" in layer.projections():  # the gate multiply sits between the two
         return text + ", so does softmax x value"
     return text + ", softmax x value in int8"
-
-
-def _store(node, outputs, tensors):
-    for t, y in zip(node.outputs, tree.flatten(outputs)):
-        tensors[id(t)] = y
 
 
 def _has_range(y) -> bool:
@@ -549,46 +418,10 @@ def _describe(wrapper: QuantizeWrapper) -> str:
 # -- subclassed models --------------------------------------------------------------------------
 
 
-def _input_shape_of(model):
-    shapes = getattr(model, "_build_shapes_dict", None)
-    if shapes:
-        shape = next(iter(shapes.values()))
-        if shape is not None:
-            return tuple(shape)
-    try:
-        return tuple(model.input_shape)
-    except Exception:
-        return None
-
-
 def _rewrite_subclassed(model, selected, preserve_sparsity, report):
     """Copies a subclassed model and swaps its attribute layers for QAT wrappers."""
-    shape = _input_shape_of(model)
-    if shape is None or not model.built:
-        raise ValueError(
-            f"Model {model.name!r} ({type(model).__name__}) is not built: call it on a batch "
-            "(or model.build(input_shape)) before qat()."
-        )
-    try:
-        copy = type(model).from_config(model.get_config())
-    except Exception as e:
-        raise TypeError(
-            f"qat() copies a subclassed model with from_config(get_config()) so the original is "
-            f"not changed, and {type(model).__name__} does not support that ({e}). Implement "
-            "get_config(), or build the model with the functional API."
-        ) from None
-    import numpy as np
-
-    shape = (None, *shape[1:])  # the batch size the model was built with is not part of it
-    copy(np.zeros((1, *shape[1:]), dtype="float32"))
-    try:
-        copy.set_weights(model.get_weights())
-    except ValueError as e:
-        raise TypeError(
-            f"{type(model).__name__}.from_config(model.get_config()) builds a model with other "
-            f"weights than the model ({e}); get_config() must hold every argument that shapes "
-            "the layers."
-        ) from None
+    copy = copy_model(model, "qat()")
+    shape = (None, *copy.get_build_config()["input_shape"][1:])
     swaps: list[dict] = []
     _plan_swaps(copy, model, selected, preserve_sparsity, report, swaps, path=[], prefix="")
     wrapped = QuantizedSubclassModel(
@@ -624,19 +457,17 @@ def _plan_swaps(parent, original, selected, preserve_sparsity, report, swaps, pa
             if reason is None and not selected(source):
                 reason = "excluded by filters"
             if reason is not None:
-                report.float_layers[name] = reason
+                report.skip(layer, reason, name=name)
                 continue
             new = swap_in_attention(parent, [[attr, index]], name=source.name)
             swaps.append({"path": step, "name": new.name, "kind": "attention"})
-            report.quantized[name] = _describe_attention(new)
-            report.ranges += [
+            report.change(layer, _describe_attention(new), name=name)
+            report.details["ranges"] += [
                 f"{new.name}/{p.name}/input_range" for p in new.projections().values()
             ]
             continue
         container = cls not in KINDS and cls not in _FLOAT_REASONS and sublayer_slots(layer)
-        graph = isinstance(layer, keras.Sequential) or (
-            isinstance(layer, keras.Model) and _functional_view(layer) is not None
-        )
+        graph = is_graph_model(layer)
         custom = not type(layer).__module__.startswith("keras.")
         if custom and container and next(container, None) is not None and not graph:
             # a user's layer or subclassed model made of layers: quantize what is inside
@@ -662,17 +493,19 @@ def _plan_swaps(parent, original, selected, preserve_sparsity, report, swaps, pa
                     "quantize_input": quantize_input,
                 }
             )
-            report.quantized[name] = _describe(wrapper)
+            report.change(layer, _describe(wrapper), name=name)
             if quantize_input:
-                report.ranges.append(f"{wrapper.name}/input_range")
+                report.details["ranges"].append(f"{wrapper.name}/input_range")
         elif reason is not None:
-            report.float_layers[name] = reason
+            report.skip(layer, reason, name=name)
     for layer in getattr(parent, "_layers", []):
         swapped = isinstance(layer, QuantizeWrapper | QuantizedMultiHeadAttention)
         if id(layer) not in seen and layer.weights and not swapped:
-            report.float_layers[f"{prefix}{layer.name}"] = (
+            report.skip(
+                layer,
                 "held in an attribute that is not a layer, list or tuple (e.g. a dict), which "
-                "qat() does not rewrite; kept float"
+                "qat() does not rewrite; kept float",
+                name=f"{prefix}{layer.name}",
             )
 
 

@@ -44,8 +44,8 @@ def run(cfg: Config, model, ctx):
     q = qat(model, scheme=cfg.scheme, filters=cfg.filters, preserve_sparsity=cfg.preserve_sparsity)
     report = q.qat_report
     ctx.log(
-        f"qat: {len(report.quantized)} layers quantized, {len(report.folded)} BatchNorms folded, "
-        f"{len(report.float_layers)} left float"
+        f"qat: {len(report.changed)} layers quantized, "
+        f"{len(report.details['folded'])} BatchNorms folded, {len(report.skipped)} left float"
     )
     ctx.fit(
         q,

@@ -5,50 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt._backend import import_keras
+from tfopt._rewrite import set_slot, slot
 from tfopt.quantize._attention import QuantizedMultiHeadAttention
 from tfopt.quantize._layers import QuantizeWrapper
 
 keras = import_keras()
-
-
-def sublayer_slots(parent):
-    """Yields ``(attr, index, layer)`` for each tracked sublayer held in an attribute of ``parent``.
-
-    ``index`` is None for a plain attribute and the position for a list or tuple attribute.
-    Keras's own bookkeeping list (``_layers``) is skipped: it holds the same objects.
-    """
-    tracked = {id(x) for x in getattr(parent, "_layers", [])}
-    for attr, value in list(vars(parent).items()):
-        if attr == "_layers":
-            continue
-        items = value if isinstance(value, list | tuple) else [value]
-        for i, layer in enumerate(items):
-            if isinstance(layer, keras.layers.Layer) and id(layer) in tracked:
-                yield attr, (i if isinstance(value, list | tuple) else None), layer
-
-
-def _set_slot(parent, attr, index, new):
-    """Puts ``new`` in ``parent.attr`` (or ``parent.attr[index]``); Keras locks tracking after
-    build, so the tracker is unlocked for the assignment."""
-    old_value = getattr(parent, attr)
-    if index is None:
-        old, new_value = old_value, new
-    else:
-        items = list(old_value)
-        old, items[index] = items[index], new
-        new_value = tuple(items) if isinstance(old_value, tuple) else items
-    tracker = getattr(parent, "_tracker", None)
-    locked = bool(getattr(tracker, "locked", False))
-    if tracker is not None:
-        tracker.unlock()
-    try:
-        setattr(parent, attr, new_value)
-    finally:
-        if tracker is not None and locked:
-            tracker.lock()
-    layers = getattr(parent, "_layers", None)
-    if layers is not None and old in layers:  # the wrapper takes the old layer's place
-        layers.remove(old)
 
 
 def _resolve(root, path):
@@ -61,15 +22,10 @@ def _resolve(root, path):
     return parent, attr, index
 
 
-def _slot(parent, attr, index):
-    value = getattr(parent, attr)
-    return value if index is None else value[index]
-
-
 def swap_in_wrapper(root, path, *, name, preserve_sparsity, quantize_input):
     """Wraps the built layer at ``path`` in a `QuantizeWrapper` and puts it in its place."""
     parent, attr, index = _resolve(root, path)
-    layer = _slot(parent, attr, index)
+    layer = slot(parent, attr, index)
     if isinstance(layer, QuantizeWrapper):
         return layer
     shapes = getattr(layer, "_build_shapes_dict", None) or {}
@@ -80,7 +36,7 @@ def swap_in_wrapper(root, path, *, name, preserve_sparsity, quantize_input):
         layer, preserve_sparsity=preserve_sparsity, quantize_input=quantize_input, name=name
     )
     wrapper.build(tuple(shape))
-    _set_slot(parent, attr, index, wrapper)
+    set_slot(parent, attr, index, wrapper)
     return wrapper
 
 
@@ -88,7 +44,7 @@ def swap_in_attention(root, path, *, name):
     """Replaces the built ``MultiHeadAttention`` at ``path`` by a `QuantizedMultiHeadAttention`
     (same config and weights; its projections track their input ranges)."""
     parent, attr, index = _resolve(root, path)
-    layer = _slot(parent, attr, index)
+    layer = slot(parent, attr, index)
     if isinstance(layer, QuantizedMultiHeadAttention):
         return layer
     shapes = getattr(layer, "_build_shapes_dict", None)
@@ -98,7 +54,7 @@ def swap_in_attention(root, path, *, name):
     new = QuantizedMultiHeadAttention.from_config(config)
     new.build(**shapes)
     new.copy_projection_weights(layer)
-    _set_slot(parent, attr, index, new)
+    set_slot(parent, attr, index, new)
     return new
 
 
@@ -155,7 +111,7 @@ class QuantizedSubclassModel(keras.layers.Wrapper):
     def build(self, input_shape=None):
         model = self.layer
         if not model.built or any(
-            not getattr(_slot(*_resolve(model, s["path"])), "built", True) for s in self.swaps
+            not getattr(slot(*_resolve(model, s["path"])), "built", True) for s in self.swaps
         ):
             # calling the model builds every sublayer with its real input shape
             model(np.zeros((1, *self.model_input_shape[1:]), dtype="float32"))
@@ -174,7 +130,7 @@ class QuantizedSubclassModel(keras.layers.Wrapper):
 
     def wrappers(self) -> dict:
         """Returns the swapped-in layers by attribute path (``conv``, ``heads[1]``, ...)."""
-        return {_path_text(s["path"]): _slot(*_resolve(self.layer, s["path"])) for s in self.swaps}
+        return {_path_text(s["path"]): slot(*_resolve(self.layer, s["path"])) for s in self.swaps}
 
     def call(self, x, training=None):
         return self.layer(x, training=training)

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import importlib
 
+from tfopt import _formats as formats
+
 TECHNIQUES = ("prune", "prune_channels", "quantize", "cluster", "distill")
 
 # technique -> (module, attributes it needs)
@@ -46,13 +48,14 @@ _APIS = {
     "distill": ("tfopt.distill", ("Distiller",)),
 }
 
-# target -> the `tfopt.export.tflite` quantization mode
-QUANTIZATION = {
-    "tflite-int8": "int8",
-    "tflite-float16": "float16",
-    "tflite-dynamic": "dynamic",
-    "tflite": "float32",
-}
+
+def quantization(target: str) -> str:
+    """The `tfopt.export.tflite` quantization mode of a search ``target`` (the formats table)."""
+    if target not in formats.targets():
+        raise ValueError(
+            f"Unrecognized target={target!r}. Supported targets are: {list(formats.targets())}"
+        )
+    return formats.get(target).quantization
 
 
 def _module(name: str):
@@ -86,7 +89,7 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
 
     Args:
         recipe: the hyperparameter values (`CompressionHyperModel.recipe`).
-        target: the deployable format, a key of `QUANTIZATION`. Defaults to "tflite-int8".
+        target: the deployable format, one of `tfopt.tune.TARGETS`. Defaults to "tflite-int8".
 
     Returns:
         A list of validated `tfopt.config.StepConfig` objects (empty: post-training only).
@@ -97,10 +100,7 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
     """
     from tfopt.config import validate_steps
 
-    if target not in QUANTIZATION:
-        raise ValueError(
-            f"Unrecognized target={target!r}. Supported targets are: {list(QUANTIZATION)}"
-        )
+    int8 = quantization(target) == "int8"
     epochs = int(recipe.get("epochs", 8))
     lr = float(recipe.get("learning_rate", 5e-4))
     fine: dict = {"lr_schedule": "cosine", "batch_size": int(recipe.get("batch_size", 64))}
@@ -154,7 +154,7 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
                 **fine,
             }
         )
-    qat = QUANTIZATION[target] == "int8" and recipe.get("quantization", "ptq") == "qat"
+    qat = int8 and recipe.get("quantization", "ptq") == "qat"
     if qat and clusters == 0:
         raw.append(
             {
@@ -183,7 +183,7 @@ def describe(steps, target: str) -> list[str]:
             labels.append(f"cluster({s.n_clusters})")
         else:
             labels.append(s.type)
-    if QUANTIZATION.get(target) == "int8" and not any(s.type == "qat" for s in steps):
+    if quantization(target) == "int8" and not any(s.type == "qat" for s in steps):
         labels.append("ptq")
     temps = {s.distill.temperature for s in steps if getattr(s, "distill", None) is not None}
     if temps:

@@ -11,13 +11,14 @@ from collections.abc import Callable, Sequence
 
 import keras_tuner
 
+from tfopt import _formats as formats
 from tfopt._backend import check_model, import_keras
 from tfopt._steps import outputs_logits
-from tfopt.tune._recipe import QUANTIZATION, TECHNIQUES, available_techniques, recipe_steps
+from tfopt.tune._recipe import TECHNIQUES, available_techniques, recipe_steps
 
 keras = import_keras()
 
-TARGETS = tuple(QUANTIZATION)
+TARGETS = formats.targets()  # the formats table's search targets
 
 
 def clone(model):

@@ -13,7 +13,7 @@ import numpy as np
 
 from tfopt.tune._hparams import write_config, write_trial
 from tfopt.tune._measure import ExportFailed, export_and_measure
-from tfopt.tune._recipe import QUANTIZATION, describe, dump_steps
+from tfopt.tune._recipe import describe, dump_steps, quantization
 
 OBJECTIVES = ("accuracy", "size", "latency")
 KINDS = ("random", "bayesian", "hyperband")
@@ -151,7 +151,7 @@ def run_candidate(
     metrics = export_and_measure(
         final,
         Path(out_dir) / "model.tflite",
-        quantization=QUANTIZATION[target],
+        quantization=quantization(target),
         representative=x[:representative_samples],
         val=val,
         test=test,
