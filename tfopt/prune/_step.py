@@ -33,11 +33,12 @@ class Config(FineTuneStepConfig):
     ``end_fraction`` (0.5) of the fine-tuning steps where sparsity starts rising and reaches the
     target, ``power`` (3.0, polynomial only), ``frequency`` (steps between mask updates; None picks
     about 20 updates), ``m_by_n`` (e.g. [2, 4]), ``block_size`` (e.g. [1, 4]) and ``filters``
-    (regex or list of layer names), ``scope`` (``all``, or ``large``: only layers holding at least
-    5% of the model's kernel weights; a small first convolution or output layer saves almost no
-    bytes and costs the most accuracy when pruned), and the fine-tuning keys of
-    `tfopt.config.FineTuneStepConfig` (``lr_schedule``, ``batch_size``, ``distill``). The defaults keep mnist1d_cnn at 80% sparsity within a point
-    of its float accuracy (benchmarks/prune_vs_tfmot.py).
+    (a regex or a list of regexes), ``scope`` (``all``, or ``large``: only layers holding at
+    least 5% of the model's kernel weights; a small first convolution or output layer saves
+    almost no bytes and costs the most accuracy when pruned), and the fine-tuning keys of
+    `tfopt.config.FineTuneStepConfig` (``lr_schedule``, ``batch_size``, ``distill``). The
+    defaults keep mnist1d_cnn at 80% sparsity within a point of its float accuracy
+    (benchmarks/prune_vs_tfmot.py).
     """
 
     type: Literal["prune"] = "prune"
@@ -109,7 +110,7 @@ def large_layers(model) -> list[str]:
     return [name for name, n in sizes.items() if n >= LARGE_SHARE * total]
 
 
-def layer_filter(cfg: Config, model):
+def step_filters(cfg: Config, model):
     """The ``filters`` argument of `tfopt.prune.prune` for ``cfg`` (``scope`` resolved)."""
     if cfg.scope == "large":
         names = set(large_layers(model))
@@ -135,7 +136,7 @@ def run(cfg: Config, model, ctx):
         schedule,
         m_by_n=cfg.m_by_n,
         block_size=cfg.block_size,
-        filters=layer_filter(cfg, model),
+        filters=step_filters(cfg, model),
     )
     report = pruned.pruning_report
     ctx.log(
