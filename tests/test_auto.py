@@ -114,7 +114,7 @@ def test_optimize_measures_through_the_artifact_and_writes_the_report(trained, t
         assert c["val_accuracy"] == tfopt.bench.evaluate(c["artifact"], val)
         assert c["test_accuracy"] == tfopt.bench.evaluate(c["artifact"], test)
         assert c["gzip_bytes"] == tfopt.bench.file_sizes(c["artifact"])["gzip_bytes"]
-        assert c["ratio"] == base["bytes"] / c["gzip_bytes"]
+        assert c["ratio"] == base["gzip_bytes"] / c["gzip_bytes"]  # gzip-to-gzip
         assert c["within_budget"] == (base["val_accuracy"] - c["val_accuracy"] <= 0.05 + 1e-12)
         assert c["test_drop"] == base["test_accuracy"] - c["test_accuracy"]
         assert c["phase"] == "search" and c["refined_from"] is None
@@ -401,3 +401,90 @@ def test_auto_baseline_is_seeded_before_it_is_built(tmp_path):
         weights.append(model.get_weights())
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_auto_writes_a_recipe_that_tfopt_run_replays(tmp_path):
+    """`tfopt auto` -> recipe.yaml -> `tfopt run recipe.yaml`: the same artifact within 1 pt of
+    test accuracy and 10% of gzip size (the recipe's model is auto's saved baseline and its
+    stages start from the same seed, so only thread-level nondeterminism is left)."""
+    import yaml
+
+    import tfopt
+    from tfopt import cli, config
+    from tfopt.cli._auto import baseline_model
+
+    rng = np.random.default_rng(5)
+    centers = rng.normal(size=(10, 40, 1)).astype("float32")
+    y, yt = rng.integers(0, 10, 400).astype("int32"), rng.integers(0, 10, 500).astype("int32")
+    x = centers[y] + 0.8 * rng.normal(size=(400, 40, 1)).astype("float32")
+    xt = centers[yt] + 0.8 * rng.normal(size=(500, 40, 1)).astype("float32")
+    np.savez(tmp_path / "blobs.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "replay",
+                "seed": 3,
+                "data": {"name": str(tmp_path / "blobs.npz"), "val_fraction": 0.2},
+                "model": {"name": "mnist1d_cnn", "options": {"width": 8, "dense": 32}},
+                "train": {"epochs": 6, "batch_size": 32, "learning_rate": 0.003},
+            }
+        )
+    )
+    out = tmp_path / "auto"
+    # what `tfopt auto c.yaml` does, with a tiny search space (the CLI has no --space)
+    cfg = config.load(tmp_path / "c.yaml")
+    data = tfopt.data.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+    model = baseline_model(cfg, data, out, log=lambda m: None)
+    res = tfopt.auto.optimize(
+        model, data.train, data.val, test=data.test, max_accuracy_drop=0.3, max_trials=1,
+        refine=0, techniques=("prune", "quantize"), space={"ft_epochs": 8},
+        seeds=[{"sparsity": 0.5, "quantization": "qat"}], out_dir=out, seed=cfg.seed,
+        run_config=cfg, verbose=0,
+    )  # fmt: skip
+    assert res.recipe == out / "recipe.yaml"
+    report = json.loads((out / "report.json").read_text())
+    best = report["best"]
+    assert best["ratio"] == report["baseline"]["gzip_bytes"] / best["gzip_bytes"]
+    recipe = config.load(out / "recipe.yaml")  # a valid `tfopt run` config
+    assert recipe.model.path == str((out / "baseline.keras").resolve()) and recipe.train.epochs == 0
+    assert recipe.seed == 3 and recipe.data.name == str(tmp_path / "blobs.npz")
+    assert [s.type for s in recipe.steps] == [s["type"] for s in best["steps"]] == ["prune", "qat"]
+    assert recipe.export.formats == ["tflite-int8"]
+
+    assert cli.main(["run", str(out / "recipe.yaml"), "--out", str(tmp_path / "replay")]) == 0
+    rows = json.loads((tmp_path / "replay/report.json").read_text())["results"]
+    row = next(r for r in rows if r["format"] == "tflite-int8")
+    assert abs(row["accuracy"] - best["test_accuracy"]) <= 0.01
+    assert abs(row["gzip_bytes"] - best["gzip_bytes"]) <= 0.1 * best["gzip_bytes"]
+
+
+def test_auto_oracle_stops_the_search_itself(tmp_path):
+    """The oracle ends the screening from populate_space (status STOPPED) and says why: after
+    `max_failures` failed trials in a row, or when the next trial would overrun the deadline."""
+    import time
+
+    import keras_tuner
+
+    from tfopt.auto import AutoOracle
+
+    class Failing(keras_tuner.Tuner):
+        def run_trial(self, trial, **kwargs):
+            trial.hyperparameters.Float("x", -2.0, 2.0)
+            raise keras_tuner.errors.FailedTrialError("cannot export")
+
+    def oracle(**kw):
+        space = keras_tuner.HyperParameters()
+        space.Float("x", -2.0, 2.0)
+        return AutoOracle(objective=keras_tuner.Objective("score", "max"), max_trials=10,
+                          hyperparameters=space, seed=0, **kw)  # fmt: skip
+
+    o = oracle(max_failures=2)
+    Failing(oracle=o, directory=str(tmp_path), project_name="f").search(verbose=0)
+    assert o.stop_reason == "too_many_failures" and len(o.trials) == 2
+
+    o = oracle()
+    o.deadline = time.monotonic() + 100.0
+    o.add_duration(200.0)  # a typical trial takes longer than what is left
+    Failing(oracle=o, directory=str(tmp_path), project_name="d").search(verbose=0)
+    assert o.stop_reason == "time_budget" and len(o.trials) == 0

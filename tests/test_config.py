@@ -72,3 +72,26 @@ def test_apply_overrides_does_not_mutate_and_checks_list_indices():
     assert out["steps"][0]["epochs"] == 2 and "epochs" not in raw["steps"][0]
     with pytest.raises(ConfigError, match=r"steps\[3\] does not exist"):
         apply_overrides(raw, ["steps.3.epochs=2"])
+
+
+def test_fine_tuning_keys_are_shared_by_the_fine_tuning_steps():
+    from tfopt.config import DistillLoss, FineTuneStepConfig, validate_steps
+
+    raw = [
+        {"type": t, "lr_schedule": "cosine", "batch_size": 32, "distill": {"temperature": 2.0}}
+        for t in ("prune", "qat", "cluster", "prune_channels")
+    ]
+    for step in validate_steps(raw):
+        assert isinstance(step, FineTuneStepConfig)
+        assert step.lr_schedule == "cosine" and step.batch_size == 32
+        assert step.distill == DistillLoss(temperature=2.0, alpha=0.1)
+    with pytest.raises(ConfigError, match=r"^steps\[0\]\.distill\.alpha: Input should be less"):
+        validate_steps([{"type": "prune", "distill": {"alpha": 2}}])
+    with pytest.raises(ConfigError, match=r"^steps\[1\]\.lr_schedule: Input should be 'constant'"):
+        validate_steps([{"type": "qat"}, {"type": "qat", "lr_schedule": "linear"}])
+    with pytest.raises(ConfigError, match="give filters or scope, not both"):
+        validate_steps([{"type": "prune", "scope": "large", "filters": "conv"}])
+    with pytest.raises(ConfigError, match=r"steps\[0\]\.scope: Input should be 'all' or 'widest"):
+        validate_steps([{"type": "prune_channels", "scope": "large"}])
+    with pytest.raises(ConfigError, match="distill: unknown key 'distill'"):
+        validate_steps([{"type": "distill", "distill": {}}])  # the distill step is the student's

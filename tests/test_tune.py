@@ -306,3 +306,106 @@ def test_seeded_bayesian_oracle_proposes_seeds_then_refines(tmp_path):
     assert xs[1] == -2.0  # 5.0 is outside [-2, 2]: the default (the minimum) is used instead
     best = oracle.get_best_trials(1)[0].hyperparameters.values["x"]
     assert abs(best - 1.0) < 0.2
+
+
+def test_recipe_steps_are_tfopt_run_steps():
+    """A point of the search space becomes `tfopt run` step configs (one engine runs both)."""
+    import tfopt
+    from tfopt.config import validate
+    from tfopt.tune._recipe import dump_steps
+
+    recipe = {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.9,
+              "schedule": "constant", "prune_scope": "large", "clusters": 0,
+              "quantization": "qat", "distill": True, "temperature": 2.0, "alpha": 0.2,
+              "epochs": 10, "learning_rate": 1e-3, "batch_size": 32}  # fmt: skip
+    steps = tfopt.tune.recipe_steps(recipe, target="tflite-int8")
+    assert [s.type for s in steps] == ["prune_channels", "prune", "qat"]
+    channels, prune, qat = steps
+    assert (channels.ratio, channels.steps, channels.epochs_per_step, channels.scope) == (
+        0.5, 1, 5, "widest_dense"
+    )  # fmt: skip
+    assert (prune.target_sparsity, prune.schedule, prune.scope, prune.epochs) == (
+        0.9, "constant", "large", 10
+    )  # fmt: skip
+    assert prune.end_fraction == 0.7 and prune.learning_rate == 1e-3
+    assert (qat.epochs, qat.learning_rate, qat.preserve_sparsity) == (2, 5e-4, True)
+    for s in steps:
+        assert (s.lr_schedule, s.batch_size) == ("cosine", 32)
+        assert (s.distill.temperature, s.distill.alpha) == (2.0, 0.2)
+    assert tfopt.tune.describe(steps, "tflite-int8") == [
+        "prune_channels(0.5,dense)", "prune(0.9,constant,large)", "qat", "distill(T=2)"
+    ]  # fmt: skip
+    # the dumped steps are a valid `tfopt run` config that gives the same steps back
+    assert validate({"steps": dump_steps(steps)}).steps == steps
+
+    clustered = tfopt.tune.recipe_steps({**recipe, "clusters": 16}, target="tflite-int8")
+    assert [s.type for s in clustered] == ["prune_channels", "prune", "cluster"]  # then PTQ
+    assert clustered[2].epochs == 2 and clustered[2].preserve_sparsity
+    assert "ptq" in tfopt.tune.describe(clustered, "tflite-int8")
+    assert [s.type for s in tfopt.tune.recipe_steps(recipe, target="tflite-float16")] == [
+        "prune_channels", "prune"
+    ]  # fmt: skip
+    assert tfopt.tune.recipe_steps({}, target="tflite-int8") == []
+
+    hm = tfopt.tune.CompressionHyperModel(builder="mnist1d_cnn", techniques=("prune", "quantize"))
+    hp = keras_tuner.HyperParameters()
+    hm.declare(hp)
+    assert hm.steps(hp) == tfopt.tune.recipe_steps(hm.recipe(hp), target=hm.target)
+
+
+def test_a_bug_in_a_trial_is_not_a_failed_export(tmp_path):
+    """Only an export failure is a FailedTrialError; another exception is recorded as an error
+    and reaches KerasTuner unchanged (INVALID, with its traceback)."""
+    import tfopt
+
+    train = _data(32)
+    hm = tfopt.tune.CompressionHyperModel(
+        builder=builder, techniques=(), target="tflite", space={"width": 16, "batch_size": 32}
+    )
+
+    def broken(hp):
+        raise TypeError("boom")
+
+    hm.steps = broken
+    tuner = tfopt.tune.create_tuner(
+        hm, kind="random", max_trials=1, directory=str(tmp_path), project_name="p", epochs=0
+    )
+    tuner.search(train, train, verbose=0)
+    (record,) = tuner.records()
+    assert record["status"] == "ERROR" and record["error"] == "TypeError: boom"
+    message = tuner.oracle.trials["0"].message
+    assert "TypeError: boom" in message and "FailedTrialError" not in message
+
+
+def test_step_context_compiles_softmax_models_and_applies_the_step_fine_tuning(tmp_path):
+    """`ctx.compile` takes a softmax head as probabilities (it assumed logits), and `ctx.fit`
+    applies the running step's fine-tuning keys: a cosine schedule and distillation."""
+    import keras
+
+    from tfopt._steps import StepContext
+    from tfopt.config import validate_steps
+    from tfopt.data import from_arrays
+
+    x, y = _data(64)
+    data = from_arrays(x, y, x_test=x[:8], y_test=y[:8])
+    inputs = keras.Input((40, 1))
+    probs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
+    student = keras.Model(inputs, probs)
+    teacher = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+    ctx = StepContext(data=data, run_dir=tmp_path, baseline=teacher, verbose=0, tensorboard=False)
+    ctx.compile(student, 1e-3)
+    assert student.loss.from_logits is False
+    ctx.compile(teacher, 1e-3)
+    assert teacher.loss.from_logits is True
+
+    student = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+    (ctx.step,) = validate_steps(
+        [{"type": "qat", "lr_schedule": "cosine", "batch_size": 16, "distill": {"alpha": 0.5}}]
+    )
+    history = ctx.fit(student, epochs=1, learning_rate=1e-3)
+    assert history.model is not student and history.model.student is student  # a Distiller
+    # cosine decay over the fit's steps, down to 5% at its last step
+    assert int(history.model.optimizer.iterations) == -(-len(data.x_train) // 16)
+    assert float(history.model.optimizer.learning_rate) == pytest.approx(5e-5, rel=1e-4)
+    assert len(history.history["loss"]) == 1
+    assert student.loss.from_logits is True  # compiled plainly again after distillation

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tfopt import _formats as formats
 from tfopt._backend import import_keras
-from tfopt._steps import step_module
+from tfopt._steps import StepContext, run_steps
 from tfopt.config import RunConfig
 from tfopt.data import Dataset
 
@@ -20,60 +18,6 @@ keras = import_keras()
 
 def _log(msg: str) -> None:
     print(f"[tfopt] {msg}", flush=True)
-
-
-@dataclass
-class StepContext:
-    """What a recipe step gets besides its config and the current model (see CONTRIBUTING.md)."""
-
-    data: Dataset
-    run_dir: Path
-    baseline: keras.Model | None = None
-    batch_size: int = 64
-    verbose: int = 1
-    seed: int = 0
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stage: str = "baseline"
-
-    def log(self, msg: str) -> None:
-        _log(msg)
-
-    def log_dir(self, stage: str | None = None) -> Path:
-        return self.run_dir / "logs" / (stage or self.stage)
-
-    def compile(self, model: keras.Model, learning_rate: float) -> None:
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-
-    def fit(
-        self,
-        model: keras.Model,
-        *,
-        epochs: int,
-        learning_rate: float,
-        stage: str | None = None,
-        callbacks=(),
-        batch_size: int | None = None,
-        compile: bool = True,
-    ):
-        if compile:
-            self.compile(model, learning_rate)
-        tb = keras.callbacks.TensorBoard(str(self.log_dir(stage)), write_graph=False)
-        return model.fit(
-            self.data.x_train,
-            self.data.y_train,
-            batch_size=batch_size or self.batch_size,
-            epochs=epochs,
-            validation_data=self.data.val,
-            callbacks=[tb, *callbacks],
-            verbose=self.verbose,
-        )
-
-    def record(self, key: str, value: Any) -> None:
-        self.records.setdefault(self.stage, {})[key] = value
 
 
 def _unique_dir(path: Path) -> Path:
@@ -149,15 +93,20 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
     ctx.baseline = model
     stages = [{"stage": "baseline", "model": model, "keras": run_dir / "baseline.keras"}]
 
-    for i, step in enumerate(cfg.steps):
-        n += 1
-        stage = step.name or f"{i + 1}_{step.type}"
-        ctx.stage = stage
-        _log(f"[{n}/{total}] step {stage}: {step.model_dump(exclude={'type', 'name'})}")
-        model = step_module(step.type).run(step, model, ctx)
+    def starting(stage: str, step) -> None:
+        _log(
+            f"[{n + len(stages)}/{total}] step {stage}: {step.model_dump(exclude={'type', 'name'})}"
+        )
+
+    def finished(stage: str, step, model) -> None:
         path = run_dir / f"{stage}.keras"
         model.save(path)
         stages.append({"stage": stage, "model": model, "keras": path})
+
+    # the stages start from the run's seed, whatever the baseline consumed: `tfopt auto` runs
+    # its candidates the same way, so its recipe.yaml replays here
+    model = run_steps(cfg.steps, model, ctx, seed=cfg.seed, on_start=starting, on_step=finished)
+    n += len(cfg.steps)
 
     n += 1
     final = stages[-1]

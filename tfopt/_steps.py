@@ -1,12 +1,23 @@
-"""The recipe steps a config can use: ``type`` -> module defining ``Config`` and ``run``.
+"""The recipe engine: a recipe is a list of stage configs; each stage runs itself on a model.
 
-A step module defines ``class Config(tfopt.config.StepConfig)`` with ``type: Literal["<type>"]`` and
-``def run(cfg: Config, model: keras.Model, ctx: tfopt._pipeline.StepContext) -> keras.Model``.
+``STEPS`` maps a stage's ``type`` to the module that defines it: ``class Config(StepConfig)`` with
+``type: Literal["<type>"]`` (validated at the edge, in `tfopt.config`) and
+``def run(cfg: Config, model: keras.Model, ctx: StepContext) -> keras.Model``.
+
+`run_steps` is the one loop that applies a recipe: `tfopt run` (`tfopt._pipeline`), a KerasTuner
+trial (`tfopt.tune.Tuner`) and `tfopt auto` all build `StepConfig` objects and hand them to it, so
+any searched recipe is a `tfopt run` config. This module imports no TensorFlow at import time (the
+config schema reads ``STEPS``).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 STEPS: dict[str, str] = {
     "prune": "tfopt.prune._step",
@@ -20,3 +31,173 @@ STEPS: dict[str, str] = {
 def step_module(step_type: str):
     """Imports and returns the module that implements ``step_type``."""
     return importlib.import_module(STEPS[step_type])
+
+
+def _print(msg: str) -> None:
+    print(f"[tfopt] {msg}", flush=True)
+
+
+def outputs_logits(model) -> bool:
+    """Whether ``model``'s last layer outputs logits (no softmax/sigmoid activation)."""
+    last = model.layers[-1]
+    act = getattr(last, "activation", None)
+    name = getattr(act, "__name__", "") if act is not None else ""
+    return name not in ("softmax", "sigmoid") and type(last).__name__ != "Softmax"
+
+
+@dataclass
+class StepContext:
+    """What a recipe step gets besides its config and the current model (see CONTRIBUTING.md).
+
+    ``step`` is the config of the stage being run (set by `run_steps`): `fit` applies its
+    fine-tuning options (``lr_schedule``, ``batch_size``, ``distill``) when it has them.
+    ``tensorboard=False`` writes no TensorBoard logs and ``validate=False`` skips the per-epoch
+    validation (search trials, which measure through the exported artifact instead); ``logger``
+    receives the progress lines (None: print them).
+    """
+
+    data: Any  # tfopt.data.Dataset
+    run_dir: Path
+    baseline: Any = None  # the trained float model: the teacher of distillation
+    batch_size: int = 64
+    verbose: int = 1
+    seed: int = 0
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage: str = "baseline"
+    step: Any = None
+    tensorboard: bool = True
+    validate: bool = True
+    logger: Callable[[str], None] | None = None
+
+    def log(self, msg: str) -> None:
+        (self.logger or _print)(msg)
+
+    def log_dir(self, stage: str | None = None) -> Path:
+        return Path(self.run_dir) / "logs" / (stage or self.stage)
+
+    def summaries(self, make: Callable[[Path], Any], subdir: str) -> list:
+        """``[make(log_dir() / subdir)]`` when TensorBoard logs are on, else ``[]``."""
+        return [make(self.log_dir() / subdir)] if self.tensorboard else []
+
+    def compile(self, model, learning_rate) -> None:
+        """Adam + sparse categorical cross-entropy (from logits unless the model ends in softmax)."""
+        from tfopt._backend import import_keras
+
+        keras = import_keras()
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model)),
+            metrics=["accuracy"],
+        )
+
+    def fit(
+        self,
+        model,
+        *,
+        epochs: int,
+        learning_rate: float,
+        stage: str | None = None,
+        callbacks=(),
+        batch_size: int | None = None,
+        compile: bool = True,
+    ):
+        """Fine-tunes ``model`` on the training data, validated on the validation data.
+
+        The current step's options apply: ``batch_size`` (else ``self.batch_size``),
+        ``lr_schedule="cosine"`` (cosine decay to 5% over the run) and ``distill`` (train through
+        a `tfopt.distill.Distiller` with ``self.baseline`` as the teacher; ``model`` is compiled
+        plainly afterwards).
+        """
+        from tfopt._backend import import_keras
+
+        keras = import_keras()
+        opts = self.step
+        batch = batch_size or getattr(opts, "batch_size", None) or self.batch_size
+        lr = learning_rate
+        if getattr(opts, "lr_schedule", "constant") == "cosine":
+            steps = max(1, int(epochs) * math.ceil(len(self.data.x_train) / batch))
+            lr = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
+        teacher = getattr(opts, "distill", None)
+        trainer = model
+        if teacher is not None:
+            from tfopt.distill import Distiller
+
+            if self.baseline is None:
+                raise ValueError(
+                    f"step {self.stage!r}: distill needs a teacher (the run's baseline); none is set"
+                )
+            trainer = Distiller(
+                teacher=self.baseline,
+                student=model,
+                temperature=teacher.temperature,
+                alpha=teacher.alpha,
+                precompute_teacher=True,
+            )
+            trainer.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
+        elif compile:
+            self.compile(model, lr)
+        if self.tensorboard:
+            tb = keras.callbacks.TensorBoard(str(self.log_dir(stage)), write_graph=False)
+            callbacks = [tb, *callbacks]
+        history = trainer.fit(
+            self.data.x_train,
+            self.data.y_train,
+            batch_size=batch,
+            epochs=epochs,
+            validation_data=self.data.val if self.validate else None,
+            callbacks=list(callbacks),
+            verbose=self.verbose,
+        )
+        if teacher is not None:
+            self.compile(model, learning_rate)
+        return history
+
+    def record(self, key: str, value: Any) -> None:
+        self.records.setdefault(self.stage, {})[key] = value
+
+
+def stage_name(step, index: int) -> str:
+    """The stage's name in reports, logs and file names: ``name`` or ``<index+1>_<type>``."""
+    return step.name or f"{index + 1}_{step.type}"
+
+
+def run_steps(
+    steps: Sequence,
+    model,
+    ctx: StepContext,
+    *,
+    seed: int | None = None,
+    on_start: Callable[[str, Any], None] | None = None,
+    on_step: Callable[[str, Any, Any], None] | None = None,
+):
+    """Applies the recipe ``steps`` (validated `StepConfig` objects) to ``model`` in order.
+
+    Args:
+        steps: the stage configs.
+        model: the model the first stage starts from (stages copy it; it is not changed).
+        ctx: the `StepContext` (data, teacher, fit, logs, records).
+        seed: when given, ``keras.utils.set_random_seed(seed)`` runs first, so a recipe gives the
+            same model whatever ran before it (`tfopt run` and `tfopt auto` both pass the run's
+            seed). Defaults to None.
+        on_start: called as ``on_start(stage, step)`` before each stage. Defaults to None.
+        on_step: called as ``on_step(stage, step, model)`` after each stage. Defaults to None.
+
+    Returns:
+        The model the last stage returned (``model`` itself when ``steps`` is empty).
+    """
+    if seed is not None:
+        from tfopt._backend import import_keras
+
+        import_keras().utils.set_random_seed(seed)
+    for i, step in enumerate(steps):
+        ctx.stage = stage_name(step, i)
+        ctx.step = step
+        if on_start is not None:
+            on_start(ctx.stage, step)
+        try:
+            model = step_module(step.type).run(step, model, ctx)
+        finally:
+            ctx.step = None
+        if on_step is not None:
+            on_step(ctx.stage, step, model)
+    return model

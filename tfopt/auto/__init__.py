@@ -11,23 +11,22 @@ trial, and resumes an interrupted search. The CLI is ``tfopt auto [CONFIG] --max
 Example:
     >>> res = tfopt.auto.optimize(model, train=ds.train, val=ds.val, test=ds.test,
     ...                           max_accuracy_drop=0.005, time_budget=1200, out_dir="runs/auto")
-    >>> res.best_path, res.ratio
+    >>> res.best_path, res.ratio, res.recipe   # recipe.yaml: `tfopt run` replays the best
 """
 
-from tfopt.auto._optimize import (
-    AUTO_OBJECTIVES,
-    KNOWN_GOOD,
+from tfopt.auto._candidate import Candidate, select_best
+from tfopt.auto._optimize import AUTO_OBJECTIVES, AutoResult, check_budget, optimize
+from tfopt.auto._oracle import AutoOracle
+from tfopt.auto._pareto import DEFAULT_OBJECTIVES, dominates, pareto_front
+from tfopt.auto._refine import (
     REFINE_EPOCHS,
     REFINE_MARGIN,
     REFINE_SHARE,
-    AutoResult,
-    default_seeds,
-    optimize,
     refine_queue,
     refine_recipe,
 )
-from tfopt.auto._pareto import DEFAULT_OBJECTIVES, dominates, pareto_front
 from tfopt.auto._report import write_report
+from tfopt.auto._search import KNOWN_GOOD, default_seeds
 
 __all__ = [
     "AUTO_OBJECTIVES",
@@ -36,12 +35,16 @@ __all__ = [
     "REFINE_EPOCHS",
     "REFINE_MARGIN",
     "REFINE_SHARE",
+    "AutoOracle",
     "AutoResult",
+    "Candidate",
+    "check_budget",
     "default_seeds",
     "dominates",
     "optimize",
     "pareto_front",
     "refine_queue",
     "refine_recipe",
+    "select_best",
     "write_report",
 ]

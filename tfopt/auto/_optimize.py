@@ -1,10 +1,8 @@
-"""The automatic optimizer: search compression recipes under an accuracy budget."""
+"""The automatic optimizer's entry point: `optimize` checks its arguments and runs a `Search`."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -13,56 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from tfopt._backend import check_model
-from tfopt.auto._pareto import pareto_front
-from tfopt.auto._report import write_json, write_report
-from tfopt.tune._space import TARGETS, CompressionHyperModel
-from tfopt.tune._tuner import (
-    SeededBayesianOptimizationOracle,
-    Tuner,
-)
+from tfopt.auto._search import Search
+from tfopt.tune._space import TARGETS
 
 AUTO_OBJECTIVES = ("size", "latency")
-
-# Known-good recipes, tried first (in this order); keys of techniques that are not available are
-# dropped. They follow what works on small CNNs (and what earlier searches put on the size/accuracy
-# front): channel pruning of the wide Dense layer (or of all layers) + high magnitude sparsity of the
-# large layers + int8 QAT, fine-tuned with distillation from the float model at a low temperature;
-# then recipes without distillation, and clustering (then int8 post-training quantization, which
-# keeps the clusters).
-_DISTILL = {"distill": True, "temperature": 2.0, "alpha": 0.1, "ft_learning_rate": 2e-3}
-KNOWN_GOOD: tuple[dict, ...] = (
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.9, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.95, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"channel_ratio": 0.5, "channel_scope": "all", "sparsity": 0.8, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"channel_ratio": 0.75, "channel_scope": "dense", "sparsity": 0.85, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"sparsity": 0.9, "quantization": "qat", "distill": False, "ft_epochs": 12},
-    {"sparsity": 0.8, "clusters": 8, "distill": False, "ft_epochs": 12},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.9, "clusters": 16,
-     **_DISTILL, "ft_epochs": 16},
-)  # fmt: skip
-
-# The refinement stage (search-then-train-final): the screening trials fine-tune briefly, so the
-# smallest candidates near the budget are re-run with REFINE_EPOCHS times the fine-tuning epochs and
-# distillation from the float model. Candidates up to REFINE_MARGIN past the budget (on val) qualify:
-# short fine-tunes typically leave 1-3 points that a longer one recovers. With a time budget, the
-# last REFINE_SHARE of it is kept for refinement.
-REFINE_EPOCHS = 3
-REFINE_MARGIN = 0.03
-REFINE_SHARE = 0.5
-REFINE_DISTILL = {"temperature": 2.0, "alpha": 0.1}  # for recipes that did not distill already
-
-
-class _Stop(Exception):
-    """Raised between trials to end the search (time budget)."""
 
 
 @dataclass
 class AutoResult:
-    """What `optimize` found. ``best`` is None when no candidate met the budget."""
+    """What `optimize` found. ``best`` is None when no candidate met the budget.
+
+    ``recipe`` is ``out_dir/recipe.yaml``, the best candidate as a `tfopt run` config (None
+    without a best candidate); ``ratio`` is gzip-to-gzip.
+    """
 
     baseline: dict
     candidates: list[dict]
@@ -74,112 +35,20 @@ class AutoResult:
     elapsed_s: float
     out_dir: Path
     extra: dict = field(default_factory=dict)
+    recipe: Path | None = None
 
     @property
     def ratio(self) -> float | None:
-        """Baseline TFLite bytes / best artifact gzip bytes."""
+        """Gzip-to-gzip: the float32 TFLite's gzip bytes / the best artifact's gzip bytes."""
         return None if self.best is None else self.best["ratio"]
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["best_path"] = None if self.best_path is None else str(self.best_path)
+        d["recipe"] = None if self.recipe is None else str(self.recipe)
         d["report"] = {k: str(v) for k, v in self.report.items()}
         d["out_dir"] = str(self.out_dir)
         return d
-
-
-class _AutoTuner(Tuner):
-    """`Tuner` that stops between trials when the next one would overrun the deadline."""
-
-    deadline: float | None = None
-    durations: list[float]
-
-    def pre_create_trial(self):
-        if self.deadline is None:
-            return
-        typical = statistics.median(self.durations) if self.durations else 0.0
-        if time.monotonic() + typical > self.deadline:
-            raise _Stop("time_budget")
-
-
-def default_seeds(hypermodel: CompressionHyperModel) -> list[dict]:
-    """The known-good recipes restricted to ``hypermodel``'s space, deduplicated, in order."""
-    names = set(hypermodel.hyperparameter_names())
-    seeds, seen = [], set()
-    for recipe in KNOWN_GOOD:
-        s = {k: v for k, v in recipe.items() if k in names}
-        key = tuple(sorted(s.items()))
-        if s and key not in seen:
-            seen.add(key)
-            seeds.append(s)
-    return seeds
-
-
-def refine_recipe(recipe: dict, techniques: Sequence[str]) -> dict:
-    """The refinement of a screened ``recipe``: `REFINE_EPOCHS` times the fine-tuning epochs and,
-    when ``"distill"`` is among ``techniques``, distillation from the float model."""
-    out = dict(recipe)
-    out["epochs"] = REFINE_EPOCHS * int(recipe.get("epochs", 8))
-    if "distill" in techniques and not recipe.get("distill"):
-        out.update(distill=True, **REFINE_DISTILL)
-    return out
-
-
-def refine_queue(
-    candidates: Sequence[dict],
-    baseline_accuracy: float,
-    max_accuracy_drop: float,
-    *,
-    key: str = "gzip_bytes",
-    best: dict | None = None,
-    margin: float = REFINE_MARGIN,
-) -> list[dict]:
-    """The screened candidates worth refining, most promising first.
-
-    A candidate qualifies when it completed, no candidate with its stages was refined yet, it
-    loses at most ``max_accuracy_drop + margin`` on val, and it is smaller (by ``key``) than
-    ``best``. Of candidates with the same stages, only the most accurate one is kept (refining one
-    structure twice would only add chances of a lucky val score). They are ranked by ``key``
-    times two per point over the budget: refinement recovers some accuracy, not all of it.
-
-    Args:
-        candidates: the search's candidates (dicts with ``status``, ``stages``, ``val_accuracy``,
-            ``key``; refined ones carry ``refined_from``).
-        baseline_accuracy: the float baseline's val accuracy.
-        max_accuracy_drop: the budget (a fraction).
-        key: the objective's measurement, ``"gzip_bytes"`` or ``"latency_ms"``. Defaults to
-            "gzip_bytes".
-        best: the best refined candidate within budget so far: only smaller ones are worth
-            refining. Defaults to None.
-        margin: how far past the budget a candidate may be. Defaults to `REFINE_MARGIN`.
-
-    Returns:
-        The candidates to refine, in order.
-    """
-    by_id = {c["trial_id"]: c for c in candidates}
-    done = {
-        tuple(by_id[c["refined_from"]]["stages"])
-        for c in candidates
-        if c.get("refined_from") in by_id
-    }
-    groups: dict[tuple, dict] = {}
-    for c in candidates:
-        if c["status"] != "COMPLETED" or c.get("refined_from") or tuple(c["stages"]) in done:
-            continue
-        drop = baseline_accuracy - c["val_accuracy"]
-        if drop > max_accuracy_drop + margin + 1e-12:
-            continue
-        if best is not None and not c[key] < best[key]:
-            continue
-        group = tuple(c["stages"])
-        if group not in groups or c["val_accuracy"] > groups[group]["val_accuracy"]:
-            groups[group] = c
-
-    def rank(c):
-        excess = max(0.0, baseline_accuracy - c["val_accuracy"] - max_accuracy_drop)
-        return (c[key] * 2.0 ** (100.0 * excess), c["trial_id"])
-
-    return sorted(groups.values(), key=rank)
 
 
 def check_budget(max_accuracy_drop) -> float:
@@ -207,29 +76,6 @@ def _check_data(name: str, data) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _measure_baseline(model, out_dir: Path, val, test, representative) -> dict:
-    from tfopt import bench, export
-
-    path = out_dir / "baseline.tflite"
-    art = export.tflite(model, path, quantization="float32", check_data=representative[:256])
-    res = bench.benchmark(str(path), data=val, warmup=5, runs=50)
-    return {
-        "artifact": str(path),
-        "format": art.format,
-        "bytes": int(res.bytes),
-        "gzip_bytes": int(res.gzip_bytes),
-        "val_accuracy": float(res.accuracy),
-        "test_accuracy": None if test is None else float(bench.evaluate(str(path), test)),
-        "latency_ms": float(res.latency_ms["p50"]),
-        "params": int(model.count_params()),
-    }
-
-
-def _fmt_time(s: float) -> str:
-    s = int(s)
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def optimize(
     model,
     train,
@@ -248,6 +94,7 @@ def optimize(
     space: dict | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    run_config=None,
     verbose: int = 1,
     log: Callable[[str], None] = print,
 ) -> AutoResult:
@@ -273,6 +120,11 @@ def optimize(
     Pareto front of accuracy vs size vs latency) is rewritten, so an interrupted run (Ctrl-C, time
     budget) leaves a complete report; running again with the same ``out_dir`` resumes the search.
 
+    Every candidate is a list of `tfopt run` steps run by the recipe engine (its stages start from
+    ``seed``), and the best one is also written as ``out_dir/recipe.yaml``, a `tfopt run` config
+    (the float ``model`` saved as ``out_dir/baseline.keras``, the steps, ``target`` as the export
+    format) that rebuilds its artifact: ``tfopt run out_dir/recipe.yaml``.
+
     Args:
         model: the trained float Keras 3 model (not modified).
         train: ``(x, y)`` fine-tuning data (also the calibration data).
@@ -297,13 +149,18 @@ def optimize(
             Defaults to None.
         overwrite: discard a previous search in ``out_dir`` instead of resuming it. Defaults to
             False.
-        seed: the search's random seed. Defaults to 0.
+        seed: the search's random seed, and the global Keras seed every candidate's stages start
+            from (``seed:`` of recipe.yaml). Defaults to 0.
+        run_config: the `tfopt.config.RunConfig` (or its dict) whose data and model sections
+            produced ``model`` and the data; recipe.yaml takes its ``data`` section from it.
+            Defaults to None (recipe.yaml then says to set ``data.name``).
         verbose: 1 prints one line per trial, 0 is silent. Defaults to 1.
         log: where progress lines go. Defaults to print.
 
     Returns:
         An `AutoResult`: the baseline, every candidate (refined ones have ``phase="refine"`` and
-        ``refined_from``), the Pareto front, the best candidate (or None) and the report's paths.
+        ``refined_from``), the Pareto front, the best candidate (or None), the report's paths and
+        ``recipe`` (the path of recipe.yaml, or None).
 
     Raises:
         ValueError: an argument out of range (named in the message).
@@ -337,431 +194,48 @@ def optimize(
         max_trials = 20
     if refine is None and time_budget is None:
         refine = max(1, int(max_trials) // 5)
+
     started = time.monotonic()
     out_dir = Path(out_dir)
     if overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    def say(msg: str) -> None:
-        if verbose:
-            log(msg)
-
-    representative = train[0][:200]
-    baseline = _measure_baseline(model, out_dir, val, test, representative)
-    write_json(out_dir / "baseline.json", baseline)
-    say(
-        f"[auto] baseline (float32 TFLite): {baseline['bytes']} bytes, val acc "
-        f"{baseline['val_accuracy']:.4f}"
-        + (f", test acc {baseline['test_accuracy']:.4f}" if test is not None else "")
-        + f"; budget: -{100 * max_accuracy_drop:.2f} pt on val"
-        + (" (test is measured, not used to select)" if test is not None else "")
-    )
-
-    hypermodel = CompressionHyperModel(
-        model=model, techniques=techniques, target=target, space=space
-    )
-    seeds = default_seeds(hypermodel) if seeds is None else list(seeds)
-    size_key = "gzip_bytes" if objective == "size" else "latency_ms"
-    state = {
-        "candidates": {},
-        "best": None,
-        "stopped": "max_trials",
-        "report": {},
-        "refinement": {"runs": 0, "stopped": "not_started", "limit": refine},
-    }
-
-    def within(c: dict) -> bool:  # val only: the test data never takes part in selection
-        return baseline["val_accuracy"] - c["val_accuracy"] <= max_accuracy_drop + 1e-12
-
-    def candidate(record: dict) -> dict:
-        m = record.get("metrics") or {}
-        c = {
-            "trial_id": record["trial_id"],
-            "phase": "refine" if record.get("refined_from") else "search",
-            "refined_from": record.get("refined_from"),
-            "status": record["status"],
-            "recipe": record.get("recipe"),
-            "stages": record.get("stages") or [],
-            "seconds": float(record.get("seconds", 0.0)),
-            "error": record.get("error"),
-            "keras_model": record.get("keras_model"),
-        }
-        if record["status"] == "COMPLETED":
-            c.update(
-                {
-                    k: m.get(k)
-                    for k in (
-                        "val_accuracy",
-                        "test_accuracy",
-                        "bytes",
-                        "gzip_bytes",
-                        "latency_ms",
-                        "score",
-                    )
-                }
-            )
-            c["artifact"] = m.get("path")
-            c["ratio"] = baseline["bytes"] / max(1, c["gzip_bytes"])
-            c["within_budget"] = within(c)
-            c["test_drop"] = (
-                None
-                if c.get("test_accuracy") is None
-                else baseline["test_accuracy"] - c["test_accuracy"]
-            )
-            c["kernel_sparsity"] = (record.get("facts") or {}).get("kernel_sparsity")
-        return c
-
-    def pick_best(done: list[dict]) -> dict | None:
-        ok = [c for c in done if c["within_budget"]]
-        # Refined candidates are final (fully fine-tuned, few of them); screened ones count only
-        # while no refined candidate is within budget. Picking the smallest of ~100 short, noisy
-        # screens on val favours lucky val scores (the winner's curse).
-        ok = [c for c in ok if c["phase"] == "refine"] or ok
-        return (
-            min(ok, key=lambda c: (c[size_key], -c["val_accuracy"], c["trial_id"])) if ok else None
-        )
-
-    def save_state(stopped: str) -> None:
-        cands = sorted(state["candidates"].values(), key=lambda c: c["trial_id"])
-        done = [c for c in cands if c["status"] == "COMPLETED"]
-        points = [
-            {
-                "accuracy": c["val_accuracy"],
-                "gzip_bytes": c["gzip_bytes"],
-                "latency_ms": c["latency_ms"],
-            }
-            for c in done
-        ]
-        front = [done[i]["trial_id"] for i in pareto_front(points)] if done else []
-        best = pick_best(done)
-        if best is not None and (
-            state["best"] is None or state["best"]["trial_id"] != best["trial_id"]
-        ):
-            shutil.copyfile(best["artifact"], out_dir / "best.tflite")
-            if best.get("keras_model"):
-                shutil.copyfile(best["keras_model"], out_dir / "best.keras")
-            else:
-                (out_dir / "best.keras").unlink(missing_ok=True)
-        if best is None:
-            for stale in ("best.tflite", "best.keras"):
-                (out_dir / stale).unlink(missing_ok=True)
-        state["best"] = best
-        closest = max(done, key=lambda c: c["val_accuracy"]) if done else None
-        data = {
-            "name": out_dir.name,
-            "target": target,
-            "objective": objective,
-            "max_accuracy_drop": max_accuracy_drop,
-            "baseline": baseline,
-            "best": None if best is None else {**best, "artifact": str(out_dir / "best.tflite")},
-            "closest": closest,
-            "front": front,
-            "candidates": cands,
-            "trials_completed": len(done),
-            "trials_failed": len(cands) - len(done),
-            "stopped": stopped,
-            "elapsed_s": time.monotonic() - started,
-            "techniques": list(hypermodel.techniques),
-            "missing_techniques": list(hypermodel.missing_techniques),
-            "seeds": seeds,
-            "refinement": {
-                **state["refinement"],
-                "epochs_factor": REFINE_EPOCHS,
-                "margin": REFINE_MARGIN,
-                "distill": "distill" in hypermodel.techniques,
-            },
-            "selection": f"val accuracy within budget, then smallest {size_key} (refined "
-            "candidates first)"
-            + ("; test accuracy is measured and reported only" if test is not None else ""),
-        }
-        state["report"] = write_report(out_dir, data)
-        state["data"] = data
-
-    def progress(c: dict) -> None:
-        if c["status"] != "COMPLETED":
-            err = (c.get("error") or "").splitlines()[0][:140]
-            say(f"[auto] trial {c['trial_id']}  FAILED  {err}  [{_fmt_time(c['seconds'])}]")
-            return
-        best = state["best"]
-        drop = 100 * (c["val_accuracy"] - baseline["val_accuracy"])
-        test_part = ""
-        if c.get("test_accuracy") is not None:
-            test_part = (
-                f" test {c['test_accuracy']:.4f} "
-                f"({100 * (c['test_accuracy'] - baseline['test_accuracy']):+.2f})"
-            )
-        origin = f" (refines {c['refined_from']})" if c.get("refined_from") else ""
-        say(
-            f"[auto] trial {c['trial_id']}  {' + '.join(c['stages']) or 'none':<42}{origin} val "
-            f"{c['val_accuracy']:.4f} ({drop:+.2f}){test_part}  gzip {c['gzip_bytes'] / 1024:.1f} KB "
-            f"({c['ratio']:.1f}x)  p50 {c['latency_ms']:.3f} ms  "
-            f"{'within budget' if c['within_budget'] else 'over budget  '}  best: "
-            + (f"{best['trial_id']} {best['gzip_bytes'] / 1024:.1f} KB" if best else "none")
-            + f"  [{_fmt_time(c['seconds'])}, total {_fmt_time(time.monotonic() - started)}]"
-        )
-
-    def on_trial_done(trial_id: str, record: dict) -> None:
-        c = candidate(record)
-        state["candidates"][trial_id] = c
-        tuner.durations.append(c["seconds"])
-        save_state("running")
-        progress(c)
-
-    oracle = SeededBayesianOptimizationOracle(
-        objective=_objective(),
-        max_trials=max_trials or 999,
-        num_initial_points=max(2, len(seeds)),  # then the Gaussian process proposes
-        seeds=seeds,
-        seed=seed,
-        max_consecutive_failed_trials=8,
-    )
-    tuner = _AutoTuner(
-        oracle,
-        hypermodel,
-        epochs=0,
-        objective=objective,
-        baseline_accuracy=baseline["val_accuracy"],
+    if run_config is not None and not isinstance(run_config, dict):
+        run_config = run_config.model_dump(serialize_as_any=True)
+    search = Search(
+        model,
+        train,
+        val,
+        test=test,
         max_accuracy_drop=max_accuracy_drop,
-        on_trial_done=on_trial_done,
-        save_models=True,
-        directory=str(out_dir),
-        project_name="search",
-        overwrite=False,
-    )
-    tuner.durations = []
-    refine_dir = out_dir / "refine"
-    earlier = tuner.records() + [
-        json.loads(p.read_text()) for p in sorted(refine_dir.glob("r*/tfopt.json"))
-    ]
-    for record in earlier:  # trials of an earlier, resumed run
-        state["candidates"][record["trial_id"]] = candidate(record)
-    if state["candidates"]:
-        say(f"[auto] resuming: {len(state['candidates'])} trial(s) already done in {out_dir}")
-    deadline = None if time_budget is None else started + float(time_budget)
-    if deadline is not None:
-        share = 0.0 if refine == 0 else REFINE_SHARE
-        tuner.deadline = started + (1.0 - share) * float(time_budget)
-    import keras_tuner.src.config as kt_config
-
-    def screen() -> str:
-        """Runs screening trials until the tuner's deadline; returns why the search ended."""
-        try:
-            tuner.search(train, val, test=test, teacher=model, verbose=0)
-        except _Stop as e:
-            return str(e)
-        except KeyboardInterrupt:
-            say("[auto] interrupted: writing the report with the trials done so far")
-            return "interrupted"
-        except RuntimeError as e:
-            if "consecutive failures" not in str(e):
-                raise
-            say(f"[auto] stopping: {str(e).splitlines()[0]}")
-            return "too_many_failures"
-        if max_trials is None or len(tuner.oracle.trials) < max_trials:
-            return "search_space_exhausted"
-        return "max_trials"
-
-    debug, kt_config.DEBUG = kt_config.DEBUG, False  # failures go to the report, not tracebacks
-    try:
-        while True:
-            stopped = screen()
-            save_state(stopped)
-            if stopped == "interrupted" or refine == 0:
-                break
-            outcome = _refine_stage(
-                model=model,
-                train=train,
-                val=val,
-                test=test,
-                target=target,
-                techniques=hypermodel.techniques,
-                refine_dir=refine_dir,
-                state=state,
-                candidate=candidate,
-                save_state=save_state,
-                progress=progress,
-                say=say,
-                stopped=stopped,
-                limit=refine,
-                deadline=deadline,
-                baseline_accuracy=baseline["val_accuracy"],
-                max_accuracy_drop=max_accuracy_drop,
-                size_key=size_key,
-                seed=seed,
-            )
-            if outcome in ("interrupted", "time_budget"):
-                stopped = outcome
-                break
-            # Nothing left to refine while the time budget still has room: screen more recipes
-            # (the search's share of what is left), then refine again.
-            if stopped != "time_budget" or outcome != "done":
-                break
-            left = deadline - time.monotonic()
-            typical = statistics.median(tuner.durations) if tuner.durations else 0.0
-            if left < 2 * (1 + REFINE_EPOCHS) * typical:
-                break
-            say(f"[auto] nothing left to refine with {_fmt_time(left)} to go: screening more")
-            tuner.deadline = time.monotonic() + (1.0 - REFINE_SHARE) * left
-    finally:
-        kt_config.DEBUG = debug
-    save_state(stopped)
-    best = state["best"]
-    if best is None:
-        say(
-            f"[auto] no candidate within the budget ({stopped}); report: {state['report']['markdown']}"
-        )
-    else:
-        test_part = ""
-        if best.get("test_accuracy") is not None:
-            test_part = (
-                f", test {100 * (best['test_accuracy'] - baseline['test_accuracy']):+.2f} pt "
-                "(not used to select)"
-            )
-        say(
-            f"[auto] best: trial {best['trial_id']} ({' + '.join(best['stages'])}) "
-            f"{best['gzip_bytes']} gzip bytes = {best['ratio']:.1f}x smaller than the float TFLite; "
-            f"val {100 * (best['val_accuracy'] - baseline['val_accuracy']):+.2f} pt{test_part}; "
-            f"report: {state['report']['markdown']}"
-        )
-    return AutoResult(
-        baseline=baseline,
-        candidates=state["data"]["candidates"],
-        front=state["data"]["front"],
-        best=state["data"]["best"],
-        best_path=None if best is None else out_dir / "best.tflite",
-        report=state["report"],
-        stopped=stopped,
-        elapsed_s=time.monotonic() - started,
+        target=target,
+        objective=objective,
         out_dir=out_dir,
-        extra={
-            "techniques": list(hypermodel.techniques),
-            "seeds": seeds,
-            "refinement": state["data"]["refinement"],
-        },
+        techniques=techniques,
+        seeds=seeds,
+        space=space,
+        seed=seed,
+        max_trials=max_trials,
+        run_config=run_config,
+        say=log if verbose else (lambda msg: None),
+        started=started,
     )
-
-
-def _refine_stage(
-    *,
-    model,
-    train,
-    val,
-    test,
-    target,
-    techniques,
-    refine_dir: Path,
-    state: dict,
-    candidate,
-    save_state,
-    progress,
-    say,
-    stopped: str,
-    limit: int | None,
-    deadline: float | None,
-    baseline_accuracy: float,
-    max_accuracy_drop: float,
-    size_key: str,
-    seed: int,
-) -> str:
-    """Re-runs the most promising candidates (`refine_queue`) with `refine_recipe`.
-
-    Runs until the queue is empty, ``limit`` refinement runs exist in ``refine_dir``, or the next
-    run would likely overrun ``deadline``. Records each run in ``refine_dir/r<k>/tfopt.json`` (a
-    resumed run reads them back) and in ``state``. Returns how the stage ended: ``"done"``,
-    ``"limit"``, ``"time_budget"`` or ``"interrupted"``.
-    """
-    from tfopt._backend import import_keras
-    from tfopt.tune._compress import compress
-    from tfopt.tune._measure import export_and_measure
-
-    keras = import_keras()
-    info = state["refinement"]
-    durations: list[float] = []
-    outcome = "done"
-    try:
-        while True:
-            cands = list(state["candidates"].values())
-            runs = [c for c in cands if c.get("refined_from")]
-            info["runs"] = len(runs)
-            if limit is not None and len(runs) >= limit:
-                outcome = "limit"
-                break
-            best = state["best"]
-            queue = refine_queue(
-                cands,
-                baseline_accuracy,
-                max_accuracy_drop,
-                key=size_key,
-                best=best if best is not None and best["phase"] == "refine" else None,
-            )
-            if not queue:
-                break
-            source = queue[0]
-            recipe = refine_recipe(source["recipe"], techniques)
-            if deadline is not None:
-                typical = (
-                    statistics.median(durations)
-                    if durations
-                    else REFINE_EPOCHS * float(source["seconds"])
-                )
-                if time.monotonic() + typical > deadline:
-                    outcome = "time_budget"
-                    break
-            if not runs:
-                say(
-                    f"[auto] refinement: {len(queue)} candidate(s) within "
-                    f"{100 * REFINE_MARGIN:.0f} pt of the budget; re-running the most promising "
-                    f"with {REFINE_EPOCHS}x the fine-tuning"
-                    + (" and distillation" if "distill" in techniques else "")
-                )
-            rid = f"r{len(runs):03d}"
-            run_dir = refine_dir / rid
-            run_dir.mkdir(parents=True, exist_ok=True)
-            record = {
-                "trial_id": rid,
-                "refined_from": source["trial_id"],
-                "recipe": recipe,
-                "status": "RUNNING",
-            }
-            t0 = time.perf_counter()
-            keras.utils.set_random_seed(seed + len(runs) + 1)
-            try:
-                result = compress(model, recipe, train, val, teacher=model, target=target)
-                record["stages"] = result.stages
-                record["facts"] = result.facts
-                record["metrics"] = export_and_measure(
-                    result.model,
-                    run_dir / "model.tflite",
-                    quantization=result.quantization,
-                    representative=train[0][:200],
-                    val=val,
-                    test=test,
-                )
-                record["status"] = "COMPLETED"
-                try:
-                    result.model.save(run_dir / "model.keras")
-                    record["keras_model"] = str(run_dir / "model.keras")
-                except Exception as e:  # an unsaveable wrapper must not fail the run
-                    record["keras_model_error"] = f"{type(e).__name__}: {e}"
-            except Exception as e:  # a failed refinement is recorded; the stage goes on
-                record.update(status="FAILED", error=f"{type(e).__name__}: {e}")
-            record["seconds"] = time.perf_counter() - t0
-            durations.append(record["seconds"])
-            (run_dir / "tfopt.json").write_text(json.dumps(record, indent=2, default=str))
-            c = candidate(record)
-            state["candidates"][rid] = c
-            info["runs"] = len(runs) + 1
-            save_state(stopped)
-            progress(c)
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        say("[auto] interrupted: writing the report with the trials done so far")
-    info["stopped"] = outcome
-    return outcome
-
-
-def _objective():
-    import keras_tuner
-
-    return keras_tuner.Objective("score", "max")
+    stopped = search.run(time_budget=time_budget, max_trials=max_trials, refine=refine)
+    search.finish(stopped)
+    return AutoResult(
+        baseline=search.baseline,
+        candidates=search.data["candidates"],
+        front=search.data["front"],
+        best=search.data["best"],
+        best_path=None if search.best is None else search.out_dir / "best.tflite",
+        report=search.report,
+        stopped=stopped,
+        elapsed_s=time.monotonic() - search.started,
+        out_dir=search.out_dir,
+        extra={
+            "techniques": list(search.hypermodel.techniques),
+            "seeds": search.seeds,
+            "refinement": search.data["refinement"],
+        },
+        recipe=search.recipe_path,
+    )

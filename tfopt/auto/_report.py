@@ -22,6 +22,34 @@ def _ms(x) -> str:
     return "-" if x is None else f"{x:.3f} ms"
 
 
+def fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def progress_line(c, best, baseline: dict, elapsed: float) -> str:
+    """One line about a finished candidate (a `Candidate`), for the console."""
+    if not c.completed:
+        err = (c.error or "").splitlines()[0][:140] if c.error else ""
+        return f"[auto] trial {c.trial_id}  {c.status}  {err}  [{fmt_time(c.seconds)}]"
+    drop = 100 * (c.val_accuracy - baseline["val_accuracy"])
+    test_part = ""
+    if c.test_accuracy is not None:
+        test_part = (
+            f" test {c.test_accuracy:.4f} "
+            f"({100 * (c.test_accuracy - baseline['test_accuracy']):+.2f})"
+        )
+    origin = f" (refines {c.refined_from})" if c.refined_from else ""
+    return (
+        f"[auto] trial {c.trial_id}  {' + '.join(c.stages) or 'none':<42}{origin} val "
+        f"{c.val_accuracy:.4f} ({drop:+.2f}){test_part}  gzip {c.gzip_bytes / 1024:.1f} KB "
+        f"({c.ratio:.1f}x gzip-to-gzip)  p50 {c.latency_ms:.3f} ms  "
+        f"{'within budget' if c.within_budget else 'over budget  '}  best: "
+        + (f"{best.trial_id} {best.gzip_bytes / 1024:.1f} KB" if best else "none")
+        + f"  [{fmt_time(c.seconds)}, total {fmt_time(elapsed)}]"
+    )
+
+
 def write_json(path: Path, data: dict) -> Path:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -59,7 +87,7 @@ def markdown(data: dict) -> str:
         )
     lines += [
         "",
-        "| artifact | bytes | gzip | ratio | val acc | test acc | latency p50 |",
+        "| artifact | bytes | gzip | gzip ratio | val acc | test acc | latency p50 |",
         "|---|---|---|---|---|---|---|",
         f"| float baseline (TFLite float32) | {base['bytes']} | {base['gzip_bytes']} | 1.0x | "
         f"{_acc(base['val_accuracy'])} | {_acc(base.get('test_accuracy'))} | "
@@ -79,8 +107,13 @@ def markdown(data: dict) -> str:
     lines.append("")
     if best:
         lines.append(
-            f"Best artifact: `{best['artifact']}` (ratio = baseline TFLite bytes / gzip bytes)."
+            f"Best artifact: `{best['artifact']}` (gzip ratio = the float32 TFLite's gzip bytes / "
+            "the artifact's gzip bytes)."
         )
+        if data.get("recipe"):
+            lines.append(
+                f"Its `tfopt run` config: `{data['recipe']}` (`tfopt run {data['recipe']}`)."
+            )
     else:
         closest = data.get("closest")
         lines.append("**No candidate met the accuracy budget.**")
@@ -95,7 +128,7 @@ def markdown(data: dict) -> str:
         "",
         "## Pareto front (val accuracy max, gzip size min, latency min)",
         "",
-        "| trial | recipe | val acc | test acc | gzip | ratio | latency p50 | in budget (val) |",
+        "| trial | recipe | val acc | test acc | gzip | gzip ratio | latency p50 | in budget (val) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     cands = {c["trial_id"]: c for c in data["candidates"]}
@@ -110,7 +143,7 @@ def markdown(data: dict) -> str:
         "",
         "## All trials",
         "",
-        "| trial | status | recipe | val acc | test acc | gzip | ratio | seconds |",
+        "| trial | status | recipe | val acc | test acc | gzip | gzip ratio | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in data["candidates"]:
@@ -124,8 +157,9 @@ def markdown(data: dict) -> str:
             )
         else:
             err = str(c.get("error", "")).splitlines()[0][:120] if c.get("error") else ""
+            status = "error" if c["status"] == "ERROR" else "failed"
             lines.append(
-                f"| {c['trial_id']} | failed | {err} | - | - | - | - | {c['seconds']:.0f} |"
+                f"| {c['trial_id']} | {status} | {err} | - | - | - | - | {c['seconds']:.0f} |"
             )
     if data.get("missing_techniques"):
         lines += [

@@ -16,8 +16,9 @@ def add_parser(sub):
         "(the embedded default config when omitted), then search compression recipes (pruning, "
         "channel pruning, clustering, QAT/PTQ, distillation) and keep the smallest (or fastest) "
         "exported artifact whose accuracy, measured through the artifact, stays within "
-        "--max-accuracy-drop of the float baseline. Writes best.tflite and report.json/.md/"
-        "pareto.png to --out; re-running with the same --out resumes the search.",
+        "--max-accuracy-drop of the float baseline. Writes best.tflite, recipe.yaml (a `tfopt run` "
+        "config that rebuilds best.tflite) and report.json/.md/pareto.png to --out; re-running "
+        "with the same --out resumes the search.",
     )
     p.add_argument("config", nargs="?", help="YAML config (data, model, train sections are used)")
     p.add_argument(
@@ -67,8 +68,9 @@ def _config(args):
 def baseline_model(cfg, data, out_dir: Path, *, log=print):
     """Loads ``out_dir/baseline.keras`` (a resumed run) or builds and trains the float baseline."""
     from tfopt._backend import import_keras
+    from tfopt._steps import outputs_logits
     from tfopt.models import get, load
-    from tfopt.tune._compress import compile_classifier, outputs_logits
+    from tfopt.tune._space import compile_classifier
 
     keras = import_keras()
     saved = out_dir / "baseline.keras"
@@ -137,10 +139,17 @@ def main(args) -> int:
         out_dir=out_dir,
         techniques=None if not args.techniques else [t.strip() for t in args.techniques.split(",")],
         seed=cfg.seed,
+        run_config=cfg,
         verbose=0 if args.quiet else 1,
         log=lambda m: print(m, flush=True),
     )
     print(f"[auto] report: {res.report['markdown']}  plot: {res.report['plot']}", flush=True)
+    if res.best is not None:
+        print(
+            f"[auto] gzip ratio {res.ratio:.1f}x (float32 TFLite gzip bytes / best gzip bytes); "
+            f"replay with: tfopt run {res.recipe}",
+            flush=True,
+        )
     if res.stopped == "interrupted":
         return 130
     if res.best is None:

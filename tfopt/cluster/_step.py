@@ -6,11 +6,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from tfopt.config import StepConfig
+from tfopt.config import FineTuneStepConfig
 
 
-class Config(StepConfig):
-    """``{type: cluster, n_clusters: 16, per_channel: false, init: kmeans++, ...}``."""
+class Config(FineTuneStepConfig):
+    """``{type: cluster, n_clusters: 16, per_channel: false, init: kmeans++, ...}``.
+
+    Also the fine-tuning keys of `tfopt.config.FineTuneStepConfig` (``lr_schedule``,
+    ``batch_size``, ``distill``).
+    """
 
     type: Literal["cluster"] = "cluster"
     n_clusters: int = Field(16, ge=2)

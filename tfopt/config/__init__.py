@@ -6,7 +6,7 @@ Example:
     5
 """
 
-from tfopt.config._base import Section, StepConfig
+from tfopt.config._base import DistillLoss, FineTuneStepConfig, Section, StepConfig
 from tfopt.config._schema import (
     EXPORT_FORMATS,
     RunConfig,
@@ -14,10 +14,13 @@ from tfopt.config._schema import (
     default_config_path,
     load,
     validate,
+    validate_steps,
 )
 
 __all__ = [
     "EXPORT_FORMATS",
+    "DistillLoss",
+    "FineTuneStepConfig",
     "RunConfig",
     "Section",
     "StepConfig",
@@ -25,4 +28,5 @@ __all__ = [
     "default_config_path",
     "load",
     "validate",
+    "validate_steps",
 ]

@@ -144,6 +144,17 @@ def _validate_step(raw: Any, index: int) -> StepConfig:
         raise ConfigError(_one_line(e, cls, prefix=f"{where}.")) from None
 
 
+def validate_steps(raw: Any) -> list[StepConfig]:
+    """Validates a list of step mappings (``[{type: prune, ...}, ...]``) into step configs.
+
+    Raises:
+        ConfigError: one line naming ``steps[i].key``, the rule and a did-you-mean.
+    """
+    if not isinstance(raw, list):
+        raise ConfigError(f"steps: must be a list of steps (got {raw!r})")
+    return [_validate_step(s, i) for i, s in enumerate(raw)]
+
+
 def validate(raw: Any) -> RunConfig:
     """Validates a config mapping; raises `ConfigError` with a one-line message."""
     if raw is None:
@@ -160,7 +171,7 @@ def validate(raw: Any) -> RunConfig:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_one_line(e, RunConfig)) from None
-    cfg.steps = [_validate_step(s, i) for i, s in enumerate(steps)]
+    cfg.steps = validate_steps(steps)
     if cfg.model.path is None and cfg.model.name is None:
         raise ConfigError("model: set model.name (a zoo model) or model.path (a .keras file)")
     return cfg

@@ -96,14 +96,14 @@ def run(cfg: Config, model, ctx):
         precompute_teacher=cfg.precompute_teacher,
     )
     distiller.compile(keras.optimizers.Adam(cfg.learning_rate), metrics=["accuracy"])
-    tb = keras.callbacks.TensorBoard(str(ctx.log_dir(ctx.stage)), write_graph=False)
+    tb = ctx.summaries(lambda d: keras.callbacks.TensorBoard(str(d), write_graph=False), "")
     history = distiller.fit(
         ctx.data.x_train,
         ctx.data.y_train,
         batch_size=ctx.batch_size,
         epochs=cfg.epochs,
         validation_data=ctx.data.val,
-        callbacks=[tb],
+        callbacks=tb,
         verbose=ctx.verbose,
     )
     ctx.compile(student, cfg.learning_rate)

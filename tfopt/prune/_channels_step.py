@@ -20,13 +20,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tfopt._backend import import_keras
-from tfopt.config import StepConfig
+from tfopt.config import FineTuneStepConfig
 from tfopt.prune._channels import prune_channels_iterative
 
 keras = import_keras()
 
 
-class Config(StepConfig):
+class Config(FineTuneStepConfig):
     """Options of the ``prune_channels`` step. Give ``ratio`` or ``macs_reduction``, not both.
 
     Attributes:
@@ -43,6 +43,10 @@ class Config(StepConfig):
             of all groups ranked together; see `tfopt.prune.prune_channels`). Defaults to
             "uniform".
         filters: regex or list of regexes of the layers that may lose channels. Defaults to None.
+        scope: ``"all"`` (the layers ``filters`` selects) or ``"widest_dense"`` (only the hidden
+            Dense layer with the most units). Defaults to "all".
+        lr_schedule, batch_size, distill: the fine-tuning keys of
+            `tfopt.config.FineTuneStepConfig`.
     """
 
     type: Literal["prune_channels"] = "prune_channels"
@@ -55,9 +59,15 @@ class Config(StepConfig):
     round_to: int | None = Field(None, ge=1)
     allocation: Literal["uniform", "global"] = "uniform"
     filters: str | list[str] | None = None
+    scope: Literal["all", "widest_dense"] = "all"
 
     @model_validator(mode="after")
     def _one_target(self):
+        if self.scope != "all" and self.filters is not None:
+            raise ValueError(
+                f"give filters or scope, not both. Received: scope={self.scope!r}, "
+                f"filters={self.filters!r}"
+            )
         if self.ratio is not None and self.macs_reduction is not None:
             raise ValueError(
                 f"give ratio or macs_reduction, not both (got ratio={self.ratio}, "
@@ -66,6 +76,29 @@ class Config(StepConfig):
         if self.ratio is None and self.macs_reduction is None:
             self.macs_reduction = 0.5
         return self
+
+
+def widest_hidden_dense(model: keras.Model) -> str | None:
+    """The name of the Dense layer with the most units that is not an output layer."""
+    outputs = {id(t) for t in model.outputs}
+    dense = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Dense) and id(layer.output) not in outputs
+    ]
+    return max(dense, key=lambda layer: layer.units).name if dense else None
+
+
+def _filters(cfg: Config, model: keras.Model):
+    if cfg.scope == "widest_dense":
+        widest = widest_hidden_dense(model)
+        if widest is None:
+            raise ValueError(
+                "prune_channels: scope='widest_dense' needs a hidden Dense layer; "
+                f"{model.name!r} has none"
+            )
+        return lambda layer: layer.name == widest
+    return cfg.filters
 
 
 def run(cfg: Config, model: keras.Model, ctx) -> keras.Model:
@@ -91,7 +124,7 @@ def run(cfg: Config, model: keras.Model, ctx) -> keras.Model:
         importance=cfg.importance,
         round_to=cfg.round_to,
         allocation=cfg.allocation,
-        filters=cfg.filters,
+        filters=_filters(cfg, model),
         fit=fit,
     )
     first, last = plans[0], plans[-1]

@@ -8,6 +8,8 @@ Example config:
         schedule: polynomial     # polynomial | cubic | constant
         epochs: 15
         learning_rate: 0.002
+        scope: large             # all | large (layers holding >= 5% of the kernel weights)
+        lr_schedule: cosine      # constant | cosine; also batch_size, distill: {temperature, alpha}
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tfopt.config import StepConfig
+from tfopt.config import FineTuneStepConfig
+
+# ``scope: large``: layers holding at least this share of the model's kernel weights
+LARGE_SHARE = 0.05
 
 
-class Config(StepConfig):
+class Config(FineTuneStepConfig):
     """Settings of the ``prune`` step. The schedule's steps are fractions of the fine-tuning run.
 
     Keys: ``target_sparsity`` (0.8), ``schedule`` (polynomial | cubic | constant), ``epochs`` (15),
@@ -28,8 +33,12 @@ class Config(StepConfig):
     ``end_fraction`` (0.5) of the fine-tuning steps where sparsity starts rising and reaches the
     target, ``power`` (3.0, polynomial only), ``frequency`` (steps between mask updates; None picks
     about 20 updates), ``m_by_n`` (e.g. [2, 4]), ``block_size`` (e.g. [1, 4]) and ``filters``
-    (regex or list of layer names). The defaults keep mnist1d_cnn at 80% sparsity within a point
-    of its float accuracy (benchmarks/prune_vs_tfmot.py).
+    (a regex or a list of regexes), ``scope`` (``all``, or ``large``: only layers holding at
+    least 5% of the model's kernel weights; a small first convolution or output layer saves
+    almost no bytes and costs the most accuracy when pruned), and the fine-tuning keys of
+    `tfopt.config.FineTuneStepConfig` (``lr_schedule``, ``batch_size``, ``distill``). The
+    defaults keep mnist1d_cnn at 80% sparsity within a point of its float accuracy
+    (benchmarks/prune_vs_tfmot.py).
     """
 
     type: Literal["prune"] = "prune"
@@ -45,9 +54,15 @@ class Config(StepConfig):
     m_by_n: tuple[int, int] | None = None
     block_size: tuple[int, int] | None = None
     filters: str | list[str] | None = None
+    scope: Literal["all", "large"] = "all"
 
     @model_validator(mode="after")
     def _check(self):
+        if self.scope != "all" and self.filters is not None:
+            raise ValueError(
+                f"give filters or scope, not both. Received: scope={self.scope!r}, "
+                f"filters={self.filters!r}"
+            )
         if self.end_fraction <= self.begin_fraction:
             raise ValueError(
                 "end_fraction must be > begin_fraction. Received: "
@@ -82,6 +97,27 @@ def make_schedule(cfg: Config, total_steps: int):
     )
 
 
+def large_layers(model) -> list[str]:
+    """Names of the layers holding at least `LARGE_SHARE` of ``model``'s kernel weights."""
+    import numpy as np
+
+    sizes = {
+        layer.name: int(np.prod(layer.kernel.shape))
+        for layer in model.layers
+        if getattr(layer, "kernel", None) is not None
+    }
+    total = sum(sizes.values()) or 1
+    return [name for name, n in sizes.items() if n >= LARGE_SHARE * total]
+
+
+def step_filters(cfg: Config, model):
+    """The ``filters`` argument of `tfopt.prune.prune` for ``cfg`` (``scope`` resolved)."""
+    if cfg.scope == "large":
+        names = set(large_layers(model))
+        return lambda layer: layer.name in names
+    return cfg.filters
+
+
 def run(cfg: Config, model, ctx):
     """Prunes ``model``, fine-tunes it with the schedule, and returns the stripped model.
 
@@ -91,12 +127,16 @@ def run(cfg: Config, model, ctx):
     from tfopt.prune import prune, sparsity, strip
     from tfopt.prune._callbacks import PruningSummaries
 
-    steps_per_epoch = math.ceil(len(ctx.data.x_train) / ctx.batch_size)
+    steps_per_epoch = math.ceil(len(ctx.data.x_train) / (cfg.batch_size or ctx.batch_size))
     total = cfg.epochs * steps_per_epoch
     schedule = make_schedule(cfg, total)
     schedule.check(total, strict=True)
     pruned = prune(
-        model, schedule, m_by_n=cfg.m_by_n, block_size=cfg.block_size, filters=cfg.filters
+        model,
+        schedule,
+        m_by_n=cfg.m_by_n,
+        block_size=cfg.block_size,
+        filters=step_filters(cfg, model),
     )
     report = pruned.pruning_report
     ctx.log(
@@ -106,7 +146,7 @@ def run(cfg: Config, model, ctx):
         pruned,
         epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
-        callbacks=[PruningSummaries(ctx.log_dir() / "pruning")],
+        callbacks=ctx.summaries(PruningSummaries, "pruning"),
     )
     stripped = strip(pruned)
     achieved = sparsity(stripped)

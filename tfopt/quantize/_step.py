@@ -18,11 +18,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from tfopt.config import StepConfig
+from tfopt.config import FineTuneStepConfig
 
 
-class Config(StepConfig):
-    """Settings of the ``qat`` step."""
+class Config(FineTuneStepConfig):
+    """Settings of the ``qat`` step (and the fine-tuning keys of `FineTuneStepConfig`)."""
 
     type: Literal["qat"] = "qat"
     epochs: int = Field(3, ge=1)
@@ -51,7 +51,7 @@ def run(cfg: Config, model, ctx):
         q,
         epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
-        callbacks=[QuantizationSummaries(ctx.log_dir() / "quantization")],
+        callbacks=ctx.summaries(QuantizationSummaries, "quantization"),
     )
     ctx.record("qat_report", report.to_dict())
     return q

@@ -2,7 +2,9 @@
 
 The search space (`CompressionHyperModel`: learning rate, batch size, dropout, L2, width/depth,
 target sparsity, pruning schedule, QAT vs PTQ, clustering, distillation temperature/alpha) is kept
-apart from running a trial (`Tuner.run_trial`: train, compress, export, measure). Objectives combine
+apart from running a trial (`Tuner.run_trial`: train, run the recipe stages, export, measure). A
+trial's hyperparameters become `tfopt run` step configs (`recipe_steps`), run by the same recipe
+engine as `tfopt run`, so every trial is a config that `tfopt run` replays. Objectives combine
 accuracy with the artifact's measured gzip size and latency (`score`). A candidate that fails to
 export is a failed trial, not a dead search; a search resumes from its directory after the process
 is killed (``overwrite=False``); every trial is logged to TensorBoard's hparams plugin.
@@ -21,13 +23,8 @@ Example:
     >>> best = tuner.oracle.get_best_trials(1)[0]
 """
 
-from tfopt.tune._compress import (
-    TECHNIQUES,
-    CompressionResult,
-    available_techniques,
-    compress,
-)
 from tfopt.tune._measure import ExportFailed, export_and_measure
+from tfopt.tune._recipe import TECHNIQUES, available_techniques, describe, recipe_steps
 from tfopt.tune._space import TARGETS, CompressionHyperModel
 from tfopt.tune._tuner import (
     KINDS,
@@ -36,6 +33,7 @@ from tfopt.tune._tuner import (
     SeededRandomSearchOracle,
     Tuner,
     create_tuner,
+    run_candidate,
     score,
 )
 
@@ -45,14 +43,15 @@ __all__ = [
     "TARGETS",
     "TECHNIQUES",
     "CompressionHyperModel",
-    "CompressionResult",
     "ExportFailed",
     "SeededBayesianOptimizationOracle",
     "SeededRandomSearchOracle",
     "Tuner",
     "available_techniques",
-    "compress",
     "create_tuner",
+    "describe",
     "export_and_measure",
+    "recipe_steps",
+    "run_candidate",
     "score",
 ]

@@ -1,7 +1,7 @@
 """The search space: a KerasTuner `HyperModel` over training and compression hyperparameters.
 
-What to try lives here (``declare``, ``build``, ``fit``, ``recipe``); how a trial runs lives in
-`tfopt.tune.Tuner.run_trial`.
+What to try lives here (``declare``, ``build``, ``fit``, ``recipe``, ``steps``); how a trial runs
+lives in `tfopt.tune.Tuner.run_trial`, which hands ``steps(hp)`` to the recipe engine.
 """
 
 from __future__ import annotations
@@ -13,19 +13,30 @@ import keras_tuner
 
 from tfopt import _formats as formats
 from tfopt._backend import check_model, import_keras
-from tfopt.tune._compress import (
-    TECHNIQUES,
-    CompressionResult,
-    available_techniques,
-    clone,
-    compile_classifier,
-    compress,
-    outputs_logits,
-)
+from tfopt._steps import outputs_logits
+from tfopt.tune._recipe import TECHNIQUES, available_techniques, recipe_steps
 
 keras = import_keras()
 
 TARGETS = formats.targets()  # the formats table's search targets
+
+
+def clone(model):
+    """A copy of ``model`` with its own layers and the same weights (the input is never mutated)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def compile_classifier(model, learning_rate: float, *, logits: bool = True):
+    """Compiles ``model`` with Adam, sparse categorical cross-entropy and accuracy."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=logits),
+        metrics=["accuracy"],
+    )
+    return model
+
 
 # name -> default choices. Floats with a range are declared below with hp.Float.
 TRAINING_CHOICES = {
@@ -262,7 +273,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
         )
 
     def recipe(self, hp) -> dict:
-        """The compression recipe of ``hp`` (the input of `tfopt.tune.compress`)."""
+        """The flat compression recipe of ``hp`` (the input of `tfopt.tune.recipe_steps`)."""
         v = hp.values
         recipe = {
             "channel_ratio": float(v.get("channel_ratio", 0.0)),
@@ -281,8 +292,6 @@ class CompressionHyperModel(keras_tuner.HyperModel):
         }
         return recipe
 
-    def compress(self, hp, model, train, val, *, teacher=None, verbose=0) -> CompressionResult:
-        """Applies ``recipe(hp)`` to a trained float ``model`` (see `tfopt.tune.compress`)."""
-        return compress(
-            model, self.recipe(hp), train, val, teacher=teacher, target=self.target, verbose=verbose
-        )
+    def steps(self, hp) -> list:
+        """The recipe stages of ``hp``: `tfopt run` step configs (see `tfopt.tune.recipe_steps`)."""
+        return recipe_steps(self.recipe(hp), target=self.target)

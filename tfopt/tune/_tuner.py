@@ -1,4 +1,4 @@
-"""Running trials: train (optionally), compress, export, measure through the artifact, score."""
+"""Running trials: train (optionally), run the recipe stages, export, measure the artifact, score."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from tfopt.tune._hparams import write_config, write_trial
 from tfopt.tune._measure import ExportFailed, export_and_measure
+from tfopt.tune._recipe import describe, dump_steps, quantization
 
 OBJECTIVES = ("accuracy", "size", "latency")
 KINDS = ("random", "bayesian", "hyperband")
@@ -75,14 +76,100 @@ def score(
     return float(value)
 
 
+def _kernel_sparsity(model) -> float:
+    kernels = [
+        np.asarray(w)
+        for layer in model._flatten_layers()
+        for w in getattr(layer, "weights", [])
+        if "kernel" in w.path and len(w.shape) > 1
+    ]
+    total = sum(k.size for k in kernels)
+    return float(sum(int((k == 0).sum()) for k in kernels) / total) if total else 0.0
+
+
+def run_candidate(
+    model,
+    steps: Sequence,
+    *,
+    train,
+    val,
+    out_dir,
+    target: str = "tflite-int8",
+    test=None,
+    teacher=None,
+    seed: int | None = None,
+    representative_samples: int = 200,
+    latency_runs: int = 50,
+    verbose: int = 0,
+):
+    """Runs the recipe ``steps`` on ``model`` with the recipe engine, exports, measures the file.
+
+    This is how every search candidate is made (a `Tuner` trial, a `tfopt.auto` refinement run),
+    and what `tfopt run` does with the same steps.
+
+    Args:
+        model: the float model the stages start from (not changed).
+        steps: `tfopt.config.StepConfig` objects (e.g. `CompressionHyperModel.steps`).
+        train: ``(x, y)`` fine-tuning data; its first ``representative_samples`` inputs calibrate.
+        val: ``(x, y)`` the accuracy the search sees.
+        out_dir: where ``model.tflite`` is written.
+        target: one of `TARGETS`. Defaults to "tflite-int8".
+        test: ``(x, y)`` measured and reported. Defaults to None.
+        teacher: the float model distilling stages learn from. Defaults to None (``model``).
+        seed: passed to `tfopt._steps.run_steps` (global Keras seed before the stages). Defaults
+            to None (not seeded).
+        representative_samples: calibration samples. Defaults to 200.
+        latency_runs: timed invocations of the artifact. Defaults to 50.
+        verbose: Keras fit verbosity. Defaults to 0.
+
+    Returns:
+        ``(final_model, metrics, facts)``: the model exported, the `export_and_measure` dict, and
+        what the stages recorded (plus ``kernel_sparsity``).
+
+    Raises:
+        ExportFailed: the candidate could not be exported. Any other error propagates.
+    """
+    from tfopt._steps import StepContext, run_steps
+    from tfopt.data import Dataset
+
+    x, y = np.asarray(train[0], dtype="float32"), np.asarray(train[1])
+    xv, yv = np.asarray(val[0], dtype="float32"), np.asarray(val[1])
+    data = Dataset("search", x, y, xv, yv, xv[:0], yv[:0], int(model.outputs[0].shape[-1]))
+    ctx = StepContext(
+        data=data,
+        run_dir=Path(out_dir),
+        baseline=model if teacher is None else teacher,
+        batch_size=64,
+        verbose=verbose,
+        seed=0 if seed is None else seed,
+        tensorboard=False,
+        validate=bool(verbose),  # shown only when someone watches; the artifact is measured
+        logger=lambda msg: None,
+    )
+    final = run_steps(steps, model, ctx, seed=seed)
+    facts = {**ctx.records, "kernel_sparsity": _kernel_sparsity(final)}
+    metrics = export_and_measure(
+        final,
+        Path(out_dir) / "model.tflite",
+        quantization=quantization(target),
+        representative=x[:representative_samples],
+        val=val,
+        test=test,
+        latency_runs=latency_runs,
+    )
+    return final, metrics, facts
+
+
 class Tuner(keras_tuner.Tuner):
     """A KerasTuner `Tuner` whose trials are measured through the exported TFLite artifact.
 
     ``run_trial`` builds the model of the trial's hyperparameters (`CompressionHyperModel.build`),
-    trains it (builder mode), compresses it (`CompressionHyperModel.compress`), exports it with
-    `tfopt.export.tflite`, and measures the file with `tfopt.bench` on the validation data (and
-    the test data when given). A candidate that fails to export is a failed trial
-    (`keras_tuner.errors.FailedTrialError`); the search goes on. Each trial's hparams and metrics go
+    trains it (builder mode), runs its recipe stages (`CompressionHyperModel.steps`, the step
+    configs of `tfopt run`) with the recipe engine, exports it with `tfopt.export.tflite`, and
+    measures the file with `tfopt.bench` on the validation data (and the test data when given)
+    (`run_candidate`). A candidate that fails to export is a failed trial
+    (`keras_tuner.errors.FailedTrialError`); the search goes on. Any other error is a bug, not a
+    failed trial: it is recorded (status ``"ERROR"``) and re-raised to KerasTuner unchanged. Each trial's hparams and metrics go
     to TensorBoard (hparams plugin) under ``<directory>/<project_name>/tensorboard``, and its
     measurements to ``trial_<id>/tfopt.json``.
 
@@ -104,6 +191,8 @@ class Tuner(keras_tuner.Tuner):
             hyperparameters, the status and the measurements). Defaults to None.
         save_models: also save each compressed Keras model as ``trial_<id>/model.keras``.
             Defaults to False.
+        trial_seed: when given, every trial's stages start from this global Keras seed (so a
+            trial's recipe replays in `tfopt run` with ``seed:`` set to it). Defaults to None.
         directory: the search's directory. Defaults to "tfopt_tune".
         project_name: the project's name inside ``directory``. Defaults to "search".
         overwrite: start afresh instead of resuming. Defaults to False.
@@ -129,6 +218,7 @@ class Tuner(keras_tuner.Tuner):
         latency_runs: int = 50,
         on_trial_done: Callable | None = None,
         save_models: bool = False,
+        trial_seed: int | None = None,
         directory: str = "tfopt_tune",
         project_name: str = "search",
         overwrite: bool = False,
@@ -151,6 +241,7 @@ class Tuner(keras_tuner.Tuner):
         self.latency_runs = int(latency_runs)
         self.on_trial_done = on_trial_done
         self.save_models = bool(save_models)
+        self.trial_seed = trial_seed
         super().__init__(
             oracle=oracle,
             hypermodel=hypermodel,
@@ -200,46 +291,44 @@ class Tuner(keras_tuner.Tuner):
                 self.hypermodel.fit(
                     hp, model, train, epochs=epochs, validation_data=val, verbose=verbose
                 )
-            result = self.hypermodel.compress(
-                hp,
-                model,
-                train,
-                val,
-                teacher=teacher if teacher is not None else model,
-                verbose=verbose,
-            )
+            steps = self.hypermodel.steps(hp)
             record["recipe"] = self.hypermodel.recipe(hp)
-            record["stages"] = result.stages
-            record["facts"] = result.facts
-            x_train = np.asarray(train[0], dtype="float32")
-            metrics = export_and_measure(
-                result.model,
-                trial_dir / "model.tflite",
-                quantization=result.quantization,
-                representative=x_train[: self.representative_samples],
+            record["steps"] = dump_steps(steps)
+            record["stages"] = describe(steps, self.hypermodel.target)
+            final, metrics, facts = run_candidate(
+                model,
+                steps,
+                train=train,
                 val=val,
                 test=test,
+                out_dir=trial_dir,
+                target=self.hypermodel.target,
+                teacher=teacher,
+                seed=self.trial_seed,
+                representative_samples=self.representative_samples,
                 latency_runs=self.latency_runs,
+                verbose=verbose,
             )
+            record["facts"] = facts
         except ExportFailed as e:
             record.update(status="FAILED", error=str(e), seconds=time.perf_counter() - started)
             self._finish(trial, trial_dir, record)
             raise keras_tuner.errors.FailedTrialError(str(e)) from e
-        except Exception as e:
+        except Exception as e:  # a bug, not a failed candidate: recorded, then KerasTuner's
             record.update(
-                status="FAILED",
+                status="ERROR",
                 error=f"{type(e).__name__}: {e}",
                 seconds=time.perf_counter() - started,
             )
             self._finish(trial, trial_dir, record)
-            raise keras_tuner.errors.FailedTrialError(f"{type(e).__name__}: {e}") from e
+            raise
         metrics["score"] = score(metrics, **self.score_options)
         record.update(status="COMPLETED", metrics=metrics, seconds=time.perf_counter() - started)
         if self.hypermodel.model is None:  # builder mode: keep the trained float model
             model.save(trial_dir / "float.keras")
         if self.save_models:
             try:
-                result.model.save(trial_dir / "model.keras")
+                final.save(trial_dir / "model.keras")
                 record["keras_model"] = str(trial_dir / "model.keras")
             except Exception as e:  # a wrapper without a saveable config must not fail the trial
                 record["keras_model_error"] = f"{type(e).__name__}: {e}"

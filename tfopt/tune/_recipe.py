@@ -1,0 +1,207 @@
+"""From a point of the search space (a flat dict of hyperparameters) to recipe stages.
+
+The search (`tfopt.tune`, `tfopt.auto`) does not run techniques itself: `recipe_steps` turns the
+values KerasTuner proposes into the `tfopt run` stage configs of `tfopt._steps` (validated by
+`tfopt.config.validate_steps`), and the recipe engine (`tfopt._steps.run_steps`) runs them. So a
+searched candidate is a `tfopt run` config (`steps:`) that replays it.
+
+A flat recipe's keys (all optional; missing keys switch the stage off):
+
+===================  ========================================================================
+``channel_ratio``    fraction of channels removed by channel pruning (0 off)
+``channel_scope``    ``"dense"`` (only the widest hidden Dense layer) or ``"all"`` layers
+``sparsity``         target weight sparsity of magnitude pruning (0 off)
+``schedule``         ``"polynomial"`` or ``"constant"`` pruning schedule
+``prune_scope``      ``"large"`` (layers with >= 5% of the kernel weights) or ``"all"`` layers
+``clusters``         weight clusters per layer (0 off)
+``quantization``     ``"qat"`` (quantization-aware fine-tuning) or ``"ptq"`` (calibration only)
+``distill``          fine-tune every stage against the float teacher's logits (bool)
+``temperature``      distillation temperature
+``alpha``            weight of the student (label) loss; ``1 - alpha`` goes to distillation
+``epochs``           fine-tuning epochs of the pruning stage (the other stages use a share of it)
+``learning_rate``    fine-tuning learning rate
+``batch_size``       fine-tuning batch size
+===================  ========================================================================
+
+The stages, in order: ``prune_channels`` (``epochs // 2``) -> ``prune`` (``epochs``, target reached
+at 70% of the fine-tuning) -> ``cluster`` (``epochs // 4``) -> ``qat`` (``epochs // 4``, half the
+learning rate; int8 targets only, and never after clustering: QAT fine-tuning would move the
+weights off their clusters, while calibrated int8 keeps <= n_clusters values per channel). Every
+stage fine-tunes with a cosine-decayed learning rate, distilling from the float model when
+``distill`` is set.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from tfopt import _formats as formats
+
+TECHNIQUES = ("prune", "prune_channels", "quantize", "cluster", "distill")
+
+# technique -> (module, attributes it needs)
+_APIS = {
+    "prune": ("tfopt.prune", ("prune", "strip", "PolynomialDecay", "ConstantSparsity")),
+    "prune_channels": ("tfopt.prune", ("prune_channels",)),
+    "quantize": ("tfopt.quantize", ("qat",)),
+    "cluster": ("tfopt.cluster", ("cluster", "strip")),
+    "distill": ("tfopt.distill", ("Distiller",)),
+}
+
+
+def quantization(target: str) -> str:
+    """The `tfopt.export.tflite` quantization mode of a search ``target`` (the formats table)."""
+    if target not in formats.targets():
+        raise ValueError(
+            f"Unrecognized target={target!r}. Supported targets are: {list(formats.targets())}"
+        )
+    return formats.get(target).quantization
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def available_techniques() -> tuple[str, ...]:
+    """Names of the compression techniques whose tfopt modules are installed with their API.
+
+    Returns:
+        A tuple, a subset of ``("prune", "prune_channels", "quantize", "cluster", "distill")``.
+
+    Example:
+        >>> "prune" in tfopt.tune.available_techniques()
+        True
+    """
+    out = []
+    for tech in TECHNIQUES:
+        module_name, attrs = _APIS[tech]
+        module = _module(module_name)
+        if module is not None and all(hasattr(module, a) for a in attrs):
+            out.append(tech)
+    return tuple(out)
+
+
+def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
+    """The `tfopt run` stage configs of a flat search ``recipe`` (see the module docstring).
+
+    Args:
+        recipe: the hyperparameter values (`CompressionHyperModel.recipe`).
+        target: the deployable format, one of `tfopt.tune.TARGETS`. Defaults to "tflite-int8".
+
+    Returns:
+        A list of validated `tfopt.config.StepConfig` objects (empty: post-training only).
+
+    Example:
+        >>> [s.type for s in tfopt.tune.recipe_steps({"sparsity": 0.8, "quantization": "qat"})]
+        ['prune', 'qat']
+    """
+    from tfopt.config import validate_steps
+
+    int8 = quantization(target) == "int8"
+    epochs = int(recipe.get("epochs", 8))
+    lr = float(recipe.get("learning_rate", 5e-4))
+    fine: dict = {"lr_schedule": "cosine", "batch_size": int(recipe.get("batch_size", 64))}
+    if recipe.get("distill"):
+        fine["distill"] = {
+            "temperature": float(recipe.get("temperature", 4.0)),
+            "alpha": float(recipe.get("alpha", 0.1)),
+        }
+    raw: list[dict] = []
+    ratio = float(recipe.get("channel_ratio", 0.0) or 0.0)
+    if ratio > 0:
+        scope = recipe.get("channel_scope", "dense")
+        if scope not in ("dense", "all"):
+            raise ValueError(
+                f"channel_scope must be 'dense' or 'all'. Received: channel_scope={scope!r}"
+            )
+        raw.append(
+            {
+                "type": "prune_channels",
+                "ratio": ratio,
+                "steps": 1,
+                "epochs_per_step": max(1, epochs // 2),
+                "learning_rate": lr,
+                "scope": "widest_dense" if scope == "dense" else "all",
+                **fine,
+            }
+        )
+    sparsity = float(recipe.get("sparsity", 0.0) or 0.0)
+    if sparsity > 0:
+        raw.append(
+            {
+                "type": "prune",
+                "target_sparsity": sparsity,
+                "schedule": recipe.get("schedule", "polynomial"),
+                "end_fraction": 0.7,
+                "epochs": epochs,
+                "learning_rate": lr,
+                "scope": recipe.get("prune_scope", "large"),
+                **fine,
+            }
+        )
+    clusters = int(recipe.get("clusters", 0) or 0)
+    if clusters > 0:
+        raw.append(
+            {
+                "type": "cluster",
+                "n_clusters": clusters,
+                "preserve_sparsity": sparsity > 0,
+                "epochs": max(1, epochs // 4),
+                "learning_rate": lr,
+                **fine,
+            }
+        )
+    qat = int8 and recipe.get("quantization", "ptq") == "qat"
+    if qat and clusters == 0:
+        raw.append(
+            {
+                "type": "qat",
+                "preserve_sparsity": sparsity > 0,
+                "epochs": max(1, epochs // 4),
+                "learning_rate": lr / 2,
+                **fine,
+            }
+        )
+    return validate_steps(raw)
+
+
+def describe(steps, target: str) -> list[str]:
+    """Short labels of a recipe's stages for reports, e.g. ``["prune(0.9,polynomial,large)",
+    "qat", "distill(T=2)"]``; ``"ptq"`` marks post-training int8."""
+    labels = []
+    for s in steps:
+        if s.type == "prune_channels":
+            amount = s.ratio if s.ratio is not None else s.macs_reduction
+            scope = "dense" if s.scope == "widest_dense" else "all"
+            labels.append(f"prune_channels({amount:g},{scope})")
+        elif s.type == "prune":
+            labels.append(f"prune({s.target_sparsity:g},{s.schedule},{s.scope})")
+        elif s.type == "cluster":
+            labels.append(f"cluster({s.n_clusters})")
+        else:
+            labels.append(s.type)
+    if quantization(target) == "int8" and not any(s.type == "qat" for s in steps):
+        labels.append("ptq")
+    temps = {s.distill.temperature for s in steps if getattr(s, "distill", None) is not None}
+    if temps:
+        labels.append(f"distill(T={max(temps):g})")
+    return labels
+
+
+def dump_steps(steps) -> list[dict]:
+    """The stage configs as plain YAML/JSON-able dicts: every set value (a recipe pins all of
+    them, so a later change of a default does not change its replay), the step's own keys first,
+    the fine-tuning keys last."""
+    from tfopt.config import FineTuneStepConfig
+
+    last = set(FineTuneStepConfig.model_fields) - {"type", "name"}
+    out = []
+    for s in steps:
+        d = s.model_dump(exclude_none=True, mode="json")
+        out.append(
+            {k: d[k] for k in [*(k for k in d if k not in last), *(k for k in d if k in last)]}
+        )
+    return out
