@@ -14,8 +14,9 @@ Cells that do not reach their expected outcome on today's code are in `TODAY` an
 ``xfail(strict=True)``: when the shared rewriter fixes one, its mark must go.
 
 Export matrix (the file must stay within minutes on 2 cores): the plain model goes through
-"tflite", "onnx" and post-training "tflite-int8" once; prune, cluster and prune_channels through
-"tflite" and "onnx"; qat through "tflite-int8".
+"tflite", "onnx" and post-training "tflite-int8" once; prune and prune_channels through "tflite",
+cluster through "onnx", qat through "tflite-int8". The keras.applications models (MobileNetV2,
+MobileNetV3Small: most of the file's time) carry ``pytest.mark.slow``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Skips:
     skipped."""
 
     layers: dict[str, str] = field(default_factory=dict)
+    shrinks: bool = True  # prune_channels: False when no group of channels can be pruned
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,9 @@ EXPECTED: dict[tuple[str, str], object] = {
     ("qat", "conv3d"): Skips({"conv3d": "CONV_3D"}),
     ("qat", "time_distributed"): Skips({"td_conv": "TimeDistributed"}),
     ("prune_channels", "text_cnn"): Skips({"embedding": "Embedding"}),
-    ("prune_channels", "gru"): Skips({"gru": "GRU"}),
-    ("prune_channels", "bilstm"): Skips({"bilstm": "Bidirectional"}),
+    ("prune_channels", "gru"): Skips({"gru": "GRU"}, shrinks=False),
+    ("prune_channels", "bilstm"): Skips({"bilstm": "Bidirectional"}, shrinks=False),
+    ("prune_channels", "time_distributed"): Skips({"td_conv": "TimeDistributed"}, shrinks=False),
     ("prune_channels", "vit_block"): Skips({"mha": "MultiHeadAttention"}),
     # channel pruning needs a graph of layers: a subclassed model is a clear TypeError
     ("prune_channels", "subclassed"): Raises("wrap", TypeError, "subclassed model"),
@@ -114,21 +117,19 @@ TODAY: dict[tuple[str, str], str] = {
     ("prune", "vit_block"): _ADD_WEIGHTS,
     ("cluster", "vit_block"): _ADD_WEIGHTS,
     ("baseline", "convnext_block"): _ERFC,
-    ("prune_channels", "convnext_block"): _ERFC,
     ("baseline", "vit_block"): _ERFC,
-    ("prune_channels", "vit_block"): _ERFC,
     ("baseline", "efficientnet_like"): _NORMALIZATION,
     ("cluster", "efficientnet_like"): _NORMALIZATION,
-    ("prune_channels", "efficientnet_like"): _NORMALIZATION,
     ("baseline", "text_cnn"): _INT_INPUT,
     ("cluster", "text_cnn"): _INT_INPUT,
-    ("prune_channels", "text_cnn"): _INT_INPUT,
     ("baseline", "two_in_two_out"): _MULTI_IO_NUMPY,
     ("prune", "two_in_two_out"): _MULTI_IO_NUMPY,
     ("qat", "two_in_two_out"): _MULTI_IO_NUMPY.replace("tflite:", "tflite-int8:"),
     ("prune_channels", "two_in_two_out"): _MULTI_IO_NUMPY,
     ("baseline", "subclassed"): (
-        "export:tflite: AttributeError: 'SubclassedNet' object has no attribute 'input_shape'"
+        "export:tflite: RuntimeError: TFLite conversion (float32) failed: Model <SubclassedNet> "
+        "cannot be saved because the input shapes have not been set (the loaded .keras model "
+        "goes through from_keras_model)"
     ),
     ("prune", "subclassed"): (
         "wrap: raw Keras ValueError: You cannot add new elements of state (variables or "
@@ -138,7 +139,6 @@ TODAY: dict[tuple[str, str], str] = {
         "wrap: TypeError: cluster() rebuilds Functional or Sequential models; SubclassedNet is "
         "a subclassed model"
     ),
-    ("qat", "subclassed"): "wrap: TypeError: SubclassedNet.from_config(model.get_config()) ...",
     ("baseline", "mixed_float16"): _FLOAT16_TFLITE,
     ("prune", "mixed_float16"): _FLOAT16_TFLITE,
     ("qat", "mixed_float16"): _FLOAT16_TFLITE.replace("(float32)", "(int8)"),
@@ -150,13 +150,13 @@ def _cells():
     for model in ZOO:
         for technique in TECHNIQUES:
             key = (technique, model)
-            marks = []
+            marks = [pytest.mark.slow] if ZOO[model].slow else []
             if key in TODAY:
                 marks.append(pytest.mark.xfail(strict=True, reason=TODAY[key]))
             yield pytest.param(technique, model, marks=marks, id=f"{technique}-{model}")
 
 
-def _assert_effect(technique: str, outcome: Outcome, entry) -> None:
+def _assert_effect(technique: str, outcome: Outcome, entry, expected) -> None:
     """The technique changed what it claims to change in the exported model."""
     import tfopt
 
@@ -171,7 +171,9 @@ def _assert_effect(technique: str, outcome: Outcome, entry) -> None:
         counts = tfopt.cluster.distinct_values(final)
         assert counts and max(counts.values()) <= 8, counts
     elif technique == "prune_channels":
-        assert final.count_params() < entry.build().count_params()
+        before, after = entry.build().count_params(), final.count_params()
+        shrinks = getattr(expected, "shrinks", True)
+        assert after < before if shrinks else after == before, (before, after)
 
 
 def _run(technique: str, model: str, tmp_path, outcome: Outcome) -> None:
@@ -192,7 +194,7 @@ def test_conformance(technique, model, tmp_path):
         return
     _run(technique, model, tmp_path, outcome)
     assert outcome.stage == "done"
-    _assert_effect(technique, outcome, ZOO[model])
+    _assert_effect(technique, outcome, ZOO[model], expected)
     if isinstance(expected, Skips):
         for layer, reason in expected.layers.items():
             assert layer in outcome.skipped, f"{layer} not reported as skipped: {outcome.skipped}"
@@ -209,9 +211,8 @@ def test_zoo_models_are_small_and_match_their_heads():
         model = entry.build()
         x, y = entry.data()
         xs = x if isinstance(x, list) else [x]
-        for arr, shape in zip(xs, [tuple(t.shape) for t in model.inputs], strict=True):
-            assert arr.shape[1:] == shape[1:], name
-            assert all(d <= 32 for d in shape[1:3] if d is not None), name
+        assert all(len(arr) == len(y if entry.single_io else y[0]) for arr in xs), name
+        assert all(d <= 32 for arr in xs for d in arr.shape[1:3]), name
         out = model(x, training=False)
         outs = out if isinstance(out, (list, tuple)) else [out]
         for o in outs:
