@@ -1,0 +1,232 @@
+"""The conformance suite: every technique on every zoo model (tests/_zoo.py).
+
+Each cell runs wrap -> fit one step -> ``.keras`` save/load -> strip -> export -> parity with
+Keras (`_zoo.run_pipeline`) and asserts the cell's `EXPECTED` outcome:
+
+- ``OK``: the whole pipeline passes, and the technique did what it says (sparsity reached,
+  kernels clustered, layers quantized, channels removed).
+- `Skips`: the pipeline passes and the technique's report lists these layers as skipped, with
+  a reason (``pruning_report``, ``cluster_report``, ``qat_report``, the channel plan).
+- `Raises`: the stage raises this exception type with a one-line message that names the layer
+  (or the unsupported feature) and says why. A raw traceback from inside Keras is never expected.
+
+Cells that do not reach their expected outcome on today's code are in `TODAY` and carry
+``xfail(strict=True)``: when the shared rewriter fixes one, its mark must go.
+
+Export matrix (the file must stay within minutes on 2 cores): the plain model goes through
+"tflite", "onnx" and post-training "tflite-int8" once; prune and prune_channels through "tflite",
+cluster through "onnx", qat through "tflite-int8". The keras.applications models (MobileNetV2,
+MobileNetV3Small: most of the file's time) carry ``pytest.mark.slow``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from _zoo import TECHNIQUES, ZOO, Outcome, run_pipeline
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph
+
+OK = "ok"
+
+
+@dataclass(frozen=True)
+class Skips:
+    """The pipeline passes and the report lists ``layers`` (name -> regex of the reason) as
+    skipped."""
+
+    layers: dict[str, str] = field(default_factory=dict)
+    shrinks: bool = True  # prune_channels: False when no group of channels can be pruned
+
+
+@dataclass(frozen=True)
+class Raises:
+    """``stage`` raises ``exc`` whose message matches ``match`` (and is one line)."""
+
+    stage: str
+    exc: type[BaseException]
+    match: str
+
+
+def _multi_io(fmt: str) -> Raises:
+    # tfopt.export runs one input and one output: a clear ValueError is the supported outcome
+    return Raises(f"export:{fmt}", ValueError, "one input and one output")
+
+
+_ANY_REASON = r"\w"  # a reason is given; its wording is the technique's
+
+# What SHOULD happen for every (technique, model). Not listed: OK.
+EXPECTED: dict[tuple[str, str], object] = {
+    # layers a technique does not support are left as they are and reported, with the reason
+    ("prune", "bilstm"): Skips({"bilstm": _ANY_REASON}),
+    ("prune", "gru"): Skips({"gru": _ANY_REASON}),
+    ("cluster", "bilstm"): Skips({"bilstm": _ANY_REASON}),
+    ("cluster", "gru"): Skips({"gru": _ANY_REASON}),
+    ("cluster", "text_cnn"): Skips({"embedding": "Embedding"}),
+    ("qat", "bilstm"): Skips({"bilstm": "recurrent"}),
+    ("qat", "gru"): Skips({"gru": "recurrent"}),
+    ("qat", "conv3d"): Skips({"conv3d": "CONV_3D"}),
+    ("qat", "time_distributed"): Skips({"td_conv": "TimeDistributed"}),
+    ("prune_channels", "text_cnn"): Skips({"embedding": "Embedding"}),
+    ("prune_channels", "gru"): Skips({"gru": "GRU"}, shrinks=False),
+    ("prune_channels", "bilstm"): Skips({"bilstm": "Bidirectional"}, shrinks=False),
+    ("prune_channels", "time_distributed"): Skips({"td_conv": "TimeDistributed"}, shrinks=False),
+    ("prune_channels", "vit_block"): Skips({"mha": "MultiHeadAttention"}),
+    # channel pruning needs a graph of layers: a subclassed model is a clear TypeError
+    ("prune_channels", "subclassed"): Raises("wrap", TypeError, "subclassed model"),
+    # several inputs/outputs: every technique works, the export says it takes one of each
+    ("baseline", "two_in_two_out"): _multi_io("tflite"),
+    ("prune", "two_in_two_out"): _multi_io("tflite"),
+    ("cluster", "two_in_two_out"): _multi_io("onnx"),
+    ("qat", "two_in_two_out"): _multi_io("tflite-int8"),
+    ("prune_channels", "two_in_two_out"): _multi_io("tflite"),
+}
+
+_ADD_WEIGHTS = (
+    "wrap: AttributeError: 'Add' object has no attribute 'weights' (TF-op arithmetic x + y)"
+)
+_MUL_WEIGHTS = "wrap: AttributeError: 'Multiply' object has no attribute 'weights' (x * gamma)"
+_ERFC = (
+    "export:onnx: onnxruntime InvalidGraph: tf2onnx emits Erfc (exact GELU), which is no ONNX op"
+)
+_NORMALIZATION = (
+    "export:onnx: ValueError: Required inputs (['.../normalization/Sub/y:0', ...]) are missing "
+    "from input feed: tf2onnx leaves Normalization's mean/variance as graph inputs"
+)
+_INT_INPUT = (
+    "export:onnx: onnxruntime InvalidArgument: Unexpected input data type float, expected "
+    "int32 (tfopt.export casts check inputs to float32)"
+)
+_MULTI_IO_NUMPY = (
+    "export:tflite: raw numpy ValueError 'setting an array element with a sequence' "
+    "(check_inputs np.asarray's the list of inputs)"
+)
+_FLOAT16_TFLITE = (
+    "export:tflite: RuntimeError: TFLite conversion (float32) failed: failed while converting: "
+    "'main' (float16 Conv2D/MatMul have no TFLite builtin; the hint blames recurrent layers)"
+)
+
+# Cells whose outcome today differs from EXPECTED: (technique, model) -> (the exception
+# today's code raises, what and where). An AssertionError is a `Raises` cell whose message did not
+# match (pytest.raises(match=) fails with one).
+TODAY: dict[tuple[str, str], tuple[type[BaseException], str]] = {
+    ("prune", "mobilenet_v3_small"): (AttributeError, _ADD_WEIGHTS),
+    ("cluster", "mobilenet_v3_small"): (AttributeError, _ADD_WEIGHTS),
+    ("prune", "convnext_block"): (AttributeError, _MUL_WEIGHTS),
+    ("cluster", "convnext_block"): (AttributeError, _MUL_WEIGHTS),
+    ("prune", "vit_block"): (AttributeError, _ADD_WEIGHTS),
+    ("cluster", "vit_block"): (AttributeError, _ADD_WEIGHTS),
+    ("baseline", "convnext_block"): (InvalidGraph, _ERFC),
+    ("baseline", "vit_block"): (InvalidGraph, _ERFC),
+    ("baseline", "efficientnet_like"): (ValueError, _NORMALIZATION),
+    ("cluster", "efficientnet_like"): (ValueError, _NORMALIZATION),
+    ("baseline", "text_cnn"): (InvalidArgument, _INT_INPUT),
+    ("cluster", "text_cnn"): (InvalidArgument, _INT_INPUT),
+    ("baseline", "two_in_two_out"): (AssertionError, _MULTI_IO_NUMPY),
+    ("prune", "two_in_two_out"): (AssertionError, _MULTI_IO_NUMPY),
+    ("qat", "two_in_two_out"): (
+        AssertionError,
+        _MULTI_IO_NUMPY.replace("tflite:", "tflite-int8:"),
+    ),
+    ("prune_channels", "two_in_two_out"): (AssertionError, _MULTI_IO_NUMPY),
+    ("baseline", "subclassed"): (
+        RuntimeError,
+        "export:tflite: RuntimeError: TFLite conversion (float32) failed: Model <SubclassedNet> "
+        "cannot be saved because the input shapes have not been set (the loaded .keras model "
+        "goes through from_keras_model)",
+    ),
+    ("prune", "subclassed"): (
+        ValueError,
+        "wrap: raw Keras ValueError: You cannot add new elements of state (variables or "
+        "sub-layers) to a layer that is already built",
+    ),
+    ("cluster", "subclassed"): (
+        TypeError,
+        "wrap: TypeError: cluster() rebuilds Functional or Sequential models; SubclassedNet is "
+        "a subclassed model",
+    ),
+    ("baseline", "mixed_float16"): (RuntimeError, _FLOAT16_TFLITE),
+    ("prune", "mixed_float16"): (RuntimeError, _FLOAT16_TFLITE),
+    ("qat", "mixed_float16"): (RuntimeError, _FLOAT16_TFLITE.replace("(float32)", "(int8)")),
+    ("prune_channels", "mixed_float16"): (RuntimeError, _FLOAT16_TFLITE),
+}
+
+
+def _cells():
+    for model in ZOO:
+        for technique in TECHNIQUES:
+            key = (technique, model)
+            marks = [pytest.mark.slow] if ZOO[model].slow else []
+            if key in TODAY:
+                exc, reason = TODAY[key]
+                marks.append(pytest.mark.xfail(strict=True, raises=exc, reason=reason))
+            yield pytest.param(technique, model, marks=marks, id=f"{technique}-{model}")
+
+
+def _assert_effect(technique: str, outcome: Outcome, entry, expected) -> None:
+    """The technique changed what it claims to change in the exported model."""
+    import tfopt
+
+    final = outcome.final
+    if technique == "prune":
+        layers = tfopt.prune.sparsity(final).layers
+        pruned = {k: v for k, v in layers.items() if v["sparsity"] > 0}
+        assert pruned, f"no pruned layer in the stripped model: {layers}"
+        for name, v in pruned.items():  # ConstantSparsity(0.5): half of every kernel, +- rounding
+            assert 0.45 <= v["sparsity"] <= 0.55, (name, v)
+    elif technique == "cluster":
+        counts = tfopt.cluster.distinct_values(final)
+        assert counts and max(counts.values()) <= 8, counts
+    elif technique == "prune_channels":
+        before, after = entry.build().count_params(), final.count_params()
+        shrinks = getattr(expected, "shrinks", True)
+        assert after < before if shrinks else after == before, (before, after)
+
+
+def _run(technique: str, model: str, tmp_path, outcome: Outcome) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # converter and schedule warnings are not the subject
+        run_pipeline(TECHNIQUES[technique], ZOO[model], tmp_path, outcome)
+
+
+@pytest.mark.parametrize(("technique", "model"), list(_cells()))
+def test_conformance(technique, model, tmp_path):
+    expected = EXPECTED.get((technique, model), OK)
+    outcome = Outcome()
+    if isinstance(expected, Raises):
+        with pytest.raises(expected.exc, match=expected.match) as info:
+            _run(technique, model, tmp_path, outcome)
+        assert outcome.stage == expected.stage, f"raised at {outcome.stage}: {info.value}"
+        assert "\n" not in str(info.value).strip(), f"not a one-line error: {info.value}"
+        return
+    _run(technique, model, tmp_path, outcome)
+    assert outcome.stage == "done"
+    _assert_effect(technique, outcome, ZOO[model], expected)
+    if isinstance(expected, Skips):
+        for layer, reason in expected.layers.items():
+            assert layer in outcome.skipped, f"{layer} not reported as skipped: {outcome.skipped}"
+            assert re.search(reason, outcome.skipped[layer]), outcome.skipped[layer]
+
+
+def test_zoo_models_are_small_and_match_their_heads():
+    """Every zoo model builds with inputs <= 32x32, its dataset fits it, and its head matches
+    ``from_logits`` (softmax heads output probabilities)."""
+    import keras
+
+    assert len(ZOO) == 17
+    for name, entry in ZOO.items():
+        model = entry.build()
+        x, y = entry.data()
+        xs = x if isinstance(x, list) else [x]
+        assert all(len(arr) == len(y if entry.single_io else y[0]) for arr in xs), name
+        assert all(d <= 32 for arr in xs for d in arr.shape[1:3]), name
+        out = model(x, training=False)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        for o in outs:
+            o = keras.ops.convert_to_numpy(o)
+            sums = o.sum(-1)
+            is_probs = bool(np.allclose(sums, 1.0, atol=1e-3) and o.min() >= 0)
+            assert is_probs != entry.from_logits, name
