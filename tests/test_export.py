@@ -2,8 +2,11 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
+
+import tfopt
 
 
 @pytest.fixture(scope="module")
@@ -339,3 +342,47 @@ def test_one_formats_table_feeds_config_cli_export_bench_and_search(
     with pytest.raises(ValueError, match=r"does not take option\(s\) \['quantization'\]"):
         tfopt.export.export(model, path, format="tflite-half", quantization="int8")
     assert tfopt.bench.runner_for(art.path).runtime == "tflite"
+
+
+def test_onnx_exports_exact_gelu_and_integer_inputs(tmp_path):
+    # exact GELU lowers to TF's Erfc, which tf2onnx did not know (ORT: "No Op registered for Erfc")
+    inp = keras.Input((6,))
+    h = keras.activations.gelu(keras.layers.Dense(8)(inp), approximate=False)
+    art = tfopt.export.export(
+        keras.Model(inp, keras.layers.Dense(3)(h)), tmp_path / "g.onnx", format="onnx"
+    )
+    assert art.check["passed"] and art.check["max_abs_diff"] < 1e-4
+    # token ids were fed as float32 to an int32 input (ORT: InvalidArgument)
+    tokens = keras.Input((5,), dtype="int32")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4)(tokens))
+    art = tfopt.export.export(
+        keras.Model(tokens, keras.layers.Dense(2)(h)), tmp_path / "t.onnx", format="onnx"
+    )
+    assert art.check["passed"]
+
+
+@keras.saving.register_keras_serializable(package="tfopt_tests")
+class _Net(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.out = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_subclassed_and_mixed_precision_models_export(tmp_path):
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
+    net = _Net()
+    net(x)
+    net.save(tmp_path / "net.keras")
+    loaded = keras.models.load_model(tmp_path / "net.keras")  # input shapes unknown to TFLite
+    for fmt in ("tflite", "onnx"):
+        art = tfopt.export.export(loaded, tmp_path / f"net.{fmt}", format=fmt, check_data=x)
+        assert art.check["passed"], fmt
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, dtype="mixed_float16")(inp)
+    out = keras.layers.Dense(2, dtype="float32")(keras.layers.Flatten()(h))
+    art = tfopt.export.export(keras.Model(inp, out), tmp_path / "mp.tflite", format="tflite")
+    assert art.check["passed"]  # converted as a float32 copy: TFLite has no float16 CONV_2D

@@ -138,7 +138,9 @@ class OnnxRunner:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.shape_signature = [d if isinstance(d, int) else None for d in inp.shape]
-        self._dtype = np.float16 if "float16" in inp.type else np.float32
+        # "tensor(int32)" -> int32: token-id inputs stay integers
+        onnx_type = inp.type[len("tensor(") : -1] if inp.type.startswith("tensor(") else "float"
+        self._dtype = np.dtype({"float": "float32", "double": "float64"}.get(onnx_type, onnx_type))
 
     def clone(self) -> OnnxRunner:
         return OnnxRunner(self._source, num_threads=self.num_threads)

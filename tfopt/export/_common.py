@@ -56,6 +56,52 @@ def disk_bytes(path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def graph_model(model):
+    """``model`` as a functional model with known inputs (exporters read ``model.inputs``).
+
+    A subclassed model (also one loaded from ``.keras``, whose input shapes the TFLite converter
+    cannot see) is called on a ``keras.Input`` of the shape it was built with.
+    """
+    from tfopt._backend import import_keras
+    from tfopt._rewrite import is_graph_model
+
+    keras = import_keras()
+    if is_graph_model(model):
+        return model
+    config = model.get_build_config() if model.built else None
+    shape = (config or {}).get("input_shape")
+    if shape is None:
+        raise ValueError(
+            f"Cannot export the subclassed model {model.name!r} ({type(model).__name__}): it is "
+            "not built, so its input shape is unknown. Call it on a batch first."
+        )
+    dtype = getattr(model, "input_dtype", None) or "float32"
+    inputs = keras.Input(batch_shape=(None, *shape[1:]), dtype=dtype, name="input")
+    return keras.Model(inputs, model(inputs), name=model.name.lstrip("_") or "model")
+
+
+def float32_copy(model):
+    """A float32 copy of a mixed-precision model (TFLite has no float16 Conv/MatMul kernels), or
+    ``model`` itself when it computes in float32 already."""
+    from tfopt._rewrite import copy_layer, rewrite
+
+    def low(layer) -> bool:
+        return getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16")
+
+    if not any(low(layer) for layer in model._flatten_layers(include_self=False)):
+        return model
+
+    def replace(layer):
+        if not low(layer):
+            return None
+        return copy_layer(layer, {**layer.get_config(), "dtype": "float32"})
+
+    def finish(layer, new):
+        new.set_weights(layer.get_weights())
+
+    return rewrite(model, replace, finish=finish, action="float32 export")
+
+
 def single_input(model, fmt: str):
     """Returns the model's only input tensor, or raises a clear error for multi-input models."""
     inputs = model.inputs
@@ -78,10 +124,14 @@ def input_name(model) -> str:
 def check_inputs(model, check_data=None, fallback=None, *, limit: int = 256) -> np.ndarray:
     """The inputs of the parity check: ``check_data``, else ``fallback``, else 64 random normals."""
     data = check_data if check_data is not None else fallback
+    dtype = np.dtype(getattr(model.inputs[0], "dtype", "float32") or "float32")
     if data is None:
         shape = (64, *model.input_shape[1:])
-        return np.random.default_rng(0).normal(size=shape).astype("float32")
-    return np.asarray(data[0] if isinstance(data, tuple) else data, dtype="float32")[:limit]
+        rng = np.random.default_rng(0)
+        if dtype.kind in "iu":  # token ids: small non-negative integers fit every vocabulary
+            return rng.integers(0, 2, size=shape).astype(dtype)
+        return rng.normal(size=shape).astype(dtype)
+    return np.asarray(data[0] if isinstance(data, tuple) else data, dtype=dtype)[:limit]
 
 
 def check_against_keras(

@@ -6,11 +6,44 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from tfopt._backend import check_model, quiet
 from tfopt.errors import MissingDependencyError
-from tfopt.export._common import Artifact, check_inputs, input_name, single_input, verify
+from tfopt.export._common import (
+    Artifact,
+    check_inputs,
+    graph_model,
+    input_name,
+    single_input,
+    verify,
+)
 
 OUTPUT_NAME = "output_0"  # the same name as the SavedModel serving signature's output
+
+
+def _register_erfc() -> None:
+    """Teaches tf2onnx TF's Erfc (exact GELU lowers to it): erfc(x) = 1 - erf(x), ONNX has Erf."""
+    import tf2onnx.handler
+    from tf2onnx import utils
+
+    if "Erfc" in tf2onnx.handler.tf_op.get_opsets().get("onnx", [{}])[-1]:
+        return
+
+    @tf2onnx.handler.tf_op("Erfc")
+    class _Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            # the node becomes 1 - Erf(x): its output (and so its consumers) stays the same
+            dtype = ctx.get_dtype(node.output[0])
+            erf = ctx.make_node("Erf", [node.input[0]])
+            ctx.set_dtype(erf.output[0], dtype)
+            ctx.copy_shape(node.output[0], erf.output[0])
+            one = ctx.make_const(
+                utils.make_name("erfc_one"), np.array(1, dtype=utils.map_onnx_to_numpy_type(dtype))
+            )
+            node.type = "Sub"
+            ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
 def _rename_output(model_proto, new: str) -> str:
@@ -72,6 +105,7 @@ def onnx(
     check_model(model)
     if not isinstance(opset, int) or not 7 <= opset <= 21:
         raise ValueError(f"opset must be an int in [7, 21]. Received: opset={opset!r}")
+    model = graph_model(model)
     tensor = single_input(model, "onnx")
     try:
         import tensorflow as tf
@@ -87,6 +121,7 @@ def onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    _register_erfc()
     try:
         with quiet():
             proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=opset)
@@ -95,7 +130,13 @@ def onnx(
         raise RuntimeError(f"ONNX export (tf2onnx, opset {opset}) failed: {first}") from None
     _rename_output(proto, OUTPUT_NAME)
     path.write_bytes(proto.SerializeToString())
-    runner = OnnxRunner(path)
+    try:
+        runner = OnnxRunner(path)
+    except Exception as e:  # tf2onnx left an op ONNX does not define (it logs, not raises)
+        first = str(e).strip().splitlines()[0][:300]
+        raise RuntimeError(
+            f"ONNX export (tf2onnx, opset {opset}) wrote a graph onnxruntime cannot load: {first}"
+        ) from None
     out_shape = [None if batch is None else 1, *model.output_shape[1:]]
     info = {
         "opset": opset,

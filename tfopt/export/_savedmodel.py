@@ -10,6 +10,7 @@ from tfopt.export._common import (
     Artifact,
     check_inputs,
     disk_bytes,
+    graph_model,
     input_name,
     single_input,
     verify,
@@ -56,6 +57,7 @@ def savedmodel(
         'serving_default'
     """
     check_model(model)
+    model = graph_model(model)
     tensor = single_input(model, "savedmodel")
     import tensorflow as tf
 

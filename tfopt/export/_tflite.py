@@ -7,7 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from tfopt._backend import check_model, import_keras, quiet
-from tfopt.export._common import Artifact, check_against_keras, check_inputs, is_qat, verify
+from tfopt._rewrite import is_graph_model
+from tfopt.export._common import (
+    Artifact,
+    check_against_keras,
+    check_inputs,
+    float32_copy,
+    graph_model,
+    is_qat,
+    verify,
+)
 
 keras = import_keras()
 
@@ -34,12 +43,14 @@ def _representative(data, limit: int = 200, batch: int = 1):
     return gen
 
 
-def _fixed_shape_converter(model, fixed_batch: int):
-    """A converter for a concrete function with a fixed input shape (variables frozen)."""
+def _function_converter(model, batch: int | None):
+    """A converter for the model's concrete function (``batch`` None: dynamic batch size)."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec((fixed_batch, *model.input_shape[1:]), model.inputs[0].dtype)
+    spec = tf.TensorSpec((batch, *model.input_shape[1:]), model.inputs[0].dtype)
     fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    if batch is None:  # with the model as trackable object: its variables are captured
+        return tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
     with quiet():  # absl warns that the path without trackable_obj (which freezes variables) is old
         return tf.lite.TFLiteConverter.from_concrete_functions([fn])
 
@@ -47,6 +58,8 @@ def _fixed_shape_converter(model, fixed_batch: int):
 def _conversion_error(e: Exception) -> str:
     """The one meaningful line of a converter error (which is pages of MLIR locations)."""
     parts = [ln.rsplit("error:", 1)[-1].strip() for ln in str(e).splitlines() if "error:" in ln]
+    # TF 2.21 puts the op after an MLIR location: "loc(...): 'tf.Conv2D' op is neither ..."
+    parts = [p[p.index("'tf") :] if p.startswith("loc(") and "'tf" in p else p for p in parts]
     parts = [p for p in parts if p and not p.startswith("loc(")]
     ops = [p for p in parts if p.startswith("'")]  # "'tf.X' op requires ..." names the culprit
     if parts:
@@ -62,11 +75,14 @@ def _convert(
     int8_io: bool,
     select_tf_ops: bool,
     fixed_batch: int | None = None,
+    subclassed: bool = False,
 ) -> bytes:
     import tensorflow as tf
 
     if fixed_batch:
-        converter = _fixed_shape_converter(model, fixed_batch)
+        converter = _function_converter(model, fixed_batch)
+    elif subclassed:  # from_keras_model fails on it ("input shapes have not been set", ...)
+        converter = _function_converter(model, None)
     else:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
     builtins = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -161,6 +177,8 @@ def tflite(
         >>> art.check["argmax_agreement"]
     """
     check_model(model)
+    subclassed = not is_graph_model(model)
+    model = float32_copy(graph_model(model))
     if quantization not in QUANTIZATIONS:
         raise ValueError(
             f"Unrecognized quantization={quantization!r}. Supported: {list(QUANTIZATIONS)}"
@@ -188,6 +206,7 @@ def tflite(
             int8_io,
             select_tf_ops,
             fixed_batch=fixed_batch,
+            subclassed=subclassed,
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
