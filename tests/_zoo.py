@@ -483,29 +483,28 @@ def _prune(model):
     # frequency=1: the masks reach the target at the first (and only) training step
     schedule = tfopt.prune.ConstantSparsity(0.5, begin_step=0, frequency=1)
     pruned = tfopt.prune.prune(model, schedule)
-    report = pruned.pruning_report
-    return pruned, {s["layer"]: s["reason"] for s in report.skipped}
+    return pruned, dict(pruned.tfopt_report.skipped)
 
 
 def _cluster(model):
     import tfopt
 
     clustered = tfopt.cluster.cluster(model, 8)
-    return clustered, dict(clustered.cluster_report.skipped)
+    return clustered, dict(clustered.tfopt_report.skipped)
 
 
 def _qat(model):
     import tfopt
 
     q = tfopt.quantize.qat(model)
-    return q, dict(q.qat_report.float_layers)
+    return q, dict(q.tfopt_report.skipped)
 
 
 def _prune_channels(model):
     import tfopt
 
     small, plan = tfopt.prune.prune_channels(model, 0.25)
-    return small, dict(plan.skipped)
+    return small, dict(plan.report.skipped)
 
 
 def _strip_prune(model):

@@ -359,6 +359,15 @@ def test_onnx_exports_exact_gelu_and_integer_inputs(tmp_path):
         keras.Model(tokens, keras.layers.Dense(2)(h)), tmp_path / "t.onnx", format="onnx"
     )
     assert art.check["passed"]
+    # Normalization's mean/variance became ONNX graph inputs ("Required inputs ... are missing")
+    images = keras.Input((4, 4, 3), name="images")
+    h = keras.layers.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.0, 2.0, 3.0])(images)
+    art = tfopt.export.export(
+        keras.Model(images, keras.layers.Dense(2)(keras.layers.Flatten()(h))),
+        tmp_path / "n.onnx",
+        format="onnx",
+    )
+    assert art.check["passed"] and list(art.info["inputs"]) == ["images"]
 
 
 @keras.saving.register_keras_serializable(package="tfopt_tests")

@@ -46,6 +46,26 @@ def _register_erfc() -> None:
             ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
+def _from_frozen(tf2onnx, concrete, opset: int):
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    frozen = convert_variables_to_constants_v2(concrete)
+    proto, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(),
+        input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs],
+        opset=opset,
+    )
+    graph_input = proto.graph.input[0]
+    old, new = graph_input.name, concrete.structured_input_signature[0][0].name
+    for node in proto.graph.node:  # the input keeps the name from_function would give it
+        node.input[:] = [new if n == old else n for n in node.input]
+    graph_input.name = new
+    return proto
+
+
 def _rename_output(model_proto, new: str) -> str:
     """Renames the graph's single output (tf2onnx calls it e.g. ``Identity:0``); returns the old name."""
     old = model_proto.graph.output[0].name
@@ -125,6 +145,10 @@ def onnx(
     try:
         with quiet():
             proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=opset)
+            if len(proto.graph.input) > 1:
+                # constants captured from outside the function (Normalization's mean/variance)
+                # became graph inputs: convert the frozen graph instead
+                proto = _from_frozen(tf2onnx, fn.get_concrete_function(spec), opset)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise RuntimeError(f"ONNX export (tf2onnx, opset {opset}) failed: {first}") from None

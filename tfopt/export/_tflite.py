@@ -15,6 +15,7 @@ from tfopt.export._common import (
     float32_copy,
     graph_model,
     is_qat,
+    single_input,
     verify,
 )
 
@@ -179,6 +180,7 @@ def tflite(
     check_model(model)
     subclassed = not is_graph_model(model)
     model = float32_copy(graph_model(model))
+    single_input(model, "tflite" if quantization == "float32" else f"tflite-{quantization}")
     if quantization not in QUANTIZATIONS:
         raise ValueError(
             f"Unrecognized quantization={quantization!r}. Supported: {list(QUANTIZATIONS)}"
