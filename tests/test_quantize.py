@@ -651,6 +651,9 @@ def test_qat_recipe_step_returns_the_fitted_qat_model(tmp_path):
         def log_dir(self, stage=None):
             return tmp_path / "logs" / "qat"
 
+        def summaries(self, make, subdir):
+            return [make(self.log_dir() / subdir)]
+
         def fit(self, model, *, epochs, learning_rate, callbacks=()):
             fits.append((epochs, learning_rate))
             _compile(model, learning_rate)
