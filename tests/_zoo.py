@@ -628,7 +628,11 @@ def run_pipeline(technique: Technique, entry: ZooModel, workdir, outcome: Outcom
     outcome.final = final
     scale = float(np.abs(trained).max())
 
-    for fmt in technique.exports:
+    exports = technique.exports
+    if entry.slow:  # keras.applications graphs convert slowly: the plain model to TFLite, and the
+        # QAT copy to int8; the other techniques stop at Keras parity after strip
+        exports = {"baseline": ("tflite",), "qat": exports}.get(technique.name, ())
+    for fmt in exports:
         if fmt == "tflite-int8" and technique.name == "baseline" and not entry.ptq_int8:
             continue
         outcome.enter(f"export:{fmt}")

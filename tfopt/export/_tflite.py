@@ -34,8 +34,8 @@ _TENSOR_LIST_HINT = (
 )
 
 
-def _representative(data, limit: int = 200, batch: int = 1):
-    x = np.asarray(data[0] if isinstance(data, tuple) else data, dtype="float32")[:limit]
+def _representative(data, limit: int = 200, batch: int = 1, dtype="float32"):
+    x = np.asarray(data[0] if isinstance(data, tuple) else data, dtype=dtype)[:limit]
 
     def gen():
         for i in range(0, len(x) - batch + 1, batch):
@@ -45,13 +45,12 @@ def _representative(data, limit: int = 200, batch: int = 1):
 
 
 def _function_converter(model, batch: int | None):
-    """A converter for the model's concrete function (``batch`` None: dynamic batch size)."""
+    """A converter for the model's concrete function (``batch`` None: dynamic batch size);
+    without a trackable object the converter freezes the variables into constants."""
     import tensorflow as tf
 
     spec = tf.TensorSpec((batch, *model.input_shape[1:]), model.inputs[0].dtype)
     fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    if batch is None:  # with the model as trackable object: its variables are captured
-        return tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
     with quiet():  # absl warns that the path without trackable_obj (which freezes variables) is old
         return tf.lite.TFLiteConverter.from_concrete_functions([fn])
 
@@ -93,7 +92,7 @@ def _convert(
         converter.target_spec.supported_types = [tf.float16]
     if quantization in ("int8", "int16x8") and representative_data is not None:
         converter.representative_dataset = _representative(
-            representative_data, batch=fixed_batch or 1
+            representative_data, batch=fixed_batch or 1, dtype=model.inputs[0].dtype
         )
     if quantization == "int8" and not is_qat(model):
         builtins = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
