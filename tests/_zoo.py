@@ -280,7 +280,8 @@ def _two_in_two_out_data():
     return [image, vector], [y_a, y_b]
 
 
-@keras.saving.register_keras_serializable(package="tfopt_tests")
+# registered under its own package: test_quantize registers another SubclassedNet in "tfopt_tests"
+@keras.saving.register_keras_serializable(package="tfopt_zoo")
 class ConvBlock(layers.Layer):
     """A custom layer holding sublayers: Conv2D -> BatchNormalization -> ReLU."""
 
@@ -307,7 +308,8 @@ class ConvBlock(layers.Layer):
         return {**super().get_config(), "filters": self.filters}
 
 
-@keras.saving.register_keras_serializable(package="tfopt_tests")
+# registered under its own package: test_quantize registers another SubclassedNet in "tfopt_tests"
+@keras.saving.register_keras_serializable(package="tfopt_zoo")
 class SubclassedNet(keras.Model):
     """A subclassed model: a nested custom `ConvBlock`, pooling, a Dense head."""
 
