@@ -83,21 +83,6 @@ def check_model(model, arg: str = "model"):
     )
 
 
-def sequential_graph(model, action: str):
-    """The functional graph behind a built ``keras.Sequential`` (what graph rewrites walk).
-
-    Raises:
-        ValueError: the model is not built; the message says it must be before ``action``.
-    """
-    func = getattr(model, "_functional", None)
-    if func is None:
-        raise ValueError(
-            f"The Sequential model {model.name!r} is not built: give it a keras.Input(...) first "
-            f"layer or call model.build(input_shape) before {action}."
-        )
-    return func
-
-
 @contextlib.contextmanager
 def quiet():
     """Silences TensorFlow's chatter: C++ logs (file descriptors 1 and 2), Python prints ("Saved

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfopt import _measure as measure
-from tfopt._backend import import_keras, sequential_graph
+from tfopt._backend import import_keras
+from tfopt._rewrite import graph_of
 
 keras = import_keras()
 L = keras.layers
@@ -387,14 +388,13 @@ class Graph:
 
 
 def _functional(model):
-    if isinstance(model, keras.Sequential):
-        return sequential_graph(model, "pruning")
-    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "_is_graph_network", True):
+    func = graph_of(model, "pruning")
+    if func is None:
         raise TypeError(
             f"prune_channels needs a functional or Sequential Keras model (a graph of layers). "
             f"Received a subclassed model: {type(model).__module__}.{type(model).__name__}"
         )
-    return model
+    return func
 
 
 # -- per-layer weights, params and MACs -------------------------------------------------------
