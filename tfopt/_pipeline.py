@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 from tfopt import _formats as formats
+from tfopt import _rundir
 from tfopt._backend import import_keras
 from tfopt._steps import StepContext, run_steps
 from tfopt.config import RunConfig
@@ -28,6 +28,35 @@ def _unique_dir(path: Path) -> Path:
     while (candidate := path.with_name(f"{path.name}-{n}")).exists():
         n += 1
     return candidate
+
+
+def run_directory(cfg: RunConfig, out_dir=None, *, overwrite: bool = False) -> Path:
+    """The run's directory, created and marked (`tfopt._rundir`).
+
+    ``out_dir`` (default ``runs/<name>``) when it is new or empty; with ``overwrite``, an earlier
+    tfopt run there is replaced; without, the run goes to ``<out_dir>-2``, ``-3``, ... A file, or a
+    directory that tfopt did not create, is refused (never deleted).
+    """
+    base = Path(out_dir) if out_dir else Path("runs") / cfg.name
+    if overwrite or base.is_file():
+        return _rundir.prepare(base, overwrite=overwrite, by="tfopt run")
+    if out_dir and base.is_dir() and any(base.iterdir()) and not _rundir.is_owned(base):
+        return _rundir.prepare(base)  # raises: not a tfopt run directory
+    return _rundir.prepare(_unique_dir(base), by="tfopt run")
+
+
+def run_identity(cfg: RunConfig) -> dict:
+    """What a run directory records about its inputs: the model and data (files by size and
+    sha256) and every setting (the validated config)."""
+    model = (
+        {"path": cfg.model.path, **_rundir.file_identity(cfg.model.path)}
+        if cfg.model.path
+        else {"name": cfg.model.name, "options": cfg.model.options}
+    )
+    data = {"name": cfg.data.name, "val_fraction": cfg.data.val_fraction}
+    if str(cfg.data.name).endswith(".npz"):
+        data.update(_rundir.file_identity(cfg.data.name))
+    return {"model": model, "data": data, "config": cfg.model_dump(serialize_as_any=True)}
 
 
 def _build_model(cfg: RunConfig, data: Dataset) -> keras.Model:
@@ -54,8 +83,15 @@ def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
     return export.export(model, path, format=fmt, check_data=data.x_val)
 
 
-def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
-    """Runs a validated config end to end and returns the report (also written to the run dir)."""
+def run(
+    cfg: RunConfig, *, out_dir=None, verbose: int | None = None, overwrite: bool = False
+) -> dict:
+    """Runs a validated config end to end and returns the report (also written to the run dir).
+
+    The run directory is `run_directory` (``out_dir``, default ``runs/<name>``); ``overwrite``
+    replaces an earlier tfopt run there. Raises `tfopt.errors.OutputDirError` for a path that
+    cannot be used.
+    """
     from tfopt import bench
     from tfopt import data as data_mod
     from tfopt._report import write_report
@@ -64,11 +100,9 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     keras.utils.set_random_seed(cfg.seed)
-    run_dir = _unique_dir(Path(out_dir) if out_dir else Path("runs") / cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(
-        json.dumps(cfg.model_dump(serialize_as_any=True), indent=2)
-    )
+    run_dir = run_directory(cfg, out_dir, overwrite=overwrite)
+    _rundir.claim_identity(run_dir, "run", run_identity(cfg))
+    _rundir.write_json(run_dir / "config.json", cfg.model_dump(serialize_as_any=True))
     total = 4 + len(cfg.steps)
     n = 1
 
@@ -89,7 +123,7 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
         ctx.fit(model, epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate)
     else:
         ctx.compile(model, cfg.train.learning_rate)
-    model.save(run_dir / "baseline.keras")
+    _rundir.save_model(model, run_dir / "baseline.keras")
     ctx.baseline = model
     stages = [{"stage": "baseline", "model": model, "keras": run_dir / "baseline.keras"}]
 
@@ -100,7 +134,7 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
 
     def finished(stage: str, step, model) -> None:
         path = run_dir / f"{stage}.keras"
-        model.save(path)
+        _rundir.save_model(model, path)
         stages.append({"stage": stage, "model": model, "keras": path})
 
     # the stages start from the run's seed, whatever the baseline consumed: `tfopt auto` runs

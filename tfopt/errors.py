@@ -27,3 +27,13 @@ class MissingDependencyError(TfoptError, ImportError):
 
 class RewriteError(TfoptError, ValueError):
     """A model cannot be rewritten by a technique; the message names the layer and says why."""
+
+
+class OutputDirError(TfoptError, FileExistsError):
+    """An output path cannot be used (an existing file, a directory tfopt did not create, or an
+    earlier run without ``--overwrite``); nothing was deleted. The message is one line."""
+
+
+class RunMismatchError(TfoptError, ValueError):
+    """A run directory holds a run of another model, data or settings; the message says what
+    differs and what to do."""

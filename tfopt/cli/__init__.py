@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tfopt import __version__
 
     parser.add_argument("--version", action="version", version=f"tfopt {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"tfopt.cli._{name}")
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    argv = [a for a in argv if a != "--debug"]
     # key=value overrides may come after options (`run c.yaml --out d train.epochs=3`)
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -40,18 +44,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._main(args) or 0)
-    except ConfigError as e:
-        print(f"tfopt: config error: {e}", file=sys.stderr)
-        return 2
-    except TfoptError as e:
-        print(f"tfopt: error: {e}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as e:
-        print(f"tfopt: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("tfopt: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # any error ends in one line; --debug shows the traceback
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"tfopt: {error_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+
+
+def error_line(e: BaseException) -> str:
+    """The one line `tfopt` prints for ``e`` (after ``tfopt: ``)."""
+    if isinstance(e, ConfigError):
+        return f"config error: {_flat(e)}"
+    if isinstance(e, TfoptError | FileNotFoundError | ValueError):
+        return f"error: {_flat(e)}"
+    if isinstance(e, MemoryError):
+        return "error: out of memory (MemoryError); a value is too large for this machine"
+    return f"error: {type(e).__name__}: {_flat(e)} (run with --debug for the traceback)"
+
+
+def _flat(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 if __name__ == "__main__":

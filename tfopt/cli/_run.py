@@ -1,6 +1,8 @@
-"""`tfopt run [CONFIG] [--out DIR] [key=value ...]`."""
+"""`tfopt run [CONFIG|NAME|MODEL.keras] [--model M] [--data D] [--out DIR] [key=value ...]`."""
 
 from __future__ import annotations
+
+import sys
 
 
 def add_parser(sub):
@@ -11,7 +13,11 @@ def add_parser(sub):
         "report to runs/<name>/. Without CONFIG, runs the embedded configs/default.yaml.",
     )
     p.add_argument(
-        "config", nargs="?", help="YAML config file (default: the embedded default.yaml)"
+        "config",
+        nargs="?",
+        help="YAML config file, or the name of a shipped config (default, prune_qat, "
+        "compress_all); a .keras/.h5 file here is the --model of the default config "
+        "(default: the embedded default.yaml)",
     )
     p.add_argument(
         "overrides",
@@ -19,7 +25,18 @@ def add_parser(sub):
         metavar="key=value",
         help="override config keys, e.g. train.epochs=5 steps.0.target_sparsity=0.9",
     )
-    p.add_argument("--out", help="run directory (default: runs/<name>, never overwritten)")
+    p.add_argument(
+        "--out",
+        help="run directory (default: runs/<name>, or runs/<name>-2, ... when taken; "
+        "never overwritten without --overwrite)",
+    )
+    p.add_argument("--model", help="zoo model name or .keras/.h5 file (sets model.name/path)")
+    p.add_argument("--data", help="dataset name or .npz file (sets data.name)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it holds an earlier tfopt run (other directories are never deleted)",
+    )
     p.add_argument(
         "--check", action="store_true", help="validate the config and print it, then exit"
     )
@@ -28,10 +45,16 @@ def add_parser(sub):
 
 def main(args) -> int:
     from tfopt import config
+    from tfopt.cli._common import input_overrides, split_config_arg
 
     path, overrides = args.config, list(args.overrides)
     if path and "=" in path and not path.endswith((".yaml", ".yml")):
         path, overrides = None, [path, *overrides]  # `tfopt run train.epochs=5`
+    path, model = split_config_arg(path, args.model)
+    if model and not args.model:
+        note = f"{model} is a model, not a config: running {path or 'the default config'} on it"
+        print(f"[tfopt] {note} (as with --model {model})", file=sys.stderr, flush=True)
+    overrides = input_overrides(model=model, data=args.data) + overrides
     cfg = config.load(path, overrides=overrides)
     if args.check:
         import yaml
@@ -40,5 +63,5 @@ def main(args) -> int:
         return 0
     from tfopt._pipeline import run
 
-    run(cfg, out_dir=args.out)
+    run(cfg, out_dir=args.out, overwrite=args.overwrite)
     return 0

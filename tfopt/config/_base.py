@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Section(BaseModel):
@@ -16,6 +16,13 @@ class StepConfig(Section):
 
     type: str
     name: str | None = None  # the stage's name in reports and TensorBoard; defaults to the type
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        from tfopt._rundir import check_name  # <stage>.keras is written inside the run dir
+
+        return check_name(v, "name")
 
 
 class DistillLoss(Section):

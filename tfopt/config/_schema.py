@@ -40,8 +40,8 @@ class ModelConfig(Section):
     @field_validator("path")
     @classmethod
     def _keras_file(cls, v: str | None) -> str | None:
-        if v is not None and not v.endswith(".keras"):
-            raise ValueError(f"must be a .keras file. Received: {v!r}")
+        if v is not None and not v.endswith((".keras", ".h5")):
+            raise ValueError(f"must be a .keras (or Keras 2 .h5) file. Received: {v!r}")
         return v
 
 
@@ -87,6 +87,13 @@ class RunConfig(Section):
     steps: list[StepConfig] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        from tfopt._rundir import check_name
+
+        return check_name(v, "name")
 
 
 def _unknown(what: str, value: Any, allowed, extra: str = "") -> str:
@@ -222,10 +229,59 @@ def default_config_path() -> Path:
     return Path(str(importlib.resources.files("tfopt") / "configs" / "default.yaml"))
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped in the package (``tfopt/configs/*.yaml``) by name: ``{"default": ...}``."""
+    root = importlib.resources.files("tfopt") / "configs"
+    return {
+        Path(p.name).stem: Path(str(p))
+        for p in root.iterdir()
+        if p.name.endswith((".yaml", ".yml"))
+    }
+
+
+def resolve_config(path_or_name) -> Path:
+    """The YAML file of ``tfopt run CONFIG|NAME``: an existing file, else a packaged config's name.
+
+    Raises:
+        ConfigError: a directory, or neither a file nor a packaged config (listing those).
+    """
+    path = Path(path_or_name)
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a directory, not a YAML config file")
+    if path.exists():
+        return path
+    shipped = packaged_configs()
+    name = str(path_or_name)
+    if name in shipped:
+        return shipped[name]
+    if name.endswith((".yaml", ".yml")) and "/" not in name and path.stem in shipped:
+        return shipped[path.stem]
+    raise ConfigError(
+        f"config file not found: {name!r}; {_unknown('config name', name, shipped)} "
+        "(the configs shipped with tfopt)"
+    )
+
+
+def _check_text_file(path: Path) -> None:
+    """Raises `ConfigError` naming ``path`` when it is not a UTF-8 text file (a model, a zip)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        hint = ""
+        if path.suffix in (".keras", ".h5", ".zip", ".npz", ".tflite", ".onnx"):
+            hint = f" ({path.suffix} is not a config; a model goes in --model, data in --data)"
+        raise ConfigError(f"config {str(path)!r} is not a YAML text file (binary content){hint}")
+
+
 def read_yaml(path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a directory, not a YAML config file")
     if not path.exists():
         raise ConfigError(f"config file not found: {str(path)!r}")
+    _check_text_file(path)
     try:
         # safe_load builds only plain YAML types: no arbitrary Python objects.
         return yaml.safe_load(path.read_text()) or {}
@@ -236,11 +292,34 @@ def read_yaml(path) -> dict:
         raise ConfigError(f"{path.name}: invalid YAML{where}: {problem}") from None
 
 
+def _relative_to(raw: Any, base: Path) -> Any:
+    """``raw`` with a relative ``model.path`` / ``.npz`` ``data.name`` read from a YAML file in
+    ``base`` resolved against ``base`` when the file is there (a config and the model next to it
+    move together, like `recipe.yaml` and ``baseline.keras``); else kept (relative to the cwd)."""
+    if not isinstance(raw, dict):
+        return raw
+    for section, key in (("model", "path"), ("data", "name")):
+        node = raw.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(value, str) or Path(value).is_absolute():
+            continue
+        if section == "data" and not value.endswith(".npz"):
+            continue
+        candidate = base / value
+        if candidate.exists():
+            node[key] = str(candidate)
+    return raw
+
+
 def load(path=None, *, overrides: list[str] = ()) -> RunConfig:
     """Reads a YAML config (the embedded default when ``path`` is None) and validates it.
 
+    A relative ``model.path`` (or ``.npz`` ``data.name``) in the file is found next to the file
+    first, then in the current directory; overrides are relative to the current directory.
+
     Args:
-        path: the YAML file. Defaults to None (`default_config_path()`).
+        path: the YAML file, or the name of a packaged config (``"prune_qat"``). Defaults to
+            None (`default_config_path()`).
         overrides: ``key.path=value`` strings applied before validation. Defaults to ().
 
     Returns:
@@ -249,5 +328,6 @@ def load(path=None, *, overrides: list[str] = ()) -> RunConfig:
     Raises:
         ConfigError: one line naming the key path, the rule, and a did-you-mean where it helps.
     """
-    raw = read_yaml(path or default_config_path())
+    file = default_config_path() if path is None else resolve_config(path)
+    raw = _relative_to(read_yaml(file), file.parent)
     return validate(apply_overrides(raw, list(overrides)))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from tfopt import _rundir
 from tfopt._backend import check_model, quiet
+from tfopt.errors import OutputDirError
 from tfopt.export._common import (
     Artifact,
     check_inputs,
@@ -66,15 +67,17 @@ def savedmodel(
     path = Path(path)
     if path.exists():
         if not overwrite:
-            raise FileExistsError(
-                f"SavedModel directory {str(path)!r} exists. Pass overwrite=True or another path."
+            raise OutputDirError(
+                f"SavedModel directory {str(path)!r} exists; pass overwrite=True (--overwrite) "
+                "or another path"
             )
-        shutil.rmtree(path)
+        _rundir.remove(path, what="SavedModel directory")  # only one that tfopt wrote
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = None if dynamic_batch else 1
     spec = tf.TensorSpec((batch, *model.input_shape[1:]), tensor.dtype, name=input_name(model))
     with quiet():
         model.export(str(path), format="tf_saved_model", verbose=False, input_signature=[spec])
+    _rundir.mark(path, "tfopt export")  # so that overwrite=True may replace it later
     runner = SavedModelRunner(path)
     out = runner._fn.structured_outputs[runner.output_name]
     info = {

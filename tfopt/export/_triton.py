@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from tfopt import _rundir
 from tfopt._backend import check_model
+from tfopt.errors import OutputDirError
 from tfopt.export._common import Artifact, disk_bytes
 
 BACKENDS = {"savedmodel": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
@@ -149,11 +150,13 @@ def triton(
     version_dir = model_dir / str(version)
     if version_dir.exists():
         if not overwrite:
-            raise FileExistsError(
-                f"Triton model version {str(version_dir)!r} exists. Pass overwrite=True or another version."
+            raise OutputDirError(
+                f"Triton model version {str(version_dir)!r} exists; pass overwrite=True "
+                "(--overwrite) or another version"
             )
-        shutil.rmtree(version_dir)
+        _rundir.remove(version_dir, what="Triton model version")  # only one that tfopt wrote
     version_dir.mkdir(parents=True)
+    _rundir.mark(version_dir, "tfopt export")
     checks = dict(check_data=check_data, min_agreement=min_agreement, atol=atol)
     if backend == "onnx":
         from tfopt.export._onnx import onnx

@@ -205,5 +205,38 @@ def load(path, *, compile: bool = False) -> keras.Model:
             f"tfopt loads Keras 3 '.keras' files. Received: {str(path)!r}. Re-save the model with "
             "model.save('model.keras')."
         )
+    _check_keras_archive(path)
     register_custom_objects()
     return keras.models.load_model(path, compile=compile, safe_mode=True)
+
+
+def _check_keras_archive(path: Path) -> None:
+    """Raises ValueError when the ``.keras`` file exists but is no Keras archive (Keras itself
+    says "File not found" then), e.g. a truncated download or another format renamed."""
+    import zipfile
+
+    if path.suffix != ".keras":
+        return
+    problem = None
+    if path.is_dir():
+        problem = "it is a directory"
+    elif not zipfile.is_zipfile(path):
+        problem = (
+            f"it is not a zip archive ({path.stat().st_size} bytes; truncated or another format)"
+        )
+    else:
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            names, bad, problem = set(), None, f"its zip archive is damaged ({e})"
+        if problem is None and bad is not None:
+            problem = f"its zip archive is damaged ({bad!r} fails its CRC check)"
+        elif problem is None and "config.json" not in names:
+            problem = "the zip archive holds no config.json"
+    if problem:
+        raise ValueError(
+            f"{str(path)!r} is not a valid Keras 3 .keras model file: {problem}. "
+            "Save the model again with model.save('model.keras')."
+        )

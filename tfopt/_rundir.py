@@ -1,0 +1,319 @@
+"""Output directories that tfopt owns: create, claim, remove, write atomically, verify, identify.
+
+One place for the rules every command follows (`tfopt run`, `tfopt auto`, `tfopt export`):
+
+* a directory tfopt creates gets a marker file (`MARKER`); only a directory with the marker is
+  ever removed, and only when the user asked (``overwrite``);
+* every file name that comes from a config (a run's ``name``, a step's ``name``) is a plain file
+  name (`check_name`), so a path never escapes the output directory;
+* files are written atomically (`write_text`, `write_json`, `save_model`, `copy_file`: a temporary
+  file in the same directory, then `os.replace`), so a killed run leaves either the old file or
+  the new one, never half of one;
+* an artifact a record points to carries its size and sha256 (`digest`), checked on resume
+  (`verify`);
+* a run directory records the identity of its model, data and settings (`claim_identity`); a
+  resume with different ones is refused with a message that says what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tfopt.errors import OutputDirError, RunMismatchError
+
+MARKER = ".tfopt-run"
+IDENTITY = "identity.json"
+
+
+def is_owned(path) -> bool:
+    """Whether ``path`` is a directory that tfopt created (it holds `MARKER`)."""
+    return (Path(path) / MARKER).is_file()
+
+
+def mark(path, by: str) -> None:
+    """Marks ``path`` (a directory) as created by tfopt (``by`` says which command)."""
+    path = Path(path)
+    write_json(path / MARKER, {"created_by": by})
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def remove(path, *, what: str = "directory") -> None:
+    """Removes ``path`` (a directory) only if tfopt created it; else raises `OutputDirError`."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise OutputDirError(f"{what} {str(path)!r} is a file, not a directory: not removed")
+    if not is_owned(path):
+        raise OutputDirError(
+            f"--overwrite refused: {what} {str(path)!r} was not created by tfopt (it has no "
+            f"{MARKER} file), so it is not deleted; choose another --out or remove it yourself"
+        )
+    shutil.rmtree(path)
+
+
+def prepare(path, *, overwrite: bool = False, resume: bool = False, by: str = "tfopt") -> Path:
+    """Makes ``path`` ready to be an output directory of tfopt and returns it.
+
+    * missing or empty: created and marked;
+    * an existing file: refused;
+    * a directory tfopt did not create (no `MARKER`): refused, with or without ``overwrite``;
+    * a directory tfopt created: removed and re-created when ``overwrite``, else kept when
+      ``resume`` (the caller checks its identity), else refused.
+
+    Raises:
+        OutputDirError: one line that names the path and says what to do.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(
+            f"--out {str(path)!r} is an existing file, not a directory; choose another --out"
+        )
+    if path.is_dir() and not _is_empty_dir(path):
+        if not is_owned(path):
+            if overwrite:
+                remove(path)  # raises: never delete what tfopt did not create
+            raise OutputDirError(
+                f"--out {str(path)!r} exists and is not a tfopt run directory (no {MARKER} "
+                "file); choose another --out (an empty or new directory)"
+            )
+        if overwrite:
+            remove(path)
+        elif not resume:
+            raise OutputDirError(
+                f"--out {str(path)!r} holds an earlier run; pass --overwrite to replace it or "
+                "choose another --out"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    if not is_owned(path):
+        mark(path, by)
+    return path
+
+
+def check_name(value: Any, key: str = "name") -> Any:
+    """Raises ValueError unless ``value`` (when a string) is a plain file-name component."""
+    if value is None:
+        return value
+    text = str(value)
+    bad = (
+        not text
+        or text in (".", "..")
+        or "/" in text
+        or "\\" in text
+        or "\x00" in text
+        or text != text.strip()
+        or text.startswith(".")
+    )
+    if bad:
+        raise ValueError(
+            f"{key} must be a plain file name (no '/', '\\', leading '.' or '..'): it names "
+            f"files inside the run directory. Received: {key}={text!r}"
+        )
+    return value
+
+
+# -- atomic writes -------------------------------------------------------------------------------
+def _tmp_path(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_bytes(path, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (a temporary file, then `os.replace`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text(path, text: str) -> Path:
+    """Writes ``text`` (utf-8) to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, data: Any) -> Path:
+    """Writes ``data`` as indented JSON to ``path`` atomically."""
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def copy_file(src, dst) -> Path:
+    """Copies ``src`` to ``dst`` atomically."""
+    dst = Path(dst)
+    tmp = _tmp_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def save_model(model, path) -> Path:
+    """``model.save(path)`` atomically (Keras writes a temporary ``.keras`` file, then it is moved)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        tmp.unlink()
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# -- verification --------------------------------------------------------------------------------
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def digest(path) -> dict:
+    """``{"bytes": size, "sha256": hex}`` of a file, recorded next to the path that names it."""
+    return {"bytes": Path(path).stat().st_size, "sha256": sha256(path)}
+
+
+def verify(path, expected: dict | None) -> str | None:
+    """Why the file at ``path`` is not the one recorded in ``expected`` (a `digest`), or None."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path.name} is missing"
+    if not expected:
+        return f"{path.name} has no recorded size and sha256 (written by an older tfopt)"
+    size = path.stat().st_size
+    if size != expected.get("bytes"):
+        return f"{path.name} has {size} bytes, {expected.get('bytes')} were written"
+    if sha256(path) != expected.get("sha256"):
+        return f"{path.name} changed since it was written (sha256 differs)"
+    return None
+
+
+def relative(path, root) -> str:
+    """``path`` relative to ``root`` when it lies inside it (records survive a moved run dir)."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+    except ValueError:  # another drive
+        return str(path)
+
+
+# -- identity ------------------------------------------------------------------------------------
+def array_digest(*arrays) -> dict:
+    """Shapes, dtypes and one sha256 over the bytes of ``arrays`` (None entries are skipped)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    shapes = []
+    for a in arrays:
+        if a is None:
+            shapes.append(None)
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+        shapes.append([list(a.shape), a.dtype.name])
+    return {"shapes": shapes, "sha256": h.hexdigest()}
+
+
+def model_digest(model) -> dict:
+    """The weights' sha256, parameter count and input/output shapes of a Keras model."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for w in model.weights:
+        a = np.ascontiguousarray(np.asarray(w))
+        h.update(str((w.path, a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return {
+        "name": model.name,
+        "params": int(model.count_params()),
+        "input_shape": str(model.input_shape),
+        "output_shape": str(model.output_shape),
+        "weights_sha256": h.hexdigest(),
+    }
+
+
+def _normal(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    if old != new:
+        return [f"{where or 'identity'}: {_short(old)} -> {_short(new)}"]
+    return []
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def claim_identity(run_dir, section: str, identity: dict, *, what: str = "run") -> dict:
+    """Records ``identity`` as ``section`` of ``run_dir/identity.json``, or checks it on resume.
+
+    Raises:
+        RunMismatchError: ``run_dir`` holds a ``section`` with another identity; the one-line
+            message lists what differs and says what to do.
+    """
+    path = Path(run_dir) / IDENTITY
+    identity = _normal(identity)
+    recorded: dict = {}
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except (ValueError, OSError):
+            recorded = {}
+    if section in recorded:
+        diffs = _differences(recorded[section], identity)
+        if diffs:
+            shown = "; ".join(diffs[:4]) + (
+                f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+            )
+            raise RunMismatchError(
+                f"{str(run_dir)!r} holds a {what} of another model, data or settings ({shown}); "
+                "pass --out another directory, or --overwrite to discard the earlier run"
+            )
+        return recorded
+    recorded[section] = identity
+    write_json(path, recorded)
+    return recorded
+
+
+def short_hash(value: Any, n: int = 8) -> str:
+    """A short, stable hash of a JSON-able value (for default directory names)."""
+    return hashlib.sha256(json.dumps(_normal(value), sort_keys=True).encode()).hexdigest()[:n]
+
+
+def file_identity(path) -> dict:
+    """A file's name, size and sha256 (the identity of a user's model or .npz)."""
+    path = Path(path)
+    if not path.is_file():
+        return {"path": str(path), "missing": True}
+    return {"file": path.name, **digest(path)}
