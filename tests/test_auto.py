@@ -447,7 +447,9 @@ def test_auto_writes_a_recipe_that_tfopt_run_replays(tmp_path):
     best = report["best"]
     assert best["ratio"] == report["baseline"]["gzip_bytes"] / best["gzip_bytes"]
     recipe = config.load(out / "recipe.yaml")  # a valid `tfopt run` config
-    assert recipe.model.path == str((out / "baseline.keras").resolve()) and recipe.train.epochs == 0
+    assert Path(recipe.model.path).resolve() == (out / "baseline.keras").resolve()
+    assert recipe.train.epochs == 0
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["model"]["path"] == "baseline.keras"
     assert recipe.seed == 3 and recipe.data.name == str(tmp_path / "blobs.npz")
     assert [s.type for s in recipe.steps] == [s["type"] for s in best["steps"]] == ["prune", "qat"]
     assert recipe.export.formats == ["tflite-int8"]

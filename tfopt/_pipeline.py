@@ -47,16 +47,8 @@ def run_directory(cfg: RunConfig, out_dir=None, *, overwrite: bool = False) -> P
 
 def run_identity(cfg: RunConfig) -> dict:
     """What a run directory records about its inputs: the model and data (files by size and
-    sha256) and every setting (the validated config)."""
-    model = (
-        {"path": cfg.model.path, **_rundir.file_identity(cfg.model.path)}
-        if cfg.model.path
-        else {"name": cfg.model.name, "options": cfg.model.options}
-    )
-    data = {"name": cfg.data.name, "val_fraction": cfg.data.val_fraction}
-    if str(cfg.data.name).endswith(".npz"):
-        data.update(_rundir.file_identity(cfg.data.name))
-    return {"model": model, "data": data, "config": cfg.model_dump(serialize_as_any=True)}
+    sha256, `tfopt._rundir.config_inputs`) and every setting (the validated config)."""
+    return {**_rundir.config_inputs(cfg), "config": cfg.model_dump(serialize_as_any=True)}
 
 
 def _build_model(cfg: RunConfig, data: Dataset) -> keras.Model:

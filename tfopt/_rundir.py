@@ -317,3 +317,40 @@ def file_identity(path) -> dict:
     if not path.is_file():
         return {"path": str(path), "missing": True}
     return {"file": path.name, **digest(path)}
+
+
+# -- trial records -------------------------------------------------------------------------------
+def seal_record(record: dict, where) -> dict:
+    """Makes a trial record movable and checkable: its artifact (``metrics.path``) and Keras model
+    (``keras_model``) become paths relative to ``where`` (the record's directory), each with its
+    `digest` (``metrics.digest``, ``keras_digest``). Changes and returns ``record``."""
+    metrics = record.get("metrics")
+    if isinstance(metrics, dict) and metrics.get("path"):
+        path = Path(metrics["path"])
+        metrics["path"] = relative(path, where)
+        metrics["digest"] = digest(path)
+    if record.get("keras_model"):
+        path = Path(record["keras_model"])
+        record["keras_model"] = relative(path, where)
+        record["keras_digest"] = digest(path)
+    return record
+
+
+def record_path(value: str | None, where) -> str | None:
+    """A path of a sealed record, resolved against the record's directory ``where``."""
+    if value is None or where is None or Path(value).is_absolute():
+        return value
+    return str(Path(where) / value)
+
+
+def config_inputs(cfg) -> dict:
+    """The identity of a `tfopt.config.RunConfig`'s model and data: a zoo model by name and
+    options, a model file or ``.npz`` by name, size and sha256, a named dataset by name."""
+    if cfg.model.path:
+        model = file_identity(cfg.model.path)
+    else:
+        model = {"name": cfg.model.name, "options": cfg.model.options}
+    data = {"name": cfg.data.name, "val_fraction": cfg.data.val_fraction}
+    if str(cfg.data.name).endswith(".npz"):
+        data.update(file_identity(cfg.data.name))
+    return {"model": model, "data": data}

@@ -45,7 +45,13 @@ class Candidate:
 
     @classmethod
     def from_record(cls, record: dict, baseline: dict, max_accuracy_drop: float) -> Candidate:
-        """The candidate of a trial record (``tfopt.json``), measured against ``baseline``."""
+        """The candidate of a trial record (``tfopt.json``), measured against ``baseline``.
+
+        Paths in the record are relative to ``record["dir"]`` (its directory) when it is given.
+        """
+        from tfopt._rundir import record_path
+
+        where = record.get("dir")
         c = cls(
             trial_id=record["trial_id"],
             status=record["status"],
@@ -56,7 +62,7 @@ class Candidate:
             stages=record.get("stages") or [],
             seconds=float(record.get("seconds", 0.0)),
             error=record.get("error"),
-            keras_model=record.get("keras_model"),
+            keras_model=record_path(record.get("keras_model"), where),
         )
         if c.completed:
             m = record.get("metrics") or {}
@@ -66,7 +72,7 @@ class Candidate:
             c.gzip_bytes = m.get("gzip_bytes")
             c.latency_ms = m.get("latency_ms")
             c.score = m.get("score")
-            c.artifact = m.get("path")
+            c.artifact = record_path(m.get("path"), where)
             c.ratio = baseline["gzip_bytes"] / max(1, c.gzip_bytes)
             # val only: the test data never takes part in selection
             c.within_budget = baseline["val_accuracy"] - c.val_accuracy <= max_accuracy_drop + 1e-12

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfopt import _rundir
 from tfopt._backend import check_model
 from tfopt.auto._search import Search
 from tfopt.tune._space import TARGETS
@@ -60,6 +60,41 @@ def check_budget(max_accuracy_drop) -> float:
             f"Received: max_accuracy_drop={max_accuracy_drop!r}"
         )
     return float(max_accuracy_drop)
+
+
+def search_identity(
+    model, train, val, test, *, max_accuracy_drop, target, objective, techniques, seeds, space, seed
+) -> dict:
+    """What a search directory records about its inputs (`tfopt._rundir.claim_identity`): the
+    model's weights, the data's bytes and every setting that changes a result. Budgets of time
+    and trials are left out: a resumed search may get more of them."""
+    return {
+        "model": _rundir.model_digest(model),
+        "data": {
+            "train": _rundir.array_digest(*train),
+            "val": _rundir.array_digest(*val),
+            "test": None if test is None else _rundir.array_digest(*test),
+        },
+        "settings": {
+            "max_accuracy_drop": float(max_accuracy_drop),
+            "target": target,
+            "objective": objective,
+            "techniques": None if techniques is None else sorted(techniques),
+            "seeds": None if seeds is None else [dict(s) for s in seeds],
+            "space": space,
+            "seed": int(seed),
+        },
+    }
+
+
+def _spent(out_dir: Path) -> float:
+    """Seconds an earlier search in ``out_dir`` ran (its report's ``elapsed_s``), else 0."""
+    import json
+
+    try:
+        return max(0.0, float(json.loads((out_dir / "report.json").read_text())["elapsed_s"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def _check_data(name: str, data) -> tuple[np.ndarray, np.ndarray]:
@@ -147,8 +182,8 @@ def optimize(
         seeds: recipes (hyperparameter values) to try first. Defaults to `default_seeds`.
         space: hyperparameter choices overriding the defaults, e.g. ``{"clusters": [0, 16]}``.
             Defaults to None.
-        overwrite: discard a previous search in ``out_dir`` instead of resuming it. Defaults to
-            False.
+        overwrite: discard a previous search in ``out_dir`` instead of resuming it (only a
+            directory tfopt created is ever removed). Defaults to False.
         seed: the search's random seed, and the global Keras seed every candidate's stages start
             from (``seed:`` of recipe.yaml). Defaults to 0.
         run_config: the `tfopt.config.RunConfig` (or its dict) whose data and model sections
@@ -196,12 +231,28 @@ def optimize(
         refine = max(1, int(max_trials) // 5)
 
     started = time.monotonic()
-    out_dir = Path(out_dir)
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _rundir.prepare(out_dir, overwrite=overwrite, resume=True, by="tfopt auto")
     if run_config is not None and not isinstance(run_config, dict):
         run_config = run_config.model_dump(serialize_as_any=True)
+    identity = search_identity(
+        model,
+        train,
+        val,
+        test,
+        max_accuracy_drop=max_accuracy_drop,
+        target=target,
+        objective=objective,
+        techniques=techniques,
+        seeds=seeds,
+        space=space,
+        seed=seed,
+    )
+    _rundir.claim_identity(out_dir, "search", identity, what="search")
+    spent = _spent(out_dir)
+    if spent:  # a resumed search: the time budget counts the time the earlier runs spent
+        started -= spent
+        if time_budget is not None and verbose:
+            log(f"[auto] resuming: {spent:.0f} s of the {time_budget:.0f} s time budget spent")
     search = Search(
         model,
         train,

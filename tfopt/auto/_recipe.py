@@ -36,7 +36,8 @@ def recipe_config(
     raw: dict = {"name": f"{base.get('name', Path(out_dir).name)}_recipe", "seed": int(seed)}
     if base.get("data"):
         raw["data"] = base["data"]
-    raw["model"] = {"name": None, "path": str(Path(out_dir).resolve() / "baseline.keras")}
+    # relative: `tfopt.config.load` finds it next to recipe.yaml, so the run directory can move
+    raw["model"] = {"name": None, "path": "baseline.keras"}
     raw["train"] = {
         "epochs": 0,
         "batch_size": int(train.get("batch_size", 64)),
@@ -76,5 +77,7 @@ def write_recipe(path: Path, raw: dict, *, best: dict, run_config: dict | None =
         where=f"trial {best['trial_id']}", path=path, summary=summary, trained=trained
     )
     body = yaml.safe_dump(raw, sort_keys=False, default_flow_style=False, width=100)
-    path.write_text(head + body)
+    from tfopt._rundir import write_text
+
+    write_text(path, head + body)
     return path

@@ -11,10 +11,11 @@ runs them.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from tfopt import _rundir
 
 REFINE_EPOCHS = 3
 REFINE_MARGIN = 0.03
@@ -143,10 +144,11 @@ def refinement_run(
         record.update(status="ERROR", error=f"{type(e).__name__}: {e}")
     if record["status"] == "COMPLETED":
         try:
-            final.save(run_dir / "model.keras")
+            _rundir.save_model(final, run_dir / "model.keras")
             record["keras_model"] = str(run_dir / "model.keras")
         except Exception as e:  # a wrapper without a saveable config keeps its artifact
             record["keras_model_error"] = f"{type(e).__name__}: {e}"
     record["seconds"] = time.perf_counter() - t0
-    (run_dir / "tfopt.json").write_text(json.dumps(record, indent=2, default=str))
+    # paths relative to run_dir, with sizes and hashes (checked on resume); written atomically
+    _rundir.write_json(run_dir / "tfopt.json", _rundir.seal_record(record, run_dir))
     return record

@@ -9,12 +9,12 @@ best.tflite, recipe.yaml and the report after every candidate.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tfopt import _rundir
 from tfopt.auto._candidate import SELECTION, Candidate, select_best
 from tfopt.auto._oracle import AutoOracle
 from tfopt.auto._pareto import pareto_front
@@ -126,7 +126,7 @@ class Search:
         self.recipe_path: Path | None = None
 
         try:  # the model of recipe.yaml
-            model.save(out_dir / "baseline.keras")
+            _rundir.save_model(model, out_dir / "baseline.keras")
             self.replayable = True
         except Exception as e:  # a model Keras cannot save: no recipe.yaml, the search goes on
             self.replayable = False
@@ -168,17 +168,27 @@ class Search:
             overwrite=False,
         )
         self.refine_dir = out_dir / "refine"
-        earlier = self.tuner.records() + [
-            json.loads(p.read_text()) for p in sorted(self.refine_dir.glob("r*/tfopt.json"))
-        ]
-        for record in earlier:  # trials of an earlier, resumed run
+        for record in self.tuner.records():  # trials of an earlier, resumed run
             self._add(record)
+        for path in sorted(self.refine_dir.glob("r*/tfopt.json")):
+            stale = _refine_record(path)
+            if isinstance(stale, str):  # re-made: a refinement run is a plain re-run
+                self.say(f"[auto] {path.parent.name} is re-made: {stale}")
+                path.unlink()
+            else:
+                self._add(stale)
         if self.candidates:
             self.say(f"[auto] resuming: {len(self.candidates)} trial(s) already done in {out_dir}")
 
     # -- candidates ------------------------------------------------------------------------------
     def _add(self, record: dict) -> Candidate:
         c = Candidate.from_record(record, self.baseline, self.max_accuracy_drop)
+        stale = _stale(c, record)
+        if stale:  # never select (or copy to best.tflite) a file that is not the one measured
+            c.status, c.within_budget = "ERROR", None
+            c.error = f"not used on resume: {stale}"
+        elif c.keras_model and _rundir.verify(c.keras_model, record.get("keras_digest")):
+            c.keras_model = None
         if c.recipe and not c.steps:  # a record written before trials kept their steps
             c.steps = dump_steps(recipe_steps(c.recipe, target=self.target))
         self.candidates[c.trial_id] = c
@@ -294,7 +304,9 @@ class Search:
                         f"promising with {REFINE_EPOCHS}x the fine-tuning"
                         + (" and distillation" if distill else "")
                     )
-                rid = f"r{len(runs):03d}"
+                rid = next(
+                    f"r{n:03d}" for n in range(len(runs) + 1) if f"r{n:03d}" not in self.candidates
+                )
                 record = refinement_run(
                     self.model,
                     source,
@@ -309,7 +321,7 @@ class Search:
                 )
                 durations.append(record["seconds"])
                 self.refine_info["runs"] = len(runs) + 1
-                self._add_and_report(record, stopped)
+                self._add_and_report({**record, "dir": str(self.refine_dir / rid)}, stopped)
         except KeyboardInterrupt:
             outcome = "interrupted"
             self.say("[auto] interrupted: writing the report with the trials done so far")
@@ -328,9 +340,9 @@ class Search:
         front = [done[i].trial_id for i in pareto_front(points)] if done else []
         best = select_best(done, self.key)
         if best is not None and (self.best is None or self.best.trial_id != best.trial_id):
-            shutil.copyfile(best.artifact, self.out_dir / "best.tflite")
+            _rundir.copy_file(best.artifact, self.out_dir / "best.tflite")
             if best.keras_model:
-                shutil.copyfile(best.keras_model, self.out_dir / "best.keras")
+                _rundir.copy_file(best.keras_model, self.out_dir / "best.keras")
             else:
                 (self.out_dir / "best.keras").unlink(missing_ok=True)
             if self.replayable:
@@ -406,6 +418,28 @@ class Search:
                 f"{100 * (best.val_accuracy - base['val_accuracy']):+.2f} pt{test_part}; "
                 f"replay: tfopt run {self.recipe_path}; report: {self.report['markdown']}"
             )
+
+
+def _stale(c: Candidate, record: dict) -> str | None:
+    """Why a completed candidate's artifact is not the file its record measured, or None."""
+    if not c.completed:
+        return None
+    return _rundir.verify(c.artifact, (record.get("metrics") or {}).get("digest"))
+
+
+def _refine_record(path: Path) -> dict | str:
+    """The refinement record at ``path`` (with its ``dir``), or why it must be re-made."""
+    try:
+        record = {**json.loads(path.read_text()), "dir": str(path.parent)}
+    except (ValueError, OSError) as e:
+        return f"its record cannot be read ({type(e).__name__})"
+    if record.get("status") == "COMPLETED":
+        metrics = record.get("metrics") or {}
+        path = _rundir.record_path(metrics.get("path"), record["dir"])
+        stale = _rundir.verify(path, metrics.get("digest")) if path else "no artifact recorded"
+        if stale:
+            return stale
+    return record
 
 
 def _objective():

@@ -29,7 +29,11 @@ def add_parser(sub):
     )
     p.add_argument("--time-budget", type=float, help="search time in seconds (no new trial after)")
     p.add_argument("--max-trials", type=int, help="number of trials (default 20 without a budget)")
-    p.add_argument("--out", help="run directory (default: runs/auto_<config name>)")
+    p.add_argument(
+        "--out",
+        help="run directory (default: runs/auto_<config name>-<hash of the model, data and "
+        "settings>, so the same command resumes and another model or data gets its own)",
+    )
     p.add_argument("--objective", choices=["size", "latency"], default="size")
     p.add_argument(
         "--target",
@@ -42,31 +46,52 @@ def add_parser(sub):
         "(default: all available)",
     )
     p.add_argument("--data", help="dataset name or .npz (overrides the config's data.name)")
-    p.add_argument("--model", help="zoo model name or .keras file (overrides the config's model)")
+    p.add_argument(
+        "--model", help="zoo model name or .keras/.h5 file (overrides the config's model)"
+    )
     p.add_argument("--epochs", type=int, help="baseline training epochs (overrides train.epochs)")
-    p.add_argument("--overwrite", action="store_true", help="discard an earlier search in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard an earlier search in --out (only a directory tfopt created is removed)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     return p
 
 
 def _config(args):
     from tfopt import config
+    from tfopt.cli._common import input_overrides, split_config_arg
 
-    overrides = []
-    if args.data:
-        overrides.append(f"data.name={args.data}")
-    if args.model:
-        if args.model.endswith(".keras"):
-            overrides += [f"model.path={args.model}", "model.name=null"]
-        else:
-            overrides += [f"model.name={args.model}", "model.path=null"]
+    path, model = split_config_arg(args.config, args.model)
+    overrides = input_overrides(model=model, data=args.data)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
-    return config.load(args.config, overrides=overrides)
+    return config.load(path, overrides=overrides)
+
+
+def auto_identity(cfg, args, techniques) -> dict:
+    """What `tfopt auto` records in its run directory (and hashes into the default one): the
+    model, the data, the baseline's training and the search settings. A resume with other ones
+    is refused (`tfopt._rundir.claim_identity`)."""
+    from tfopt import _rundir
+
+    return {
+        **_rundir.config_inputs(cfg),
+        "train": cfg.train.model_dump(),
+        "seed": cfg.seed,
+        "search": {
+            "max_accuracy_drop": args.max_accuracy_drop,
+            "target": args.target,
+            "objective": args.objective,
+            "techniques": None if techniques is None else sorted(techniques),
+        },
+    }
 
 
 def baseline_model(cfg, data, out_dir: Path, *, log=print):
     """Loads ``out_dir/baseline.keras`` (a resumed run) or builds and trains the float baseline."""
+    from tfopt import _rundir
     from tfopt._backend import import_keras
     from tfopt._steps import outputs_logits
     from tfopt.models import get, load
@@ -97,8 +122,8 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
             validation_data=data.val,
             verbose=0,
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(saved)
+    _rundir.prepare(out_dir, resume=True, by="tfopt auto")
+    _rundir.save_model(model, saved)  # atomic: a killed run leaves no half-written baseline
     return model
 
 
@@ -117,12 +142,19 @@ def main(args) -> int:
                     f"Unrecognized technique {tech.strip()!r} in --techniques={args.techniques}. "
                     f"Supported: {list(TECHNIQUES)}"
                 )
-    cfg = _config(args)
-    out_dir = Path(args.out) if args.out else Path("runs") / f"auto_{cfg.name}"
-    if args.overwrite and out_dir.exists():
-        import shutil
+    from tfopt import _rundir
 
-        shutil.rmtree(out_dir)
+    techniques = None if not args.techniques else [t.strip() for t in args.techniques.split(",")]
+    cfg = _config(args)
+    identity = auto_identity(cfg, args, techniques)
+    if args.out:
+        out_dir = Path(args.out)
+    else:
+        out_dir = Path("runs") / f"auto_{cfg.name}-{_rundir.short_hash(identity)}"
+        print(f"[auto] run directory: {out_dir}", flush=True)
+    # before the baseline of an earlier run in out_dir is reused: the same model, data, settings
+    _rundir.prepare(out_dir, overwrite=args.overwrite, resume=True, by="tfopt auto")
+    _rundir.claim_identity(out_dir, "auto", identity, what="`tfopt auto` run")
     data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     print(f"[auto] data: {data}", flush=True)
     model = baseline_model(cfg, data, out_dir, log=lambda m: print(m, flush=True))
@@ -137,7 +169,7 @@ def main(args) -> int:
         time_budget=args.time_budget,
         max_trials=args.max_trials,
         out_dir=out_dir,
-        techniques=None if not args.techniques else [t.strip() for t in args.techniques.split(",")],
+        techniques=techniques,
         seed=cfg.seed,
         run_config=cfg,
         verbose=0 if args.quiet else 1,

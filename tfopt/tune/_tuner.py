@@ -11,6 +11,7 @@ from pathlib import Path
 import keras_tuner
 import numpy as np
 
+from tfopt import _rundir
 from tfopt.tune._hparams import write_config, write_trial
 from tfopt.tune._measure import ExportFailed, export_and_measure
 from tfopt.tune._recipe import describe, dump_steps, quantization
@@ -325,10 +326,10 @@ class Tuner(keras_tuner.Tuner):
         metrics["score"] = score(metrics, **self.score_options)
         record.update(status="COMPLETED", metrics=metrics, seconds=time.perf_counter() - started)
         if self.hypermodel.model is None:  # builder mode: keep the trained float model
-            model.save(trial_dir / "float.keras")
+            _rundir.save_model(model, trial_dir / "float.keras")
         if self.save_models:
             try:
-                final.save(trial_dir / "model.keras")
+                _rundir.save_model(final, trial_dir / "model.keras")
                 record["keras_model"] = str(trial_dir / "model.keras")
             except Exception as e:  # a wrapper without a saveable config must not fail the trial
                 record["keras_model_error"] = f"{type(e).__name__}: {e}"
@@ -341,19 +342,28 @@ class Tuner(keras_tuner.Tuner):
         }
 
     def _finish(self, trial, trial_dir: Path, record: dict) -> None:
-        (trial_dir / "tfopt.json").write_text(json.dumps(record, indent=2, default=str))
+        # paths relative to the trial's directory, with sizes and hashes; written atomically
+        _rundir.write_json(trial_dir / "tfopt.json", _rundir.seal_record(record, trial_dir))
         if self.on_trial_done is not None:
-            self.on_trial_done(trial.trial_id, record)
+            self.on_trial_done(trial.trial_id, {**record, "dir": str(trial_dir)})
 
     def records(self) -> list[dict]:
-        """The ``tfopt.json`` records of all finished trials, in trial order."""
+        """The ``tfopt.json`` records of all finished trials, in trial order.
+
+        Paths in a record (``metrics.path``, ``keras_model``) are relative to its directory,
+        ``record["dir"]``. A record that cannot be read (a damaged file) is left out.
+        """
         out = []
         for path in sorted(Path(self.project_dir).glob("trial_*/tfopt.json")):
-            out.append(json.loads(path.read_text()))
+            try:
+                record = json.loads(path.read_text())
+            except (ValueError, OSError):
+                continue
+            out.append({**record, "dir": str(path.parent)})
         return out
 
     def save_model(self, trial_id, model, step=0):
-        model.save(Path(self.get_trial_dir(trial_id)) / "float.keras")
+        _rundir.save_model(model, Path(self.get_trial_dir(trial_id)) / "float.keras")
 
     def load_model(self, trial):
         """The trained float model of a builder-mode trial (``trial_<id>/float.keras``)."""
