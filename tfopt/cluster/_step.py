@@ -30,6 +30,13 @@ class Config(FineTuneStepConfig):
     learning_rate: float = Field(1e-4, gt=0.0)
 
 
+def preflight(cfg: Config, model, ctx) -> None:
+    """Checks, before any training, that ``filters`` select a layer of ``model``."""
+    from tfopt._steps import check_filters_match
+
+    check_filters_match(cfg.filters, model)
+
+
 def run(cfg: Config, model, ctx):
     """Clusters ``model``, fine-tunes the centroids and returns the stripped (plain-layer) model."""
     from tfopt.cluster import cluster, distinct_values, strip

@@ -102,6 +102,15 @@ def _filters(cfg: Config, model: keras.Model):
     return cfg.filters
 
 
+def preflight(cfg: Config, model: keras.Model | None, ctx) -> None:
+    """Checks, before any training, that ``scope`` / ``filters`` select layers of ``model``."""
+    from tfopt._steps import check_filters_match
+
+    if model is not None and cfg.scope == "widest_dense":
+        _filters(cfg, model)
+    check_filters_match(cfg.filters, model)
+
+
 def run(cfg: Config, model: keras.Model, ctx) -> keras.Model:
     """Prunes ``model``'s channels in ``cfg.steps`` rounds, fine-tuning with ``ctx.fit`` after each."""
     stage = ctx.stage

@@ -124,6 +124,17 @@ def step_filters(cfg: Config, model):
     return cfg.filters
 
 
+def preflight(cfg: Config, model, ctx) -> None:
+    """Checks, before any training, that the schedule ends within the fine-tuning run and that
+    ``filters`` select a layer of ``model`` (None: a model not known yet)."""
+    from tfopt._steps import check_filters_match
+
+    steps_per_epoch = math.ceil(len(ctx.data.x_train) / (cfg.batch_size or ctx.batch_size))
+    total = cfg.epochs * steps_per_epoch
+    make_schedule(cfg, total).check(total, strict=True)
+    check_filters_match(cfg.filters, model)
+
+
 def run(cfg: Config, model, ctx):
     """Prunes ``model``, fine-tunes it with the schedule, and returns the stripped model.
 

@@ -33,6 +33,13 @@ class Config(FineTuneStepConfig):
     preserve_sparsity: bool = True
 
 
+def preflight(cfg: Config, model, ctx) -> None:
+    """Checks, before any training, that ``filters`` select a layer of ``model``."""
+    from tfopt._steps import check_filters_match
+
+    check_filters_match(cfg.filters, model)
+
+
 def run(cfg: Config, model, ctx):
     """Wraps ``model`` for QAT, fine-tunes it and returns the QAT model (export it as int8).
 
