@@ -31,7 +31,7 @@ def test_overrides_parse_yaml_values():
         ("train.epochs=-1", "train.epochs: Input should be greater than or equal to 0 (got -1)"),
         (
             "train.epochs=abc",
-            "train.epochs: Input should be a valid integer, unable to parse string as an integer (got 'abc')",
+            "train.epochs: Input should be a valid integer (got 'abc')",
         ),
         ("data.name=mnist1e", "data.name: unknown dataset 'mnist1e' (did you mean 'mnist1d'?)."),
         (
@@ -95,3 +95,147 @@ def test_fine_tuning_keys_are_shared_by_the_fine_tuning_steps():
         validate_steps([{"type": "prune_channels", "scope": "large"}])
     with pytest.raises(ConfigError, match="distill: unknown key 'distill'"):
         validate_steps([{"type": "distill", "distill": {}}])  # the distill step is the student's
+
+
+# -- every value checked up front (issue 12) -----------------------------------------------------
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs='5'", "train.epochs: Input should be a valid integer (got '5')"),
+        ("train.epochs=true", "train.epochs: Input should be a valid integer (got True)"),
+        ("train.batch_size=100000000000000000000", "train.batch_size: Input should be less than"),
+        ("steps=[{type: cluster, n_clusters: 100000000}]", "steps[0].n_clusters: Input should be"),
+        ("steps=[{type: prune, filters: '['}]", "steps[0].filters: invalid regular expression '['"),
+        ("steps=[{type: qat, filters: [a, '(']}]", "steps[0].filters: invalid regular expression"),
+        (
+            "steps=[{type: prune, m_by_n: [4, 2]}]",
+            "steps[0].m_by_n: m_by_n must be [m, n] with 0 <",
+        ),
+        ("steps=[{type: prune, block_size: [0, 4]}]", "steps[0].block_size: block_size must be"),
+        (
+            "steps=[{type: prune, m_by_n: [2, 4], block_size: [1, 4]}]",
+            "steps[0]: give m_by_n or block_size, not both",
+        ),
+        ("model.options.foo=1", "model.options: unknown option 'foo' of model 'mnist1d_cnn'"),
+        ("model.name=resnet", "model: unknown zoo model name='resnet' (did you mean"),
+        (
+            "steps=[{type: distill, student: {model: mnist1d_cnn, widht: 8}}]",
+            "steps[0].student: unknown option 'widht' of model 'mnist1d_cnn' (did you mean 'width'?)",
+        ),
+        (
+            "steps=[{type: distill, teacher: no_such.keras}]",
+            "steps[0].teacher: no such .keras file",
+        ),
+        ("steps=[{type: prune, distill: {alpha: '0.5'}}]", "steps[0].distill.alpha: Input should"),
+    ],
+)
+def test_bad_values_fail_at_load_with_one_line(override, message):
+    with pytest.raises(ConfigError) as info:
+        load(overrides=[override])
+    text = str(info.value)
+    assert text.startswith(message), text
+    assert "\n" not in text
+
+
+def test_yaml_lists_still_give_pairs_and_ints_still_give_floats():
+    cfg = load(overrides=["steps=[{type: prune, m_by_n: [2, 4]}]", "train.learning_rate=1"])
+    assert cfg.steps[0].m_by_n == (2, 4) and cfg.train.learning_rate == 1.0
+
+
+def test_tensorrt_format_needs_the_package_up_front():
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    with pytest.raises(ConfigError, match=r"^export.formats: format 'tensorrt' needs tensorrt"):
+        load(overrides=["export.formats=[tflite, tensorrt]"])
+
+
+_BOMB = "".join(
+    f"{b}: &{b} [" + ",".join([f"*{a}"] * 9) + "]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    "text", ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + _BOMB]
+)
+def test_yaml_alias_bomb_is_refused_fast(tmp_path, text):
+    import time
+
+    assert len(text) < 400  # a few hundred bytes that describe ~4e8 values
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"^bomb.yaml: refused: the YAML expands to 4"):
+        load(path)
+    assert time.monotonic() - started < 5
+    # hidden where anything goes (the zoo builder's options): refused before validation
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(text.replace("i: &i", "model:\n  options:\n    i: &i"))
+    with pytest.raises(ConfigError, match="more than the 100,000 a config may hold"):
+        load(nested)
+    with pytest.raises(ConfigError, match="more than the 100,000"):
+        load(
+            overrides=[
+                "model.options={a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,"
+                "*a,*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,"
+                "*c,*c,*c,*c,*c,*c], e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}"
+            ]
+        )
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match="cycle.yaml: invalid YAML: an alias refers to a value"):
+        load(cycle)
+    # anchors and aliases of ordinary size still work
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(
+        "model:\n  options: &o {width: 8}\nsteps:\n  - {type: distill, student: "
+        "{model: mnist1d_cnn, width: 8}}\n"
+    )
+    assert load(ok).model.options == {"width": 8}
+
+
+def _tiny_npz(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(
+        path,
+        x_train=rng.normal(size=(48, 40, 1)).astype("float32"),
+        y_train=rng.integers(0, 10, 48),
+        x_test=rng.normal(size=(16, 40, 1)).astype("float32"),
+        y_test=rng.integers(0, 10, 16),
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        ("{type: prune, filters: nomatch}", r"steps\[0\] \(1_prune\): filters='nomatch' select no"),
+        ("{type: qat, filters: [nomatch]}", r"steps\[0\] \(1_qat\): filters=\['nomatch'\] select"),
+        ("{type: prune, epochs: 1, frequency: 1000}", r"steps\[0\] \(1_prune\): .* reaches target"),
+    ],
+)
+def test_run_checks_steps_against_model_and_data_before_training(tmp_path, step, message):
+    from tfopt._pipeline import run
+
+    cfg = load(overrides=[f"data.name={_tiny_npz(tmp_path)}", "train.epochs=1", f"steps=[{step}]"])
+    with pytest.raises(ConfigError, match=message):
+        run(cfg, out_dir=tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run" / "baseline.keras").exists()  # nothing trained
+
+
+@pytest.mark.parametrize(
+    "flag", [["--max-trials", "0"], ["--time-budget", "-5"], ["--time-budget", "nan"]]
+)
+def test_auto_checks_its_options_before_the_baseline_trains(tmp_path, capsys, flag):
+    from tfopt.cli import main
+
+    out = tmp_path / "auto"
+    code = main(["auto", "--max-accuracy-drop", "0.01", "--epochs", "1", "--out", str(out), *flag])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert ("max_trials must be" in err) or ("time_budget must be" in err), err
+    assert not (out / "baseline.keras").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from tfopt import _formats as formats
 from tfopt import _rundir
 from tfopt._backend import import_keras
-from tfopt._steps import StepContext, run_steps
+from tfopt._steps import StepContext, preflight, run_steps
 from tfopt.config import RunConfig
 from tfopt.data import Dataset
 
@@ -107,6 +107,7 @@ def run(
 
     n += 1
     model = _build_model(cfg, data)
+    preflight(cfg.steps, model, ctx)  # every step's settings against this model and data
     _log(
         f"[{n}/{total}] baseline: {model.name} ({model.count_params():,} params), "
         f"{cfg.train.epochs} epochs -> {run_dir / 'baseline.keras'}"

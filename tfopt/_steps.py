@@ -156,6 +156,43 @@ class StepContext:
         self.records.setdefault(self.stage, {})[key] = value
 
 
+def check_filters_match(filters, model) -> None:
+    """Raises ValueError when the regex ``filters`` select no layer of ``model``."""
+    if filters is None or callable(filters) or model is None:
+        return
+    from tfopt._rewrite import layer_filter
+
+    select = layer_filter(filters)
+    if not any(select(layer) for layer in model.layers):
+        names = [layer.name for layer in model.layers]
+        raise ValueError(
+            f"filters={filters!r} select no layer of model {model.name!r}. Its layers: {names}"
+        )
+
+
+def preflight(steps: Sequence, model, ctx: StepContext) -> None:
+    """Checks ``steps`` against the model and data before anything trains.
+
+    Each step module may define ``preflight(cfg, model, ctx)``, raising ValueError for a setting
+    that cannot work (a pruning schedule that ends after the fine-tuning, filters that select
+    nothing); ``model`` is None once a step has replaced the model with another architecture.
+
+    Raises:
+        ConfigError: ``steps[i] (<stage>): <the step's message>``.
+    """
+    from tfopt.errors import ConfigError
+
+    for i, step in enumerate(steps):
+        check = getattr(step_module(step.type), "preflight", None)
+        if check is not None:
+            try:
+                check(step, model, ctx)
+            except ValueError as e:
+                raise ConfigError(f"steps[{i}] ({stage_name(step, i)}): {e}") from None
+        if step.type == "distill" and getattr(step, "student", None) is not None:
+            model = None  # a new student: its layers are not known yet
+
+
 def stage_name(step, index: int) -> str:
     """The stage's name in reports, logs and file names: ``name`` or ``<index+1>_<type>``."""
     return step.name or f"{index + 1}_{step.type}"

@@ -97,6 +97,28 @@ def _spent(out_dir: Path) -> float:
         return 0.0
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def check_search_args(*, time_budget=None, max_trials=None, refine=None) -> None:
+    """Raises ValueError for a time budget, trial count or refine count out of range.
+
+    `tfopt auto` calls it before it trains the baseline, `optimize` again.
+    """
+    ok = isinstance(time_budget, int | float) and not isinstance(time_budget, bool)
+    if time_budget is not None and not (ok and 0 < time_budget < float("inf")):
+        raise ValueError(
+            f"time_budget must be a finite number of seconds > 0. Received: time_budget={time_budget!r}"
+        )
+    if max_trials is not None and not (_is_int(max_trials) and 1 <= max_trials <= 100_000):
+        raise ValueError(
+            f"max_trials must be an int in [1, 100000]. Received: max_trials={max_trials!r}"
+        )
+    if refine is not None and not (_is_int(refine) and 0 <= refine <= 100_000):
+        raise ValueError(f"refine must be an int in [0, 100000]. Received: refine={refine!r}")
+
+
 def _check_data(name: str, data) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise ValueError(
@@ -214,14 +236,7 @@ def optimize(
         raise ValueError(
             f"Unrecognized objective={objective!r}. Supported objectives are: {list(AUTO_OBJECTIVES)}"
         )
-    if time_budget is not None and not time_budget > 0:
-        raise ValueError(f"time_budget must be > 0 seconds. Received: time_budget={time_budget!r}")
-    if max_trials is not None and (isinstance(max_trials, bool) or int(max_trials) < 1):
-        raise ValueError(f"max_trials must be >= 1. Received: max_trials={max_trials!r}")
-    if refine is not None and (
-        isinstance(refine, bool) or not isinstance(refine, int) or refine < 0
-    ):
-        raise ValueError(f"refine must be an int >= 0. Received: refine={refine!r}")
+    check_search_args(time_budget=time_budget, max_trials=max_trials, refine=refine)
     train = _check_data("train", train)
     val = _check_data("val", val)
     test = None if test is None else _check_data("test", test)

@@ -130,9 +130,11 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
 def main(args) -> int:
     from tfopt import auto
     from tfopt import data as data_mod
-    from tfopt.auto._optimize import check_budget
+    from tfopt.auto._optimize import check_budget, check_search_args
 
     check_budget(args.max_accuracy_drop)
+    # every option is checked before the baseline trains
+    check_search_args(time_budget=args.time_budget, max_trials=args.max_trials)
     if args.techniques:
         from tfopt.tune import TECHNIQUES
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from tfopt.config import FineTuneStepConfig
+from tfopt.config._base import MAX_CLUSTERS, MAX_EPOCHS, Filters
 
 
 class Config(FineTuneStepConfig):
@@ -17,13 +18,23 @@ class Config(FineTuneStepConfig):
     """
 
     type: Literal["cluster"] = "cluster"
-    n_clusters: int = Field(16, ge=2)
+    # bounded: k-means holds an (n_weights x n_clusters) distance matrix
+    n_clusters: int = Field(16, ge=2, le=MAX_CLUSTERS)
     per_channel: bool = False
     init: Literal["kmeans++", "linear"] = "kmeans++"
     preserve_sparsity: bool = True
-    filters: str | list[str] | None = None  # regex(es) searched in layer names
-    epochs: int = Field(3, ge=0)  # fine-tuning epochs of the centroids (0: cluster only)
+    filters: Filters = None  # regex(es) searched in layer names
+    epochs: int = Field(
+        3, ge=0, le=MAX_EPOCHS
+    )  # fine-tuning epochs of the centroids (0: cluster only)
     learning_rate: float = Field(1e-4, gt=0.0)
+
+
+def preflight(cfg: Config, model, ctx) -> None:
+    """Checks, before any training, that ``filters`` select a layer of ``model``."""
+    from tfopt._steps import check_filters_match
+
+    check_filters_match(cfg.filters, model)
 
 
 def run(cfg: Config, model, ctx):

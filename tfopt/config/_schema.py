@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tfopt import _formats as formats
 from tfopt._steps import STEPS, step_module
-from tfopt.config._base import Section, StepConfig
+from tfopt.config._base import MAX_BATCH_SIZE, MAX_EPOCHS, Section, StepConfig
+from tfopt.config._checks import check_model_options, missing_requirements
+from tfopt.config._yaml import parse as parse_yaml
 from tfopt.errors import ConfigError
 
 # every format of tfopt.export.export: the names in the formats table (imported without TensorFlow)
@@ -37,6 +39,20 @@ class ModelConfig(Section):
     path: str | None = None  # or a user's .keras file (loaded with safe_mode=True)
     options: dict[str, Any] = Field(default_factory=dict)  # the zoo builder's keyword options
 
+    @field_validator("options")
+    @classmethod
+    def _builder_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if info.data.get("path") is None and name in _zoo_models():
+            check_model_options(name, v)
+        return v
+
+    @model_validator(mode="after")
+    def _zoo_model(self):
+        if self.path is None and self.name is not None:
+            check_model_options(self.name, {})
+        return self
+
     @field_validator("path")
     @classmethod
     def _keras_file(cls, v: str | None) -> str | None:
@@ -46,14 +62,14 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(30, ge=0)  # 0: use the model as it is (e.g. an already trained .keras)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(30, ge=0, le=MAX_EPOCHS)  # 0: use the model as it is (a trained .keras)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
     learning_rate: float = Field(2e-3, gt=0.0)
 
 
 class ExportConfig(Section):
     formats: list[str] = Field(default_factory=lambda: ["tflite", "tflite-int8"], min_length=1)
-    representative_samples: int = Field(200, ge=1)
+    representative_samples: int = Field(200, ge=1, le=1_000_000)
 
     @field_validator("formats")
     @classmethod
@@ -61,20 +77,27 @@ class ExportConfig(Section):
         for f in v:
             if f not in formats.FORMATS:
                 raise ValueError(_unknown("format", f, formats.names()))
+            missing = missing_requirements(f)
+            if missing:
+                raise ValueError(
+                    f"format {f!r} needs {', '.join(missing)}, which is not installed here: "
+                    f"pip install {' '.join(missing)}"
+                    + (" (and an NVIDIA GPU with CUDA)" if f.startswith("tensorrt") else "")
+                )
         return v
 
 
 class BenchConfig(Section):
-    runs: int = Field(200, ge=1)  # timed single-sample runs per artifact
-    warmup: int = Field(20, ge=0)
+    runs: int = Field(200, ge=1, le=10_000_000)  # timed single-sample runs per artifact
+    warmup: int = Field(20, ge=0, le=10_000_000)
     concurrency: list[int] = Field(default_factory=lambda: [1])  # client counts of the load test
     micro_batch: bool = False  # group waiting requests into one batch in the load test
 
     @field_validator("concurrency")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
-        if any(c < 1 for c in v):
-            raise ValueError(f"client counts must be >= 1. Received: {v}")
+        if any(not 1 <= c <= 1024 for c in v):
+            raise ValueError(f"client counts must be in [1, 1024]. Received: {v}")
         return v
 
 
@@ -96,6 +119,12 @@ class RunConfig(Section):
         return check_name(v, "name")
 
 
+def _zoo_models():
+    from tfopt.models import MODELS
+
+    return MODELS
+
+
 def _unknown(what: str, value: Any, allowed, extra: str = "") -> str:
     hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
     did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -112,7 +141,7 @@ def _path(loc) -> str:
 def _one_line(err: ValidationError, model_cls, prefix: str = "") -> str:
     e = err.errors()[0]
     loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    where = prefix + _path(loc)
+    where = prefix + _path(loc) if loc else prefix.rstrip(".") or _path(loc)
     if e["type"] == "extra_forbidden":
         allowed = _fields_at(model_cls, loc[:-1])
         return f"{where}: {_unknown('key', loc[-1], allowed)}"
@@ -191,7 +220,7 @@ def _parse_override(text: str) -> tuple[list[str | int], Any]:
     if not key.strip():
         raise ConfigError(f"override {text!r} has no key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = parse_yaml(value, source=f"override {key.strip()!r}") if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
@@ -284,7 +313,7 @@ def read_yaml(path) -> dict:
     _check_text_file(path)
     try:
         # safe_load builds only plain YAML types: no arbitrary Python objects.
-        return yaml.safe_load(path.read_text()) or {}
+        return parse_yaml(path.read_text(), source=path.name) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

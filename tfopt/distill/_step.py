@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from tfopt.config import StepConfig
+from tfopt.config._base import MAX_EPOCHS
 
 
 class Config(StepConfig):
@@ -25,7 +27,7 @@ class Config(StepConfig):
     features: dict[str, str] = Field(default_factory=dict)  # teacher layer -> student layer
     feature_weight: float = Field(1.0, ge=0.0)
     precompute_teacher: bool = True
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
     learning_rate: float = Field(2e-3, gt=0.0)
 
     @field_validator("teacher")
@@ -33,6 +35,8 @@ class Config(StepConfig):
     def _keras_file(cls, v: str | None) -> str | None:
         if v is not None and not v.endswith(".keras"):
             raise ValueError(f"must be a .keras file (or null for the baseline). Received: {v!r}")
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"no such .keras file: {v!r}")
         return v
 
     @field_validator("student")
@@ -40,6 +44,7 @@ class Config(StepConfig):
     def _zoo_model(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is None:
             return v
+        from tfopt.config._checks import check_model_options
         from tfopt.models import MODELS
 
         name = v.get("model")
@@ -47,6 +52,7 @@ class Config(StepConfig):
             raise ValueError(
                 f"student.model must name a zoo model {sorted(MODELS)}. Received: model={name!r}"
             )
+        check_model_options(name, {k: x for k, x in v.items() if k != "model"}, what="model")
         return v
 
 

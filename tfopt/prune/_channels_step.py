@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from tfopt._backend import import_keras
 from tfopt.config import FineTuneStepConfig
+from tfopt.config._base import MAX_EPOCHS, Filters
 from tfopt.prune._channels import prune_channels_iterative
 
 keras = import_keras()
@@ -53,12 +54,12 @@ class Config(FineTuneStepConfig):
     ratio: float | None = Field(None, ge=0.0, lt=1.0)
     macs_reduction: float | None = Field(None, ge=0.0, lt=1.0)
     steps: int = Field(2, ge=1)
-    epochs_per_step: int = Field(3, ge=0)
+    epochs_per_step: int = Field(3, ge=0, le=MAX_EPOCHS)
     learning_rate: float = Field(1e-3, gt=0)
     importance: Literal["l1", "l2", "bn_gamma"] = "l1"
     round_to: int | None = Field(None, ge=1)
     allocation: Literal["uniform", "global"] = "uniform"
-    filters: str | list[str] | None = None
+    filters: Filters = None
     scope: Literal["all", "widest_dense"] = "all"
 
     @model_validator(mode="after")
@@ -99,6 +100,15 @@ def _filters(cfg: Config, model: keras.Model):
             )
         return lambda layer: layer.name == widest
     return cfg.filters
+
+
+def preflight(cfg: Config, model: keras.Model | None, ctx) -> None:
+    """Checks, before any training, that ``scope`` / ``filters`` select layers of ``model``."""
+    from tfopt._steps import check_filters_match
+
+    if model is not None and cfg.scope == "widest_dense":
+        _filters(cfg, model)
+    check_filters_match(cfg.filters, model)
 
 
 def run(cfg: Config, model: keras.Model, ctx) -> keras.Model:

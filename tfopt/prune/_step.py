@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tfopt.config import FineTuneStepConfig
+from tfopt.config._base import MAX_EPOCHS, BlockSize, Filters, MByN
 
 # ``scope: large``: layers holding at least this share of the model's kernel weights
 LARGE_SHARE = 0.05
@@ -44,16 +45,16 @@ class Config(FineTuneStepConfig):
     type: Literal["prune"] = "prune"
     target_sparsity: float = Field(0.8, ge=0.0, lt=1.0)
     schedule: Literal["polynomial", "cubic", "constant"] = "polynomial"
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(15, ge=1, le=MAX_EPOCHS)
     learning_rate: float = Field(2e-3, gt=0)
     initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0)
     begin_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     end_fraction: float = Field(0.5, gt=0.0, le=1.0)
     power: float = Field(3.0, gt=0)
     frequency: int | None = Field(None, ge=1)
-    m_by_n: tuple[int, int] | None = None
-    block_size: tuple[int, int] | None = None
-    filters: str | list[str] | None = None
+    m_by_n: MByN | None = None
+    block_size: BlockSize | None = None
+    filters: Filters = None
     scope: Literal["all", "large"] = "all"
 
     @model_validator(mode="after")
@@ -62,6 +63,11 @@ class Config(FineTuneStepConfig):
             raise ValueError(
                 f"give filters or scope, not both. Received: scope={self.scope!r}, "
                 f"filters={self.filters!r}"
+            )
+        if self.m_by_n is not None and self.block_size is not None:
+            raise ValueError(
+                f"give m_by_n or block_size, not both. Received: m_by_n={list(self.m_by_n)}, "
+                f"block_size={list(self.block_size)}"
             )
         if self.end_fraction <= self.begin_fraction:
             raise ValueError(
@@ -116,6 +122,17 @@ def step_filters(cfg: Config, model):
         names = set(large_layers(model))
         return lambda layer: layer.name in names
     return cfg.filters
+
+
+def preflight(cfg: Config, model, ctx) -> None:
+    """Checks, before any training, that the schedule ends within the fine-tuning run and that
+    ``filters`` select a layer of ``model`` (None: a model not known yet)."""
+    from tfopt._steps import check_filters_match
+
+    steps_per_epoch = math.ceil(len(ctx.data.x_train) / (cfg.batch_size or ctx.batch_size))
+    total = cfg.epochs * steps_per_epoch
+    make_schedule(cfg, total).check(total, strict=True)
+    check_filters_match(cfg.filters, model)
 
 
 def run(cfg: Config, model, ctx):

@@ -19,17 +19,25 @@ from typing import Literal
 from pydantic import Field
 
 from tfopt.config import FineTuneStepConfig
+from tfopt.config._base import MAX_EPOCHS, Filters
 
 
 class Config(FineTuneStepConfig):
     """Settings of the ``qat`` step (and the fine-tuning keys of `FineTuneStepConfig`)."""
 
     type: Literal["qat"] = "qat"
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1, le=MAX_EPOCHS)
     learning_rate: float = Field(1e-4, gt=0)
     scheme: Literal["int8"] = "int8"
-    filters: str | list[str] | None = None
+    filters: Filters = None
     preserve_sparsity: bool = True
+
+
+def preflight(cfg: Config, model, ctx) -> None:
+    """Checks, before any training, that ``filters`` select a layer of ``model``."""
+    from tfopt._steps import check_filters_match
+
+    check_filters_match(cfg.filters, model)
 
 
 def run(cfg: Config, model, ctx):
