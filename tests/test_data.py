@@ -104,3 +104,45 @@ def test_from_tf_dataset():
     assert (
         sorted(np.concatenate([ds.x_train, ds.x_val, ds.x_test])[:, 0].tolist()) == x[:, 0].tolist()
     )
+
+
+def test_digits32_is_digits_resized_to_32x32_rgb():
+    ds = tfopt.data.load("digits32")
+    assert ds.input_shape == (32, 32, 3) and ds.num_classes == 10
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (1293, 144, 360)
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    np.testing.assert_array_equal(ds.x_train[..., 0], ds.x_train[..., 2])  # gray as RGB
+    small = tfopt.data.load("digits")  # the same split, so the same labels in the same order
+    np.testing.assert_array_equal(small.y_test, ds.y_test)
+    # bilinear resizing keeps each 4x4 block's mean close to the 8x8 pixel
+    blocks = ds.x_test[..., 0].reshape(-1, 8, 4, 8, 4).mean((2, 4))
+    assert np.abs(blocks - small.x_test[..., 0]).mean() < 0.08
+
+
+def test_make_shapes_is_deterministic_balanced_and_varied():
+    x, y = tfopt.data.make_shapes(400, seed=3)
+    x2, y2 = tfopt.data.make_shapes(400, seed=3)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(tfopt.data.make_shapes(400, seed=4)[0], x)
+    assert x.shape == (400, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert set(np.unique(y)) == set(range(10)) and np.bincount(y).min() >= 20
+    # colours vary across images, and every image has a visible foreground
+    assert x.mean(axis=(1, 2)).std(axis=0).min() > 0.1
+    assert (x.std(axis=(1, 2, 3)) > 0.1).all()
+    with pytest.raises(ValueError, match="n must be >= 1. Received: n=0"):
+        tfopt.data.make_shapes(0)
+
+
+def test_shapes32_split_is_fixed_and_not_solvable_from_mean_pixels():
+    ds = tfopt.data.load("shapes32")
+    assert ds.input_shape == (32, 32, 3) and ds.num_classes == 10
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (5400, 600, 1500)
+    assert ds.info["classes"][0] == "disk"
+    np.testing.assert_array_equal(tfopt.data.load("shapes32").x_test, ds.x_test)
+    # shapes vary in position, scale and colour: the nearest class-mean image is near chance
+    flat_train, flat_test = ds.x_train.reshape(5400, -1), ds.x_test.reshape(1500, -1)
+    means = np.stack([flat_train[ds.y_train == k].mean(0) for k in range(10)])
+    nearest = ((flat_test[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (nearest == ds.y_test).mean() < 0.2

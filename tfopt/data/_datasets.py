@@ -130,6 +130,61 @@ def _digits(*, val_fraction: float, seed: int) -> Dataset:
     )
 
 
+def _digits32(*, val_fraction: float, seed: int) -> Dataset:
+    from tfopt.data._images import digits32
+
+    x, y = digits32()
+    x_train, y_train, x_test, y_test = _split(x, y, 0.2, seed)
+    return _finish(
+        "digits32",
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        val_fraction=val_fraction,
+        seed=seed,
+        num_classes=10,
+        info={"source": "sklearn.datasets.load_digits, resized bilinearly to 32x32, gray as RGB"},
+    )
+
+
+def _to_uint8(x):
+    return np.round(x * 255.0).astype("uint8")
+
+
+def _shapes32(*, val_fraction: float, seed: int) -> Dataset:
+    from tfopt.data._images import SHAPES, make_shapes
+
+    # fixed generator seeds (like mnist1d's): the same images on every machine; cached as uint8
+    cache = _cache_dir() / "shapes32_v1.npz"
+    if cache.exists():
+        raw = dict(np.load(cache))
+    else:
+        x, y = make_shapes(6000, seed=1234)
+        xt, yt = make_shapes(1500, seed=4321)
+        raw = {"x": _to_uint8(x), "y": y, "x_test": _to_uint8(xt), "y_test": yt}
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **raw)
+        tmp.replace(cache)
+    x, xt = raw["x"].astype("float32") / 255.0, raw["x_test"].astype("float32") / 255.0
+    y, yt = raw["y"], raw["y_test"]
+    return _finish(
+        "shapes32",
+        x,
+        y,
+        xt,
+        yt,
+        val_fraction=val_fraction,
+        seed=seed,
+        num_classes=10,
+        info={
+            "source": "tfopt.data.make_shapes(6000, seed=1234), test make_shapes(1500, "
+            "seed=4321), stored as uint8 / 255",
+            "classes": list(SHAPES),
+        },
+    )
+
+
 def _keras_dataset(name: str) -> Callable[..., Dataset]:
     def load_keras(*, val_fraction: float, seed: int) -> Dataset:
         from tfopt._backend import import_keras
@@ -179,6 +234,8 @@ def _is_network_error(e: BaseException) -> bool:
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist1d": _mnist1d,
     "digits": _digits,
+    "digits32": _digits32,
+    "shapes32": _shapes32,
     "mnist": _keras_dataset("mnist"),
     "fashion_mnist": _keras_dataset("fashion_mnist"),
     "cifar10": _keras_dataset("cifar10"),
@@ -189,7 +246,8 @@ def load(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
     """Loads a named dataset, or a `.npz` file, split into train / val / test.
 
     Args:
-        name: one of `DATASETS` (``"mnist1d"``, ``"digits"``, ``"mnist"``, ``"fashion_mnist"``,
+        name: one of `DATASETS` (``"mnist1d"``, ``"digits"``, ``"digits32"``, ``"shapes32"``,
+            ``"mnist"``, ``"fashion_mnist"``,
             ``"cifar10"``) or a path to a ``.npz`` file (see `from_npz`).
         val_fraction: fraction of the training split held out for validation. Defaults to 0.1.
         seed: seed of the validation split. Defaults to 0.
