@@ -86,7 +86,10 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
         f"{cfg.train.epochs} epochs -> {run_dir / 'baseline.keras'}"
     )
     if cfg.train.epochs:
-        ctx.fit(model, epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate)
+        from tfopt._training import fit as train
+
+        tb = keras.callbacks.TensorBoard(str(ctx.log_dir("baseline")), write_graph=False)
+        train(model, cfg.train, data, seed=cfg.seed, callbacks=[tb], verbose=verbose)
     else:
         ctx.compile(model, cfg.train.learning_rate)
     model.save(run_dir / "baseline.keras")

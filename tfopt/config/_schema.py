@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, field_validator
 from tfopt import _formats as formats
 from tfopt._steps import STEPS, step_module
 from tfopt.config._base import Section, StepConfig
+from tfopt.config._train import TrainingOptions, TuneConfig
 from tfopt.errors import ConfigError
 
 # every format of tfopt.export.export: the names in the formats table (imported without TensorFlow)
@@ -45,7 +46,7 @@ class ModelConfig(Section):
         return v
 
 
-class TrainConfig(Section):
+class TrainConfig(TrainingOptions):  # optimizer, schedule, augmentation: config/_train.py
     epochs: int = Field(30, ge=0)  # 0: use the model as it is (e.g. an already trained .keras)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0)
@@ -87,6 +88,7 @@ class RunConfig(Section):
     steps: list[StepConfig] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)  # `tfopt tune` only
 
 
 def _unknown(what: str, value: Any, allowed, extra: str = "") -> str:
