@@ -43,9 +43,11 @@ def _load_config(config, overrides=()):
 
     if isinstance(config, RunConfig):
         if overrides:
-            raw = config_mod.apply_overrides(config.model_dump(), list(overrides))
+            raw = config_mod.apply_overrides(
+                config.model_dump(serialize_as_any=True), list(overrides)
+            )
             return config_mod.validate(raw), raw
-        return config, config.model_dump()
+        return config, config.model_dump(serialize_as_any=True)
     raw = config_mod.apply_overrides(
         config_mod._schema.read_yaml(config or config_mod.default_config_path()), list(overrides)
     )
@@ -181,6 +183,15 @@ def records(out_dir) -> list[dict]:
     return out
 
 
+def searched_names(out_dir, trials: list[dict]) -> list[str]:
+    """The hyperparameters the search varies (not fixed), from the oracle's saved space."""
+    path = Path(out_dir) / PROJECT / "oracle.json"
+    if path.exists():
+        space = json.loads(path.read_text())["hyperparameters"]["space"]
+        return [h["config"]["name"] for h in space if h["class_name"] != "Fixed"]
+    return sorted({k for t in trials for k in t["values"] if not k.startswith("tuner/")})
+
+
 def run_config(raw: dict, best: dict) -> dict:
     """The `tfopt run` config (a plain dict) that retrains ``best`` from scratch: the searched
     config with the trial's ``train:`` section and model options, without ``tune:``."""
@@ -298,15 +309,7 @@ def finalize(raw: dict, out_dir, *, seconds: float = 0.0, log=print) -> TuneResu
             f"{best['val_accuracy']:.4f}). Retrain with: tfopt run {config_path.name}\n"
             + yaml.safe_dump(run, sort_keys=False)
         )
-    searched = sorted(
-        {
-            k
-            for t in trials
-            for k in t["values"]
-            if not k.startswith("tuner/")
-            and len({json.dumps(x["values"].get(k)) for x in trials}) > 1
-        }
-    )
+    searched = searched_names(out_dir, trials)
     scores = importance(trials)
     data = {
         "name": raw.get("name", "default"),

@@ -102,6 +102,13 @@ def _declare(hp, name: str, spec):
     return hp.Fixed(name, spec)
 
 
+def _clean(value):
+    """A hyperparameter value as written to a config (floats without step artifacts)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    return value
+
+
 def _examples(spec) -> list:
     """The values a space entry can take that are checked against the schema."""
     if isinstance(spec, dict):
@@ -217,7 +224,7 @@ class TrainingHyperModel(keras_tuner.HyperModel):
         """
         from tfopt.config._schema import TrainConfig
 
-        values = hp.values
+        values = {k: _clean(v) for k, v in hp.values.items()}
         raw = self.base.model_dump()
         raw.update({k: values[k] for k in TRAIN_KEYS if k in values})
         raw["augment"] = {
@@ -230,7 +237,8 @@ class TrainingHyperModel(keras_tuner.HyperModel):
 
     def model_options(self, hp) -> dict:
         """The builder's options of a point (``base_options`` plus the searched ones)."""
-        return {**self.base_options, **{k: hp.values[k] for k in MODEL_KEYS if k in hp.values}}
+        tuned = {k: _clean(hp.values[k]) for k in MODEL_KEYS if k in hp.values}
+        return {**self.base_options, **tuned}
 
     def build(self, hp):
         """A new, untrained model of the point ``hp`` (augmentation is not part of it)."""

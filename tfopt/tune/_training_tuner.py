@@ -134,6 +134,8 @@ class TrainingTuner(keras_tuner.Tuner):
             overwrite=overwrite,
             **kwargs,
         )
+        # our own progress lines (`on_trial_done`) replace KerasTuner's display
+        getattr(self.oracle, "_oracle", self.oracle).verbose = 0
         if hasattr(self.oracle, "stub"):  # a worker's gRPC client: no busy loop while IDLE
             ask = self.oracle.create_trial
 
