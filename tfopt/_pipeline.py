@@ -113,7 +113,10 @@ def run(
         f"{cfg.train.epochs} epochs -> {run_dir / 'baseline.keras'}"
     )
     if cfg.train.epochs:
-        ctx.fit(model, epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate)
+        from tfopt._training import fit as train
+
+        tb = keras.callbacks.TensorBoard(str(ctx.log_dir("baseline")), write_graph=False)
+        train(model, cfg.train, data, seed=cfg.seed, callbacks=[tb], verbose=verbose)
     else:
         ctx.compile(model, cfg.train.learning_rate)
     _rundir.save_model(model, run_dir / "baseline.keras")

@@ -8,7 +8,7 @@ import sys
 
 from tfopt.errors import ConfigError, TfoptError
 
-COMMANDS = ["run", "export", "bench", "auto"]
+COMMANDS = ["run", "export", "bench", "auto", "tune"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from tfopt import _formats as formats
 from tfopt._steps import STEPS, step_module
 from tfopt.config._base import MAX_BATCH_SIZE, MAX_EPOCHS, Section, StepConfig
 from tfopt.config._checks import check_model_options, missing_requirements
+from tfopt.config._train import TrainingOptions, TuneConfig
 from tfopt.config._yaml import parse as parse_yaml
 from tfopt.errors import ConfigError
 
@@ -61,7 +62,7 @@ class ModelConfig(Section):
         return v
 
 
-class TrainConfig(Section):
+class TrainConfig(TrainingOptions):  # optimizer, schedule, augmentation: config/_train.py
     epochs: int = Field(30, ge=0, le=MAX_EPOCHS)  # 0: use the model as it is (a trained .keras)
     batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
     learning_rate: float = Field(2e-3, gt=0.0)
@@ -110,6 +111,7 @@ class RunConfig(Section):
     steps: list[StepConfig] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)  # `tfopt tune` only
 
     @field_validator("name")
     @classmethod

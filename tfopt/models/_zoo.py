@@ -24,14 +24,18 @@ def mnist1d_cnn(
     dense: int = 128,
     dropout: float = 0.0,
     l2: float = 0.0,
+    depth: int = 3,
 ) -> keras.Model:
-    """The MNIST-1D CNN: 3 Conv1D(width, 5) (the last two with stride 2), Dense(dense), Dense(classes)."""
+    """The MNIST-1D CNN: ``depth`` (3) Conv1D(width, 5) (all but the first with stride 2),
+    Dense(dense), Dense(classes)."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1. Received: depth={depth}")
     reg = _regularizer(l2)
     conv = dict(kernel_size=5, padding="same", activation="relu", kernel_regularizer=reg)
     inputs = keras.Input(input_shape, name="input")
     x = layers.Conv1D(width, **conv, name="conv1")(inputs)
-    x = layers.Conv1D(width, strides=2, **conv, name="conv2")(x)
-    x = layers.Conv1D(width, strides=2, **conv, name="conv3")(x)
+    for i in range(2, depth + 1):
+        x = layers.Conv1D(width, strides=2, **conv, name=f"conv{i}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense, activation="relu", kernel_regularizer=reg, name="fc1")(x)
     if dropout:

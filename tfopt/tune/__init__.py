@@ -1,4 +1,10 @@
-"""Hyperparameter search with KerasTuner, measured through the exported TFLite artifact.
+"""Hyperparameter search with KerasTuner: the training recipe (`search_training`, `tfopt tune`) and
+compression recipes measured through the exported TFLite artifact (`CompressionHyperModel`).
+
+`search_training` searches optimizer, learning-rate schedule, batch size, epochs with early
+stopping, weight decay, label smoothing, augmentation and the zoo builder's width/depth
+(`TrainingHyperModel`, what to try) with `TrainingTuner` (how a trial runs), and writes the best
+model, a `tfopt run` config that retrains it, and a report. See `tfopt.tune._search_training`.
 
 The search space (`CompressionHyperModel`: learning rate, batch size, dropout, L2, width/depth,
 target sparsity, pruning schedule, QAT vs PTQ, clustering, distillation temperature/alpha) is kept
@@ -25,7 +31,10 @@ Example:
 
 from tfopt.tune._measure import ExportFailed, export_and_measure
 from tfopt.tune._recipe import TECHNIQUES, available_techniques, describe, recipe_steps
+from tfopt.tune._search_training import TuneResult, search_training
 from tfopt.tune._space import TARGETS, CompressionHyperModel
+from tfopt.tune._training_space import DEFAULT_SPACE, TrainingHyperModel, training_space_names
+from tfopt.tune._training_tuner import ALGORITHMS, TrainingTuner, make_oracle
 from tfopt.tune._tuner import (
     KINDS,
     OBJECTIVES,
@@ -38,6 +47,14 @@ from tfopt.tune._tuner import (
 )
 
 __all__ = [
+    "ALGORITHMS",
+    "DEFAULT_SPACE",
+    "TrainingHyperModel",
+    "TrainingTuner",
+    "TuneResult",
+    "make_oracle",
+    "search_training",
+    "training_space_names",
     "KINDS",
     "OBJECTIVES",
     "TARGETS",

@@ -24,21 +24,24 @@ def _domain(hp):
     return None
 
 
-def write_config(log_dir, space) -> None:
-    """Writes the hparams experiment config (domains of ``space`` and the metrics) to ``log_dir``."""
+def write_config(log_dir, space, *, metrics=METRICS) -> None:
+    """Writes the hparams experiment config (domains of ``space`` and the ``metrics`` names) to
+    ``log_dir``."""
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp_api
 
     hparams = [hp_api.HParam(hp.name, _domain(hp)) for hp in space.space]
-    metrics = [hp_api.Metric(m, display_name=m) for m in METRICS]
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default():
-        hp_api.hparams_config(hparams=hparams, metrics=metrics)
+        hp_api.hparams_config(
+            hparams=hparams, metrics=[hp_api.Metric(m, display_name=m) for m in metrics]
+        )
     writer.close()
 
 
-def write_trial(log_dir, trial_id: str, values: dict, metrics: dict) -> Path:
-    """Writes one trial's hparams and metrics under ``log_dir/trial_<id>``; returns that dir."""
+def write_trial(log_dir, trial_id: str, values: dict, metrics: dict, *, names=METRICS) -> Path:
+    """Writes one trial's hparams and the ``names`` of ``metrics`` under ``log_dir/trial_<id>``;
+    returns that dir."""
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp_api
 
@@ -47,7 +50,7 @@ def write_trial(log_dir, trial_id: str, values: dict, metrics: dict) -> Path:
     writer = tf.summary.create_file_writer(str(run_dir))
     with writer.as_default():
         hp_api.hparams(clean, trial_id=str(trial_id))
-        for name in METRICS:
+        for name in names:
             value = metrics.get(name)
             if isinstance(value, int | float):
                 tf.summary.scalar(name, float(value), step=0)

@@ -1,0 +1,275 @@
+"""Training a classifier from the ``train:`` options: optimizer, schedule, loss, augmentation.
+
+One place turns `tfopt.config.TrainingOptions` into a Keras fit: `tfopt run` trains its baseline
+with it and every `tfopt tune` trial does too, so a searched ``train:`` section replays exactly.
+
+Augmentation runs only while training and never becomes part of the model: the input transforms
+(Keras preprocessing layers: `keras.layers.GaussianNoise`, `RandomShift1D`, `RandomScale`,
+`keras.layers.RandomFlip`, `keras.layers.RandomTranslation` for crops) sit in a training-only front model
+that calls the user's model, and mixup mixes the batches of the training `tf.data` pipeline. The
+model that is saved and exported is the user's model, untouched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tfopt._backend import import_keras
+from tfopt._steps import outputs_logits
+
+keras = import_keras()
+ops = keras.ops
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class RandomShift1D(keras.layers.Layer):
+    """Shifts each 1-D signal ``(batch, steps, channels)`` by a random number of samples in
+    ``[-max_shift, max_shift]`` (zero padded); identity outside training."""
+
+    def __init__(self, max_shift: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0. Received: max_shift={max_shift}")
+        self.max_shift = int(max_shift)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        if not training or self.max_shift == 0:
+            return x
+        k = self.max_shift
+        steps = ops.shape(x)[1]
+        padded = ops.pad(x, [[0, 0], [k, k], [0, 0]])
+        offset = keras.random.randint((ops.shape(x)[0], 1), 0, 2 * k + 1, seed=self.seed_generator)
+        index = offset + ops.expand_dims(ops.arange(steps), 0)
+        return ops.take_along_axis(padded, ops.expand_dims(index, -1), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "max_shift": self.max_shift, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class RandomScale(keras.layers.Layer):
+    """Multiplies each sample by a random factor in ``[1 - delta, 1 + delta]``; identity outside
+    training."""
+
+    def __init__(self, delta: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= delta < 1.0:
+            raise ValueError(f"delta must be in [0, 1). Received: delta={delta}")
+        self.delta = float(delta)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        if not training or self.delta == 0:
+            return x
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        factor = keras.random.uniform(
+            shape, 1.0 - self.delta, 1.0 + self.delta, seed=self.seed_generator
+        )
+        return x * ops.cast(factor, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "delta": self.delta, "seed": self.seed}
+
+
+def augmentation_layers(augment, input_shape, *, seed: int | None = None) -> list:
+    """The training-only input transforms of an `AugmentConfig` for inputs of ``input_shape``.
+
+    Raises:
+        ValueError: an image option on 1-D inputs or a 1-D option on images.
+    """
+    rank = len(input_shape)
+    out = []
+    if augment.shift:
+        if rank != 2:
+            raise ValueError(
+                f"train.augment.shift is for 1-D signals (steps, channels); the model's input has "
+                f"shape {tuple(input_shape)}. Use crop for images. Received: shift={augment.shift}"
+            )
+        out.append(RandomShift1D(augment.shift, seed=seed, name="aug_shift"))
+    for name in ("flip", "crop"):
+        if getattr(augment, name) and rank != 3:
+            raise ValueError(
+                f"train.augment.{name} is for images (height, width, channels); the model's input "
+                f"has shape {tuple(input_shape)}. Received: {name}={getattr(augment, name)}"
+            )
+    if augment.flip:
+        out.append(keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"))
+    if augment.crop:  # pad by `crop` pixels, crop back at a random offset: a zero-filled shift
+        h, w = int(input_shape[0]), int(input_shape[1])
+        c = int(augment.crop)
+        out.append(
+            keras.layers.RandomTranslation(
+                c / h, c / w, fill_mode="constant", seed=seed, name="aug_crop"
+            )
+        )
+    if augment.scale:
+        out.append(RandomScale(augment.scale, seed=seed, name="aug_scale"))
+    if augment.noise:
+        out.append(keras.layers.GaussianNoise(augment.noise, seed=seed, name="aug_noise"))
+    return out
+
+
+def training_front(model, augment, *, seed: int | None = None):
+    """``model`` behind its training-only augmentation layers (``model`` itself when there are
+    none). The front shares ``model``'s weights; save ``model``, never the front."""
+    transforms = augmentation_layers(augment, model.input_shape[1:], seed=seed)
+    if not transforms:
+        return model
+    inputs = keras.Input(model.input_shape[1:], name="train_input")
+    x = inputs
+    for layer in transforms:
+        x = layer(x)  # fit calls it with training=True, evaluation with training=False
+    return keras.Model(inputs, model(x), name=f"{model.name}_train")
+
+
+def learning_rate(train, steps_per_epoch: int, epochs: int):
+    """The learning rate (a float or a Keras schedule) of the ``train`` options."""
+    lr = float(train.learning_rate)
+    if train.lr_schedule == "constant":
+        return lr
+    total = max(1, int(epochs) * int(steps_per_epoch))
+    warmup = min(int(train.warmup_epochs) * int(steps_per_epoch), total - 1)
+    if warmup > 0:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, total - warmup, alpha=0.01, warmup_target=lr, warmup_steps=warmup
+        )
+    return keras.optimizers.schedules.CosineDecay(lr, total, alpha=0.01)
+
+
+def optimizer(train, lr):
+    """The Keras optimizer of the ``train`` options at learning rate (or schedule) ``lr``."""
+    wd = float(train.weight_decay) or None
+    if train.optimizer == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=wd)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=float(train.weight_decay))
+    if train.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            lr, momentum=float(train.momentum), nesterov=True, weight_decay=wd
+        )
+    raise ValueError(
+        f"Unrecognized optimizer={train.optimizer!r}. Supported optimizers are: adam, adamw, sgd"
+    )
+
+
+def _mixup(alpha: float, seed: int):
+    import tensorflow as tf
+
+    def mix(x, y):
+        n = tf.shape(x)[0]
+        a = tf.random.gamma([n], alpha, seed=seed)
+        b = tf.random.gamma([n], alpha, seed=seed + 1)
+        lam = a / (a + b)
+        perm = tf.random.shuffle(tf.range(n), seed=seed + 2)
+        lx = tf.reshape(lam, [-1] + [1] * (len(x.shape) - 1))
+        ly = tf.reshape(lam, [-1, 1])
+        x = lx * x + (1.0 - lx) * tf.gather(x, perm)
+        y = ly * y + (1.0 - ly) * tf.gather(y, perm)
+        return x, y
+
+    return mix
+
+
+def fit(
+    model,
+    train,
+    data,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    callbacks=(),
+    validate: bool = True,
+    verbose: int = 0,
+):
+    """Trains ``model`` on ``data`` with the ``train`` options (`tfopt.config.TrainConfig` or any
+    object with its fields); ``model`` ends compiled for plain evaluation (Adam, sparse
+    cross-entropy, accuracy).
+
+    Args:
+        model: the classifier (logits or softmax outputs); trained in place.
+        train: the training options (``epochs``, ``batch_size``, ``learning_rate``, ``optimizer``,
+            ``lr_schedule``, ``weight_decay``, ``label_smoothing``, ``early_stopping``, ``augment``).
+        data: a `tfopt.data.Dataset` (its train split is fitted, its val split validates).
+        epochs: overrides ``train.epochs`` (a Hyperband budget). Defaults to None.
+        seed: the seed of shuffling, augmentation and mixup. Defaults to 0.
+        callbacks: more Keras callbacks. Defaults to ().
+        validate: validate on ``data.val`` each epoch (needed by early stopping). Defaults to True.
+        verbose: Keras fit verbosity. Defaults to 0.
+
+    Returns:
+        The Keras ``History``.
+
+    Raises:
+        ValueError: an augmentation that does not fit the input (e.g. flips on 1-D signals).
+    """
+    import tensorflow as tf
+
+    epochs = int(train.epochs if epochs is None else epochs)
+    batch = int(train.batch_size)
+    x, y = np.asarray(data.x_train), np.asarray(data.y_train)
+    front = training_front(model, train.augment, seed=seed)
+    steps = math.ceil(len(x) / batch)
+    logits = outputs_logits(model)
+    soft = bool(train.label_smoothing or train.augment.mixup)
+    if soft:  # one-hot targets: label smoothing and mixup make soft labels
+        n = int(data.num_classes)
+        loss = keras.losses.CategoricalCrossentropy(
+            from_logits=logits, label_smoothing=float(train.label_smoothing)
+        )
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        onehot = np.eye(n, dtype="float32")
+        y_fit = onehot[y.astype(int)]
+        val = (data.x_val, onehot[np.asarray(data.y_val).astype(int)]) if validate else None
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        y_fit, val = y, (data.val if validate else None)
+    front.compile(
+        optimizer=optimizer(train, learning_rate(train, steps, epochs)), loss=loss, metrics=metrics
+    )
+    callbacks = list(callbacks)
+    if train.early_stopping:
+        if not validate:
+            raise ValueError("train.early_stopping needs validation data (validate=True)")
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                mode="max",
+                patience=int(train.early_stopping),
+                restore_best_weights=True,
+            )
+        )
+    if train.augment.mixup:
+        ds = tf.data.Dataset.from_tensor_slices((x.astype("float32"), y_fit))
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch)
+        ds = ds.map(_mixup(float(train.augment.mixup), seed)).prefetch(2)
+        history = front.fit(
+            ds, epochs=epochs, validation_data=val, callbacks=callbacks, verbose=verbose
+        )
+    else:
+        history = front.fit(
+            x,
+            y_fit,
+            batch_size=batch,
+            epochs=epochs,
+            validation_data=val,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    model.compile(
+        optimizer=keras.optimizers.Adam(float(train.learning_rate)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=logits),
+        metrics=["accuracy"],
+    )
+    return history

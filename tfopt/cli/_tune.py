@@ -1,0 +1,128 @@
+"""`tfopt tune [CONFIG] [--max-trials N] [--workers N | --chief HOST:PORT] [--out DIR] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "tune",
+        help="search the training recipe (optimizer, schedule, regularization, augmentation, "
+        "width/depth) with KerasTuner",
+        description="Search how to train CONFIG's model (a zoo builder) on CONFIG's data: "
+        "optimizer, learning rate and schedule, batch size, epochs with early stopping, weight "
+        "decay, label smoothing, dropout/L2, augmentation and width/depth (the config's tune: "
+        "section sets the algorithm and overrides the space). Writes best.keras, best.yaml (a "
+        "`tfopt run` config that retrains it) and report.md/.json/importance.png to --out; "
+        "TensorBoard hparams logs under --out/search/tensorboard. Re-running with the same --out "
+        "resumes the search.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config (default: the embedded default.yaml)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="override config keys, e.g. tune.space.optimizer=adamw tune.max_epochs=20",
+    )
+    p.add_argument("--max-trials", type=int, help="trial cap (overrides tune.max_trials)")
+    p.add_argument(
+        "--algorithm",
+        choices=["hyperband", "bayesian", "random"],
+        help="KerasTuner algorithm (overrides tune.algorithm; default hyperband)",
+    )
+    p.add_argument("--max-epochs", type=int, help="epochs of the longest trial (tune.max_epochs)")
+    p.add_argument("--time-budget", type=float, help="seconds after which no trial starts")
+    p.add_argument("--out", help="search directory (default: runs/tune_<config name>)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run a chief and N worker processes on this machine (KerasTuner's distributed mode "
+        "over loopback)",
+    )
+    p.add_argument(
+        "--chief",
+        metavar="HOST:PORT",
+        help="join the search served by a chief at HOST:PORT as a worker "
+        "(KERASTUNER_TUNER_ID names this worker; default tuner-<host>-<pid>)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a worker waits for the chief before giving up (default 10)",
+    )
+    p.add_argument("--serve", metavar="HOST:PORT", help=argparse.SUPPRESS)  # the chief's role
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier search in --out")
+    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    return p
+
+
+def _overrides(args) -> list[str]:
+    out = list(args.overrides)
+    if args.algorithm:
+        out.append(f"tune.algorithm={args.algorithm}")
+    if args.max_epochs is not None:
+        out.append(f"tune.max_epochs={args.max_epochs}")
+    if args.time_budget is not None:
+        out.append(f"tune.time_budget={args.time_budget}")
+    return out
+
+
+def main(args) -> int:
+    from tfopt.tune import _distributed as dist
+    from tfopt.tune import _search_training as st
+
+    path, overrides = args.config, _overrides(args)
+    if path and "=" in path and not path.endswith((".yaml", ".yml")):
+        path, overrides = None, [path, *overrides]  # `tfopt tune tune.max_epochs=5`
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0. Received: --workers={args.workers}")
+    if args.workers and (args.chief or args.serve):
+        raise ValueError("--workers starts its own chief; it cannot be combined with --chief")
+    chief = dist.parse_address(args.chief) if args.chief else None
+    cfg, raw = st._load_config(path, overrides)  # config errors first, before anything runs
+    out_dir = Path(args.out) if args.out else Path("runs") / f"tune_{cfg.name}"
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
+
+    if chief is not None:  # a worker of a chief elsewhere (or of our own launcher)
+        dist.check_reachable(*chief, timeout=args.connect_timeout)
+        os.environ.update(dist.join_environment(*chief, os.environ.get("KERASTUNER_TUNER_ID")))
+        data, hm = st.prepare(cfg, max_trials=args.max_trials)
+        tuner = st.make_tuner(
+            cfg, hm, out_dir, max_trials=args.max_trials, on_trial_done=st.progress(log)
+        )
+        tuner.search(data)
+        log(f"[tune] worker {os.environ['KERASTUNER_TUNER_ID']} done")
+        return 0
+    if args.serve:  # the chief: serves the oracle until every worker stopped
+        host, port = dist.parse_address(args.serve)
+        data, hm = st.prepare(cfg, max_trials=args.max_trials)
+        st.make_tuner(cfg, hm, out_dir, max_trials=args.max_trials).serve(host, port)
+        return 0
+
+    if args.overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    if not args.workers:
+        res = st.search_training(
+            path, overrides=overrides, out_dir=out_dir, max_trials=args.max_trials, log=log
+        )
+        return 0 if res.best is not None else 1
+    started = time.time()
+    st.prepare(cfg, max_trials=args.max_trials)  # a bad space fails here, not in N children
+    out_dir.mkdir(parents=True, exist_ok=True)
+    child = [*([path] if path else []), *overrides, "--out", str(out_dir.resolve())]
+    if args.max_trials is not None:
+        child += ["--max-trials", str(args.max_trials)]
+    if args.quiet:
+        child.append("--quiet")
+    code = dist.launch(child, workers=args.workers, log=log)
+    res = st.finalize(raw, out_dir, seconds=time.time() - started, log=log)
+    if code:
+        return code
+    return 0 if res.best is not None else 1

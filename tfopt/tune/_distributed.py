@@ -1,0 +1,177 @@
+"""Distributed search on KerasTuner's own engine: a chief serves the oracle over gRPC, workers run
+trials (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``).
+
+`launch` starts a chief and N workers on this machine over loopback, as child processes that die
+with their parent (Linux ``PR_SET_PDEATHSIG``; elsewhere they are terminated when the parent exits
+normally or on a signal). `join_environment` turns this process into a worker of a chief elsewhere,
+after checking within a timeout that the chief answers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from tfopt.errors import TfoptError
+
+
+class ChiefUnreachable(TfoptError):
+    """A worker could not reach the search chief."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` -> ``(host, port)``.
+
+    Raises:
+        ValueError: not ``HOST:PORT`` with a port in 1..65535.
+    """
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--chief must be HOST:PORT (e.g. 10.0.0.5:8470). Received: {text!r}")
+    return host, int(port)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def check_reachable(host: str, port: int, timeout: float = 10.0) -> None:
+    """Waits up to ``timeout`` seconds for the chief's gRPC server at ``host:port``.
+
+    Raises:
+        ChiefUnreachable: no answer within the timeout.
+    """
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ChiefUnreachable(
+            f"cannot reach the search chief at {host}:{port} within {timeout:g} s (start it with "
+            "`tfopt tune --workers N` on that machine, and check the address and firewall)"
+        ) from None
+    finally:
+        channel.close()
+
+
+def join_environment(host: str, port: int, tuner_id: str | None = None) -> dict[str, str]:
+    """The KerasTuner environment of a worker of the chief at ``host:port``."""
+    return {
+        "KERASTUNER_ORACLE_IP": host,
+        "KERASTUNER_ORACLE_PORT": str(port),
+        "KERASTUNER_TUNER_ID": tuner_id or f"tuner-{socket.gethostname()}-{os.getpid()}",
+    }
+
+
+def _die_with_parent(parent: int):
+    def preexec():  # runs in the child between fork and exec
+        os.setsid()  # its own process group: a Ctrl-C of the terminal goes to the parent only
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:  # not Linux: the parent's finally/signal handlers still clean up
+            pass
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+    return preexec
+
+
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        preexec_fn=_die_with_parent(os.getpid()) if os.name == "posix" else None,
+    )
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def launch(args: list[str], *, workers: int, log=print, start_timeout: float = 300.0) -> int:
+    """Runs a distributed search on this machine: a chief and ``workers`` workers over loopback.
+
+    Each child runs ``python -m tfopt tune <args>`` with ``--serve 127.0.0.1:PORT`` (the chief) or
+    ``--chief 127.0.0.1:PORT`` and ``KERASTUNER_TUNER_ID=tuner<i>`` (the workers).
+
+    Args:
+        args: the `tfopt tune` arguments shared by every process (config, overrides, --out, ...).
+        workers: the number of worker processes (>= 1).
+        log: receives progress lines. Defaults to print.
+        start_timeout: seconds to wait for the chief to listen. Defaults to 300.
+
+    Returns:
+        0 when every worker finished cleanly, else the first non-zero exit code.
+
+    Raises:
+        ValueError: ``workers < 1``.
+        TfoptError: the chief exited or did not listen in time.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1. Received: workers={workers}")
+    host, port = "127.0.0.1", free_port()
+    base = [sys.executable, "-m", "tfopt", "tune", *args]
+    procs: list[subprocess.Popen] = []
+    previous = {}
+
+    def on_signal(signum, frame):
+        _stop(procs, grace=2.0)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        chief = _spawn([*base, "--serve", f"{host}:{port}"], {"KERASTUNER_TUNER_ID": "chief"})
+        procs.append(chief)
+        log(f"[tune] chief pid {chief.pid} serving the oracle on {host}:{port}")
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if chief.poll() is not None:
+                raise TfoptError(f"the search chief exited with code {chief.returncode}")
+            try:
+                check_reachable(host, port, timeout=1.0)
+                break
+            except ChiefUnreachable:
+                if time.monotonic() > deadline:
+                    raise TfoptError(
+                        f"the search chief did not listen on {host}:{port} within "
+                        f"{start_timeout:g} s"
+                    ) from None
+        for i in range(workers):
+            env = join_environment(host, port, f"tuner{i}")
+            w = _spawn([*base, "--chief", f"{host}:{port}"], env)
+            procs.append(w)
+            log(f"[tune] worker tuner{i} pid {w.pid}")
+        codes = [w.wait() for w in procs[1:]]
+        try:
+            chief.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log("[tune] the chief did not stop within 60 s after the workers; stopping it")
+        return next((c for c in codes if c), 0)
+    finally:
+        _stop(procs)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
