@@ -43,6 +43,64 @@ def _build_model(cfg: RunConfig, data: Dataset) -> keras.Model:
     )
 
 
+def _strategy(cfg: RunConfig):
+    from tfopt.errors import ConfigError
+    from tfopt.train import make_strategy
+
+    try:
+        return make_strategy(cfg.train.strategy)
+    except ValueError as e:
+        raise ConfigError(f"train.strategy: {e}") from None
+
+
+def _is_chief(strategy) -> bool:
+    from tfopt.train import is_chief
+
+    return is_chief(strategy)
+
+
+def _transfer_model(cfg: RunConfig, model, data: Dataset, ctx: StepContext):
+    from tfopt.errors import ConfigError
+    from tfopt.train import transfer
+
+    t = cfg.transfer
+    try:
+        new = transfer(
+            model, num_classes=data.num_classes, freeze_until=t.freeze_until, head=t.head
+        )
+    except ValueError as e:
+        raise ConfigError(f"transfer: {e}") from None
+    ctx.log(
+        f"      transfer: head {t.head}, {len(new.transfer_frozen)} layers frozen"
+        + (f" until epoch {t.unfreeze_at_epoch}" if t.unfreeze_at_epoch is not None else "")
+    )
+    return new
+
+
+def _fit_baseline(cfg: RunConfig, model, ctx: StepContext) -> None:
+    """The baseline fit (frozen layers first when the config transfers a model)."""
+    from tfopt.train import fit_transfer, unfreeze
+
+    if not cfg.train.epochs:
+        ctx.compile(model, cfg.train.learning_rate)
+        return
+    if cfg.transfer is None:
+        ctx.fit(model, epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate)
+        return
+
+    def fit(m, *, initial_epoch: int, epochs: int):
+        return ctx.fit(
+            m, epochs=epochs, learning_rate=cfg.train.learning_rate, initial_epoch=initial_epoch
+        )
+
+    fit_transfer(
+        model, fit, epochs=cfg.train.epochs, unfreeze_at_epoch=cfg.transfer.unfreeze_at_epoch
+    )
+    # the recipe steps fine-tune every layer
+    unfreeze(model)
+    ctx.compile(model, cfg.train.learning_rate)
+
+
 def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
     from tfopt import export
 
@@ -63,8 +121,14 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
     started = time.time()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    # first: a multi-worker strategy configures TensorFlow's collectives before any other TF work
+    strategy = _strategy(cfg)
     keras.utils.set_random_seed(cfg.seed)
     run_dir = _unique_dir(Path(out_dir) if out_dir else Path("runs") / cfg.name)
+    if not _is_chief(strategy):  # a multi-worker run's other workers train with the chief and
+        import tempfile  # write their copies of the files elsewhere
+
+        run_dir = Path(tempfile.mkdtemp(prefix=f"tfopt-{cfg.name}-worker-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(
         json.dumps(cfg.model_dump(serialize_as_any=True), indent=2)
@@ -78,17 +142,19 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
     ctx = StepContext(
         data=data, run_dir=run_dir, batch_size=cfg.train.batch_size, verbose=verbose, seed=cfg.seed
     )
+    ctx.strategy = strategy
 
     n += 1
-    model = _build_model(cfg, data)
+    with ctx.scope():
+        model = _build_model(cfg, data)
+        if cfg.transfer is not None:
+            model = _transfer_model(cfg, model, data, ctx)
     _log(
         f"[{n}/{total}] baseline: {model.name} ({model.count_params():,} params), "
         f"{cfg.train.epochs} epochs -> {run_dir / 'baseline.keras'}"
     )
-    if cfg.train.epochs:
-        ctx.fit(model, epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate)
-    else:
-        ctx.compile(model, cfg.train.learning_rate)
+    with ctx.scope():
+        _fit_baseline(cfg, model, ctx)
     model.save(run_dir / "baseline.keras")
     ctx.baseline = model
     stages = [{"stage": "baseline", "model": model, "keras": run_dir / "baseline.keras"}]
