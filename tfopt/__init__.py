@@ -35,6 +35,8 @@ _SUBMODULES = (
     "models",
     "prune",
     "quantize",
+    "robust",
+    "train",
     "tune",
 )
 

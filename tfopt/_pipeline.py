@@ -64,6 +64,67 @@ def _build_model(cfg: RunConfig, data: Dataset) -> keras.Model:
     )
 
 
+def _strategy(cfg: RunConfig):
+    from tfopt.errors import ConfigError
+    from tfopt.train import make_strategy
+
+    try:
+        return make_strategy(cfg.train.strategy)
+    except ValueError as e:
+        raise ConfigError(f"train.strategy: {e}") from None
+
+
+def _is_chief(strategy) -> bool:
+    from tfopt.train import is_chief
+
+    return is_chief(strategy)
+
+
+def _transfer_model(cfg: RunConfig, model, data: Dataset, ctx: StepContext):
+    from tfopt.errors import ConfigError
+    from tfopt.train import transfer
+
+    t = cfg.transfer
+    try:
+        new = transfer(
+            model, num_classes=data.num_classes, freeze_until=t.freeze_until, head=t.head
+        )
+    except ValueError as e:
+        raise ConfigError(f"transfer: {e}") from None
+    ctx.log(
+        f"      transfer: head {t.head}, {len(new.transfer_frozen)} layers frozen"
+        + (f" until epoch {t.unfreeze_at_epoch}" if t.unfreeze_at_epoch is not None else "")
+    )
+    return new
+
+
+def _fit_baseline(cfg: RunConfig, model, ctx: StepContext) -> None:
+    """The baseline fit (frozen layers first when the config transfers a model)."""
+    from tfopt.train import fit_transfer, unfreeze
+
+    if not cfg.train.epochs:
+        ctx.compile(model, cfg.train.learning_rate)
+        return
+    if cfg.transfer is None:
+        from tfopt._training import fit as train
+
+        tb = keras.callbacks.TensorBoard(str(ctx.log_dir("baseline")), write_graph=False)
+        train(model, cfg.train, ctx.data, seed=cfg.seed, callbacks=[tb], verbose=ctx.verbose)
+        return
+
+    def fit(m, *, initial_epoch: int, epochs: int):
+        return ctx.fit(
+            m, epochs=epochs, learning_rate=cfg.train.learning_rate, initial_epoch=initial_epoch
+        )
+
+    fit_transfer(
+        model, fit, epochs=cfg.train.epochs, unfreeze_at_epoch=cfg.transfer.unfreeze_at_epoch
+    )
+    # the recipe steps fine-tune every layer
+    unfreeze(model)
+    ctx.compile(model, cfg.train.learning_rate)
+
+
 def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
     from tfopt import export
 
@@ -91,9 +152,16 @@ def run(
     started = time.time()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    # first: a multi-worker strategy configures TensorFlow's collectives before any other TF work
+    strategy = _strategy(cfg)
     keras.utils.set_random_seed(cfg.seed)
-    run_dir = run_directory(cfg, out_dir, overwrite=overwrite)
-    _rundir.claim_identity(run_dir, "run", run_identity(cfg))
+    if _is_chief(strategy):
+        run_dir = run_directory(cfg, out_dir, overwrite=overwrite)
+        _rundir.claim_identity(run_dir, "run", run_identity(cfg))
+    else:  # a multi-worker run's other workers train with the chief and write their copies of
+        import tempfile  # the files elsewhere
+
+        run_dir = Path(tempfile.mkdtemp(prefix=f"tfopt-{cfg.name}-worker-"))
     _rundir.write_json(run_dir / "config.json", cfg.model_dump(serialize_as_any=True))
     total = 4 + len(cfg.steps)
     n = 1
@@ -104,21 +172,20 @@ def run(
     ctx = StepContext(
         data=data, run_dir=run_dir, batch_size=cfg.train.batch_size, verbose=verbose, seed=cfg.seed
     )
+    ctx.strategy = strategy
 
     n += 1
-    model = _build_model(cfg, data)
+    with ctx.scope():
+        model = _build_model(cfg, data)
+        if cfg.transfer is not None:
+            model = _transfer_model(cfg, model, data, ctx)
     preflight(cfg.steps, model, ctx)  # every step's settings against this model and data
     _log(
         f"[{n}/{total}] baseline: {model.name} ({model.count_params():,} params), "
         f"{cfg.train.epochs} epochs -> {run_dir / 'baseline.keras'}"
     )
-    if cfg.train.epochs:
-        from tfopt._training import fit as train
-
-        tb = keras.callbacks.TensorBoard(str(ctx.log_dir("baseline")), write_graph=False)
-        train(model, cfg.train, data, seed=cfg.seed, callbacks=[tb], verbose=verbose)
-    else:
-        ctx.compile(model, cfg.train.learning_rate)
+    with ctx.scope():
+        _fit_baseline(cfg, model, ctx)
     _rundir.save_model(model, run_dir / "baseline.keras")
     ctx.baseline = model
     stages = [{"stage": "baseline", "model": model, "keras": run_dir / "baseline.keras"}]

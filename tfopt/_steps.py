@@ -68,6 +68,13 @@ class StepContext:
     tensorboard: bool = True
     validate: bool = True
     logger: Callable[[str], None] | None = None
+    strategy: Any = None  # a tf.distribute.Strategy (tfopt.train.make_strategy), or None
+
+    def scope(self):
+        """The strategy's ``scope()`` (a no-op without one): build and compile models inside it."""
+        from contextlib import nullcontext
+
+        return self.strategy.scope() if self.strategy is not None else nullcontext()
 
     def log(self, msg: str) -> None:
         (self.logger or _print)(msg)
@@ -100,13 +107,16 @@ class StepContext:
         callbacks=(),
         batch_size: int | None = None,
         compile: bool = True,
+        initial_epoch: int = 0,
     ):
         """Fine-tunes ``model`` on the training data, validated on the validation data.
 
         The current step's options apply: ``batch_size`` (else ``self.batch_size``),
         ``lr_schedule="cosine"`` (cosine decay to 5% over the run) and ``distill`` (train through
         a `tfopt.distill.Distiller` with ``self.baseline`` as the teacher; ``model`` is compiled
-        plainly afterwards).
+        plainly afterwards). Under a strategy, call it inside `scope` (as `run_steps` does), where
+        the model was built. ``initial_epoch`` resumes the epoch count (``epochs`` is the
+        index of the last epoch, as in `keras.Model.fit`).
         """
         from tfopt._backend import import_keras
 
@@ -144,6 +154,7 @@ class StepContext:
             self.data.y_train,
             batch_size=batch,
             epochs=epochs,
+            initial_epoch=initial_epoch,
             validation_data=self.data.val if self.validate else None,
             callbacks=list(callbacks),
             verbose=self.verbose,
@@ -232,7 +243,8 @@ def run_steps(
         if on_start is not None:
             on_start(ctx.stage, step)
         try:
-            model = step_module(step.type).run(step, model, ctx)
+            with ctx.scope():  # the step builds its models under the run's strategy
+                model = step_module(step.type).run(step, model, ctx)
         finally:
             ctx.step = None
         if on_step is not None:

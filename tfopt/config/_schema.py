@@ -4,7 +4,7 @@ import copy
 import difflib
 import importlib.resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -66,6 +66,16 @@ class TrainConfig(TrainingOptions):  # optimizer, schedule, augmentation: config
     epochs: int = Field(30, ge=0, le=MAX_EPOCHS)  # 0: use the model as it is (a trained .keras)
     batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
     learning_rate: float = Field(2e-3, gt=0.0)
+    # tf.distribute: none | mirrored (this machine's devices) | multi_worker (TF_CONFIG's workers)
+    strategy: Literal["none", "mirrored", "multi_worker"] = "none"
+
+
+class TransferConfig(Section):
+    """Fine-tune the model section's model (a .keras or a zoo model) on this run's data."""
+
+    freeze_until: str | None = None  # the last layer kept frozen (None: train every layer)
+    unfreeze_at_epoch: int | None = Field(None, ge=0)  # None: frozen for the whole baseline fit
+    head: Literal["new", "keep"] = "new"  # new: a fresh last Dense for the data's classes
 
 
 class ExportConfig(Section):
@@ -108,6 +118,7 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    transfer: TransferConfig | None = None
     steps: list[StepConfig] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)

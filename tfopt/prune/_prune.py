@@ -265,7 +265,7 @@ def sparsity(model) -> SparsityReport:
         elif _class_key(layer) is not None and layer.built and id(layer) not in inner:
             zeros = size = 0
             for path in _SLOTS[_class_key(layer)]:
-                value = keras.ops.convert_to_numpy(_resolve(layer, path)[2].value)
+                value = keras.ops.convert_to_numpy(_resolve(layer, path)[2])
                 zeros, size = zeros + int(np.sum(value == 0)), size + int(value.size)
             name = layer.name
         else:

@@ -305,9 +305,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         masks = {id(v): m for v, m in zip(self.pruned_variables(), self.masks)}
         out = []
         for w in self.layer.weights:
-            value = keras.ops.convert_to_numpy(w.value)
+            value = keras.ops.convert_to_numpy(w)
             if id(w) in masks:
-                value = value * keras.ops.convert_to_numpy(masks[id(w)].value)
+                value = value * keras.ops.convert_to_numpy(masks[id(w)])
             out.append(value)
         return out
 
@@ -315,16 +315,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """``{weight path: (zeros, size)}`` of the masked weights."""
         out = {}
         for path, variable, mask in zip(self._paths, self.pruned_variables(), self.masks):
-            value = keras.ops.convert_to_numpy(variable.value) * keras.ops.convert_to_numpy(
-                mask.value
-            )
+            # the variables, not .value: a tf.distribute variable read in cross-replica context
+            value = keras.ops.convert_to_numpy(variable) * keras.ops.convert_to_numpy(mask)
             out[path] = (int((value == 0).sum()), int(value.size))
         return out
 
     @property
     def step(self) -> int:
         """The number of training steps this wrapper has run."""
-        return int(keras.ops.convert_to_numpy(self.pruning_step.value))
+        return int(keras.ops.convert_to_numpy(self.pruning_step))
 
     def get_config(self):
         config = super().get_config()

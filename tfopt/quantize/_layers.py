@@ -58,11 +58,12 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def build(self, input_shape):
         zeros = keras.initializers.Zeros()
-        self.range_min = self.add_weight(shape=(), initializer=zeros, trainable=False, name="min")
-        self.range_max = self.add_weight(shape=(), initializer=zeros, trainable=False, name="max")
-        self.initialized = self.add_weight(
-            shape=(), initializer=zeros, trainable=False, name="initialized"
-        )
+        # "mean": under a tf.distribute strategy every replica's update is averaged, so the
+        # replicas keep one range (with "none" each replica would drift to its own batches' range)
+        sync = dict(shape=(), initializer=zeros, trainable=False, aggregation="mean")
+        self.range_min = self.add_weight(name="min", **sync)
+        self.range_max = self.add_weight(name="max", **sync)
+        self.initialized = self.add_weight(name="initialized", **sync)
 
     def call(self, x, training=None):
         if training:

@@ -1,0 +1,107 @@
+"""`make_strategy`: the ``tf.distribute`` strategy a config's ``train.strategy`` names."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+STRATEGIES = ("none", "mirrored", "multi_worker")
+
+
+def _tf_config() -> dict:
+    """The parsed ``TF_CONFIG`` of a multi-worker run; ValueError (one line) when it can't work."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise ValueError(
+            "strategy='multi_worker' needs the TF_CONFIG environment variable (the cluster's "
+            'workers and this task), e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", '
+            '"host2:12345"]}, "task": {"type": "worker", "index": 0}}\'; use strategy=\'mirrored\' '
+            "on one machine"
+        )
+    try:
+        conf = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"TF_CONFIG is not valid JSON ({e.msg}). Received: TF_CONFIG={raw!r}"
+        ) from None
+    cluster = conf.get("cluster", {}) if isinstance(conf, dict) else {}
+    task = conf.get("task", {}) if isinstance(conf, dict) else {}
+    workers = cluster.get("worker") if isinstance(cluster, dict) else None
+    if not isinstance(workers, list) or not workers:
+        raise ValueError(f"TF_CONFIG must list cluster.worker addresses. Received: TF_CONFIG={raw}")
+    kind, index = task.get("type"), task.get("index")
+    if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise ValueError(
+            f"TF_CONFIG task must name one of the cluster's tasks (type in {sorted(cluster)}, "
+            f"index in range). Received: task={task}"
+        )
+    return conf
+
+
+def check_strategy(name: str) -> None:
+    """Checks that this machine can provide the strategy ``name``, without starting TensorFlow.
+
+    Raises:
+        ValueError: an unknown name (with the allowed ones), or ``multi_worker`` without a usable
+            ``TF_CONFIG``.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {list(STRATEGIES)}. Received: strategy={name!r}")
+    if name == "multi_worker":
+        _tf_config()
+
+
+def make_strategy(name: str = "none"):
+    """Returns the ``tf.distribute`` strategy ``name`` (None for ``"none"``).
+
+    ``"mirrored"``: `tf.distribute.MirroredStrategy` over this machine's devices (every GPU, else
+    every logical CPU device). ``"multi_worker"``: `tf.distribute.MultiWorkerMirroredStrategy` over
+    the workers in ``TF_CONFIG``; start one process per worker with the same program, each with its
+    own ``task.index`` (worker 0 is the chief). Create the strategy before any other TensorFlow
+    work in the process (TensorFlow configures its collective ops once). Build and compile models
+    inside ``strategy.scope()``; ``model.fit`` then splits each batch over the replicas
+    (``batch_size`` is the global batch).
+
+    Args:
+        name: ``"none"``, ``"mirrored"`` or ``"multi_worker"``. Defaults to "none".
+
+    Returns:
+        A `tf.distribute.Strategy`, or None for ``"none"``.
+
+    Raises:
+        ValueError: see `check_strategy`.
+
+    Example:
+        >>> strategy = tfopt.train.make_strategy("mirrored")
+        >>> with strategy.scope():
+        ...     model = tfopt.models.get("mnist1d_cnn")
+        ...     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    """
+    check_strategy(name)
+    if name == "none":
+        return None
+    import tensorflow as tf
+
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the run's files: always, except a multi-worker non-chief."""
+    resolver = getattr(getattr(strategy, "extended", None), "_cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
+
+
+def scope(strategy):
+    """``strategy.scope()``, or a no-op context for None."""
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
