@@ -1,8 +1,10 @@
 """TensorFlow Lite for Microcontrollers: the tflm runtime in tfopt.bench, tfopt export --format
 tflm (C source), the ops it lacks, and RAM/flash budgets in tfopt auto. The real TFLM runtime."""
 
+import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +145,67 @@ def test_parse_c_array_needs_the_aligned_array():
 
     with pytest.raises(ValueError, match="alignas"):
         parse_c_array("const unsigned char g_model[] = {0x01};")
+
+
+# -- budgets in tfopt auto ----------------------------------------------------------------------
+def test_parse_size():
+    from tfopt._units import parse_size
+
+    assert parse_size("64KB") == parse_size("64 KiB") == parse_size("64k") == 65536
+    assert parse_size("1MB") == 1 << 20 and parse_size("1.5MiB") == 3 << 19
+    assert parse_size(4096) == parse_size("4096") == parse_size("4096B") == 4096
+    for bad in ("64XB", "-1KB", "0", "1.5B", "KB", True, 0):
+        with pytest.raises(ValueError, match=r"^max_ram must be a size such as 64KB, 256KiB"):
+            parse_size(bad, "max_ram")
+
+
+def test_cli_and_optimize_reject_bad_budgets(capsys):
+    import keras
+
+    import tfopt
+    from tfopt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["auto", "--max-accuracy-drop", "0.01", "--max-ram", "64XB"])
+    assert "--max-ram must be a size such as 64KB" in capsys.readouterr().err
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    data = (np.zeros((8, 4), "float32"), np.zeros(8, "int32"))
+    with pytest.raises(ValueError, match=r"TFLite Micro, which runs int8 models.*target='tflite'"):
+        tfopt.auto.optimize(model, data, data, max_accuracy_drop=0.1, max_ram="4KB", target="tflite")
+    with pytest.raises(ValueError, match="max_flash must be a size"):
+        tfopt.auto.optimize(model, data, data, max_accuracy_drop=0.1, max_flash="lots")
+
+
+def test_auto_rejects_candidates_over_the_ram_budget(tmp_path):
+    import keras
+
+    import tfopt
+    from tfopt.bench import runner_for
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 40, 1)).astype("float32")
+    y = (x[:, :20, 0].mean(-1) > 0).astype("int32")
+    model = tfopt.models.get("mnist1d_cnn", input_shape=(40, 1), num_classes=2, width=4, dense=8)
+    options = dict(max_accuracy_drop=0.5, techniques=(), max_trials=1, refine=0, log=print)
+    res = tfopt.auto.optimize(
+        model, (x, y), (x, y), max_ram="1KB", max_flash="1MB", out_dir=tmp_path / "a", **options
+    )
+    (c,) = res.candidates
+    arena = runner_for(c["artifact"], runtime="tflm").arena_bytes
+    assert c["arena_bytes"] == arena > 1024
+    assert c["flash_bytes"] == Path(c["artifact"]).stat().st_size
+    assert c["rejected"] == f"arena {arena:,} B > max_ram 1,024 B"
+    assert c["tflm_agreement"] >= 0.97
+    assert res.best is None
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert f"rejected: arena {arena:,} B > max_ram 1,024 B" in md
+    assert "RAM (TFLite Micro arena) <= 1,024 B" in md
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["front_objectives"]["arena_bytes"] == "min"
+    # resumed with room to spare: the same trial fits, nothing re-runs
+    res = tfopt.auto.optimize(
+        model, (x, y), (x, y), max_ram="64KB", objective="ram", out_dir=tmp_path / "a", **options
+    )
+    assert res.best["trial_id"] == c["trial_id"] and res.best["rejected"] is None
+    assert "TFLM vs LiteRT" in (tmp_path / "a" / "report.md").read_text()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tfopt.auto._candidate import SELECTION, Candidate, select_best
 from tfopt.auto._oracle import AutoOracle
-from tfopt.auto._pareto import pareto_front
+from tfopt.auto._pareto import front_objectives, pareto_front
 from tfopt.auto._recipe import recipe_config, write_recipe
 from tfopt.auto._refine import (
     REFINE_EPOCHS,
@@ -67,12 +67,12 @@ def default_seeds(hypermodel: CompressionHyperModel) -> list[dict]:
     return seeds
 
 
-def _measure_baseline(model, out_dir: Path, val, test, representative) -> dict:
+def _measure_baseline(model, out_dir: Path, val, test, representative, micro=None) -> dict:
     from tfopt import bench, export
 
     path = out_dir / "baseline.tflite"
     art = export.tflite(model, path, quantization="float32", check_data=representative[:256])
-    res = bench.benchmark(str(path), data=val, warmup=5, runs=50)
+    res = bench.benchmark(str(path), data=val, warmup=5, runs=50, micro=micro)
     return {
         "artifact": str(path),
         "format": art.format,
@@ -82,6 +82,11 @@ def _measure_baseline(model, out_dir: Path, val, test, representative) -> dict:
         "test_accuracy": None if test is None else float(bench.evaluate(str(path), test)),
         "latency_ms": float(res.latency_ms["p50"]),
         "params": int(model.count_params()),
+        # the float32 model in TFLite Micro (a reference for the RAM / flash budgets)
+        "arena_bytes": res.arena_bytes,
+        "flash_bytes": int(res.bytes),
+        "tflm_agreement": res.micro.get("tflm_agreement"),
+        "tflm_note": res.micro.get("skipped"),
     }
 
 
@@ -111,11 +116,18 @@ class Search:
         run_config: dict | None,
         say: Callable[[str], None],
         started: float,
+        budgets: dict | None = None,
     ):
         self.model, self.train, self.val, self.test = model, train, val, test
         self.max_accuracy_drop = max_accuracy_drop
         self.target, self.objective = target, objective
-        self.key = "gzip_bytes" if objective == "size" else "latency_ms"
+        self.key = OBJECTIVE_KEYS[objective]
+        self.budgets = {"max_ram": None, "max_flash": None, **(budgets or {})}
+        from tfopt import _tflm
+
+        # TFLite Micro measures every candidate when the target is TFLM, a RAM/flash budget or
+        # the RAM objective needs it, or (int8 targets) it is installed
+        self.micro = _tflm.available()
         self.out_dir, self.seed, self.run_config = out_dir, seed, run_config
         self.say, self.started = say, started
         self.candidates: dict[str, Candidate] = {}
@@ -131,7 +143,9 @@ class Search:
         except Exception as e:  # a model Keras cannot save: no recipe.yaml, the search goes on
             self.replayable = False
             self.say(f"[auto] no recipe.yaml: the model cannot be saved ({type(e).__name__}: {e})")
-        self.baseline = _measure_baseline(model, out_dir, val, test, train[0][:200])
+        self.baseline = _measure_baseline(
+            model, out_dir, val, test, train[0][:200], micro=self.micro or None
+        )
         write_json(out_dir / "baseline.json", self.baseline)
         b = self.baseline
         self.say(
@@ -160,6 +174,8 @@ class Search:
             objective=objective,
             baseline_accuracy=b["val_accuracy"],
             max_accuracy_drop=max_accuracy_drop,
+            max_ram=self.budgets["max_ram"],
+            max_flash=self.budgets["max_flash"],
             on_trial_done=self._on_trial_done,
             save_models=True,
             trial_seed=seed,
@@ -178,7 +194,7 @@ class Search:
 
     # -- candidates ------------------------------------------------------------------------------
     def _add(self, record: dict) -> Candidate:
-        c = Candidate.from_record(record, self.baseline, self.max_accuracy_drop)
+        c = Candidate.from_record(record, self.baseline, self.max_accuracy_drop, self.budgets)
         if c.recipe and not c.steps:  # a record written before trials kept their steps
             c.steps = dump_steps(recipe_steps(c.recipe, target=self.target))
         self.candidates[c.trial_id] = c
@@ -322,10 +338,17 @@ class Search:
         cands = sorted(self.candidates.values(), key=lambda c: c.trial_id)
         done = [c for c in cands if c.completed]
         points = [
-            {"accuracy": c.val_accuracy, "gzip_bytes": c.gzip_bytes, "latency_ms": c.latency_ms}
+            {
+                "accuracy": c.val_accuracy,
+                "gzip_bytes": c.gzip_bytes,
+                "latency_ms": c.latency_ms,
+                "arena_bytes": c.arena_bytes,
+                "flash_bytes": c.flash_bytes,
+            }
             for c in done
         ]
-        front = [done[i].trial_id for i in pareto_front(points)] if done else []
+        objectives = front_objectives(points)
+        front = [done[i].trial_id for i in pareto_front(points, objectives)] if done else []
         best = select_best(done, self.key)
         if best is not None and (self.best is None or self.best.trial_id != best.trial_id):
             shutil.copyfile(best.artifact, self.out_dir / "best.tflite")
@@ -366,6 +389,8 @@ class Search:
             "recipe": None if self.recipe_path is None else str(self.recipe_path),
             "closest": None if closest is None else closest.to_dict(),
             "front": front,
+            "front_objectives": objectives,
+            "budgets": self.budgets,
             "candidates": [c.to_dict() for c in cands],
             "trials_completed": len(done),
             "trials_failed": len(cands) - len(done),
@@ -380,7 +405,8 @@ class Search:
                 "margin": REFINE_MARGIN,
                 "distill": "distill" in self.hypermodel.techniques,
             },
-            "selection": SELECTION.format(key=self.key) + test_note,
+            "selection": SELECTION.format(key=self.key, budgets=_budget_text(self.budgets))
+            + test_note,
         }
         self.report = write_report(self.out_dir, self.data)
 
@@ -406,6 +432,19 @@ class Search:
                 f"{100 * (best.val_accuracy - base['val_accuracy']):+.2f} pt{test_part}; "
                 f"replay: tfopt run {self.recipe_path}; report: {self.report['markdown']}"
             )
+
+
+# the measurement each `optimize` objective minimizes
+OBJECTIVE_KEYS = {"size": "gzip_bytes", "latency": "latency_ms", "ram": "arena_bytes"}
+
+
+def _budget_text(budgets: dict) -> str:
+    parts = [
+        f"{label} <= {budgets[key]:,} B"
+        for key, label in (("max_ram", "TFLM arena"), ("max_flash", "flash"))
+        if budgets.get(key) is not None
+    ]
+    return (", " + ", ".join(parts)) if parts else ""
 
 
 def _objective():

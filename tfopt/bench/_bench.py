@@ -20,9 +20,10 @@ def file_sizes(path) -> dict[str, int]:
     return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9))}
 
 
-def evaluate(artifact, data, *, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``artifact`` (keras.Model or file) on ``data=(x, y)`` through its runtime."""
-    return _accuracy(runner_for(artifact), data, batch_size=batch_size)
+def evaluate(artifact, data, *, batch_size: int = 256, runtime: str | None = None) -> float:
+    """Top-1 accuracy of ``artifact`` (keras.Model or file) on ``data=(x, y)`` through its runtime
+    (or ``runtime``, e.g. ``"tflm"``)."""
+    return _accuracy(runner_for(artifact, runtime=runtime), data, batch_size=batch_size)
 
 
 def _accuracy(runner, data, *, batch_size: int = 256, logits=None) -> float:

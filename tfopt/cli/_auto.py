@@ -30,7 +30,27 @@ def add_parser(sub):
     p.add_argument("--time-budget", type=float, help="search time in seconds (no new trial after)")
     p.add_argument("--max-trials", type=int, help="number of trials (default 20 without a budget)")
     p.add_argument("--out", help="run directory (default: runs/auto_<config name>)")
-    p.add_argument("--objective", choices=["size", "latency"], default="size")
+    p.add_argument(
+        "--objective",
+        choices=["size", "latency", "ram"],
+        default="size",
+        help="what to minimize: gzip size, p50 latency, or ram (TFLite Micro's arena) "
+        "(default: size)",
+    )
+    p.add_argument(
+        "--max-ram",
+        type=_size("--max-ram"),
+        metavar="SIZE",
+        help="reject candidates whose TFLite Micro arena (peak RAM, from its allocation "
+        "recorder) exceeds SIZE, e.g. 64KB (KB = 1024 bytes; needs tflite-micro)",
+    )
+    p.add_argument(
+        "--max-flash",
+        type=_size("--max-flash"),
+        metavar="SIZE",
+        help="reject candidates whose flatbuffer (stored uncompressed in flash) exceeds SIZE, "
+        "e.g. 256KB",
+    )
     p.add_argument(
         "--target",
         choices=formats.targets(),
@@ -47,6 +67,21 @@ def add_parser(sub):
     p.add_argument("--overwrite", action="store_true", help="discard an earlier search in --out")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     return p
+
+
+def _size(flag: str):
+    """An argparse type for sizes (``64KB``), with the rule and the value in the error."""
+    import argparse
+
+    from tfopt._units import parse_size
+
+    def parse(text: str) -> int:
+        try:
+            return parse_size(text, flag)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def _config(args):
@@ -108,6 +143,9 @@ def main(args) -> int:
     from tfopt.auto._optimize import check_budget
 
     check_budget(args.max_accuracy_drop)
+    from tfopt.auto._optimize import check_memory_budgets
+
+    check_memory_budgets(args.max_ram, args.max_flash, target=args.target, objective=args.objective)
     if args.techniques:
         from tfopt.tune import TECHNIQUES
 
@@ -142,6 +180,8 @@ def main(args) -> int:
         run_config=cfg,
         verbose=0 if args.quiet else 1,
         log=lambda m: print(m, flush=True),
+        max_ram=args.max_ram,
+        max_flash=args.max_flash,
     )
     print(f"[auto] report: {res.report['markdown']}  plot: {res.report['plot']}", flush=True)
     if res.best is not None:
