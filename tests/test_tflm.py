@@ -104,7 +104,9 @@ def test_ops_tflm_lacks_are_named(tmp_path):
     with pytest.raises(_tflm.UnsupportedOpsError, match=r"no kernel for GELU\. The model's ops: "):
         runner_for(path, runtime="tflm")
     with pytest.raises(_tflm.UnsupportedOpsError, match="GELU"):
-        export(model, tmp_path / "g_tflm.tflite", format="tflm", representative_data=np.ones((8, 8)))
+        export(
+            model, tmp_path / "g_tflm.tflite", format="tflm", representative_data=np.ones((8, 8))
+        )
 
 
 def test_missing_tflite_micro_says_what_to_install(monkeypatch):
@@ -171,7 +173,9 @@ def test_cli_and_optimize_reject_bad_budgets(capsys):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     data = (np.zeros((8, 4), "float32"), np.zeros(8, "int32"))
     with pytest.raises(ValueError, match=r"TFLite Micro, which runs int8 models.*target='tflite'"):
-        tfopt.auto.optimize(model, data, data, max_accuracy_drop=0.1, max_ram="4KB", target="tflite")
+        tfopt.auto.optimize(
+            model, data, data, max_accuracy_drop=0.1, max_ram="4KB", target="tflite"
+        )
     with pytest.raises(ValueError, match="max_flash must be a size"):
         tfopt.auto.optimize(model, data, data, max_accuracy_drop=0.1, max_flash="lots")
 

@@ -135,7 +135,10 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
     for item in artifacts:
         art = item["artifact"]
         # params/MACs of the model this artifact was exported from, not of the final stage
-        res = bench.benchmark(art.path, data.test, model=item["stage"]["model"], **options)
+        runtime = "tflm" if formats.get(item["format"]).runtime == "tflm" else None
+        res = bench.benchmark(
+            art.path, data.test, model=item["stage"]["model"], runtime=runtime, **options
+        )
         rows.append(_row(item["stage"]["stage"], item["format"], art.path, res, art.check))
     for row in rows:
         _log(
@@ -168,6 +171,7 @@ def _row(stage, fmt, path, res, check) -> dict:
 
         r.update({k if k == "gzip_bytes" else "bytes": v for k, v in file_sizes(path).items()})
     keep = ("accuracy", "bytes", "gzip_bytes", "params", "macs", "latency_ms", "concurrency")
+    keep += ("arena_bytes", "flash_bytes", "micro")  # TFLite Micro, for int8 .tflite artifacts
     return {
         "stage": stage,
         "format": fmt,
