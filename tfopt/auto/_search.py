@@ -54,11 +54,24 @@ KNOWN_GOOD: tuple[dict, ...] = (
 )  # fmt: skip
 
 
-def default_seeds(hypermodel: CompressionHyperModel) -> list[dict]:
-    """The known-good recipes restricted to ``hypermodel``'s space, deduplicated, in order."""
+# Tried first under a RAM or flash budget: a microcontroller stores the flatbuffer raw, so zeros
+# from magnitude pruning or shared cluster values save no flash; only fewer channels shrink the
+# weights and the activations (and with them TFLite Micro's arena).
+KNOWN_GOOD_SMALL: tuple[dict, ...] = (
+    {"channel_ratio": 0.75, "channel_scope": "all", "quantization": "qat", **_DISTILL,
+     "ft_epochs": 16},
+    {"channel_ratio": 0.5, "channel_scope": "all", "quantization": "qat", **_DISTILL,
+     "ft_epochs": 16},
+)  # fmt: skip
+
+
+def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None) -> list[dict]:
+    """The known-good recipes restricted to ``hypermodel``'s space, deduplicated, in order
+    (`KNOWN_GOOD_SMALL` first when ``budgets`` hold a RAM or flash budget)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
-    for recipe in KNOWN_GOOD:
+    small = budgets and any(v is not None for v in budgets.values())
+    for recipe in (*KNOWN_GOOD_SMALL, *KNOWN_GOOD) if small else KNOWN_GOOD:
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
         if s and key not in seen:
@@ -158,7 +171,7 @@ class Search:
         self.hypermodel = CompressionHyperModel(
             model=model, techniques=techniques, target=target, space=space
         )
-        self.seeds = default_seeds(self.hypermodel) if seeds is None else list(seeds)
+        self.seeds = default_seeds(self.hypermodel, self.budgets) if seeds is None else list(seeds)
         self.oracle = AutoOracle(
             objective=_objective(),
             max_trials=max_trials or 999,

@@ -116,13 +116,15 @@ def tflm(
     check_data=None,
     min_agreement: float | None = None,
     atol: float | None = None,
-    fixed_batch: int | None = None,
+    fixed_batch: int | None = 1,
     array_name: str = "g_model",
     source_name: str = "model_data",
 ) -> Artifact:
     """Exports an int8 ``.tflite`` model for TensorFlow Lite for Microcontrollers, with its C source.
 
-    Writes ``path`` (the same int8 conversion as ``format="tflite-int8"``), then
+    Writes ``path`` (the int8 conversion of ``format="tflite-int8"``, with a fixed batch of 1:
+    TFLM runs one sample at a time, and a static batch spares the SHAPE / STRIDED_SLICE / PACK ops
+    a dynamic one needs around a Flatten, which costs arena and flash), then
     ``<source_name>.cc`` and ``<source_name>.h`` beside it (see `c_source`). Checks, in this
     order: TFLM has a kernel for every op (else `UnsupportedOpsError` naming the ones it lacks);
     the array parsed back out of the ``.cc`` is byte-identical to the ``.tflite``; those bytes
@@ -140,7 +142,8 @@ def tflm(
         check_data: inputs of the checks. Defaults to ``representative_data``.
         min_agreement: the lowest accepted argmax agreement of TFLM with Keras. Defaults to 0.9.
         atol: not used for int8 (kept for the export options' symmetry). Defaults to None.
-        fixed_batch: see `tfopt.export.tflite`. Defaults to None.
+        fixed_batch: the batch size the model is converted with (None: dynamic, as
+            `tfopt.export.tflite`). Defaults to 1.
         array_name: the C identifier of the array. Defaults to "g_model".
         source_name: the stem of the ``.cc``/``.h`` files. Defaults to "model_data".
 

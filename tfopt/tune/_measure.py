@@ -24,6 +24,7 @@ def export_and_measure(
     test=None,
     latency_runs: int = 50,
     runtime: str | None = None,
+    fixed_batch: int | None = None,
 ) -> dict:
     """Exports ``model`` to ``path`` and measures the file: accuracy, sizes, latency.
 
@@ -37,6 +38,8 @@ def export_and_measure(
         latency_runs: timed single-sample invocations. Defaults to 50.
         runtime: the runtime accuracy and latency are measured in (``"tflm"`` for TFLite Micro).
             Defaults to None (LiteRT).
+        fixed_batch: convert with this fixed batch size (`tfopt.export.tflite`; the ``tflm``
+            target uses 1, as `tfopt.export.tflm` does). Defaults to None (dynamic).
 
     Returns:
         A dict with ``val_accuracy``, ``test_accuracy`` (or None), ``bytes``, ``gzip_bytes``,
@@ -58,6 +61,7 @@ def export_and_measure(
             quantization=quantization,
             representative_data=rep,
             check_data=rep[:256],
+            fixed_batch=fixed_batch,
         )
     except Exception as e:  # converter errors, ExportCheckError, unsupported layers
         raise ExportFailed(

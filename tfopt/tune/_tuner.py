@@ -177,6 +177,8 @@ def run_candidate(
         test=test,
         latency_runs=latency_runs,
         runtime=_formats.get(target).runtime,
+        # the tflm target's artifact is what `tfopt.export.tflm` writes: batch fixed to 1
+        fixed_batch=1 if _formats.get(target).runtime == "tflm" else None,
     )
     return final, metrics, facts
 
