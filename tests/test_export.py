@@ -304,6 +304,7 @@ def test_one_formats_table_feeds_config_cli_export_bench_and_search(
         "tflite-dynamic",
         "tflite-int8",
         "tflite-int16x8",
+        "tflm",
         "onnx",
         "savedmodel",
         "triton",
@@ -312,7 +313,7 @@ def test_one_formats_table_feeds_config_cli_export_bench_and_search(
         "tensorrt-int8",
     ]  # the user-facing names (README, DESIGN) do not change
     assert list(_formats.FORMATS) == list(tfopt.export.FORMATS) == list(EXPORT_FORMATS) == names
-    targets = ("tflite", "tflite-float16", "tflite-dynamic", "tflite-int8")
+    targets = ("tflite", "tflite-float16", "tflite-dynamic", "tflite-int8", "tflm")
     assert tfopt.tune.TARGETS == _formats.targets() == targets
     assert tuple(_choices("auto", "--target").choices) == targets
     assert tfopt.export.TOLERANCES["tflite-int8"] == _formats.get("tflite-int8").tolerance

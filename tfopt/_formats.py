@@ -29,7 +29,7 @@ class Format:
             ``"savedmodel"``, ``"triton"``, ``"tensorrt"``).
         fixed: the exporter options the name fixes, e.g. ``(("quantization", "int8"),)``.
         runtime: the runtime that opens the artifact in `tfopt.bench` (``"tflite"`` is LiteRT,
-            ``"onnxruntime"``, ``"savedmodel"``), or None when tfopt cannot run it here
+            ``"tflm"`` TFLite Micro, ``"onnxruntime"``, ``"savedmodel"``), or None when tfopt cannot run it here
             (a TensorRT engine needs a GPU).
         min_agreement: the lowest argmax agreement with the Keras model the parity check accepts.
         max_abs_diff: the largest output difference, as a fraction of the largest Keras output
@@ -100,6 +100,19 @@ FORMATS: dict[str, Format] = {
         _tflite("tflite-dynamic", "dynamic", 0.95, None, target=True),
         _tflite("tflite-int8", "int8", 0.9, None, target=True),
         _tflite("tflite-int16x8", "int16x8", 0.95, None),
+        # the int8 model for TFLite Micro, plus model_data.cc/.h (tfopt.export.tflm)
+        Format(
+            "tflm",
+            "tflm",
+            "tflm",
+            0.9,
+            None,
+            ".tflite",
+            "_tflm",
+            (("quantization", "int8"),),
+            ("tflite_micro",),
+            target=True,
+        ),
         Format("onnx", "onnx", "onnxruntime", 0.99, 1e-3, ".onnx", requires=_ONNX),
         Format("savedmodel", "savedmodel", "savedmodel", 0.99, 1e-4, "", "_savedmodel"),
         Format("triton", "triton", "savedmodel", 0.99, 1e-4, "", "_triton"),
@@ -124,6 +137,8 @@ _ALIASES = {
     "tflite-fp16": "tflite-float16",
     "tf": "savedmodel",
     "saved_model": "savedmodel",
+    "micro": "tflm",
+    "tflite-micro": "tflm",
 }
 
 

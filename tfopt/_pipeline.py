@@ -129,7 +129,7 @@ def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
     from tfopt import export
 
     rep = data.x_train[: cfg.export.representative_samples]
-    if formats.get(fmt).exporter == "tflite":
+    if formats.get(fmt).quantization is not None:  # TFLite and TFLite Micro calibrate
         return export.export(
             model, path, format=fmt, representative_data=rep, check_data=data.x_val
         )
@@ -232,7 +232,10 @@ def run(
     for item in artifacts:
         art = item["artifact"]
         # params/MACs of the model this artifact was exported from, not of the final stage
-        res = bench.benchmark(art.path, data.test, model=item["stage"]["model"], **options)
+        runtime = "tflm" if formats.get(item["format"]).runtime == "tflm" else None
+        res = bench.benchmark(
+            art.path, data.test, model=item["stage"]["model"], runtime=runtime, **options
+        )
         rows.append(_row(item["stage"]["stage"], item["format"], art.path, res, art.check))
     for row in rows:
         _log(
@@ -265,6 +268,7 @@ def _row(stage, fmt, path, res, check) -> dict:
 
         r.update({k if k == "gzip_bytes" else "bytes": v for k, v in file_sizes(path).items()})
     keep = ("accuracy", "bytes", "gzip_bytes", "params", "macs", "latency_ms", "concurrency")
+    keep += ("arena_bytes", "flash_bytes", "micro")  # TFLite Micro, for int8 .tflite artifacts
     return {
         "stage": stage,
         "format": fmt,

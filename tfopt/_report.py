@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tfopt.bench._report import plot_accuracy_vs_size
+from tfopt.bench._report import micro_table, plot_accuracy_vs_size
 
 
 def _fmt_bytes(n) -> str:
@@ -89,7 +89,8 @@ def write_report(report: dict, run_dir: Path) -> None:
         "",
         f"Dataset: {report['dataset']}. Wall time: {report['seconds']:.0f} s.",
         "",
-        "Accuracy is measured on the test split through each artifact's own runtime (Keras, LiteRT).",
+        "Accuracy is measured on the test split through each artifact's own runtime (Keras, LiteRT, "
+        "TFLite Micro for tflm).",
         "Latency: one sample per request, single thread, after warm-up.",
         "Params and MACs are those of the model each artifact was exported from (per sample; "
         "tfopt's pruning/QAT/cluster variables are not params). Size ratios are gzip to gzip.",
@@ -97,6 +98,9 @@ def write_report(report: dict, run_dir: Path) -> None:
         markdown_table(report["results"]),
         "",
     ]
+    micro = micro_table(report["results"])
+    if micro:  # int8 .tflite artifacts run in TFLite Micro too: arena (peak RAM) and flash
+        md += ["## On a microcontroller (TensorFlow Lite for Microcontrollers)", *micro, ""]
     load = throughput_table(report["results"])
     if load:
         md += ["## Under concurrent load", "", load, ""]

@@ -15,6 +15,12 @@ class Candidate:
     exported) or ``"ERROR"`` (a bug). ``steps`` are the `tfopt run` step configs that made it (as
     dicts), ``recipe`` the flat search values they came from. ``ratio`` is gzip-to-gzip: the float
     baseline's float32 TFLite gzip bytes over this artifact's gzip bytes.
+
+    ``arena_bytes`` is the tensor arena TFLite Micro's allocation recorder reports (peak RAM),
+    ``flash_bytes`` the raw flatbuffer (what a microcontroller stores), ``tflm_agreement`` the
+    fraction of val inputs where TFLM's argmax equals LiteRT's; ``tflm_note`` says why TFLM was
+    not measured. ``rejected`` says which RAM / flash budget the candidate exceeds (None: within
+    them, or no such budget); a rejected candidate is never selected.
     """
 
     trial_id: str
@@ -38,14 +44,26 @@ class Candidate:
     within_budget: bool | None = None
     test_drop: float | None = None
     kernel_sparsity: float | None = None
+    arena_bytes: int | None = None
+    flash_bytes: int | None = None
+    tflm_agreement: float | None = None
+    tflm_note: str | None = None
+    rejected: str | None = None
 
     @property
     def completed(self) -> bool:
         return self.status == "COMPLETED"
 
     @classmethod
-    def from_record(cls, record: dict, baseline: dict, max_accuracy_drop: float) -> Candidate:
-        """The candidate of a trial record (``tfopt.json``), measured against ``baseline``.
+    def from_record(
+        cls,
+        record: dict,
+        baseline: dict,
+        max_accuracy_drop: float,
+        budgets: dict | None = None,
+    ) -> Candidate:
+        """The candidate of a trial record (``tfopt.json``), measured against ``baseline`` and
+        the ``budgets`` (``{"max_ram": bytes or None, "max_flash": bytes or None}``).
 
         Paths in the record are relative to ``record["dir"]`` (its directory) when it is given.
         """
@@ -79,24 +97,46 @@ class Candidate:
             if c.test_accuracy is not None and baseline.get("test_accuracy") is not None:
                 c.test_drop = baseline["test_accuracy"] - c.test_accuracy
             c.kernel_sparsity = (record.get("facts") or {}).get("kernel_sparsity")
+            c.arena_bytes = m.get("arena_bytes")
+            c.flash_bytes = m.get("flash_bytes", c.bytes)
+            c.tflm_agreement = m.get("tflm_agreement")
+            c.tflm_note = m.get("tflm_note")
+            c.rejected = over_budget(c, budgets or {})
         return c
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def over_budget(c: Candidate, budgets: dict) -> str | None:
+    """Why ``c`` exceeds the RAM / flash ``budgets`` (``{"max_ram", "max_flash"}``, bytes or None),
+    or None when it fits them."""
+    reasons = []
+    ram, flash = budgets.get("max_ram"), budgets.get("max_flash")
+    if ram is not None:
+        if c.arena_bytes is None:
+            reasons.append(f"RAM not measured in TFLite Micro ({c.tflm_note or 'no arena'})")
+        elif c.arena_bytes > ram:
+            reasons.append(f"arena {c.arena_bytes:,} B > max_ram {ram:,} B")
+    if flash is not None and c.flash_bytes is not None and c.flash_bytes > flash:
+        reasons.append(f"flash {c.flash_bytes:,} B > max_flash {flash:,} B")
+    return "; ".join(reasons) or None
+
+
 def select_best(candidates: Sequence[Candidate], key: str = "gzip_bytes") -> Candidate | None:
-    """The best candidate: within budget on val, then the smallest ``key`` (then the most accurate).
+    """The best candidate: within budget on val and within the RAM / flash budgets (not
+    ``rejected``), then the smallest ``key`` (then the most accurate).
 
     Refined candidates are final (fully fine-tuned, few of them); screened ones count only while no
     refined candidate is within budget: the smallest of ~100 short, noisy screens on val tends to
     owe its place to a lucky val score (the winner's curse). Test accuracy plays no part.
     """
-    ok = [c for c in candidates if c.completed and c.within_budget]
+    ok = [c for c in candidates if c.completed and c.within_budget and not c.rejected]
+    ok = [c for c in ok if getattr(c, key) is not None]
     ok = [c for c in ok if c.phase == "refine"] or ok
     if not ok:
         return None
     return min(ok, key=lambda c: (getattr(c, key), -c.val_accuracy, c.trial_id))
 
 
-SELECTION = "val accuracy within budget, then smallest {key} (refined candidates first)"
+SELECTION = "val accuracy within budget{budgets}, then smallest {key} (refined candidates first)"

@@ -14,7 +14,7 @@ from tfopt._backend import check_model
 from tfopt.auto._search import Search
 from tfopt.tune._space import TARGETS
 
-AUTO_OBJECTIVES = ("size", "latency")
+AUTO_OBJECTIVES = ("size", "latency", "ram")
 
 
 @dataclass
@@ -63,7 +63,19 @@ def check_budget(max_accuracy_drop) -> float:
 
 
 def search_identity(
-    model, train, val, test, *, max_accuracy_drop, target, objective, techniques, seeds, space, seed
+    model,
+    train,
+    val,
+    test,
+    *,
+    max_accuracy_drop,
+    target,
+    objective,
+    techniques,
+    seeds,
+    space,
+    seed,
+    budgets=None,
 ) -> dict:
     """What a search directory records about its inputs (`tfopt._rundir.claim_identity`): the
     model's weights, the data's bytes and every setting that changes a result. Budgets of time
@@ -83,6 +95,7 @@ def search_identity(
             "seeds": None if seeds is None else [dict(s) for s in seeds],
             "space": space,
             "seed": int(seed),
+            "budgets": budgets or {},
         },
     }
 
@@ -117,6 +130,33 @@ def check_search_args(*, time_budget=None, max_trials=None, refine=None) -> None
         )
     if refine is not None and not (_is_int(refine) and 0 <= refine <= 100_000):
         raise ValueError(f"refine must be an int in [0, 100000]. Received: refine={refine!r}")
+
+
+def check_memory_budgets(max_ram, max_flash, *, target: str, objective: str) -> dict:
+    """``{"max_ram": bytes or None, "max_flash": bytes or None}`` from sizes such as ``"64KB"``.
+
+    Raises:
+        ValueError: a size that does not parse, or a budget on a target TFLite Micro does not run
+            (it runs the int8 targets).
+        MissingDependencyError: TFLite Micro is needed (the ``tflm`` target, a RAM budget, the RAM
+            objective) and tflite-micro is not installed.
+    """
+    from tfopt import _formats, _tflm
+    from tfopt._units import parse_size
+
+    budgets = {
+        "max_ram": None if max_ram is None else parse_size(max_ram, "max_ram"),
+        "max_flash": None if max_flash is None else parse_size(max_flash, "max_flash"),
+    }
+    needs_micro = budgets["max_ram"] is not None or objective == "ram" or target == "tflm"
+    if needs_micro and _formats.get(target).quantization != "int8":
+        raise ValueError(
+            f"max_ram and objective='ram' are measured in TFLite Micro, which runs int8 models: "
+            f"use target='tflite-int8' or 'tflm'. Received: target={target!r}"
+        )
+    if needs_micro:
+        _tflm.import_runtime()
+    return budgets
 
 
 def _check_data(name: str, data) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +194,8 @@ def optimize(
     run_config=None,
     verbose: int = 1,
     log: Callable[[str], None] = print,
+    max_ram=None,
+    max_flash=None,
 ) -> AutoResult:
     """Finds the smallest (or fastest) deployable artifact within an accuracy budget.
 
@@ -189,8 +231,10 @@ def optimize(
         test: ``(x, y)`` held-out data measured and reported for every candidate, never used for
             selection. Defaults to None.
         max_accuracy_drop: the allowed accuracy drop on ``val``, a fraction (0.005 = half a point).
-        target: the artifact format, one of ``tfopt.tune.TARGETS``. Defaults to "tflite-int8".
-        objective: ``"size"`` (gzip bytes) or ``"latency"`` (p50). Defaults to "size".
+        target: the artifact format, one of ``tfopt.tune.TARGETS``; ``"tflm"`` measures accuracy
+            and latency in TensorFlow Lite for Microcontrollers. Defaults to "tflite-int8".
+        objective: ``"size"`` (gzip bytes), ``"latency"`` (p50) or ``"ram"`` (TFLite Micro's
+            arena bytes). Defaults to "size".
         time_budget: seconds for the search and the refinement (the last `REFINE_SHARE` of it is
             kept for refinement; when nothing is left to refine and time is, screening resumes for
             the search's share of what is left, then refinement again); no trial starts that
@@ -213,15 +257,26 @@ def optimize(
             Defaults to None (recipe.yaml then says to set ``data.name``).
         verbose: 1 prints one line per trial, 0 is silent. Defaults to 1.
         log: where progress lines go. Defaults to print.
+        max_ram: the most RAM the artifact may need: TFLite Micro's arena (its allocation
+            recorder's total), as bytes or a size such as ``"64KB"`` (KB = 1024 bytes).
+            Candidates over it are rejected (the reason is in the report). Defaults to None.
+        max_flash: the most flash: the raw flatbuffer bytes, which a microcontroller stores
+            uncompressed (``"256KB"``). Defaults to None.
 
     Returns:
         An `AutoResult`: the baseline, every candidate (refined ones have ``phase="refine"`` and
         ``refined_from``), the Pareto front, the best candidate (or None), the report's paths and
         ``recipe`` (the path of recipe.yaml, or None).
 
+    Every candidate of an int8 target is also run in TFLite Micro when tflite-micro is
+    installed: the report gives its arena, flash and argmax agreement with LiteRT (or why it was
+    not measured), and the Pareto front is over RAM and flash too.
+
     Raises:
         ValueError: an argument out of range (named in the message).
         TypeError: ``model`` is not a Keras 3 model.
+        MissingDependencyError: the target, a RAM budget or the RAM objective needs TFLite Micro
+            and tflite-micro is not installed.
 
     Example:
         >>> res = tfopt.auto.optimize(model, train=ds.train, val=ds.val, test=ds.test,
@@ -237,6 +292,7 @@ def optimize(
             f"Unrecognized objective={objective!r}. Supported objectives are: {list(AUTO_OBJECTIVES)}"
         )
     check_search_args(time_budget=time_budget, max_trials=max_trials, refine=refine)
+    budgets = check_memory_budgets(max_ram, max_flash, target=target, objective=objective)
     train = _check_data("train", train)
     val = _check_data("val", val)
     test = None if test is None else _check_data("test", test)
@@ -261,6 +317,7 @@ def optimize(
         seeds=seeds,
         space=space,
         seed=seed,
+        budgets=budgets,
     )
     _rundir.claim_identity(out_dir, "search", identity, what="search")
     spent = _spent(out_dir)
@@ -285,6 +342,7 @@ def optimize(
         run_config=run_config,
         say=log if verbose else (lambda msg: None),
         started=started,
+        budgets=budgets,
     )
     stopped = search.run(time_budget=time_budget, max_trials=max_trials, refine=refine)
     search.finish(stopped)

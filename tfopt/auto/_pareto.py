@@ -7,6 +7,16 @@ from collections.abc import Mapping, Sequence
 DEFAULT_OBJECTIVES: dict[str, str] = {"accuracy": "max", "gzip_bytes": "min", "latency_ms": "min"}
 
 
+def front_objectives(points: Sequence[Mapping]) -> dict[str, str]:
+    """The objectives of `tfopt.auto`'s front: `DEFAULT_OBJECTIVES`, plus TFLite Micro's arena
+    and the flash bytes (both min) when every point has them (RAM and flash are measured)."""
+    objectives = dict(DEFAULT_OBJECTIVES)
+    for key in ("arena_bytes", "flash_bytes"):
+        if points and all(p.get(key) is not None for p in points):
+            objectives[key] = "min"
+    return objectives
+
+
 def _check(objectives: Mapping[str, str]) -> None:
     if not objectives:
         raise ValueError("objectives must name at least one key. Received: objectives={}")

@@ -52,7 +52,8 @@ def refine_queue(
 
     Args:
         candidates: the search's candidates as dicts (`Candidate.to_dict`: ``status``, ``stages``,
-            ``val_accuracy``, ``key``; refined ones carry ``refined_from``).
+            ``val_accuracy``, ``key``; refined ones carry ``refined_from``; ``rejected`` ones,
+            over a RAM / flash budget, are skipped).
         baseline_accuracy: the float baseline's val accuracy.
         max_accuracy_drop: the budget (a fraction).
         key: the objective's measurement, ``"gzip_bytes"`` or ``"latency_ms"``. Defaults to
@@ -74,6 +75,8 @@ def refine_queue(
     for c in candidates:
         if c["status"] != "COMPLETED" or c.get("refined_from") or tuple(c["stages"]) in done:
             continue
+        if c.get("rejected") or c.get(key) is None:  # over a RAM / flash budget: fine-tuning
+            continue  # longer does not shrink it
         drop = baseline_accuracy - c["val_accuracy"]
         if drop > max_accuracy_drop + margin + 1e-12:
             continue

@@ -22,6 +22,19 @@ def _ms(x) -> str:
     return "-" if x is None else f"{x:.3f} ms"
 
 
+def _b(n) -> str:
+    return "-" if n is None else f"{n:,} B"
+
+
+def tflm_cell(c: dict) -> str:
+    """TFLite Micro's argmax agreement with LiteRT for a candidate, or why it was not measured."""
+    a = c.get("tflm_agreement")
+    if a is not None:
+        return f"{a:.1%}" + ("" if a >= 0.99 else " (below 99%)")
+    note = c.get("tflm_note")
+    return f"not measured: {note}" if note else "-"
+
+
 def fmt_time(s: float) -> str:
     s = int(s)
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
@@ -40,11 +53,17 @@ def progress_line(c, best, baseline: dict, elapsed: float) -> str:
             f"({100 * (c.test_accuracy - baseline['test_accuracy']):+.2f})"
         )
     origin = f" (refines {c.refined_from})" if c.refined_from else ""
+    micro = ""
+    if c.arena_bytes is not None:
+        micro = f"  arena {c.arena_bytes:,} B flash {c.flash_bytes:,} B"
+    verdict = "within budget" if c.within_budget else "over budget  "
+    if c.rejected:
+        verdict = f"rejected ({c.rejected})"
     return (
         f"[auto] trial {c.trial_id}  {' + '.join(c.stages) or 'none':<42}{origin} val "
         f"{c.val_accuracy:.4f} ({drop:+.2f}){test_part}  gzip {c.gzip_bytes / 1024:.1f} KB "
-        f"({c.ratio:.1f}x gzip-to-gzip)  p50 {c.latency_ms:.3f} ms  "
-        f"{'within budget' if c.within_budget else 'over budget  '}  best: "
+        f"({c.ratio:.1f}x gzip-to-gzip)  p50 {c.latency_ms:.3f} ms{micro}  "
+        f"{verdict}  best: "
         + (f"{best.trial_id} {best.gzip_bytes / 1024:.1f} KB" if best else "none")
         + f"  [{fmt_time(c.seconds)}, total {fmt_time(elapsed)}]"
     )
@@ -77,6 +96,17 @@ def markdown(data: dict) -> str:
         f"{data['stopped']}; wall time {data['elapsed_s']:.0f} s",
         f"- techniques searched: {', '.join(data['techniques']) or 'none (PTQ only)'}",
     ]
+    budgets = {k: v for k, v in (data.get("budgets") or {}).items() if v is not None}
+    if budgets:
+        lines.append(
+            "- memory budgets: "
+            + ", ".join(
+                f"{'RAM (TFLite Micro arena)' if k == 'max_ram' else 'flash (raw flatbuffer)'} "
+                f"<= {v:,} B"
+                for k, v in budgets.items()
+            )
+            + "; candidates over them are rejected, with the reason below"
+        )
     ref = data.get("refinement")
     if ref:
         lines.append(
@@ -87,11 +117,12 @@ def markdown(data: dict) -> str:
         )
     lines += [
         "",
-        "| artifact | bytes | gzip | gzip ratio | val acc | test acc | latency p50 |",
-        "|---|---|---|---|---|---|---|",
+        "| artifact | bytes (flash) | gzip | gzip ratio | val acc | test acc | latency p50 | "
+        "TFLM arena (RAM) | TFLM vs LiteRT argmax |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| float baseline (TFLite float32) | {base['bytes']} | {base['gzip_bytes']} | 1.0x | "
         f"{_acc(base['val_accuracy'])} | {_acc(base.get('test_accuracy'))} | "
-        f"{_ms(base['latency_ms'])} |",
+        f"{_ms(base['latency_ms'])} | {_b(base.get('arena_bytes'))} | {tflm_cell(base)} |",
     ]
     if best:
         lines.append(
@@ -102,7 +133,7 @@ def markdown(data: dict) -> str:
             f"({_delta(best['val_accuracy'], base['val_accuracy'])}) | "
             f"{_acc(best.get('test_accuracy'))} "
             f"({_delta(best.get('test_accuracy'), base.get('test_accuracy'))}) | "
-            f"{_ms(best['latency_ms'])} |"
+            f"{_ms(best['latency_ms'])} | {_b(best.get('arena_bytes'))} | {tflm_cell(best)} |"
         )
     lines.append("")
     if best:
@@ -124,12 +155,21 @@ def markdown(data: dict) -> str:
                 f"({_delta(closest['val_accuracy'], base['val_accuracy'])}), "
                 f"{_kb(closest['gzip_bytes'])} gzip."
             )
+    names = {
+        "accuracy": "val accuracy max",
+        "gzip_bytes": "gzip size min",
+        "latency_ms": "latency min",
+        "arena_bytes": "TFLM arena min",
+        "flash_bytes": "flash min",
+    }
+    objectives = data.get("front_objectives") or {"accuracy": "max", "gzip_bytes": "min"}
     lines += [
         "",
-        "## Pareto front (val accuracy max, gzip size min, latency min)",
+        f"## Pareto front ({', '.join(names.get(k, k) for k in objectives)})",
         "",
-        "| trial | recipe | val acc | test acc | gzip | gzip ratio | latency p50 | in budget (val) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| trial | recipe | val acc | test acc | gzip | gzip ratio | latency p50 | TFLM arena | "
+        "flash | TFLM vs LiteRT | in budget (val) | RAM/flash budgets |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cands = {c["trial_id"]: c for c in data["candidates"]}
     for tid in data["front"]:
@@ -137,29 +177,35 @@ def markdown(data: dict) -> str:
         lines.append(
             f"| {tid} | {' + '.join(c['stages'])} | {_acc(c['val_accuracy'])} | "
             f"{_acc(c.get('test_accuracy'))} | {_kb(c['gzip_bytes'])} | {c['ratio']:.1f}x | "
-            f"{_ms(c['latency_ms'])} | {'yes' if c['within_budget'] else 'no'} |"
+            f"{_ms(c['latency_ms'])} | {_b(c.get('arena_bytes'))} | {_b(c.get('flash_bytes'))} | "
+            f"{tflm_cell(c)} | {'yes' if c['within_budget'] else 'no'} | "
+            f"{'rejected: ' + c['rejected'] if c.get('rejected') else 'fits'} |"
         )
     lines += [
         "",
         "## All trials",
         "",
-        "| trial | status | recipe | val acc | test acc | gzip | gzip ratio | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| trial | status | recipe | val acc | test acc | gzip | gzip ratio | TFLM arena | "
+        "flash | TFLM vs LiteRT | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in data["candidates"]:
         if c["status"] == "COMPLETED":
+            status = f"rejected: {c['rejected']}" if c.get("rejected") else "ok"
             lines.append(
-                f"| {c['trial_id']} | ok | {' + '.join(c['stages'])}"
+                f"| {c['trial_id']} | {status} | {' + '.join(c['stages'])}"
                 + (f" (refines {c['refined_from']})" if c.get("refined_from") else "")
                 + f" | {_acc(c['val_accuracy'])} | "
                 f"{_acc(c.get('test_accuracy'))} | {_kb(c['gzip_bytes'])} | {c['ratio']:.1f}x | "
+                f"{_b(c.get('arena_bytes'))} | {_b(c.get('flash_bytes'))} | {tflm_cell(c)} | "
                 f"{c['seconds']:.0f} |"
             )
         else:
             err = str(c.get("error", "")).splitlines()[0][:120] if c.get("error") else ""
             status = "error" if c["status"] == "ERROR" else "failed"
             lines.append(
-                f"| {c['trial_id']} | {status} | {err} | - | - | - | - | {c['seconds']:.0f} |"
+                f"| {c['trial_id']} | {status} | {err} | - | - | - | - | - | - | - | "
+                f"{c['seconds']:.0f} |"
             )
     if data.get("missing_techniques"):
         lines += [

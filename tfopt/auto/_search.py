@@ -17,7 +17,7 @@ from pathlib import Path
 from tfopt import _rundir
 from tfopt.auto._candidate import SELECTION, Candidate, select_best
 from tfopt.auto._oracle import AutoOracle
-from tfopt.auto._pareto import pareto_front
+from tfopt.auto._pareto import front_objectives, pareto_front
 from tfopt.auto._recipe import recipe_config, write_recipe
 from tfopt.auto._refine import (
     REFINE_EPOCHS,
@@ -54,11 +54,24 @@ KNOWN_GOOD: tuple[dict, ...] = (
 )  # fmt: skip
 
 
-def default_seeds(hypermodel: CompressionHyperModel) -> list[dict]:
-    """The known-good recipes restricted to ``hypermodel``'s space, deduplicated, in order."""
+# Tried first under a RAM or flash budget: a microcontroller stores the flatbuffer raw, so zeros
+# from magnitude pruning or shared cluster values save no flash; only fewer channels shrink the
+# weights and the activations (and with them TFLite Micro's arena).
+KNOWN_GOOD_SMALL: tuple[dict, ...] = (
+    {"channel_ratio": 0.75, "channel_scope": "all", "quantization": "qat", **_DISTILL,
+     "ft_epochs": 16},
+    {"channel_ratio": 0.5, "channel_scope": "all", "quantization": "qat", **_DISTILL,
+     "ft_epochs": 16},
+)  # fmt: skip
+
+
+def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None) -> list[dict]:
+    """The known-good recipes restricted to ``hypermodel``'s space, deduplicated, in order
+    (`KNOWN_GOOD_SMALL` first when ``budgets`` hold a RAM or flash budget)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
-    for recipe in KNOWN_GOOD:
+    small = budgets and any(v is not None for v in budgets.values())
+    for recipe in (*KNOWN_GOOD_SMALL, *KNOWN_GOOD) if small else KNOWN_GOOD:
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
         if s and key not in seen:
@@ -67,12 +80,12 @@ def default_seeds(hypermodel: CompressionHyperModel) -> list[dict]:
     return seeds
 
 
-def _measure_baseline(model, out_dir: Path, val, test, representative) -> dict:
+def _measure_baseline(model, out_dir: Path, val, test, representative, micro=None) -> dict:
     from tfopt import bench, export
 
     path = out_dir / "baseline.tflite"
     art = export.tflite(model, path, quantization="float32", check_data=representative[:256])
-    res = bench.benchmark(str(path), data=val, warmup=5, runs=50)
+    res = bench.benchmark(str(path), data=val, warmup=5, runs=50, micro=micro)
     return {
         "artifact": str(path),
         "format": art.format,
@@ -82,6 +95,11 @@ def _measure_baseline(model, out_dir: Path, val, test, representative) -> dict:
         "test_accuracy": None if test is None else float(bench.evaluate(str(path), test)),
         "latency_ms": float(res.latency_ms["p50"]),
         "params": int(model.count_params()),
+        # the float32 model in TFLite Micro (a reference for the RAM / flash budgets)
+        "arena_bytes": res.arena_bytes,
+        "flash_bytes": int(res.bytes),
+        "tflm_agreement": res.micro.get("tflm_agreement"),
+        "tflm_note": res.micro.get("skipped"),
     }
 
 
@@ -111,11 +129,18 @@ class Search:
         run_config: dict | None,
         say: Callable[[str], None],
         started: float,
+        budgets: dict | None = None,
     ):
         self.model, self.train, self.val, self.test = model, train, val, test
         self.max_accuracy_drop = max_accuracy_drop
         self.target, self.objective = target, objective
-        self.key = "gzip_bytes" if objective == "size" else "latency_ms"
+        self.key = OBJECTIVE_KEYS[objective]
+        self.budgets = {"max_ram": None, "max_flash": None, **(budgets or {})}
+        from tfopt import _tflm
+
+        # TFLite Micro measures every candidate when the target is TFLM, a RAM/flash budget or
+        # the RAM objective needs it, or (int8 targets) it is installed
+        self.micro = _tflm.available()
         self.out_dir, self.seed, self.run_config = out_dir, seed, run_config
         self.say, self.started = say, started
         self.candidates: dict[str, Candidate] = {}
@@ -131,7 +156,9 @@ class Search:
         except Exception as e:  # a model Keras cannot save: no recipe.yaml, the search goes on
             self.replayable = False
             self.say(f"[auto] no recipe.yaml: the model cannot be saved ({type(e).__name__}: {e})")
-        self.baseline = _measure_baseline(model, out_dir, val, test, train[0][:200])
+        self.baseline = _measure_baseline(
+            model, out_dir, val, test, train[0][:200], micro=self.micro or None
+        )
         write_json(out_dir / "baseline.json", self.baseline)
         b = self.baseline
         self.say(
@@ -144,7 +171,7 @@ class Search:
         self.hypermodel = CompressionHyperModel(
             model=model, techniques=techniques, target=target, space=space
         )
-        self.seeds = default_seeds(self.hypermodel) if seeds is None else list(seeds)
+        self.seeds = default_seeds(self.hypermodel, self.budgets) if seeds is None else list(seeds)
         self.oracle = AutoOracle(
             objective=_objective(),
             max_trials=max_trials or 999,
@@ -160,6 +187,8 @@ class Search:
             objective=objective,
             baseline_accuracy=b["val_accuracy"],
             max_accuracy_drop=max_accuracy_drop,
+            max_ram=self.budgets["max_ram"],
+            max_flash=self.budgets["max_flash"],
             on_trial_done=self._on_trial_done,
             save_models=True,
             trial_seed=seed,
@@ -182,7 +211,7 @@ class Search:
 
     # -- candidates ------------------------------------------------------------------------------
     def _add(self, record: dict) -> Candidate:
-        c = Candidate.from_record(record, self.baseline, self.max_accuracy_drop)
+        c = Candidate.from_record(record, self.baseline, self.max_accuracy_drop, self.budgets)
         stale = _stale(c, record)
         if stale:  # never select (or copy to best.tflite) a file that is not the one measured
             c.status, c.within_budget = "ERROR", None
@@ -334,10 +363,17 @@ class Search:
         cands = sorted(self.candidates.values(), key=lambda c: c.trial_id)
         done = [c for c in cands if c.completed]
         points = [
-            {"accuracy": c.val_accuracy, "gzip_bytes": c.gzip_bytes, "latency_ms": c.latency_ms}
+            {
+                "accuracy": c.val_accuracy,
+                "gzip_bytes": c.gzip_bytes,
+                "latency_ms": c.latency_ms,
+                "arena_bytes": c.arena_bytes,
+                "flash_bytes": c.flash_bytes,
+            }
             for c in done
         ]
-        front = [done[i].trial_id for i in pareto_front(points)] if done else []
+        objectives = front_objectives(points)
+        front = [done[i].trial_id for i in pareto_front(points, objectives)] if done else []
         best = select_best(done, self.key)
         if best is not None and (self.best is None or self.best.trial_id != best.trial_id):
             _rundir.copy_file(best.artifact, self.out_dir / "best.tflite")
@@ -378,6 +414,8 @@ class Search:
             "recipe": None if self.recipe_path is None else str(self.recipe_path),
             "closest": None if closest is None else closest.to_dict(),
             "front": front,
+            "front_objectives": objectives,
+            "budgets": self.budgets,
             "candidates": [c.to_dict() for c in cands],
             "trials_completed": len(done),
             "trials_failed": len(cands) - len(done),
@@ -392,7 +430,8 @@ class Search:
                 "margin": REFINE_MARGIN,
                 "distill": "distill" in self.hypermodel.techniques,
             },
-            "selection": SELECTION.format(key=self.key) + test_note,
+            "selection": SELECTION.format(key=self.key, budgets=_budget_text(self.budgets))
+            + test_note,
         }
         self.report = write_report(self.out_dir, self.data)
 
@@ -440,6 +479,19 @@ def _refine_record(path: Path) -> dict | str:
         if stale:
             return stale
     return record
+
+
+# the measurement each `optimize` objective minimizes
+OBJECTIVE_KEYS = {"size": "gzip_bytes", "latency": "latency_ms", "ram": "arena_bytes"}
+
+
+def _budget_text(budgets: dict) -> str:
+    parts = [
+        f"{label} <= {budgets[key]:,} B"
+        for key, label in (("max_ram", "TFLM arena"), ("max_flash", "flash"))
+        if budgets.get(key) is not None
+    ]
+    return (", " + ", ".join(parts)) if parts else ""
 
 
 def _objective():

@@ -7,7 +7,7 @@ Example:
     >>> tfopt.bench.write_report([res], "bench_out")
 """
 
-from tfopt.bench._bench import BenchResult, benchmark, evaluate, file_sizes
+from tfopt.bench._bench import BenchResult, benchmark, evaluate, file_sizes, micro_measure
 from tfopt.bench._ops import keras_counts, onnx_counts, tflite_counts
 from tfopt.bench._report import (
     format_table,
@@ -16,20 +16,24 @@ from tfopt.bench._report import (
     write_report,
 )
 from tfopt.bench._runners import (
+    RUNTIMES,
     KerasRunner,
     OnnxRunner,
     SavedModelRunner,
     TFLiteRunner,
+    TFLMRunner,
     runner_for,
 )
 from tfopt.bench._serve import Server, load_test
 
 __all__ = [
+    "RUNTIMES",
     "BenchResult",
     "KerasRunner",
     "OnnxRunner",
     "SavedModelRunner",
     "Server",
+    "TFLMRunner",
     "TFLiteRunner",
     "benchmark",
     "evaluate",
@@ -37,6 +41,7 @@ __all__ = [
     "format_table",
     "keras_counts",
     "load_test",
+    "micro_measure",
     "onnx_counts",
     "plot_accuracy_vs_size",
     "plot_latency_vs_concurrency",

@@ -20,15 +20,85 @@ def file_sizes(path) -> dict[str, int]:
     return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9))}
 
 
-def evaluate(artifact, data, *, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``artifact`` (keras.Model or file) on ``data=(x, y)`` through its runtime."""
-    return _accuracy(runner_for(artifact), data, batch_size=batch_size)
+def evaluate(artifact, data, *, batch_size: int = 256, runtime: str | None = None) -> float:
+    """Top-1 accuracy of ``artifact`` (keras.Model or file) on ``data=(x, y)`` through its runtime
+    (or ``runtime``, e.g. ``"tflm"``)."""
+    return _accuracy(runner_for(artifact, runtime=runtime), data, batch_size=batch_size)
 
 
-def _accuracy(runner, data, *, batch_size: int = 256) -> float:
+def _accuracy(runner, data, *, batch_size: int = 256, logits=None) -> float:
     x, y = data
-    logits = runner.predict(np.asarray(x), batch_size=batch_size)
+    if logits is None:
+        logits = runner.predict(np.asarray(x), batch_size=batch_size)
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y).reshape(-1)))
+
+
+FLASH_NOTE = (
+    "flash_bytes is the model's flatbuffer, which a microcontroller stores as is; the TFLM "
+    "library and the kernels its resolver registers add code size that depends on the MCU and "
+    "toolchain and is not counted"
+)
+
+
+def micro_measure(content: bytes, x=None, *, runner=None, logits=None) -> dict:
+    """What TFLite Micro says about a ``.tflite`` model: its arena (peak RAM), its flash, its ops,
+    and how often its argmax agrees with LiteRT's on ``x``.
+
+    Args:
+        content: the ``.tflite`` bytes.
+        x: inputs to compare TFLM with LiteRT on. Defaults to None (no comparison).
+        runner: a `TFLMRunner` or `TFLiteRunner` of ``content`` already built (reused).
+            Defaults to None.
+        logits: ``runner``'s outputs on ``x`` if already computed. Defaults to None.
+
+    Returns:
+        ``{"arena_bytes", "arena": {"total", "head", "tail"}, "flash_bytes", "flash_note",
+        "ops", "resolver", "tflm_agreement", "samples"}`` (``tflm_agreement``: the fraction of
+        ``x`` where TFLM and LiteRT pick the same class, None without ``x``), or
+        ``{"skipped": reason}`` when TFLM cannot run the model (the ops it lacks are named).
+
+    Raises:
+        MissingDependencyError: tflite-micro is not installed.
+    """
+    from tfopt import _tflm
+    from tfopt.bench._runners import TFLiteRunner, TFLMRunner
+
+    _tflm.import_runtime()
+    runtime = getattr(runner, "runtime", None)
+    try:
+        tflm = runner if runtime == "tflm" else TFLMRunner(content)
+    except _tflm.UnsupportedOpsError as e:
+        return {"skipped": str(e), "flash_bytes": len(content)}
+    facts = {
+        "arena": tflm.allocations(),
+        "flash_bytes": len(content),
+        "flash_note": FLASH_NOTE,
+        "ops": sorted(set(tflm.ops)),
+        "resolver": _tflm.resolver_calls(tflm.ops),
+        "tflm_agreement": None,
+        "samples": 0,
+    }
+    facts["arena_bytes"] = facts["arena"]["total"]
+    if x is not None and len(x):
+        x = np.asarray(x, dtype="float32")
+        mine = None if logits is None else np.asarray(logits)
+        litert = runner if runtime == "tflite" else TFLiteRunner(content)
+        a = mine if runtime == "tflm" and mine is not None else tflm.predict(x)
+        b = mine if runtime == "tflite" and mine is not None else litert.predict(x)
+        facts["tflm_agreement"] = float(np.mean(a.argmax(-1) == b.argmax(-1)))
+        facts["samples"] = len(x)
+    return facts
+
+
+def _wants_micro(micro, artifact, runner) -> bool:
+    """Whether `benchmark` measures the artifact in TFLM (see its ``micro`` argument)."""
+    from tfopt import _tflm
+
+    if micro is False or not isinstance(artifact, str | Path):
+        return False
+    if runner.runtime == "tflm" or micro is True:
+        return True
+    return runner.runtime == "tflite" and _tflm.available() and _tflm.is_int8(runner._content)
 
 
 @dataclass
@@ -46,6 +116,12 @@ class BenchResult:
         latency_ms: single-request latency (one sample, after warm-up): p50, p90, p99, mean.
         concurrency: one `tfopt.bench.load_test` dict per concurrency level.
         load_avg: ``os.getloadavg()`` when the measurement started (the machine's load).
+        arena_bytes: the tensor arena (peak RAM) TFLite Micro's allocation recorder reports for a
+            ``.tflite`` model (None when it was not measured in TFLM).
+        flash_bytes: the model's flatbuffer bytes, its share of a microcontroller's flash
+            (``micro["flash_note"]`` says what is not counted).
+        micro: what `micro_measure` found (ops, resolver calls, TFLM's argmax agreement with
+            LiteRT) or why TFLM was not measured (``{"skipped": reason}``); empty when not asked.
     """
 
     artifact: str
@@ -61,6 +137,9 @@ class BenchResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     concurrency: list[dict] = field(default_factory=list)
     load_avg: list[float] = field(default_factory=list)
+    arena_bytes: int | None = None
+    flash_bytes: int | None = None
+    micro: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +164,7 @@ def _counts(artifact, runner, model) -> dict:
             return _ops.keras_counts(model)
         if runner.runtime == "keras":
             return _ops.keras_counts(runner.model)
-        if runner.runtime == "tflite":
+        if runner.runtime in ("tflite", "tflm"):
             return _ops.tflite_counts(runner._content)
         if runner.runtime == "onnxruntime":
             return _ops.onnx_counts(runner._source)
@@ -126,6 +205,8 @@ def benchmark(
     num_threads: int = 1,
     model=None,
     name: str | None = None,
+    runtime: str | None = None,
+    micro: bool | None = None,
 ) -> BenchResult:
     """Measures an artifact in its own runtime: accuracy, size, params/MACs, latency, throughput.
 
@@ -153,6 +234,11 @@ def benchmark(
         model: the Keras model the artifact came from, to count params/MACs from Keras (otherwise
             they come from the TFLite or ONNX graph). Defaults to None.
         name: the label in tables and plots. Defaults to the path or the model's name.
+        runtime: the runtime to run the artifact in (``"litert"``, ``"tflm"``, ``"onnxruntime"``,
+            ...; see `tfopt.bench.RUNTIMES`). Defaults to None (the artifact's own).
+        micro: measure the ``.tflite`` model in TFLite Micro too (`micro_measure`: arena bytes,
+            flash bytes, argmax agreement with LiteRT on the data). Defaults to None: for int8
+            models when tflite-micro is installed, and always with ``runtime="tflm"``.
 
     Returns:
         A `BenchResult`.
@@ -174,7 +260,7 @@ def benchmark(
         raise ValueError(f"concurrency must hold ints >= 1. Received: concurrency={concurrency!r}")
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
     kwargs = {"num_threads": num_threads} if isinstance(artifact, str | Path) else {}
-    runner = runner_for(artifact, **kwargs)
+    runner = runner_for(artifact, runtime=runtime, **kwargs)
     is_file = isinstance(artifact, str | Path)
     label = name or (str(artifact) if is_file else getattr(artifact, "name", "keras.Model"))
     result = BenchResult(artifact=label, runtime=runner.runtime, load_avg=load)
@@ -193,9 +279,17 @@ def benchmark(
             f"data's samples have shape {tuple(x.shape[1:])} but {label} takes "
             f"{tuple(runner.input_shape)}"
         )
+    logits = None
     if y is not None:
-        result.accuracy = _accuracy(runner, (x, y))
+        logits = runner.predict(x)
+        result.accuracy = _accuracy(runner, (x, y), logits=logits)
         result.samples = len(y)
+    if _wants_micro(micro, artifact, runner):
+        content = Path(artifact).read_bytes()
+        sample = x if y is not None else None
+        result.micro = micro_measure(content, sample, runner=runner, logits=logits)
+        result.arena_bytes = result.micro.get("arena_bytes")
+        result.flash_bytes = result.micro.get("flash_bytes")
     result.latency_ms = _latency(runner, x[:1], warmup=warmup, runs=runs)
     for clients in levels:
         result.concurrency.append(

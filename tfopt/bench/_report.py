@@ -27,6 +27,35 @@ def _si(n) -> str:
     return str(n)
 
 
+def micro_table(rows) -> list[str]:
+    """The TFLite Micro lines of `format_table` (arena, flash, agreement with LiteRT), or none
+    when no result was measured in TFLM."""
+    rows = [_as_dict(r) for r in rows if _as_dict(r).get("micro")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| artifact | TFLM arena (peak RAM) | flash (flatbuffer) | TFLM vs LiteRT argmax | ops |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        m = r["micro"]
+        if m.get("skipped"):
+            lines.append(f"| {r['artifact']} | not run in TFLM: {m['skipped']} | | | |")
+            continue
+        agree = m.get("tflm_agreement")
+        agree = "-" if agree is None else f"{agree:.2%} of {m['samples']}"
+        lines.append(
+            f"| {r['artifact']} | {m['arena_bytes']:,} B | {m['flash_bytes']:,} B | {agree} | "
+            f"{', '.join(m.get('ops') or [])} |"
+        )
+    lines += [
+        "",
+        "Flash: the model flatbuffer only (the TFLM library and kernels are not counted).",
+    ]
+    return lines
+
+
 def format_table(results) -> str:
     """A Markdown table: one row per artifact (accuracy, size, params, MACs, latency), then one row
     per artifact and concurrency level (throughput, latency percentiles, mean batch size)."""
@@ -43,6 +72,7 @@ def format_table(results) -> str:
             f"{_kib(r.get('bytes'))} | {_kib(r.get('gzip_bytes'))} | {_si(r.get('params'))} | {macs} | "
             f"{_num(lat.get('p50'))} | {_num(lat.get('p90'))} | {_num(lat.get('p99'))} |"
         )
+    lines += micro_table(rows)
     levels = [(r, c) for r in rows for c in r.get("concurrency") or []]
     if levels:
         lines += [

@@ -1,15 +1,17 @@
-"""Runtimes that execute an artifact on numpy batches: Keras, TFLite (LiteRT), ONNX Runtime and
-TensorFlow SavedModel. Every runner has ``invoke(x)`` (one batch), ``predict(x, batch_size)``,
+"""Runtimes that execute an artifact on numpy batches: Keras, TFLite (LiteRT), TFLite Micro,
+ONNX Runtime and TensorFlow SavedModel. Every runner has ``invoke(x)`` (one batch), ``predict(x, batch_size)``,
 ``clone()`` (an independent instance for a serving pool), ``input_shape`` and ``runtime``."""
 
 from __future__ import annotations
 
+import inspect
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from tfopt import _formats as formats
+from tfopt import _tflm
 from tfopt.errors import MissingDependencyError
 
 
@@ -112,6 +114,153 @@ class TFLiteRunner:
             self._resize(1)
             outs = [self.invoke(x[i : i + 1]) for i in range(len(x))]
         return np.concatenate(outs)
+
+
+class TFLMRunner:
+    """Runs a ``.tflite`` model in TensorFlow Lite for Microcontrollers
+    (`tflite_micro.runtime.Interpreter`, ``pip install tflite-micro``): the kernels a
+    microcontroller runs, on this machine.
+
+    TFLM runs one sample per invocation (its tensors have a fixed batch of 1), so ``predict``
+    loops over the samples. ``predict`` takes float inputs and returns float outputs whatever the
+    model's I/O dtype. `allocations` reports the arena TFLM's allocation recorder measured.
+
+    Args:
+        model: a ``.tflite`` path or its bytes.
+        arena_size: the tensor arena TFLM may use, in bytes. Defaults to None:
+            ``max(16 x the model's bytes, 4 MiB)``, room for any model a microcontroller runs (the
+            arena the model really uses is `arena_bytes`).
+
+    Raises:
+        UnsupportedOpsError: the model holds ops TFLM has no kernel for (named in the message).
+        RuntimeError: TFLM could not allocate the model in ``arena_size`` bytes (its log included).
+        MissingDependencyError: tflite-micro is not installed (with the pip hint).
+    """
+
+    runtime = "tflm"
+    rebuildable = True  # pickles to its model bytes, so a load-test process can rebuild it
+
+    def __init__(self, model, *, arena_size: int | None = None):
+        micro = _tflm.import_runtime()
+        label = "the model" if isinstance(model, bytes | bytearray) else Path(model).name
+        content = model if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+        self._content = bytes(content)
+        if arena_size is not None and (isinstance(arena_size, bool) or int(arena_size) < 1):
+            raise ValueError(
+                f"arena_size must be a positive int. Received: arena_size={arena_size!r}"
+            )
+        self.arena_size = int(arena_size or max(16 * len(self._content), 4 << 20))
+        self.ops = _tflm.model_ops(self._content)
+        error = None
+        with _tflm.runtime_log() as log:
+            try:
+                self.interpreter = micro.Interpreter.from_bytes(
+                    self._content, arena_size=self.arena_size
+                )
+            except RuntimeError as e:
+                error = e
+        if error is not None:
+            raise self._failure(label, log[0], error) from None
+        self._input = self.interpreter.get_input_details(0)
+        self._output = self.interpreter.get_output_details(0)
+        self._allocations: dict[str, int] | None = None
+        self._invoked = False
+        self.shape_signature = [int(d) for d in self._input["shape"]]
+
+    def _failure(self, label: str, text: str, error: Exception) -> Exception:
+        missing = _tflm.ops_not_found(text) or _tflm.missing_ops(self.ops)
+        if missing:
+            return _tflm.UnsupportedOpsError(
+                f"TFLite Micro cannot run {label}: it has no kernel for {', '.join(missing)}. The "
+                f"model's ops: {', '.join(sorted(set(self.ops)))}. Rebuild the model without the "
+                "layers that lower to them (e.g. a gelu activation becomes GELU: use relu), or "
+                "run it with LiteRT (runtime='litert')."
+            )
+        log = " ".join(text.split())[:500]
+        return RuntimeError(
+            f"TFLite Micro could not allocate {label} in a {self.arena_size}-byte arena "
+            f"({error}). Runtime log: {log or 'empty'}. Pass a larger arena_size=."
+        )
+
+    def clone(self) -> TFLMRunner:
+        return TFLMRunner(self._content, arena_size=self.arena_size)
+
+    def __getstate__(self) -> dict:
+        return {"content": self._content, "arena_size": self.arena_size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["content"], arena_size=state["arena_size"])
+
+    @property
+    def input_dtype(self):
+        return self._input["dtype"]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape_signature[1:])
+
+    @staticmethod
+    def _params(details) -> tuple[float, int] | None:
+        q = details.get("quantization_parameters") or {}
+        scales, zeros = q.get("scales"), q.get("zero_points")
+        if scales is None or len(scales) == 0:
+            return None
+        return float(scales[0]), int(zeros[0])
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._input["dtype"])
+        params = self._params(self._input)
+        if dtype.kind in "iu" and params is not None:
+            scale, zero = params
+            info = np.iinfo(dtype)
+            return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+        return x.astype(dtype)
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        params = self._params(self._output)
+        if np.dtype(self._output["dtype"]).kind in "iu" and params is not None:
+            scale, zero = params
+            return (y.astype("float32") - zero) * scale
+        return y.astype("float32")
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        """Runs a batch, one sample per TFLM invocation."""
+        x = np.asarray(x)
+        shape = (1, *self.input_shape)
+        outs = []
+        for sample in x:
+            self.interpreter.set_input(self._quantize(sample.reshape(shape)), 0)
+            self.interpreter.invoke()
+            outs.append(self._dequantize(np.asarray(self.interpreter.get_output(0)))[0])
+        self._invoked = True
+        return np.stack(outs) if outs else np.zeros((0,), "float32")
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return self.invoke(np.asarray(x, dtype="float32"))
+
+    def allocations(self) -> dict[str, int]:
+        """The arena TFLM's allocation recorder reports, in bytes: ``total`` (what the model
+        uses: the tensor arena a firmware must provide for it), ``head`` (the non-persistent
+        part: activations and scratch, planned to overlap) and ``tail`` (persistent: tensor
+        structs, quantization parameters, kernel state)."""
+        if self._allocations is None:
+            if not self._invoked:  # the recorder's figures are final after an invocation
+                self.invoke(np.zeros((1, *self.input_shape), dtype="float32"))
+            with _tflm.runtime_log() as log:
+                self.interpreter.print_allocations()
+            found = _tflm.parse_allocations(log[0])
+            if "total" not in found:
+                raise RuntimeError(
+                    "TFLite Micro printed no arena total; its allocation log was: "
+                    + " ".join(log[0].split())[:300]
+                )
+            self._allocations = found
+        return dict(self._allocations)
+
+    @property
+    def arena_bytes(self) -> int:
+        """The arena the model uses in TFLM (`allocations`' total)."""
+        return self.allocations()["total"]
 
 
 class OnnxRunner:
@@ -274,49 +423,96 @@ def _triton_model(path: Path) -> Path:
 
 
 # the runtime names of the formats table (`tfopt._formats`) -> the runner of such a file
-_FILE_RUNNERS = {cls.runtime: cls for cls in (TFLiteRunner, OnnxRunner)}
+_FILE_RUNNERS = {cls.runtime: cls for cls in (TFLiteRunner, TFLMRunner, OnnxRunner)}
+
+# what users call a runtime (``tfopt bench --runtime``) -> the runner's ``runtime``
+RUNTIMES = {
+    "litert": "tflite",
+    "tflite": "tflite",
+    "tflm": "tflm",
+    "onnxruntime": "onnxruntime",
+    "savedmodel": "savedmodel",
+    "keras": "keras",
+}
 
 
-def runner_for(artifact, **kwargs):
+def _options(cls, kwargs: dict) -> dict:
+    """The options in ``kwargs`` that ``cls`` takes (num_threads, mode, arena_size)."""
+    accepted = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in kwargs.items() if k in accepted and k != "self"}
+
+
+def check_runtime(runtime: str | None) -> str | None:
+    """The runner name of a runtime name (``"litert"`` -> ``"tflite"``), None for None.
+
+    Raises:
+        ValueError: ``Unrecognized runtime='x'. Supported runtimes are: [...]``.
+    """
+    if runtime is None:
+        return None
+    if runtime not in RUNTIMES:
+        raise ValueError(
+            f"Unrecognized runtime={runtime!r}. Supported runtimes are: {list(RUNTIMES)}"
+        )
+    return RUNTIMES[runtime]
+
+
+def runner_for(artifact, *, runtime: str | None = None, **kwargs):
     """Returns the runner that executes ``artifact``.
 
     Args:
         artifact: a ``keras.Model``, or a path to a ``.keras``, ``.tflite`` or ``.onnx`` file, a
             SavedModel directory, or a Triton model directory (with ``config.pbtxt``).
-        **kwargs: runner options (``num_threads`` for TFLite/ONNX, ``mode`` for Keras).
+        runtime: run it in this runtime instead of its format's (`RUNTIMES`: ``"tflm"`` runs a
+            ``.tflite`` file in TFLite Micro, ``"litert"`` in LiteRT). Defaults to None (by the
+            artifact's kind).
+        **kwargs: runner options (``num_threads`` for TFLite/ONNX, ``mode`` for Keras,
+            ``arena_size`` for TFLM).
 
     Returns:
-        A `TFLiteRunner`, `OnnxRunner`, `SavedModelRunner` or `KerasRunner`.
+        A `TFLiteRunner`, `TFLMRunner`, `OnnxRunner`, `SavedModelRunner` or `KerasRunner`.
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the kind of artifact is not recognized.
+        ValueError: the kind of artifact is not recognized, or the runtime cannot run it.
     """
+    wanted = check_runtime(runtime)
     if isinstance(artifact, str | Path):
         path = Path(artifact)
         if not path.exists():
             raise FileNotFoundError(f"No such artifact: {str(path)!r}")
         if path.is_dir():
             if (path / "config.pbtxt").exists():
-                return runner_for(_triton_model(path), **kwargs)
+                return runner_for(_triton_model(path), runtime=runtime, **kwargs)
             if (path / "saved_model.pb").exists():
-                return SavedModelRunner(path)
+                runner = SavedModelRunner
+            else:
+                raise ValueError(
+                    f"Directory {str(path)!r} is neither a SavedModel (saved_model.pb) nor "
+                    "a Triton model directory (config.pbtxt)"
+                )
+        elif path.suffix == ".keras":
+            runner = KerasRunner
+        else:
+            fmt = formats.by_suffix(path.suffix)
+            runner = _FILE_RUNNERS.get(fmt.runtime) if fmt is not None else None
+            if runner is None:
+                suffixes = ", ".join(formats.runnable_suffixes())
+                raise ValueError(
+                    f"Unrecognized artifact {str(artifact)!r}. Supported: {suffixes}, "
+                    ".keras files, SavedModel or Triton model directories, or a keras.Model"
+                )
+            if wanted == "tflm" and runner is TFLiteRunner:
+                runner = TFLMRunner
+        if wanted is not None and runner.runtime != wanted:
             raise ValueError(
-                f"Directory {str(path)!r} is neither a SavedModel (saved_model.pb) nor "
-                "a Triton model directory (config.pbtxt)"
+                f"runtime={runtime!r} cannot run {str(path)!r}: it runs in {runner.runtime!r}"
+                + (" (TFLite Micro runs .tflite files)" if wanted == "tflm" else "")
             )
-        if path.suffix == ".keras":
-            return KerasRunner(path, **{k: v for k, v in kwargs.items() if k == "mode"})
-        fmt = formats.by_suffix(path.suffix)
-        runner = _FILE_RUNNERS.get(fmt.runtime) if fmt is not None else None
-        if runner is None:
-            suffixes = ", ".join(formats.runnable_suffixes())
-            raise ValueError(
-                f"Unrecognized artifact {str(artifact)!r}. Supported: {suffixes}, "
-                ".keras files, SavedModel or Triton model directories, or a keras.Model"
-            )
-        return runner(path, **{k: v for k, v in kwargs.items() if k == "num_threads"})
+        return runner(path, **_options(runner, kwargs))
     from tfopt._backend import check_model
 
     check_model(artifact, "artifact")
-    return KerasRunner(artifact, **{k: v for k, v in kwargs.items() if k == "mode"})
+    if wanted not in (None, "keras"):
+        raise ValueError(f"runtime={runtime!r} cannot run a keras.Model; export it first")
+    return KerasRunner(artifact, **_options(KerasRunner, kwargs))

@@ -34,7 +34,27 @@ def add_parser(sub):
         help="run directory (default: runs/auto_<config name>-<hash of the model, data and "
         "settings>, so the same command resumes and another model or data gets its own)",
     )
-    p.add_argument("--objective", choices=["size", "latency"], default="size")
+    p.add_argument(
+        "--objective",
+        choices=["size", "latency", "ram"],
+        default="size",
+        help="what to minimize: gzip size, p50 latency, or ram (TFLite Micro's arena) "
+        "(default: size)",
+    )
+    p.add_argument(
+        "--max-ram",
+        type=_size("--max-ram"),
+        metavar="SIZE",
+        help="reject candidates whose TFLite Micro arena (peak RAM, from its allocation "
+        "recorder) exceeds SIZE, e.g. 64KB (KB = 1024 bytes; needs tflite-micro)",
+    )
+    p.add_argument(
+        "--max-flash",
+        type=_size("--max-flash"),
+        metavar="SIZE",
+        help="reject candidates whose flatbuffer (stored uncompressed in flash) exceeds SIZE, "
+        "e.g. 256KB",
+    )
     p.add_argument(
         "--target",
         choices=formats.targets(),
@@ -57,6 +77,21 @@ def add_parser(sub):
     )
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     return p
+
+
+def _size(flag: str):
+    """An argparse type for sizes (``64KB``), with the rule and the value in the error."""
+    import argparse
+
+    from tfopt._units import parse_size
+
+    def parse(text: str) -> int:
+        try:
+            return parse_size(text, flag)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def _config(args):
@@ -85,6 +120,8 @@ def auto_identity(cfg, args, techniques) -> dict:
             "target": args.target,
             "objective": args.objective,
             "techniques": None if techniques is None else sorted(techniques),
+            "max_ram": args.max_ram,
+            "max_flash": args.max_flash,
         },
     }
 
@@ -135,6 +172,9 @@ def main(args) -> int:
     check_budget(args.max_accuracy_drop)
     # every option is checked before the baseline trains
     check_search_args(time_budget=args.time_budget, max_trials=args.max_trials)
+    from tfopt.auto._optimize import check_memory_budgets
+
+    check_memory_budgets(args.max_ram, args.max_flash, target=args.target, objective=args.objective)
     if args.techniques:
         from tfopt.tune import TECHNIQUES
 
@@ -176,6 +216,8 @@ def main(args) -> int:
         run_config=cfg,
         verbose=0 if args.quiet else 1,
         log=lambda m: print(m, flush=True),
+        max_ram=args.max_ram,
+        max_flash=args.max_flash,
     )
     print(f"[auto] report: {res.report['markdown']}  plot: {res.report['plot']}", flush=True)
     if res.best is not None:

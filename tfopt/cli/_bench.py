@@ -31,6 +31,13 @@ def add_parser(sub):
     )
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT")
     p.add_argument(
+        "--runtime",
+        choices=["litert", "tflm", "onnxruntime", "savedmodel", "keras"],
+        help="run in this runtime instead of the artifact's own: tflm runs a .tflite file in "
+        "TensorFlow Lite for Microcontrollers (arena bytes = peak RAM, flash bytes, agreement "
+        "with LiteRT; pip install tflite-micro)",
+    )
+    p.add_argument(
         "--data",
         help="dataset name or .npz; its test split gives accuracy and inputs "
         "(default: none: latency on zero inputs, no accuracy)",
@@ -103,6 +110,7 @@ def main(args) -> int:
                 requests=args.requests,
                 duration_s=args.duration,
                 runs=args.runs,
+                runtime=args.runtime,
             )
         )
     print(bench.format_table(results), end="")

@@ -92,7 +92,7 @@ def main(args) -> int:
     options = {}
     if args.data:
         ds = _load_data(args.data)
-        if fmt.exporter == "tflite":
+        if fmt.quantization is not None:  # TFLite and TFLite Micro calibrate
             options["representative_data"] = ds.x_train[: args.samples]
         if fmt.options.get("precision") == "int8" or args.precision == "int8":
             options["calibration_data"] = ds.x_train[: args.samples]
@@ -121,5 +121,11 @@ def main(args) -> int:
             f"{check['samples']} inputs, max abs diff {check['max_abs_diff']:.3g}"
         )
     print(f"{art.format}: {art.path} ({art.bytes / 1024:.1f} KiB); {verdict}")
+    if art.info.get("c_files"):
+        arena = art.info["arena"]["total"]
+        print(
+            f"C source: {', '.join(art.info['c_files'])} (16-byte aligned array, byte-identical "
+            f"to the .tflite); TFLM arena {arena} bytes; ops: {', '.join(art.info['ops'])}"
+        )
     print(f"report: {report}")
     return 0

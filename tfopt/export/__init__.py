@@ -20,6 +20,7 @@ from tfopt.export._onnx import onnx
 from tfopt.export._savedmodel import savedmodel
 from tfopt.export._tensorrt import PRECISIONS, tensorrt
 from tfopt.export._tflite import QUANTIZATIONS, tflite
+from tfopt.export._tflm import parse_c_array, tflm
 from tfopt.export._triton import config_pbtxt, triton
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "onnx",
     "savedmodel",
     "tensorrt",
+    "parse_c_array",
     "tflite",
+    "tflm",
     "triton",
 ]

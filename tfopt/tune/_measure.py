@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfopt._tflm import UnsupportedOpsError
 from tfopt.errors import TfoptError
 
 
@@ -22,6 +23,8 @@ def export_and_measure(
     val,
     test=None,
     latency_runs: int = 50,
+    runtime: str | None = None,
+    fixed_batch: int | None = None,
 ) -> dict:
     """Exports ``model`` to ``path`` and measures the file: accuracy, sizes, latency.
 
@@ -33,10 +36,17 @@ def export_and_measure(
         val: ``(x, y)``: the accuracy that the search sees (``val_accuracy``).
         test: ``(x, y)`` measured and reported as ``test_accuracy``. Defaults to None.
         latency_runs: timed single-sample invocations. Defaults to 50.
+        runtime: the runtime accuracy and latency are measured in (``"tflm"`` for TFLite Micro).
+            Defaults to None (LiteRT).
+        fixed_batch: convert with this fixed batch size (`tfopt.export.tflite`; the ``tflm``
+            target uses 1, as `tfopt.export.tflm` does). Defaults to None (dynamic).
 
     Returns:
         A dict with ``val_accuracy``, ``test_accuracy`` (or None), ``bytes``, ``gzip_bytes``,
-        ``latency_ms`` (p50) and ``export_check``.
+        ``latency_ms`` (p50), ``export_check``, ``runtime``, and what TFLite Micro measured
+        (for int8 models when tflite-micro is installed, and always with ``runtime="tflm"``):
+        ``arena_bytes``, ``flash_bytes``, ``tflm_agreement`` (its argmax agreement with LiteRT
+        on ``val``), or ``tflm_note`` saying why it was not measured.
 
     Raises:
         ExportFailed: the converter failed or the artifact disagrees with the Keras model.
@@ -51,13 +61,34 @@ def export_and_measure(
             quantization=quantization,
             representative_data=rep,
             check_data=rep[:256],
+            fixed_batch=fixed_batch,
         )
     except Exception as e:  # converter errors, ExportCheckError, unsupported layers
         raise ExportFailed(
             f"export to tflite ({quantization}) failed: {type(e).__name__}: {e}"
         ) from e
-    result = bench.benchmark(str(path), data=val, warmup=5, runs=latency_runs)
-    test_acc = bench.evaluate(str(path), test) if test is not None else None
+    try:
+        result = bench.benchmark(str(path), data=val, warmup=5, runs=latency_runs, runtime=runtime)
+    except UnsupportedOpsError as e:  # the target runtime cannot run it: a failed candidate
+        raise ExportFailed(str(e)) from e
+    test_acc = bench.evaluate(str(path), test, runtime=runtime) if test is not None else None
+    micro = result.micro
+    if micro:
+        tflm = {
+            "arena_bytes": micro.get("arena_bytes"),
+            "flash_bytes": micro.get("flash_bytes"),
+            "tflm_agreement": micro.get("tflm_agreement"),
+            "tflm_note": micro.get("skipped"),
+        }
+    else:
+        from tfopt import _tflm
+
+        why = (
+            "tflite-micro is not installed (pip install tflite-micro)"
+            if not _tflm.available()
+            else "not an int8 model: TFLite Micro is measured for int8 models"
+        )
+        tflm = {"flash_bytes": int(result.bytes), "tflm_note": why}
     return {
         "val_accuracy": float(result.accuracy),
         "test_accuracy": None if test_acc is None else float(test_acc),
@@ -68,4 +99,6 @@ def export_and_measure(
             k: art.check[k] for k in ("argmax_agreement", "max_abs_diff") if k in art.check
         },
         "path": str(Path(path)),
+        "runtime": result.runtime,
+        **tflm,
     }

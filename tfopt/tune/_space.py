@@ -172,7 +172,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             names += ["sparsity", "schedule", "prune_scope"]
         if "cluster" in t:
             names.append("clusters")
-        if "quantize" in t and self.target == "tflite-int8":
+        if "quantize" in t and formats.get(self.target).quantization == "int8":
             names.append("quantization")
         if "distill" in t:
             names += ["distill", "temperature", "alpha"]

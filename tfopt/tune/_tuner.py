@@ -16,7 +16,7 @@ from tfopt.tune._hparams import write_config, write_trial
 from tfopt.tune._measure import ExportFailed, export_and_measure
 from tfopt.tune._recipe import describe, dump_steps, quantization
 
-OBJECTIVES = ("accuracy", "size", "latency")
+OBJECTIVES = ("accuracy", "size", "latency", "ram")
 KINDS = ("random", "bayesian", "hyperband")
 
 
@@ -28,12 +28,19 @@ def score(
     max_accuracy_drop: float | None = None,
     size_weight: float = 0.0,
     latency_weight: float = 0.0,
+    max_ram: int | None = None,
+    max_flash: int | None = None,
 ) -> float:
     """The scalar a search maximizes, from the measurements of an exported artifact.
 
     * ``"accuracy"``: ``val_accuracy - size_weight * log2(gzip_bytes) - latency_weight *
       log2(latency_ms)``.
-    * ``"size"``: ``-log2(gzip_bytes)``; ``"latency"``: ``-log2(latency_ms)``.
+    * ``"size"``: ``-log2(gzip_bytes)``; ``"latency"``: ``-log2(latency_ms)``; ``"ram"``:
+      ``-log2(arena_bytes)`` (TFLite Micro's arena).
+
+    With ``max_ram`` / ``max_flash`` (bytes), a candidate over either loses ``1 + log2(measured
+    / budget)`` for each (one point per doubling over), so the search learns what fits; one
+    whose arena was not measured counts as over the RAM budget.
 
     With ``max_accuracy_drop`` (and ``baseline_accuracy``), a candidate whose accuracy drop exceeds
     the budget loses ``1 + 100 * excess`` (one halving of size per point over budget, plus one),
@@ -46,6 +53,9 @@ def score(
         max_accuracy_drop: the allowed drop (0.005 = half a point). Defaults to None (no constraint).
         size_weight: see above. Defaults to 0.0.
         latency_weight: see above. Defaults to 0.0.
+        max_ram: the arena budget in bytes (``metrics["arena_bytes"]``). Defaults to None.
+        max_flash: the flash budget in bytes (``metrics["flash_bytes"]``, else ``bytes``).
+            Defaults to None.
 
     Returns:
         The score (higher is better).
@@ -68,8 +78,17 @@ def score(
         value = acc - size_weight * size - latency_weight * lat
     elif objective == "size":
         value = -size
+    elif objective == "ram":
+        value = -math.log2(max(float(metrics.get("arena_bytes") or 2**40), 1.0))
     else:
         value = -lat
+    for budget, key in ((max_ram, "arena_bytes"), (max_flash, "flash_bytes")):
+        if budget is None:
+            continue
+        measured = metrics.get(key) or (metrics.get("bytes") if key == "flash_bytes" else None)
+        over = math.log2(float(measured) / budget) if measured else 10.0
+        if over > 0:
+            value -= 1.0 + over
     if max_accuracy_drop is not None:
         excess = (baseline_accuracy - acc) - max_accuracy_drop
         if excess > 1e-12:
@@ -130,6 +149,7 @@ def run_candidate(
     Raises:
         ExportFailed: the candidate could not be exported. Any other error propagates.
     """
+    from tfopt import _formats
     from tfopt._steps import StepContext, run_steps
     from tfopt.data import Dataset
 
@@ -157,6 +177,9 @@ def run_candidate(
         val=val,
         test=test,
         latency_runs=latency_runs,
+        runtime=_formats.get(target).runtime,
+        # the tflm target's artifact is what `tfopt.export.tflm` writes: batch fixed to 1
+        fixed_batch=1 if _formats.get(target).runtime == "tflm" else None,
     )
     return final, metrics, facts
 
@@ -186,6 +209,8 @@ class Tuner(keras_tuner.Tuner):
         max_accuracy_drop: the accuracy budget. Defaults to None.
         size_weight: see `tfopt.tune.score`. Defaults to 0.0.
         latency_weight: see `tfopt.tune.score`. Defaults to 0.0.
+        max_ram: see `tfopt.tune.score`. Defaults to None.
+        max_flash: see `tfopt.tune.score`. Defaults to None.
         representative_samples: calibration samples taken from the training inputs. Defaults to 200.
         latency_runs: timed invocations per artifact. Defaults to 50.
         on_trial_done: called with ``(trial_id, record)`` after each trial (records hold the
@@ -215,6 +240,8 @@ class Tuner(keras_tuner.Tuner):
         max_accuracy_drop: float | None = None,
         size_weight: float = 0.0,
         latency_weight: float = 0.0,
+        max_ram: int | None = None,
+        max_flash: int | None = None,
         representative_samples: int = 200,
         latency_runs: int = 50,
         on_trial_done: Callable | None = None,
@@ -236,6 +263,8 @@ class Tuner(keras_tuner.Tuner):
             max_accuracy_drop=max_accuracy_drop,
             size_weight=size_weight,
             latency_weight=latency_weight,
+            max_ram=max_ram,
+            max_flash=max_flash,
         )
         score({"val_accuracy": 1.0, "gzip_bytes": 1, "latency_ms": 1}, **self.score_options)
         self.representative_samples = int(representative_samples)

@@ -1,0 +1,215 @@
+"""TensorFlow Lite for Microcontrollers: the tflm runtime in tfopt.bench, tfopt export --format
+tflm (C source), the ops it lacks, and RAM/flash budgets in tfopt auto. The real TFLM runtime."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tflite_micro")
+
+
+@pytest.fixture(scope="module")
+def identity():
+    """Dense(3) with an identity kernel: its logits are its inputs."""
+    import keras
+
+    inputs = keras.Input((3,), name="input")
+    dense = keras.layers.Dense(3, use_bias=False, name="identity")
+    model = keras.Model(inputs, dense(inputs), name="identity")
+    dense.set_weights([np.eye(3, dtype="float32")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    """40 samples whose top logit leads the next by >= 0.5 (int8 steps here are ~0.03, so every
+    int8 kernel picks the same class); the labels are right for exactly 30 of them."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, size=(40, 3)).astype("float32")
+    top = rng.integers(0, 3, size=40)
+    x[np.arange(40), top] = x.max(-1) + 0.5
+    y = top.copy()
+    y[:10] = (y[:10] + 1) % 3
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def exported(identity, labelled, tmp_path_factory):
+    from tfopt.export import export
+
+    d = tmp_path_factory.mktemp("tflm")
+    x = labelled[0]
+    return {
+        "int8": export(identity, d / "m_int8.tflite", format="tflite-int8", representative_data=x),
+        "float": export(identity, d / "m.tflite").path,
+        "tflm": export(identity, d / "c" / "m_tflm.tflite", format="tflm", representative_data=x),
+    }
+
+
+def test_bench_tflm_runtime_accuracy_arena_and_flash(exported, labelled):
+    from tfopt.bench import benchmark, format_table
+
+    path = exported["int8"].path
+    micro = benchmark(path, labelled, runtime="tflm", concurrency=(), runs=5, warmup=1)
+    litert = benchmark(path, labelled, concurrency=(), runs=5, warmup=1)
+    assert (micro.runtime, litert.runtime) == ("tflm", "tflite")
+    assert micro.accuracy == litert.accuracy == 0.75
+    assert micro.micro["tflm_agreement"] == 1.0 and micro.micro["samples"] == 40
+    assert micro.micro["ops"] == ["DEQUANTIZE", "FULLY_CONNECTED", "QUANTIZE"]
+    assert micro.arena_bytes > 0 and micro.arena_bytes == micro.micro["arena"]["total"]
+    assert micro.micro["arena"]["head"] + micro.micro["arena"]["tail"] == micro.arena_bytes
+    assert micro.flash_bytes == path.stat().st_size == micro.bytes
+    # an int8 model benchmarked in LiteRT reports TFLM's arena and flash too (the same numbers)
+    assert (litert.arena_bytes, litert.flash_bytes) == (micro.arena_bytes, micro.flash_bytes)
+    assert f"{micro.arena_bytes:,} B" in format_table([litert])
+
+
+def test_float_models_are_not_measured_in_tflm_unless_asked(exported, labelled):
+    from tfopt.bench import benchmark
+
+    res = benchmark(exported["float"], labelled, concurrency=(), runs=2, warmup=0)
+    assert res.micro == {} and res.arena_bytes is None
+    asked = benchmark(exported["float"], labelled, concurrency=(), runs=2, warmup=0, micro=True)
+    assert asked.arena_bytes > 0 and asked.micro["tflm_agreement"] == 1.0
+
+
+def test_runtime_argument_is_checked(exported, tmp_path):
+    from tfopt.bench import runner_for
+    from tfopt.bench._runners import check_runtime
+
+    with pytest.raises(ValueError, match=r"^Unrecognized runtime='tflmm'\. Supported runtimes"):
+        check_runtime("tflmm")
+    assert runner_for(exported["int8"].path, runtime="litert").runtime == "tflite"
+    (tmp_path / "sm").mkdir()
+    (tmp_path / "sm" / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"runtime='tflm' cannot run .* runs \.tflite files"):
+        runner_for(tmp_path / "sm", runtime="tflm")
+
+
+def test_ops_tflm_lacks_are_named(tmp_path):
+    import keras
+
+    from tfopt import _tflm
+    from tfopt.bench import runner_for
+    from tfopt.export import export
+
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="gelu")(inputs))
+    path = export(model, tmp_path / "gelu.tflite").path
+    assert _tflm.missing_ops(_tflm.model_ops(path.read_bytes())) == ["GELU"]
+    with pytest.raises(_tflm.UnsupportedOpsError, match=r"no kernel for GELU\. The model's ops: "):
+        runner_for(path, runtime="tflm")
+    with pytest.raises(_tflm.UnsupportedOpsError, match="GELU"):
+        export(
+            model, tmp_path / "g_tflm.tflite", format="tflm", representative_data=np.ones((8, 8))
+        )
+
+
+def test_missing_tflite_micro_says_what_to_install(monkeypatch):
+    from tfopt import _tflm
+    from tfopt.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "tflite_micro", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install tflite-micro"):
+        _tflm.import_runtime()
+    assert not _tflm.available()
+
+
+def test_export_tflm_writes_c_source_that_round_trips(exported):
+    from tfopt.bench import runner_for
+    from tfopt.export import parse_c_array
+
+    art = exported["tflm"]
+    content = art.path.read_bytes()
+    cc, h = (art.path.parent / n for n in ("model_data.cc", "model_data.h"))
+    assert art.format == "tflm" and art.info["c_files"] == [str(cc), str(h)]
+    text = cc.read_text()
+    assert "alignas(16) const unsigned char g_model[] = {" in text
+    assert parse_c_array(text) == ("g_model", content)
+    assert f"const unsigned int g_model_len = {len(content)};" in text
+    header = h.read_text()
+    calls = re.findall(r"resolver\.(Add\w+)\(\)", header)
+    assert calls == ["AddDequantize", "AddFullyConnected", "AddQuantize"]
+    assert "constexpr unsigned int g_model_ops = 3;" in header
+    assert f"g_model_arena_used_bytes = {art.info['arena']['total']};" in header
+    assert art.check["passed"] and art.check["argmax_agreement"] == 1.0
+    assert art.check["tflm_vs_litert_agreement"] == 1.0
+    assert art.check["c_source_identical"] and art.check["c_source_runs_identically"]
+    assert runner_for(art.path, runtime="tflm").arena_bytes == art.info["arena_bytes"] > 0
+
+
+def test_parse_c_array_needs_the_aligned_array():
+    from tfopt.export import parse_c_array
+
+    with pytest.raises(ValueError, match="alignas"):
+        parse_c_array("const unsigned char g_model[] = {0x01};")
+
+
+# -- budgets in tfopt auto ----------------------------------------------------------------------
+def test_parse_size():
+    from tfopt._units import parse_size
+
+    assert parse_size("64KB") == parse_size("64 KiB") == parse_size("64k") == 65536
+    assert parse_size("1MB") == 1 << 20 and parse_size("1.5MiB") == 3 << 19
+    assert parse_size(4096) == parse_size("4096") == parse_size("4096B") == 4096
+    for bad in ("64XB", "-1KB", "0", "1.5B", "KB", True, 0):
+        with pytest.raises(ValueError, match=r"^max_ram must be a size such as 64KB, 256KiB"):
+            parse_size(bad, "max_ram")
+
+
+def test_cli_and_optimize_reject_bad_budgets(capsys):
+    import keras
+
+    import tfopt
+    from tfopt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["auto", "--max-accuracy-drop", "0.01", "--max-ram", "64XB"])
+    assert "--max-ram must be a size such as 64KB" in capsys.readouterr().err
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    data = (np.zeros((8, 4), "float32"), np.zeros(8, "int32"))
+    with pytest.raises(ValueError, match=r"TFLite Micro, which runs int8 models.*target='tflite'"):
+        tfopt.auto.optimize(
+            model, data, data, max_accuracy_drop=0.1, max_ram="4KB", target="tflite"
+        )
+    with pytest.raises(ValueError, match="max_flash must be a size"):
+        tfopt.auto.optimize(model, data, data, max_accuracy_drop=0.1, max_flash="lots")
+
+
+def test_auto_rejects_candidates_over_the_ram_budget(tmp_path):
+    import keras
+
+    import tfopt
+    from tfopt.bench import runner_for
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 40, 1)).astype("float32")
+    y = (x[:, :20, 0].mean(-1) > 0).astype("int32")
+    model = tfopt.models.get("mnist1d_cnn", input_shape=(40, 1), num_classes=2, width=4, dense=8)
+    options = dict(max_accuracy_drop=0.5, techniques=(), max_trials=1, refine=0, log=print)
+    res = tfopt.auto.optimize(
+        model, (x, y), (x, y), max_ram="1KB", max_flash="1MB", out_dir=tmp_path / "a", **options
+    )
+    (c,) = res.candidates
+    arena = runner_for(c["artifact"], runtime="tflm").arena_bytes
+    assert c["arena_bytes"] == arena > 1024
+    assert c["flash_bytes"] == Path(c["artifact"]).stat().st_size
+    assert c["rejected"] == f"arena {arena:,} B > max_ram 1,024 B"
+    assert c["tflm_agreement"] >= 0.97
+    assert res.best is None
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert f"rejected: arena {arena:,} B > max_ram 1,024 B" in md
+    assert "RAM (TFLite Micro arena) <= 1,024 B" in md
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["front_objectives"]["arena_bytes"] == "min"
+    # resumed with room to spare: the same trial fits, nothing re-runs
+    res = tfopt.auto.optimize(
+        model, (x, y), (x, y), max_ram="64KB", objective="ram", out_dir=tmp_path / "a", **options
+    )
+    assert res.best["trial_id"] == c["trial_id"] and res.best["rejected"] is None
+    assert "TFLM vs LiteRT" in (tmp_path / "a" / "report.md").read_text()
