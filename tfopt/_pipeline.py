@@ -47,7 +47,7 @@ def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
     from tfopt import export
 
     rep = data.x_train[: cfg.export.representative_samples]
-    if formats.get(fmt).exporter == "tflite":
+    if formats.get(fmt).exporter in ("tflite", "lowbit"):
         return export.export(
             model, path, format=fmt, representative_data=rep, check_data=data.x_val
         )

@@ -92,7 +92,7 @@ def main(args) -> int:
     options = {}
     if args.data:
         ds = _load_data(args.data)
-        if fmt.exporter == "tflite":
+        if fmt.exporter in ("tflite", "lowbit"):
             options["representative_data"] = ds.x_train[: args.samples]
         if fmt.options.get("precision") == "int8" or args.precision == "int8":
             options["calibration_data"] = ds.x_train[: args.samples]
