@@ -509,6 +509,14 @@ def _prune_channels(model):
     return small, dict(plan.report.skipped)
 
 
+def _lowrank(model):
+    import tfopt
+
+    # rank_ratio 0.25: a rank that saves weights in the zoo's small kernels too
+    small = tfopt.lowrank.factorize(model, rank_ratio=0.25)
+    return small, dict(small.tfopt_report.skipped)
+
+
 def _strip_prune(model):
     import tfopt
 
@@ -533,6 +541,7 @@ TECHNIQUES: dict[str, Technique] = {
         Technique("cluster", _cluster, _strip_cluster, ("onnx",)),
         Technique("qat", _qat, None, ("tflite-int8",)),
         Technique("prune_channels", _prune_channels, None, ("tflite",)),
+        Technique("lowrank", _lowrank, None, ("tflite",)),
     ]
 }
 

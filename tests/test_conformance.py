@@ -14,7 +14,7 @@ Cells that do not reach their expected outcome on today's code are in `TODAY` an
 ``xfail(strict=True)``: when the shared rewriter fixes one, its mark must go.
 
 Export matrix (the file must stay within minutes on 2 cores): the plain model goes through
-"tflite", "onnx" and post-training "tflite-int8" once; prune and prune_channels through "tflite",
+"tflite", "onnx" and post-training "tflite-int8" once; prune, prune_channels and lowrank through "tflite",
 cluster through "onnx", qat through "tflite-int8". The keras.applications models (MobileNetV2,
 MobileNetV3Small: most of the file's time) carry ``pytest.mark.slow`` and export only the plain
 model (tflite) and the QAT copy (tflite-int8).
@@ -77,12 +77,15 @@ EXPECTED: dict[tuple[str, str], object] = {
     ("prune_channels", "vit_block"): Skips({"mha": "MultiHeadAttention"}),
     # channel pruning needs a graph of layers: a subclassed model is a clear TypeError
     ("prune_channels", "subclassed"): Raises("wrap", TypeError, "subclassed model"),
+    # low-rank factorization turns one layer into two: it needs a graph of layers
+    ("lowrank", "subclassed"): Raises("wrap", TypeError, "subclassed model"),
     # several inputs/outputs: every technique works, the export says it takes one of each
     ("baseline", "two_in_two_out"): _multi_io("tflite"),
     ("prune", "two_in_two_out"): _multi_io("tflite"),
     ("cluster", "two_in_two_out"): _multi_io("onnx"),
     ("qat", "two_in_two_out"): _multi_io("tflite-int8"),
     ("prune_channels", "two_in_two_out"): _multi_io("tflite"),
+    ("lowrank", "two_in_two_out"): _multi_io("tflite"),
 }
 
 _SUBCLASS_KERAS = (
@@ -128,6 +131,10 @@ def _assert_effect(technique: str, outcome: Outcome, entry, expected) -> None:
         before, after = entry.build().count_params(), final.count_params()
         shrinks = getattr(expected, "shrinks", True)
         assert after < before if shrinks else after == before, (before, after)
+    elif technique == "lowrank":  # a factorized layer always saves weights; none: same model
+        before, after = entry.build().count_params(), final.count_params()
+        factored = [x.name for x in final._flatten_layers() if x.name.endswith("_lowrank")]
+        assert after < before if factored else after == before, (factored, before, after)
 
 
 def _run(technique: str, model: str, tmp_path, outcome: Outcome) -> None:

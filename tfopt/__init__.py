@@ -32,6 +32,7 @@ _SUBMODULES = (
     "data",
     "distill",
     "export",
+    "lowrank",
     "models",
     "prune",
     "quantize",

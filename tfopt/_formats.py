@@ -64,6 +64,11 @@ class Format:
         return self.options.get("quantization")
 
     @property
+    def calibrates(self) -> bool:
+        """The export takes representative data (TFLite, TFLite Micro and the low-bit formats)."""
+        return self.quantization is not None or self.exporter == "lowbit"
+
+    @property
     def tolerance(self) -> tuple[float, float | None]:
         """``(min_agreement, max_abs_diff)`` of the parity check."""
         return self.min_agreement, self.max_abs_diff
@@ -92,6 +97,23 @@ def _tensorrt(name: str, precision: str | None, agreement: float, diff: float | 
 
 _ONNX = ("tf2onnx", "onnx", "onnxruntime")
 
+
+def _lowbit(mode: str, agreement: float) -> Format:
+    """Below int8 / mixed precision: ai-edge-quantizer on the float flatbuffer, run in LiteRT
+    (which modes TFLite Micro also runs: `tfopt.quantize.MODES`)."""
+    return Format(
+        f"tflite-{mode}",
+        "lowbit",
+        "tflite",
+        agreement,
+        None,
+        ".tflite",
+        f"_{mode.replace('-', '_')}",
+        (("mode", mode),),
+        ("ai_edge_quantizer",),
+    )
+
+
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
@@ -113,6 +135,13 @@ FORMATS: dict[str, Format] = {
             ("tflite_micro",),
             target=True,
         ),
+        # int4 weights perturb every kernel by up to 1/15 of its range: 0.8 of the argmax kept
+        _lowbit("w4", 0.8),
+        _lowbit("w8", 0.95),
+        _lowbit("dynamic-w4", 0.8),
+        _lowbit("dynamic-w8", 0.95),
+        _lowbit("w8a8", 0.9),
+        _lowbit("w8a16", 0.95),
         Format("onnx", "onnx", "onnxruntime", 0.99, 1e-3, ".onnx", requires=_ONNX),
         Format("savedmodel", "savedmodel", "savedmodel", 0.99, 1e-4, "", "_savedmodel"),
         Format("triton", "triton", "savedmodel", 0.99, 1e-4, "", "_triton"),

@@ -129,7 +129,7 @@ def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
     from tfopt import export
 
     rep = data.x_train[: cfg.export.representative_samples]
-    if formats.get(fmt).quantization is not None:  # TFLite and TFLite Micro calibrate
+    if formats.get(fmt).calibrates:
         return export.export(
             model, path, format=fmt, representative_data=rep, check_data=data.x_val
         )

@@ -25,6 +25,7 @@ STEPS: dict[str, str] = {
     "cluster": "tfopt.cluster._step",
     "distill": "tfopt.distill._step",
     "prune_channels": "tfopt.prune._channels_step",
+    "lowrank": "tfopt.lowrank._step",
 }
 
 

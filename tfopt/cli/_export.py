@@ -92,7 +92,7 @@ def main(args) -> int:
     options = {}
     if args.data:
         ds = _load_data(args.data)
-        if fmt.quantization is not None:  # TFLite and TFLite Micro calibrate
+        if fmt.calibrates:
             options["representative_data"] = ds.x_train[: args.samples]
         if fmt.options.get("precision") == "int8" or args.precision == "int8":
             options["calibration_data"] = ds.x_train[: args.samples]

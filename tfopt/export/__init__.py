@@ -16,6 +16,7 @@ Example:
 from tfopt._formats import FORMATS, Format
 from tfopt.export._common import TOLERANCES, Artifact, check_against_keras
 from tfopt.export._export import check_format, default_path, export
+from tfopt.export._lowbit import lowbit
 from tfopt.export._onnx import onnx
 from tfopt.export._savedmodel import savedmodel
 from tfopt.export._tensorrt import PRECISIONS, tensorrt
@@ -35,6 +36,7 @@ __all__ = [
     "config_pbtxt",
     "default_path",
     "export",
+    "lowbit",
     "onnx",
     "savedmodel",
     "tensorrt",

@@ -1,6 +1,9 @@
 """Quantization: quantization-aware training (QAT) that converts to fully int8 TFLite.
 
-Post-training modes (dynamic, float16, int8, int16x8) are options of `tfopt.export.tflite`.
+Post-training modes (dynamic, float16, int8, int16x8) are options of `tfopt.export.tflite`;
+below int8 (int4, mixed precision, w8a16: `tfopt.export.lowbit`, formats ``tflite-w4`` ...) goes
+through Google's ai-edge-quantizer, and `sensitivity` / `choose_bits` measure each layer's cost
+of int4 weights through LiteRT and pick per-layer bit widths under an accuracy budget.
 
 Example:
     >>> q = tfopt.quantize.qat(model)
@@ -11,11 +14,17 @@ Example:
 
 from tfopt.quantize._attention import QuantizedMultiHeadAttention
 from tfopt.quantize._layers import ActivationQuantizer, FloatBoundary, QuantizeWrapper
+from tfopt.quantize._lowbit import MODES, BitPlan, Sensitivity, choose_bits, sensitivity
 from tfopt.quantize._qat import SCHEMES, qat
 from tfopt.quantize._subclassed import QuantizedSubclassModel
 
 __all__ = [
+    "MODES",
     "SCHEMES",
+    "BitPlan",
+    "Sensitivity",
+    "choose_bits",
+    "sensitivity",
     "ActivationQuantizer",
     "FloatBoundary",
     "QuantizeWrapper",

@@ -1,0 +1,133 @@
+"""Below int8 through ai-edge-quantizer: formats, storage types, runtimes, sensitivity, bit plans."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import tfopt
+from tfopt.quantize._lowbit import MODES, weight_types
+
+pytest.importorskip("ai_edge_quantizer")
+
+
+def _model():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu", name="fc"),
+            keras.layers.Dense(10, name="logits"),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype("float32").reshape(-1, 8, 8, 1)
+    return x, d.target.astype("int32")
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    keras.utils.set_random_seed(0)
+    x, y = digits
+    model = _model()
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x[:1200], y[:1200], batch_size=64, epochs=4, verbose=0)
+    return model
+
+
+def test_int4_format_runs_in_litert_with_int4_weights(trained, digits, tmp_path):
+    x, _ = digits
+    art = tfopt.export.export(
+        trained, tmp_path / "m.tflite", format="tflite-w4", check_data=x[1200:1400]
+    )
+    content = art.path.read_bytes()
+    # the flatbuffer stores every kernel as INT4 (TensorType 17), read back from the file
+    assert weight_types(content, ["conv", "fc", "logits"]) == {
+        "conv": "INT4",
+        "fc": "INT4",
+        "logits": "INT4",
+    }
+    assert art.info["bits"] == {"conv": 4, "fc": 4, "logits": 4}
+    assert art.check["passed"] and art.check["argmax_agreement"] >= 0.8
+    w8 = tfopt.export.export(trained, tmp_path / "m8.tflite", format="tflite-w8", check_data=x[:64])
+    # 8 * 10 + 288 * 32 + 32 * 10 weights: int4 halves them (scales and the graph stay)
+    saved = w8.bytes - art.bytes
+    assert (
+        (8 * 9 + 288 * 32 + 32 * 10) // 2 - 200 <= saved <= (8 * 9 + 288 * 32 + 32 * 10) // 2 + 200
+    )
+    # mixed precision: fc at 4 bits, the rest int8, the logits kept float
+    mixed = tfopt.export.lowbit(
+        trained,
+        tmp_path / "mix.tflite",
+        mode="w8",
+        bits={"^fc$": 4, "logits": None},
+        check_data=x[:64],
+    )
+    assert mixed.info["types"] == {"conv": "INT8", "fc": "INT4", "logits": "FLOAT32"}
+    with pytest.raises(ValueError, match="bits key 'nope' matches no layer"):
+        tfopt.export.lowbit(trained, tmp_path / "x.tflite", bits={"nope": 4})
+    with pytest.raises(ValueError, match="bits values must be 4, 8 or None"):
+        tfopt.export.lowbit(trained, tmp_path / "x.tflite", bits={"fc": 2})
+    with pytest.raises(ValueError, match="needs representative_data"):
+        tfopt.export.lowbit(trained, tmp_path / "x.tflite", mode="w8a16")
+
+
+def test_modes_run_where_they_say(trained, digits, tmp_path):
+    """MODES[...].runtimes is measured: TFLite Micro runs w8a16 and refuses int4 weights."""
+    tflm = pytest.importorskip("tflite_micro")
+    x, _ = digits
+    a16 = tfopt.export.export(
+        trained, tmp_path / "a16.tflite", format="tflite-w8a16", representative_data=x[:64]
+    )
+    assert a16.check["argmax_agreement"] >= 0.95
+    assert "tflm" in MODES["w8a16"].runtimes and "tflm" not in MODES["w4"].runtimes
+    micro = tflm.runtime.Interpreter.from_bytes(a16.path.read_bytes())
+    d = micro.get_input_details(0)
+    scale, zero = (
+        d["quantization_parameters"]["scales"][0],
+        d["quantization_parameters"]["zero_points"][0],
+    )
+    micro.set_input(np.clip(np.round(x[:1] / scale + zero), -32768, 32767).astype("int16"), 0)
+    micro.invoke()
+    assert micro.get_output(0).dtype == np.int16
+    w4 = tfopt.export.export(trained, tmp_path / "w4.tflite", format="tflite-w4", check_data=x[:64])
+    with pytest.raises(RuntimeError):
+        tflm.runtime.Interpreter.from_bytes(w4.path.read_bytes())
+
+
+def test_sensitivity_and_choose_bits(trained, digits):
+    x, y = digits
+    val = (x[1200:1500], y[1200:1500])
+    table = tfopt.quantize.sensitivity(trained, val, mode="w8")
+    assert [r["layer"] for r in table.rows] == ["conv", "fc", "logits"]
+    assert [r["op"] for r in table.rows] == ["CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED"]
+    assert [r["weights"] for r in table.rows] == [72, 9216, 320]
+    assert table.samples == 300 and 0.8 <= table.float_accuracy <= 1.0
+    for r in table.rows:
+        assert r["drop"] == pytest.approx(table.base_accuracy - r["accuracy"])
+        assert r["bytes"] < table.base_bytes  # int4 weights for one layer: a smaller file
+    assert "| fc | FULLY_CONNECTED | 9216 |" in table.to_markdown()
+    plan = tfopt.quantize.choose_bits(trained, val, max_accuracy_drop=0.02, table=table)
+    assert set(plan.bits) == {"conv", "fc", "logits"}
+    assert plan.accuracy >= plan.float_accuracy - 0.02
+    assert len(plan.steps) == 3
+    assert [s["layer"] for s in plan.steps] == [
+        r["layer"] for r in sorted(table.rows, key=lambda r: (r["drop"], -r["weights"]))
+    ]
+    assert {s["layer"] for s in plan.steps if s["kept"]} == {
+        k for k, v in plan.bits.items() if v == 4
+    }
+    with pytest.raises(ValueError, match="max_accuracy_drop must be >= 0"):
+        tfopt.quantize.choose_bits(trained, val, max_accuracy_drop=-1.0, table=table)
