@@ -13,6 +13,8 @@ from tfopt.config._schema import (
     apply_overrides,
     default_config_path,
     load,
+    packaged_configs,
+    resolve_config,
     validate,
     validate_steps,
 )
@@ -27,6 +29,8 @@ __all__ = [
     "apply_overrides",
     "default_config_path",
     "load",
+    "packaged_configs",
+    "resolve_config",
     "validate",
     "validate_steps",
 ]
