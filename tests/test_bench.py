@@ -349,3 +349,33 @@ def test_run_report_rows_carry_their_own_models_counts(tmp_path):
     assert "x smaller (gzip vs baseline tflite gzip)" in md
     assert "| 1_prune_channels | tflite-int8 |" in md and f" {ratio:.1f}x |" in md
     assert f"| {baseline['params']:,} | {baseline['macs']:,} |" in md
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("nan", r"inputs hold NaN or infinite values in 1 of 40 samples \(the first is sample 5\)"),
+        ("inf", r"inputs hold NaN or infinite values in 1 of 40 samples"),
+        ("label_high", r"labels must be class indices < 3 .* received 3 \(1 labels out of range\)"),
+        ("label_negative", r"labels must be >= 0; received -1"),
+        ("label_float", r"labels must be whole class indices"),
+        ("one_hot", r"labels must be class indices of shape \(40,\); received shape \(40, 3\)"),
+    ],
+)
+def test_bench_refuses_bad_inputs_and_labels_before_scoring(artifacts, labelled, bad, message):
+    from tfopt.bench import benchmark
+    from tfopt.errors import DataError
+
+    x, y = labelled[0].copy(), labelled[1].copy()
+    if bad in ("nan", "inf"):
+        x[5, 1] = np.nan if bad == "nan" else np.inf
+    elif bad == "label_high":
+        y[7] = 3
+    elif bad == "label_negative":
+        y[0] = -1
+    elif bad == "label_float":
+        y = y + 0.5
+    else:
+        y = np.eye(3)[y]
+    with pytest.raises(DataError, match=message):
+        benchmark(artifacts["tflite"], (x, y), concurrency=(), runs=1, warmup=0)

@@ -27,3 +27,14 @@ class MissingDependencyError(TfoptError, ImportError):
 
 class RewriteError(TfoptError, ValueError):
     """A model cannot be rewritten by a technique; the message names the layer and says why."""
+
+
+class DataError(TfoptError, ValueError):
+    """Data is unusable: an unreadable file, a wrong shape, NaN/inf values, labels out of range.
+
+    The message is one line naming what was expected and what was received.
+    """
+
+
+class ArtifactError(TfoptError, ValueError):
+    """A model or artifact file cannot be read (empty, truncated, corrupt, or another kind)."""

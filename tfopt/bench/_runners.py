@@ -277,6 +277,27 @@ def _triton_model(path: Path) -> Path:
 _FILE_RUNNERS = {cls.runtime: cls for cls in (TFLiteRunner, OnnxRunner)}
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def open_file(runner_cls, path: Path, kind: str, **kwargs):
+    """``runner_cls(path, **kwargs)``; a file the runtime cannot read raises `ArtifactError`."""
+    from tfopt.errors import ArtifactError, MissingDependencyError
+
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{str(path)!r} is empty (0 bytes): not a {kind} model; re-export it")
+    try:
+        return runner_cls(path, **kwargs)
+    except MissingDependencyError:
+        raise
+    except Exception as e:  # each runtime has its own error types for a corrupt file
+        raise ArtifactError(
+            f"cannot read {str(path)!r} as a {kind} model (corrupt or truncated?): {_first_line(e)}"
+        ) from None
+
+
 def runner_for(artifact, **kwargs):
     """Returns the runner that executes ``artifact``.
 
@@ -315,7 +336,7 @@ def runner_for(artifact, **kwargs):
                 f"Unrecognized artifact {str(artifact)!r}. Supported: {suffixes}, "
                 ".keras files, SavedModel or Triton model directories, or a keras.Model"
             )
-        return runner(path, **{k: v for k, v in kwargs.items() if k == "num_threads"})
+        return open_file(runner, path, fmt.name, num_threads=kwargs.get("num_threads", 1))
     from tfopt._backend import check_model
 
     check_model(artifact, "artifact")

@@ -85,6 +85,11 @@ def main(args) -> int:
     from pathlib import Path
 
     fmt = formats.get(args.format)  # raises with a did-you-mean before TensorFlow loads
+    if args.samples < 1:
+        raise ValueError(
+            f"--samples must be >= 1: int8 calibration needs inputs (a few hundred recommended). "
+            f"Received: --samples {args.samples}"
+        )
     from tfopt import export, models
 
     model = models.load(args.model)
