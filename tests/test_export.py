@@ -140,8 +140,7 @@ def test_triton_repository_layout_and_config(model, tmp_path):
     art = export(
         model,
         tmp_path / "repo",
-        format="triton",
-        backend="onnx",
+        format="triton",  # the ONNX Runtime backend by default
         name="tiny",
         max_batch_size=16,
         preferred_batch_sizes=(4, 8),
@@ -154,7 +153,7 @@ def test_triton_repository_layout_and_config(model, tmp_path):
     assert art.check["passed"] is True
     assert runner_for(art.path).runtime == "onnxruntime"  # bench finds the model file
 
-    art = export(model, tmp_path / "repo", format="triton", version=2)
+    art = export(model, tmp_path / "repo", format="triton", version=2, backend="savedmodel")
     config = (tmp_path / "repo" / model.name / "config.pbtxt").read_text()
     assert (tmp_path / "repo" / model.name / "2" / "model.savedmodel" / "saved_model.pb").is_file()
     assert 'platform: "tensorflow_savedmodel"' in config

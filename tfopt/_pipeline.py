@@ -129,6 +129,7 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
         runs=cfg.bench.runs,
         concurrency=cfg.bench.concurrency,
         micro_batch=cfg.bench.micro_batch,
+        duration_s=cfg.bench.duration_s,
     )
     for stage in stages:
         res = bench.benchmark(stage["model"], data.test, **options)

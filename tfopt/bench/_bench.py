@@ -170,8 +170,8 @@ def benchmark(
     max_wait_ms: float = 0.0,
     workers: int | None = None,
     processes: int | None = None,
-    requests: int = 1000,
-    duration_s: float = 2.0,
+    requests: int | None = None,
+    duration_s: float = 3.0,
     num_threads: int = 1,
     model=None,
     name: str | None = None,
@@ -196,8 +196,8 @@ def benchmark(
             ``min(clients, os.cpu_count())``.
         processes: replica processes the workers are spread over (see `tfopt.bench.load_test`).
             Defaults to one per worker for TFLite and ONNX files, else 1.
-        requests: the most requests per concurrency level. Defaults to 1000.
-        duration_s: the longest time per concurrency level. Defaults to 2.0.
+        requests: the most requests per concurrency level. Defaults to None (no cap).
+        duration_s: how long each concurrency level runs, in seconds. Defaults to 3.0.
         num_threads: intra-op threads per TFLite interpreter / ONNX session. Defaults to 1.
         model: the Keras model the artifact came from, to count params/MACs from Keras (otherwise
             they come from the TFLite or ONNX graph). Defaults to None.

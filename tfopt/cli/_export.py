@@ -41,7 +41,10 @@ def add_parser(sub):
     )
     p.add_argument("--opset", type=int, help="ONNX opset (onnx, triton --backend onnx, tensorrt)")
     p.add_argument(
-        "--backend", choices=("savedmodel", "onnx"), help="Triton backend (default: savedmodel)"
+        "--backend",
+        choices=("onnx", "savedmodel"),
+        help="Triton backend (default: onnx, the ONNX Runtime backend; savedmodel is the "
+        "TensorFlow backend, deprecated by Triton in 25.03)",
     )
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT precision")
     p.add_argument(
