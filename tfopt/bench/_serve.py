@@ -283,6 +283,9 @@ def _child(conn, payload: bytes, parent_pid: int) -> None:
     pipe (EOF: the parent is gone, so it exits), runs and reports."""
     _watch_parent(parent_pid)
     try:
+        from tfopt._litert_log import silence_xnnpack_banner
+
+        silence_xnnpack_banner()
         args = pickle.loads(payload)
 
         def ready():

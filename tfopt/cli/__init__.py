@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tfopt.errors import ConfigError, TfoptError
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # before TensorFlow loads (in this process and in the load test's): no INFO/WARNING lines
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     # key=value overrides may come after options (`run c.yaml --out d train.epochs=3`)
     args, extra = parser.parse_known_args(argv)
@@ -38,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2
+    from tfopt._litert_log import silence_xnnpack_banner
+
+    silence_xnnpack_banner()  # LiteRT's "INFO: Created ... XNNPACK delegate" line
     try:
         return int(args._main(args) or 0)
     except ConfigError as e:

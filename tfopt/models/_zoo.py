@@ -194,6 +194,17 @@ _CONVERT_H5 = (
 )
 
 
+def _load_error_reason(e: Exception) -> str:
+    """The cause of a Keras loading error on one line: Keras wraps the real one ("Could not
+    locate class 'Net' ...") after "Exception encountered:" and a page of config."""
+    text = str(e)
+    if "Exception encountered:" in text:
+        text = text.rsplit("Exception encountered:", 1)[1]
+    text = text.split("Full object config", 1)[0]
+    text = " ".join(text.split()).rstrip(" .") or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def load(path, *, compile: bool = False) -> keras.Model:
     """Loads a user's ``.keras`` model file with ``safe_mode=True`` (no arbitrary code).
 
@@ -232,7 +243,7 @@ def load(path, *, compile: bool = False) -> keras.Model:
     try:
         model = keras.models.load_model(path, compile=compile, safe_mode=True)
     except Exception as e:  # zipfile, h5py, JSON and deserialization errors alike
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        reason = _load_error_reason(e)
         hint = f". {_CONVERT_H5}" if h5 else ""
         raise ArtifactError(
             f"cannot load {str(path)!r} as a Keras 3 model: {reason}{hint}"
