@@ -458,7 +458,8 @@ def test_auto_writes_a_recipe_that_tfopt_run_replays(tmp_path):
     assert [s.type for s in recipe.steps] == [s["type"] for s in best["steps"]] == ["prune", "qat"]
     assert recipe.export.formats == ["tflite-int8"]
 
-    assert cli.main(["run", str(out / "recipe.yaml"), "--out", str(tmp_path / "replay")]) == 0
+    replay = ["run", str(out / "recipe.yaml"), "--out", str(tmp_path / "replay")]
+    assert cli.main([*replay, "bench.duration_s=0.5"]) == 0
     rows = json.loads((tmp_path / "replay/report.json").read_text())["results"]
     row = next(r for r in rows if r["format"] == "tflite-int8")
     assert abs(row["accuracy"] - best["test_accuracy"]) <= 0.01

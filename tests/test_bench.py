@@ -349,3 +349,133 @@ def test_run_report_rows_carry_their_own_models_counts(tmp_path):
     assert "x smaller (gzip vs baseline tflite gzip)" in md
     assert "| 1_prune_channels | tflite-int8 |" in md and f" {ratio:.1f}x |" in md
     assert f"| {baseline['params']:,} | {baseline['macs']:,} |" in md
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("nan", r"inputs hold NaN or infinite values in 1 of 40 samples \(the first is sample 5\)"),
+        ("inf", r"inputs hold NaN or infinite values in 1 of 40 samples"),
+        ("label_high", r"labels must be class indices < 3 .* received 3 \(1 labels out of range\)"),
+        ("label_negative", r"labels must be >= 0; received -1"),
+        ("label_float", r"labels must be whole class indices"),
+        ("one_hot", r"labels must be class indices of shape \(40,\); received shape \(40, 3\)"),
+    ],
+)
+def test_bench_refuses_bad_inputs_and_labels_before_scoring(artifacts, labelled, bad, message):
+    from tfopt.bench import benchmark
+    from tfopt.errors import DataError
+
+    x, y = labelled[0].copy(), labelled[1].copy()
+    if bad in ("nan", "inf"):
+        x[5, 1] = np.nan if bad == "nan" else np.inf
+    elif bad == "label_high":
+        y[7] = 3
+    elif bad == "label_negative":
+        y[0] = -1
+    elif bad == "label_float":
+        y = y + 0.5
+    else:
+        y = np.eye(3)[y]
+    with pytest.raises(DataError, match=message):
+        benchmark(artifacts["tflite"], (x, y), concurrency=(), runs=1, warmup=0)
+
+
+# -- the load test runs for a duration, counts errors and leaves no process behind (issue 12) ---
+def test_load_test_runs_for_a_duration_by_default():
+    import inspect
+
+    from tfopt.bench import benchmark, load_test
+    from tfopt.cli import build_parser
+
+    assert inspect.signature(load_test).parameters["requests"].default is None
+    assert inspect.signature(benchmark).parameters["requests"].default is None
+    assert inspect.signature(benchmark).parameters["duration_s"].default == 3.0
+    args = build_parser().parse_args(["bench", "m.tflite"])
+    assert args.requests is None and args.duration == 3.0
+
+
+def test_load_test_counts_request_errors_without_aborting():
+    from _serve_helpers import FlakyRunner
+
+    from tfopt.bench import load_test
+
+    x = np.ones((4, 3), "float32")
+    x[1, 0] = -1.0  # every 4th request fails
+    res = load_test(FlakyRunner(), x, clients=2, duration_s=0.3, warmup=False)
+    assert res["requests"] > 0 and res["errors"] > 0
+    # requests cycle through x: one in four fails (give or take the clients' last requests)
+    assert abs(res["errors"] - res["requests"] / 3) <= 2
+    assert res["first_error"] == "ValueError: negative input"
+    assert 0.3 <= res["seconds"] < 2.0
+    with pytest.raises(RuntimeError, match=r"every request of the load test failed \(\d+ errors\)"):
+        load_test(FlakyRunner(), -np.ones((2, 3), "float32"), duration_s=0.1, warmup=False)
+
+
+def test_a_replica_that_dies_while_starting_is_an_error_at_once():
+    import time
+
+    from _serve_helpers import DiesOnLoad
+
+    from tfopt.bench import load_test
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"exited with code -9 while starting, without a result"):
+        load_test(DiesOnLoad(), np.ones((2, 3), "float32"), clients=2, start_timeout_s=600)
+    assert time.monotonic() - started < 60  # not the start-up timeout
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line for line in f)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return not os.path.exists(f"/proc/{pid}")
+
+
+def test_killing_the_parent_during_start_up_leaves_no_worker(artifacts):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    script = (
+        "import multiprocessing, sys, threading, time\n"
+        "import numpy as np\n"
+        "from tfopt.bench import load_test, runner_for\n"
+        "r = runner_for(sys.argv[1])\n"
+        "x = np.zeros((4, 3), 'float32')\n"
+        "kw = dict(clients=2, processes=2, duration_s=60)\n"
+        "threading.Thread(target=load_test, args=(r, x), kwargs=kw, daemon=True).start()\n"
+        "while len(multiprocessing.active_children()) < 2:\n"
+        "    time.sleep(0.01)\n"
+        "print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(artifacts["tflite"])],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        os.kill(proc.pid, signal.SIGKILL)  # the workers are still starting (importing)
+        proc.wait()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+            time.sleep(0.2)
+        alive = [p for p in pids if not _gone(p)]
+        for p in alive:
+            os.kill(p, signal.SIGKILL)
+        assert not alive, f"orphan load-test processes {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

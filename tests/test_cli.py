@@ -47,7 +47,15 @@ def test_help_lists_run(tmp_path):
 
 @pytest.mark.slow
 def test_tfopt_run_end_to_end(tmp_path):
-    proc = _tfopt("run", "train.epochs=3", "bench.runs=20", "--out", "runs/e2e", cwd=tmp_path)
+    proc = _tfopt(
+        "run",
+        "train.epochs=3",
+        "bench.runs=20",
+        "bench.duration_s=0.5",
+        "--out",
+        "runs/e2e",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[tfopt] [1/4] data: mnist1d" in proc.stdout and "[tfopt] [4/4] bench" in proc.stdout
     run = tmp_path / "runs" / "e2e"
@@ -78,6 +86,7 @@ def test_tfopt_run_end_to_end(tmp_path):
         "run",
         "train.epochs=1",
         "bench.runs=5",
+        "bench.duration_s=0.5",
         "export.formats=[tflite]",
         "--out",
         "runs/e2e",
@@ -107,6 +116,7 @@ def test_recipe_prune_then_qat_end_to_end(tmp_path):
         "steps.0.epochs=2",
         "steps.1.epochs=1",
         "bench.runs=10",
+        "bench.duration_s=0.5",
         "--out",
         "r",
         cwd=tmp_path,

@@ -140,8 +140,7 @@ def test_triton_repository_layout_and_config(model, tmp_path):
     art = export(
         model,
         tmp_path / "repo",
-        format="triton",
-        backend="onnx",
+        format="triton",  # the ONNX Runtime backend by default
         name="tiny",
         max_batch_size=16,
         preferred_batch_sizes=(4, 8),
@@ -154,7 +153,7 @@ def test_triton_repository_layout_and_config(model, tmp_path):
     assert art.check["passed"] is True
     assert runner_for(art.path).runtime == "onnxruntime"  # bench finds the model file
 
-    art = export(model, tmp_path / "repo", format="triton", version=2)
+    art = export(model, tmp_path / "repo", format="triton", version=2, backend="savedmodel")
     config = (tmp_path / "repo" / model.name / "config.pbtxt").read_text()
     assert (tmp_path / "repo" / model.name / "2" / "model.savedmodel" / "saved_model.pb").is_file()
     assert 'platform: "tensorflow_savedmodel"' in config
@@ -396,3 +395,79 @@ def test_subclassed_and_mixed_precision_models_export(tmp_path):
     out = keras.layers.Dense(2, dtype="float32")(keras.layers.Flatten()(h))
     art = tfopt.export.export(keras.Model(inp, out), tmp_path / "mp.tflite", format="tflite")
     assert art.check["passed"]  # converted as a float32 copy: TFLite has no float16 CONV_2D
+
+
+# -- never a wrong label, never a traceback (issue 12) ------------------------------------------
+def test_int8_refuses_empty_or_misshaped_calibration_data(model, x, tmp_path):
+    from tfopt.errors import DataError
+
+    with pytest.raises(
+        DataError, match=r"representative_data holds no samples; .* shape \(40, 1\)"
+    ):
+        tfopt.export.tflite(
+            model, tmp_path / "a.tflite", quantization="int8", representative_data=x[:0]
+        )
+    with pytest.raises(
+        DataError,
+        match=r"representative_data: expected samples of shape \(40, 1\) .* received .* \(20, 1\)",
+    ):
+        tfopt.export.tflite(
+            model, tmp_path / "b.tflite", quantization="int8", representative_data=x[:, :20]
+        )
+    with pytest.raises(DataError, match=r"check_data: expected samples of shape \(40, 1\)"):
+        tfopt.export.tflite(model, tmp_path / "c.tflite", check_data=x[:, :20, 0])
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_int8_label_is_verified_from_the_tensor_types(model, x, tmp_path):
+    from tfopt.errors import ExportCheckError
+    from tfopt.export._tflite import check_tensor_types
+
+    art = tfopt.export.tflite(
+        model, tmp_path / "q.tflite", quantization="int8", representative_data=x
+    )
+    types = art.info["tensor_types"]
+    assert types["float32"] == 2 and types["int8"] > 0  # only the float input and output
+    dyn = tfopt.export.tflite(model, tmp_path / "d.tflite", quantization="dynamic")
+    # a model that is not int8 (float activations) is refused under the int8 label
+    with pytest.raises(ExportCheckError, match=r"not int8: its tensor types are \{'float32': "):
+        check_tensor_types(dyn.path.read_bytes(), "int8")
+    check_tensor_types(art.path.read_bytes(), "int8")
+
+
+def test_cli_export_refuses_zero_samples_and_reads_bad_files_cleanly(model, x, tmp_path, capsys):
+    from tfopt.cli import main
+
+    path = tmp_path / "m.keras"
+    model.save(path)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=x, y_train=np.zeros(128, "int32"), x_test=x[:16], y_test=np.zeros(16))
+    out = tmp_path / "m_int8.tflite"
+    argv = ["export", str(path), "-f", "tflite-int8", "--data", str(npz), "--out", str(out)]
+    assert main([*argv, "--samples", "0"]) == 1
+    assert "--samples must be >= 1" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "empty.npz").write_bytes(b"")
+    assert main([*argv[:4], "--data", str(tmp_path / "empty.npz"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "empty.npz' is empty (0 bytes), not a .npz file" in err and len(err.splitlines()) == 1
+    (tmp_path / "bad.keras").write_bytes(b"garbage")
+    assert main(["export", str(tmp_path / "bad.keras"), "-f", "tflite"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot load" in err and "bad.keras' as a Keras 3 model" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_corrupt_artifacts_give_an_artifact_error(model, tmp_path):
+    from tfopt.bench import benchmark, runner_for
+    from tfopt.errors import ArtifactError
+
+    onnx = tfopt.export.export(model, tmp_path / "m.onnx", format="onnx").path
+    (tmp_path / "cut.onnx").write_bytes(onnx.read_bytes()[:200])
+    with pytest.raises(ArtifactError, match=r"cannot read '.*cut\.onnx' as a onnx model"):
+        runner_for(tmp_path / "cut.onnx")
+    (tmp_path / "junk.tflite").write_bytes(b"\x00" * 64)
+    with pytest.raises(ArtifactError, match=r"cannot read '.*junk\.tflite' as a tflite model"):
+        benchmark(tmp_path / "junk.tflite")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ArtifactError, match=r"empty\.onnx' is empty \(0 bytes\)"):
+        runner_for(tmp_path / "empty.onnx")

@@ -42,8 +42,73 @@ def test_load_user_keras_file_safe_mode(tmp_path):
     loaded = tfopt.models.load(path)
     x = np.random.default_rng(0).normal(size=(3, 8, 8, 1)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), m.predict(x, verbose=0), atol=1e-6)
-    with pytest.raises(ValueError, match=r"tfopt loads Keras 3 '.keras' files. Received: '.*m.h5'"):
-        (tmp_path / "m.h5").write_bytes(b"x")
-        tfopt.models.load(tmp_path / "m.h5")
+    with pytest.raises(
+        ValueError, match=r"tfopt loads Keras 3 '.keras' files .* Received: '.*m.pt'"
+    ):
+        (tmp_path / "m.pt").write_bytes(b"x")
+        tfopt.models.load(tmp_path / "m.pt")
     with pytest.raises(FileNotFoundError, match="No such model file"):
         tfopt.models.load(tmp_path / "missing.keras")
+
+
+def _small_dense():
+    import keras
+
+    inp = keras.Input((6,), name="x")
+    h = keras.layers.Dense(8, activation="relu", name="fc1")(inp)
+    return keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(h))
+
+
+def test_load_legacy_h5_written_by_keras3(tmp_path):
+    import warnings
+
+    m = _small_dense()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns that .h5 is a legacy format
+        m.save(tmp_path / "m.h5")
+    loaded = tfopt.models.load(tmp_path / "m.h5")
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), m.predict(x, verbose=0), atol=1e-6)
+    assert [layer.name for layer in loaded.layers] == ["x", "fc1", "out"]
+
+
+def test_unloadable_h5_and_corrupt_keras_say_what_to_do(tmp_path):
+    from tfopt.errors import ArtifactError
+
+    m = _small_dense()
+    m.save_weights(tmp_path / "w.weights.h5")
+    (tmp_path / "w.h5").write_bytes((tmp_path / "w.weights.h5").read_bytes())  # weights only
+    with pytest.raises(
+        ArtifactError, match=r"cannot load '.*w\.h5' as a Keras 3 model: .*tf_keras"
+    ):
+        tfopt.models.load(tmp_path / "w.h5")
+    (tmp_path / "bad.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ArtifactError, match=r"cannot load '.*bad\.keras' as a Keras 3 model: "):
+        tfopt.models.load(tmp_path / "bad.keras")
+    (tmp_path / "empty.keras").write_bytes(b"")
+    with pytest.raises(ArtifactError, match=r"is empty \(0 bytes\): not a Keras model file"):
+        tfopt.models.load(tmp_path / "empty.keras")
+
+
+def test_load_h5_saved_by_tf_keras(tmp_path):
+    """A Keras 2 user's model: written by tf_keras in a subprocess (never imported here)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tf_keras") is None:
+        pytest.skip("tf_keras is not installed")
+    script = (
+        "import numpy as np, tf_keras as k\n"
+        "m = k.Sequential([k.layers.Input((6,)), k.layers.Dense(8, activation='relu'),"
+        " k.layers.Dense(3)])\n"
+        "m.save(r'{}')\n"
+        "np.save(r'{}', m.predict(np.ones((2, 6), 'float32'), verbose=0))\n"
+    ).format(tmp_path / "k2.h5", tmp_path / "expected.npy")
+    env = {**__import__("os").environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    if done.returncode != 0:
+        pytest.skip(f"tf_keras could not save a model here: {done.stderr.decode()[-300:]}")
+    loaded = tfopt.models.load(tmp_path / "k2.h5")
+    out = loaded.predict(np.ones((2, 6), "float32"), verbose=0)
+    np.testing.assert_allclose(out, np.load(tmp_path / "expected.npy"), atol=1e-5)

@@ -5,9 +5,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _tflite import assert_int8_agrees
 from _tflite import tflite_ops as _ops
 
 import tfopt
+from tfopt.errors import ArtifactError
 from tfopt.quantize import ActivationQuantizer, QuantizeWrapper, qat
 
 keras = pytest.importorskip("keras")
@@ -96,12 +98,10 @@ def test_qat_conv1d_bn_residual_model_exports_fully_int8(trained_qat):
     names = _assert_fully_int8(t.art.path)
     assert names.count("CONV_2D") == 2 and names.count("FULLY_CONNECTED") == 2
     assert {"ADD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "CONCATENATION", "MUL"} <= set(names)
-    assert t.art.check["argmax_agreement"] >= 0.99
+    assert_int8_agrees(t.q, t.art.path, t.xt)
     from tfopt.bench._runners import TFLiteRunner
 
     got = TFLiteRunner(t.art.path).predict(t.xt).argmax(-1)
-    keras_pred = t.q.predict(t.xt, verbose=0).argmax(-1)
-    assert np.mean(got == keras_pred) >= 0.99
     assert np.mean(got == t.yt) >= 0.9
 
 
@@ -167,7 +167,7 @@ def test_qat_model_round_trips_through_a_keras_file(trained_qat, tmp_path):
     assert isinstance(loaded.get_layer("x_range"), ActivationQuantizer)
     np.testing.assert_array_equal(t.q.predict(t.xt, verbose=0), loaded.predict(t.xt, verbose=0))
     art = tfopt.export.tflite(loaded, tmp_path / "l.tflite", quantization="int8", check_data=t.xt)
-    assert art.check["argmax_agreement"] >= 0.99
+    assert_int8_agrees(loaded, art.path, t.xt)
 
 
 # -- sparsity-preserving QAT ---------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_embedding_weights_are_int8(tmp_path):
     assert len(gather) == 1 and gather[0][1][0] == "int8" and gather[0][2] == ["int8"]
     assert it.get_tensor(gather[0][3][0]).shape == (50, 16)
     assert all("float32" not in o[1] for o in ops if o[0] in _KERNEL_OPS)
-    assert art.check["argmax_agreement"] >= 0.99
+    assert_int8_agrees(q, art.path, x)
 
 
 def _attention_model():
@@ -334,7 +334,8 @@ def test_attention_projections_run_as_int8_kernels(tmp_path):
     # query x key in float (softmax input), softmax x value in int8 (feeds the output projection)
     assert bmm == [(["float32", "float32"], ["float32"]), (["int8", "int8"], ["int8"])]
     assert {"SOFTMAX", "RSQRT"} <= {o[0] for o in ops if "float32" in o[1]}
-    assert art.check["argmax_agreement"] >= 0.99
+    # 0.988 was measured on one CPU with oneDNN: a near-tie may flip, a confident output may not
+    assert_int8_agrees(q, art.path, x)
     path = tmp_path / "mha.keras"
     q.save(path)
     loaded = tfopt.models.load(path)
@@ -386,7 +387,7 @@ def test_gru_is_left_float_and_the_rest_quantized(tmp_path):
     assert kernels["CONV_2D"][1][:2] == ["int8", "int8"]
     assert kernels["FULLY_CONNECTED"][1][:2] == ["int8", "int8"]
     assert "WHILE" in [o[0] for o in ops]
-    assert art.check["argmax_agreement"] >= 0.99
+    assert_int8_agrees(q, art.path, x)
 
 
 def test_sequential_and_subclassed_models(tmp_path):
@@ -429,11 +430,11 @@ def test_sequential_and_subclassed_models(tmp_path):
     ]
     assert type(net.conv).__name__ == "Conv1D"  # the original keeps its layers
     art = _fit_export(q, x, y, tmp_path / "sub.tflite")
-    assert art.check["argmax_agreement"] >= 0.99
+    assert_int8_agrees(q, art.path, x)
     names = [o[0] for o in _ops(art.path)[1]]
     assert names.count("CONV_2D") == 1 and names.count("FULLY_CONNECTED") == 2
     q.save(tmp_path / "sub.keras")  # Net is not registered: Keras cannot find it when loading
-    with pytest.raises(TypeError, match=r"Could not locate class 'Net'.*register_keras_serial"):
+    with pytest.raises(ArtifactError, match=r"Could not locate class 'Net'.*register_keras_serial"):
         tfopt.models.load(tmp_path / "sub.keras")
 
 
@@ -499,7 +500,7 @@ def test_qat_copy_of_a_registered_subclassed_model_round_trips_through_keras_fil
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_array_equal(q.predict(x, verbose=0), loaded.predict(x, verbose=0))
     art = tfopt.export.tflite(loaded, tmp_path / "sub.tflite", quantization="int8", check_data=x)
-    assert art.check["argmax_agreement"] >= 0.99
+    assert_int8_agrees(loaded, art.path, x)
     kernels = [o for o in _ops(art.path)[1] if o[0] in _KERNEL_OPS]
     # the conv, the attention projections and "out" read int8 (they track their input ranges),
     # "hidden" was filtered out

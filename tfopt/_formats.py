@@ -144,7 +144,8 @@ FORMATS: dict[str, Format] = {
         _lowbit("w8a16", 0.95),
         Format("onnx", "onnx", "onnxruntime", 0.99, 1e-3, ".onnx", requires=_ONNX),
         Format("savedmodel", "savedmodel", "savedmodel", 0.99, 1e-4, "", "_savedmodel"),
-        Format("triton", "triton", "savedmodel", 0.99, 1e-4, "", "_triton"),
+        # the ONNX Runtime backend by default (Triton deprecated its TensorFlow backend in 25.03)
+        Format("triton", "triton", "onnxruntime", 0.99, 1e-3, "", "_triton", requires=_ONNX),
         # precision fp16 unless precision= is given
         _tensorrt("tensorrt", None, 0.99, 2e-2),
         _tensorrt("tensorrt-fp16", "fp16", 0.99, 2e-2),

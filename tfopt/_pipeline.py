@@ -225,6 +225,7 @@ def run(
         runs=cfg.bench.runs,
         concurrency=cfg.bench.concurrency,
         micro_batch=cfg.bench.micro_batch,
+        duration_s=cfg.bench.duration_s,
     )
     for stage in stages:
         res = bench.benchmark(stage["model"], data.test, **options)

@@ -68,17 +68,50 @@ def markdown_table(rows: list[dict]) -> str:
 
 def throughput_table(rows: list[dict]) -> str:
     lines = [
-        "| stage | format | clients | req/s | p50 (ms) | p99 (ms) |",
-        "|---|---|---|---|---|---|",
+        "| stage | format | clients | seconds | requests | errors | req/s | p50 (ms) | p99 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         for level in r.get("concurrency") or []:
             lat = level.get("latency_ms", {})
             lines.append(
-                f"| {r['stage']} | {r['format']} | {level['clients']} | {level['throughput_rps']:.0f} | "
+                f"| {r['stage']} | {r['format']} | {level['clients']} | "
+                f"{level.get('seconds', float('nan')):.1f} | {level.get('requests', 0)} | "
+                f"{level.get('errors', 0)} | {level['throughput_rps']:.0f} | "
                 f"{lat.get('p50', float('nan')):.3f} | {lat.get('p99', float('nan')):.3f} |"
             )
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def render_value(value, *, depth: int = 0) -> str:
+    """A record's value as readable text: ``0.8``, ``conv1=80.0%``-style ``key=value`` lists,
+    nested mappings in parentheses; never a raw Python repr."""
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else ("yes" if value else "no")
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        if not value:
+            return "none"
+        parts = [f"{k}={render_value(v, depth=depth + 1)}" for k, v in value.items()]
+        text = ", ".join(parts)
+        return f"({text})" if depth else text
+    if isinstance(value, list | tuple):
+        if not value:
+            return "none"
+        text = ", ".join(render_value(v, depth=depth + 1) for v in value)
+        return f"[{text}]" if depth else text
+    return str(value)
+
+
+def steps_markdown(steps: dict[str, dict]) -> str:
+    """The records of each recipe step as a Markdown table: stage | fact | value."""
+    lines = ["| stage | fact | value |", "|---|---|---|"]
+    for stage, facts in steps.items():
+        for i, (key, value) in enumerate(facts.items()):
+            text = render_value(value).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {stage if i == 0 else ''} | {key} | {text} |")
+    return "\n".join(lines)
 
 
 def write_report(report: dict, run_dir: Path) -> None:
@@ -105,10 +138,7 @@ def write_report(report: dict, run_dir: Path) -> None:
     if load:
         md += ["## Under concurrent load", "", load, ""]
     if report.get("steps"):
-        md += ["## Steps", ""]
-        for stage, facts in report["steps"].items():
-            md.append(f"- **{stage}**: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
-        md.append("")
+        md += ["## Steps", "", steps_markdown(report["steps"]), ""]
     md += ["![accuracy vs size](report.png)", "", "TensorBoard: `tensorboard --logdir logs`", ""]
     (run_dir / "report.md").write_text("\n".join(md))
     plot_accuracy_vs_size(

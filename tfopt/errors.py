@@ -37,3 +37,14 @@ class OutputDirError(TfoptError, FileExistsError):
 class RunMismatchError(TfoptError, ValueError):
     """A run directory holds a run of another model, data or settings; the message says what
     differs and what to do."""
+
+
+class DataError(TfoptError, ValueError):
+    """Data is unusable: an unreadable file, a wrong shape, NaN/inf values, labels out of range.
+
+    The message is one line naming what was expected and what was received.
+    """
+
+
+class ArtifactError(TfoptError, ValueError):
+    """A model or artifact file cannot be read (empty, truncated, corrupt, or another kind)."""

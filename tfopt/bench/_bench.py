@@ -26,11 +26,60 @@ def evaluate(artifact, data, *, batch_size: int = 256, runtime: str | None = Non
     return _accuracy(runner_for(artifact, runtime=runtime), data, batch_size=batch_size)
 
 
+def check_inputs_finite(x: np.ndarray) -> None:
+    """Raises `DataError` when ``x`` holds NaN or infinite values (they score as garbage)."""
+    from tfopt.errors import DataError
+
+    x = np.asarray(x)
+    if x.dtype.kind in "fc" and not np.isfinite(x).all():
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.ndim else np.array([True])
+        raise DataError(
+            f"inputs hold NaN or infinite values in {int(bad.sum())} of {len(bad)} samples "
+            f"(the first is sample {int(np.argmax(bad))}); clean or drop them before scoring"
+        )
+
+
+def check_labels(y, n: int, num_outputs: int | None = None) -> np.ndarray:
+    """``y`` as integer class indices, checked against ``n`` samples and ``num_outputs`` classes.
+
+    Raises:
+        DataError: labels that are not whole numbers, a count that is not ``n``, or a class index
+            < 0 or >= ``num_outputs`` (the artifact could never predict it).
+    """
+    from tfopt.errors import DataError
+
+    y = np.asarray(y)
+    if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
+        raise DataError(
+            f"labels must be class indices of shape ({n},); received shape {y.shape} "
+            "(one-hot labels? pass y.argmax(axis=-1))"
+        )
+    y = y.reshape(-1)
+    if len(y) != n:
+        raise DataError(f"expected {n} labels, one per input; received {len(y)}")
+    if y.dtype.kind not in "iub":
+        if y.dtype.kind != "f" or not np.isfinite(y).all() or not np.all(y == np.round(y)):
+            raise DataError(f"labels must be whole class indices; received dtype {y.dtype}")
+        y = y.astype("int64")
+    if len(y) and y.min() < 0:
+        raise DataError(f"labels must be >= 0; received {int(y.min())} ({int((y < 0).sum())} < 0)")
+    if num_outputs is not None and len(y) and y.max() >= num_outputs:
+        raise DataError(
+            f"labels must be class indices < {num_outputs} (the artifact's number of outputs); "
+            f"received {int(y.max())} ({int((y >= num_outputs).sum())} labels out of range)"
+        )
+    return y
+
+
 def _accuracy(runner, data, *, batch_size: int = 256, logits=None) -> float:
     x, y = data
+    x = np.asarray(x)
+    check_inputs_finite(x)
+    y = check_labels(y, len(x))
     if logits is None:
-        logits = runner.predict(np.asarray(x), batch_size=batch_size)
-    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y).reshape(-1)))
+        logits = runner.predict(x, batch_size=batch_size)
+    y = check_labels(y, len(x), num_outputs=int(np.shape(logits)[-1]))
+    return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
 FLASH_NOTE = (
@@ -200,8 +249,8 @@ def benchmark(
     max_wait_ms: float = 0.0,
     workers: int | None = None,
     processes: int | None = None,
-    requests: int = 1000,
-    duration_s: float = 2.0,
+    requests: int | None = None,
+    duration_s: float = 3.0,
     num_threads: int = 1,
     model=None,
     name: str | None = None,
@@ -228,8 +277,8 @@ def benchmark(
             ``min(clients, os.cpu_count())``.
         processes: replica processes the workers are spread over (see `tfopt.bench.load_test`).
             Defaults to one per worker for TFLite and ONNX files, else 1.
-        requests: the most requests per concurrency level. Defaults to 1000.
-        duration_s: the longest time per concurrency level. Defaults to 2.0.
+        requests: the most requests per concurrency level. Defaults to None (no cap).
+        duration_s: how long each concurrency level runs, in seconds. Defaults to 3.0.
         num_threads: intra-op threads per TFLite interpreter / ONNX session. Defaults to 1.
         model: the Keras model the artifact came from, to count params/MACs from Keras (otherwise
             they come from the TFLite or ONNX graph). Defaults to None.
@@ -275,7 +324,9 @@ def benchmark(
     if x is None:
         x = np.zeros((1, *runner.input_shape), dtype="float32")
     elif tuple(x.shape[1:]) != tuple(runner.input_shape):
-        raise ValueError(
+        from tfopt.errors import DataError
+
+        raise DataError(
             f"data's samples have shape {tuple(x.shape[1:])} but {label} takes "
             f"{tuple(runner.input_shape)}"
         )

@@ -77,14 +77,15 @@ def format_table(results) -> str:
     if levels:
         lines += [
             "",
-            "| artifact | clients | workers (processes) | micro-batch | req/s | p50 ms | p90 ms | p99 ms | batch: mean / per request |",
-            "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+            "| artifact | clients | workers (processes) | micro-batch | seconds | requests | errors | req/s | p50 ms | p90 ms | p99 ms | batch: mean / per request |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r, c in levels:
             mb = f"max {c['max_batch']}, {c['max_wait_ms']:g} ms" if c["micro_batch"] else "no"
             lat = c["latency_ms"]
             lines.append(
                 f"| {r['artifact']} | {c['clients']} | {c['workers']} ({c.get('processes', 1)}) | {mb} | "
+                f"{c.get('seconds', float('nan')):.1f} | {c.get('requests', 0)} | {c.get('errors', 0)} | "
                 f"{c['throughput_rps']:.0f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
                 f"{c['mean_batch_size']:.2f} / {c.get('request_batch_size', 1.0):.1f} |"
             )
@@ -96,12 +97,10 @@ def plot_latency_vs_concurrency(results, path) -> Path | None:
     rows = [_as_dict(r) for r in results if len(_as_dict(r).get("concurrency") or []) >= 2]
     if not rows:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     for r in rows:
         label = Path(r["artifact"]).name
         if r["concurrency"][0]["micro_batch"]:
@@ -129,22 +128,38 @@ def plot_latency_vs_concurrency(results, path) -> Path | None:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
+def accuracy_limits(values, *, min_span: float = 0.05) -> tuple[float, float]:
+    """The accuracy axis of a plot: the values with a margin, at least ``min_span`` (5 points)
+    tall and inside [0, 1], so that a 0.2-point difference does not fill the whole plot."""
+    lo, hi = float(min(values)), float(max(values))
+    pad = max(0.01, 0.15 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    if lo < 0.0:
+        lo, hi = 0.0, max(hi - lo, min_span)
+    if hi > 1.0:
+        lo, hi = max(0.0, lo - (hi - 1.0)), 1.0
+    return lo, hi
+
+
 def plot_accuracy_vs_size(results, path) -> Path | None:
-    """Plots accuracy against gzip size for the results that have both; None if there are none."""
+    """Plots accuracy against gzip size for the results that have both; None if there are none.
+
+    The accuracy axis spans at least 5 points (`accuracy_limits`)."""
     rows = [_as_dict(r) for r in results]
     rows = [r for r in rows if r.get("accuracy") is not None and r.get("gzip_bytes") is not None]
     if not rows:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+    from matplotlib.ticker import PercentFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for r in rows:
         ax.scatter(r["gzip_bytes"] / 1024, r["accuracy"])
         ax.annotate(
@@ -156,13 +171,14 @@ def plot_accuracy_vs_size(results, path) -> Path | None:
         )
     ax.set_xscale("log")
     ax.set_xlabel("gzip size (KiB)")
+    ax.set_ylim(*accuracy_limits([r["accuracy"] for r in rows]))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.set_title("Accuracy vs size")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

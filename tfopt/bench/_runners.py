@@ -436,6 +436,27 @@ RUNTIMES = {
 }
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def open_file(runner_cls, path: Path, kind: str, **kwargs):
+    """``runner_cls(path, **kwargs)``; a file the runtime cannot read raises `ArtifactError`."""
+    from tfopt.errors import ArtifactError, MissingDependencyError
+
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{str(path)!r} is empty (0 bytes): not a {kind} model; re-export it")
+    try:
+        return runner_cls(path, **kwargs)
+    except MissingDependencyError:
+        raise
+    except Exception as e:  # each runtime has its own error types for a corrupt file
+        raise ArtifactError(
+            f"cannot read {str(path)!r} as a {kind} model (corrupt or truncated?): {_first_line(e)}"
+        ) from None
+
+
 def _options(cls, kwargs: dict) -> dict:
     """The options in ``kwargs`` that ``cls`` takes (num_threads, mode, arena_size)."""
     accepted = inspect.signature(cls.__init__).parameters
@@ -509,7 +530,7 @@ def runner_for(artifact, *, runtime: str | None = None, **kwargs):
                 f"runtime={runtime!r} cannot run {str(path)!r}: it runs in {runner.runtime!r}"
                 + (" (TFLite Micro runs .tflite files)" if wanted == "tflm" else "")
             )
-        return runner(path, **_options(runner, kwargs))
+        return open_file(runner, path, runner.runtime, **_options(runner, kwargs))
     from tfopt._backend import check_model
 
     check_model(artifact, "artifact")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import queue
@@ -222,21 +223,21 @@ def _closed_loop(
         counter = itertools.count()
         finished = threading.Semaphore(0)
         n = len(x)
+        cap = float("inf") if requests is None else requests
 
         def send() -> None:
             i = next(counter)
             t = time.perf_counter()
-            if i >= requests or t > deadline:
+            if i >= cap or t > deadline:
                 finished.release()
                 return
             server.submit_async(x[i % n : i % n + 1], lambda y, error, t=t: answered(t, error))
 
         def answered(t: float, error) -> None:
             if error is not None:
-                errors.append(error)
-                finished.release()
-                return
-            latencies.append(time.perf_counter() - t)
+                errors.append(error)  # counted; the client goes on with its next request
+            else:
+                latencies.append(time.perf_counter() - t)
             send()
 
         t0 = time.perf_counter()
@@ -247,23 +248,54 @@ def _closed_loop(
             finished.acquire()
         seconds = time.perf_counter() - t0
         sizes = list(server.batch_sizes)
-    if errors:
-        raise errors[0]
+    if errors and not latencies:
+        raise RuntimeError(
+            f"every request of the load test failed ({len(errors)} errors); the first: "
+            f"{type(errors[0]).__name__}: {errors[0]}"
+        ) from errors[0]
     return {
         "latency_s": np.asarray(latencies),
         "seconds": seconds,
         "batch_sizes": sizes,
+        "errors": len(errors),
+        "first_error": None if not errors else f"{type(errors[0]).__name__}: {errors[0]}",
     }
 
 
-def _child(conn, payload: bytes, start) -> None:
-    """A load-test process: rebuilds the runner, warms up, waits for ``start``, runs, reports."""
+def _watch_parent(parent_pid: int, interval_s: float = 0.25) -> None:
+    """Exits this process as soon as its parent is gone (killed, crashed): no orphans.
+
+    A load-test process is a daemon of its parent, which ends it on a normal exit; after a
+    SIGKILL of the parent nothing would, so this thread watches the parent's pid.
+    """
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(interval_s)
+
+    threading.Thread(target=watch, daemon=True, name="tfopt-parent-watch").start()
+
+
+def _child(conn, payload: bytes, parent_pid: int) -> None:
+    """A load-test process: rebuilds the runner, warms up, says "ready", waits for "go" on the
+    pipe (EOF: the parent is gone, so it exits), runs and reports."""
+    _watch_parent(parent_pid)
     try:
+        from tfopt._litert_log import silence_xnnpack_banner
+
+        silence_xnnpack_banner()
         args = pickle.loads(payload)
 
         def ready():
             conn.send(("ready", None))
-            start.wait()
+            try:
+                message = conn.recv()
+            except EOFError:  # the parent died or gave up: nothing to measure for
+                os._exit(3)
+            if message != "go":
+                os._exit(3)
 
         out = _closed_loop(**args, ready=ready)
         conn.send(("done", out))
@@ -277,53 +309,77 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def _in_processes(runner, x, *, processes, clients, workers, requests, timeout_s, **kwargs):
+def _in_processes(
+    runner, x, *, processes, clients, workers, requests, timeout_s, start_timeout_s, **kwargs
+):
     """Runs `_closed_loop` in ``processes`` spawned processes that share out clients, workers
     and requests, starts their timed runs together and merges the results."""
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe once TensorFlow has started
-    start = ctx.Event()
     procs, conns = [], []
     shares = zip(_split(clients, processes), _split(workers, processes), strict=True)
     try:
         for c, w in shares:
-            share = max(1, round(requests * c / clients))
+            share = None if requests is None else max(1, round(requests * c / clients))
             payload = pickle.dumps(
                 {"runner": runner, "x": x, "clients": c, "workers": w, "requests": share, **kwargs}
             )
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_child, args=(child, payload, start), daemon=True)
+            # daemon: ended when this process exits; the child also watches this pid (SIGKILL)
+            p = ctx.Process(target=_child, args=(child, payload, os.getpid()), daemon=True)
             p.start()
             child.close()
             procs.append(p)
             conns.append(parent)
 
-        def receive(conn, expect):
-            if not conn.poll(timeout_s):
-                raise RuntimeError(f"a load-test process sent nothing for {timeout_s:.0f} s")
+        def receive(i, expect, timeout):
+            conn, proc = conns[i], procs[i]
+            # wakes on a message or on the process's exit, whichever comes first
+            multiprocessing.connection.wait([conn, proc.sentinel], timeout)
+
+            def died():
+                proc.join(timeout=5)
+                when = "while starting" if expect == "ready" else "during the run"
+                return RuntimeError(
+                    f"load-test process {i + 1} of {len(procs)} (pid {proc.pid}) exited with "
+                    f"code {proc.exitcode} {when}, without a result"
+                )
+
+            if not conn.poll():
+                if not proc.is_alive():
+                    raise died()
+                raise RuntimeError(
+                    f"load-test process {i + 1} of {len(procs)} sent nothing for {timeout:.0f} s"
+                )
             try:
                 kind, value = conn.recv()
-            except EOFError:
-                raise RuntimeError("a load-test process exited without a result") from None
+            except EOFError:  # its end of the pipe closed: the process is gone
+                raise died() from None
             if kind == "error":
                 raise RuntimeError(f"a load-test process failed:\n{value}")
             if kind != expect:
                 raise RuntimeError(f"a load-test process sent {kind!r}, expected {expect!r}")
             return value
 
+        for i in range(len(conns)):
+            receive(i, "ready", start_timeout_s)
         for conn in conns:
-            receive(conn, "ready")
-        start.set()
-        outs = [receive(conn, "done") for conn in conns]
+            conn.send("go")
+        outs = [receive(i, "done", timeout_s) for i in range(len(conns))]
     finally:
+        for conn in conns:
+            conn.close()  # a process still waiting for "go" sees EOF and exits
         for p in procs:
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
+                p.join(timeout=5)
     return {
         "latency_s": np.concatenate([o["latency_s"] for o in outs]),
         # the processes start together: the run lasts as long as the slowest one
         "seconds": max(o["seconds"] for o in outs),
         "batch_sizes": [s for o in outs for s in o["batch_sizes"]],
+        "errors": sum(o["errors"] for o in outs),
+        "first_error": next((o["first_error"] for o in outs if o["first_error"]), None),
     }
 
 
@@ -337,17 +393,20 @@ def load_test(
     micro_batch: bool = False,
     max_batch: int = 32,
     max_wait_ms: float = 0.0,
-    requests: int = 2000,
+    requests: int | None = None,
     duration_s: float = 3.0,
     warmup: bool = True,
+    start_timeout_s: float = 120.0,
 ) -> dict:
     """Measures throughput and latency with ``clients`` concurrent closed-loop clients.
 
     Each client keeps one single-sample request in flight and sends its next one as soon as the
     answer arrives (Triton's ``perf_analyzer --concurrency-range`` measures the same way), cycling
     through ``x``. Clients are not OS threads: the answer's callback sends the next request, so the
-    numbers show the serving pool rather than Python's thread switching. The run stops after
-    ``requests`` answers or ``duration_s`` seconds, whichever comes first.
+    numbers show the serving pool rather than Python's thread switching. The run lasts
+    ``duration_s`` seconds (or stops earlier after ``requests`` requests, when given). A request
+    that fails is counted (``errors``) and its client goes on; only a level where every request
+    fails raises.
 
     The pool's ``workers`` (one runner each) can be spread over ``processes`` replica processes,
     each serving its share of the clients, as a server deployed with one process per core behind a
@@ -365,27 +424,34 @@ def load_test(
         micro_batch: group waiting requests into batches. Defaults to False.
         max_batch: the largest micro-batch. Defaults to 32.
         max_wait_ms: how long a micro-batch that is not full waits for more. Defaults to 0.0.
-        requests: the most requests to send. Defaults to 2000.
-        duration_s: the longest time to run. Defaults to 3.0.
+        requests: the most requests to send. Defaults to None (no cap: the run lasts
+            ``duration_s``).
+        duration_s: how long the level runs, in seconds. Defaults to 3.0.
         warmup: run every pooled runner once before timing. Defaults to True.
+        start_timeout_s: how long a replica process may take to start (import, rebuild the
+            runner, warm up) before the test gives up. A process that dies while starting is
+            reported at once. Defaults to 120.0.
 
     Returns:
         A dict: clients, workers, processes, micro_batch, max_batch, max_wait_ms, requests
-        (answered), seconds, throughput_rps, latency_ms (p50/p90/p99/mean, including queueing),
+        (answered), errors (failed requests), first_error (its type and message, or None),
+        seconds, throughput_rps (answered requests per second), latency_ms (p50/p90/p99/mean
+        of the answered requests, including queueing),
         mean_batch_size (requests / batches; 1.0 without micro-batching) and request_batch_size
         (the size of the batch the average request was served in).
 
     Raises:
         ValueError: a bad count or duration, or ``processes > 1`` for a runner that cannot be
             rebuilt in another process.
-        RuntimeError: a load-test process failed (with its traceback).
+        RuntimeError: every request failed, or a load-test process failed (with its traceback),
+            died, or did not start within ``start_timeout_s``.
 
     Example:
         >>> load_test(runner_for("m.tflite"), x_test, clients=8)["throughput_rps"]
     """
     if not isinstance(clients, int) or clients < 1:
         raise ValueError(f"clients must be an int >= 1. Received: clients={clients!r}")
-    if requests < 1 or duration_s <= 0:
+    if (requests is not None and requests < 1) or not 0 < duration_s < float("inf"):
         raise ValueError(
             f"requests must be >= 1 and duration_s > 0. Received: requests={requests}, "
             f"duration_s={duration_s}"
@@ -425,7 +491,8 @@ def load_test(
             clients=clients,
             workers=workers,
             requests=requests,
-            timeout_s=120 + 2 * duration_s,
+            timeout_s=60 + 2 * duration_s,
+            start_timeout_s=start_timeout_s,
             **kwargs,
         )
     ms = out["latency_s"] * 1e3
@@ -439,6 +506,8 @@ def load_test(
         "max_batch": max_batch if micro_batch else 1,
         "max_wait_ms": max_wait_ms if micro_batch else 0.0,
         "requests": len(ms),
+        "errors": out["errors"],
+        "first_error": out["first_error"],
         "seconds": seconds,
         "throughput_rps": len(ms) / seconds if seconds > 0 else 0.0,
         "latency_ms": _percentiles(ms),

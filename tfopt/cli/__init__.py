@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tfopt.errors import ConfigError, TfoptError
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # before TensorFlow loads (here and in the load test's processes): no C++ log lines, such as
+    # "failed call to cuInit" on a machine without a GPU (level 2 still prints that ERROR line);
+    # Python exceptions are unaffected. Set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
@@ -42,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2
+    from tfopt._litert_log import silence_xnnpack_banner
+
+    silence_xnnpack_banner()  # LiteRT's "INFO: Created ... XNNPACK delegate" line
     try:
         return int(args._main(args) or 0)
     except KeyboardInterrupt:

@@ -71,10 +71,14 @@ def add_parser(sub):
         "and .onnx, else 1)",
     )
     p.add_argument(
-        "--requests", type=int, default=1000, help="most requests per level (default: 1000)"
+        "--duration",
+        type=float,
+        default=3.0,
+        help="seconds each concurrency level runs (default: 3; a few thousand requests "
+        "or more, so that the percentiles mean something)",
     )
     p.add_argument(
-        "--duration", type=float, default=2.0, help="longest seconds per level (default: 2)"
+        "--requests", type=int, help="stop a level early after this many requests (default: no cap)"
     )
     p.add_argument("--runs", type=int, default=200, help="timed single-request runs (default: 200)")
     p.add_argument("--json", dest="json_path", metavar="OUT.json", help="write the results as JSON")

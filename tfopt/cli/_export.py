@@ -41,7 +41,10 @@ def add_parser(sub):
     )
     p.add_argument("--opset", type=int, help="ONNX opset (onnx, triton --backend onnx, tensorrt)")
     p.add_argument(
-        "--backend", choices=("savedmodel", "onnx"), help="Triton backend (default: savedmodel)"
+        "--backend",
+        choices=("onnx", "savedmodel"),
+        help="Triton backend (default: onnx, the ONNX Runtime backend; savedmodel is the "
+        "TensorFlow backend, deprecated by Triton in 25.03)",
     )
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT precision")
     p.add_argument(
@@ -85,6 +88,11 @@ def main(args) -> int:
     from pathlib import Path
 
     fmt = formats.get(args.format)  # raises with a did-you-mean before TensorFlow loads
+    if args.samples < 1:
+        raise ValueError(
+            f"--samples must be >= 1: int8 calibration needs inputs (a few hundred recommended). "
+            f"Received: --samples {args.samples}"
+        )
     from tfopt import export, models
 
     model = models.load(args.model)

@@ -102,6 +102,7 @@ class BenchConfig(Section):
     runs: int = Field(200, ge=1, le=10_000_000)  # timed single-sample runs per artifact
     warmup: int = Field(20, ge=0, le=10_000_000)
     concurrency: list[int] = Field(default_factory=lambda: [1])  # client counts of the load test
+    duration_s: float = Field(3.0, gt=0.0, le=3600.0)  # seconds each load-test level runs
     micro_batch: bool = False  # group waiting requests into one batch in the load test
 
     @field_validator("concurrency")

@@ -339,7 +339,19 @@ def from_npz(path, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No such .npz file: {str(path)!r}")
-    with np.load(path, allow_pickle=False) as f:
+    from tfopt.errors import DataError
+
+    if path.is_dir() or path.stat().st_size == 0:
+        what = "a directory" if path.is_dir() else "empty (0 bytes)"
+        raise DataError(f"{str(path)!r} is {what}, not a .npz file of arrays")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except Exception as e:  # a truncated zip, pickled objects, another file type
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"cannot read {str(path)!r} as a .npz file of arrays: {text}") from None
+    if not hasattr(f, "files"):  # np.load of a plain .npy file returns the array
+        raise DataError(f"{str(path)!r} is a single .npy array, not a .npz file of named arrays")
+    with f:
         keys = set(f.files)
         if {"x_train", "y_train", "x_test", "y_test"} <= keys:
             return from_arrays(

@@ -121,6 +121,35 @@ def input_name(model) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
 
 
+def samples(model, data, arg: str, *, dtype=None) -> np.ndarray:
+    """``data`` (``x`` or ``(x, y)``) as an array of the model's inputs, checked.
+
+    Raises:
+        DataError: no samples, or a sample shape that is not the model's input shape (one line
+            with both shapes).
+    """
+    from tfopt.errors import DataError
+
+    x = data[0] if isinstance(data, tuple) else data
+    try:
+        x = np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{arg} must be an array of model inputs ({e})") from None
+    expected = tuple(model.input_shape[1:])
+    if x.ndim == 0 or len(x) == 0:
+        raise DataError(
+            f"{arg} holds no samples; it needs at least 1 input of shape {expected} "
+            f"(a few hundred training inputs for calibration). Received shape {x.shape}"
+        )
+    got = tuple(x.shape[1:])
+    if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+        raise DataError(
+            f"{arg}: expected samples of shape {expected} (the model's input without the batch "
+            f"dimension), received samples of shape {got}"
+        )
+    return x
+
+
 def check_inputs(model, check_data=None, fallback=None, *, limit: int = 256) -> np.ndarray:
     """The inputs of the parity check: ``check_data``, else ``fallback``, else 64 random normals."""
     data = check_data if check_data is not None else fallback
@@ -131,7 +160,8 @@ def check_inputs(model, check_data=None, fallback=None, *, limit: int = 256) -> 
         if dtype.kind in "iu":  # token ids: small non-negative integers fit every vocabulary
             return rng.integers(0, 2, size=shape).astype(dtype)
         return rng.normal(size=shape).astype(dtype)
-    return np.asarray(data[0] if isinstance(data, tuple) else data, dtype=dtype)[:limit]
+    arg = "check_data" if check_data is not None else "representative_data"
+    return samples(model, data, arg, dtype=dtype)[:limit]
 
 
 def check_against_keras(

@@ -16,7 +16,7 @@ import numpy as np
 
 from tfopt._backend import check_model
 from tfopt.errors import MissingDependencyError
-from tfopt.export._common import Artifact, check_inputs, verify
+from tfopt.export._common import Artifact, check_inputs, samples, verify
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -194,6 +194,8 @@ def tensorrt(
         )
     if precision == "int8" and calibration_data is None:
         raise ValueError("precision='int8' needs calibration_data (a few hundred training inputs).")
+    if calibration_data is not None:
+        calibration_data = samples(model, calibration_data, "calibration_data", dtype="float32")
     trt = _require("tensorrt")
     from tfopt.export._onnx import onnx
 

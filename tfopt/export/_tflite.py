@@ -15,6 +15,7 @@ from tfopt.export._common import (
     float32_copy,
     graph_model,
     is_qat,
+    samples,
     single_input,
     verify,
 )
@@ -124,6 +125,62 @@ def _convert(
         raise RuntimeError(f"TFLite conversion ({quantization}) failed: {msg}.{hint}") from None
 
 
+# the tensor type a quantization must produce, besides the model's float inputs and outputs
+# (dynamic-range and float16 conversions leave small weights float: nothing is required of them)
+_EXPECTED_TYPE = {"int8": "int8", "int16x8": "int16"}
+
+
+def tensor_types(content: bytes) -> tuple[dict[str, int], dict[str, int]]:
+    """``({dtype: count} of every tensor, {dtype: count} of those that are not model inputs or
+    outputs)`` of a ``.tflite`` flatbuffer, read by the LiteRT interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    io = {d["index"] for d in interpreter.get_input_details() + interpreter.get_output_details()}
+    every: dict[str, int] = {}
+    inner: dict[str, int] = {}
+    for t in interpreter.get_tensor_details():
+        name = np.dtype(t["dtype"]).name
+        every[name] = every.get(name, 0) + 1
+        if t["index"] not in io:
+            inner[name] = inner.get(name, 0) + 1
+    return every, inner
+
+
+def check_tensor_types(content: bytes, quantization: str, *, qat: bool = False) -> dict[str, int]:
+    """Checks that a converted model holds the tensor types its ``quantization`` promises.
+
+    ``int8`` (post-training): every tensor but the model's inputs and outputs is an integer
+    (no float32 left); a QAT model, whose skipped layers stay float, must still hold int8
+    tensors. ``int16x8``: int16 activations. Other quantizations are not checked.
+
+    Returns:
+        ``{dtype: count}`` over every tensor.
+
+    Raises:
+        ExportCheckError: the model does not hold what its name says (e.g. float32 only,
+            labelled int8), with the counts.
+    """
+    from tfopt.errors import ExportCheckError
+
+    every, inner = tensor_types(content)
+    want = _EXPECTED_TYPE.get(quantization)
+    if want is None:
+        return every
+    wrong = want not in inner
+    if quantization == "int8" and not qat and inner.get("float32", 0):
+        wrong = True
+    if wrong:
+        raise ExportCheckError(
+            f"the converter produced a model that is not {quantization}: its tensor types are "
+            f"{dict(sorted(inner.items()))} besides the inputs and outputs (expected "
+            f"{want} tensors{', and no float32' if quantization == 'int8' else ''}); "
+            "nothing was written. For int8, give representative data of the model's input "
+            "shape (at least 1 sample, a few hundred recommended)"
+        )
+    return every
+
+
 def tflite(
     model,
     path,
@@ -189,6 +246,10 @@ def tflite(
             f"quantization={quantization!r} needs representative_data (a few hundred training "
             "inputs) to calibrate activation ranges, unless the model is a tfopt QAT model."
         )
+    if representative_data is not None:
+        representative_data = samples(
+            model, representative_data, "representative_data", dtype=model.inputs[0].dtype
+        )
     if int8_io and quantization not in ("int8", "int16x8"):
         raise ValueError(
             f"int8_io=True needs quantization='int8' or 'int16x8'. Received: {quantization!r}"
@@ -209,16 +270,18 @@ def tflite(
             fixed_batch=fixed_batch,
             subclassed=subclassed,
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
     fmt = "tflite" if quantization == "float32" else f"tflite-{quantization}"
     x = check_inputs(model, check_data, representative_data)
     info = {
         "quantization": quantization,
         "fixed_batch": fixed_batch,
         "select_tf_ops": select_tf_ops,
+        # checked before the file is written: a file is never labelled with a type it lacks
+        "tensor_types": check_tensor_types(content, quantization, qat=is_qat(model)),
     }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
     try:
         runner = TFLiteRunner(content)
     except (RuntimeError, ValueError) as e:

@@ -1,5 +1,9 @@
 """A Triton Inference Server model repository: ``<repo>/<name>/config.pbtxt`` and
-``<repo>/<name>/<version>/model.savedmodel`` (or ``model.onnx``)."""
+``<repo>/<name>/<version>/model.onnx`` (or ``model.savedmodel``).
+
+The ONNX Runtime backend is the default: Triton deprecated its TensorFlow backend in release
+25.03. ``backend="savedmodel"`` still writes a TensorFlow SavedModel entry for older servers.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +83,7 @@ def triton(
     *,
     name: str | None = None,
     version: int = 1,
-    backend: str = "savedmodel",
+    backend: str = "onnx",
     max_batch_size: int = 64,
     dynamic_batching: bool = True,
     preferred_batch_sizes=(),
@@ -94,9 +98,10 @@ def triton(
 ) -> Artifact:
     """Writes a Triton Inference Server model repository entry for a Keras model.
 
-    Layout: ``<repository>/<name>/config.pbtxt`` and ``<repository>/<name>/<version>/model.savedmodel``
-    (backend ``"savedmodel"``, platform ``tensorflow_savedmodel``) or ``.../model.onnx`` (backend
-    ``"onnx"``, platform ``onnxruntime_onnx``). The model is exported with a dynamic batch dimension
+    Layout: ``<repository>/<name>/config.pbtxt`` and ``<repository>/<name>/<version>/model.onnx``
+    (backend ``"onnx"``, platform ``onnxruntime_onnx``) or ``.../model.savedmodel`` (backend
+    ``"savedmodel"``, platform ``tensorflow_savedmodel``; Triton deprecated its TensorFlow
+    backend in 25.03). The model is exported with a dynamic batch dimension
     and parity-checked like `savedmodel` / `onnx`; ``config.pbtxt`` declares its inputs and outputs
     (names, types, dims without the batch dimension), ``max_batch_size`` and ``dynamic_batching``.
     Serve it with ``tritonserver --model-repository=<repository>``.
@@ -106,7 +111,8 @@ def triton(
         repository: the model repository directory (created if needed).
         name: the model's name in the repository. Defaults to ``model.name``.
         version: the version directory. Defaults to 1.
-        backend: ``"savedmodel"`` or ``"onnx"``. Defaults to "savedmodel".
+        backend: ``"onnx"`` (the ONNX Runtime backend) or ``"savedmodel"`` (the TensorFlow
+            backend, deprecated by Triton in 25.03). Defaults to "onnx".
         max_batch_size: the largest batch Triton may form. Defaults to 64.
         dynamic_batching: let Triton group requests into batches. Defaults to True.
         preferred_batch_sizes: batch sizes the dynamic batcher aims for. Defaults to () (none).

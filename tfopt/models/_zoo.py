@@ -187,11 +187,37 @@ def register_custom_objects() -> None:
             importlib.import_module(module)
 
 
+_H5_SUFFIXES = (".h5", ".hdf5")
+
+_CONVERT_H5 = (
+    "Keras 3 reads the legacy .h5 format only for models whose layers it still has. To convert a "
+    "Keras 2 model: in an environment with tf_keras (or TensorFlow <= 2.15), load it with "
+    "tf_keras.models.load_model(path) and export a SavedModel (model.export('dir')), or rebuild "
+    "the architecture in Keras 3 and load the weights with model.load_weights(path); then save "
+    "it with model.save('model.keras')"
+)
+
+
+def _load_error_reason(e: Exception) -> str:
+    """The cause of a Keras loading error on one line: Keras wraps the real one ("Could not
+    locate class 'Net' ...") after "Exception encountered:" and a page of config."""
+    text = str(e)
+    if "Exception encountered:" in text:
+        text = text.rsplit("Exception encountered:", 1)[1]
+    text = text.split("Full object config", 1)[0]
+    text = " ".join(text.split()).rstrip(" .") or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def load(path, *, compile: bool = False) -> keras.Model:
     """Loads a user's ``.keras`` model file with ``safe_mode=True`` (no arbitrary code).
 
+    A legacy ``.h5`` / ``.hdf5`` model (saved by Keras 2, i.e. tf_keras, or by Keras 3's
+    ``model.save("m.h5")``) loads too where its layers exist in Keras 3; otherwise the error says
+    how to convert it.
+
     Args:
-        path: the ``.keras`` file.
+        path: the ``.keras`` (or legacy ``.h5``) file.
         compile: restore the saved compile state too. Defaults to False.
 
     Returns:
@@ -199,25 +225,45 @@ def load(path, *, compile: bool = False) -> keras.Model:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a ``.keras`` archive.
+        ValueError: the file is neither a ``.keras`` nor an ``.h5`` file.
+        ArtifactError: the file cannot be read as a Keras model (empty, corrupt, a weights-only
+            ``.h5``, layers Keras 3 lacks); the message says why, and for ``.h5`` how to convert.
     """
+    from tfopt.errors import ArtifactError
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No such model file: {str(path)!r}")
-    if path.suffix != ".keras":
+    h5 = path.suffix.lower() in _H5_SUFFIXES
+    if path.suffix != ".keras" and not h5:
         raise ValueError(
-            f"tfopt loads Keras 3 '.keras' files. Received: {str(path)!r}. Re-save the model with "
-            "model.save('model.keras')."
+            f"tfopt loads Keras 3 '.keras' files (or legacy '.h5'). Received: {str(path)!r}. "
+            "Re-save the model with model.save('model.keras')."
         )
+    if path.is_dir() or path.stat().st_size == 0:
+        what = "a directory" if path.is_dir() else "empty (0 bytes)"
+        raise ArtifactError(f"{str(path)!r} is {what}: not a Keras model file")
     _check_keras_archive(path)
     register_custom_objects()
-    return keras.models.load_model(path, compile=compile, safe_mode=True)
+    try:
+        model = keras.models.load_model(path, compile=compile, safe_mode=True)
+    except Exception as e:  # zipfile, h5py, JSON and deserialization errors alike
+        reason = _load_error_reason(e)
+        hint = f". {_CONVERT_H5}" if h5 else ""
+        raise ArtifactError(
+            f"cannot load {str(path)!r} as a Keras 3 model: {reason}{hint}"
+        ) from None
+    if not isinstance(model, keras.Model):
+        raise ArtifactError(f"{str(path)!r} holds a {type(model).__name__}, not a keras.Model")
+    return model
 
 
 def _check_keras_archive(path: Path) -> None:
-    """Raises ValueError when the ``.keras`` file exists but is no Keras archive (Keras itself
-    says "File not found" then), e.g. a truncated download or another format renamed."""
+    """Raises `ArtifactError` when the ``.keras`` file exists but is no Keras archive (Keras
+    itself says "File not found" then), e.g. a truncated download or another format renamed."""
     import zipfile
+
+    from tfopt.errors import ArtifactError
 
     if path.suffix != ".keras":
         return
@@ -240,7 +286,7 @@ def _check_keras_archive(path: Path) -> None:
         elif problem is None and "config.json" not in names:
             problem = "the zip archive holds no config.json"
     if problem:
-        raise ValueError(
+        raise ArtifactError(
             f"{str(path)!r} is not a valid Keras 3 .keras model file: {problem}. "
             "Save the model again with model.save('model.keras')."
         )

@@ -1,0 +1,66 @@
+"""Every shipped config (tfopt/configs/*.yaml, copied in configs/) run end to end: its accuracy drop.
+
+The drop is the float baseline's test accuracy (Keras) minus the test accuracy of the config's
+final artifact (the last stage, the first export format), measured through its runtime, in points.
+Each config states this number in its header comment ("expected accuracy drop: X pt"), and
+tests/test_config.py checks that the comment matches benchmarks/results/shipped_configs.json.
+
+Usage: python benchmarks/shipped_configs.py [NAME ...]
+Writes benchmarks/results/shipped_configs.{json,md}.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tfopt
+from tfopt._pipeline import run
+
+root = Path(__file__).resolve().parent.parent
+out = root / "benchmarks" / "results"
+out.mkdir(exist_ok=True)
+configs = sorted((root / "tfopt" / "configs").glob("*.yaml"))
+names = sys.argv[1:] or [p.stem for p in configs]
+path_json = out / "shipped_configs.json"
+results = json.loads(path_json.read_text()) if path_json.exists() else {}
+load_start = os.getloadavg()[0]
+for path in configs:
+    if path.stem not in names:
+        continue
+    # the load test does not change accuracy: off, to keep the run short
+    cfg = tfopt.config.load(path, overrides=["bench.concurrency=[]", "bench.runs=20"])
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run(cfg, out_dir=Path(tmp) / path.stem, verbose=0)
+    rows = report["results"]
+    base = next(r for r in rows if (r["stage"], r["format"]) == ("baseline", "keras"))
+    final_stage = rows[-1]["stage"]
+    final = next(r for r in rows if r["stage"] == final_stage and r["format"] != "keras")
+    results[path.stem] = {
+        "baseline_accuracy": base["accuracy"],
+        "final_artifact": f"{final['stage']}:{final['format']}",
+        "final_accuracy": final["accuracy"],
+        "drop_points": round(100 * (base["accuracy"] - final["accuracy"]), 1),
+        "gzip_bytes": final["gzip_bytes"],
+        "seconds": round(time.time() - started),
+    }
+    print(path.stem, results[path.stem], flush=True)
+path_json.write_text(json.dumps(results, indent=2) + "\n")
+lines = [
+    f"Shipped configs, run end to end on {os.cpu_count()} CPU cores (load average "
+    f"{load_start:.1f} at the start; the load test is off). Drop = baseline Keras test accuracy "
+    "minus the final artifact's test accuracy, in points.",
+    "",
+    "| config | baseline (Keras) | final artifact | its accuracy | drop (pt) | gzip size |",
+    "|---|---|---|---|---|---|",
+]
+for name, r in sorted(results.items()):
+    lines.append(
+        f"| {name}.yaml | {r['baseline_accuracy']:.4f} | {r['final_artifact']} | "
+        f"{r['final_accuracy']:.4f} | {r['drop_points']:.1f} | {r['gzip_bytes'] / 1024:.1f} KiB |"
+    )
+(out / "shipped_configs.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
