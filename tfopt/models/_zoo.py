@@ -149,6 +149,15 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
 }
 
 
+def _register_cnn_families() -> None:
+    from tfopt.models._cnn import CNN_FAMILIES
+
+    MODELS.update(CNN_FAMILIES)
+
+
+_register_cnn_families()
+
+
 def get(name: str, *, input_shape=None, num_classes: int | None = None, **kwargs) -> keras.Model:
     """Builds a reference model by name (a new, untrained model each call).
 
@@ -159,7 +168,7 @@ def get(name: str, *, input_shape=None, num_classes: int | None = None, **kwargs
         **kwargs: the builder's options (``width``, ``dense``, ``dropout``, ``l2``, ...).
 
     Returns:
-        An uncompiled ``keras.Model`` that outputs logits.
+        An uncompiled ``keras.Model`` that outputs logits (the ``*_32`` image CNNs: softmax).
 
     Raises:
         ValueError: for an unknown name.

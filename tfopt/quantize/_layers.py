@@ -68,12 +68,18 @@ class ActivationQuantizer(keras.layers.Layer):
     def call(self, x, training=None):
         if training:
             xs = ops.stop_gradient(x)
-            bmin, bmax = ops.min(xs), ops.max(xs)
-            first = ops.equal(self.initialized, 0.0)
-            m = self.momentum
-            self.range_min.assign(ops.where(first, bmin, m * self.range_min + (1 - m) * bmin))
-            self.range_max.assign(ops.where(first, bmax, m * self.range_max + (1 - m) * bmax))
-            self.initialized.assign(1.0)
+            self._track(ops.min(xs), ops.max(xs))
+        return self._quantize(x)
+
+    def _track(self, bmin, bmax):
+        """Moves the range towards a batch's ``[bmin, bmax]`` (sets it on the first batch)."""
+        first = ops.equal(self.initialized, 0.0)
+        m = self.momentum
+        self.range_min.assign(ops.where(first, bmin, m * self.range_min + (1 - m) * bmin))
+        self.range_max.assign(ops.where(first, bmax, m * self.range_max + (1 - m) * bmax))
+        self.initialized.assign(1.0)
+
+    def _quantize(self, x):
         lo = ops.minimum(self.range_min, 0.0)
         hi = ops.maximum(ops.maximum(self.range_max, 0.0), lo + _MIN_RANGE)
         return mark_int8(fake_quant(x, lo, hi, num_bits=self.num_bits))

@@ -62,6 +62,14 @@ _PASS_THROUGH = {
     "MaxPooling3D",
     "GlobalMaxPooling1D",
     "GlobalMaxPooling2D",
+    # TFLite's int8 AVERAGE_POOL_2D and RESIZE_* need the output scale equal to the input's (an
+    # average or an interpolation stays inside the input's range); a range of their own fails
+    # conversion ("quantization parameters violate the same scale constraint")
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "UpSampling1D",
+    "UpSampling2D",
+    "Resizing",
     # keras.ops called on symbolic tensors
     "ExpandDims",
     "Squeeze",
@@ -244,6 +252,11 @@ class _QATRewrite(GraphRewrite):
         if not _is_float(t):
             return False
         user = self.sole_consumer(t)
+        if user is not None and type(user.operation).__name__ == "Concatenate":
+            # TFLite's CONCATENATION has one scale for its inputs and output: the converter gives
+            # an input without a range of its own the output's (tfmot's ConcatTransform); a
+            # range here would only add a requantize
+            return False
         return not (user is not None and _is_fusable_activation(user.operation))
 
     def on_input(self, t, x):
