@@ -68,9 +68,7 @@ def _config(args):
 def baseline_model(cfg, data, out_dir: Path, *, log=print):
     """Loads ``out_dir/baseline.keras`` (a resumed run) or builds and trains the float baseline."""
     from tfopt._backend import import_keras
-    from tfopt._steps import outputs_logits
     from tfopt.models import get, load
-    from tfopt.tune._space import compile_classifier
 
     keras = import_keras()
     saved = out_dir / "baseline.keras"
@@ -89,14 +87,9 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
         )
     if cfg.train.epochs:
         log(f"[auto] training the float baseline: {model.name}, {cfg.train.epochs} epochs")
-        compile_classifier(model, cfg.train.learning_rate, logits=outputs_logits(model))
-        model.fit(
-            *data.train,
-            epochs=cfg.train.epochs,
-            batch_size=cfg.train.batch_size,
-            validation_data=data.val,
-            verbose=0,
-        )
+        from tfopt._training import fit
+
+        fit(model, cfg.train, data, seed=cfg.seed)  # the train: options, as in `tfopt run`
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(saved)
     return model
