@@ -52,18 +52,6 @@ def _config(tmp_path, **tune) -> Path:
     return path
 
 
-def _cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "tfopt", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=600,
-    )
-
-
 def test_search_writes_model_without_augmentation_a_replayable_config_and_a_report(tmp_path):
     import tfopt
     from tfopt import config, models
