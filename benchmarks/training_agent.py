@@ -146,7 +146,9 @@ def markdown(r: dict) -> str:
         f"| search throughput, 2 workers | {t2['trials_per_hour']:.0f} trials/h "
         f"({t2['trials']} in {t2['span_s']:.0f} s): {speedup:.2f}x | >= 1.7x |",
         "",
-        "Best trial: " + ", ".join(f"{k}={v}" for k, v in s["best_values"].items()) + ".",
+        f"Best trial ({s['best_epochs']} epochs): "
+        + ", ".join(f"{k}={v}" for k, v in s["best_values"].items() if k != "epochs")
+        + ".",
     ]
     return "\n".join(lines) + "\n"
 
