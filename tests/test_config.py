@@ -20,12 +20,18 @@ def test_overrides_parse_yaml_values():
     assert cfg.model.options == {"width": 16} and cfg.name == "x"
 
 
+TRAIN_KEYS = (
+    "['augment', 'batch_size', 'early_stopping', 'epochs', 'label_smoothing', 'learning_rate', "
+    "'lr_schedule', 'momentum', 'optimizer', 'warmup_epochs', 'weight_decay']"
+)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
         (
             "train.epochz=3",
-            "train.epochz: unknown key 'epochz' (did you mean 'epochs'?). Allowed: ['batch_size', 'epochs', 'learning_rate']",
+            "train.epochz: unknown key 'epochz' (did you mean 'epochs'?). Allowed: " + TRAIN_KEYS,
         ),
         ("trian.epochs=3", "trian: unknown key 'trian' (did you mean 'train'?)."),
         ("train.epochs=-1", "train.epochs: Input should be greater than or equal to 0 (got -1)"),

@@ -130,9 +130,7 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
     """Loads ``out_dir/baseline.keras`` (a resumed run) or builds and trains the float baseline."""
     from tfopt import _rundir
     from tfopt._backend import import_keras
-    from tfopt._steps import outputs_logits
     from tfopt.models import get, load
-    from tfopt.tune._space import compile_classifier
 
     keras = import_keras()
     saved = out_dir / "baseline.keras"
@@ -151,14 +149,9 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
         )
     if cfg.train.epochs:
         log(f"[auto] training the float baseline: {model.name}, {cfg.train.epochs} epochs")
-        compile_classifier(model, cfg.train.learning_rate, logits=outputs_logits(model))
-        model.fit(
-            *data.train,
-            epochs=cfg.train.epochs,
-            batch_size=cfg.train.batch_size,
-            validation_data=data.val,
-            verbose=0,
-        )
+        from tfopt._training import fit
+
+        fit(model, cfg.train, data, seed=cfg.seed)  # the train: options, as in `tfopt run`
     _rundir.prepare(out_dir, resume=True, by="tfopt auto")
     _rundir.save_model(model, saved)  # atomic: a killed run leaves no half-written baseline
     return model

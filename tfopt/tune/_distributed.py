@@ -87,9 +87,14 @@ def _die_with_parent(parent: int):
 
 
 def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    import tfopt
+
+    # the children import the same tfopt as this process, wherever it was imported from
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tfopt.__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.Popen(
         cmd,
-        env={**os.environ, **env},
+        env={**os.environ, "PYTHONPATH": path, **env},
         preexec_fn=_die_with_parent(os.getpid()) if os.name == "posix" else None,
     )
 

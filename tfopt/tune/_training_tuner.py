@@ -166,7 +166,7 @@ class TrainingTuner(keras_tuner.Tuner):
         from tfopt._training import fit
 
         hp = trial.hyperparameters
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         trial_dir.mkdir(parents=True, exist_ok=True)
         budget = hp.values.get("tuner/epochs")
@@ -186,6 +186,8 @@ class TrainingTuner(keras_tuner.Tuner):
             "test_accuracy": test,
             "epochs_trained": len(history.history.get("loss", [])),
             "seconds": round(time.perf_counter() - started, 2),
+            "started_at": started_at,
+            "finished_at": time.time(),
             "tuner_id": self.tuner_id,
             "status": "COMPLETED",
         }
@@ -225,3 +227,6 @@ class TrainingTuner(keras_tuner.Tuner):
                 time.sleep(poll)
         finally:
             server.stop(1)
+            # KerasTuner saves the oracle before it pops the last ended trial from the ongoing
+            # ones; save again so that a resumed search does not re-run it
+            self.save()
