@@ -8,7 +8,14 @@
   `tfopt.distill.Distiller`.
 """
 
-from tfopt.train._strategy import STRATEGIES, check_strategy, is_chief, make_strategy, scope
+from tfopt.train._strategy import (
+    STRATEGIES,
+    check_strategy,
+    is_chief,
+    make_strategy,
+    prepare_fit,
+    scope,
+)
 from tfopt.train._transfer import (
     HEADS,
     check_freeze_until,
@@ -27,6 +34,7 @@ __all__ = [
     "freeze",
     "is_chief",
     "make_strategy",
+    "prepare_fit",
     "scope",
     "transfer",
     "unfreeze",
