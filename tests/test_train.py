@@ -183,3 +183,46 @@ def test_run_transfer_unknown_layer_fails_before_training(tmp_path, capsys):
     assert rc == 2 and "\n" not in err
     assert "transfer: freeze_until must name a layer of the model 'mnist1d_cnn'" in err
     assert "'conv1'" in err and not (tmp_path / "r" / "baseline.keras").exists()
+
+
+# -- ensembles -----------------------------------------------------------------------------------
+def test_ensemble_teacher_is_the_mean_of_member_probabilities():
+    from tfopt.distill import Distiller
+    from tfopt.distill._distiller import ends_in_softmax
+
+    x = np.random.RandomState(2).randn(64, 6).astype("float32")
+    y = np.arange(64) % 4
+
+    def build():
+        return _base(None)
+
+    members = train.train_ensemble(build, lambda m: None, members=2, seed=5)
+    members.append(_base("softmax"))  # a softmax member: used as it is, not softmaxed twice
+    teacher = train.ensemble_model(members)
+    assert ends_in_softmax(teacher) and not teacher.trainable
+    logits = [m.predict(x, verbose=0) for m in members[:2]]
+    probs = [np.exp(z) / np.exp(z).sum(-1, keepdims=True) for z in logits]
+    probs.append(members[2].predict(x, verbose=0))
+    np.testing.assert_allclose(teacher.predict(x, verbose=0), np.mean(probs, axis=0), atol=1e-6)
+    # member seeds differ
+    assert not np.allclose(members[0].get_weights()[0], members[1].get_weights()[0])
+    acc = train.ensemble_accuracy(members, x, y)
+    assert acc["ensemble"] == float(np.mean(np.mean(probs, axis=0).argmax(-1) == y))
+    assert acc["best_member"] == max(acc["members"])
+    before = teacher.get_weights()
+    student = _base(None)
+    d = Distiller(teacher=teacher, student=student, temperature=4.0, alpha=0.1)
+    d.compile(optimizer="adam", metrics=["accuracy"])
+    d.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    for a, b in zip(teacher.get_weights(), before):  # the teacher stays frozen
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ensemble_errors():
+    with pytest.raises(ValueError, match="at least 2 members. Received: 1"):
+        train.ensemble_model([_base()])
+    other = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="must share input and output shapes"):
+        train.ensemble_model([_base(), other])
+    with pytest.raises(ValueError, match=r"members must be >= 2. Received: members=1"):
+        train.train_ensemble(_base, lambda m: None, members=1)
