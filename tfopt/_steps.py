@@ -147,6 +147,9 @@ class StepContext:
             trainer.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
         elif compile:
             self.compile(model, lr)
+        from tfopt.train import prepare_fit
+
+        prepare_fit(trainer)  # a multi-worker strategy needs it (Keras 3)
         if self.tensorboard:
             tb = keras.callbacks.TensorBoard(str(self.log_dir(stage)), write_graph=False)
             callbacks = [tb, *callbacks]

@@ -105,3 +105,54 @@ def is_chief(strategy) -> bool:
 def scope(strategy):
     """``strategy.scope()``, or a no-op context for None."""
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def _is_multi_worker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def prepare_fit(model) -> None:
+    """Lets ``model.fit`` / ``evaluate`` run under a multi-worker strategy (Keras 3 + TF 2.21).
+
+    Keras 3's TensorFlow trainer reduces a multi-worker step's logs with
+    ``strategy.reduce("MEAN", v, axis=0)``, which fails on scalar logs ("Invalid reduction
+    dimension 0 for input with 0 dimensions", tensorflow/tensorflow#72388), and reduces a data
+    batch across workers just to read its shapes. On this model only (its instance, not the
+    class): the train and test steps return their scalar logs as 1-element vectors (the reduction
+    then averages them; the metric values are already global) and the symbolic build reads the
+    local replica's batch. Does nothing outside a multi-worker strategy, and once per model.
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None or not _is_multi_worker(strategy) or getattr(model, "_tfopt_mw", False):
+        return
+    import tensorflow as tf
+    from keras import tree
+
+    def rank1(step):
+        def wrapped(data):
+            logs = step(data)
+            return tree.map_structure(
+                lambda v: tf.reshape(v, [1]) if len(getattr(v, "shape", ())) == 0 else v, logs
+            )
+
+        return wrapped
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model.train_step = rank1(model.train_step)
+    model.test_step = rank1(model.test_step)
+    model._maybe_symbolic_build = symbolic_build
+    model._tfopt_mw = True
