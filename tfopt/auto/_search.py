@@ -166,6 +166,7 @@ class Search:
             f"val acc {b['val_accuracy']:.4f}"
             + (f", test acc {b['test_accuracy']:.4f}" if test is not None else "")
             + f"; budget: -{100 * max_accuracy_drop:.2f} pt on val"
+            + _budget_text(self.budgets)
             + (" (test is measured, not used to select)" if test is not None else "")
         )
         self.hypermodel = CompressionHyperModel(
