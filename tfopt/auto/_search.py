@@ -58,20 +58,21 @@ KNOWN_GOOD: tuple[dict, ...] = (
 # from magnitude pruning or shared cluster values save no flash; only fewer channels shrink the
 # weights and the activations (and with them TFLite Micro's arena).
 KNOWN_GOOD_SMALL: tuple[dict, ...] = (
-    {"channel_ratio": 0.75, "channel_scope": "all", "quantization": "qat", **_DISTILL,
-     "ft_epochs": 16},
-    {"channel_ratio": 0.5, "channel_scope": "all", "quantization": "qat", **_DISTILL,
-     "ft_epochs": 16},
+    {"channel_ratio": 0.75, "channel_scope": "all", "sparsity": 0.0, "clusters": 0,
+     "quantization": "qat", **_DISTILL, "ft_epochs": 16},
+    {"channel_ratio": 0.75, "channel_scope": "all", "sparsity": 0.0, "clusters": 0,
+     "quantization": "qat", "distill": False, "ft_epochs": 16},
 )  # fmt: skip
 
 
 def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None) -> list[dict]:
     """The known-good recipes restricted to ``hypermodel``'s space, deduplicated, in order
-    (`KNOWN_GOOD_SMALL` first when ``budgets`` hold a RAM or flash budget)."""
+    (`KNOWN_GOOD_SMALL` instead when ``budgets`` hold a RAM or flash budget: the others are too
+    large for a microcontroller's flash)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
     small = budgets and any(v is not None for v in budgets.values())
-    for recipe in (*KNOWN_GOOD_SMALL, *KNOWN_GOOD) if small else KNOWN_GOOD:
+    for recipe in KNOWN_GOOD_SMALL if small else KNOWN_GOOD:
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
         if s and key not in seen:
