@@ -445,12 +445,25 @@ class Search:
                 f"{best.gzip_bytes} gzip bytes = {best.ratio:.1f}x smaller than the float32 "
                 f"TFLite's {base['gzip_bytes']} gzip bytes; val "
                 f"{100 * (best.val_accuracy - base['val_accuracy']):+.2f} pt{test_part}; "
+                f"{_micro_text(best)}"
                 f"replay: tfopt run {self.recipe_path}; report: {self.report['markdown']}"
             )
 
 
 # the measurement each `optimize` objective minimizes
 OBJECTIVE_KEYS = {"size": "gzip_bytes", "latency": "latency_ms", "ram": "arena_bytes"}
+
+
+def _micro_text(c: Candidate) -> str:
+    """What TFLite Micro measured of a candidate, for the console (ends with "; ")."""
+    from tfopt.auto._report import tflm_cell
+
+    if c.arena_bytes is None:
+        return f"TFLite Micro {tflm_cell(c.to_dict())}; "
+    return (
+        f"TFLite Micro arena {c.arena_bytes:,} B, flash {c.flash_bytes:,} B, argmax agreement "
+        f"with LiteRT {tflm_cell(c.to_dict())}; "
+    )
 
 
 def _budget_text(budgets: dict) -> str:
