@@ -67,7 +67,7 @@ def micro_measure(content: bytes, x=None, *, runner=None, logits=None) -> dict:
     runtime = getattr(runner, "runtime", None)
     try:
         tflm = runner if runtime == "tflm" else TFLMRunner(content)
-    except _tflm.UnsupportedOpsError as e:
+    except (_tflm.UnsupportedOpsError, RuntimeError) as e:  # missing ops, or it cannot allocate
         return {"skipped": str(e), "flash_bytes": len(content)}
     facts = {
         "arena": tflm.allocations(),
