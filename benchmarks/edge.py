@@ -63,7 +63,7 @@ def micro(quick: bool) -> dict:
         f"wall time {wall:.0f} s on 2 shared cores (load average {load}).",
         "",
         "| artifact | runtime | test accuracy | flash (flatbuffer) | TFLM arena (peak RAM) | "
-        "TFLM vs LiteRT argmax (test) | ops |",
+        "TFLM vs LiteRT argmax (test) | distinct ops |",
         "|---|---|---|---|---|---|---|",
     ]
     facts = {}
