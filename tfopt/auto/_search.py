@@ -58,10 +58,10 @@ KNOWN_GOOD: tuple[dict, ...] = (
 # from magnitude pruning or shared cluster values save no flash; only fewer channels shrink the
 # weights and the activations (and with them TFLite Micro's arena).
 KNOWN_GOOD_SMALL: tuple[dict, ...] = (
-    {"channel_ratio": 0.75, "channel_scope": "all", "sparsity": 0.0, "clusters": 0,
+    {"channel_ratio": 0.5, "channel_scope": "all_dense", "sparsity": 0.0, "clusters": 0,
      "quantization": "qat", **_DISTILL, "ft_epochs": 16},
     {"channel_ratio": 0.75, "channel_scope": "all", "sparsity": 0.0, "clusters": 0,
-     "quantization": "qat", "distill": False, "ft_epochs": 16},
+     "quantization": "qat", **_DISTILL, "ft_epochs": 16},
 )  # fmt: skip
 
 
