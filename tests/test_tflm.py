@@ -260,3 +260,20 @@ def test_rejected_candidates_are_neither_selected_nor_refined():
     assert select_best(cands, "arena_bytes").trial_id == "d"
     queue = refine_queue([c.to_dict() for c in cands], 0.9, 0.02, key="arena_bytes")
     assert [c["trial_id"] for c in queue] == ["d"]
+
+
+def test_all_dense_channel_scope_prunes_all_layers_then_the_dense_one():
+    from tfopt.tune._recipe import describe, recipe_steps
+
+    steps = recipe_steps({"channel_ratio": 0.5, "channel_scope": "all_dense"}, target="tflm")
+    assert [(s.type, s.scope, s.ratio) for s in steps] == [
+        ("prune_channels", "all", 0.5),
+        ("prune_channels", "widest_dense", 0.5),
+    ]
+    assert describe(steps, "tflm") == [
+        "prune_channels(0.5,all)",
+        "prune_channels(0.5,dense)",
+        "ptq",
+    ]
+    with pytest.raises(ValueError, match="channel_scope must be 'dense', 'all' or 'all_dense'"):
+        recipe_steps({"channel_ratio": 0.5, "channel_scope": "most"})
