@@ -213,3 +213,67 @@ def test_auto_rejects_candidates_over_the_ram_budget(tmp_path):
     )
     assert res.best["trial_id"] == c["trial_id"] and res.best["rejected"] is None
     assert "TFLM vs LiteRT" in (tmp_path / "a" / "report.md").read_text()
+
+
+def test_score_ram_objective_and_memory_budgets():
+    from tfopt.tune import score
+
+    m = {"val_accuracy": 0.9, "gzip_bytes": 1024, "latency_ms": 0.1, "arena_bytes": 4096,
+         "flash_bytes": 8192}  # fmt: skip
+    assert score(m, "ram") == -12.0
+    assert score(m, "size", max_ram=4096, max_flash=8192) == -10.0  # fits: no penalty
+    assert score(m, "size", max_ram=2048) == -10.0 - (1.0 + 1.0)  # one doubling over
+    assert score(m, "size", max_ram=4096, max_flash=2048) == -10.0 - (1.0 + 2.0)
+    assert score({**m, "arena_bytes": None}, "size", max_ram=4096) == -10.0 - 11.0
+
+
+def test_rejected_candidates_are_neither_selected_nor_refined():
+    from tfopt.auto._candidate import Candidate, select_best
+    from tfopt.auto._refine import refine_queue
+
+    base = {"gzip_bytes": 10_000, "val_accuracy": 0.9, "test_accuracy": 0.9}
+
+    def record(tid, arena, flash, acc=0.9, note=None):
+        metrics = {"val_accuracy": acc, "bytes": flash, "gzip_bytes": flash // 2,
+                   "latency_ms": 0.1, "arena_bytes": arena, "flash_bytes": flash,
+                   "tflm_agreement": None if arena is None else 1.0, "tflm_note": note}  # fmt: skip
+        return {"trial_id": tid, "status": "COMPLETED", "stages": [tid], "recipe": {"x": 1},
+                "steps": [{}], "metrics": metrics}  # fmt: skip
+
+    budgets = {"max_ram": 4096, "max_flash": 16384}
+    cands = [
+        Candidate.from_record(record("a", 5000, 9000), base, 0.02, budgets),
+        Candidate.from_record(record("b", 3000, 20000), base, 0.02, budgets),
+        Candidate.from_record(
+            record("c", None, 8000, note="TFLM has no kernel for GELU"), base, 0.02, budgets
+        ),  # fmt: skip
+        Candidate.from_record(record("d", 4096, 16384, acc=0.885), base, 0.02, budgets),
+    ]
+    assert [c.rejected for c in cands] == [
+        "arena 5,000 B > max_ram 4,096 B",
+        "flash 20,000 B > max_flash 16,384 B",
+        "RAM not measured in TFLite Micro (TFLM has no kernel for GELU)",
+        None,
+    ]
+    assert all(c.within_budget for c in cands)  # the accuracy budget is a separate verdict
+    assert select_best(cands, "gzip_bytes").trial_id == "d"
+    assert select_best(cands, "arena_bytes").trial_id == "d"
+    queue = refine_queue([c.to_dict() for c in cands], 0.9, 0.02, key="arena_bytes")
+    assert [c["trial_id"] for c in queue] == ["d"]
+
+
+def test_all_dense_channel_scope_prunes_all_layers_then_the_dense_one():
+    from tfopt.tune._recipe import describe, recipe_steps
+
+    steps = recipe_steps({"channel_ratio": 0.5, "channel_scope": "all_dense"}, target="tflm")
+    assert [(s.type, s.scope, s.ratio) for s in steps] == [
+        ("prune_channels", "all", 0.5),
+        ("prune_channels", "widest_dense", 0.5),
+    ]
+    assert describe(steps, "tflm") == [
+        "prune_channels(0.5,all)",
+        "prune_channels(0.5,dense)",
+        "ptq",
+    ]
+    with pytest.raises(ValueError, match="channel_scope must be 'dense', 'all' or 'all_dense'"):
+        recipe_steps({"channel_ratio": 0.5, "channel_scope": "most"})

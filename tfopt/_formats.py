@@ -38,7 +38,7 @@ class Format:
         tag: what `tfopt.export.default_path` appends to the model's stem (``m_int8.tflite``).
         requires: the packages the export needs beyond tensorflow.
         target: `tfopt tune` / `tfopt auto` can search for it: a LiteRT artifact they export
-            and measure in-process. int16x8 is left out: LiteRT runs it on reference kernels,
+            and measure in-process (``tflm``: the int8 model, measured in TFLite Micro). int16x8 is left out: LiteRT runs it on reference kernels,
             too slow to measure every trial.
     """
 

@@ -58,20 +58,21 @@ KNOWN_GOOD: tuple[dict, ...] = (
 # from magnitude pruning or shared cluster values save no flash; only fewer channels shrink the
 # weights and the activations (and with them TFLite Micro's arena).
 KNOWN_GOOD_SMALL: tuple[dict, ...] = (
-    {"channel_ratio": 0.75, "channel_scope": "all", "quantization": "qat", **_DISTILL,
-     "ft_epochs": 16},
-    {"channel_ratio": 0.5, "channel_scope": "all", "quantization": "qat", **_DISTILL,
-     "ft_epochs": 16},
+    {"channel_ratio": 0.5, "channel_scope": "all_dense", "sparsity": 0.0, "clusters": 0,
+     "quantization": "qat", **_DISTILL, "ft_epochs": 16},
+    {"channel_ratio": 0.75, "channel_scope": "all", "sparsity": 0.0, "clusters": 0,
+     "quantization": "qat", **_DISTILL, "ft_epochs": 16},
 )  # fmt: skip
 
 
 def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None) -> list[dict]:
     """The known-good recipes restricted to ``hypermodel``'s space, deduplicated, in order
-    (`KNOWN_GOOD_SMALL` first when ``budgets`` hold a RAM or flash budget)."""
+    (`KNOWN_GOOD_SMALL` instead when ``budgets`` hold a RAM or flash budget: the others are too
+    large for a microcontroller's flash)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
     small = budgets and any(v is not None for v in budgets.values())
-    for recipe in (*KNOWN_GOOD_SMALL, *KNOWN_GOOD) if small else KNOWN_GOOD:
+    for recipe in KNOWN_GOOD_SMALL if small else KNOWN_GOOD:
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
         if s and key not in seen:
@@ -166,6 +167,7 @@ class Search:
             f"val acc {b['val_accuracy']:.4f}"
             + (f", test acc {b['test_accuracy']:.4f}" if test is not None else "")
             + f"; budget: -{100 * max_accuracy_drop:.2f} pt on val"
+            + _budget_text(self.budgets)
             + (" (test is measured, not used to select)" if test is not None else "")
         )
         self.hypermodel = CompressionHyperModel(
@@ -455,6 +457,7 @@ class Search:
                 f"{best.gzip_bytes} gzip bytes = {best.ratio:.1f}x smaller than the float32 "
                 f"TFLite's {base['gzip_bytes']} gzip bytes; val "
                 f"{100 * (best.val_accuracy - base['val_accuracy']):+.2f} pt{test_part}; "
+                f"{_micro_text(best)}"
                 f"replay: tfopt run {self.recipe_path}; report: {self.report['markdown']}"
             )
 
@@ -483,6 +486,18 @@ def _refine_record(path: Path) -> dict | str:
 
 # the measurement each `optimize` objective minimizes
 OBJECTIVE_KEYS = {"size": "gzip_bytes", "latency": "latency_ms", "ram": "arena_bytes"}
+
+
+def _micro_text(c: Candidate) -> str:
+    """What TFLite Micro measured of a candidate, for the console (ends with "; ")."""
+    from tfopt.auto._report import tflm_cell
+
+    if c.arena_bytes is None:
+        return f"TFLite Micro {tflm_cell(c.to_dict())}; "
+    return (
+        f"TFLite Micro arena {c.arena_bytes:,} B, flash {c.flash_bytes:,} B, argmax agreement "
+        f"with LiteRT {tflm_cell(c.to_dict())}; "
+    )
 
 
 def _budget_text(budgets: dict) -> str:

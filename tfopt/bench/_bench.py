@@ -89,7 +89,7 @@ FLASH_NOTE = (
 )
 
 
-def micro_measure(content: bytes, x=None, *, runner=None, logits=None) -> dict:
+def micro_measure(content: bytes, x=None, *, runner=None, logits=None, limit: int = 1000) -> dict:
     """What TFLite Micro says about a ``.tflite`` model: its arena (peak RAM), its flash, its ops,
     and how often its argmax agrees with LiteRT's on ``x``.
 
@@ -99,6 +99,8 @@ def micro_measure(content: bytes, x=None, *, runner=None, logits=None) -> dict:
         runner: a `TFLMRunner` or `TFLiteRunner` of ``content`` already built (reused).
             Defaults to None.
         logits: ``runner``'s outputs on ``x`` if already computed. Defaults to None.
+        limit: compare on at most this many inputs unless ``runner`` is TFLM itself (whose
+            outputs on all of ``x`` are already there). Defaults to 1000.
 
     Returns:
         ``{"arena_bytes", "arena": {"total", "head", "tail"}, "flash_bytes", "flash_note",
@@ -116,7 +118,7 @@ def micro_measure(content: bytes, x=None, *, runner=None, logits=None) -> dict:
     runtime = getattr(runner, "runtime", None)
     try:
         tflm = runner if runtime == "tflm" else TFLMRunner(content)
-    except _tflm.UnsupportedOpsError as e:
+    except (_tflm.UnsupportedOpsError, RuntimeError) as e:  # missing ops, or it cannot allocate
         return {"skipped": str(e), "flash_bytes": len(content)}
     facts = {
         "arena": tflm.allocations(),
@@ -131,6 +133,8 @@ def micro_measure(content: bytes, x=None, *, runner=None, logits=None) -> dict:
     if x is not None and len(x):
         x = np.asarray(x, dtype="float32")
         mine = None if logits is None else np.asarray(logits)
+        if runtime != "tflm" and len(x) > limit:  # TFLM's reference kernels are slow: a sample
+            x, mine = x[:limit], None if mine is None else mine[:limit]
         litert = runner if runtime == "tflite" else TFLiteRunner(content)
         a = mine if runtime == "tflm" and mine is not None else tflm.predict(x)
         b = mine if runtime == "tflite" and mine is not None else litert.predict(x)

@@ -9,7 +9,8 @@ A flat recipe's keys (all optional; missing keys switch the stage off):
 
 ===================  ========================================================================
 ``channel_ratio``    fraction of channels removed by channel pruning (0 off)
-``channel_scope``    ``"dense"`` (only the widest hidden Dense layer) or ``"all"`` layers
+``channel_scope``    ``"dense"`` (only the widest hidden Dense layer), ``"all"`` layers, or
+                     ``"all_dense"`` (all layers, then the widest Dense layer again)
 ``sparsity``         target weight sparsity of magnitude pruning (0 off)
 ``schedule``         ``"polynomial"`` or ``"constant"`` pruning schedule
 ``prune_scope``      ``"large"`` (layers with >= 5% of the kernel weights) or ``"all"`` layers
@@ -113,21 +114,26 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
     ratio = float(recipe.get("channel_ratio", 0.0) or 0.0)
     if ratio > 0:
         scope = recipe.get("channel_scope", "dense")
-        if scope not in ("dense", "all"):
+        if scope not in ("dense", "all", "all_dense"):
             raise ValueError(
-                f"channel_scope must be 'dense' or 'all'. Received: channel_scope={scope!r}"
+                "channel_scope must be 'dense', 'all' or 'all_dense'. Received: "
+                f"channel_scope={scope!r}"
             )
-        raw.append(
-            {
-                "type": "prune_channels",
-                "ratio": ratio,
-                "steps": 1,
-                "epochs_per_step": max(1, epochs // 2),
-                "learning_rate": lr,
-                "scope": "widest_dense" if scope == "dense" else "all",
-                **fine,
-            }
-        )
+        # "all_dense": every layer, then the widest hidden Dense layer again (a microcontroller
+        # model: narrower convolutions and a much narrower Dense)
+        scopes = {"dense": ["widest_dense"], "all": ["all"], "all_dense": ["all", "widest_dense"]}
+        for step_scope in scopes[scope]:
+            raw.append(
+                {
+                    "type": "prune_channels",
+                    "ratio": ratio,
+                    "steps": 1,
+                    "epochs_per_step": max(1, epochs // 2),
+                    "learning_rate": lr,
+                    "scope": step_scope,
+                    **fine,
+                }
+            )
     sparsity = float(recipe.get("sparsity", 0.0) or 0.0)
     if sparsity > 0:
         raw.append(

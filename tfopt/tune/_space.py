@@ -47,7 +47,7 @@ TRAINING_CHOICES = {
 }
 COMPRESSION_CHOICES = {
     "channel_ratio": [0.0, 0.25, 0.5, 0.75],
-    "channel_scope": ["dense", "all"],
+    "channel_scope": ["dense", "all", "all_dense"],
     "schedule": ["polynomial", "constant"],
     "prune_scope": ["large", "all"],
     "clusters": [0, 4, 8, 16, 32],
