@@ -179,3 +179,29 @@ def test_lowrank_recipe_step(tmp_path, tiny_data):
         tfopt.config.validate_steps([{"type": "lowrank", "energy": 0.8, "rank_ratio": 0.5}])
     with pytest.raises(tfopt.ConfigError, match="energy"):
         tfopt.config.validate_steps([{"type": "lowrank", "energy": 0.0}])
+
+
+def test_lowrank_is_a_search_dimension():
+    import keras_tuner
+
+    steps = tfopt.tune.recipe_steps(
+        {"lowrank_energy": 0.9, "sparsity": 0.5, "quantization": "qat", "epochs": 8}
+    )
+    assert [s.type for s in steps] == ["lowrank", "prune", "qat"]
+    assert steps[0].energy == 0.9 and steps[0].epochs == 2
+    assert tfopt.tune.describe(steps, "tflite-int8") == [
+        "lowrank(0.9)",
+        steps and "prune(0.5,polynomial,large)",
+        "qat",
+    ]
+    assert [s.type for s in tfopt.tune.recipe_steps({"lowrank_energy": 0.0})] == []
+    hm = tfopt.tune.CompressionHyperModel(
+        builder="mnist1d_cnn", techniques=("lowrank",), space={"lowrank_energy": [0.8, 0.95]}
+    )
+    assert "lowrank_energy" in hm.hyperparameter_names()
+    hp = keras_tuner.HyperParameters()
+    hm.declare(hp)
+    assert hp.values["lowrank_energy"] == 0.8
+    assert [s.type for s in hm.steps(hp)] == ["lowrank"]
+    # opt-in: the default search is the one measured before lowrank existed
+    assert "lowrank" not in tfopt.tune.CompressionHyperModel(builder="mnist1d_cnn").techniques

@@ -22,9 +22,11 @@ A flat recipe's keys (all optional; missing keys switch the stage off):
 ``epochs``           fine-tuning epochs of the pruning stage (the other stages use a share of it)
 ``learning_rate``    fine-tuning learning rate
 ``batch_size``       fine-tuning batch size
+``lowrank_energy``   SVD energy kept by low-rank factorization of the kernels (0 off)
 ===================  ========================================================================
 
-The stages, in order: ``prune_channels`` (``epochs // 2``) -> ``prune`` (``epochs``, target reached
+The stages, in order: ``lowrank`` (``epochs // 4``; factorizes only where the rank saves weights)
+-> ``prune_channels`` (``epochs // 2``) -> ``prune`` (``epochs``, target reached
 at 70% of the fine-tuning) -> ``cluster`` (``epochs // 4``) -> ``qat`` (``epochs // 4``, half the
 learning rate; int8 targets only, and never after clustering: QAT fine-tuning would move the
 weights off their clusters, while calibrated int8 keeps <= n_clusters values per channel). Every
@@ -38,7 +40,9 @@ import importlib
 
 from tfopt import _formats as formats
 
-TECHNIQUES = ("prune", "prune_channels", "quantize", "cluster", "distill")
+TECHNIQUES = ("prune", "prune_channels", "quantize", "cluster", "distill", "lowrank")
+# searched only when asked for (techniques=[..., "lowrank"]): the default search stays as measured
+OPT_IN = ("lowrank",)
 
 # technique -> (module, attributes it needs)
 _APIS = {
@@ -47,6 +51,7 @@ _APIS = {
     "quantize": ("tfopt.quantize", ("qat",)),
     "cluster": ("tfopt.cluster", ("cluster", "strip")),
     "distill": ("tfopt.distill", ("Distiller",)),
+    "lowrank": ("tfopt.lowrank", ("factorize",)),
 }
 
 
@@ -70,7 +75,7 @@ def available_techniques() -> tuple[str, ...]:
     """Names of the compression techniques whose tfopt modules are installed with their API.
 
     Returns:
-        A tuple, a subset of ``("prune", "prune_channels", "quantize", "cluster", "distill")``.
+        A tuple, a subset of `TECHNIQUES`.
 
     Example:
         >>> "prune" in tfopt.tune.available_techniques()
@@ -111,6 +116,17 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
             "alpha": float(recipe.get("alpha", 0.1)),
         }
     raw: list[dict] = []
+    energy = float(recipe.get("lowrank_energy", 0.0) or 0.0)
+    if energy > 0:
+        raw.append(
+            {
+                "type": "lowrank",
+                "energy": energy,
+                "epochs": max(1, epochs // 4),
+                "learning_rate": lr,
+                **fine,
+            }
+        )
     ratio = float(recipe.get("channel_ratio", 0.0) or 0.0)
     if ratio > 0:
         scope = recipe.get("channel_scope", "dense")
@@ -187,6 +203,9 @@ def describe(steps, target: str) -> list[str]:
             labels.append(f"prune({s.target_sparsity:g},{s.schedule},{s.scope})")
         elif s.type == "cluster":
             labels.append(f"cluster({s.n_clusters})")
+        elif s.type == "lowrank":
+            rule = f"r={s.rank_ratio:g}" if s.rank_ratio is not None else f"{s.energy:g}"
+            labels.append(f"lowrank({rule})")
         else:
             labels.append(s.type)
     if quantization(target) == "int8" and not any(s.type == "qat" for s in steps):

@@ -14,7 +14,7 @@ import keras_tuner
 from tfopt import _formats as formats
 from tfopt._backend import check_model, import_keras
 from tfopt._steps import outputs_logits
-from tfopt.tune._recipe import TECHNIQUES, available_techniques, recipe_steps
+from tfopt.tune._recipe import OPT_IN, TECHNIQUES, available_techniques, recipe_steps
 
 keras = import_keras()
 
@@ -54,6 +54,7 @@ COMPRESSION_CHOICES = {
     "quantization": ["ptq", "qat"],
     "temperature": [1.0, 2.0, 4.0, 8.0],
     "ft_epochs": [4, 8, 12, 16],
+    "lowrank_energy": [0.0, 0.8, 0.9, 0.95],
 }
 
 
@@ -80,7 +81,8 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             "mnist1d_cnn" when ``model`` is None.
         input_shape: the builder's input shape. Defaults to the builder's own.
         num_classes: the builder's number of classes. Defaults to the builder's own.
-        techniques: compression techniques to search. Defaults to all available ones.
+        techniques: compression techniques to search. Defaults to the available ones except
+            ``"lowrank"`` (``lowrank_energy``: SVD factorization), which is searched when listed.
         target: the deployable format, one of `TARGETS`. Defaults to "tflite-int8".
         space: overrides of a hyperparameter's choices, e.g. ``{"sparsity": [0.8, 0.9]}`` (one
             value fixes it). Defaults to None.
@@ -121,7 +123,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             )
         available = available_techniques()
         if techniques is None:
-            techniques = available
+            techniques = tuple(t for t in available if t not in OPT_IN)
         for tech in techniques:
             if tech not in TECHNIQUES:
                 raise ValueError(
@@ -166,6 +168,8 @@ class CompressionHyperModel(keras_tuner.HyperModel):
                 n for n in ("dropout", "l2", "width", "dense") if n in self._builder_options()
             ]
         t = self.techniques
+        if "lowrank" in t:
+            names.append("lowrank_energy")
         if "prune_channels" in t:
             names += ["channel_ratio", "channel_scope"]
         if "prune" in t:
@@ -176,7 +180,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             names.append("quantization")
         if "distill" in t:
             names += ["distill", "temperature", "alpha"]
-        if any(n in t for n in ("prune", "prune_channels", "cluster", "quantize")):
+        if any(n in t for n in ("prune", "prune_channels", "cluster", "quantize", "lowrank")):
             names += ["ft_epochs", "ft_learning_rate"]
         return names
 
@@ -217,6 +221,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             "quantization": "qat",
             "temperature": 4.0,
             "ft_epochs": 8,
+            "lowrank_energy": 0.0,
         }
         values = {}
         for name in names:
@@ -289,6 +294,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             "epochs": int(v.get("ft_epochs", 8)),
             "learning_rate": float(v.get("ft_learning_rate", 1e-3)),
             "batch_size": int(v.get("batch_size", 64)),
+            "lowrank_energy": float(v.get("lowrank_energy", 0.0)),
         }
         return recipe
 
