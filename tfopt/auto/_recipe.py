@@ -35,7 +35,10 @@ def recipe_config(
     train = dict(base.get("train") or {})
     raw: dict = {"name": f"{base.get('name', Path(out_dir).name)}_recipe", "seed": int(seed)}
     if base.get("data"):
-        raw["data"] = base["data"]
+        raw["data"] = dict(base["data"])
+        name = str(raw["data"].get("name", ""))
+        if name.endswith(".npz") and Path(name).is_file():  # not relative to auto's cwd
+            raw["data"]["name"] = str(Path(name).resolve())
     # relative: `tfopt.config.load` finds it next to recipe.yaml, so the run directory can move
     raw["model"] = {"name": None, "path": "baseline.keras"}
     raw["train"] = {

@@ -53,7 +53,8 @@ def main(args) -> int:
     path, model = split_config_arg(path, args.model)
     if model and not args.model:
         note = f"{model} is a model, not a config: running {path or 'the default config'} on it"
-        print(f"[tfopt] {note} (as with --model {model})", file=sys.stderr, flush=True)
+        hint = "add train.epochs=0 to keep its trained weights as they are"
+        print(f"[tfopt] {note} (as with --model {model}); {hint}", file=sys.stderr, flush=True)
     overrides = input_overrides(model=model, data=args.data) + overrides
     cfg = config.load(path, overrides=overrides)
     if args.check:
