@@ -290,3 +290,37 @@ def test_distributed_search_two_workers_on_loopback(tmp_path):
     assert (out / "best.keras").exists() and (out / "best.yaml").exists()
     oracle = json.loads((out / "search" / "oracle.json").read_text())
     assert oracle["ongoing_trials"] == {} and len(oracle["start_order"]) == 2
+
+
+def test_importance_is_the_share_of_variance_a_hyperparameter_explains():
+    from tfopt.tune._search_training import importance
+
+    trials = [
+        {"val_accuracy": acc, "values": {"opt": opt, "bs": bs, "same": 1, "tuner/epochs": 2}}
+        for acc, opt, bs in [(0.9, "a", 32), (0.9, "a", 64), (0.5, "b", 32), (0.5, "b", 64)]
+    ]
+    scores = importance(trials)
+    assert scores == {"opt": 1.0, "bs": 0.0}  # "same" never varies; tuner/* is KerasTuner's
+    assert importance(trials[:2]) == {}  # too few trials to say
+
+
+def test_fit_with_mixup_label_smoothing_and_early_stopping(tiny_data):
+    from tfopt import models
+    from tfopt._training import fit
+    from tfopt.config._schema import TrainConfig
+    from tfopt.data import from_arrays
+
+    x, y = tiny_data
+    data = from_arrays(x, y, x_test=x, y_test=y, val_fraction=0.25)
+    model = models.get("mnist1d_cnn", input_shape=(40, 1), num_classes=10, width=4, dense=8)
+    train = TrainConfig(
+        epochs=3,
+        batch_size=16,
+        label_smoothing=0.1,
+        early_stopping=1,
+        augment={"mixup": 0.2, "scale": 0.1},
+    )
+    history = fit(model, train, data)
+    assert 2 <= len(history.history["val_accuracy"]) <= 3  # patience 1 may stop after 2
+    assert model.evaluate(x, y, verbose=0)[1] >= 0.0  # compiled for integer labels again
+    assert not any(layer.name.startswith("aug_") for layer in model.layers)
