@@ -52,15 +52,35 @@ def _config(tmp_path, **tune) -> Path:
     return path
 
 
-def test_search_writes_model_without_augmentation_a_replayable_config_and_a_report(tmp_path):
+def test_search_resumes_and_writes_a_model_without_augmentation_a_replayable_config_and_a_report(
+    tmp_path,
+):
     import tfopt
     from tfopt import config, models
     from tfopt._pipeline import run
+    from tfopt.tune import _search_training as st
 
-    res = tfopt.tune.search_training(
-        _config(tmp_path), out_dir=tmp_path / "s", max_trials=2, log=lambda m: None
-    )
+    path = _config(tmp_path)
+
+    def crash(record):  # the process dies while trial 1 is running (after its model was saved)
+        if record["trial_id"] == "1":
+            raise SystemExit("killed")  # not an Exception: KerasTuner does not catch it
+
+    cfg, _ = st._load_config(path)
+    data, hm = st.prepare(cfg)
+    tuner = st.make_tuner(cfg, hm, tmp_path / "s", max_trials=2, on_trial_done=crash)
+    with pytest.raises(SystemExit):
+        tuner.search(data)
+    oracle = json.loads((tmp_path / "s" / "search" / "oracle.json").read_text())
+    assert oracle["ongoing_trials"] == {"tuner0": "1"} and oracle["end_order"] == ["0"]
+    first = (tmp_path / "s" / "search" / "trial_0" / "tfopt.json").read_text()
+
+    # resumed: trial 0 is kept, trial 1 runs again, no third trial
+    res = tfopt.tune.search_training(path, out_dir=tmp_path / "s", max_trials=2, log=lambda m: 0)
     assert [t["trial_id"] for t in res.trials] == ["0", "1"]
+    assert (tmp_path / "s" / "search" / "trial_0" / "tfopt.json").read_text() == first
+    oracle = json.loads((tmp_path / "s" / "search" / "oracle.json").read_text())
+    assert oracle["ongoing_trials"] == {} and sorted(oracle["end_order"]) == ["0", "1"]
     assert {t["values"]["width"] for t in res.trials} <= {4, 6}
     best = res.best
     assert best["val_accuracy"] == max(t["val_accuracy"] for t in res.trials)
@@ -91,30 +111,6 @@ def test_search_writes_model_without_augmentation_a_replayable_config_and_a_repo
     report = run(cfg, out_dir=tmp_path / "replay", verbose=0)
     baseline = next(r for r in report["results"] if r["format"] == "keras")
     assert abs(baseline["accuracy"] - best["test_accuracy"]) <= 1 / 30 + 1e-6  # <= 1 of 30
-
-
-def test_search_resumes_after_a_crash_mid_trial(tmp_path):
-    import tfopt
-    from tfopt.tune import _search_training as st
-
-    path = _config(tmp_path)
-
-    def crash(record):
-        if record["trial_id"] == "0":
-            raise SystemExit("killed")  # not an Exception: KerasTuner does not catch it
-
-    cfg, _ = st._load_config(path)
-    data, hm = st.prepare(cfg)
-    tuner = st.make_tuner(cfg, hm, tmp_path / "s", max_trials=1, on_trial_done=crash)
-    with pytest.raises(SystemExit):
-        tuner.search(data)
-    oracle = json.loads((tmp_path / "s" / "search" / "oracle.json").read_text())
-    assert oracle["ongoing_trials"] == {"tuner0": "0"}  # running when the process died
-    res = tfopt.tune.search_training(path, out_dir=tmp_path / "s", max_trials=1, log=lambda m: 0)
-    assert [t["trial_id"] for t in res.trials] == ["0"]  # trial 0 re-run, no new trial
-    assert res.best is not None and res.model_path.exists()
-    oracle = json.loads((tmp_path / "s" / "search" / "oracle.json").read_text())
-    assert oracle["ongoing_trials"] == {}
 
 
 def test_space_overrides_fixed_choice_and_range():
@@ -294,3 +290,37 @@ def test_distributed_search_two_workers_on_loopback(tmp_path):
     assert (out / "best.keras").exists() and (out / "best.yaml").exists()
     oracle = json.loads((out / "search" / "oracle.json").read_text())
     assert oracle["ongoing_trials"] == {} and len(oracle["start_order"]) == 2
+
+
+def test_importance_is_the_share_of_variance_a_hyperparameter_explains():
+    from tfopt.tune._search_training import importance
+
+    trials = [
+        {"val_accuracy": acc, "values": {"opt": opt, "bs": bs, "same": 1, "tuner/epochs": 2}}
+        for acc, opt, bs in [(0.9, "a", 32), (0.9, "a", 64), (0.5, "b", 32), (0.5, "b", 64)]
+    ]
+    scores = importance(trials)
+    assert scores == {"opt": 1.0, "bs": 0.0}  # "same" never varies; tuner/* is KerasTuner's
+    assert importance(trials[:2]) == {}  # too few trials to say
+
+
+def test_fit_with_mixup_label_smoothing_and_early_stopping(tiny_data):
+    from tfopt import models
+    from tfopt._training import fit
+    from tfopt.config._schema import TrainConfig
+    from tfopt.data import from_arrays
+
+    x, y = tiny_data
+    data = from_arrays(x, y, x_test=x, y_test=y, val_fraction=0.25)
+    model = models.get("mnist1d_cnn", input_shape=(40, 1), num_classes=10, width=4, dense=8)
+    train = TrainConfig(
+        epochs=3,
+        batch_size=16,
+        label_smoothing=0.1,
+        early_stopping=1,
+        augment={"mixup": 0.2, "scale": 0.1},
+    )
+    history = fit(model, train, data)
+    assert 2 <= len(history.history["val_accuracy"]) <= 3  # patience 1 may stop after 2
+    assert model.evaluate(x, y, verbose=0)[1] >= 0.0  # compiled for integer labels again
+    assert not any(layer.name.startswith("aug_") for layer in model.layers)

@@ -170,7 +170,13 @@ def launch(args: list[str], *, workers: int, log=print, start_timeout: float = 3
             w = _spawn([*base, "--chief", f"{host}:{port}"], env)
             procs.append(w)
             log(f"[tune] worker tuner{i} pid {w.pid}")
-        codes = [w.wait() for w in procs[1:]]
+        workers_ = procs[1:]
+        while any(w.poll() is None for w in workers_):
+            if chief.poll() is not None and chief.returncode != 0:
+                # workers would wait for a dead chief (KerasTuner's client retries for an hour)
+                raise TfoptError(f"the search chief exited with code {chief.returncode}")
+            time.sleep(0.5)
+        codes = [w.returncode for w in workers_]
         try:
             chief.wait(timeout=60)
         except subprocess.TimeoutExpired:
