@@ -110,7 +110,7 @@ FORMATS: dict[str, Format] = {
             ".tflite",
             "_tflm",
             (("quantization", "int8"),),
-            ("tflite_micro",),
+            ("tflite-micro",),
             target=True,
         ),
         Format("onnx", "onnx", "onnxruntime", 0.99, 1e-3, ".onnx", requires=_ONNX),
