@@ -76,7 +76,7 @@ def micro(quick: bool) -> dict:
             + ("-" if r.get("arena_bytes") is None else f"{r['arena_bytes']:,} B")
             + " | "
             + ("-" if agree is None else f"{agree:.1%}")
-            + f" | {len(m.get('ops') or [])} |"
+            + f" | {len(m['ops']) if m.get('ops') else '-'} |"
         )
         facts[fmt] = {
             "accuracy": r["accuracy"],

@@ -132,7 +132,7 @@ FORMATS: dict[str, Format] = {
             ".tflite",
             "_tflm",
             (("quantization", "int8"),),
-            ("tflite_micro",),
+            ("tflite-micro",),
             target=True,
         ),
         # int4 weights perturb every kernel by up to 1/15 of its range: 0.8 of the argmax kept
