@@ -167,7 +167,7 @@ def test_bad_inputs_end_in_one_line(tmp_path, capsys, monkeypatch):
     for argv in (["export", "bad.keras"], ["run", "--model", "bad.keras", "train.epochs=0"]):
         rc, _, err = _cli(capsys, *argv)
         line = _one_line(err)
-        assert rc == 1 and "'bad.keras' is not a valid Keras 3 .keras model file" in line, argv
+        assert rc == 1 and "bad.keras' as a Keras 3 model: not a valid .keras file" in line, argv
         assert "not found" not in line.lower()
     rc, _, err = _cli(capsys, "export", "missing.keras")
     assert rc == 1 and "No such model file: 'missing.keras'" in _one_line(err)

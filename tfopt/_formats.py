@@ -213,7 +213,10 @@ def get(name: str) -> Format:
         digits = "".join(c for c in text if c.isdigit())
         # "tflite8" means int8, not float32: prefer the formats holding the same digits
         pool = [f for f in FORMATS if digits and digits in f] or list(FORMATS)
-        close = difflib.get_close_matches(text, pool, n=1, cutoff=0.5)
+        # and the common formats (those the agent targets) over the specialised ones
+        common = [f for f in pool if FORMATS[f].target]
+        close = difflib.get_close_matches(text, common, n=1, cutoff=0.5)
+        close = close or difflib.get_close_matches(text, pool, n=1, cutoff=0.5)
         hint = close[0] if close else None
     did_you_mean = f" Did you mean {hint!r}?" if hint else ""
     raise ValueError(

@@ -514,7 +514,7 @@ def runner_for(artifact, *, runtime: str | None = None, **kwargs):
                 )
         elif path.suffix == ".keras":
             runner = KerasRunner
-        else:
+        else:  # a file a runtime opens: a corrupt one is an ArtifactError
             fmt = formats.by_suffix(path.suffix)
             runner = _FILE_RUNNERS.get(fmt.runtime) if fmt is not None else None
             if runner is None:
@@ -530,7 +530,9 @@ def runner_for(artifact, *, runtime: str | None = None, **kwargs):
                 f"runtime={runtime!r} cannot run {str(path)!r}: it runs in {runner.runtime!r}"
                 + (" (TFLite Micro runs .tflite files)" if wanted == "tflm" else "")
             )
-        return open_file(runner, path, runner.runtime, **_options(runner, kwargs))
+        if runner in (KerasRunner, SavedModelRunner):
+            return runner(path, **_options(runner, kwargs))
+        return open_file(runner, path, fmt.name, **_options(runner, kwargs))
     from tfopt._backend import check_model
 
     check_model(artifact, "artifact")

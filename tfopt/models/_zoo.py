@@ -298,6 +298,6 @@ def _check_keras_archive(path: Path) -> None:
             problem = "the zip archive holds no config.json"
     if problem:
         raise ArtifactError(
-            f"{str(path)!r} is not a valid Keras 3 .keras model file: {problem}. "
+            f"cannot load {str(path)!r} as a Keras 3 model: not a valid .keras file, {problem}. "
             "Save the model again with model.save('model.keras')."
         )
