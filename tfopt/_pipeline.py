@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tfopt import _formats as formats
 from tfopt._backend import import_keras
+from tfopt._report import render_value
 from tfopt._steps import StepContext, preflight, run_steps
 from tfopt.config import RunConfig
 from tfopt.data import Dataset
@@ -96,7 +97,8 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
 
     def starting(stage: str, step) -> None:
         _log(
-            f"[{n + len(stages)}/{total}] step {stage}: {step.model_dump(exclude={'type', 'name'})}"
+            f"[{n + len(stages)}/{total}] step {stage}: "
+            + render_value(step.model_dump(exclude={"type", "name"}))
         )
 
     def finished(stage: str, step, model) -> None:
