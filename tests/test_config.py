@@ -253,7 +253,7 @@ def test_shipped_configs_state_their_measured_accuracy_drop():
     assert {p.stem for p in packaged} == set(results)  # every shipped config is measured
     for path in [*packaged, *sorted((root / "configs").glob("*.yaml"))]:
         header = "".join(line for line in path.read_text().splitlines(True) if line[:1] == "#")
-        found = re.search(r"expected accuracy drop: (\d+(?:\.\d+)?) pt", header, re.I)
+        found = re.search(r"expected accuracy drop: (-?\d+(?:\.\d+)?) pt", header, re.I)
         assert found, f"{path}: no 'expected accuracy drop: X pt' in its header comment"
         assert float(found.group(1)) == pytest.approx(results[path.stem]["drop_points"], abs=0.05)
         assert path.read_text() == (root / "tfopt" / "configs" / path.name).read_text()
