@@ -343,7 +343,7 @@ def test_optimize_argument_errors(trained):
         tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.01, objective="accuracy")
     with pytest.raises(ValueError, match="Unrecognized target='onnx'"):
         tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.01, target="onnx")
-    with pytest.raises(ValueError, match="time_budget must be > 0 seconds"):
+    with pytest.raises(ValueError, match="time_budget must be a finite number of seconds > 0"):
         tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.01, time_budget=0)
     with pytest.raises(ValueError, match="val must hold the same non-zero number"):
         tfopt.auto.optimize(model, train, (val[0], val[1][:3]), max_accuracy_drop=0.01)
