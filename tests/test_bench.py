@@ -227,7 +227,10 @@ def test_write_report_table_json_and_plots(artifacts, labelled, tmp_path):
     ]
     table = format_table(results)
     assert table.count("| 0.7500 |") == 2
-    assert "| clients | workers (processes) | micro-batch | req/s |" in table
+    assert (
+        "| clients | workers (processes) | micro-batch | seconds | requests | errors | req/s |"
+        in table
+    )
     paths = write_report(results, tmp_path / "rep", title="Tiny")
     rows = json.loads(paths["json"].read_text())
     assert [r["accuracy"] for r in rows] == [0.75, 0.75]

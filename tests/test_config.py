@@ -245,3 +245,22 @@ def test_auto_checks_its_options_before_the_baseline_trains(tmp_path, capsys, fl
     err = capsys.readouterr().err
     assert ("max_trials must be" in err) or ("time_budget must be" in err), err
     assert not (out / "baseline.keras").exists()
+
+
+def test_shipped_configs_state_their_measured_accuracy_drop():
+    """Each shipped config says what it costs, and that number is benchmarks/shipped_configs.py's."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    results = json.loads((root / "benchmarks/results/shipped_configs.json").read_text())
+    packaged = sorted((root / "tfopt" / "configs").glob("*.yaml"))
+    assert {p.stem for p in packaged} == set(results)  # every shipped config is measured
+    for path in [*packaged, *sorted((root / "configs").glob("*.yaml"))]:
+        header = "".join(line for line in path.read_text().splitlines(True) if line[:1] == "#")
+        found = re.search(r"expected accuracy drop: (-?\d+(?:\.\d+)?) pt", header, re.I)
+        assert found, f"{path}: no 'expected accuracy drop: X pt' in its header comment"
+        assert float(found.group(1)) == pytest.approx(results[path.stem]["drop_points"], abs=0.05)
+        assert path.read_text() == (root / "tfopt" / "configs" / path.name).read_text()
+        load(path)

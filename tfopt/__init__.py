@@ -10,8 +10,10 @@ import importlib
 
 from tfopt._backend import check_environment
 from tfopt.errors import (
+    ArtifactError,
     BackendError,
     ConfigError,
+    DataError,
     ExportCheckError,
     MissingDependencyError,
     OfflineError,
@@ -43,8 +45,10 @@ _SUBMODULES = (
 
 __all__ = [
     *_SUBMODULES,
+    "ArtifactError",
     "BackendError",
     "ConfigError",
+    "DataError",
     "ExportCheckError",
     "MissingDependencyError",
     "OfflineError",

@@ -9,6 +9,7 @@ from pathlib import Path
 from tfopt import _formats as formats
 from tfopt import _rundir
 from tfopt._backend import import_keras
+from tfopt._report import render_value
 from tfopt._steps import StepContext, preflight, run_steps
 from tfopt.config import RunConfig
 from tfopt.data import Dataset
@@ -192,7 +193,8 @@ def run(
 
     def starting(stage: str, step) -> None:
         _log(
-            f"[{n + len(stages)}/{total}] step {stage}: {step.model_dump(exclude={'type', 'name'})}"
+            f"[{n + len(stages)}/{total}] step {stage}: "
+            + render_value(step.model_dump(exclude={"type", "name"}))
         )
 
     def finished(stage: str, step, model) -> None:
