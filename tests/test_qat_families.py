@@ -110,3 +110,30 @@ def test_conversion_error_names_the_layer(tmp_path):
     m.fit(rng.random((8, 8, 8, 3)), rng.random((8, 2)), verbose=0)
     with pytest.raises(RuntimeError, match=r"layer 'my_concat': 'tfl.concatenation' op quantiz"):
         tfopt.export.tflite(m, tmp_path / "m.tflite", quantization="int8")
+
+
+def test_folded_batchnorm_trains_like_batchnorm_with_one_convolution():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 6, 3)).astype("float32")
+    conv = L.Conv2D(5, 3, padding="same", use_bias=True)
+    bn = L.BatchNormalization(momentum=0.5)
+    conv.build(x.shape)
+    bn.build((None, 6, 6, 5))
+    bn.gamma.assign(rng.uniform(0.5, 2.0, 5).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, 5).astype("float32"))
+    want = keras.ops.convert_to_numpy(bn(conv(x), training=True))
+    want_mean = keras.ops.convert_to_numpy(bn.moving_mean)
+    conv2, bn2 = (
+        L.Conv2D.from_config(conv.get_config()),
+        L.BatchNormalization.from_config(bn.get_config()),
+    )
+    w = tfopt.quantize.QuantizeWrapper(conv2, batchnorm=bn2, quantize_output=False)
+    w.build(x.shape)
+    conv2.set_weights(conv.get_weights())
+    bn2.set_weights(
+        [bn.gamma.numpy(), bn.beta.numpy(), np.zeros(5, "float32"), np.ones(5, "float32")]
+    )
+    got = keras.ops.convert_to_numpy(w(x, training=True))
+    # batch statistics of the int8-kernel convolution: BatchNorm's output up to weight rounding
+    np.testing.assert_allclose(got, want, atol=0.05)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn2.moving_mean), want_mean, atol=0.02)
