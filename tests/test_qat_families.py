@@ -142,3 +142,13 @@ def test_folded_batchnorm_trains_like_batchnorm_with_one_convolution():
     # batch statistics of the int8-kernel convolution: BatchNorm's output up to weight rounding
     np.testing.assert_allclose(got, want, atol=0.05)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn2.moving_mean), want_mean, atol=0.02)
+
+
+def test_training_step_runs_each_folded_convolution_once():
+    import tensorflow as tf
+
+    w = tfopt.quantize.QuantizeWrapper(L.Conv2D(4, 3), batchnorm=L.BatchNormalization())
+    w.build((None, 8, 8, 3))
+    fn = tf.function(lambda x: w(x, training=True))
+    graph = fn.get_concrete_function(tf.TensorSpec((2, 8, 8, 3))).graph
+    assert [op.type for op in graph.get_operations()].count("Conv2D") == 1
