@@ -56,3 +56,23 @@ def assert_int8_agrees(model, path, x, *, min_agreement=0.97, margin=0.05):
     agreement = 1.0 - float(flips.mean())
     assert agreement >= min_agreement, agreement
     return agreement
+
+
+KERNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+
+
+def assert_fully_int8(path, *, float_prefix=0):
+    """Only the input QUANTIZE (after ``float_prefix`` float preprocessing ops) and the output
+    DEQUANTIZE touch float tensors; every conv / FC has int8 input, int8 weights, int8 output."""
+    _, ops = tflite_ops(path)
+    names = [o[0] for o in ops]
+    floats = [i for i, (_, ins, outs, _) in enumerate(ops) if "float32" in ins + outs]
+    assert names[float_prefix] == "QUANTIZE" and names[-1] == "DEQUANTIZE", names
+    assert floats == [*range(float_prefix + 1), len(ops) - 1], [ops[i][:3] for i in floats]
+    assert names.count("DEQUANTIZE") == 1
+    kernels = [o for o in ops if o[0] in KERNEL_OPS]
+    assert kernels
+    for name, ins, outs, _ in kernels:
+        data_ins = ins[:2] if name != "TRANSPOSE_CONV" else ins[1:3]
+        assert data_ins == ["int8", "int8"] and outs == ["int8"], (name, ins, outs)
+    return names

@@ -56,8 +56,34 @@ def _function_converter(model, batch: int | None):
         return tf.lite.TFLiteConverter.from_concrete_functions([fn])
 
 
-def _conversion_error(e: Exception) -> str:
-    """The one meaningful line of a converter error (which is pages of MLIR locations)."""
+def _layer_in_error(text: str, model) -> str | None:
+    """The name of the model's layer an MLIR location of ``text`` points at, if any.
+
+    A location reads ``loc(callsite(fused["ConcatV2:", "functional_1/my_concat_1/concat@..."]``:
+    the op's TF name scope holds the layer's name (with a ``_N`` suffix TensorFlow adds).
+    """
+    import re
+
+    if model is None:
+        return None
+    names = {layer.name for layer in model._flatten_layers(include_self=False)}
+    for scope in re.findall(r'fused\["[^"]*",\s*"([^"@]+)', text):
+        for part in scope.split("/")[:-1]:
+            for name in (part, re.sub(r"_\d+$", "", part)):
+                if name in names:
+                    return name
+    return None
+
+
+def _conversion_error(e: Exception, model=None) -> str:
+    """The one meaningful line of a converter error (which is pages of MLIR locations), with
+    the name of the layer it is about when the location names one."""
+    line = _conversion_line(e)
+    layer = _layer_in_error(str(e), model)
+    return f"layer {layer!r}: {line}" if layer else line
+
+
+def _conversion_line(e: Exception) -> str:
     parts = [ln.rsplit("error:", 1)[-1].strip() for ln in str(e).splitlines() if "error:" in ln]
     # TF 2.21 puts the op after an MLIR location: "loc(...): 'tf.Conv2D' op is neither ..."
     parts = [p[p.index("'tf") :] if p.startswith("loc(") and "'tf" in p else p for p in parts]
@@ -109,7 +135,7 @@ def _convert(
         with quiet():
             return converter.convert()
     except Exception as e:  # the converter raises ConverterError with pages of MLIR
-        msg = _conversion_error(e)
+        msg = _conversion_error(e, model)
         text = str(e)
         if not select_tf_ops and (
             "TensorList" in text or "Flex" in text or "not supported" in text

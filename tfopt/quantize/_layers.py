@@ -161,8 +161,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
     EinsumDense (one that is a reshaped Dense, see `einsum_plan`; run as one matmul) and Embedding
     (per-tensor weights), and a standalone BatchNormalization (run as multiply + add with an int8
     range in between). A following ``BatchNormalization`` can be folded into the wrapped layer:
-    training uses the batch statistics with the correction of Jacob et al. (2018), inference the
-    folded kernel ``W * gamma / sqrt(var + eps)`` that TFLite will see.
+    training runs one convolution with the folded int8 kernel and normalizes its output (divided
+    by the fold scale) with the batch statistics, as BatchNorm would; inference runs the folded
+    kernel ``W * gamma / sqrt(var + eps)`` that TFLite will see.
 
     Args:
         layer: the layer to wrap (built or not).
@@ -406,8 +407,14 @@ class QuantizeWrapper(keras.layers.Wrapper):
         eps = bn.epsilon
         scale_m = gamma / ops.sqrt(bn.moving_variance + eps)
         if training:
-            # BatchNorm's input is the layer's output with its bias; the bias cancels out.
-            yf = self._linear(x, kernel, False, kind)
+            # One convolution, with the folded int8 kernel TFLite will run (the "approximate"
+            # fold of PyTorch's ConvBn QAT): dividing its output by the fold scale gives the
+            # layer's output, whose batch statistics normalize it as BatchNorm would. Running the
+            # float layer a second time only for the statistics (Jacob et al. 2018) doubled the
+            # cost of a training step.
+            y = self._linear(x, self._scale_kernel(kernel, scale_m, kind), True, kind)
+            safe = ops.where(ops.abs(scale_m) < 1e-12, 1e-12, scale_m)
+            yf = y / safe
             if bias is not None:
                 yf = yf + bias
             axes = tuple(range(len(yf.shape) - 1))
@@ -416,10 +423,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             bn.moving_mean.assign(m * bn.moving_mean + (1 - m) * ops.stop_gradient(mean))
             bn.moving_variance.assign(m * bn.moving_variance + (1 - m) * ops.stop_gradient(var))
             scale_b = gamma / ops.sqrt(var + eps)
-            y = self._linear(x, self._scale_kernel(kernel, scale_m, kind), True, kind)
-            if bias is not None:
-                mean = mean - bias
-            return y * (scale_b / scale_m) + (beta - mean * scale_b)
+            return (yf - mean) * scale_b + beta
         offset = beta - bn.moving_mean * scale_m
         if bias is not None:
             offset = offset + bias * scale_m

@@ -252,6 +252,8 @@ class _QATRewrite(GraphRewrite):
         if not _is_float(t):
             return False
         user = self.sole_consumer(t)
+        if user is not None and type(user.operation).__name__ in _PREPROCESSING:
+            return False  # float preprocessing (e.g. Rescaling then Normalization) reads floats
         if user is not None and type(user.operation).__name__ == "Concatenate":
             # TFLite's CONCATENATION has one scale for its inputs and output: the converter gives
             # an input without a range of its own the output's (tfmot's ConcatTransform); a

@@ -1,0 +1,255 @@
+"""QAT on real CNN families: float vs PTQ int8 vs tfopt QAT int8 vs tfmot QAT int8, and step time.
+
+For each model (MobileNetV2 and MobileNetV3Small at alpha 0.35 from keras.applications, and
+tfopt.models' efficientnet_32, resnet_v2_32 and densenet_32) and each dataset (digits32,
+shapes32): train in float, then measure through the TFLite interpreter the float model, PTQ int8
+(`tfopt.export.tflite(..., quantization="int8", representative_data=...)`), tfopt QAT int8 and,
+when tfmot accepts the architecture, tfmot's default 8-bit QAT int8 (same weights, data and
+fine-tuning recipe, in its own tf_keras process: benchmarks/_tfmot_real.py). Agreement is the
+argmax agreement of the int8 file with its Keras QAT model. Latency: median single-sample int8
+invoke, one thread.
+
+Step time: one training step of MobileNetV2(alpha 0.35, 96x96, batch 32) in float Keras 3,
+through tfopt.quantize.qat, and through tfmot (its process kept alive and asked for steps between
+ours), interleaved in rounds.
+
+Usage: python benchmarks/qat_real_models.py [--quick]
+Writes benchmarks/results/qat_real_models.{json,md}.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tfopt
+from tfopt._backend import import_keras
+from tfopt.bench._runners import TFLiteRunner
+
+keras = import_keras()
+HERE = Path(__file__).parent
+TFMOT = [sys.executable, str(HERE / "_tfmot_real.py")]
+
+
+def build(name):
+    if name == "mobilenet_v2":
+        return keras.applications.MobileNetV2(
+            input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+        )
+    if name == "mobilenet_v3_small":
+        return keras.applications.MobileNetV3Small(
+            input_shape=(32, 32, 3),
+            alpha=0.35,
+            weights=None,
+            classes=10,
+            include_preprocessing=False,
+        )
+    return tfopt.models.get(name)
+
+
+def fit(model, x, y, epochs, lr, batch):
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0)
+    return model
+
+
+def tflite_predict(path, x):
+    return TFLiteRunner(path).predict(x)
+
+
+def latency_us(path, sample, n=100):
+    runner = TFLiteRunner(path, num_threads=1)
+    for _ in range(10):
+        runner.invoke(sample)
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        runner.invoke(sample)
+        times.append(time.perf_counter() - t)
+    return 1e6 * statistics.median(times)
+
+
+def tfmot_qat(name, model, data, args, tmp):
+    src, dst, meta = tmp / f"{name}.npz", tmp / f"{name}_tfmot.tflite", tmp / f"{name}.json"
+    weights = model.get_weights()
+    np.savez(
+        src,
+        x_train=data.x_train,
+        y_train=data.y_train,
+        model=name,
+        n_weights=len(weights),
+        epochs=args.qat_epochs,
+        batch_size=args.batch,
+        learning_rate=args.qat_lr,
+        seed=0,
+        **{f"w{i}": w for i, w in enumerate(weights)},
+    )
+    proc = subprocess.run(
+        [*TFMOT, "qat", str(src), str(dst), str(meta)], capture_output=True, text=True
+    )
+    if proc.returncode != 0 or not meta.exists():
+        return None, f"tfmot process failed: {proc.stderr.strip().splitlines()[-1][:200]}"
+    out = json.loads(meta.read_text())
+    return (None, out["error"]) if "error" in out else (dst, None)
+
+
+def one(name, data, args, tmp):
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    keras.utils.set_random_seed(0)
+    model = fit(build(name), x, y, args.epochs, args.lr, args.batch)
+    row = {"model": name, "dataset": data.name, "params": model.count_params()}
+    row["float"] = float(np.mean(model.predict(xt, verbose=0).argmax(1) == yt))
+    ptq = tfopt.export.tflite(
+        model,
+        tmp / f"{name}_ptq.tflite",
+        quantization="int8",
+        representative_data=x[:200],
+        check_data=xt[:50],
+        min_agreement=0.0,
+    )
+    row["ptq"] = float(np.mean(tflite_predict(ptq.path, xt).argmax(1) == yt))
+    q = tfopt.quantize.qat(model)
+    fit(q, x, y, args.qat_epochs, args.qat_lr, args.batch)
+    art = tfopt.export.tflite(
+        q, tmp / f"{name}_qat.tflite", quantization="int8", check_data=xt[:50], min_agreement=0.0
+    )
+    pred = tflite_predict(art.path, xt).argmax(1)
+    row["qat"] = float(np.mean(pred == yt))
+    row["agreement"] = float(np.mean(pred == q.predict(xt, verbose=0).argmax(1)))
+    row["left_float"] = q.tfopt_report.skipped
+    row["latency_us"] = latency_us(art.path, xt[:1])
+    if args.tfmot:
+        path, err = tfmot_qat(name, model, data, args, tmp)
+        row["tfmot"] = float(np.mean(tflite_predict(path, xt).argmax(1) == yt)) if path else None
+        row["tfmot_note"] = err
+    return row
+
+
+def step_times(rounds, steps):
+    """Per-step ms of float, tfopt QAT and tfmot QAT on MobileNetV2(0.35, 96x96, batch 32)."""
+    keras.utils.set_random_seed(0)
+    m = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10
+    )
+    q = tfopt.quantize.qat(m)
+    x = np.random.default_rng(0).random((32, 96, 96, 3), dtype="float32")
+    y = np.arange(32) % 10
+    ours = {"float": m, "tfopt_qat": q}
+    for model in ours.values():
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        for _ in range(3):
+            model.train_on_batch(x, y)
+    child = subprocess.Popen(
+        [*TFMOT, "step"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    ready = child.stdout.readline().strip() == "ready"
+    times = {"float": [], "tfopt_qat": [], "tfmot_qat": []}
+    for _ in range(rounds):
+        for key, model in ours.items():
+            for _ in range(steps):
+                t = time.perf_counter()
+                model.train_on_batch(x, y)
+                times[key].append(1000 * (time.perf_counter() - t))
+        if ready:
+            child.stdin.write(f"{steps}\n")
+            child.stdin.flush()
+            times["tfmot_qat"] += json.loads(child.stdout.readline())
+    child.stdin.close()
+    child.wait()
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits32 only, fewer epochs")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--qat-lr", type=float, default=3e-4)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--no-tfmot", dest="tfmot", action="store_false")
+    parser.add_argument("--models", default="")
+    parser.add_argument("--step-rounds", type=int, default=5)
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.qat_epochs, args.step_rounds = min(args.epochs, 6), 1, 3
+    names = (
+        args.models.split(",")
+        if args.models
+        else [
+            "mobilenet_v2",
+            "mobilenet_v3_small",
+            "efficientnet_32",
+            "resnet_v2_32",
+            "densenet_32",
+        ]
+    )
+    datasets = ["digits32"] if args.quick else ["digits32", "shapes32"]
+    started = time.time()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for ds_name in datasets:
+            data = tfopt.data.load(ds_name)
+            for name in names:
+                rows.append(one(name, data, args, Path(tmp)))
+                print(json.dumps(rows[-1]), flush=True)
+    steps = step_times(args.step_rounds, 5)
+    med = {k: statistics.median(v) if v else float("nan") for k, v in steps.items()}
+
+    def pts(v):
+        return "n/a" if v is None else f"{100 * v:.1f}"
+
+    lines = [
+        "| dataset | model | params | float | PTQ int8 | tfopt QAT int8 | QAT - float (pt) "
+        "| agreement | tfmot QAT int8 | int8 latency (µs) | left float |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tfm = (
+            pts(r.get("tfmot"))
+            if r.get("tfmot") is not None
+            else (f"n/a ({r['tfmot_note'][:60]})" if r.get("tfmot_note") else "not run")
+        )
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {r['params']:,} | {pts(r['float'])} "
+            f"| {pts(r['ptq'])} | {pts(r['qat'])} | {100 * (r['qat'] - r['float']):+.1f} "
+            f"| {r['agreement']:.3f} | {tfm} | {r['latency_us']:.0f} "
+            f"| {', '.join(r['left_float']) or '-'} |"
+        )
+    step_line = (
+        f"\n\nTraining step, MobileNetV2(alpha 0.35, 96x96, batch 32), median of "
+        f"{len(steps['float'])} steps in {args.step_rounds} interleaved rounds: float "
+        f"{med['float']:.0f} ms, tfopt QAT {med['tfopt_qat']:.0f} ms "
+        f"({med['tfopt_qat'] / med['float']:.2f}x float), tfmot QAT {med['tfmot_qat']:.0f} ms "
+        f"(tfopt / tfmot {med['tfopt_qat'] / med['tfmot_qat']:.2f}x)."
+    )
+    header = (
+        f"QAT on trained CNN families at 32x32 ({'quick: ' if args.quick else ''}float "
+        f"{args.epochs} epochs Adam {args.lr}, QAT {args.qat_epochs} epochs Adam {args.qat_lr}, "
+        f"batch {args.batch}); accuracy (%) through the TFLite interpreter on the test split. "
+        f"Wall time {time.time() - started:.0f} s on {os.cpu_count()} shared CPU cores (load "
+        f"average {os.getloadavg()[0]:.1f}): latencies and step times were taken under that load.\n\n"
+    )
+    text = header + "\n".join(lines) + step_line + "\n"
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "qat_real_models.md").write_text(text)
+    result = {"rows": rows, "step_ms": steps, "args": vars(args), "seconds": time.time() - started}
+    (out / "qat_real_models.json").write_text(json.dumps(result, indent=2, default=str))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
