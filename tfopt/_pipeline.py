@@ -194,6 +194,7 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
         runs=cfg.bench.runs,
         concurrency=cfg.bench.concurrency,
         micro_batch=cfg.bench.micro_batch,
+        robust_epsilon=cfg.bench.robust_epsilon,
     )
     for stage in stages:
         res = bench.benchmark(stage["model"], data.test, **options)
@@ -201,7 +202,13 @@ def run(cfg: RunConfig, *, out_dir=None, verbose: int | None = None) -> dict:
     for item in artifacts:
         art = item["artifact"]
         # params/MACs of the model this artifact was exported from, not of the final stage
-        res = bench.benchmark(art.path, data.test, model=item["stage"]["model"], **options)
+        res = bench.benchmark(
+            art.path,
+            data.test,
+            model=item["stage"]["model"],
+            attack_model=item["stage"]["model"] if cfg.bench.robust_epsilon is not None else None,
+            **options,
+        )
         rows.append(_row(item["stage"]["stage"], item["format"], art.path, res, art.check))
     for row in rows:
         _log(
@@ -234,6 +241,8 @@ def _row(stage, fmt, path, res, check) -> dict:
 
         r.update({k if k == "gzip_bytes" else "bytes": v for k, v in file_sizes(path).items()})
     keep = ("accuracy", "bytes", "gzip_bytes", "params", "macs", "latency_ms", "concurrency")
+    if r.get("robust_accuracy") is not None:
+        keep += ("robust_accuracy", "robust_attack")
     return {
         "stage": stage,
         "format": fmt,

@@ -46,6 +46,9 @@ class BenchResult:
         latency_ms: single-request latency (one sample, after warm-up): p50, p90, p99, mean.
         concurrency: one `tfopt.bench.load_test` dict per concurrency level.
         load_avg: ``os.getloadavg()`` when the measurement started (the machine's load).
+        robust_accuracy: accuracy under PGD at ``robust_epsilon`` through the runtime (None unless
+            asked); ``robust_attack`` says how the examples were made (white-box on the Keras
+            model, or transferred from the Keras model to an artifact without gradients).
     """
 
     artifact: str
@@ -61,9 +64,44 @@ class BenchResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     concurrency: list[dict] = field(default_factory=list)
     load_avg: list[float] = field(default_factory=list)
+    robust_accuracy: float | None = None
+    robust_epsilon: float | None = None
+    robust_attack: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _robust(result, artifact, runner, x, y, epsilon, attack_model, steps) -> None:
+    from tfopt import robust
+    from tfopt._backend import import_keras
+
+    keras = import_keras()
+    if y is None:
+        raise ValueError("robust_epsilon needs labelled data=(x, y)")
+    if isinstance(attack_model, str | Path):
+        from tfopt.models import load
+
+        attack_model = load(attack_model)
+    white_box = attack_model is None
+    if white_box:
+        if isinstance(artifact, keras.Model):
+            attack_model = artifact
+        elif str(artifact).endswith(".keras"):
+            from tfopt.models import load
+
+            attack_model = load(artifact)
+        else:
+            raise ValueError(
+                f"robust_epsilon on {artifact} needs attack_model= (the Keras model it was "
+                "exported from): its runtime gives no gradients, so the PGD examples are made on "
+                "the Keras model and run through the artifact (a transfer attack)"
+            )
+    x_adv = robust.pgd(attack_model, x, y, epsilon=epsilon, steps=steps)
+    result.robust_accuracy = _accuracy(runner, (x_adv, y))
+    result.robust_epsilon = float(epsilon)
+    kind = "white-box" if white_box else f"transfer from Keras model {attack_model.name!r}"
+    result.robust_attack = f"PGD-{steps} L-inf eps={epsilon:g}, {kind}, through {runner.runtime}"
 
 
 def _latency(runner, sample: np.ndarray, *, warmup: int, runs: int) -> dict[str, float]:
@@ -126,6 +164,9 @@ def benchmark(
     num_threads: int = 1,
     model=None,
     name: str | None = None,
+    robust_epsilon: float | None = None,
+    attack_model=None,
+    attack_steps: int = 10,
 ) -> BenchResult:
     """Measures an artifact in its own runtime: accuracy, size, params/MACs, latency, throughput.
 
@@ -153,6 +194,14 @@ def benchmark(
         model: the Keras model the artifact came from, to count params/MACs from Keras (otherwise
             they come from the TFLite or ONNX graph). Defaults to None.
         name: the label in tables and plots. Defaults to the path or the model's name.
+        robust_epsilon: also measure accuracy under a PGD attack at this L-inf radius
+            (`tfopt.robust.robust_accuracy`). Defaults to None (no attack).
+        attack_model: the Keras model (or ``.keras`` path) the PGD examples are made on. For a
+            Keras artifact it defaults to the artifact (white-box); exported artifacts (TFLite,
+            ONNX, SavedModel) give no gradients, so their examples come from this model and run
+            through the artifact's runtime (a transfer attack; the default is ``model``).
+            Defaults to None.
+        attack_steps: PGD steps. Defaults to 10.
 
     Returns:
         A `BenchResult`.
@@ -196,6 +245,8 @@ def benchmark(
     if y is not None:
         result.accuracy = _accuracy(runner, (x, y))
         result.samples = len(y)
+    if robust_epsilon is not None:
+        _robust(result, artifact, runner, x, y, robust_epsilon, attack_model or model, attack_steps)
     result.latency_ms = _latency(runner, x[:1], warmup=warmup, runs=runs)
     for clients in levels:
         result.concurrency.append(

@@ -79,6 +79,8 @@ class BenchConfig(Section):
     warmup: int = Field(20, ge=0)
     concurrency: list[int] = Field(default_factory=lambda: [1])  # client counts of the load test
     micro_batch: bool = False  # group waiting requests into one batch in the load test
+    # accuracy under PGD-10 at this L-inf radius (Keras rows white-box; artifacts by transfer)
+    robust_epsilon: float | None = Field(None, ge=0.0)
 
     @field_validator("concurrency")
     @classmethod
