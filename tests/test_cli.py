@@ -23,7 +23,7 @@ def test_config_mistake_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "tfopt: config error: train.epohcs: unknown key 'epohcs' (did you mean 'epochs'?). "
-        "Allowed: ['batch_size', 'epochs', 'learning_rate']"
+        "Allowed: ['batch_size', 'epochs', 'learning_rate', 'strategy']"
     )
     assert "Traceback" not in proc.stderr
 

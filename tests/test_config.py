@@ -25,7 +25,7 @@ def test_overrides_parse_yaml_values():
     [
         (
             "train.epochz=3",
-            "train.epochz: unknown key 'epochz' (did you mean 'epochs'?). Allowed: ['batch_size', 'epochs', 'learning_rate']",
+            "train.epochz: unknown key 'epochz' (did you mean 'epochs'?). Allowed: ['batch_size', 'epochs', 'learning_rate', 'strategy']",
         ),
         ("trian.epochs=3", "trian: unknown key 'trian' (did you mean 'train'?)."),
         ("train.epochs=-1", "train.epochs: Input should be greater than or equal to 0 (got -1)"),
