@@ -96,6 +96,16 @@ if mode == "mirrored":
     )
     seen["distill_in_sync"] = in_sync(d)
     seen["distill_distributed"] = type(d.variables[0].value).__name__
+    # models built under the strategy export (TFLite reads the mirrored variables)
+    from tfopt import export
+
+    art = export.export(
+        pruned,
+        os.path.join(os.path.dirname(out), "pruned.tflite"),
+        format="tflite",
+        check_data=x[:64],
+    )
+    seen["tflite_agreement"] = float(art.check["argmax_agreement"])
     result.update(seen)
 else:
     result["weights"] = [np.asarray(w).tolist() for w in model.get_weights()]

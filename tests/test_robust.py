@@ -127,3 +127,25 @@ def test_robust_errors():
         robust.AdversarialModel(m, epsilon=0.1, method="cw")
     with pytest.raises(ValueError, match=r"adv_weight must be in \[0, 1\]"):
         robust.AdversarialModel(m, epsilon=0.1, adv_weight=1.5)
+
+
+def test_bench_robust_accuracy_keras_white_box_and_tflite_transfer(trained, tmp_path):
+    from tfopt import bench, export
+
+    x, y, models = trained
+    m = models[False]
+    eps = 0.3
+    keras_res = bench.benchmark(m, (x, y), concurrency=(), runs=1, warmup=0, robust_epsilon=eps)
+    expected = robust.robust_accuracy(m, x, y, epsilon=eps, steps=10)
+    assert keras_res.robust_accuracy == expected and keras_res.robust_epsilon == eps
+    assert "white-box" in keras_res.robust_attack
+    art = export.export(m, tmp_path / "m.tflite", format="tflite", check_data=x[:32])
+    with pytest.raises(ValueError, match="needs attack_model="):
+        bench.benchmark(art.path, (x, y), concurrency=(), runs=1, robust_epsilon=eps)
+    res = bench.benchmark(
+        art.path, (x, y), concurrency=(), runs=1, warmup=0, robust_epsilon=eps, attack_model=m
+    )
+    assert "transfer from Keras model" in res.robust_attack and "tflite" in res.robust_attack
+    # float TFLite computes what Keras computes: the transferred examples fool it the same way
+    assert abs(res.robust_accuracy - expected) <= 0.02
+    assert res.robust_accuracy < res.accuracy - 0.2

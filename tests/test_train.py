@@ -55,6 +55,7 @@ def test_mirrored_two_logical_devices_prune_qat_distill(tmp_path):
     # QAT activation ranges: every replica holds the same (averaged) range
     assert r["qat_ranges"] == 6 and r["qat_range_spread"] == 0.0 and r["qat_in_sync"]
     assert r["distill_in_sync"] and r["distill_distributed"] == "MirroredVariable"
+    assert r["tflite_agreement"] >= 0.97
 
 
 def test_multi_worker_two_processes_on_loopback(tmp_path):
@@ -193,8 +194,10 @@ def test_ensemble_teacher_is_the_mean_of_member_probabilities():
     x = np.random.RandomState(2).randn(64, 6).astype("float32")
     y = np.arange(64) % 4
 
-    def build():
-        return _base(None)
+    def build():  # members built alike share one name
+        model = _base(None)
+        model.name = "same"
+        return model
 
     members = train.train_ensemble(build, lambda m: None, members=2, seed=5)
     members.append(_base("softmax"))  # a softmax member: used as it is, not softmaxed twice

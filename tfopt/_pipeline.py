@@ -228,6 +228,7 @@ def run(
         concurrency=cfg.bench.concurrency,
         micro_batch=cfg.bench.micro_batch,
         duration_s=cfg.bench.duration_s,
+        robust_epsilon=cfg.bench.robust_epsilon,
     )
     for stage in stages:
         res = bench.benchmark(stage["model"], data.test, **options)
@@ -237,7 +238,12 @@ def run(
         # params/MACs of the model this artifact was exported from, not of the final stage
         runtime = "tflm" if formats.get(item["format"]).runtime == "tflm" else None
         res = bench.benchmark(
-            art.path, data.test, model=item["stage"]["model"], runtime=runtime, **options
+            art.path,
+            data.test,
+            model=item["stage"]["model"],
+            runtime=runtime,
+            attack_model=item["stage"]["model"] if cfg.bench.robust_epsilon is not None else None,
+            **options,
         )
         rows.append(_row(item["stage"]["stage"], item["format"], art.path, res, art.check))
     for row in rows:
@@ -272,6 +278,8 @@ def _row(stage, fmt, path, res, check) -> dict:
         r.update({k if k == "gzip_bytes" else "bytes": v for k, v in file_sizes(path).items()})
     keep = ("accuracy", "bytes", "gzip_bytes", "params", "macs", "latency_ms", "concurrency")
     keep += ("arena_bytes", "flash_bytes", "micro")  # TFLite Micro, for int8 .tflite artifacts
+    if r.get("robust_accuracy") is not None:
+        keep += ("robust_accuracy", "robust_attack")
     return {
         "stage": stage,
         "format": fmt,

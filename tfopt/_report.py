@@ -134,6 +134,20 @@ def write_report(report: dict, run_dir: Path) -> None:
     micro = micro_table(report["results"])
     if micro:  # int8 .tflite artifacts run in TFLite Micro too: arena (peak RAM) and flash
         md += ["## On a microcontroller (TensorFlow Lite for Microcontrollers)", *micro, ""]
+    robust = [r for r in report["results"] if r.get("robust_accuracy") is not None]
+    if robust:
+        md += [
+            "## Under adversarial attack",
+            "",
+            "| stage | format | accuracy | robust accuracy | attack |",
+            "|---|---|---|---|---|",
+        ]
+        md += [
+            f"| {r['stage']} | {r['format']} | {r['accuracy']:.4f} | {r['robust_accuracy']:.4f} "
+            f"| {r['robust_attack']} |"
+            for r in robust
+        ]
+        md.append("")
     load = throughput_table(report["results"])
     if load:
         md += ["## Under concurrent load", "", load, ""]

@@ -175,6 +175,9 @@ class BenchResult:
             (``micro["flash_note"]`` says what is not counted).
         micro: what `micro_measure` found (ops, resolver calls, TFLM's argmax agreement with
             LiteRT) or why TFLM was not measured (``{"skipped": reason}``); empty when not asked.
+        robust_accuracy: accuracy under PGD at ``robust_epsilon`` through the runtime (None unless
+            asked); ``robust_attack`` says how the examples were made (white-box on the Keras
+            model, or transferred from the Keras model to an artifact without gradients).
     """
 
     artifact: str
@@ -193,9 +196,44 @@ class BenchResult:
     arena_bytes: int | None = None
     flash_bytes: int | None = None
     micro: dict = field(default_factory=dict)
+    robust_accuracy: float | None = None
+    robust_epsilon: float | None = None
+    robust_attack: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _robust(result, artifact, runner, x, y, epsilon, attack_model, steps) -> None:
+    from tfopt import robust
+    from tfopt._backend import import_keras
+
+    keras = import_keras()
+    if y is None:
+        raise ValueError("robust_epsilon needs labelled data=(x, y)")
+    if isinstance(attack_model, str | Path):
+        from tfopt.models import load
+
+        attack_model = load(attack_model)
+    white_box = attack_model is None
+    if white_box:
+        if isinstance(artifact, keras.Model):
+            attack_model = artifact
+        elif str(artifact).endswith(".keras"):
+            from tfopt.models import load
+
+            attack_model = load(artifact)
+        else:
+            raise ValueError(
+                f"robust_epsilon on {artifact} needs attack_model= (the Keras model it was "
+                "exported from): its runtime gives no gradients, so the PGD examples are made on "
+                "the Keras model and run through the artifact (a transfer attack)"
+            )
+    x_adv = robust.pgd(attack_model, x, y, epsilon=epsilon, steps=steps)
+    result.robust_accuracy = _accuracy(runner, (x_adv, y))
+    result.robust_epsilon = float(epsilon)
+    kind = "white-box" if white_box else f"transfer from Keras model {attack_model.name!r}"
+    result.robust_attack = f"PGD-{steps} L-inf eps={epsilon:g}, {kind}, through {runner.runtime}"
 
 
 def _latency(runner, sample: np.ndarray, *, warmup: int, runs: int) -> dict[str, float]:
@@ -260,6 +298,9 @@ def benchmark(
     name: str | None = None,
     runtime: str | None = None,
     micro: bool | None = None,
+    robust_epsilon: float | None = None,
+    attack_model=None,
+    attack_steps: int = 10,
 ) -> BenchResult:
     """Measures an artifact in its own runtime: accuracy, size, params/MACs, latency, throughput.
 
@@ -292,6 +333,14 @@ def benchmark(
         micro: measure the ``.tflite`` model in TFLite Micro too (`micro_measure`: arena bytes,
             flash bytes, argmax agreement with LiteRT on the data). Defaults to None: for int8
             models when tflite-micro is installed, and always with ``runtime="tflm"``.
+        robust_epsilon: also measure accuracy under a PGD attack at this L-inf radius
+            (`tfopt.robust.robust_accuracy`). Defaults to None (no attack).
+        attack_model: the Keras model (or ``.keras`` path) the PGD examples are made on. For a
+            Keras artifact it defaults to the artifact (white-box); exported artifacts (TFLite,
+            ONNX, SavedModel) give no gradients, so their examples come from this model and run
+            through the artifact's runtime (a transfer attack; the default is ``model``).
+            Defaults to None.
+        attack_steps: PGD steps. Defaults to 10.
 
     Returns:
         A `BenchResult`.
@@ -345,6 +394,8 @@ def benchmark(
         result.micro = micro_measure(content, sample, runner=runner, logits=logits)
         result.arena_bytes = result.micro.get("arena_bytes")
         result.flash_bytes = result.micro.get("flash_bytes")
+    if robust_epsilon is not None:
+        _robust(result, artifact, runner, x, y, robust_epsilon, attack_model or model, attack_steps)
     result.latency_ms = _latency(runner, x[:1], warmup=warmup, runs=runs)
     for clients in levels:
         result.concurrency.append(

@@ -81,6 +81,19 @@ def add_parser(sub):
         "--requests", type=int, help="stop a level early after this many requests (default: no cap)"
     )
     p.add_argument("--runs", type=int, default=200, help="timed single-request runs (default: 200)")
+    p.add_argument(
+        "--robust-epsilon",
+        type=float,
+        metavar="EPS",
+        help="also measure accuracy under PGD-10 at this L-inf radius (needs --data)",
+    )
+    p.add_argument(
+        "--attack-model",
+        metavar="M.keras",
+        help="the Keras model the PGD examples are made on (needed for .tflite/.onnx/SavedModel "
+        "artifacts, which give no gradients: a transfer attack); .keras artifacts are attacked "
+        "white-box",
+    )
     p.add_argument("--json", dest="json_path", metavar="OUT.json", help="write the results as JSON")
     p.add_argument(
         "--report", metavar="DIR", help="write bench.md, bench.json and PNG plots to DIR"
@@ -95,6 +108,8 @@ def main(args) -> int:
     from tfopt import bench
 
     data = None
+    if args.robust_epsilon is not None and not args.data:
+        raise ValueError("--robust-epsilon needs --data (labelled test data to attack)")
     if args.data:
         from tfopt.cli._export import _load_data
 
@@ -115,9 +130,14 @@ def main(args) -> int:
                 duration_s=args.duration,
                 runs=args.runs,
                 runtime=args.runtime,
+                robust_epsilon=args.robust_epsilon,
+                attack_model=args.attack_model,
             )
         )
     print(bench.format_table(results), end="")
+    for r in results:
+        if r.robust_accuracy is not None:
+            print(f"{r.artifact}: robust accuracy {r.robust_accuracy:.4f} ({r.robust_attack})")
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")

@@ -104,6 +104,8 @@ class BenchConfig(Section):
     concurrency: list[int] = Field(default_factory=lambda: [1])  # client counts of the load test
     duration_s: float = Field(3.0, gt=0.0, le=3600.0)  # seconds each load-test level runs
     micro_batch: bool = False  # group waiting requests into one batch in the load test
+    # accuracy under PGD-10 at this L-inf radius (Keras rows white-box; artifacts by transfer)
+    robust_epsilon: float | None = Field(None, ge=0.0)
 
     @field_validator("concurrency")
     @classmethod

@@ -17,6 +17,15 @@ def _as_probabilities(model, outputs):
     return outputs if ends_in_softmax(model) else keras.ops.softmax(outputs, axis=-1)
 
 
+def _named(member, index: int):
+    """``member`` under a unique name (members built alike share one): a functional view of its
+    layers (not a copy, and the member itself is not renamed); a subclassed member as it is."""
+    if getattr(member, "inputs", None) and getattr(member, "outputs", None):
+        inputs = member.inputs[0] if len(member.inputs) == 1 else member.inputs
+        return keras.Model(inputs, member.outputs[0], name=f"member_{index}")
+    return member
+
+
 def ensemble_model(members: Sequence, *, name: str = "ensemble"):
     """A functional model whose output is the mean of the members' class probabilities.
 
@@ -48,7 +57,7 @@ def ensemble_model(members: Sequence, *, name: str = "ensemble"):
             f"ensemble members must share input and output shapes. Received: {sorted(shapes)}"
         )
     inp = keras.Input(members[0].input_shape[1:], name="input")
-    probs = [_as_probabilities(m, m(inp, training=False)) for m in members]
+    probs = [_as_probabilities(m, _named(m, i)(inp, training=False)) for i, m in enumerate(members)]
     mean = keras.layers.Average(name="mean_probabilities")(probs)
     # a Softmax-named output: probabilities for the Distiller (softmax of log p is p itself)
     out = keras.layers.Activation("softmax", name="probabilities")(keras.ops.log(mean + 1e-12))
