@@ -163,3 +163,11 @@ def test_qat_int4_weights_are_int4_in_the_converted_file(trained, digits, tmp_pa
     np.testing.assert_allclose(micro.get_output(0), TFLiteRunner(content).predict(x[:1]), atol=1e-4)
     with pytest.raises(ValueError, match="bits values must be 4 or 8"):
         tfopt.quantize.qat(trained, bits={"fc": 2})
+
+
+def test_missing_quantizer_says_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)  # import fails as if absent
+    with pytest.raises(tfopt.MissingDependencyError, match=r"pip install 'tfopt\[lowbit\]'"):
+        tfopt.export.lowbit(_model(), tmp_path / "m.tflite")
