@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tfopt
+from tfopt.bench._runners import TFLiteRunner
 from tfopt.quantize._lowbit import MODES, weight_types
 
 pytest.importorskip("ai_edge_quantizer")
@@ -131,3 +132,42 @@ def test_sensitivity_and_choose_bits(trained, digits):
     }
     with pytest.raises(ValueError, match="max_accuracy_drop must be >= 0"):
         tfopt.quantize.choose_bits(trained, val, max_accuracy_drop=-1.0, table=table)
+
+
+def test_qat_int4_weights_are_int4_in_the_converted_file(trained, digits, tmp_path):
+    """qat(bits={regex: 4}): 15-level fake-quant weights; the TFLite converter stores them as
+    INT4 (packed), int8 activations stay, and both LiteRT and TFLite Micro run the file."""
+    x, _ = digits
+    q = tfopt.quantize.qat(trained, bits={"conv|fc": 4})
+    assert "int4 weights" in q.qat_report.changed["conv"]
+    assert "int4" not in q.qat_report.changed["logits"]
+    from tfopt.quantize._layers import _symmetric
+
+    w = keras.ops.convert_to_numpy(_symmetric(q.get_layer("quant_fc").layer.kernel, bits=4))
+    assert len(np.unique(w)) <= 15  # narrow-range 4 bits: the levels -7..7
+    art = tfopt.export.tflite(q, tmp_path / "q4.tflite", quantization="int8", check_data=x[:200])
+    assert art.check["argmax_agreement"] >= 0.9
+    content = art.path.read_bytes()
+    assert weight_types(content, ["quant_conv", "quant_fc", "quant_logits"]) == {
+        "quant_conv": "INT4",
+        "quant_fc": "INT4",
+        "quant_logits": "INT8",
+    }
+    path = tmp_path / "q4.keras"
+    q.save(path)
+    assert keras.models.load_model(path).get_layer("quant_fc").weight_bits == 4
+    tflm = pytest.importorskip("tflite_micro")
+    micro = tflm.runtime.Interpreter.from_bytes(content)
+    micro.set_input(x[:1], 0)
+    micro.invoke()
+    np.testing.assert_allclose(micro.get_output(0), TFLiteRunner(content).predict(x[:1]), atol=1e-4)
+    with pytest.raises(ValueError, match="bits values must be 4 or 8"):
+        tfopt.quantize.qat(trained, bits={"fc": 2})
+
+
+def test_missing_quantizer_says_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)  # import fails as if absent
+    with pytest.raises(tfopt.MissingDependencyError, match=r"pip install 'tfopt\[lowbit\]'"):
+        tfopt.export.lowbit(_model(), tmp_path / "m.tflite")

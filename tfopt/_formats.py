@@ -26,7 +26,7 @@ class Format:
     Attributes:
         name: the user-facing name (``tfopt export --format``, ``export.formats`` in configs).
         exporter: the public `tfopt.export` function that writes it (``"tflite"``, ``"onnx"``,
-            ``"savedmodel"``, ``"triton"``, ``"tensorrt"``).
+            ``"savedmodel"``, ``"triton"``, ``"tensorrt"``, ``"lowbit"``: ai-edge-quantizer).
         fixed: the exporter options the name fixes, e.g. ``(("quantization", "int8"),)``.
         runtime: the runtime that opens the artifact in `tfopt.bench` (``"tflite"`` is LiteRT,
             ``"tflm"`` TFLite Micro, ``"onnxruntime"``, ``"savedmodel"``), or None when tfopt cannot run it here

@@ -63,10 +63,17 @@ def lowbit(
         {'conv1': 'INT8', 'fc1': 'INT4', 'logits': 'INT8'}
     """
     from tfopt.bench._runners import TFLiteRunner
-    from tfopt.quantize._lowbit import _float_tflite, _layer_names, get_mode, quantize_flatbuffer
+    from tfopt.quantize._lowbit import (
+        _aeq,
+        _float_tflite,
+        _layer_names,
+        get_mode,
+        quantize_flatbuffer,
+    )
 
     check_model(model)
     get_mode(mode)
+    _aeq()  # a missing ai-edge-quantizer is reported before any conversion
     fmt = f"tflite-{mode}"
     plain = float32_copy(graph_model(model))
     single_input(plain, fmt)

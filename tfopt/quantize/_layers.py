@@ -143,13 +143,16 @@ def einsum_plan(layer) -> tuple[int, tuple[int, ...]] | None:
     return n, tuple(k.index(c) for c in contracted + kept)
 
 
-def _symmetric(w, axis=None):
-    """Symmetric narrow-range fake-quant of a weight: per tensor, or per channel on the last axis."""
+def _symmetric(w, axis=None, bits: int = 8):
+    """Symmetric narrow-range fake-quant of a weight: per tensor, or per channel on the last axis.
+
+    ``bits=4``: 15 levels in [-7, 7]; the TFLite converter stores such weights as INT4.
+    """
     if axis is None:
         m = ops.maximum(ops.max(ops.abs(w)), _MIN_RANGE)
-        return fake_quant(w, -m, m, num_bits=8, narrow_range=True)
+        return fake_quant(w, -m, m, num_bits=bits, narrow_range=True)
     m = ops.maximum(ops.max(ops.abs(w), axis=tuple(range(len(w.shape) - 1))), _MIN_RANGE)
-    return fake_quant(w, -m, m, num_bits=8, narrow_range=True, axis=-1)
+    return fake_quant(w, -m, m, num_bits=bits, narrow_range=True, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
@@ -175,6 +178,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
             already comes out of an int8 range (see `is_int8`). Defaults to False.
         preserve_sparsity: keep the kernel's exact zeros at zero (a mask taken when the wrapper is
             built on a layer with weights). Defaults to True.
+        weight_bits: 8, or 4 (int4 weights: the TFLite converter stores them as INT4 and int8
+            activations stay; LiteRT and TFLite Micro run Conv2D/FullyConnected with them).
+            Defaults to 8.
         **kwargs: `keras.layers.Layer` arguments.
 
     Example:
@@ -189,9 +195,13 @@ class QuantizeWrapper(keras.layers.Wrapper):
         quantize_output: bool = True,
         quantize_input: bool = False,
         preserve_sparsity: bool = True,
+        weight_bits: int = 8,
         **kwargs,
     ):
         super().__init__(layer, **kwargs)
+        if weight_bits not in (4, 8) or isinstance(weight_bits, bool):
+            raise ValueError(f"weight_bits must be 4 or 8. Received: weight_bits={weight_bits!r}")
+        self.weight_bits = int(weight_bits)
         kind = KINDS.get(type(layer).__name__)
         if kind is None:
             raise ValueError(
@@ -274,11 +284,11 @@ class QuantizeWrapper(keras.layers.Wrapper):
         """Applies the layer's linear op with ``kernel`` (fake-quantized if ``quantize``)."""
         layer = self.layer
         if kind == "dense":
-            return ops.matmul(x, _symmetric(kernel) if quantize else kernel)
+            return ops.matmul(x, _symmetric(kernel, bits=self.weight_bits) if quantize else kernel)
         if kind == "conv1d":
             k4 = ops.expand_dims(kernel, 0)
             if quantize:
-                k4 = _symmetric(k4, axis=-1)
+                k4 = _symmetric(k4, axis=-1, bits=self.weight_bits)
             x4 = ops.expand_dims(x, 1)
             padding = layer.padding
             if padding == "causal":
@@ -294,11 +304,15 @@ class QuantizeWrapper(keras.layers.Wrapper):
             )
             return ops.squeeze(y, 1)
         if kind == "pointwise":  # the 1x1 second half of a SeparableConv2D
-            return ops.conv(x, _symmetric(kernel, axis=-1) if quantize else kernel, padding="valid")
+            return ops.conv(
+                x,
+                _symmetric(kernel, axis=-1, bits=self.weight_bits) if quantize else kernel,
+                padding="valid",
+            )
         if kind == "conv2d":
             return ops.conv(
                 x,
-                _symmetric(kernel, axis=-1) if quantize else kernel,
+                _symmetric(kernel, axis=-1, bits=self.weight_bits) if quantize else kernel,
                 strides=layer.strides,
                 padding=layer.padding,
                 dilation_rate=layer.dilation_rate,
@@ -316,7 +330,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if kind == "conv_transpose":
             return ops.conv_transpose(
                 x,
-                _symmetric(kernel) if quantize else kernel,
+                _symmetric(kernel, bits=self.weight_bits) if quantize else kernel,
                 strides=layer.strides,
                 padding=layer.padding,
                 output_padding=layer.output_padding,
@@ -327,7 +341,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def _depthwise_fq(self, dk):
         """Per-channel fake-quant of a depthwise kernel over its in * multiplier output channels."""
         kh, kw, cin, mult = dk.shape
-        flat = _symmetric(ops.reshape(dk, (kh, kw, 1, cin * mult)), axis=-1)
+        flat = _symmetric(ops.reshape(dk, (kh, kw, 1, cin * mult)), axis=-1, bits=self.weight_bits)
         return ops.reshape(flat, (kh, kw, cin, mult))
 
     @staticmethod
@@ -352,7 +366,11 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def _call(self, x, training):
         kind, layer = self.kind, self.layer
         if kind == "embedding":
-            y = ops.take(_symmetric(self._masked(layer.embeddings)), ops.cast(x, "int32"), axis=0)
+            y = ops.take(
+                _symmetric(self._masked(layer.embeddings), bits=self.weight_bits),
+                ops.cast(x, "int32"),
+                axis=0,
+            )
             return self._out(y, training)
         if kind == "batchnorm":
             return self._call_batchnorm(x, training)
@@ -459,6 +477,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             quantize_output=self.quantize_output,
             quantize_input=self.quantize_input,
             preserve_sparsity=self.preserve_sparsity,
+            weight_bits=self.weight_bits,
         )
         return config
 

@@ -151,7 +151,38 @@ def _unquantizable(layer) -> str | None:
     return None
 
 
-def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = True):
+def _bits_rule(bits):
+    """``layer -> weight bits`` for ``qat(bits=)``: the last regex key found in the name wins."""
+    if bits is None:
+        return lambda layer: 8
+    if not isinstance(bits, dict):
+        raise TypeError(
+            f"bits must be a dict {{layer regex: 4 or 8}}. Received: bits={bits!r} of type "
+            f"{type(bits).__name__}"
+        )
+    for key, value in bits.items():
+        if value not in (4, 8) or isinstance(value, bool):
+            raise ValueError(f"bits values must be 4 or 8. Received: bits[{key!r}]={value!r}")
+    rules = [(layer_filter(k), v) for k, v in bits.items()]
+
+    def rule(layer) -> int:
+        found = 8
+        for select, value in rules:
+            if select(layer):
+                found = value
+        return found
+
+    return rule
+
+
+def qat(
+    model,
+    *,
+    scheme: str = "int8",
+    filters=None,
+    preserve_sparsity: bool = True,
+    bits: dict | None = None,
+):
     """Returns a quantization-aware-training copy of ``model`` (the model itself is not changed).
 
     Weights are fake-quantized to int8 (per output channel for convolutions, per tensor for Dense,
@@ -179,6 +210,11 @@ def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = 
             (all supported layers).
         preserve_sparsity: keep exact zeros of kernels (e.g. of a pruned and stripped model) at
             zero during QAT and in the int8 file. Defaults to True.
+        bits: per-layer weight bits, ``{layer regex: 4 or 8}`` (the last matching key wins;
+            other layers 8). 4-bit weights are fake-quantized to 15 levels and the TFLite
+            converter stores them as INT4 (packed, half the bytes) with int8 activations; LiteRT
+            and TFLite Micro run Conv2D and FullyConnected with them. Sequential and functional
+            models only. Defaults to None (every layer 8).
 
     Returns:
         A new, uncompiled ``keras.Model`` with `QuantizeWrapper` and `ActivationQuantizer` layers
@@ -200,9 +236,15 @@ def qat(model, *, scheme: str = "int8", filters=None, preserve_sparsity: bool = 
     if scheme not in SCHEMES:
         raise ValueError(f"Unrecognized scheme={scheme!r}. Supported schemes are: {list(SCHEMES)}")
     selected = layer_filter(filters)
+    _bits_rule(bits)  # checks bits
     report = Report("qat", details={"folded": {}, "ranges": []})
     if is_graph_model(model):
-        new = _QATRewrite(model, selected, preserve_sparsity, report).run()
+        new = _QATRewrite(model, selected, preserve_sparsity, report, bits).run()
+    elif bits is not None:
+        raise ValueError(
+            "bits= (per-layer weight bits) applies to Sequential and functional models; "
+            f"{type(model).__name__} is subclassed."
+        )
     else:
         new = _rewrite_subclassed(model, selected, preserve_sparsity, report)
     return attach_report(new, report, "qat_report")
@@ -235,15 +277,18 @@ def _is_float(t) -> bool:
 class _QATRewrite(GraphRewrite):
     """Rebuilds a graph model with QAT layers: wrappers (BatchNorm folded), activation ranges."""
 
-    def __init__(self, model, selected, preserve_sparsity, report):
+    def __init__(self, model, selected, preserve_sparsity, report, bits=None):
         super().__init__(model, "qat()")
         self.selected, self.preserve_sparsity, self.report = selected, preserve_sparsity, report
+        self.bits, self.weight_bits = bits, _bits_rule(bits)
         self.ranges = _Ranges(report)
         for layer in self.func.layers:
             self.ranges.used.add(layer.name)
 
     def nested(self, model):  # a nested model is quantized on its own
-        new = qat(model, filters=self.selected, preserve_sparsity=self.preserve_sparsity)
+        new = qat(
+            model, filters=self.selected, preserve_sparsity=self.preserve_sparsity, bits=self.bits
+        )
         self.report.merge(new.qat_report, model.name)
         return new
 
@@ -337,6 +382,7 @@ class _QATRewrite(GraphRewrite):
             quantize_output=self.wants_range(final_t)
             or (self.calls[id(op)] > 1 and _is_float(final_t)),
             preserve_sparsity=self.preserve_sparsity,
+            weight_bits=self.weight_bits(op),
             name=f"quant_{op.name}",
         )
         outputs = wrapper(*args)
@@ -422,6 +468,8 @@ def _describe(wrapper: QuantizeWrapper) -> str:
         "batchnorm": "int8 multiply + add",
     }[wrapper.kind]
     text = f"{type(wrapper.layer).__name__}, {per}"
+    if wrapper.weight_bits != 8:
+        text = text.replace(" weights", f" int{wrapper.weight_bits} weights", 1)
     if wrapper.batchnorm is not None:
         text += f", folded {wrapper.batchnorm.name}"
     if wrapper.mask is not None and float(keras.ops.min(wrapper.mask)) == 0.0:
