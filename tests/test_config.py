@@ -44,7 +44,10 @@ TRAIN_KEYS = (
             "export.formats=[tflite-int9]",
             "export.formats: unknown format 'tflite-int9' (did you mean 'tflite-int8'?).",
         ),
-        ("model.path=model.h5", "model.path: must be a .keras file. Received: 'model.h5'"),
+        (
+            "model.path=model.pt",
+            "model.path: must be a .keras (or legacy .h5) file. Received: 'model.pt'",
+        ),
         ("steps=[{type: prnue}]", "steps[0].type: unknown step type 'prnue'"),
         ("steps=3", "steps: must be a list of steps (got 3)"),
         ("train", "override 'train' must look like key.path=value"),

@@ -70,6 +70,9 @@ def test_load_legacy_h5_written_by_keras3(tmp_path):
     x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), m.predict(x, verbose=0), atol=1e-6)
     assert [layer.name for layer in loaded.layers] == ["x", "fc1", "out"]
+    # and a config accepts it as the model (`tfopt run --model m.h5`)
+    cfg = tfopt.config.load(None, overrides=[f"model.path={tmp_path / 'm.h5'}", "model.name=null"])
+    assert cfg.model.path.endswith("m.h5")
 
 
 def test_unloadable_h5_and_corrupt_keras_say_what_to_do(tmp_path):

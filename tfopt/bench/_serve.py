@@ -334,7 +334,10 @@ def _in_processes(
         def receive(i, expect, timeout):
             conn, proc = conns[i], procs[i]
             # wakes on a message or on the process's exit, whichever comes first
-            multiprocessing.connection.wait([conn, proc.sentinel], timeout)
+            ready = multiprocessing.connection.wait([conn, proc.sentinel], timeout)
+            if proc.sentinel in ready and not conn.poll():
+                # the sentinel closes while the process exits, a moment before waitpid sees it
+                proc.join(timeout=5)
 
             def died():
                 proc.join(timeout=5)

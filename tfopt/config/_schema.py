@@ -57,8 +57,8 @@ class ModelConfig(Section):
     @field_validator("path")
     @classmethod
     def _keras_file(cls, v: str | None) -> str | None:
-        if v is not None and not v.endswith(".keras"):
-            raise ValueError(f"must be a .keras file. Received: {v!r}")
+        if v is not None and not v.lower().endswith((".keras", ".h5", ".hdf5")):
+            raise ValueError(f"must be a .keras (or legacy .h5) file. Received: {v!r}")
         return v
 
 
