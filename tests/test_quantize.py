@@ -125,12 +125,13 @@ def test_folded_batchnorm_matches_the_float_model_at_inference():
             layer.momentum = 0.0
     q(x, training=True)
     moving = q.get_layer("quant_c1").batchnorm.moving_mean.numpy()
-    # the training pass updated the folded BatchNorm's statistics like BatchNorm would
+    # the training pass updated the folded BatchNorm's statistics like BatchNorm would, from the
+    # convolution with the int8 (per-channel, error <= max|w| / 254 per weight) folded kernel
     bn = model.get_layer("bn1")
     conv_out = keras.Model(model.input, model.get_layer("c1").output).predict(x, verbose=0)
     m = bn.momentum
     expected = m * bn.moving_mean.numpy() + (1 - m) * conv_out.mean(axis=(0, 1))
-    np.testing.assert_allclose(moving, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(moving, expected, rtol=0.01, atol=0.01 * np.abs(expected).max())
     q.get_layer("quant_c1").batchnorm.moving_mean.assign(bn.moving_mean)
     q.get_layer("quant_c1").batchnorm.moving_variance.assign(bn.moving_variance)
     # at inference the folded conv + BN + ReLU equals the float one up to int8 rounding
