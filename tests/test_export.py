@@ -304,6 +304,12 @@ def test_one_formats_table_feeds_config_cli_export_bench_and_search(
         "tflite-int8",
         "tflite-int16x8",
         "tflm",
+        "tflite-w4",
+        "tflite-w8",
+        "tflite-dynamic-w4",
+        "tflite-dynamic-w8",
+        "tflite-w8a8",
+        "tflite-w8a16",
         "onnx",
         "savedmodel",
         "triton",
@@ -428,9 +434,12 @@ def test_int8_label_is_verified_from_the_tensor_types(model, x, tmp_path):
     )
     types = art.info["tensor_types"]
     assert types["float32"] == 2 and types["int8"] > 0  # only the float input and output
+    assert art.info["float_ops"] == []  # every op computes in int8
     dyn = tfopt.export.tflite(model, tmp_path / "d.tflite", quantization="dynamic")
     # a model that is not int8 (float activations) is refused under the int8 label
-    with pytest.raises(ExportCheckError, match=r"not int8: its tensor types are \{'float32': "):
+    with pytest.raises(
+        ExportCheckError, match=r"not int8: no op computes in int8 \(tensor types \{'float32': "
+    ):
         check_tensor_types(dyn.path.read_bytes(), "int8")
     check_tensor_types(art.path.read_bytes(), "int8")
 

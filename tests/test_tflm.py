@@ -207,12 +207,26 @@ def test_auto_rejects_candidates_over_the_ram_budget(tmp_path):
     assert "RAM (TFLite Micro arena) <= 1,024 B" in md
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["front_objectives"]["arena_bytes"] == "min"
-    # resumed with room to spare: the same trial fits, nothing re-runs
+    # the budgets steer the search (its score), so a resume with other budgets is refused
+    from tfopt.errors import RunMismatchError
+
+    with pytest.raises(RunMismatchError, match=r"settings.budgets.max_ram: 1024 -> 65536"):
+        tfopt.auto.optimize(
+            model,
+            (x, y),
+            (x, y),
+            max_ram="64KB",
+            objective="ram",
+            out_dir=tmp_path / "a",
+            **options,
+        )
+    # with room to spare the same model fits
     res = tfopt.auto.optimize(
-        model, (x, y), (x, y), max_ram="64KB", objective="ram", out_dir=tmp_path / "a", **options
+        model, (x, y), (x, y), max_ram="64KB", objective="ram", out_dir=tmp_path / "b", **options
     )
-    assert res.best["trial_id"] == c["trial_id"] and res.best["rejected"] is None
-    assert "TFLM vs LiteRT" in (tmp_path / "a" / "report.md").read_text()
+    assert res.best is not None and res.best["rejected"] is None
+    assert res.best["arena_bytes"] == arena
+    assert "TFLM vs LiteRT" in (tmp_path / "b" / "report.md").read_text()
 
 
 def test_score_ram_objective_and_memory_budgets():

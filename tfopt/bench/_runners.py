@@ -443,13 +443,13 @@ def _first_line(e: Exception) -> str:
 
 def open_file(runner_cls, path: Path, kind: str, **kwargs):
     """``runner_cls(path, **kwargs)``; a file the runtime cannot read raises `ArtifactError`."""
-    from tfopt.errors import ArtifactError, MissingDependencyError
+    from tfopt.errors import ArtifactError, TfoptError
 
     if path.stat().st_size == 0:
         raise ArtifactError(f"{str(path)!r} is empty (0 bytes): not a {kind} model; re-export it")
     try:
         return runner_cls(path, **kwargs)
-    except MissingDependencyError:
+    except TfoptError:  # tfopt's own errors say what is wrong (a missing package, ops TFLM lacks)
         raise
     except Exception as e:  # each runtime has its own error types for a corrupt file
         raise ArtifactError(

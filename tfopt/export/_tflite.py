@@ -173,38 +173,53 @@ def tensor_types(content: bytes) -> tuple[dict[str, int], dict[str, int]]:
     return every, inner
 
 
-def check_tensor_types(content: bytes, quantization: str, *, qat: bool = False) -> dict[str, int]:
-    """Checks that a converted model holds the tensor types its ``quantization`` promises.
+def op_types(content: bytes) -> list[tuple[str, list[str], list[str]]]:
+    """``[(op name, input dtypes, output dtypes)]`` of a ``.tflite`` flatbuffer, in order."""
+    from ai_edge_litert.interpreter import Interpreter
 
-    ``int8`` (post-training): every tensor but the model's inputs and outputs is an integer
-    (no float32 left); a QAT model, whose skipped layers stay float, must still hold int8
-    tensors. ``int16x8``: int16 activations. Other quantizations are not checked.
+    interpreter = Interpreter(model_content=content)
+    dtypes = [np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()]
+    return [
+        (
+            op["op_name"],
+            [dtypes[i] for i in op["inputs"] if i >= 0],
+            [dtypes[i] for i in op["outputs"] if i >= 0],
+        )
+        for op in interpreter._get_ops_details()
+    ]
+
+
+def check_tensor_types(content: bytes, quantization: str) -> tuple[dict[str, int], list[str]]:
+    """Checks that a converted model computes in the type its ``quantization`` promises.
+
+    ``int8`` / ``int16x8``: some op besides QUANTIZE/DEQUANTIZE must produce int8 (int16)
+    activations; a model that computes only in float (e.g. converted without calibration data,
+    or dynamic-range) is refused. Ops TFLite has no such kernel for (``CONV_3D``) may stay float:
+    they are returned, never hidden. Other quantizations are not checked.
 
     Returns:
-        ``{dtype: count}`` over every tensor.
+        ``({dtype: count} over every tensor, the names of the ops that still compute in
+        float32)``; the list is empty for the other quantizations.
 
     Raises:
-        ExportCheckError: the model does not hold what its name says (e.g. float32 only,
-            labelled int8), with the counts.
+        ExportCheckError: the model does not compute in the type its name says, with the counts.
     """
     from tfopt.errors import ExportCheckError
 
     every, inner = tensor_types(content)
     want = _EXPECTED_TYPE.get(quantization)
     if want is None:
-        return every
-    wrong = want not in inner
-    if quantization == "int8" and not qat and inner.get("float32", 0):
-        wrong = True
-    if wrong:
+        return every, []
+    edges = ("QUANTIZE", "DEQUANTIZE")
+    ops = [op for op in op_types(content) if op[0] not in edges]
+    if not any(want in outs for _, _, outs in ops):
         raise ExportCheckError(
-            f"the converter produced a model that is not {quantization}: its tensor types are "
-            f"{dict(sorted(inner.items()))} besides the inputs and outputs (expected "
-            f"{want} tensors{', and no float32' if quantization == 'int8' else ''}); "
-            "nothing was written. For int8, give representative data of the model's input "
-            "shape (at least 1 sample, a few hundred recommended)"
+            f"the converter produced a model that is not {quantization}: no op computes in "
+            f"{want} (tensor types {dict(sorted(inner.items()))} besides the inputs and "
+            "outputs); nothing was written. For int8, give representative data of the model's "
+            "input shape (at least 1 sample, a few hundred recommended)"
         )
-    return every
+    return every, sorted({name for name, _, outs in ops if "float32" in outs})
 
 
 def tflite(
@@ -298,12 +313,14 @@ def tflite(
         )
     fmt = "tflite" if quantization == "float32" else f"tflite-{quantization}"
     x = check_inputs(model, check_data, representative_data)
+    # checked before the file is written: a file is never labelled with a type it lacks
+    types, float_ops = check_tensor_types(content, quantization)
     info = {
         "quantization": quantization,
         "fixed_batch": fixed_batch,
         "select_tf_ops": select_tf_ops,
-        # checked before the file is written: a file is never labelled with a type it lacks
-        "tensor_types": check_tensor_types(content, quantization, qat=is_qat(model)),
+        "tensor_types": types,
+        "float_ops": float_ops,  # ops without an integer kernel (e.g. CONV_3D) stay float
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
