@@ -39,6 +39,9 @@ class ZooModel:
         single_io: one input and one output (what `tfopt.export` formats accept).
         float16: computes in float16 (mixed precision): parity tolerances are float16's.
         slow: a keras.applications model (150 layers): its cells carry ``pytest.mark.slow``.
+        in_suite: its cells run in tests/test_conformance.py. False: only in
+            benchmarks/conformance_matrix.py (an example whose structures the suite covers with
+            smaller models; the suite must stay within 20 minutes on 2 cores).
         ptq_int8: post-training int8 runs on the plain model. False for recurrent layers: the
             TFLite converter of TF 2.21 crashes the process (SIGSEGV) calibrating a GRU/LSTM
             at a fixed batch; their QAT int8 export works.
@@ -54,6 +57,7 @@ class ZooModel:
     single_io: bool = True
     float16: bool = False
     slow: bool = False
+    in_suite: bool = True
     ptq_int8: bool = True
     export_options: dict = field(default_factory=dict)
 
@@ -416,7 +420,14 @@ _FIXED_BATCH = {"tflite": {"fixed_batch": 1}, "tflite-int8": {"fixed_batch": 1}}
 ZOO: dict[str, ZooModel] = {
     e.name: e
     for e in [
-        _entry(mobilenet_v2, lambda: _images((32, 32, 3)), from_logits=False, slow=True),
+        # inverted residuals + ReLU6 are in the suite through tests/test_qat_families.py
+        _entry(
+            mobilenet_v2,
+            lambda: _images((32, 32, 3)),
+            from_logits=False,
+            slow=True,
+            in_suite=False,
+        ),
         _entry(
             mobilenet_v3_small,
             lambda: _images((32, 32, 3), low=0.0, high=255.0),
