@@ -64,6 +64,20 @@ def test_plots_leave_pyplot_alone(tmp_path):
     assert plot_accuracy_vs_size(rows, tmp_path / "r.png") == tmp_path / "r.png"
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert matplotlib.get_backend() == backend and plt.get_fignums() == figures
+    # tfopt auto's Pareto plot too (it used to switch the process's backend to Agg)
+    from tfopt.auto._report import plot
+
+    point = {"status": "COMPLETED", "trial_id": "0", "val_accuracy": 0.9, "gzip_bytes": 9_000,
+             "latency_ms": 0.2}  # fmt: skip
+    data = {"baseline": {**point, "gzip_bytes": 40_000}, "candidates": [point], "front": ["0"],
+            "max_accuracy_drop": 0.01, "best": point, "target": "tflite-int8",
+            "objective": "size"}  # fmt: skip
+    matplotlib.use("svg")  # not Agg: a plot that switches the backend shows here
+    try:
+        assert plot(tmp_path / "p.png", data).read_bytes()[:4] == b"\x89PNG"
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
+    finally:
+        matplotlib.use(backend)
 
 
 def test_cli_prints_no_litert_or_tensorflow_chatter(tmp_path):

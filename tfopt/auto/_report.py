@@ -217,16 +217,14 @@ def markdown(data: dict) -> str:
 
 def plot(path: Path, data: dict) -> Path:
     """Draws val accuracy vs gzip size and vs latency; the front and the budget line marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     base = data["baseline"]
     done = [c for c in data["candidates"] if c["status"] == "COMPLETED"]
     front = [c for c in done if c["trial_id"] in set(data["front"])]
     floor = base["val_accuracy"] - data["max_accuracy_drop"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
     for ax, key, label in (
         (axes[0], "gzip_bytes", "gzip size (KB, log)"),
         (axes[1], "latency_ms", "latency p50 (ms, log)"),
@@ -266,7 +264,6 @@ def plot(path: Path, data: dict) -> Path:
     fig.suptitle(f"tfopt auto: {data['target']}, objective {data['objective']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
