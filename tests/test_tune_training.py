@@ -169,6 +169,17 @@ def test_bad_input_is_one_line_before_training(tmp_path, capsys, override, messa
     assert not (tmp_path / "s" / "search").exists()  # nothing ran
 
 
+def test_overwrite_never_deletes_a_directory_tfopt_did_not_create(tmp_path, capsys):
+    from tfopt.cli import main
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "thesis.txt").write_text("x")
+    code = main(["tune", str(_config(tmp_path)), "--out", str(tmp_path / "d"), "--overwrite"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "was not created by tfopt" in err and "\n" not in err, err
+    assert (tmp_path / "d" / "thesis.txt").read_text() == "x"
+
+
 def test_augmentation_on_the_wrong_input_is_an_error():
     from tfopt._training import augmentation_layers
     from tfopt.config._train import AugmentConfig

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from pathlib import Path
+
+from tfopt import _rundir
 
 
 def add_parser(sub):
@@ -106,8 +107,8 @@ def main(args) -> int:
         st.make_tuner(cfg, hm, out_dir, max_trials=args.max_trials).serve(host, port)
         return 0
 
-    if args.overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
+    # --overwrite removes only a directory tfopt created; an existing search resumes
+    _rundir.prepare(out_dir, overwrite=args.overwrite, resume=True, by="tfopt tune")
     if not args.workers:
         res = st.search_training(
             path, overrides=overrides, out_dir=out_dir, max_trials=args.max_trials, log=log
