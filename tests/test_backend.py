@@ -49,3 +49,20 @@ def test_lazy_subpackages():
     assert "data" in dir(tfopt)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         tfopt.nope  # noqa: B018
+
+
+def test_quiet_hides_chatter_but_attaches_it_to_an_exception(capfd):
+    from tfopt._backend import quiet
+
+    with quiet():
+        os.write(2, b"C++ chatter\n")
+        print("a Python print")
+    assert capfd.readouterr() == ("", "")
+
+    with pytest.raises(RuntimeError, match="conversion failed") as info, quiet():
+        os.write(2, b"error: loc(fused[conv2]): op not supported\n")
+        raise RuntimeError("conversion failed")
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "error: loc(fused[conv2]): op not supported" in notes
+    os.write(2, b"restored\n")
+    assert capfd.readouterr().err == "restored\n"

@@ -11,11 +11,14 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import warnings
 
 from tfopt.errors import BackendError
 
 _TRUTHY = {"1", "true", "yes", "on"}
+# lines of captured TensorFlow output attached to an exception raised inside `quiet()`
+_NOTE_LINES = 40
 
 
 def check_environment() -> None:
@@ -86,32 +89,46 @@ def check_model(model, arg: str = "model"):
 @contextlib.contextmanager
 def quiet():
     """Silences TensorFlow's chatter: C++ logs (file descriptors 1 and 2), Python prints ("Saved
-    artifact at ..."), the tensorflow/absl/tf2onnx loggers and UserWarnings. Exceptions still
-    propagate; they are shown after the streams are restored."""
+    artifact at ..."), the tensorflow/absl/tf2onnx loggers and UserWarnings.
+
+    The chatter is captured, not thrown away: when the block raises, its last lines are attached to
+    the exception as a note (the converter's C++ diagnostics are often the only clue), and the
+    exception propagates after the streams are restored."""
     loggers = [logging.getLogger(name) for name in ("tensorflow", "absl", "tf2onnx")]
     levels = [lg.level for lg in loggers]
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    captured = tempfile.TemporaryFile()
+    py_out, py_err = io.StringIO(), io.StringIO()
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
+        os.dup2(captured.fileno(), 1)
+        os.dup2(captured.fileno(), 2)
         with (
             warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
+            contextlib.redirect_stdout(py_out),
+            contextlib.redirect_stderr(py_err),
         ):
             warnings.simplefilter("ignore", UserWarning)
             yield
+    except BaseException as e:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        captured.seek(0)
+        text = captured.read().decode(errors="replace") + py_out.getvalue() + py_err.getvalue()
+        tail = "\n".join(text.strip().splitlines()[-_NOTE_LINES:])
+        if tail:
+            e.add_note(f"output while it ran (last {_NOTE_LINES} lines at most):\n{tail}")
+        raise
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
+        for fd in saved:
             os.close(fd)
+        captured.close()
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
