@@ -4,9 +4,9 @@ Usage: python benchmarks/_tfmot_prune.py IN.npz OUT.json
 
 IN.npz holds the data (x_train, y_train, x_test, y_test), the float baseline's weights (w0, w1, ...
 in ``get_weights`` order) and the settings (epochs, batch_size, learning_rate, final_sparsity,
-end_step, frequency, power, timing_rounds). The script builds a tf_keras copy of `mnist1d_cnn`, loads
+end_step, frequency, power, timing_rounds, seeds). The script builds a tf_keras copy of `mnist1d_cnn`, loads
 the weights, prunes it with tfmot's prune_low_magnitude + PolynomialDecay + UpdatePruningStep,
-fine-tunes, strips, converts to float TFLite, and times training epochs of the pruned model against
+fine-tunes and strips once per seed, converts the first to float TFLite, and times training epochs of the pruned model against
 an unpruned copy, interleaved in this process.
 """
 
@@ -52,7 +52,6 @@ def main(src, dst):
     weights = [d[f"w{i}"] for i in range(int(d["n_weights"]))]
     epochs, batch = int(d["epochs"]), int(d["batch_size"])
     lr = float(d["learning_rate"])
-    keras.utils.set_random_seed(int(d["seed"]))
 
     def schedule():
         return tfmot.sparsity.keras.PolynomialDecay(
@@ -71,23 +70,29 @@ def main(src, dst):
         compile_model(model, lr)
         return model
 
-    model = pruned_copy()
-    model.fit(
-        d["x_train"],
-        d["y_train"],
-        batch_size=batch,
-        epochs=epochs,
-        verbose=0,
-        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
-    )
-    stripped = tfmot.sparsity.keras.strip_pruning(model)
-    compile_model(stripped, lr)
-    acc = float(stripped.evaluate(d["x_test"], d["y_test"], verbose=0)[1])
-    kernels = [w for layer in stripped.layers for w in layer.weights if "kernel" in w.name]
-    zeros = sum(int(np.sum(w.numpy() == 0)) for w in kernels)
-    size = sum(int(w.numpy().size) for w in kernels)
-    tflite = tf.lite.TFLiteConverter.from_keras_model(stripped).convert()
-    gz = len(gzip.compress(tflite, compresslevel=9))
+    # One pruned run per seed (the seed sets initial shuffling and dropout); the file sizes are
+    # those of the first seed's model.
+    accs, sparsities = [], []
+    for i, seed in enumerate(np.atleast_1d(d["seeds"])):
+        keras.utils.set_random_seed(int(seed))
+        model = pruned_copy()
+        model.fit(
+            d["x_train"],
+            d["y_train"],
+            batch_size=batch,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+        )
+        stripped = tfmot.sparsity.keras.strip_pruning(model)
+        compile_model(stripped, lr)
+        accs.append(float(stripped.evaluate(d["x_test"], d["y_test"], verbose=0)[1]))
+        kernels = [w for layer in stripped.layers for w in layer.weights if "kernel" in w.name]
+        zeros = sum(int(np.sum(w.numpy() == 0)) for w in kernels)
+        sparsities.append(zeros / sum(int(w.numpy().size) for w in kernels))
+        if i == 0:
+            tflite = tf.lite.TFLiteConverter.from_keras_model(stripped).convert()
+            gz = len(gzip.compress(tflite, compresslevel=9))
 
     # Train-step time: pruned vs unpruned copy, one epoch each, interleaved, after a warm-up epoch.
     timed = pruned_copy()
@@ -110,8 +115,8 @@ def main(src, dst):
                 t_pruned.append(time.perf_counter() - t)
     steps = int(np.ceil(len(x) / batch))
     out = {
-        "accuracy": acc,
-        "sparsity": zeros / size,
+        "accuracies": accs,
+        "sparsities": sparsities,
         "tflite_bytes": len(tflite),
         "tflite_gzip_bytes": gz,
         "epoch_seconds_pruned": min(t_pruned),

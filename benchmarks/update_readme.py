@@ -17,7 +17,12 @@ def fill(match: re.Match) -> str:
     name = match.group(1)
     path = root / "benchmarks" / "results" / f"{name}.md"
     if not path.exists():
-        print(f"no {path.relative_to(root)} yet: run benchmarks/{name}.py")
+        writers = [  # one script may write several blocks (training_agent.py: ..._search)
+            f"benchmarks/{p.name}"
+            for p in sorted((root / "benchmarks").glob("*.py"))
+            if f'"{name}' in p.read_text()
+        ]
+        print(f"no {path.relative_to(root)} yet: run {' or '.join(writers) or 'its benchmark'}")
         return match.group(0)
     body = path.read_text().strip()
     body = re.sub(r"^#+ .*\n+", "", body)  # the file's own title; README has its heading
