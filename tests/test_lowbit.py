@@ -171,3 +171,26 @@ def test_missing_quantizer_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)  # import fails as if absent
     with pytest.raises(tfopt.MissingDependencyError, match=r"pip install 'tfopt\[lowbit\]'"):
         tfopt.export.lowbit(_model(), tmp_path / "m.tflite")
+
+
+def test_static_calibration_takes_min_max_over_all_samples():
+    """AEQ's default calibration keeps a moving average of each sample's min/max, which shrinks
+    the ranges to a typical sample's and clipped the MNIST-1D CNN by 10-14 points at w8a8 and
+    w8a16 alike; tfopt calibrates with the min/max over every sample, like the TFLite converter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfopt.quantize._lowbit import _float_tflite, _layer_names, quantize_flatbuffer
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu", name="fc"),
+         keras.layers.Dense(4, name="logits")]
+    )  # fmt: skip
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    x[0] *= 8.0  # the largest sample first: a moving average forgets it by the 64th
+    out, _ = quantize_flatbuffer(
+        _float_tflite(model), "w8a16", layer_names=_layer_names(model), representative_data=x
+    )
+    scale = Interpreter(model_content=out).get_input_details()[0]["quantization"][0]
+    # int16 activations are symmetric: the input range is scale * 32767 = max |x| of all samples
+    assert scale * 32767 == pytest.approx(float(np.abs(x).max()), rel=1e-4)
