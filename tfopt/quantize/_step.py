@@ -44,6 +44,20 @@ def preflight(cfg: Config, model, ctx) -> None:
     from tfopt._steps import check_filters_match
 
     check_filters_match(cfg.filters, model)
+    if cfg.bits == "sensitivity":
+        from tfopt.quantize._lowbit import _aeq
+
+        _aeq()  # choose_bits measures through ai-edge-quantizer: the pip hint before training
+    elif cfg.bits and model is not None:
+        from tfopt._rewrite import layer_filter
+
+        for key in cfg.bits:
+            if not any(layer_filter(key)(layer) for layer in model.layers):
+                names = [layer.name for layer in model.layers]
+                raise ValueError(
+                    f"bits key {key!r} selects no layer of model {model.name!r}. Its layers: "
+                    f"{names}"
+                )
 
 
 def run(cfg: Config, model, ctx):
