@@ -224,6 +224,7 @@ def _tiny_npz(tmp_path):
     [
         ("{type: prune, filters: nomatch}", r"steps\[0\] \(1_prune\): filters='nomatch' select no"),
         ("{type: qat, filters: [nomatch]}", r"steps\[0\] \(1_qat\): filters=\['nomatch'\] select"),
+        ("{type: qat, bits: {nomatch: 4}}", r"steps\[0\] \(1_qat\): bits key 'nomatch' selects"),
         ("{type: prune, epochs: 1, frequency: 1000}", r"steps\[0\] \(1_prune\): .* reaches target"),
     ],
 )

@@ -73,7 +73,8 @@ def test_hypermodel_space_and_build():
     hm = tfopt.tune.CompressionHyperModel(builder="mnist1d_cnn", techniques=("prune", "quantize"))
     assert hm.hyperparameter_names() == [
         "learning_rate", "batch_size", "dropout", "l2", "width", "dense",
-        "sparsity", "schedule", "prune_scope", "quantization", "ft_epochs", "ft_learning_rate",
+        "sparsity", "schedule", "prune_scope", "quantization", "weight_bits", "ft_epochs",
+        "ft_learning_rate",
     ]  # fmt: skip
     hm = tfopt.tune.CompressionHyperModel(
         builder="mnist1d_cnn", techniques=(), space={"width": 8, "dense": [16, 24], "dropout": 0.2}

@@ -16,6 +16,8 @@ A flat recipe's keys (all optional; missing keys switch the stage off):
 ``prune_scope``      ``"large"`` (layers with >= 5% of the kernel weights) or ``"all"`` layers
 ``clusters``         weight clusters per layer (0 off)
 ``quantization``     ``"qat"`` (quantization-aware fine-tuning) or ``"ptq"`` (calibration only)
+``weight_bits``      QAT weight bits: ``8``; ``4`` (every layer INT4 in the file); ``"mixed"``
+                     (4 bits where `tfopt.quantize.choose_bits` finds it cheap on val, else 8)
 ``distill``          fine-tune every stage against the float teacher's logits (bool)
 ``temperature``      distillation temperature
 ``alpha``            weight of the student (label) loss; ``1 - alpha`` goes to distillation
@@ -182,12 +184,25 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
             {
                 "type": "qat",
                 "preserve_sparsity": sparsity > 0,
+                **_bits(recipe.get("weight_bits", 8)),
                 "epochs": max(1, epochs // 4),
                 "learning_rate": lr / 2,
                 **fine,
             }
         )
     return validate_steps(raw)
+
+
+# flat ``weight_bits`` -> the qat step's ``bits``
+_WEIGHT_BITS = {"8": {}, "4": {"bits": {".*": 4}}, "mixed": {"bits": "sensitivity"}}
+
+
+def _bits(weight_bits) -> dict:
+    if str(weight_bits) not in _WEIGHT_BITS:
+        raise ValueError(
+            f"weight_bits must be 8, 4 or 'mixed'. Received: weight_bits={weight_bits!r}"
+        )
+    return _WEIGHT_BITS[str(weight_bits)]
 
 
 def describe(steps, target: str) -> list[str]:
@@ -206,6 +221,8 @@ def describe(steps, target: str) -> list[str]:
         elif s.type == "lowrank":
             rule = f"r={s.rank_ratio:g}" if s.rank_ratio is not None else f"{s.energy:g}"
             labels.append(f"lowrank({rule})")
+        elif s.type == "qat" and s.bits is not None:
+            labels.append("qat(w4)" if s.bits == {".*": 4} else "qat(w4/8)")
         else:
             labels.append(s.type)
     if quantization(target) == "int8" and not any(s.type == "qat" for s in steps):

@@ -52,10 +52,19 @@ COMPRESSION_CHOICES = {
     "prune_scope": ["large", "all"],
     "clusters": [0, 4, 8, 16, 32],
     "quantization": ["ptq", "qat"],
+    # QAT weight bits: "mixed" picks 4 or 8 per layer (`tfopt.quantize.choose_bits`, offered only
+    # when ai-edge-quantizer is installed)
+    "weight_bits": ["8", "4", "mixed"],
     "temperature": [1.0, 2.0, 4.0, 8.0],
     "ft_epochs": [4, 8, 12, 16],
     "lowrank_energy": [0.0, 0.8, 0.9, 0.95],
 }
+
+
+def _has_aeq() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ai_edge_quantizer") is not None
 
 
 class CompressionHyperModel(keras_tuner.HyperModel):
@@ -71,8 +80,8 @@ class CompressionHyperModel(keras_tuner.HyperModel):
 
     Compression hyperparameters are declared for each technique in ``techniques`` that is
     available (see `tfopt.tune.available_techniques`): ``sparsity`` and ``schedule`` (prune),
-    ``channel_ratio`` (prune_channels), ``clusters`` (cluster), ``quantization`` ("qat"/"ptq",
-    quantize, int8 targets only), ``distill``/``temperature``/``alpha`` (distill), and the
+    ``channel_ratio`` (prune_channels), ``clusters`` (cluster), ``quantization`` ("qat"/"ptq")
+    and ``weight_bits`` ("8"/"4"/"mixed", QAT's weights) (quantize, int8 targets only), ``distill``/``temperature``/``alpha`` (distill), and the
     fine-tuning ``ft_epochs``/``ft_learning_rate``.
 
     Args:
@@ -177,7 +186,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
         if "cluster" in t:
             names.append("clusters")
         if "quantize" in t and formats.get(self.target).quantization == "int8":
-            names.append("quantization")
+            names += ["quantization", "weight_bits"]
         if "distill" in t:
             names += ["distill", "temperature", "alpha"]
         if any(n in t for n in ("prune", "prune_channels", "cluster", "quantize", "lowrank")):
@@ -219,6 +228,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             "prune_scope": "large",
             "clusters": 0,
             "quantization": "qat",
+            "weight_bits": "8",
             "temperature": 4.0,
             "ft_epochs": 8,
             "lowrank_energy": 0.0,
@@ -229,6 +239,8 @@ class CompressionHyperModel(keras_tuner.HyperModel):
                 kind = kinds[name]
             else:
                 choices = TRAINING_CHOICES.get(name) or COMPRESSION_CHOICES[name]
+                if name == "weight_bits" and not _has_aeq():
+                    choices = [c for c in choices if c != "mixed"]
 
                 def kind(name=name, choices=choices):
                     return hp.Choice(name, choices, default=defaults[name])
@@ -288,6 +300,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             "prune_scope": v.get("prune_scope", "large"),
             "clusters": int(v.get("clusters", 0)),
             "quantization": v.get("quantization", "ptq"),
+            "weight_bits": str(v.get("weight_bits", "8")),
             "distill": bool(v.get("distill", False)),
             "temperature": float(v.get("temperature", 4.0)),
             "alpha": float(v.get("alpha", 0.1)),
