@@ -337,6 +337,36 @@ def test_time_budget_and_interrupt_leave_a_report(trained, tmp_path):
     assert json.loads((tmp_path / "ki/report.json").read_text())["stopped"] == "interrupted"
 
 
+def test_robustness_is_a_constraint_measured_through_the_artifact(trained, tmp_path):
+    import tfopt
+
+    model, train, val, _ = trained
+    res = tfopt.auto.optimize(
+        model, train, val, max_accuracy_drop=0.5, techniques=(), max_trials=1, refine=0,
+        out_dir=tmp_path / "r", verbose=0, min_robust_accuracy=0.99, robust_epsilon=1.0,
+    )  # fmt: skip
+    (c,) = res.candidates
+    # PGD-10 made on the candidate's Keras model, run through its int8 artifact
+    x_adv = tfopt.robust.pgd(tfopt.models.load(c["keras_model"]), *val, epsilon=1.0, steps=10)
+    robust = tfopt.bench.evaluate(c["artifact"], (x_adv, val[1]))
+    assert c["robust_accuracy"] == robust < 0.99
+    assert c["rejected"] == (
+        f"robust accuracy {robust:.4f} < min_robust_accuracy 0.99 (PGD-10 L-inf eps=1, transfer "
+        f"from Keras model {model.name!r}, through tflite)"
+    )
+    assert c["within_budget"] and res.best is None  # rejected: never selected
+    assert (
+        "- robustness budget: val accuracy under PGD-10 (L-inf eps=1"
+        in (tmp_path / "r/report.md").read_text()
+    )
+    with pytest.raises(ValueError, match="min_robust_accuracy needs robust_epsilon"):
+        tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.1, min_robust_accuracy=0.5)
+    with pytest.raises(ValueError, match=r"min_robust_accuracy must be a fraction in \[0, 1\]"):
+        tfopt.auto.optimize(
+            model, train, val, max_accuracy_drop=0.1, min_robust_accuracy=50, robust_epsilon=0.1
+        )
+
+
 def test_optimize_argument_errors(trained):
     import tfopt
 

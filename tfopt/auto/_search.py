@@ -71,7 +71,7 @@ def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None
     large for a microcontroller's flash)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
-    small = budgets and any(v is not None for v in budgets.values())
+    small = budgets and any(budgets.get(k) is not None for k in ("max_ram", "max_flash"))
     for recipe in KNOWN_GOOD_SMALL if small else KNOWN_GOOD:
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
@@ -136,7 +136,13 @@ class Search:
         self.max_accuracy_drop = max_accuracy_drop
         self.target, self.objective = target, objective
         self.key = OBJECTIVE_KEYS[objective]
-        self.budgets = {"max_ram": None, "max_flash": None, **(budgets or {})}
+        self.budgets = {
+            "max_ram": None,
+            "max_flash": None,
+            "min_robust_accuracy": None,
+            "robust_epsilon": None,
+            **(budgets or {}),
+        }
         from tfopt import _tflm
 
         # TFLite Micro measures every candidate when the target is TFLM, a RAM/flash budget or
@@ -191,6 +197,8 @@ class Search:
             max_accuracy_drop=max_accuracy_drop,
             max_ram=self.budgets["max_ram"],
             max_flash=self.budgets["max_flash"],
+            min_robust_accuracy=self.budgets["min_robust_accuracy"],
+            robust_epsilon=self.budgets["robust_epsilon"],
             on_trial_done=self._on_trial_done,
             save_models=True,
             trial_seed=seed,
@@ -349,6 +357,7 @@ class Search:
                     val=self.val,
                     test=self.test,
                     seed=self.seed,
+                    robust_epsilon=self.budgets["robust_epsilon"],
                 )
                 durations.append(record["seconds"])
                 self.refine_info["runs"] = len(runs) + 1
@@ -506,6 +515,11 @@ def _budget_text(budgets: dict) -> str:
         for key, label in (("max_ram", "TFLM arena"), ("max_flash", "flash"))
         if budgets.get(key) is not None
     ]
+    if budgets.get("min_robust_accuracy") is not None:
+        parts.append(
+            f"PGD accuracy >= {budgets['min_robust_accuracy']:g} at "
+            f"eps={budgets['robust_epsilon']:g}"
+        )
     return (", " + ", ".join(parts)) if parts else ""
 
 

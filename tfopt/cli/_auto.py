@@ -56,6 +56,19 @@ def add_parser(sub):
         "e.g. 256KB",
     )
     p.add_argument(
+        "--min-robust-accuracy",
+        type=float,
+        metavar="FRACTION",
+        help="reject candidates whose val accuracy under PGD-10 at --robust-epsilon (examples "
+        "made on the Keras model, run through the artifact) is below FRACTION, e.g. 0.5",
+    )
+    p.add_argument(
+        "--robust-epsilon",
+        type=float,
+        metavar="EPS",
+        help="the PGD attack's L-inf radius in input units (needed by --min-robust-accuracy)",
+    )
+    p.add_argument(
         "--target",
         choices=formats.targets(),
         default="tflite-int8",
@@ -122,6 +135,8 @@ def auto_identity(cfg, args, techniques) -> dict:
             "techniques": None if techniques is None else sorted(techniques),
             "max_ram": args.max_ram,
             "max_flash": args.max_flash,
+            "min_robust_accuracy": args.min_robust_accuracy,
+            "robust_epsilon": args.robust_epsilon,
         },
     }
 
@@ -168,6 +183,9 @@ def main(args) -> int:
     from tfopt.auto._optimize import check_memory_budgets
 
     check_memory_budgets(args.max_ram, args.max_flash, target=args.target, objective=args.objective)
+    from tfopt.auto._optimize import check_robust_budget
+
+    check_robust_budget(args.min_robust_accuracy, args.robust_epsilon)
     if args.techniques:
         from tfopt.tune import TECHNIQUES
 
@@ -211,6 +229,8 @@ def main(args) -> int:
         log=lambda m: print(m, flush=True),
         max_ram=args.max_ram,
         max_flash=args.max_flash,
+        min_robust_accuracy=args.min_robust_accuracy,
+        robust_epsilon=args.robust_epsilon,
     )
     print(f"[auto] report: {res.report['markdown']}  plot: {res.report['plot']}", flush=True)
     if res.best is not None:
