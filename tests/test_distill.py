@@ -469,7 +469,7 @@ def test_bad_models():
         d.compile("adam", loss="mse")
 
 
-def test_distill_recipe_step(tmp_path, tiny_data):
+def test_distill_recipe_step(tmp_path, tiny_data, monkeypatch):
     from tfopt._pipeline import StepContext
     from tfopt.distill import _step
 
@@ -492,6 +492,21 @@ def test_distill_recipe_step(tmp_path, tiny_data):
     assert out is not current and out.get_layer("conv1").filters == 6
     for a, b in zip(current.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+    seen = {}
+
+    class Recording(Distiller):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.update(augment=self.augment, mixup=self.mixup, pre=self.precompute_teacher)
+
+    monkeypatch.setattr(tfopt.distill, "Distiller", Recording)
+    _step.run(_step.Config(epochs=1, augment={"shift": 2, "mixup": 0.5}), current, ctx)
+    assert [type(a).__name__ for a in seen["augment"]] == ["RandomShift1D"]
+    assert seen["mixup"] == 0.5 and seen["pre"] is False  # the teacher runs online
+    with pytest.raises(tfopt.ConfigError, match="augment needs the teacher online"):
+        tfopt.config.validate(
+            {"steps": [{"type": "distill", "augment": {"noise": 0.1}, "precompute_teacher": True}]}
+        )
     with pytest.raises(tfopt.ConfigError, match="alpha"):
         tfopt.config.validate({"steps": [{"type": "distill", "alpha": 2}]})
     with pytest.raises(tfopt.ConfigError, match="student.model must name a zoo model"):

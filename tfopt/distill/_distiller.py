@@ -47,7 +47,7 @@ def _augmentation(augment) -> list:
         items = list(items)
     except TypeError:
         items = [None]
-    if not items or not all(isinstance(item, keras.layers.Layer) for item in items):
+    if not all(isinstance(item, keras.layers.Layer) for item in items):
         raise TypeError(
             "augment must be a Keras layer, a Keras model or a list of Keras layers (e.g. "
             "[keras.layers.GaussianNoise(0.1)]). Received: augment="
