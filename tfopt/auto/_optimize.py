@@ -231,6 +231,8 @@ def optimize(
     max_flash=None,
     min_robust_accuracy: float | None = None,
     robust_epsilon: float | None = None,
+    screen: bool = True,
+    role: str | None = None,
 ) -> AutoResult:
     """Finds the smallest (or fastest) deployable artifact within an accuracy budget.
 
@@ -303,6 +305,14 @@ def optimize(
             rejected, with the measured number in the report. Defaults to None.
         robust_epsilon: the attack's L-inf radius (input units); needed by
             ``min_robust_accuracy``, and alone it only measures. Defaults to None.
+        screen: run screening trials. False refines and reports the trials already in
+            ``out_dir`` (what `tfopt auto --workers` does after its workers screened). Defaults
+            to True.
+        role: None (this process searches), or a process of a distributed search
+            (`tfopt.tune._distributed`; KerasTuner's environment set): ``"chief"`` serves the
+            screening oracle at ``KERASTUNER_ORACLE_IP:PORT`` until the screening ends,
+            ``"worker"`` runs screening trials from the chief. Both return None. Defaults to
+            None.
 
     Returns:
         An `AutoResult`: the baseline, every candidate (refined ones have ``phase="refine"`` and
@@ -333,6 +343,8 @@ def optimize(
             f"Unrecognized objective={objective!r}. Supported objectives are: {list(AUTO_OBJECTIVES)}"
         )
     check_search_args(time_budget=time_budget, max_trials=max_trials, refine=refine)
+    if role not in (None, "chief", "worker"):
+        raise ValueError(f"role must be None, 'chief' or 'worker'. Received: role={role!r}")
     budgets = check_memory_budgets(max_ram, max_flash, target=target, objective=objective)
     budgets.update(check_robust_budget(min_robust_accuracy, robust_epsilon))
     train = _check_data("train", train)
@@ -385,8 +397,13 @@ def optimize(
         say=log if verbose else (lambda msg: None),
         started=started,
         budgets=budgets,
+        worker=role == "worker",
     )
-    stopped = search.run(time_budget=time_budget, max_trials=max_trials, refine=refine)
+    if role is not None:
+        return _distributed_role(search, role, time_budget=time_budget, refine=refine)
+    stopped = search.run(
+        time_budget=time_budget, max_trials=max_trials, refine=refine, screen=screen
+    )
     search.finish(stopped)
     return AutoResult(
         baseline=search.baseline,
@@ -405,3 +422,18 @@ def optimize(
         },
         recipe=search.recipe_path,
     )
+
+
+def _distributed_role(search, role: str, *, time_budget, refine) -> None:
+    """The chief or a worker of a distributed screening (`tfopt auto --workers`)."""
+    import os
+
+    from tfopt.tune import _distributed as dist
+
+    if role == "chief":
+        search.set_deadline(time_budget, refine)
+        dist.serve(search.tuner, os.environ["KERASTUNER_ORACLE_IP"],
+                   int(os.environ["KERASTUNER_ORACLE_PORT"]))  # fmt: skip
+    else:
+        search.screen(None)
+    return None

@@ -334,7 +334,12 @@ class Tuner(keras_tuner.Tuner):
         started = time.perf_counter()
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         trial_dir.mkdir(parents=True, exist_ok=True)
-        record = {"trial_id": trial.trial_id, "values": dict(hp.values), "status": "RUNNING"}
+        record = {
+            "trial_id": trial.trial_id,
+            "values": dict(hp.values),
+            "status": "RUNNING",
+            "tuner_id": self.tuner_id,  # which process ran it (distributed searches)
+        }
         try:
             model = self.hypermodel.build(hp)
             # Hyperband's budget: each trial trains a fresh model for tuner/epochs epochs.
