@@ -156,7 +156,7 @@ class TrainingTuner(keras_tuner.Tuner):
             data: a `tfopt.data.Dataset` (train fits, val scores, test is reported).
             verbose: Keras fit verbosity. Defaults to 0.
         """
-        from tfopt._training import fit
+        from tfopt._training import fit, fit_transfer
 
         hp = trial.hyperparameters
         started, started_at = time.perf_counter(), time.time()
@@ -166,7 +166,18 @@ class TrainingTuner(keras_tuner.Tuner):
         train = self.hypermodel.train_config(hp, epochs=budget)
         keras.utils.set_random_seed(self.seed)
         model = self.hypermodel.build(hp)
-        history = fit(model, train, data, seed=self.seed, verbose=verbose)
+        transfer = self.hypermodel.transfer_config(hp)
+        if transfer is None:
+            histories = [fit(model, train, data, seed=self.seed, verbose=verbose)]
+        else:  # frozen layers first, as `tfopt run` trains a transfer: baseline
+            histories = fit_transfer(
+                model,
+                train,
+                data,
+                unfreeze_at_epoch=transfer["unfreeze_at_epoch"],
+                seed=self.seed,
+                verbose=verbose,
+            )
         val = float(model.evaluate(*data.val, verbose=0)[1])
         test = float(model.evaluate(*data.test, verbose=0)[1]) if len(data.x_test) else None
         model.save(trial_dir / "model.keras")
@@ -175,9 +186,10 @@ class TrainingTuner(keras_tuner.Tuner):
             "values": {k: v for k, v in hp.values.items()},
             "train": train.model_dump(),
             "model_options": self.hypermodel.model_options(hp),
+            "transfer": transfer,
             "val_accuracy": val,
             "test_accuracy": test,
-            "epochs_trained": len(history.history.get("loss", [])),
+            "epochs_trained": sum(len(h.history.get("loss", [])) for h in histories),
             "seconds": round(time.perf_counter() - started, 2),
             "started_at": started_at,
             "finished_at": time.time(),
