@@ -224,13 +224,14 @@ class Distiller(keras.Model):
     Augmentation (``augment=``): the layers run on each training batch before *both* the student
     and the teacher, so the teacher labels exactly the input the student sees ("consistent
     teaching", Beyer et al. 2022). With few training samples this is what lets a student learn
-    the teacher's function rather than its 3,600 answers; a precomputed teacher can't do it (it
-    saw other inputs), so ``augment`` needs the teacher online. The layers are used in training
+    the teacher's function rather than its answers on the training inputs; a precomputed teacher
+    can't do it (it saw other inputs), so ``augment`` needs the teacher online. The layers are used in training
     only and are not part of ``distiller.student``. ``mixup`` goes further ("function matching"):
     each training input becomes ``lam * x_i + (1 - lam) * x_j`` (``lam ~ Beta(mixup, mixup)``, ``j``
     a random partner in the batch), the teacher labels the mixture, and the hard-label loss is
-    ``lam * loss(y_i) + (1 - lam) * loss(y_j)``. On MNIST-1D (benchmarks/robust_ensemble.py) this
-    is what brings a student distilled from an ensemble up to the ensemble.
+    ``lam * loss(y_i) + (1 - lam) * loss(y_j)`` (the training metrics still compare with the
+    unmixed labels). On MNIST-1D (benchmarks/robust_ensemble.py) this is what closes most of the
+    gap between a student distilled from an ensemble and the ensemble.
 
     A Distiller saves and loads like any Keras model (``distiller.save("d.keras")``,
     ``keras.models.load_model``): teacher, student, projections, compile and optimizer state.
@@ -252,8 +253,8 @@ class Distiller(keras.Model):
             batching. Not with ``augment``. Defaults to False.
         augment: training-only input transforms applied to each batch before the teacher and the
             student see it: a Keras layer, model, or list of layers (e.g.
-            ``[tfopt.train.RandomShift1D(3), keras.layers.GaussianNoise(0.25)]``). Defaults to
-            None.
+            ``[keras.layers.GaussianNoise(0.1)]``, or `tfopt._training.augmentation_layers` of a
+            ``train.augment`` section). Defaults to None.
         mixup: Beta parameter of mixup between the training inputs (after ``augment``); 0 turns it
             off. Needs the teacher online. Defaults to 0.0.
         teacher_output: ``"logits"`` or ``"probabilities"``: what the teacher returns. Defaults to
