@@ -337,6 +337,36 @@ def test_time_budget_and_interrupt_leave_a_report(trained, tmp_path):
     assert json.loads((tmp_path / "ki/report.json").read_text())["stopped"] == "interrupted"
 
 
+def test_robustness_is_a_constraint_measured_through_the_artifact(trained, tmp_path):
+    import tfopt
+
+    model, train, val, _ = trained
+    res = tfopt.auto.optimize(
+        model, train, val, max_accuracy_drop=0.5, techniques=(), max_trials=1, refine=0,
+        out_dir=tmp_path / "r", verbose=0, min_robust_accuracy=0.99, robust_epsilon=1.0,
+    )  # fmt: skip
+    (c,) = res.candidates
+    # PGD-10 made on the candidate's Keras model, run through its int8 artifact
+    x_adv = tfopt.robust.pgd(tfopt.models.load(c["keras_model"]), *val, epsilon=1.0, steps=10)
+    robust = tfopt.bench.evaluate(c["artifact"], (x_adv, val[1]))
+    assert c["robust_accuracy"] == robust < 0.99
+    assert c["rejected"] == (
+        f"robust accuracy {robust:.4f} < min_robust_accuracy 0.99 (PGD-10 L-inf eps=1, transfer "
+        f"from Keras model {model.name!r}, through tflite)"
+    )
+    assert c["within_budget"] and res.best is None  # rejected: never selected
+    assert (
+        "- robustness budget: val accuracy under PGD-10 (L-inf eps=1"
+        in (tmp_path / "r/report.md").read_text()
+    )
+    with pytest.raises(ValueError, match="min_robust_accuracy needs robust_epsilon"):
+        tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.1, min_robust_accuracy=0.5)
+    with pytest.raises(ValueError, match=r"min_robust_accuracy must be a fraction in \[0, 1\]"):
+        tfopt.auto.optimize(
+            model, train, val, max_accuracy_drop=0.1, min_robust_accuracy=50, robust_epsilon=0.1
+        )
+
+
 def test_optimize_argument_errors(trained):
     import tfopt
 
@@ -384,6 +414,46 @@ def test_cli_auto(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["trials_completed"] == 2 and report["best"]["trial_id"] == "r000"
     assert report["best"]["refined_from"] == "0" and report["refinement"]["runs"] == 1
+
+
+@pytest.mark.slow
+def test_auto_two_workers_on_loopback_share_tunes_launcher(tmp_path, capfd):
+    """`tfopt auto --workers 2`: a chief and two worker processes screen (the same launcher as
+    `tfopt tune --workers`), then this process refines and reports."""
+    from tfopt.cli import main
+
+    x, y = _blobs(160, 0)
+    np.savez(tmp_path / "blobs.npz", x_train=x, y_train=y, x_test=x[:32], y_test=y[:32])
+    out = tmp_path / "d"
+    code = main(["auto", "--max-accuracy-drop", "0.99", "--data", str(tmp_path / "blobs.npz"),
+                 "--epochs", "1", "--max-trials", "2", "--techniques", "prune", "--target",
+                 "tflite", "--workers", "2", "--quiet", "--out", str(out)])  # fmt: skip
+    printed = capfd.readouterr().out
+    assert code == 0, printed[-3000:]
+    assert "[auto] chief pid" in printed and "[auto] worker tuner1 pid" in printed
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("search/trial_*/tfopt.json"))]
+    assert [r["trial_id"] for r in runs] == ["0", "1"]
+    assert {r["tuner_id"] for r in runs} <= {"tuner0", "tuner1"}  # the workers ran them
+    report = json.loads((out / "report.json").read_text())
+    assert [c["trial_id"] for c in report["candidates"]] == ["0", "1", "r000"]
+    assert report["refinement"]["runs"] == 1 and (out / "best.tflite").exists()
+    oracle = json.loads((out / "search" / "oracle.json").read_text())
+    assert oracle["ongoing_trials"] == {}
+
+
+def test_auto_worker_of_an_unreachable_chief_is_a_one_line_error(tmp_path, capsys):
+    from tfopt.cli import main
+    from tfopt.tune._distributed import free_port
+
+    port = free_port()
+    code = main(["auto", "--max-accuracy-drop", "0.1", "--chief", f"127.0.0.1:{port}",
+                 "--connect-timeout", "1", "--out", str(tmp_path / "w")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert f"cannot reach the search chief at 127.0.0.1:{port} within 1 s" in err
+    assert not (tmp_path / "w").exists()  # nothing trained or written
+    assert main(["auto", "--max-accuracy-drop", "0.1", "--workers", "2", "--chief", "h:1"]) == 1
+    assert "cannot be combined with --chief" in capsys.readouterr().err
 
 
 def test_auto_baseline_is_seeded_before_it_is_built(tmp_path):

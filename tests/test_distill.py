@@ -378,6 +378,62 @@ def test_subclassed_student(tiny_data):
         Distiller(teacher=_net(), student=Small(), features=["fc1"])
 
 
+@keras.saving.register_keras_serializable(package="tfopt_tests")
+class AddOneInTraining(keras.layers.Layer):
+    """A deterministic "augmentation": +1 in training, identity otherwise."""
+
+    def call(self, x, training=False):
+        return x + 1.0 if training else x
+
+
+def test_augment_feeds_the_same_augmented_batch_to_teacher_and_student(tmp_path):
+    teacher, student = _tiny(name="t"), _tiny(name="s")
+    x = np.array([[0.5, -1.0], [2.0, 0.25]], "float32")
+    d = Distiller(
+        teacher=teacher, student=student, temperature=2.0, alpha=0.25, augment=AddOneInTraining()
+    )
+    d.compile(keras.optimizers.SGD(0.0))
+    got = d.train_on_batch(x, _Y, return_dict=True)["loss"]
+    # both models saw x + 1 (a teacher that saw x gives another loss)
+    t, s = teacher.predict(x + 1, verbose=0), student.predict(x + 1, verbose=0)
+    np.testing.assert_allclose(got, _hand_loss(s, t, _Y, 2.0, 0.25)[0], rtol=1e-5)
+    stale = _hand_loss(s, teacher.predict(x, verbose=0), _Y, 2.0, 0.25)[0]
+    assert abs(got - stale) > 1e-3
+    # evaluation and the student alone see the raw inputs; the student has no augment layer
+    np.testing.assert_allclose(d.predict(x, verbose=0), student.predict(x, verbose=0))
+    assert [type(layer).__name__ for layer in student.layers] == ["Dense"]
+    d.save(tmp_path / "d.keras")
+    assert type(keras.models.load_model(tmp_path / "d.keras").augment[0]) is AddOneInTraining
+    with pytest.raises(ValueError, match="augment and mixup need the teacher online"):
+        Distiller(
+            teacher=teacher, student=student, augment=AddOneInTraining(), precompute_teacher=True
+        )
+    with pytest.raises(TypeError, match="augment must be a Keras layer"):
+        Distiller(teacher=teacher, student=student, augment=[lambda v: v])
+
+
+def test_mixup_mixes_inputs_for_both_models_and_labels_for_the_hard_loss():
+    teacher, student = _tiny(name="t"), _tiny(name="s")
+    x = np.array([[0.5, -1.0], [2.0, 0.25], [-1.5, 1.0]], "float32")
+    y = np.array([0, 2, 1], "int32")
+    d = Distiller(teacher=teacher, student=student, temperature=2.0, alpha=0.25, mixup=0.4)
+    d.compile("sgd")
+    y_pred = d(x, training=True)  # mixes the batch, kept for compute_loss
+    lam, perm = (np.asarray(v) for v in d._scratch.mix)
+    mixed = lam[:, None] * x + (1 - lam[:, None]) * x[perm]
+    np.testing.assert_allclose(np.asarray(d._scratch.inputs), mixed, rtol=1e-6)
+    got = float(d.compute_loss(x, y, y_pred, training=True))
+    s, t = student.predict(mixed, verbose=0), teacher.predict(mixed, verbose=0)
+    log_p = np.log(_softmax(s.astype("float64")))
+    rows = np.arange(3)
+    ce = np.mean(-lam * log_p[rows, y] - (1 - lam) * log_p[rows, y[perm]])
+    soft = _hand_loss(s, t, y, 2.0, 0.0)[2]
+    np.testing.assert_allclose(got, 0.25 * ce + 0.75 * soft, rtol=1e-5)
+    assert 0 < lam.min() and lam.max() < 1 and sorted(perm) == [0, 1, 2]
+    with pytest.raises(ValueError, match="mixup must be a number >= 0"):
+        Distiller(teacher=teacher, student=student, mixup=-1)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -413,7 +469,7 @@ def test_bad_models():
         d.compile("adam", loss="mse")
 
 
-def test_distill_recipe_step(tmp_path, tiny_data):
+def test_distill_recipe_step(tmp_path, tiny_data, monkeypatch):
     from tfopt._pipeline import StepContext
     from tfopt.distill import _step
 
@@ -436,6 +492,21 @@ def test_distill_recipe_step(tmp_path, tiny_data):
     assert out is not current and out.get_layer("conv1").filters == 6
     for a, b in zip(current.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+    seen = {}
+
+    class Recording(Distiller):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.update(augment=self.augment, mixup=self.mixup, pre=self.precompute_teacher)
+
+    monkeypatch.setattr(tfopt.distill, "Distiller", Recording)
+    _step.run(_step.Config(epochs=1, augment={"shift": 2, "mixup": 0.5}), current, ctx)
+    assert [type(a).__name__ for a in seen["augment"]] == ["RandomShift1D"]
+    assert seen["mixup"] == 0.5 and seen["pre"] is False  # the teacher runs online
+    with pytest.raises(tfopt.ConfigError, match="augment needs the teacher online"):
+        tfopt.config.validate(
+            {"steps": [{"type": "distill", "augment": {"noise": 0.1}, "precompute_teacher": True}]}
+        )
     with pytest.raises(tfopt.ConfigError, match="alpha"):
         tfopt.config.validate({"steps": [{"type": "distill", "alpha": 2}]})
     with pytest.raises(tfopt.ConfigError, match="student.model must name a zoo model"):

@@ -335,3 +335,38 @@ def test_fit_with_mixup_label_smoothing_and_early_stopping(tiny_data):
     assert 2 <= len(history.history["val_accuracy"]) <= 3  # patience 1 may stop after 2
     assert model.evaluate(x, y, verbose=0)[1] >= 0.0  # compiled for integer labels again
     assert not any(layer.name.startswith("aug_") for layer in model.layers)
+
+
+def test_transfer_is_searched_and_replayed(tmp_path):
+    """With a transfer: section the space holds freeze_until / unfreeze_at_epoch (not the
+    builder's options); a trial trains frozen layers frozen; best.yaml carries the choice."""
+    import tfopt
+    from tfopt.errors import ConfigError
+
+    source = tfopt.models.get("mnist1d_cnn", input_shape=(16, 1), num_classes=5, width=4, dense=8)
+    source.save(tmp_path / "source.keras")
+    path = _config(tmp_path, freeze_until=["conv2"], unfreeze_at_epoch=[-1], epochs=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["model"] = {"path": str(tmp_path / "source.keras")}
+    raw["transfer"] = {"head": "new"}
+    for key in ("width", "depth", "dense"):  # a transferred model has no builder options
+        del raw["tune"]["space"][key]
+    path.write_text(yaml.safe_dump(raw))
+    res = tfopt.tune.search_training(str(path), out_dir=tmp_path / "t", max_trials=1, log=print)
+    (trial,) = res.trials
+    assert trial["transfer"] == {"freeze_until": "conv2", "unfreeze_at_epoch": None, "head": "new"}
+    assert trial["epochs_trained"] == 2
+    model = tfopt.models.load(res.model_path)
+    assert model.output_shape == (None, 3)  # the new head: the task's 3 classes
+    for name in ("conv1", "conv2"):  # frozen for the whole fit
+        for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(model.get_layer("fc1").kernel, source.get_layer("fc1").kernel)
+    best = yaml.safe_load(res.config_path.read_text())
+    assert best["transfer"] == trial["transfer"] and best["model"]["path"] == raw["model"]["path"]
+
+    raw["tune"]["space"]["freeze_until"] = ["conv9"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"tune.space: freeze_until must name a layer .*conv2"):
+        tfopt.tune.search_training(str(path), out_dir=tmp_path / "bad", max_trials=1)
+    assert not (tmp_path / "bad").exists()

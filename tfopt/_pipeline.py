@@ -101,25 +101,27 @@ def _transfer_model(cfg: RunConfig, model, data: Dataset, ctx: StepContext):
 
 def _fit_baseline(cfg: RunConfig, model, ctx: StepContext) -> None:
     """The baseline fit (frozen layers first when the config transfers a model)."""
-    from tfopt.train import fit_transfer, unfreeze
+    from tfopt.train import unfreeze
 
     if not cfg.train.epochs:
         ctx.compile(model, cfg.train.learning_rate)
         return
-    if cfg.transfer is None:
-        from tfopt._training import fit as train
+    from tfopt._training import fit as train
+    from tfopt._training import fit_transfer
 
-        tb = keras.callbacks.TensorBoard(str(ctx.log_dir("baseline")), write_graph=False)
+    tb = keras.callbacks.TensorBoard(str(ctx.log_dir("baseline")), write_graph=False)
+    if cfg.transfer is None:
         train(model, cfg.train, ctx.data, seed=cfg.seed, callbacks=[tb], verbose=ctx.verbose)
         return
-
-    def fit(m, *, initial_epoch: int, epochs: int):
-        return ctx.fit(
-            m, epochs=epochs, learning_rate=cfg.train.learning_rate, initial_epoch=initial_epoch
-        )
-
+    # the train: options in both phases, as a `tfopt tune` transfer trial trains
     fit_transfer(
-        model, fit, epochs=cfg.train.epochs, unfreeze_at_epoch=cfg.transfer.unfreeze_at_epoch
+        model,
+        cfg.train,
+        ctx.data,
+        unfreeze_at_epoch=cfg.transfer.unfreeze_at_epoch,
+        seed=cfg.seed,
+        callbacks=[tb],
+        verbose=ctx.verbose,
     )
     # the recipe steps fine-tune every layer
     unfreeze(model)

@@ -273,3 +273,39 @@ def fit(
         metrics=["accuracy"],
     )
     return history
+
+
+def fit_transfer(
+    model,
+    train,
+    data,
+    *,
+    unfreeze_at_epoch: int | None,
+    epochs: int | None = None,
+    seed: int = 0,
+    callbacks=(),
+    verbose: int = 0,
+) -> list:
+    """`fit` for a `tfopt.train.transfer` model: its frozen layers stay frozen until
+    ``unfreeze_at_epoch``, then every layer trains (the phases of `tfopt.train.fit_transfer`;
+    each phase is a `fit` with the ``train`` options over its own epochs). `tfopt run`'s
+    ``transfer:`` baseline and `tfopt tune`'s transfer trials both train this way.
+
+    Returns:
+        The ``History`` of each phase.
+    """
+    from tfopt.train import fit_transfer as phases
+
+    def one(m, *, initial_epoch: int, epochs: int):
+        return fit(
+            m,
+            train,
+            data,
+            epochs=epochs - initial_epoch,
+            seed=seed,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+
+    total = int(train.epochs if epochs is None else epochs)
+    return phases(model, one, epochs=total, unfreeze_at_epoch=unfreeze_at_epoch)

@@ -19,8 +19,11 @@ class Candidate:
     ``arena_bytes`` is the tensor arena TFLite Micro's allocation recorder reports (peak RAM),
     ``flash_bytes`` the raw flatbuffer (what a microcontroller stores), ``tflm_agreement`` the
     fraction of val inputs where TFLM's argmax equals LiteRT's; ``tflm_note`` says why TFLM was
-    not measured. ``rejected`` says which RAM / flash budget the candidate exceeds (None: within
-    them, or no such budget); a rejected candidate is never selected.
+    not measured. ``robust_accuracy`` is the val accuracy under PGD at the search's
+    ``robust_epsilon`` and ``robust_attack`` how it was measured (examples made on the Keras
+    model, run through the artifact). ``rejected`` says which RAM / flash / robustness budget the
+    candidate misses (None: it meets them, or there is none); a rejected candidate is never
+    selected.
     """
 
     trial_id: str
@@ -48,6 +51,8 @@ class Candidate:
     flash_bytes: int | None = None
     tflm_agreement: float | None = None
     tflm_note: str | None = None
+    robust_accuracy: float | None = None
+    robust_attack: str | None = None
     rejected: str | None = None
 
     @property
@@ -63,7 +68,8 @@ class Candidate:
         budgets: dict | None = None,
     ) -> Candidate:
         """The candidate of a trial record (``tfopt.json``), measured against ``baseline`` and
-        the ``budgets`` (``{"max_ram": bytes or None, "max_flash": bytes or None}``).
+        the ``budgets`` (``{"max_ram": bytes or None, "max_flash": bytes or None,
+        "min_robust_accuracy": fraction or None}``).
 
         Paths in the record are relative to ``record["dir"]`` (its directory) when it is given.
         """
@@ -101,6 +107,8 @@ class Candidate:
             c.flash_bytes = m.get("flash_bytes", c.bytes)
             c.tflm_agreement = m.get("tflm_agreement")
             c.tflm_note = m.get("tflm_note")
+            c.robust_accuracy = m.get("robust_accuracy")
+            c.robust_attack = m.get("robust_attack")
             c.rejected = over_budget(c, budgets or {})
         return c
 
@@ -109,8 +117,8 @@ class Candidate:
 
 
 def over_budget(c: Candidate, budgets: dict) -> str | None:
-    """Why ``c`` exceeds the RAM / flash ``budgets`` (``{"max_ram", "max_flash"}``, bytes or None),
-    or None when it fits them."""
+    """Why ``c`` misses the ``budgets`` (``max_ram`` / ``max_flash`` in bytes, ``min_robust_accuracy``
+    a fraction; each None when not set), or None when it meets them."""
     reasons = []
     ram, flash = budgets.get("max_ram"), budgets.get("max_flash")
     if ram is not None:
@@ -120,11 +128,20 @@ def over_budget(c: Candidate, budgets: dict) -> str | None:
             reasons.append(f"arena {c.arena_bytes:,} B > max_ram {ram:,} B")
     if flash is not None and c.flash_bytes is not None and c.flash_bytes > flash:
         reasons.append(f"flash {c.flash_bytes:,} B > max_flash {flash:,} B")
+    robust = budgets.get("min_robust_accuracy")
+    if robust is not None:
+        if c.robust_accuracy is None:
+            reasons.append("robust accuracy not measured")
+        elif c.robust_accuracy < robust:
+            reasons.append(
+                f"robust accuracy {c.robust_accuracy:.4f} < min_robust_accuracy {robust:g} "
+                f"({c.robust_attack})"
+            )
     return "; ".join(reasons) or None
 
 
 def select_best(candidates: Sequence[Candidate], key: str = "gzip_bytes") -> Candidate | None:
-    """The best candidate: within budget on val and within the RAM / flash budgets (not
+    """The best candidate: within budget on val and within the RAM / flash / robustness budgets (not
     ``rejected``), then the smallest ``key`` (then the most accurate).
 
     Refined candidates are final (fully fine-tuned, few of them); screened ones count only while no

@@ -159,6 +159,39 @@ def check_memory_budgets(max_ram, max_flash, *, target: str, objective: str) -> 
     return budgets
 
 
+def check_robust_budget(min_robust_accuracy, robust_epsilon) -> dict:
+    """``{"min_robust_accuracy", "robust_epsilon"}`` checked (each None when not set).
+
+    Raises:
+        ValueError: ``min_robust_accuracy`` outside [0, 1], or without ``robust_epsilon``;
+            ``robust_epsilon`` not a number > 0.
+    """
+
+    def number(v) -> bool:
+        return isinstance(v, int | float | np.floating) and not isinstance(v, bool)
+
+    if min_robust_accuracy is not None and not (
+        number(min_robust_accuracy) and 0.0 <= min_robust_accuracy <= 1.0
+    ):
+        raise ValueError(
+            "min_robust_accuracy must be a fraction in [0, 1]. Received: "
+            f"min_robust_accuracy={min_robust_accuracy!r}"
+        )
+    if robust_epsilon is not None and not (number(robust_epsilon) and robust_epsilon > 0):
+        raise ValueError(
+            f"robust_epsilon must be a number > 0. Received: robust_epsilon={robust_epsilon!r}"
+        )
+    if min_robust_accuracy is not None and robust_epsilon is None:
+        raise ValueError(
+            "min_robust_accuracy needs robust_epsilon (the PGD attack's L-inf radius). Received: "
+            f"min_robust_accuracy={min_robust_accuracy!r}, robust_epsilon=None"
+        )
+    return {
+        "min_robust_accuracy": None if min_robust_accuracy is None else float(min_robust_accuracy),
+        "robust_epsilon": None if robust_epsilon is None else float(robust_epsilon),
+    }
+
+
 def _check_data(name: str, data) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise ValueError(
@@ -196,6 +229,10 @@ def optimize(
     log: Callable[[str], None] = print,
     max_ram=None,
     max_flash=None,
+    min_robust_accuracy: float | None = None,
+    robust_epsilon: float | None = None,
+    screen: bool = True,
+    role: str | None = None,
 ) -> AutoResult:
     """Finds the smallest (or fastest) deployable artifact within an accuracy budget.
 
@@ -262,6 +299,20 @@ def optimize(
             Candidates over it are rejected (the reason is in the report). Defaults to None.
         max_flash: the most flash: the raw flatbuffer bytes, which a microcontroller stores
             uncompressed (``"256KB"``). Defaults to None.
+        min_robust_accuracy: the least val accuracy under a PGD-10 attack at ``robust_epsilon``
+            (`tfopt.robust.pgd`): the examples are made on each candidate's Keras model (a TFLite
+            runtime gives no gradients) and run through its artifact. Candidates below it are
+            rejected, with the measured number in the report. Defaults to None.
+        robust_epsilon: the attack's L-inf radius (input units); needed by
+            ``min_robust_accuracy``, and alone it only measures. Defaults to None.
+        screen: run screening trials. False refines and reports the trials already in
+            ``out_dir`` (what `tfopt auto --workers` does after its workers screened). Defaults
+            to True.
+        role: None (this process searches), or a process of a distributed search
+            (`tfopt.tune._distributed`; KerasTuner's environment set): ``"chief"`` serves the
+            screening oracle at ``KERASTUNER_ORACLE_IP:PORT`` until the screening ends,
+            ``"worker"`` runs screening trials from the chief. Both return None. Defaults to
+            None.
 
     Returns:
         An `AutoResult`: the baseline, every candidate (refined ones have ``phase="refine"`` and
@@ -292,7 +343,10 @@ def optimize(
             f"Unrecognized objective={objective!r}. Supported objectives are: {list(AUTO_OBJECTIVES)}"
         )
     check_search_args(time_budget=time_budget, max_trials=max_trials, refine=refine)
+    if role not in (None, "chief", "worker"):
+        raise ValueError(f"role must be None, 'chief' or 'worker'. Received: role={role!r}")
     budgets = check_memory_budgets(max_ram, max_flash, target=target, objective=objective)
+    budgets.update(check_robust_budget(min_robust_accuracy, robust_epsilon))
     train = _check_data("train", train)
     val = _check_data("val", val)
     test = None if test is None else _check_data("test", test)
@@ -343,8 +397,13 @@ def optimize(
         say=log if verbose else (lambda msg: None),
         started=started,
         budgets=budgets,
+        worker=role == "worker",
     )
-    stopped = search.run(time_budget=time_budget, max_trials=max_trials, refine=refine)
+    if role is not None:
+        return _distributed_role(search, role, time_budget=time_budget, refine=refine)
+    stopped = search.run(
+        time_budget=time_budget, max_trials=max_trials, refine=refine, screen=screen
+    )
     search.finish(stopped)
     return AutoResult(
         baseline=search.baseline,
@@ -363,3 +422,18 @@ def optimize(
         },
         recipe=search.recipe_path,
     )
+
+
+def _distributed_role(search, role: str, *, time_budget, refine) -> None:
+    """The chief or a worker of a distributed screening (`tfopt auto --workers`)."""
+    import os
+
+    from tfopt.tune import _distributed as dist
+
+    if role == "chief":
+        search.set_deadline(time_budget, refine)
+        dist.serve(search.tuner, os.environ["KERASTUNER_ORACLE_IP"],
+                   int(os.environ["KERASTUNER_ORACLE_PORT"]))  # fmt: skip
+    else:
+        search.screen(None)
+    return None

@@ -105,6 +105,7 @@ def refinement_run(
     val,
     test=None,
     seed: int | None = None,
+    robust_epsilon: float | None = None,
 ) -> dict:
     """Runs the refinement of ``source`` (a candidate dict) and returns its trial record.
 
@@ -139,6 +140,7 @@ def refinement_run(
             target=target,
             teacher=model,
             seed=seed,
+            robust_epsilon=robust_epsilon,
         )
         record.update(status="COMPLETED", metrics=metrics, facts=facts)
     except ExportFailed as e:

@@ -96,7 +96,16 @@ def markdown(data: dict) -> str:
         f"{data['stopped']}; wall time {data['elapsed_s']:.0f} s",
         f"- techniques searched: {', '.join(data['techniques']) or 'none (PTQ only)'}",
     ]
-    budgets = {k: v for k, v in (data.get("budgets") or {}).items() if v is not None}
+    all_budgets = data.get("budgets") or {}
+    budgets = {k: all_budgets.get(k) for k in ("max_ram", "max_flash")}
+    budgets = {k: v for k, v in budgets.items() if v is not None}
+    if all_budgets.get("min_robust_accuracy") is not None:
+        lines.append(
+            f"- robustness budget: val accuracy under PGD-10 (L-inf eps="
+            f"{all_budgets['robust_epsilon']:g}, examples made on each candidate's Keras model and "
+            f"run through its artifact) >= {all_budgets['min_robust_accuracy']:g}; candidates "
+            "below are rejected, with the reason below"
+        )
     if budgets:
         lines.append(
             "- memory budgets: "
@@ -168,7 +177,7 @@ def markdown(data: dict) -> str:
         f"## Pareto front ({', '.join(names.get(k, k) for k in objectives)})",
         "",
         "| trial | recipe | val acc | test acc | gzip | gzip ratio | latency p50 | TFLM arena | "
-        "flash | TFLM vs LiteRT | in budget (val) | RAM/flash budgets |",
+        "flash | TFLM vs LiteRT | in budget (val) | budgets |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cands = {c["trial_id"]: c for c in data["candidates"]}

@@ -83,7 +83,7 @@ def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None
     large for a microcontroller's flash)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
-    small = budgets and any(v is not None for v in budgets.values())
+    small = budgets and any(budgets.get(k) is not None for k in ("max_ram", "max_flash"))
     for recipe in KNOWN_GOOD_SMALL if small else KNOWN_GOOD:
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
@@ -143,12 +143,19 @@ class Search:
         say: Callable[[str], None],
         started: float,
         budgets: dict | None = None,
+        worker: bool = False,
     ):
         self.model, self.train, self.val, self.test = model, train, val, test
         self.max_accuracy_drop = max_accuracy_drop
         self.target, self.objective = target, objective
         self.key = OBJECTIVE_KEYS[objective]
-        self.budgets = {"max_ram": None, "max_flash": None, **(budgets or {})}
+        self.budgets = {
+            "max_ram": None,
+            "max_flash": None,
+            "min_robust_accuracy": None,
+            "robust_epsilon": None,
+            **(budgets or {}),
+        }
         from tfopt import _tflm
 
         # TFLite Micro measures every candidate when the target is TFLM, a RAM/flash budget or
@@ -163,16 +170,24 @@ class Search:
         self.data: dict = {}
         self.recipe_path: Path | None = None
 
-        try:  # the model of recipe.yaml
-            _rundir.save_model(model, out_dir / "baseline.keras")
-            self.replayable = True
-        except Exception as e:  # a model Keras cannot save: no recipe.yaml, the search goes on
-            self.replayable = False
-            self.say(f"[auto] no recipe.yaml: the model cannot be saved ({type(e).__name__}: {e})")
-        self.baseline = _measure_baseline(
-            model, out_dir, val, test, train[0][:200], micro=self.micro or None
-        )
-        write_json(out_dir / "baseline.json", self.baseline)
+        # a worker of a distributed screening records its trials; its chief measured the baseline
+        # (before it listened) and the parent writes the report once the screening is over
+        self.worker = worker
+        self.replayable = True
+        if worker:
+            self.baseline = json.loads((out_dir / "baseline.json").read_text())
+        else:
+            try:  # the model of recipe.yaml
+                _rundir.save_model(model, out_dir / "baseline.keras")
+            except Exception as e:  # a model Keras cannot save: no recipe.yaml, the search goes on
+                self.replayable = False
+                self.say(
+                    f"[auto] no recipe.yaml: the model cannot be saved ({type(e).__name__}: {e})"
+                )
+            self.baseline = _measure_baseline(
+                model, out_dir, val, test, train[0][:200], micro=self.micro or None
+            )
+            write_json(out_dir / "baseline.json", self.baseline)
         b = self.baseline
         self.say(
             f"[auto] baseline (float32 TFLite): {b['bytes']} bytes, {b['gzip_bytes']} gzip bytes, "
@@ -203,6 +218,8 @@ class Search:
             max_accuracy_drop=max_accuracy_drop,
             max_ram=self.budgets["max_ram"],
             max_flash=self.budgets["max_flash"],
+            min_robust_accuracy=self.budgets["min_robust_accuracy"],
+            robust_epsilon=self.budgets["robust_epsilon"],
             on_trial_done=self._on_trial_done,
             save_models=True,
             trial_seed=seed,
@@ -210,6 +227,9 @@ class Search:
             project_name="search",
             overwrite=False,
         )
+        from tfopt.tune._distributed import pace_idle
+
+        pace_idle(self.tuner)  # a worker of a distributed screening: no busy loop while IDLE
         self.refine_dir = out_dir / "refine"
         for record in self.tuner.records():  # trials of an earlier, resumed run
             self._add(record)
@@ -244,23 +264,34 @@ class Search:
 
     def _add_and_report(self, record: dict, stopped: str) -> None:
         c = self._add(record)
-        self.save(stopped)
+        if not self.worker:
+            self.save(stopped)
         self.say(progress_line(c, self.best, self.baseline, time.monotonic() - self.started))
 
     # -- the phases ------------------------------------------------------------------------------
-    def run(self, *, time_budget, max_trials, refine) -> str:
-        """Screens, then refines, until the budgets are spent; returns why the search ended."""
+    def set_deadline(self, time_budget, refine) -> None:
+        """The screening's share of ``time_budget`` (all of it when nothing is refined)."""
+        if time_budget is not None:
+            share = 0.0 if refine == 0 else REFINE_SHARE
+            self.oracle.deadline = self.started + (1.0 - share) * float(time_budget)
+
+    def run(self, *, time_budget, max_trials, refine, screen: bool = True) -> str:
+        """Screens, then refines, until the budgets are spent; returns why the search ended.
+
+        ``screen=False`` skips the first screening (done by the workers of a distributed search).
+        """
         import keras_tuner.src.config as kt_config
 
         self.refine_info["limit"] = refine
         deadline = None if time_budget is None else self.started + float(time_budget)
-        if deadline is not None:
-            share = 0.0 if refine == 0 else REFINE_SHARE
-            self.oracle.deadline = self.started + (1.0 - share) * float(time_budget)
+        self.set_deadline(time_budget, refine)
         debug, kt_config.DEBUG = kt_config.DEBUG, False  # failures go to the report
         try:
             while True:
-                stopped = self.screen(max_trials)
+                if screen:
+                    stopped = self.screen(max_trials)
+                else:  # screened by the workers: why their chief stopped is in the trials
+                    screen, stopped = True, "screened_by_workers"
                 self.save(stopped)
                 if stopped == "interrupted" or refine == 0:
                     break
@@ -361,6 +392,7 @@ class Search:
                     val=self.val,
                     test=self.test,
                     seed=self.seed,
+                    robust_epsilon=self.budgets["robust_epsilon"],
                 )
                 durations.append(record["seconds"])
                 self.refine_info["runs"] = len(runs) + 1
@@ -518,6 +550,11 @@ def _budget_text(budgets: dict) -> str:
         for key, label in (("max_ram", "TFLM arena"), ("max_flash", "flash"))
         if budgets.get(key) is not None
     ]
+    if budgets.get("min_robust_accuracy") is not None:
+        parts.append(
+            f"PGD accuracy >= {budgets['min_robust_accuracy']:g} at "
+            f"eps={budgets['robust_epsilon']:g}"
+        )
     return (", " + ", ".join(parts)) if parts else ""
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 from tfopt import _formats as formats
@@ -56,6 +59,19 @@ def add_parser(sub):
         "e.g. 256KB",
     )
     p.add_argument(
+        "--min-robust-accuracy",
+        type=float,
+        metavar="FRACTION",
+        help="reject candidates whose val accuracy under PGD-10 at --robust-epsilon (examples "
+        "made on the Keras model, run through the artifact) is below FRACTION, e.g. 0.5",
+    )
+    p.add_argument(
+        "--robust-epsilon",
+        type=float,
+        metavar="EPS",
+        help="the PGD attack's L-inf radius in input units (needed by --min-robust-accuracy)",
+    )
+    p.add_argument(
         "--target",
         choices=formats.targets(),
         default="tflite-int8",
@@ -75,8 +91,48 @@ def add_parser(sub):
         action="store_true",
         help="discard an earlier search in --out (only a directory tfopt created is removed)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="screen with a chief and N worker processes on this machine (KerasTuner's "
+        "distributed mode over loopback, as `tfopt tune --workers`); refinement and the report "
+        "follow in this process",
+    )
+    p.add_argument(
+        "--chief",
+        metavar="HOST:PORT",
+        help="join the screening served by a chief at HOST:PORT as a worker (its --out must be "
+        "shared with this machine: the chief's process reads the trials' files)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a worker waits for the chief before giving up (default 10)",
+    )
+    p.add_argument("--serve", metavar="HOST:PORT", help=argparse.SUPPRESS)  # the chief's role
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     return p
+
+
+# the options a chief and its workers get from `tfopt auto --workers` (all but --workers and
+# --overwrite, which the launcher handles)
+_SHARED = (
+    "max_accuracy_drop", "time_budget", "max_trials", "objective", "max_ram", "max_flash",
+    "min_robust_accuracy", "robust_epsilon", "target", "techniques", "data", "model", "epochs",
+)  # fmt: skip
+
+
+def _child_args(args, out_dir: Path) -> list[str]:
+    out = [args.config] if args.config else []
+    for name in _SHARED:
+        value = getattr(args, name)
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
+    if args.quiet:
+        out.append("--quiet")
+    return [*out, "--out", str(out_dir.resolve())]
 
 
 def _size(flag: str):
@@ -122,6 +178,8 @@ def auto_identity(cfg, args, techniques) -> dict:
             "techniques": None if techniques is None else sorted(techniques),
             "max_ram": args.max_ram,
             "max_flash": args.max_flash,
+            "min_robust_accuracy": args.min_robust_accuracy,
+            "robust_epsilon": args.robust_epsilon,
         },
     }
 
@@ -168,6 +226,9 @@ def main(args) -> int:
     from tfopt.auto._optimize import check_memory_budgets
 
     check_memory_budgets(args.max_ram, args.max_flash, target=args.target, objective=args.objective)
+    from tfopt.auto._optimize import check_robust_budget
+
+    check_robust_budget(args.min_robust_accuracy, args.robust_epsilon)
     if args.techniques:
         from tfopt.tune import TECHNIQUES
 
@@ -178,7 +239,18 @@ def main(args) -> int:
                     f"Supported: {list(TECHNIQUES)}"
                 )
     from tfopt import _rundir
+    from tfopt.tune import _distributed as dist
 
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0. Received: --workers={args.workers}")
+    if args.workers and (args.chief or args.serve):
+        raise ValueError("--workers starts its own chief; it cannot be combined with --chief")
+    role = "chief" if args.serve else "worker" if args.chief else None
+    if args.chief:  # before the baseline: an unreachable chief is a one-line error
+        dist.join(args.chief, timeout=args.connect_timeout)
+    if args.serve:
+        host, port = dist.parse_address(args.serve)
+        os.environ.update(KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=str(port))
     techniques = None if not args.techniques else [t.strip() for t in args.techniques.split(",")]
     cfg = _config(args)
     identity = auto_identity(cfg, args, techniques)
@@ -193,6 +265,20 @@ def main(args) -> int:
     data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     print(f"[auto] data: {data}", flush=True)
     model = baseline_model(cfg, data, out_dir, log=lambda m: print(m, flush=True))
+    time_budget = args.time_budget
+    if args.workers:  # screening in a chief + workers (they load baseline.keras), then refine here
+        started = time.monotonic()
+        code = dist.launch(
+            _child_args(args, out_dir),
+            workers=args.workers,
+            command="auto",
+            log=lambda m: print(m, flush=True),
+        )
+        if code:
+            print(f"tfopt: a search worker exited with code {code}", file=sys.stderr)
+            return code
+        if time_budget is not None:  # what the screening left of it goes to the refinement
+            time_budget = max(1.0, time_budget - (time.monotonic() - started))
     res = auto.optimize(
         model,
         data.train,
@@ -201,7 +287,7 @@ def main(args) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         target=args.target,
         objective=args.objective,
-        time_budget=args.time_budget,
+        time_budget=time_budget,
         max_trials=args.max_trials,
         out_dir=out_dir,
         techniques=techniques,
@@ -211,7 +297,13 @@ def main(args) -> int:
         log=lambda m: print(m, flush=True),
         max_ram=args.max_ram,
         max_flash=args.max_flash,
+        min_robust_accuracy=args.min_robust_accuracy,
+        robust_epsilon=args.robust_epsilon,
+        screen=not args.workers,
+        role=role,
     )
+    if role is not None:
+        return 0
     print(f"[auto] report: {res.report['markdown']}  plot: {res.report['plot']}", flush=True)
     if res.best is not None:
         print(

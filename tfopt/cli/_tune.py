@@ -92,8 +92,7 @@ def main(args) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
 
     if chief is not None:  # a worker of a chief elsewhere (or of our own launcher)
-        dist.check_reachable(*chief, timeout=args.connect_timeout)
-        os.environ.update(dist.join_environment(*chief, os.environ.get("KERASTUNER_TUNER_ID")))
+        dist.join(args.chief, timeout=args.connect_timeout)
         data, hm = st.prepare(cfg, max_trials=args.max_trials)
         tuner = st.make_tuner(
             cfg, hm, out_dir, max_trials=args.max_trials, on_trial_done=st.progress(log)

@@ -34,6 +34,26 @@ class _Scratch:
     """Plain holder (not tracked by Keras) for tensors passed from ``call`` to ``compute_loss``."""
 
     features = None
+    inputs = None  # the augmented inputs of this training step (the teacher sees the same)
+    mix = None  # (lambda, permutation) of this step's mixup, for the hard-label loss
+
+
+def _augmentation(augment) -> list:
+    """``augment`` as a list of Keras layers (a layer, a model or a sequence of layers)."""
+    if augment is None:
+        return []
+    items = [augment] if isinstance(augment, keras.layers.Layer) else augment
+    try:
+        items = list(items)
+    except TypeError:
+        items = [None]
+    if not all(isinstance(item, keras.layers.Layer) for item in items):
+        raise TypeError(
+            "augment must be a Keras layer, a Keras model or a list of Keras layers (e.g. "
+            "[keras.layers.GaussianNoise(0.1)]). Received: augment="
+            f"{augment!r}"
+        )
+    return items
 
 
 def _output_operation(model):
@@ -201,6 +221,18 @@ class Distiller(keras.Model):
     (logits or probabilities, as in ``teacher.predict``) or, with ``features``, the dict that
     `precompute` returns; the teacher is then not run for those batches.
 
+    Augmentation (``augment=``): the layers run on each training batch before *both* the student
+    and the teacher, so the teacher labels exactly the input the student sees ("consistent
+    teaching", Beyer et al. 2022). With few training samples this is what lets a student learn
+    the teacher's function rather than its answers on the training inputs; a precomputed teacher
+    can't do it (it saw other inputs), so ``augment`` needs the teacher online. The layers are used in training
+    only and are not part of ``distiller.student``. ``mixup`` goes further ("function matching"):
+    each training input becomes ``lam * x_i + (1 - lam) * x_j`` (``lam ~ Beta(mixup, mixup)``, ``j``
+    a random partner in the batch), the teacher labels the mixture, and the hard-label loss is
+    ``lam * loss(y_i) + (1 - lam) * loss(y_j)`` (the training metrics still compare with the
+    unmixed labels). On MNIST-1D (benchmarks/robust_ensemble.py) this is what closes most of the
+    gap between a student distilled from an ensemble and the ensemble.
+
     A Distiller saves and loads like any Keras model (``distiller.save("d.keras")``,
     ``keras.models.load_model``): teacher, student, projections, compile and optimizer state.
 
@@ -218,7 +250,13 @@ class Distiller(keras.Model):
         feature_weight: weight of each feature term inside the distillation part. Defaults to 1.0.
         precompute_teacher: run the teacher once over ``x`` when ``fit`` starts (NumPy ``x``), not
             at every step; the teacher outputs travel with the labels through shuffling and
-            batching. Do not combine with random data augmentation. Defaults to False.
+            batching. Not with ``augment``. Defaults to False.
+        augment: training-only input transforms applied to each batch before the teacher and the
+            student see it: a Keras layer, model, or list of layers (e.g.
+            ``[keras.layers.GaussianNoise(0.1)]``, or `tfopt._training.augmentation_layers` of a
+            ``train.augment`` section). Defaults to None.
+        mixup: Beta parameter of mixup between the training inputs (after ``augment``); 0 turns it
+            off. Needs the teacher online. Defaults to 0.0.
         teacher_output: ``"logits"`` or ``"probabilities"``: what the teacher returns. Defaults to
             None (probabilities when a Functional/Sequential teacher ends in a softmax, else logits;
             say it for a subclassed teacher that ends in a softmax).
@@ -248,6 +286,8 @@ class Distiller(keras.Model):
         feature_loss="mse",
         feature_weight: float = 1.0,
         precompute_teacher: bool = False,
+        augment=None,
+        mixup: float = 0.0,
         teacher_output: str | None = None,
         student_output: str | None = None,
         name: str = "distiller",
@@ -262,6 +302,14 @@ class Distiller(keras.Model):
             raise TypeError(
                 "feature_loss must be a loss name, a keras.losses.Loss or a function. "
                 f"Received: feature_loss={feature_loss!r}"
+            )
+        augment_layers = _augmentation(augment)
+        _check_number(mixup, "mixup", low=0)
+        if (augment_layers or mixup) and precompute_teacher:
+            raise ValueError(
+                "augment and mixup need the teacher online (it must label the inputs the student "
+                "sees); precompute_teacher=True gives it the original ones. Received: "
+                f"precompute_teacher=True with augment={augment!r}, mixup={mixup!r}"
             )
         if teacher is student:
             raise ValueError(
@@ -281,6 +329,9 @@ class Distiller(keras.Model):
         self.feature_weight = float(feature_weight)
         self.precompute_teacher = bool(precompute_teacher)
         self.feature_loss = feature_loss
+        self.augment = augment_layers
+        self.mixup = float(mixup)
+        self._mix_seed = keras.random.SeedGenerator(None) if self.mixup else None
         self._pairs = _feature_pairs(features)
         self._scratch = _Scratch()
         self._logits_term = keras.distillation.LogitsDistillation(
@@ -420,12 +471,27 @@ class Distiller(keras.Model):
     # -- the training step -----------------------------------------------------------------------
 
     def call(self, inputs, training=None):
-        """Returns the student's outputs (in one pass with its features when features are used)."""
+        """Returns the student's outputs (in one pass with its features when features are used);
+        in training, on the augmented inputs (kept for the teacher's pass)."""
+        if training and (self.augment or self.mixup):
+            for layer in self.augment:
+                inputs = layer(inputs, training=True)
+            if self.mixup:
+                inputs = self._mix(inputs)
+            self._scratch.inputs = inputs
         if self._student_extractor is None:
             return self.student(inputs, training=training)
         outputs = self._student_extractor(inputs, training=training)
         self._scratch.features = outputs
         return outputs[_FINAL]
+
+    def _mix(self, x):
+        n = ops.shape(x)[0]
+        lam = keras.random.beta((n,), self.mixup, self.mixup, seed=self._mix_seed)
+        perm = keras.random.shuffle(ops.arange(n), seed=self._mix_seed)
+        self._scratch.mix = (lam, perm)
+        lam_x = ops.reshape(ops.cast(lam, x.dtype), (-1,) + (1,) * (len(x.shape) - 1))
+        return lam_x * x + (1.0 - lam_x) * ops.take(x, perm, axis=0)
 
     def _teacher_outputs(self, x) -> dict:
         if self._teacher_extractor is not None:
@@ -441,10 +507,32 @@ class Distiller(keras.Model):
         else:
             teacher_out, labels = None, y
         student_features, self._scratch.features = self._scratch.features, None
+        augmented, self._scratch.inputs = self._scratch.inputs, None
+        mix, self._scratch.mix = self._scratch.mix, None
+        if augmented is not None:
+            if teacher_out is not None:
+                raise ValueError(
+                    "augment and mixup need the teacher online: its outputs on the batch the "
+                    'student saw. Do not pass {"teacher": ...} targets to such a Distiller.'
+                )
+            x = augmented
 
         zero = ops.convert_to_tensor(0.0)
         hard = soft = zero
-        if labels is not None and self.alpha > 0:
+        if labels is not None and self.alpha > 0 and mix is not None:
+            # mixed inputs: lam * loss(y_i) + (1 - lam) * loss(y_j), as sample weights
+            lam, perm = mix
+            lam = ops.cast(lam, "float32")
+            sw = 1.0 if sample_weight is None else ops.cast(sample_weight, "float32")
+            hard = ops.cast(
+                self._student_loss(labels, y_pred, sample_weight=lam * sw), "float32"
+            ) + ops.cast(
+                self._student_loss(
+                    ops.take(labels, perm, axis=0), y_pred, sample_weight=(1.0 - lam) * sw
+                ),
+                "float32",
+            )
+        elif labels is not None and self.alpha > 0:
             hard = ops.cast(
                 self._student_loss(labels, y_pred, sample_weight=sample_weight), "float32"
             )
@@ -533,6 +621,9 @@ class Distiller(keras.Model):
             "feature_loss": feature_loss,
             "feature_weight": self.feature_weight,
             "precompute_teacher": self.precompute_teacher,
+            "augment": [keras.saving.serialize_keras_object(layer) for layer in self.augment]
+            or None,
+            "mixup": self.mixup,
             "teacher_output": self.teacher_output,
             "student_output": self.student_output,
         }
@@ -542,6 +633,10 @@ class Distiller(keras.Model):
         config = dict(config)
         for key in ("teacher", "student"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
+        if config.get("augment"):
+            config["augment"] = [
+                keras.saving.deserialize_keras_object(a) for a in config["augment"]
+            ]
         if isinstance(config.get("feature_loss"), Mapping):
             config["feature_loss"] = keras.saving.deserialize_keras_object(config["feature_loss"])
         return cls(**config)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tfopt.config import StepConfig
 from tfopt.config._base import MAX_EPOCHS
+from tfopt.config._train import AugmentConfig
 
 
 class Config(StepConfig):
@@ -16,7 +17,11 @@ class Config(StepConfig):
 
     ``teacher``: None (the run's trained baseline) or a ``.keras`` path. ``student``: None (the
     current model, i.e. the output of the previous step, copied) or ``{model: <zoo name>,
-    <builder options>...}`` for a new zoo model, e.g. half the width.
+    <builder options>...}`` for a new zoo model, e.g. half the width. ``augment``: the
+    training-only transforms of ``train.augment`` (noise, shift, scale, flip, crop; ``mixup`` is
+    the Distiller's mixup), applied before both teacher and student (`tfopt.distill.Distiller`'s
+    ``augment``/``mixup``); the teacher then runs online. ``precompute_teacher``: None runs the
+    teacher once up front unless ``augment`` is active.
     """
 
     type: Literal["distill"] = "distill"
@@ -26,9 +31,19 @@ class Config(StepConfig):
     alpha: float = Field(0.1, ge=0.0, le=1.0)  # weight of the hard-label loss
     features: dict[str, str] = Field(default_factory=dict)  # teacher layer -> student layer
     feature_weight: float = Field(1.0, ge=0.0)
-    precompute_teacher: bool = True
+    precompute_teacher: bool | None = None
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
     learning_rate: float = Field(2e-3, gt=0.0)
+
+    @model_validator(mode="after")
+    def _online_teacher(self):
+        if self.precompute_teacher and self.augment.active():
+            raise ValueError(
+                "augment needs the teacher online (it labels the augmented inputs): drop "
+                "precompute_teacher or set it to false"
+            )
+        return self
 
     @field_validator("teacher")
     @classmethod
@@ -92,6 +107,9 @@ def run(cfg: Config, model, ctx):
         f"      teacher {teacher.name} ({teacher.count_params():,} params) -> student "
         f"{student.name} ({student.count_params():,} params), T={cfg.temperature} alpha={cfg.alpha}"
     )
+    from tfopt._training import augmentation_layers
+
+    augmenting = cfg.augment.active()
     distiller = Distiller(
         teacher=teacher,
         student=student,
@@ -99,7 +117,11 @@ def run(cfg: Config, model, ctx):
         alpha=cfg.alpha,
         features=cfg.features or None,
         feature_weight=cfg.feature_weight,
-        precompute_teacher=cfg.precompute_teacher,
+        precompute_teacher=not augmenting
+        if cfg.precompute_teacher is None
+        else cfg.precompute_teacher,
+        augment=augmentation_layers(cfg.augment, ctx.data.input_shape, seed=ctx.seed),
+        mixup=cfg.augment.mixup,
     )
     distiller.compile(keras.optimizers.Adam(cfg.learning_rate), metrics=["accuracy"])
     tb = ctx.summaries(lambda d: keras.callbacks.TensorBoard(str(d), write_graph=False), "")

@@ -1,10 +1,12 @@
 """Distributed search on KerasTuner's own engine: a chief serves the oracle over gRPC, workers run
 trials (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``).
 
-`launch` starts a chief and N workers on this machine over loopback, as child processes that die
-with their parent (Linux ``PR_SET_PDEATHSIG``; elsewhere they are terminated when the parent exits
-normally or on a signal). `join_environment` turns this process into a worker of a chief elsewhere,
-after checking within a timeout that the chief answers.
+One implementation for `tfopt tune` and `tfopt auto`: `launch` starts a chief and N workers of
+either command on this machine over loopback, as child processes that die with their parent
+(Linux ``PR_SET_PDEATHSIG``; elsewhere they are terminated when the parent exits normally or on a
+signal). `join` turns this process into a worker of a chief elsewhere, after checking within a
+timeout that the chief answers. `serve` is the chief's side (KerasTuner's `OracleServicer`), and
+`pace_idle` keeps a worker's tuner from polling a busy chief in a tight loop.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def check_reachable(host: str, port: int, timeout: float = 10.0) -> None:
     except grpc.FutureTimeoutError:
         raise ChiefUnreachable(
             f"cannot reach the search chief at {host}:{port} within {timeout:g} s (start it with "
-            "`tfopt tune --workers N` on that machine, and check the address and firewall)"
+            "`tfopt tune --workers N` or `tfopt auto --workers N` on that machine, and check the "
+            "address and firewall)"
         ) from None
     finally:
         channel.close()
@@ -70,6 +73,67 @@ def join_environment(host: str, port: int, tuner_id: str | None = None) -> dict[
         "KERASTUNER_ORACLE_PORT": str(port),
         "KERASTUNER_TUNER_ID": tuner_id or f"tuner-{socket.gethostname()}-{os.getpid()}",
     }
+
+
+def join(address: str, *, timeout: float = 10.0) -> dict[str, str]:
+    """Makes this process a worker of the chief at ``address`` (``HOST:PORT``): checks that it
+    answers within ``timeout`` seconds, then sets KerasTuner's environment (before any tuner is
+    built). Returns that environment.
+
+    Raises:
+        ValueError: ``address`` is not ``HOST:PORT``.
+        ChiefUnreachable: no answer within the timeout.
+    """
+    host, port = parse_address(address)
+    check_reachable(host, port, timeout=timeout)
+    env = join_environment(host, port, os.environ.get("KERASTUNER_TUNER_ID"))
+    os.environ.update(env)
+    return env
+
+
+def pace_idle(tuner, pause: float = 0.5) -> None:
+    """A worker's tuner (its oracle is KerasTuner's gRPC client) waits ``pause`` seconds after
+    each IDLE answer of the chief (all trials handed out, some still running) instead of asking
+    again at once."""
+    import keras_tuner
+
+    if not hasattr(tuner.oracle, "stub"):
+        return
+    ask = tuner.oracle.create_trial
+
+    def create_trial(tuner_id):
+        trial = ask(tuner_id)
+        if trial.status == keras_tuner.engine.trial.TrialStatus.IDLE:
+            time.sleep(pause)
+        return trial
+
+    tuner.oracle.create_trial = create_trial
+
+
+def serve(tuner, host: str, port: int, *, poll: float = 0.25) -> None:
+    """Serves ``tuner``'s oracle to workers over gRPC (KerasTuner's `OracleServicer`) until every
+    worker got its stop and no trial runs: the chief of a distributed search."""
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+
+    tuner.save()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    servicer = oracle_chief.OracleServicer(tuner.oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"the search chief cannot listen on {host}:{port} (port in use?)")
+    server.start()
+    try:
+        while not (servicer.stop_triggered and oracle_chief.exit_chief(tuner.oracle)):
+            time.sleep(poll)
+    finally:
+        server.stop(1)
+        # KerasTuner saves the oracle before it pops the last ended trial from the ongoing ones;
+        # save again so that a resumed search does not re-run it
+        tuner.save()
 
 
 def _die_with_parent(parent: int):
@@ -113,15 +177,23 @@ def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
                 p.wait()
 
 
-def launch(args: list[str], *, workers: int, log=print, start_timeout: float = 300.0) -> int:
+def launch(
+    args: list[str],
+    *,
+    workers: int,
+    command: str = "tune",
+    log=print,
+    start_timeout: float = 300.0,
+) -> int:
     """Runs a distributed search on this machine: a chief and ``workers`` workers over loopback.
 
-    Each child runs ``python -m tfopt tune <args>`` with ``--serve 127.0.0.1:PORT`` (the chief) or
-    ``--chief 127.0.0.1:PORT`` and ``KERASTUNER_TUNER_ID=tuner<i>`` (the workers).
+    Each child runs ``python -m tfopt <command> <args>`` with ``--serve 127.0.0.1:PORT`` (the
+    chief) or ``--chief 127.0.0.1:PORT`` and ``KERASTUNER_TUNER_ID=tuner<i>`` (the workers).
 
     Args:
-        args: the `tfopt tune` arguments shared by every process (config, overrides, --out, ...).
+        args: the arguments shared by every process (config, overrides, --out, ...).
         workers: the number of worker processes (>= 1).
+        command: the `tfopt` subcommand, ``"tune"`` or ``"auto"``. Defaults to "tune".
         log: receives progress lines. Defaults to print.
         start_timeout: seconds to wait for the chief to listen. Defaults to 300.
 
@@ -135,7 +207,9 @@ def launch(args: list[str], *, workers: int, log=print, start_timeout: float = 3
     if workers < 1:
         raise ValueError(f"workers must be >= 1. Received: workers={workers}")
     host, port = "127.0.0.1", free_port()
-    base = [sys.executable, "-m", "tfopt", "tune", *args]
+    if command not in ("tune", "auto"):
+        raise ValueError(f"command must be 'tune' or 'auto'. Received: command={command!r}")
+    base = [sys.executable, "-m", "tfopt", command, *args]
     procs: list[subprocess.Popen] = []
     previous = {}
 
@@ -151,7 +225,7 @@ def launch(args: list[str], *, workers: int, log=print, start_timeout: float = 3
     try:
         chief = _spawn([*base, "--serve", f"{host}:{port}"], {"KERASTUNER_TUNER_ID": "chief"})
         procs.append(chief)
-        log(f"[tune] chief pid {chief.pid} serving the oracle on {host}:{port}")
+        log(f"[{command}] chief pid {chief.pid} serving the oracle on {host}:{port}")
         deadline = time.monotonic() + start_timeout
         while True:
             if chief.poll() is not None:
@@ -169,7 +243,7 @@ def launch(args: list[str], *, workers: int, log=print, start_timeout: float = 3
             env = join_environment(host, port, f"tuner{i}")
             w = _spawn([*base, "--chief", f"{host}:{port}"], env)
             procs.append(w)
-            log(f"[tune] worker tuner{i} pid {w.pid}")
+            log(f"[{command}] worker tuner{i} pid {w.pid}")
         workers_ = procs[1:]
         while any(w.poll() is None for w in workers_):
             if chief.poll() is not None and chief.returncode != 0:
@@ -180,7 +254,7 @@ def launch(args: list[str], *, workers: int, log=print, start_timeout: float = 3
         try:
             chief.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            log("[tune] the chief did not stop within 60 s after the workers; stopping it")
+            log(f"[{command}] the chief did not stop within 60 s after the workers; stopping it")
         return next((c for c in codes if c), 0)
     finally:
         _stop(procs)

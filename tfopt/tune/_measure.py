@@ -25,6 +25,7 @@ def export_and_measure(
     latency_runs: int = 50,
     runtime: str | None = None,
     fixed_batch: int | None = None,
+    robust_epsilon: float | None = None,
 ) -> dict:
     """Exports ``model`` to ``path`` and measures the file: accuracy, sizes, latency.
 
@@ -40,6 +41,9 @@ def export_and_measure(
             Defaults to None (LiteRT).
         fixed_batch: convert with this fixed batch size (`tfopt.export.tflite`; the ``tflm``
             target uses 1, as `tfopt.export.tflm` does). Defaults to None (dynamic).
+        robust_epsilon: also measure ``robust_accuracy`` on ``val``: PGD examples at this L-inf
+            radius, made on ``model`` (the artifact's runtime gives no gradients) and run through
+            the artifact; ``robust_attack`` says so. Defaults to None (not measured).
 
     Returns:
         A dict with ``val_accuracy``, ``test_accuracy`` (or None), ``bytes``, ``gzip_bytes``,
@@ -68,7 +72,15 @@ def export_and_measure(
             f"export to tflite ({quantization}) failed: {type(e).__name__}: {e}"
         ) from e
     try:
-        result = bench.benchmark(str(path), data=val, warmup=5, runs=latency_runs, runtime=runtime)
+        result = bench.benchmark(
+            str(path),
+            data=val,
+            warmup=5,
+            runs=latency_runs,
+            runtime=runtime,
+            robust_epsilon=robust_epsilon,
+            attack_model=model if robust_epsilon is not None else None,
+        )
     except UnsupportedOpsError as e:  # the target runtime cannot run it: a failed candidate
         raise ExportFailed(str(e)) from e
     test_acc = bench.evaluate(str(path), test, runtime=runtime) if test is not None else None
@@ -100,5 +112,13 @@ def export_and_measure(
         },
         "path": str(Path(path)),
         "runtime": result.runtime,
+        **(
+            {
+                "robust_accuracy": float(result.robust_accuracy),
+                "robust_attack": result.robust_attack,
+            }
+            if robust_epsilon is not None
+            else {}
+        ),
         **tflm,
     }

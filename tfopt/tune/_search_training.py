@@ -61,13 +61,19 @@ def prepare(cfg, *, max_trials: int | None = None):
     from tfopt.errors import ConfigError
     from tfopt.tune._training_space import TrainingHyperModel
 
-    if cfg.model.name is None:
+    if cfg.model.name is None and cfg.transfer is None:
         raise ConfigError(
-            "model.name: tfopt tune searches a zoo builder's width/depth; set model.name"
+            "model.name: tfopt tune searches a zoo builder's width/depth; set model.name (or a "
+            "transfer: section to search how to fine-tune model.path)"
         )
     if max_trials is not None and max_trials < 1:
         raise ValueError(f"max_trials must be >= 1. Received: max_trials={max_trials}")
     data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+    source = None
+    if cfg.transfer is not None:  # the model `tfopt run` would transfer from
+        from tfopt._pipeline import _build_model
+
+        source = _build_model(cfg, data)
     hm = TrainingHyperModel(
         cfg.model.name,
         input_shape=data.input_shape,
@@ -76,6 +82,8 @@ def prepare(cfg, *, max_trials: int | None = None):
         base_options=cfg.model.options,
         space=cfg.tune.space,
         max_epochs=cfg.tune.max_epochs,
+        transfer=cfg.transfer,
+        source=source,
     )
     return data, hm
 
@@ -201,6 +209,8 @@ def run_config(raw: dict, best: dict) -> dict:
     model["options"] = dict(best["model_options"])
     out["model"] = model
     out["train"] = best["train"]
+    if best.get("transfer") is not None:
+        out["transfer"] = best["transfer"]
     return out
 
 

@@ -2,7 +2,9 @@
 
 Each hyperparameter is a key of the `tfopt run` config: ``train.*`` (optimizer, schedule,
 regularization), ``train.augment.*`` (augmentation) or ``model.options.*`` (the builder's width,
-depth, dropout, L2). A point of the space is therefore a ``train:`` section plus model options
+depth, dropout, L2); with a ``transfer:`` section, ``transfer.freeze_until`` (the last frozen
+layer, or ``none``) and ``transfer.unfreeze_at_epoch`` (``-1``: never) instead of the builder's
+options (the model is the given one, with a new head). A point of the space is therefore a ``train:`` section plus model options
 (`TrainingHyperModel.train_config`, `TrainingHyperModel.model_options`), validated by the same
 schema as `tfopt run`. How a trial runs lives in `tfopt.tune.TrainingTuner.run_trial`.
 
@@ -37,6 +39,10 @@ TRAIN_KEYS = (
 )
 AUGMENT_KEYS = ("noise", "shift", "scale", "mixup", "flip", "crop")
 MODEL_KEYS = ("width", "dense", "depth", "blocks", "dropout", "l2")
+# a config with a transfer: section searches these instead of the builder's options; "none" is
+# freeze_until: null (train every layer), -1 is unfreeze_at_epoch: null (never unfreeze)
+TRANSFER_KEYS = ("freeze_until", "unfreeze_at_epoch")
+NO_FREEZE, NEVER = "none", -1
 
 # The default space (chosen for small 1-D/image classifiers such as the MNIST-1D zoo CNN: wider
 # and deeper than the zoo default, shift augmentation, cosine schedules and longer training are
@@ -130,6 +136,9 @@ class TrainingHyperModel(keras_tuner.HyperModel):
         base_options: model options that are not searched (``model.options`` of the config).
             Defaults to None.
         space: overrides of `DEFAULT_SPACE` by name. Defaults to None.
+        transfer: a `tfopt.config.TransferConfig`: search how to fine-tune ``source`` instead of
+            the builder's options. Defaults to None.
+        source: the model to transfer from (needed with ``transfer``). Defaults to None.
         max_epochs: the epochs of a trial when the oracle does not set them (Hyperband does);
             ``epochs`` in ``space`` overrides it. Defaults to 40.
 
@@ -153,6 +162,8 @@ class TrainingHyperModel(keras_tuner.HyperModel):
         base_options: dict | None = None,
         space: dict | None = None,
         max_epochs: int = 40,
+        transfer=None,
+        source=None,
         name: str | None = None,
     ):
         super().__init__(name=name, tunable=True)
@@ -164,7 +175,11 @@ class TrainingHyperModel(keras_tuner.HyperModel):
         self.base = base if base is not None else TrainConfig()
         self.base_options = dict(base_options or {})
         self.max_epochs = int(max_epochs)
-        options = set(inspect.signature(_builder_fn(builder)).parameters)
+        self.transfer, self.source = transfer, source
+        if transfer is not None and source is None:
+            raise ValueError("transfer needs source= (the model to fine-tune)")
+        # a transferred model is the given one: no builder options to search
+        options = set() if transfer else set(inspect.signature(_builder_fn(builder)).parameters)
         image = len(self.input_shape) == 3
         wanted = {"shift"} if not image else {"flip", "crop"}
         space = dict(space or {})
@@ -181,6 +196,9 @@ class TrainingHyperModel(keras_tuner.HyperModel):
             | (set(MODEL_KEYS) & options)
             | (set(AUGMENT_KEYS) - ({"flip", "crop"} if not image else {"shift"}))
         )
+        if transfer is not None:
+            known.update(self._transfer_space())
+            allowed |= set(TRANSFER_KEYS)
         for n in space:
             if n not in allowed:
                 hint = difflib.get_close_matches(n, sorted(allowed), n=1)
@@ -194,10 +212,50 @@ class TrainingHyperModel(keras_tuner.HyperModel):
             self.space["epochs"] = self.max_epochs
         self._check_values()
 
+    def _transfer_space(self) -> dict:
+        """freeze_until: the config's choice first, then none and each layer with weights before
+        the head; unfreeze_at_epoch: the config's, then never and two early epochs."""
+        layers = [layer.name for layer in self.source.layers if layer.weights][:-1]
+        freeze = self.transfer.freeze_until or NO_FREEZE
+        unfreeze = self.transfer.unfreeze_at_epoch
+        unfreeze = NEVER if unfreeze is None else unfreeze
+        return {
+            "freeze_until": list(dict.fromkeys([freeze, NO_FREEZE, *layers])),
+            "unfreeze_at_epoch": list(dict.fromkeys([unfreeze, NEVER, 2, 5])),
+        }
+
+    def transfer_config(self, hp) -> dict | None:
+        """The ``transfer:`` section of a point (None without transfer)."""
+        if self.transfer is None:
+            return None
+        out = self.transfer.model_dump()
+        freeze = hp.values.get("freeze_until", out["freeze_until"] or NO_FREEZE)
+        unfreeze = hp.values.get("unfreeze_at_epoch", out["unfreeze_at_epoch"])
+        out["freeze_until"] = None if freeze == NO_FREEZE else freeze
+        out["unfreeze_at_epoch"] = None if unfreeze in (None, NEVER) else int(unfreeze)
+        return out
+
     def _check_values(self) -> None:
         from tfopt.config._schema import TrainConfig, _one_line
 
         for name, spec in self.space.items():
+            if name == "freeze_until":
+                from tfopt.train._transfer import check_freeze_until
+
+                for value in _examples(spec):
+                    try:
+                        check_freeze_until(self.source, None if value == NO_FREEZE else value)
+                    except ValueError as e:
+                        raise ConfigError(f"tune.space: {e}") from None
+                continue
+            if name == "unfreeze_at_epoch":
+                bad = [v for v in _examples(spec) if not isinstance(v, int) or v < NEVER]
+                if bad:
+                    raise ConfigError(
+                        "tune.space: unfreeze_at_epoch must be epochs >= 0, or -1 (never). "
+                        f"Received: {bad[0]!r}"
+                    )
+                continue
             for value in _examples(spec):
                 if name in TRAIN_KEYS:
                     raw = {name: value}
@@ -243,6 +301,16 @@ class TrainingHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         """A new, untrained model of the point ``hp`` (augmentation is not part of it)."""
         self.declare_hyperparameters(hp)
+        if self.transfer is not None:
+            from tfopt.train import transfer
+
+            t = self.transfer_config(hp)
+            return transfer(
+                self.source,
+                num_classes=self.num_classes,
+                freeze_until=t["freeze_until"],
+                head=t["head"],
+            )
         fn = _builder_fn(self.builder)
         model = fn(
             input_shape=self.input_shape, num_classes=self.num_classes, **self.model_options(hp)

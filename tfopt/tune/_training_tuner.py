@@ -136,16 +136,9 @@ class TrainingTuner(keras_tuner.Tuner):
         )
         # our own progress lines (`on_trial_done`) replace KerasTuner's display
         getattr(self.oracle, "_oracle", self.oracle).verbose = 0
-        if hasattr(self.oracle, "stub"):  # a worker's gRPC client: no busy loop while IDLE
-            ask = self.oracle.create_trial
+        from tfopt.tune._distributed import pace_idle
 
-            def create_trial(tuner_id):
-                trial = ask(tuner_id)
-                if trial.status == keras_tuner.engine.trial.TrialStatus.IDLE:
-                    time.sleep(0.5)
-                return trial
-
-            self.oracle.create_trial = create_trial
+        pace_idle(self)  # a worker's gRPC client: no busy loop while IDLE
 
     @property
     def log_dir(self) -> Path:
@@ -163,7 +156,7 @@ class TrainingTuner(keras_tuner.Tuner):
             data: a `tfopt.data.Dataset` (train fits, val scores, test is reported).
             verbose: Keras fit verbosity. Defaults to 0.
         """
-        from tfopt._training import fit
+        from tfopt._training import fit, fit_transfer
 
         hp = trial.hyperparameters
         started, started_at = time.perf_counter(), time.time()
@@ -173,7 +166,18 @@ class TrainingTuner(keras_tuner.Tuner):
         train = self.hypermodel.train_config(hp, epochs=budget)
         keras.utils.set_random_seed(self.seed)
         model = self.hypermodel.build(hp)
-        history = fit(model, train, data, seed=self.seed, verbose=verbose)
+        transfer = self.hypermodel.transfer_config(hp)
+        if transfer is None:
+            histories = [fit(model, train, data, seed=self.seed, verbose=verbose)]
+        else:  # frozen layers first, as `tfopt run` trains a transfer: baseline
+            histories = fit_transfer(
+                model,
+                train,
+                data,
+                unfreeze_at_epoch=transfer["unfreeze_at_epoch"],
+                seed=self.seed,
+                verbose=verbose,
+            )
         val = float(model.evaluate(*data.val, verbose=0)[1])
         test = float(model.evaluate(*data.test, verbose=0)[1]) if len(data.x_test) else None
         model.save(trial_dir / "model.keras")
@@ -182,9 +186,10 @@ class TrainingTuner(keras_tuner.Tuner):
             "values": {k: v for k, v in hp.values.items()},
             "train": train.model_dump(),
             "model_options": self.hypermodel.model_options(hp),
+            "transfer": transfer,
             "val_accuracy": val,
             "test_accuracy": test,
-            "epochs_trained": len(history.history.get("loss", [])),
+            "epochs_trained": sum(len(h.history.get("loss", [])) for h in histories),
             "seconds": round(time.perf_counter() - started, 2),
             "started_at": started_at,
             "finished_at": time.time(),
@@ -207,26 +212,7 @@ class TrainingTuner(keras_tuner.Tuner):
         return load(Path(self.get_trial_dir(trial.trial_id)) / "model.keras")
 
     def serve(self, host: str, port: int, *, poll: float = 0.25) -> None:
-        """Serves the oracle to workers over gRPC (KerasTuner's `OracleServicer`) until every
-        worker got its stop and no trial runs; the chief of a distributed search."""
-        from concurrent import futures
+        """Serves the oracle to workers over gRPC until the search ends (`_distributed.serve`)."""
+        from tfopt.tune._distributed import serve
 
-        import grpc
-        from keras_tuner.src import protos
-        from keras_tuner.src.distribute import oracle_chief
-
-        self.save()
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-        servicer = oracle_chief.OracleServicer(self.oracle)
-        protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
-        if server.add_insecure_port(f"{host}:{port}") == 0:
-            raise OSError(f"the search chief cannot listen on {host}:{port} (port in use?)")
-        server.start()
-        try:
-            while not (servicer.stop_triggered and oracle_chief.exit_chief(self.oracle)):
-                time.sleep(poll)
-        finally:
-            server.stop(1)
-            # KerasTuner saves the oracle before it pops the last ended trial from the ongoing
-            # ones; save again so that a resumed search does not re-run it
-            self.save()
+        serve(self, host, port, poll=poll)

@@ -30,6 +30,7 @@ def score(
     latency_weight: float = 0.0,
     max_ram: int | None = None,
     max_flash: int | None = None,
+    min_robust_accuracy: float | None = None,
 ) -> float:
     """The scalar a search maximizes, from the measurements of an exported artifact.
 
@@ -41,6 +42,9 @@ def score(
     With ``max_ram`` / ``max_flash`` (bytes), a candidate over either loses ``1 + log2(measured
     / budget)`` for each (one point per doubling over), so the search learns what fits; one
     whose arena was not measured counts as over the RAM budget.
+
+    With ``min_robust_accuracy``, a candidate whose ``robust_accuracy`` (PGD, `export_and_measure`)
+    is lower loses ``1 + 100 * shortfall``, as for the accuracy budget; unmeasured counts as 0.
 
     With ``max_accuracy_drop`` (and ``baseline_accuracy``), a candidate whose accuracy drop exceeds
     the budget loses ``1 + 100 * excess`` (one halving of size per point over budget, plus one),
@@ -56,6 +60,7 @@ def score(
         max_ram: the arena budget in bytes (``metrics["arena_bytes"]``). Defaults to None.
         max_flash: the flash budget in bytes (``metrics["flash_bytes"]``, else ``bytes``).
             Defaults to None.
+        min_robust_accuracy: the least ``metrics["robust_accuracy"]``. Defaults to None.
 
     Returns:
         The score (higher is better).
@@ -89,6 +94,10 @@ def score(
         over = math.log2(float(measured) / budget) if measured else 10.0
         if over > 0:
             value -= 1.0 + over
+    if min_robust_accuracy is not None:
+        shortfall = min_robust_accuracy - float(metrics.get("robust_accuracy") or 0.0)
+        if shortfall > 1e-12:
+            value -= 1.0 + 100.0 * shortfall
     if max_accuracy_drop is not None:
         excess = (baseline_accuracy - acc) - max_accuracy_drop
         if excess > 1e-12:
@@ -121,6 +130,7 @@ def run_candidate(
     representative_samples: int = 200,
     latency_runs: int = 50,
     verbose: int = 0,
+    robust_epsilon: float | None = None,
 ):
     """Runs the recipe ``steps`` on ``model`` with the recipe engine, exports, measures the file.
 
@@ -141,6 +151,8 @@ def run_candidate(
         representative_samples: calibration samples. Defaults to 200.
         latency_runs: timed invocations of the artifact. Defaults to 50.
         verbose: Keras fit verbosity. Defaults to 0.
+        robust_epsilon: also measure PGD accuracy at this radius through the artifact
+            (`export_and_measure`). Defaults to None.
 
     Returns:
         ``(final_model, metrics, facts)``: the model exported, the `export_and_measure` dict, and
@@ -180,6 +192,7 @@ def run_candidate(
         runtime=_formats.get(target).runtime,
         # the tflm target's artifact is what `tfopt.export.tflm` writes: batch fixed to 1
         fixed_batch=1 if _formats.get(target).runtime == "tflm" else None,
+        robust_epsilon=robust_epsilon,
     )
     return final, metrics, facts
 
@@ -211,6 +224,9 @@ class Tuner(keras_tuner.Tuner):
         latency_weight: see `tfopt.tune.score`. Defaults to 0.0.
         max_ram: see `tfopt.tune.score`. Defaults to None.
         max_flash: see `tfopt.tune.score`. Defaults to None.
+        min_robust_accuracy: see `tfopt.tune.score`. Defaults to None.
+        robust_epsilon: the PGD radius of ``robust_accuracy`` (measured when given; needed by
+            ``min_robust_accuracy``). Defaults to None.
         representative_samples: calibration samples taken from the training inputs. Defaults to 200.
         latency_runs: timed invocations per artifact. Defaults to 50.
         on_trial_done: called with ``(trial_id, record)`` after each trial (records hold the
@@ -242,6 +258,8 @@ class Tuner(keras_tuner.Tuner):
         latency_weight: float = 0.0,
         max_ram: int | None = None,
         max_flash: int | None = None,
+        min_robust_accuracy: float | None = None,
+        robust_epsilon: float | None = None,
         representative_samples: int = 200,
         latency_runs: int = 50,
         on_trial_done: Callable | None = None,
@@ -265,7 +283,11 @@ class Tuner(keras_tuner.Tuner):
             latency_weight=latency_weight,
             max_ram=max_ram,
             max_flash=max_flash,
+            min_robust_accuracy=min_robust_accuracy,
         )
+        if min_robust_accuracy is not None and robust_epsilon is None:
+            raise ValueError("min_robust_accuracy needs robust_epsilon (the PGD radius)")
+        self.robust_epsilon = robust_epsilon
         score({"val_accuracy": 1.0, "gzip_bytes": 1, "latency_ms": 1}, **self.score_options)
         self.representative_samples = int(representative_samples)
         self.latency_runs = int(latency_runs)
@@ -312,7 +334,12 @@ class Tuner(keras_tuner.Tuner):
         started = time.perf_counter()
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         trial_dir.mkdir(parents=True, exist_ok=True)
-        record = {"trial_id": trial.trial_id, "values": dict(hp.values), "status": "RUNNING"}
+        record = {
+            "trial_id": trial.trial_id,
+            "values": dict(hp.values),
+            "status": "RUNNING",
+            "tuner_id": self.tuner_id,  # which process ran it (distributed searches)
+        }
         try:
             model = self.hypermodel.build(hp)
             # Hyperband's budget: each trial trains a fresh model for tuner/epochs epochs.
@@ -338,6 +365,7 @@ class Tuner(keras_tuner.Tuner):
                 representative_samples=self.representative_samples,
                 latency_runs=self.latency_runs,
                 verbose=verbose,
+                robust_epsilon=self.robust_epsilon,
             )
             record["facts"] = facts
         except ExportFailed as e:
