@@ -1,7 +1,7 @@
 """Adversarial training and ensemble distillation on MNIST-1D (tfopt.robust, tfopt.train).
 
 Usage: python benchmarks/robust_ensemble.py [--quick] [--epochs 30] [--epsilon 0.2] [--members 3]
-       [--student-epochs EPOCHS] [--student-width 32 --student-dense 128]
+       [--student-epochs EPOCHS] [--student-width 24 --student-dense 64]
 
 Adversarial training: `mnist1d_cnn` (width 32, dense 128; Adam 2e-3, batch 64, seed 0) trained
 plainly, and the same model (same initial weights) trained through
@@ -184,8 +184,8 @@ def main():
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--student-epochs", type=int, help="student and twins (default: --epochs)")
-    ap.add_argument("--student-width", type=int, default=32)
-    ap.add_argument("--student-dense", type=int, default=128)
+    ap.add_argument("--student-width", type=int, default=24)
+    ap.add_argument("--student-dense", type=int, default=64)
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.members = 8, 2
