@@ -14,7 +14,8 @@ split (never seen by the search, which scores val accuracy). Writes
 benchmarks/results/training_agent_search.json and .md (README block ``training_agent_search``),
 and states the load average before and after.
 
-    python benchmarks/training_agent.py [--quick] [--time-budget 1020] [--out runs/bench_training_agent]
+    python benchmarks/training_agent.py [--quick] [--time-budget 1020] [--window 600]
+        [--out runs/bench_training_agent]
 
 ``--quick`` shrinks everything (a 150 s search of at most 9 epochs per trial, 100 s throughput
 windows): a smoke run on a busy machine, not the measurement.
@@ -158,13 +159,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--time-budget", type=float, default=None)
     ap.add_argument("--max-epochs", type=int, default=None)
+    ap.add_argument("--window", type=float, default=None, help="seconds of each throughput search")
     ap.add_argument("--out", default="runs/bench_training_agent")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     budget = args.time_budget or (150.0 if args.quick else 1020.0)
     max_epochs = args.max_epochs or (9 if args.quick else 40)
-    window = 100.0 if args.quick else 600.0
+    window = args.window or (100.0 if args.quick else 600.0)
     r = {"quick": args.quick, "load_before": _load(), "time_budget": budget}
     r["search"] = search(out, time_budget=budget, max_epochs=max_epochs, workers=2)
     print(f"search: {r['search']}", flush=True)
