@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tfopt import _formats as formats
+from tfopt.cli._common import add_distributed_args
 
 
 def add_parser(sub):
@@ -91,27 +92,14 @@ def add_parser(sub):
         action="store_true",
         help="discard an earlier search in --out (only a directory tfopt created is removed)",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="screen with a chief and N worker processes on this machine (KerasTuner's "
+    add_distributed_args(
+        p,
+        workers_help="screen with a chief and N worker processes on this machine (KerasTuner's "
         "distributed mode over loopback, as `tfopt tune --workers`); refinement and the report "
         "follow in this process",
+        chief_help="join the screening served by a chief at HOST:PORT as a worker (its --out "
+        "must be shared with this machine: the chief's process reads the trials' files)",
     )
-    p.add_argument(
-        "--chief",
-        metavar="HOST:PORT",
-        help="join the screening served by a chief at HOST:PORT as a worker (its --out must be "
-        "shared with this machine: the chief's process reads the trials' files)",
-    )
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        help="seconds a worker waits for the chief before giving up (default 10)",
-    )
-    p.add_argument("--serve", metavar="HOST:PORT", help=argparse.SUPPRESS)  # the chief's role
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     return p
 
@@ -137,8 +125,6 @@ def _child_args(args, out_dir: Path) -> list[str]:
 
 def _size(flag: str):
     """An argparse type for sizes (``64KB``), with the rule and the value in the error."""
-    import argparse
-
     from tfopt._units import parse_size
 
     def parse(text: str) -> int:

@@ -43,3 +43,18 @@ def split_config_arg(config: str | None, model: str | None) -> tuple[str | None,
             "pass the model once: tfopt run [CONFIG] --model M.keras"
         )
     return None, config
+
+
+def add_distributed_args(p, *, workers_help: str, chief_help: str) -> None:
+    """The options `tfopt tune` and `tfopt auto` share for KerasTuner's distributed mode."""
+    import argparse
+
+    p.add_argument("--workers", type=int, default=0, help=workers_help)
+    p.add_argument("--chief", metavar="HOST:PORT", help=chief_help)
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a worker waits for the chief before giving up (default 10)",
+    )
+    p.add_argument("--serve", metavar="HOST:PORT", help=argparse.SUPPRESS)  # the chief's role

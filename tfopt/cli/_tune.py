@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
 
 from tfopt import _rundir
+from tfopt.cli._common import add_distributed_args
 
 
 def add_parser(sub):
@@ -39,26 +39,13 @@ def add_parser(sub):
     p.add_argument("--max-epochs", type=int, help="epochs of the longest trial (tune.max_epochs)")
     p.add_argument("--time-budget", type=float, help="seconds after which no trial starts")
     p.add_argument("--out", help="search directory (default: runs/tune_<config name>)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="run a chief and N worker processes on this machine (KerasTuner's distributed mode "
-        "over loopback)",
-    )
-    p.add_argument(
-        "--chief",
-        metavar="HOST:PORT",
-        help="join the search served by a chief at HOST:PORT as a worker "
+    add_distributed_args(
+        p,
+        workers_help="run a chief and N worker processes on this machine (KerasTuner's "
+        "distributed mode over loopback)",
+        chief_help="join the search served by a chief at HOST:PORT as a worker "
         "(KERASTUNER_TUNER_ID names this worker; default tuner-<host>-<pid>)",
     )
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        help="seconds a worker waits for the chief before giving up (default 10)",
-    )
-    p.add_argument("--serve", metavar="HOST:PORT", help=argparse.SUPPRESS)  # the chief's role
     p.add_argument("--overwrite", action="store_true", help="discard an earlier search in --out")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     return p
