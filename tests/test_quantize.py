@@ -623,7 +623,9 @@ def test_qat_recipe_step_returns_the_fitted_qat_model(tmp_path):
     with pytest.raises(ValidationError, match=r"epochs"):
         step.Config(epochs=0)
     with pytest.raises(ValidationError, match=r"Extra inputs are not permitted"):
-        step.Config(bits=4)
+        step.Config(nbits=4)
+    with pytest.raises(ValidationError, match=r"bits"):
+        step.Config(bits=4)  # per-layer {regex: 4 | 8} or "sensitivity", not a number
     x, y = _signal_data(64)
     fits, records = [], {}
 
