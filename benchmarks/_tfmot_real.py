@@ -65,6 +65,11 @@ def build(name, input_shape, num_classes):
     return namespace["CNN_FAMILIES"][name](input_shape, num_classes)
 
 
+def _sentence(e) -> str:
+    """The first sentence of an exception's message (tfmot's run to a paragraph)."""
+    return str(e).strip().splitlines()[0].split(". ")[0][:160]
+
+
 def qat(src, dst_tflite, dst_json):
     d = np.load(src)
     keras.utils.set_random_seed(int(d["seed"]))
@@ -74,7 +79,7 @@ def qat(src, dst_tflite, dst_json):
     try:
         q = tfmot.quantization.keras.quantize_model(base)
     except Exception as e:  # tfmot rejects layers it does not know (e.g. TFOpLambda)
-        out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        out["error"] = _sentence(e)
         Path(dst_json).write_text(json.dumps(out))
         return
     q.compile(
@@ -93,7 +98,7 @@ def qat(src, dst_tflite, dst_json):
     try:
         Path(dst_tflite).write_bytes(converter.convert())
     except Exception as e:
-        out["error"] = f"conversion failed: {str(e).splitlines()[0][:200]}"
+        out["error"] = f"conversion failed: {_sentence(e)}"
     Path(dst_json).write_text(json.dumps(out))
 
 

@@ -13,8 +13,10 @@ Step time: one training step of MobileNetV2(alpha 0.35, 96x96, batch 32) in floa
 through tfopt.quantize.qat, and through tfmot (its process kept alive and asked for steps between
 ours), interleaved in rounds.
 
-Usage: python benchmarks/qat_real_models.py [--quick]
-Writes benchmarks/results/qat_real_models.{json,md}.
+Usage: python benchmarks/qat_real_models.py [--quick] [--models a,b] [--datasets digits32]
+           [--step-only] [--render]
+Writes benchmarks/results/qat_real_models.{json,md} after every row (an interrupted run keeps
+its rows); --step-only re-measures the step times into the saved result.
 """
 
 import argparse
@@ -132,6 +134,12 @@ def one(name, data, args, tmp):
         min_agreement=0.0,
     )
     row["ptq"] = float(np.mean(tflite_predict(ptq.path, xt).argmax(1) == yt))
+    # like with like: the float model fine-tuned with QAT's recipe (epochs, learning rate), so a
+    # QAT gain is not only the extra training
+    control = keras.models.clone_model(model)
+    control.set_weights(model.get_weights())
+    fit(control, x, y, args.qat_epochs, args.qat_lr, args.batch)
+    row["float_ft"] = float(np.mean(control.predict(xt, verbose=0).argmax(1) == yt))
     q = tfopt.quantize.qat(model)
     fit(q, x, y, args.qat_epochs, args.qat_lr, args.batch)
     art = tfopt.export.tflite(
@@ -183,6 +191,53 @@ def step_times(rounds, steps):
     return times
 
 
+def render(result) -> str:
+    rows, steps, args = result["rows"], result.get("step_ms"), result["args"]
+
+    def pts(v):
+        return "n/a" if v is None else f"{100 * v:.1f}"
+
+    lines = [
+        "| dataset | model | params | float | float + QAT's epochs | PTQ int8 | tfopt QAT int8 "
+        "| QAT - float (pt) | agreement | tfmot QAT int8 | int8 latency (µs) | left float |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tfm = (
+            pts(r.get("tfmot"))
+            if r.get("tfmot") is not None
+            else (f"refused: {r['tfmot_note']}" if r.get("tfmot_note") else "not run")
+        )
+        ref = max(r["float"], r["float_ft"])
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {r['params']:,} | {pts(r['float'])} "
+            f"| {pts(r['float_ft'])} | {pts(r['ptq'])} | {pts(r['qat'])} "
+            f"| {100 * (r['qat'] - ref):+.1f} | {r['agreement']:.3f} | {tfm} "
+            f"| {r['latency_us']:.0f} | {', '.join(r['left_float']) or '-'} |"
+        )
+    text = (
+        f"QAT on trained CNN families at 32x32 ({'quick: ' if args['quick'] else ''}float "
+        f"{args['epochs']} epochs Adam {args['lr']}, QAT {args['qat_epochs']} epochs Adam "
+        f"{args['qat_lr']}, batch {args['batch']}); accuracy (%) through the TFLite interpreter "
+        "on the test split, except the two float columns (Keras). QAT - float compares with the "
+        "better of the float model and the float model fine-tuned for QAT's epochs at QAT's "
+        f"learning rate. Accuracy rows: {result['rows_seconds']:.0f} s of wall time at load "
+        f"average {result['rows_load']:.1f} on {os.cpu_count()} cores; latency is the median "
+        "single-sample int8 invoke on one thread, under that load.\n\n" + "\n".join(lines) + "\n"
+    )
+    if steps:
+        med = {k: statistics.median(v) if v else float("nan") for k, v in steps.items()}
+        text += (
+            f"\nTraining step, MobileNetV2(alpha 0.35, 96x96, batch 32), median of "
+            f"{len(steps['float'])} steps in {args['step_rounds']} interleaved rounds (load "
+            f"average {result['step_load']:.1f}): float {med['float']:.0f} ms, tfopt QAT "
+            f"{med['tfopt_qat']:.0f} ms ({med['tfopt_qat'] / med['float']:.2f}x float), tfmot QAT "
+            f"{med['tfmot_qat']:.0f} ms (tfopt / tfmot {med['tfopt_qat'] / med['tfmot_qat']:.2f}x)."
+            "\n"
+        )
+    return text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits32 only, fewer epochs")
@@ -192,75 +247,52 @@ def main() -> int:
     parser.add_argument("--qat-lr", type=float, default=3e-4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--no-tfmot", dest="tfmot", action="store_false")
-    parser.add_argument("--models", default="")
+    parser.add_argument("--models", default="", help="comma-separated (default: all five)")
+    parser.add_argument("--datasets", default="digits32,shapes32")
     parser.add_argument("--step-rounds", type=int, default=5)
+    parser.add_argument(
+        "--step-only", action="store_true", help="measure step times, keep the saved rows"
+    )
+    parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args()
-    if args.quick:
-        args.epochs, args.qat_epochs, args.step_rounds = min(args.epochs, 6), 1, 3
-    names = (
-        args.models.split(",")
-        if args.models
-        else [
-            "mobilenet_v2",
-            "mobilenet_v3_small",
-            "efficientnet_32",
-            "resnet_v2_32",
-            "densenet_32",
-        ]
-    )
-    datasets = ["digits32"] if args.quick else ["digits32", "shapes32"]
-    started = time.time()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for ds_name in datasets:
-            data = tfopt.data.load(ds_name)
-            for name in names:
-                rows.append(one(name, data, args, Path(tmp)))
-                print(json.dumps(rows[-1]), flush=True)
-    steps = step_times(args.step_rounds, 5)
-    med = {k: statistics.median(v) if v else float("nan") for k, v in steps.items()}
-
-    def pts(v):
-        return "n/a" if v is None else f"{100 * v:.1f}"
-
-    lines = [
-        "| dataset | model | params | float | PTQ int8 | tfopt QAT int8 | QAT - float (pt) "
-        "| agreement | tfmot QAT int8 | int8 latency (µs) | left float |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        tfm = (
-            pts(r.get("tfmot"))
-            if r.get("tfmot") is not None
-            else (f"n/a ({r['tfmot_note'][:60]})" if r.get("tfmot_note") else "not run")
-        )
-        lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['params']:,} | {pts(r['float'])} "
-            f"| {pts(r['ptq'])} | {pts(r['qat'])} | {100 * (r['qat'] - r['float']):+.1f} "
-            f"| {r['agreement']:.3f} | {tfm} | {r['latency_us']:.0f} "
-            f"| {', '.join(r['left_float']) or '-'} |"
-        )
-    step_line = (
-        f"\n\nTraining step, MobileNetV2(alpha 0.35, 96x96, batch 32), median of "
-        f"{len(steps['float'])} steps in {args.step_rounds} interleaved rounds: float "
-        f"{med['float']:.0f} ms, tfopt QAT {med['tfopt_qat']:.0f} ms "
-        f"({med['tfopt_qat'] / med['float']:.2f}x float), tfmot QAT {med['tfmot_qat']:.0f} ms "
-        f"(tfopt / tfmot {med['tfopt_qat'] / med['tfmot_qat']:.2f}x)."
-    )
-    header = (
-        f"QAT on trained CNN families at 32x32 ({'quick: ' if args.quick else ''}float "
-        f"{args.epochs} epochs Adam {args.lr}, QAT {args.qat_epochs} epochs Adam {args.qat_lr}, "
-        f"batch {args.batch}); accuracy (%) through the TFLite interpreter on the test split. "
-        f"Wall time {time.time() - started:.0f} s on {os.cpu_count()} shared CPU cores (load "
-        f"average {os.getloadavg()[0]:.1f}): latencies and step times were taken under that load.\n\n"
-    )
-    text = header + "\n".join(lines) + step_line + "\n"
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "qat_real_models.md").write_text(text)
-    result = {"rows": rows, "step_ms": steps, "args": vars(args), "seconds": time.time() - started}
-    (out / "qat_real_models.json").write_text(json.dumps(result, indent=2, default=str))
-    print(text)
+    json_path, md_path = out / "qat_real_models.json", out / "qat_real_models.md"
+
+    def save(result):  # after every row: an interrupted run keeps what it measured
+        json_path.write_text(json.dumps(result, indent=2, default=str))
+        md_path.write_text(render(result))
+
+    if args.render:
+        save(json.loads(json_path.read_text()))
+        print(md_path.read_text())
+        return 0
+    if args.quick:
+        args.epochs, args.qat_epochs, args.step_rounds = min(args.epochs, 6), 1, 3
+        args.datasets = "digits32"
+    names = (
+        args.models or "mobilenet_v2,mobilenet_v3_small,efficientnet_32,resnet_v2_32,densenet_32"
+    ).split(",")
+    if args.step_only:
+        result = json.loads(json_path.read_text())
+    else:
+        result = {"rows": [], "args": vars(args), "rows_seconds": 0.0, "rows_load": 0.0}
+        started, loads = time.time(), []
+        with tempfile.TemporaryDirectory() as tmp:
+            for ds_name in args.datasets.split(","):
+                data = tfopt.data.load(ds_name)
+                for name in names:
+                    result["rows"].append(one(name, data, args, Path(tmp)))
+                    loads.append(os.getloadavg()[0])
+                    result["rows_seconds"] = time.time() - started
+                    result["rows_load"] = statistics.mean(loads)
+                    save(result)
+                    print(json.dumps(result["rows"][-1]), flush=True)
+    result["step_ms"] = step_times(args.step_rounds, 5)
+    result["step_load"] = os.getloadavg()[0]
+    result["args"]["step_rounds"] = args.step_rounds
+    save(result)
+    print(md_path.read_text())
     return 0
 
 

@@ -39,9 +39,10 @@ class ZooModel:
         single_io: one input and one output (what `tfopt.export` formats accept).
         float16: computes in float16 (mixed precision): parity tolerances are float16's.
         slow: a keras.applications model (150 layers): its cells carry ``pytest.mark.slow``.
-        in_suite: its cells run in tests/test_conformance.py. False: only in
-            benchmarks/conformance_matrix.py (an example whose structures the suite covers with
-            smaller models; the suite must stay within 20 minutes on 2 cores).
+        in_suite: its cells run in tests/test_conformance.py; a tuple: only these techniques'
+            cells. False: only in benchmarks/conformance_matrix.py (an example whose structures
+            the suite covers with smaller models; the suite must stay within 20 minutes on 2
+            cores).
         ptq_int8: post-training int8 runs on the plain model. False for recurrent layers: the
             TFLite converter of TF 2.21 crashes the process (SIGSEGV) calibrating a GRU/LSTM
             at a fixed batch; their QAT int8 export works.
@@ -57,7 +58,7 @@ class ZooModel:
     single_io: bool = True
     float16: bool = False
     slow: bool = False
-    in_suite: bool = True
+    in_suite: bool | tuple[str, ...] = True
     ptq_int8: bool = True
     export_options: dict = field(default_factory=dict)
 
@@ -100,6 +101,13 @@ def mobilenet_v2() -> keras.Model:
     """keras.applications MobileNetV2, alpha 0.35, 32x32, softmax head."""
     return keras.applications.MobileNetV2(
         input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=N_CLASSES
+    )
+
+
+def efficientnet_b0() -> keras.Model:
+    """keras.applications EfficientNetB0, 32x32 (with its Rescaling and Normalization)."""
+    return keras.applications.EfficientNetB0(
+        input_shape=(32, 32, 3), weights=None, classes=N_CLASSES
     )
 
 
@@ -428,11 +436,23 @@ ZOO: dict[str, ZooModel] = {
             slow=True,
             in_suite=False,
         ),
+        # keras.applications' graph through the two rewrites that read its structure (hard-swish,
+        # SE multiplies, Rescaling); the smaller models cover the other techniques' layers
         _entry(
             mobilenet_v3_small,
             lambda: _images((32, 32, 3), low=0.0, high=255.0),
             from_logits=False,
             slow=True,
+            in_suite=("qat", "prune_channels"),
+        ),
+        # its family (swish MBConv + SE, Rescaling + Normalization) is in the suite through
+        # efficientnet_like and tests/test_qat_families.py
+        _entry(
+            efficientnet_b0,
+            lambda: _images((32, 32, 3), low=0.0, high=255.0),
+            from_logits=False,
+            slow=True,
+            in_suite=False,
         ),
         _entry(efficientnet_like, lambda: _images((32, 32, 3), low=0.0, high=255.0)),
         _entry(resnet_v2_block, lambda: _images((16, 16, 3))),

@@ -140,6 +140,43 @@ def test_folded_batchnorm_matches_the_float_model_at_inference():
     assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("shape", [(4, 5, 6, 3), (7, 3)])
+def test_folded_batchnorm_normalizes_with_the_batch_statistics(shape):
+    from tfopt.quantize._layers import _batch_norm
+
+    # 4-D runs the fused kernel, 2-D the composite ops: both are BatchNorm's training formula
+    y = np.random.default_rng(0).normal(2.0, 3.0, shape).astype("float32")
+    gamma, beta = np.float32([0.5, 2.0, -1.0]), np.float32([0.1, 0.0, 3.0])
+    out, mean, var = (np.asarray(t) for t in _batch_norm(y, gamma, beta, 1e-3))
+    axes = tuple(range(len(shape) - 1))
+    np.testing.assert_allclose(mean, y.mean(axes), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(var, y.var(axes), rtol=1e-4)  # biased, as BatchNormalization
+    want = (y - y.mean(axes)) / np.sqrt(y.var(axes) + 1e-3) * gamma + beta
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
+def test_relu_ranges_start_at_zero_without_a_minimum():
+    i = keras.Input((6, 6, 2))
+    h = L.Conv2D(3, 3, activation="relu", name="c")(i)
+    r = L.ReLU(name="r")(L.Conv2D(3, 1, name="d")(h))
+    leaky = L.ReLU(negative_slope=0.1, name="leaky")(L.Conv2D(3, 1, name="e")(r))
+    q = qat(keras.Model(i, L.Flatten()(leaky)))
+    assert q.get_layer("quant_c").output_quantizer.nonnegative
+    assert q.get_layer("r_range").nonnegative and not q.get_layer("leaky_range").nonnegative
+    for layer in q._flatten_layers():
+        if isinstance(layer, ActivationQuantizer):
+            layer.momentum = 0.0
+    x = np.random.default_rng(0).normal(size=(8, 6, 6, 2)).astype("float32")
+    q(x, training=True)
+    rng = q.get_layer("r_range")
+    relu_out = keras.Model(q.input, q.get_layer("r").output)(x).numpy()
+    assert float(rng.range_min) == 0.0
+    np.testing.assert_allclose(float(rng.range_max), relu_out.max(), rtol=1e-6)
+    assert float(q.get_layer("leaky_range").range_min) < 0
+    reloaded = ActivationQuantizer.from_config(rng.get_config())
+    assert reloaded.nonnegative
+
+
 def test_qat_model_round_trips_through_a_keras_file(trained_qat, tmp_path):
     t = trained_qat
     path = tmp_path / "q.keras"
@@ -528,28 +565,6 @@ def test_subclassed_models_report_what_qat_cannot_rewrite():
         tfopt.RewriteError, match=r"builds a model with other weights.*get_config\(\) must"
     ):
         qat(model)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("name", "prefix"),
-    # MobileNetV3Small: tests/test_conformance.py; MobileNetV2: benchmarks/conformance_matrix.py
-    [("EfficientNetB0", 1)],
-)
-def test_keras_applications_convert_fully_int8(name, prefix, tmp_path):
-    kwargs = {"alpha": 0.35} if name == "MobileNetV2" else {}
-    model = getattr(keras.applications, name)(
-        input_shape=(32, 32, 3), weights=None, classes=4, classifier_activation=None, **kwargs
-    )
-    q = qat(model)
-    assert not {k for k, v in q.qat_report.skipped.items() if "preprocessing" not in v}
-    x = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype("float32")
-    q(x, training=True)  # one training-mode pass sets the ranges (a fit would too, slower)
-    art = tfopt.export.tflite(
-        q, tmp_path / f"{name}.tflite", quantization="int8", check_data=x, min_agreement=0.0
-    )
-    # float only before the input QUANTIZE (EfficientNet/MobileNetV3 rescale in float) and at the end
-    _assert_fully_int8(art.path, float_prefix=prefix)
 
 
 # -- options and errors --------------------------------------------------------------------------

@@ -266,8 +266,17 @@ class _Ranges:
         self.report.details["ranges"].append(name)
         return name
 
-    def __call__(self, x, base: str):
-        return ActivationQuantizer(name=self.name(base))(x)
+    def __call__(self, x, base: str, nonnegative: bool = False):
+        return ActivationQuantizer(name=self.name(base), nonnegative=nonnegative)(x)
+
+
+def _is_relu(op) -> bool:
+    """Whether ``op``'s output is never negative (a plain ReLU / ReLU6)."""
+    if isinstance(op, keras.layers.ReLU):
+        return not op.negative_slope and op.threshold >= 0
+    if isinstance(op, keras.layers.Activation):
+        return getattr(op.activation, "__name__", "") in ("relu", "relu6")
+    return False
 
 
 def _is_float(t) -> bool:
@@ -350,8 +359,9 @@ class _QATRewrite(GraphRewrite):
         flat = tree.flatten(outputs)
         if cls not in _PASS_THROUGH:
             base = getattr(op, "name", cls.lower())
+            relu = _is_relu(op)
             flat = [
-                self.ranges(y, base) if self.wants_range(t) else y
+                self.ranges(y, base, relu) if self.wants_range(t) else y
                 for t, y in zip(node.outputs, flat)
             ]
         return flat
