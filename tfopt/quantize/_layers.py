@@ -15,6 +15,9 @@ keras = import_keras()
 ops = keras.ops
 fake_quant = keras.quantizers.fake_quant_with_min_max_vars
 
+# Activations TFLite fuses into the op before them (their outputs are never negative).
+FUSED_ACTIVATIONS = ("relu", "relu6")
+
 # The smallest weight range: keeps the scale of an all-zero (pruned) channel valid.
 _MIN_RANGE = 1e-6
 
@@ -261,7 +264,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.preserve_sparsity = bool(preserve_sparsity) and kind != "batchnorm"
         act = getattr(getattr(layer, "activation", None), "__name__", "linear")
         self.output_quantizer = (
-            ActivationQuantizer(name="output_range", nonnegative=act in ("relu", "relu6"))
+            ActivationQuantizer(name="output_range", nonnegative=act in FUSED_ACTIVATIONS)
             if quantize_output
             else None
         )
@@ -272,7 +275,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         # their own int8 ops and need the range of their input.
         self.preactivation_quantizer = (
             ActivationQuantizer(name="preactivation_range")
-            if kind not in ("embedding", "batchnorm") and act not in ("linear", "relu", "relu6")
+            if kind not in ("embedding", "batchnorm") and act not in ("linear", *FUSED_ACTIVATIONS)
             else None
         )
 
@@ -318,15 +321,21 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     # -- the linear part --------------------------------------------------------------------------
-    def _linear(self, x, kernel, quantize, kind):
-        """Applies the layer's linear op with ``kernel`` (fake-quantized if ``quantize``)."""
+    def _quantized(self, kernel, kind):
+        """``kernel`` fake-quantized as TFLite stores it: per output channel for convolutions,
+        per tensor for Dense and Conv2DTranspose."""
+        if kind == "depthwise":
+            return self._depthwise_fq(kernel)
+        if kind in ("dense", "conv_transpose"):
+            return _symmetric(kernel, bits=self.weight_bits)
+        return _symmetric(kernel, axis=-1, bits=self.weight_bits)
+
+    def _linear(self, x, kernel, kind):
+        """Applies the layer's linear op with ``kernel``."""
         layer = self.layer
         if kind == "dense":
-            return ops.matmul(x, _symmetric(kernel, bits=self.weight_bits) if quantize else kernel)
+            return ops.matmul(x, kernel)
         if kind == "conv1d":
-            k4 = ops.expand_dims(kernel, 0)
-            if quantize:
-                k4 = _symmetric(k4, axis=-1, bits=self.weight_bits)
             x4 = ops.expand_dims(x, 1)
             padding = layer.padding
             if padding == "causal":
@@ -335,29 +344,23 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 padding = "valid"
             y = ops.conv(
                 x4,
-                k4,
+                kernel,  # (1, width, in, out), see `_fold`
                 strides=(1, layer.strides[0]),
                 padding=padding,
                 dilation_rate=(1, layer.dilation_rate[0]),
             )
             return ops.squeeze(y, 1)
         if kind == "pointwise":  # the 1x1 second half of a SeparableConv2D
-            return ops.conv(
-                x,
-                _symmetric(kernel, axis=-1, bits=self.weight_bits) if quantize else kernel,
-                padding="valid",
-            )
+            return ops.conv(x, kernel, padding="valid")
         if kind == "conv2d":
             return ops.conv(
                 x,
-                _symmetric(kernel, axis=-1, bits=self.weight_bits) if quantize else kernel,
+                kernel,
                 strides=layer.strides,
                 padding=layer.padding,
                 dilation_rate=layer.dilation_rate,
             )
         if kind == "depthwise":
-            if quantize:
-                kernel = self._depthwise_fq(kernel)
             return ops.depthwise_conv(
                 x,
                 kernel,
@@ -368,7 +371,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if kind == "conv_transpose":
             return ops.conv_transpose(
                 x,
-                _symmetric(kernel, bits=self.weight_bits) if quantize else kernel,
+                kernel,
                 strides=layer.strides,
                 padding=layer.padding,
                 output_padding=layer.output_padding,
@@ -451,29 +454,34 @@ class QuantizeWrapper(keras.layers.Wrapper):
             kernel = ops.reshape(kernel, (-1, math.prod(out_dims)))
             if bias is not None:  # it spans only kernel output axes: broadcast, then flatten
                 bias = ops.reshape(ops.broadcast_to(bias, out_dims), (-1,))
-            y = self._linear(x, kernel, True, "dense")
+            y = self._linear(x, self._quantized(kernel, "dense"), "dense")
             return y if bias is None else y + bias
+        if kind == "conv1d":  # it runs as a 2-D conv: quantize the 4-D kernel TFLite stores
+            kernel = ops.expand_dims(kernel, 0)
         bias = self.layer.bias if self.layer.use_bias else None
         bn = self.batchnorm
         if bn is None:
-            y = self._linear(x, kernel, True, kind)
+            y = self._linear(x, self._quantized(kernel, kind), kind)
             return y if bias is None else y + bias
         gamma = bn.gamma if bn.scale else 1.0
         beta = bn.beta if bn.center else 0.0
         eps = bn.epsilon
         scale_m = gamma / ops.sqrt(bn.moving_variance + eps)
         if training:
-            # One convolution, with the folded int8 kernel TFLite will run (the "approximate"
-            # fold of PyTorch's ConvBn QAT): dividing its output by the fold scale gives the
-            # layer's output, whose batch statistics normalize it as BatchNorm would. Running the
-            # float layer a second time only for the statistics (Jacob et al. 2018) doubled the
-            # cost of a training step.
-            y = self._linear(x, self._scale_kernel(kernel, scale_m, kind), True, kind)
-            safe = ops.where(ops.abs(scale_m) < 1e-12, 1e-12, scale_m)
-            yf = y / safe
-            if bias is not None:
-                yf = yf + bias
+            # One convolution, with the folded int8 kernel TFLite will run scaled back by the
+            # fold scale (the "approximate" fold of PyTorch's ConvBn QAT, the scaling moved from
+            # the output to the kernel): the layer's output, whose batch statistics normalize it
+            # as BatchNorm would. Running the float layer a second time only for the statistics
+            # (Jacob et al. 2018) doubled the cost of a training step. The scale cancels through
+            # the fake-quant's straight-through gradient, so its own gradient is only rounding
+            # noise: stopping it (gamma still learns through the normalization) saves work.
+            s = ops.stop_gradient(scale_m)
+            folded = self._quantized(self._scale_kernel(kernel, s, kind), kind)
+            unscale = 1.0 / ops.where(ops.abs(s) < 1e-12, 1e-12, s)
+            yf = self._linear(x, self._scale_kernel(folded, unscale, kind), kind)
             out, mean, var = _batch_norm(yf, gamma, beta, eps)
+            if bias is not None:  # normalizing cancels it: only the statistics see it
+                mean = mean + bias
             m = bn.momentum
             bn.moving_mean.assign(m * bn.moving_mean + (1 - m) * ops.stop_gradient(mean))
             bn.moving_variance.assign(m * bn.moving_variance + (1 - m) * ops.stop_gradient(var))
@@ -481,7 +489,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         offset = beta - bn.moving_mean * scale_m
         if bias is not None:
             offset = offset + bias * scale_m
-        return self._linear(x, self._scale_kernel(kernel, scale_m, kind), True, kind) + offset
+        folded = self._quantized(self._scale_kernel(kernel, scale_m, kind), kind)
+        return self._linear(x, folded, kind) + offset
 
     def _call_batchnorm(self, x, training):
         bn = self.layer

@@ -16,6 +16,7 @@ from tfopt._rewrite import (
 )
 from tfopt.quantize._attention import QuantizedMultiHeadAttention, attention_unquantizable
 from tfopt.quantize._layers import (
+    FUSED_ACTIVATIONS,
     KINDS,
     ActivationQuantizer,
     FloatBoundary,
@@ -123,7 +124,7 @@ def _is_fusable_activation(op) -> bool:
         )
     if name == "Activation":
         fn = getattr(op.activation, "__name__", "")
-        return fn in ("relu", "relu6")
+        return fn in FUSED_ACTIVATIONS
     return False
 
 
@@ -275,7 +276,7 @@ def _is_relu(op) -> bool:
     if isinstance(op, keras.layers.ReLU):
         return not op.negative_slope and op.threshold >= 0
     if isinstance(op, keras.layers.Activation):
-        return getattr(op.activation, "__name__", "") in ("relu", "relu6")
+        return getattr(op.activation, "__name__", "") in FUSED_ACTIVATIONS
     return False
 
 
