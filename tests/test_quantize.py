@@ -155,6 +155,27 @@ def test_folded_batchnorm_normalizes_with_the_batch_statistics(shape):
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
 
 
+def test_folded_batchnorm_tracks_the_float_layers_statistics_and_trains_gamma():
+    import tensorflow as tf
+
+    i = keras.Input((8, 8, 3))
+    c = L.Conv2D(4, 3, name="c", bias_initializer=keras.initializers.Constant(5.0))(i)
+    model = keras.Model(i, L.BatchNormalization(momentum=0.0, name="bn")(c))
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    conv = model.get_layer("c")(x).numpy()  # the float layer's output, bias included
+    q = qat(model)
+    wrapper = q.get_layer("quant_c")
+    assert wrapper.batchnorm is not None
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(q(x, training=True) ** 2)
+    bn = wrapper.batchnorm
+    # the statistics are the float conv's up to int8 weight rounding (<< the bias of 5)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), conv.mean((0, 1, 2)), atol=0.05)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), conv.var((0, 1, 2)), rtol=0.05)
+    grads = tape.gradient(loss, [bn.gamma, wrapper.layer.kernel])
+    assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in grads)
+
+
 def test_relu_ranges_start_at_zero_without_a_minimum():
     i = keras.Input((6, 6, 2))
     h = L.Conv2D(3, 3, activation="relu", name="c")(i)
