@@ -172,9 +172,9 @@ def _symmetric(w, axis=None, bits: int = 8):
 def _batch_norm(y, gamma, beta, eps):
     """Normalizes ``y`` over all but its last axis: ``(output, batch mean, batch variance)``.
 
-    A 4-D float32 tensor on TensorFlow goes through one fused kernel (``FusedBatchNormV3``, as
-    Keras's own BatchNormalization on that backend): the composite moments/normalize ops made
-    MobileNetV2's QAT step 1.16x slower (benchmarks/qat_step_profile.py: 365 vs 315 ms).
+    A 4-D float32 tensor on TensorFlow goes through one fused kernel (``FusedBatchNormV3``; Keras
+    3's own BatchNormalization runs composite moments/normalize ops): those made MobileNetV2's QAT
+    step 1.16x slower (benchmarks/qat_step_profile.py: 365 vs 315 ms).
     """
     if keras.backend.backend() == "tensorflow" and len(y.shape) == 4 and y.dtype == "float32":
         import tensorflow as tf
