@@ -272,12 +272,11 @@ class _Ranges:
 
 
 def _is_relu(op) -> bool:
-    """Whether ``op``'s output is never negative (a plain ReLU / ReLU6)."""
+    """Whether ``op``'s output is never negative: any ReLU layer without a negative slope or
+    threshold (also a capped one TFLite cannot fuse), else a fusable activation."""
     if isinstance(op, keras.layers.ReLU):
         return not op.negative_slope and op.threshold >= 0
-    if isinstance(op, keras.layers.Activation):
-        return getattr(op.activation, "__name__", "") in FUSED_ACTIVATIONS
-    return False
+    return _is_fusable_activation(op)
 
 
 def _is_float(t) -> bool:
