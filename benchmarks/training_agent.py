@@ -15,10 +15,11 @@ benchmarks/results/training_agent_search.json and .md (README block ``training_a
 and states the load average before and after.
 
     python benchmarks/training_agent.py [--quick] [--time-budget 1020] [--window 600]
-        [--out runs/bench_training_agent]
+        [--out runs/bench_training_agent] [--throughput-only]
 
 ``--quick`` shrinks everything (a 150 s search of at most 9 epochs per trial, 100 s throughput
-windows): a smoke run on a busy machine, not the measurement.
+windows): a smoke run on a busy machine, not the measurement. ``--throughput-only`` re-measures
+part 3 into the saved result (the search and its replay are kept).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def replay(out: Path, config: str) -> dict:
 
 def throughput(out: Path, *, workers: int, window: float, epochs: int) -> dict:
     d = out / f"throughput_{workers}"
+    load_before = os.getloadavg()[0]
     wall = _tfopt(
         "tune",
         "--workers",
@@ -125,7 +127,12 @@ def throughput(out: Path, *, workers: int, window: float, epochs: int) -> dict:
         "span_s": round(span, 1),
         "trials_per_hour": round(3600 * len(trials) / span, 1),
         "wall_s": round(wall, 1),
+        "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+
+
+def _load_span(t: dict) -> str:
+    return f"; load {t['load'][0]:.1f} -> {t['load'][1]:.1f}" if "load" in t else ""
 
 
 def markdown(r: dict) -> str:
@@ -143,9 +150,9 @@ def markdown(r: dict) -> str:
         f"| `tfopt run best.yaml` retrained from scratch | {p['test']:.4f} "
         f"({100 * (p['test'] - s['best_test']):+.2f} pt) | within 1 pt |",
         f"| search throughput, 1 worker | {t1['trials_per_hour']:.0f} trials/h "
-        f"({t1['trials']} in {t1['span_s']:.0f} s) | |",
+        f"({t1['trials']} in {t1['span_s']:.0f} s{_load_span(t1)}) | |",
         f"| search throughput, 2 workers | {t2['trials_per_hour']:.0f} trials/h "
-        f"({t2['trials']} in {t2['span_s']:.0f} s): {speedup:.2f}x | >= 1.7x |",
+        f"({t2['trials']} in {t2['span_s']:.0f} s{_load_span(t2)}): {speedup:.2f}x | >= 1.7x |",
         "",
         f"Best trial ({s['best_epochs']} epochs): "
         + ", ".join(f"{k}={v}" for k, v in s["best_values"].items() if k != "epochs")
@@ -161,22 +168,29 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--window", type=float, default=None, help="seconds of each throughput search")
     ap.add_argument("--out", default="runs/bench_training_agent")
+    ap.add_argument(
+        "--throughput-only", action="store_true", help="measure part 3, keep the saved search"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     budget = args.time_budget or (150.0 if args.quick else 1020.0)
     max_epochs = args.max_epochs or (9 if args.quick else 40)
     window = args.window or (100.0 if args.quick else 600.0)
-    r = {"quick": args.quick, "load_before": _load(), "time_budget": budget}
-    r["search"] = search(out, time_budget=budget, max_epochs=max_epochs, workers=2)
-    print(f"search: {r['search']}", flush=True)
-    r["replay"] = replay(out, r["search"]["config"])
-    print(f"replay: {r['replay']}", flush=True)
+    if args.throughput_only:
+        r = json.loads((RESULTS / f"{NAME}.json").read_text())
+    else:
+        r = {"quick": args.quick, "load_before": _load(), "time_budget": budget}
+        r["search"] = search(out, time_budget=budget, max_epochs=max_epochs, workers=2)
+        print(f"search: {r['search']}", flush=True)
+        r["replay"] = replay(out, r["search"]["config"])
+        print(f"replay: {r['replay']}", flush=True)
     r["throughput"] = [
         throughput(out, workers=w, window=window, epochs=2 if args.quick else 5) for w in (1, 2)
     ]
     print(f"throughput: {r['throughput']}", flush=True)
-    r["load_after"] = _load()
+    if not args.throughput_only:
+        r["load_after"] = _load()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{NAME}.json").write_text(json.dumps(r, indent=2))
     text = markdown(r)

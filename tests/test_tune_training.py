@@ -370,3 +370,38 @@ def test_transfer_is_searched_and_replayed(tmp_path):
     with pytest.raises(ConfigError, match=r"tune.space: freeze_until must name a layer .*conv2"):
         tfopt.tune.search_training(str(path), out_dir=tmp_path / "bad", max_trials=1)
     assert not (tmp_path / "bad").exists()
+
+
+def test_local_workers_share_the_cores_and_keep_the_users_thread_settings(monkeypatch):
+    from tfopt.tune import _distributed as dist
+
+    class Proc:  # the chief runs until stopped; a worker exits at once
+        def __init__(self, cmd, env):
+            self.pid, self.env, self.chief = 1, env, "--serve" in cmd
+            self.returncode = None if self.chief else 0
+
+        def poll(self):
+            return self.returncode
+
+        def terminate(self):
+            self.returncode = -15
+
+        def wait(self, timeout=None):
+            return self.returncode
+
+    spawned = []
+    monkeypatch.setattr(
+        dist, "_spawn", lambda cmd, env: spawned.append(Proc(cmd, env)) or spawned[-1]
+    )
+    monkeypatch.setattr(dist, "check_reachable", lambda *a, **k: None)
+    monkeypatch.setattr(dist, "_cores", lambda: 4)
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
+    assert dist.launch(["cfg.yaml"], workers=3, log=lambda _: None) == 0
+    workers = [p.env for p in spawned if not p.chief]
+    assert [w["KERASTUNER_TUNER_ID"] for w in workers] == ["tuner0", "tuner1", "tuner2"]
+    assert {(w["TF_NUM_INTRAOP_THREADS"], w["TF_NUM_INTEROP_THREADS"]) for w in workers} == {
+        ("1", "3")
+    }
+    assert dist.thread_environment(1)["TF_NUM_INTRAOP_THREADS"] == "4"
+    assert dist.thread_environment(2)["TF_NUM_INTRAOP_THREADS"] == "2"

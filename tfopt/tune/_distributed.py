@@ -163,6 +163,25 @@ def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def thread_environment(workers: int) -> dict[str, str]:
+    """TensorFlow's thread pools for one of ``workers`` local workers: an equal share of the cores.
+
+    Each TensorFlow process otherwise sizes its pools to every core, and N workers on one machine
+    oversubscribe it (benchmarks/training_agent.py measures trials per hour with 1 and 2 workers).
+    A value the user set (``TF_NUM_INTRAOP_THREADS``, ``TF_NUM_INTEROP_THREADS``) is kept.
+    """
+    share = str(max(1, _cores() // workers))
+    names = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+    return {name: os.environ.get(name, share) for name in names}
+
+
 def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
     for p in procs:
         if p.poll() is None:
@@ -188,7 +207,8 @@ def launch(
     """Runs a distributed search on this machine: a chief and ``workers`` workers over loopback.
 
     Each child runs ``python -m tfopt <command> <args>`` with ``--serve 127.0.0.1:PORT`` (the
-    chief) or ``--chief 127.0.0.1:PORT`` and ``KERASTUNER_TUNER_ID=tuner<i>`` (the workers).
+    chief) or ``--chief 127.0.0.1:PORT`` and ``KERASTUNER_TUNER_ID=tuner<i>`` (the workers). The
+    workers share the machine's cores (`thread_environment`).
 
     Args:
         args: the arguments shared by every process (config, overrides, --out, ...).
@@ -240,7 +260,7 @@ def launch(
                         f"{start_timeout:g} s"
                     ) from None
         for i in range(workers):
-            env = join_environment(host, port, f"tuner{i}")
+            env = {**join_environment(host, port, f"tuner{i}"), **thread_environment(workers)}
             w = _spawn([*base, "--chief", f"{host}:{port}"], env)
             procs.append(w)
             log(f"[{command}] worker tuner{i} pid {w.pid}")
