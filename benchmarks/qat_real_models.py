@@ -95,7 +95,7 @@ def latency_us(path, sample, n=100):
     return 1e6 * statistics.median(times)
 
 
-def tfmot_qat(name, model, data, args, tmp):
+def tfmot_qat(name, model, data, args, tmp, seed):
     src, dst, meta = tmp / f"{name}.npz", tmp / f"{name}_tfmot.tflite", tmp / f"{name}.json"
     weights = model.get_weights()
     np.savez(
@@ -107,7 +107,7 @@ def tfmot_qat(name, model, data, args, tmp):
         epochs=args.qat_epochs,
         batch_size=args.batch,
         learning_rate=args.qat_lr,
-        seed=0,
+        seed=seed,
         **{f"w{i}": w for i, w in enumerate(weights)},
     )
     proc = subprocess.run(
@@ -135,26 +135,46 @@ def one(name, data, args, tmp):
     )
     row["ptq"] = float(np.mean(tflite_predict(ptq.path, xt).argmax(1) == yt))
     # like with like: the float model fine-tuned with QAT's recipe (epochs, learning rate), so a
-    # QAT gain is not only the extra training
+    # QAT gain is not only the extra training; each fine-tune (float, tfopt QAT, tfmot QAT) starts
+    # from the same float weights, once per seed (the seed sets shuffling and initial state)
+    runs = [fine_tune(name, model, data, args, tmp, seed) for seed in range(args.seeds)]
+    row["seeds"] = {k: [r[k] for r in runs] for k in runs[0] if k in PER_SEED}
+    for k, values in row["seeds"].items():
+        known = [v for v in values if v is not None]
+        row[k] = (min if k == "agreement" else statistics.mean)(known) if known else None
+    row.update({k: v for k, v in runs[0].items() if k not in PER_SEED})
+    return row
+
+
+PER_SEED = ("float_ft", "qat", "agreement", "tfmot")
+RECIPE = ("quick", "epochs", "qat_epochs", "lr", "qat_lr", "batch", "tfmot")
+
+
+def fine_tune(name, model, data, args, tmp, seed):
+    """Float fine-tune, tfopt QAT and tfmot QAT of the trained ``model`` with one seed."""
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    r = {}
+    keras.utils.set_random_seed(seed)
     control = keras.models.clone_model(model)
     control.set_weights(model.get_weights())
     fit(control, x, y, args.qat_epochs, args.qat_lr, args.batch)
-    row["float_ft"] = float(np.mean(control.predict(xt, verbose=0).argmax(1) == yt))
+    r["float_ft"] = float(np.mean(control.predict(xt, verbose=0).argmax(1) == yt))
+    keras.utils.set_random_seed(seed)
     q = tfopt.quantize.qat(model)
     fit(q, x, y, args.qat_epochs, args.qat_lr, args.batch)
     art = tfopt.export.tflite(
         q, tmp / f"{name}_qat.tflite", quantization="int8", check_data=xt[:50], min_agreement=0.0
     )
     pred = tflite_predict(art.path, xt).argmax(1)
-    row["qat"] = float(np.mean(pred == yt))
-    row["agreement"] = float(np.mean(pred == q.predict(xt, verbose=0).argmax(1)))
-    row["left_float"] = q.tfopt_report.skipped
-    row["latency_us"] = latency_us(art.path, xt[:1])
+    r["qat"] = float(np.mean(pred == yt))
+    r["agreement"] = float(np.mean(pred == q.predict(xt, verbose=0).argmax(1)))
+    r["left_float"] = q.tfopt_report.skipped
+    r["latency_us"] = latency_us(art.path, xt[:1])
     if args.tfmot:
-        path, err = tfmot_qat(name, model, data, args, tmp)
-        row["tfmot"] = float(np.mean(tflite_predict(path, xt).argmax(1) == yt)) if path else None
-        row["tfmot_note"] = err
-    return row
+        path, err = tfmot_qat(name, model, data, args, tmp, seed)
+        r["tfmot"] = float(np.mean(tflite_predict(path, xt).argmax(1) == yt)) if path else None
+        r["tfmot_note"] = err
+    return r
 
 
 def step_times(rounds, steps):
@@ -199,8 +219,9 @@ def render(result) -> str:
 
     lines = [
         "| dataset | model | params | float | float + QAT's epochs | PTQ int8 | tfopt QAT int8 "
-        "| QAT - float (pt) | agreement | tfmot QAT int8 | int8 latency (µs) | left float |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| QAT - float (pt) | agreement | tfmot QAT int8 | int8 latency (µs) | left float "
+        "| seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tfm = (
@@ -213,17 +234,35 @@ def render(result) -> str:
             f"| {r['dataset']} | {r['model']} | {r['params']:,} | {pts(r['float'])} "
             f"| {pts(r['float_ft'])} | {pts(r['ptq'])} | {pts(r['qat'])} "
             f"| {100 * (r['qat'] - ref):+.1f} | {r['agreement']:.3f} | {tfm} "
-            f"| {r['latency_us']:.0f} | {', '.join(r['left_float']) or '-'} |"
+            f"| {r['latency_us']:.0f} | {', '.join(r['left_float']) or '-'} "
+            f"| {len(r.get('seeds', {}).get('qat', [1]))} |"
         )
+    runs = "; ".join(
+        f"{len(r['rows'])} row{'s' * (len(r['rows']) != 1)} with {r['seeds']} fine-tune seed{'s' * (r['seeds'] > 1)} in "
+        f"{r['seconds']:.0f} s at load average {r['load']:.1f}"
+        for r in result["runs"]
+    )
+    spread = [
+        f"{r['dataset']}/{r['model']}: "
+        + "; ".join(
+            f"{k} {' '.join(pts(v) for v in r['seeds'][k])}" for k in PER_SEED if k != "agreement"
+        )
+        for r in rows
+        if len(r.get("seeds", {}).get("qat", [])) > 1
+    ]
     text = (
         f"QAT on trained CNN families at 32x32 ({'quick: ' if args['quick'] else ''}float "
         f"{args['epochs']} epochs Adam {args['lr']}, QAT {args['qat_epochs']} epochs Adam "
         f"{args['qat_lr']}, batch {args['batch']}); accuracy (%) through the TFLite interpreter "
         "on the test split, except the two float columns (Keras). QAT - float compares with the "
         "better of the float model and the float model fine-tuned for QAT's epochs at QAT's "
-        f"learning rate. Accuracy rows: {result['rows_seconds']:.0f} s of wall time at load "
-        f"average {result['rows_load']:.1f} on {os.cpu_count()} cores; latency is the median "
-        "single-sample int8 invoke on one thread, under that load.\n\n" + "\n".join(lines) + "\n"
+        "learning rate. The fine-tuned columns (float + QAT's epochs, tfopt QAT, tfmot QAT) are "
+        "means over the row's fine-tune seeds, all from the same float model; agreement is the "
+        f"lowest. Runs: {runs}, on {os.cpu_count()} cores; latency is the median single-sample "
+        "int8 invoke on one thread, under that load.\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + ("\nPer seed (%): " + ". ".join(spread) + ".\n" if spread else "")
     )
     if steps:
         med = {k: statistics.median(v) if v else float("nan") for k, v in steps.items()}
@@ -249,6 +288,9 @@ def main() -> int:
     parser.add_argument("--no-tfmot", dest="tfmot", action="store_false")
     parser.add_argument("--models", default="", help="comma-separated (default: all five)")
     parser.add_argument("--datasets", default="digits32,shapes32")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="fine-tunes per row (float, QAT, tfmot), averaged"
+    )
     parser.add_argument("--step-rounds", type=int, default=5)
     parser.add_argument(
         "--step-only", action="store_true", help="measure step times, keep the saved rows"
@@ -276,18 +318,29 @@ def main() -> int:
     if args.step_only:
         result = json.loads(json_path.read_text())
     else:
-        result = {"rows": [], "args": vars(args), "rows_seconds": 0.0, "rows_load": 0.0}
+        result = {"rows": [], "args": vars(args), "runs": []}
+        saved = json.loads(json_path.read_text()) if json_path.exists() else None
+        if saved and all(saved["args"][k] == getattr(args, k) for k in RECIPE):
+            result = saved  # same recipe: the rows run now replace theirs, the others stay
+        run = {"rows": [], "seeds": args.seeds, "seconds": 0.0, "load": 0.0}
+        result["runs"].append(run)
         started, loads = time.time(), []
         with tempfile.TemporaryDirectory() as tmp:
             for ds_name in args.datasets.split(","):
                 data = tfopt.data.load(ds_name)
                 for name in names:
-                    result["rows"].append(one(name, data, args, Path(tmp)))
+                    row = one(name, data, args, Path(tmp))
+                    keys = [(r["model"], r["dataset"]) for r in result["rows"]]
+                    if (name, ds_name) in keys:
+                        result["rows"][keys.index((name, ds_name))] = row
+                    else:
+                        result["rows"].append(row)
                     loads.append(os.getloadavg()[0])
-                    result["rows_seconds"] = time.time() - started
-                    result["rows_load"] = statistics.mean(loads)
+                    run["rows"].append(f"{ds_name}/{name}")
+                    run["seconds"] = time.time() - started
+                    run["load"] = statistics.mean(loads)
                     save(result)
-                    print(json.dumps(result["rows"][-1]), flush=True)
+                    print(json.dumps(row), flush=True)
     result["step_ms"] = step_times(args.step_rounds, 5)
     result["step_load"] = os.getloadavg()[0]
     result["args"]["step_rounds"] = args.step_rounds

@@ -1,7 +1,7 @@
 """Adversarial training and ensemble distillation on MNIST-1D (tfopt.robust, tfopt.train).
 
 Usage: python benchmarks/robust_ensemble.py [--quick] [--epochs 30] [--epsilon 0.2] [--members 3]
-       [--student-epochs EPOCHS] [--student-width 24 --student-dense 64]
+       [--student-epochs EPOCHS] [--students 24x64,32x128]
 
 Adversarial training: `mnist1d_cnn` (width 32, dense 128; Adam 2e-3, batch 64, seed 0) trained
 plainly, and the same model (same initial weights) trained through
@@ -14,14 +14,15 @@ clean-accuracy cost <= 2 pt.
 Ensemble: ``--members`` `mnist1d_cnn` members (seeds 1..K) trained by tfopt's one trainer
 (`tfopt._training.fit`: Adam 2e-3 with a cosine schedule, batch 64, ``--epochs``, training-only
 shift (3 samples), noise (0.1) and mixup (Beta(1, 1)) augmentation), averaged in probability
-(`tfopt.train.ensemble_model`). A student `mnist1d_cnn(width=--student-width,
-dense=--student-dense)` is distilled from the ensemble for ``--student-epochs`` with
+(`tfopt.train.ensemble_model`). Each student `mnist1d_cnn(width=W, dense=D)` of ``--students``
+(WxD; 32x128 is a member's own size, 24x64 about 40% of it) is distilled from the ensemble for
+``--student-epochs`` with
 `tfopt.distill.Distiller` doing function matching: the same augmentation plus mixup (Beta(1, 1))
 applied before *both* teacher and student, the teacher run online on exactly the student's inputs,
 T=1, alpha=0 (soft targets only). Its size-matched twins have the same architecture and initial
 weights and the same epochs, schedule and augmentation, trained on the labels alone by the same
-trainer: once with mixup (labels mixed; the members' recipe) and once without. Claims checked: student within 1 pt of
-the ensemble; student beats the better twin.
+trainer: once with mixup (labels mixed; the members' recipe) and once without. Claims checked per
+student: within 1 pt of the ensemble; beats the better twin.
 Writes benchmarks/results/robust_ensemble.{json,md}; the load average is recorded.
 """
 
@@ -118,8 +119,7 @@ def recipe(epochs: int, mixup: float = 0.0):
     )
 
 
-def ensemble(data, epochs, members, student_epochs, student) -> dict:
-    from tfopt._training import augmentation_layers, learning_rate
+def ensemble(data, epochs, members, student_epochs, students) -> dict:
     from tfopt._training import fit as train
 
     seeds = itertools.count(1)  # member i: shuffling and augmentation seeded by i too
@@ -133,6 +133,22 @@ def ensemble(data, epochs, members, student_epochs, student) -> dict:
     t_members = time.time() - t
     scores = tfopt.train.ensemble_accuracy(models, data.x_test, data.y_test)
     teacher = tfopt.train.ensemble_model(models)
+    return {
+        "members": scores["members"],
+        "best_member": scores["best_member"],
+        "ensemble": scores["ensemble"],
+        "member_params": int(models[0].count_params()),
+        "members_train_s": round(t_members, 1),
+        "student_epochs": student_epochs,
+        "students": [distill(data, teacher, student_epochs, options) for options in students],
+    }
+
+
+def distill(data, teacher, student_epochs, student) -> dict:
+    """One student distilled from ``teacher`` and its two size-matched twins (labels only)."""
+    from tfopt._training import augmentation_layers, learning_rate
+    from tfopt._training import fit as train
+
     keras.utils.set_random_seed(100)
     pupil = tfopt.models.get("mnist1d_cnn", **student)
     twins = {}
@@ -159,21 +175,14 @@ def ensemble(data, epochs, members, student_epochs, student) -> dict:
     keras.utils.set_random_seed(100)
     t = time.time()
     d.fit(data.x_train, data.y_train, batch_size=BATCH, epochs=student_epochs, verbose=0)
-    t_student = time.time() - t
     return {
-        "members": scores["members"],
-        "best_member": scores["best_member"],
-        "ensemble": scores["ensemble"],
+        "options": student,
+        "params": int(pupil.count_params()),
         "student": acc(pupil, data),
         "twin_mixup": twins[MIXUP],
         "twin": twins[0.0],
         "best_twin": max(twins.values()),
-        "student_options": student,
-        "student_epochs": student_epochs,
-        "member_params": int(models[0].count_params()),
-        "student_params": int(pupil.count_params()),
-        "members_train_s": round(t_members, 1),
-        "student_train_s": round(t_student, 1),
+        "train_s": round(time.time() - t, 1),
     }
 
 
@@ -184,8 +193,11 @@ def main():
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--student-epochs", type=int, help="student and twins (default: --epochs)")
-    ap.add_argument("--student-width", type=int, default=24)
-    ap.add_argument("--student-dense", type=int, default=64)
+    ap.add_argument(
+        "--students",
+        default="24x64,32x128",
+        help="student sizes as WIDTHxDENSE, comma-separated (32x128 is a member's size)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.members = 8, 2
@@ -194,8 +206,11 @@ def main():
     started = time.time()
     data = tfopt.data.load("mnist1d", seed=0)
     adv = adversarial(data, args.epochs, args.epsilon)
-    student = {"width": args.student_width, "dense": args.student_dense}
-    ens = ensemble(data, args.epochs, args.members, args.student_epochs, student)
+    students = [
+        dict(zip(("width", "dense"), map(int, size.split("x"))))
+        for size in args.students.split(",")
+    ]
+    ens = ensemble(data, args.epochs, args.members, args.student_epochs, students)
     res = {
         "quick": args.quick,
         "epochs": args.epochs,
@@ -209,8 +224,10 @@ def main():
         "claims": {
             "pgd_gain_ge_20pt": adv["pgd_gain_pt"] >= 20.0,
             "clean_cost_le_2pt": adv["clean_cost_pt"] <= 2.0,
-            "student_within_1pt_of_ensemble": ens["ensemble"] - ens["student"] <= 0.01,
-            "student_beats_twin": ens["student"] > ens["best_twin"],
+            "student_within_1pt_of_ensemble": [
+                ens["ensemble"] - st["student"] <= 0.01 for st in ens["students"]
+            ],
+            "student_beats_twin": [st["student"] > st["best_twin"] for st in ens["students"]],
         },
     }
     out = HERE / "results"
@@ -223,14 +240,15 @@ def main():
 
 def markdown(r) -> str:
     a, e = r["adversarial"], r["ensemble"]
-    so = e["student_options"]
-    student, se = f"width {so['width']}, dense {so['dense']}", e["student_epochs"]
+    se, verdicts = e["student_epochs"], []
     lines = [
         "## Adversarial training and ensemble distillation (MNIST-1D)",
         "",
         "`python benchmarks/robust_ensemble.py"
         + (" --quick" if r["quick"] else f" --epochs {r['epochs']} --members {r['members']}")
-        + f" --epsilon {r['epsilon']}`: "
+        + f" --epsilon {r['epsilon']} --students "
+        + ",".join(f"{st['options']['width']}x{st['options']['dense']}" for st in e["students"])
+        + "`: "
         f"{r['epochs']} epochs, epsilon {r['epsilon']} (L-inf; inputs have std 1.0), "
         f"{r['members']} members; {r['seconds']:.0f} s, load average "
         f"{r['load_avg_start'][0]:.1f} at the start and {r['load_avg_end'][0]:.1f} at the end "
@@ -258,21 +276,34 @@ def markdown(r) -> str:
         + " |",
         f"| ensemble of {r['members']} (mean probabilities) | {r['members'] * e['member_params']:,} "
         f"| {e['ensemble']:.3f} |",
-        f"| student distilled from the ensemble ({student}; {se} epochs, augmentation + mixup "
-        f"seen by teacher and student, T=1, alpha=0) | {e['student_params']:,} | "
-        f"{e['student']:.3f} |",
-        f"| size-matched twin (same student and epochs, labels only, with mixup) | "
-        f"{e['student_params']:,} | {e['twin_mixup']:.3f} |",
-        f"| size-matched twin (same student and epochs, labels only, no mixup) | "
-        f"{e['student_params']:,} | {e['twin']:.3f} |",
+    ]
+    for st, within, beats in zip(
+        e["students"],
+        r["claims"]["student_within_1pt_of_ensemble"],
+        r["claims"]["student_beats_twin"],
+    ):
+        size = f"width {st['options']['width']}, dense {st['options']['dense']}"
+        lines += [
+            f"| student distilled from the ensemble ({size}; {se} epochs, augmentation + mixup "
+            f"seen by teacher and student, T=1, alpha=0) | {st['params']:,} | "
+            f"{st['student']:.3f} |",
+            f"| size-matched twin (same student and epochs, labels only, with mixup) | "
+            f"{st['params']:,} | {st['twin_mixup']:.3f} |",
+            f"| size-matched twin (same student and epochs, labels only, no mixup) | "
+            f"{st['params']:,} | {st['twin']:.3f} |",
+        ]
+        verdicts.append(
+            f"{size}: within 1 pt of the ensemble: {'yes' if within else 'NO'} "
+            f"({100 * (e['ensemble'] - st['student']):+.1f} pt gap); beats the better twin: "
+            f"{'yes' if beats else 'NO'} ({100 * (st['student'] - st['best_twin']):+.1f} pt)"
+        )
+    lines += [
         "",
         f"Members and twins: Adam {LR:g} with a cosine schedule, batch {BATCH}, training-only "
         f"shift {AUGMENT['shift']}, noise {AUGMENT['noise']} and mixup Beta({MIXUP:g}, {MIXUP:g}) "
-        f"(tfopt's one trainer); members {r['epochs']} epochs. Student within 1 pt of the ensemble: "
-        f"{'yes' if r['claims']['student_within_1pt_of_ensemble'] else 'NO'} "
-        f"({100 * (e['ensemble'] - e['student']):+.1f} pt gap); beats the better twin: "
-        f"{'yes' if r['claims']['student_beats_twin'] else 'NO'} "
-        f"({100 * (e['student'] - e['best_twin']):+.1f} pt).",
+        f"(tfopt's one trainer); members {r['epochs']} epochs. Students: "
+        + "; ".join(verdicts)
+        + ".",
         "",
     ]
     return "\n".join(lines)
