@@ -42,7 +42,7 @@ def add_parser(sub):
     add_distributed_args(
         p,
         workers_help="run a chief and N worker processes on this machine (KerasTuner's "
-        "distributed mode over loopback)",
+        "distributed mode over loopback; each worker gets cores/N TensorFlow threads)",
         chief_help="join the search served by a chief at HOST:PORT as a worker "
         "(KERASTUNER_TUNER_ID names this worker; default tuner-<host>-<pid>)",
     )
