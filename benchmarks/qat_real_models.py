@@ -245,7 +245,9 @@ def render(result) -> str:
     spread = [
         f"{r['dataset']}/{r['model']}: "
         + "; ".join(
-            f"{k} {' '.join(pts(v) for v in r['seeds'][k])}" for k in PER_SEED if k != "agreement"
+            f"{k} {' '.join(pts(v) for v in r['seeds'][k])}"
+            for k in PER_SEED
+            if k != "agreement" and any(v is not None for v in r["seeds"][k])
         )
         for r in rows
         if len(r.get("seeds", {}).get("qat", [])) > 1
