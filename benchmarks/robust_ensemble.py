@@ -1,7 +1,7 @@
 """Adversarial training and ensemble distillation on MNIST-1D (tfopt.robust, tfopt.train).
 
 Usage: python benchmarks/robust_ensemble.py [--quick] [--epochs 30] [--epsilon 0.2] [--members 3]
-       [--student-epochs EPOCHS] [--students 24x64,32x128]
+       [--student-epochs EPOCHS] [--students 24x64,32x128] [--student-seeds 1]
 
 Adversarial training: `mnist1d_cnn` (width 32, dense 128; Adam 2e-3, batch 64, seed 0) trained
 plainly, and the same model (same initial weights) trained through
@@ -22,7 +22,9 @@ applied before *both* teacher and student, the teacher run online on exactly the
 T=1, alpha=0 (soft targets only). Its size-matched twins have the same architecture and initial
 weights and the same epochs, schedule and augmentation, trained on the labels alone by the same
 trainer: once with mixup (labels mixed; the members' recipe) and once without. Claims checked per
-student: within 1 pt of the ensemble; beats the better twin.
+student: within 1 pt of the ensemble; beats the better twin. ``--student-seeds N`` repeats each
+student and its twins with seeds 100..99+N (initial weights, shuffling, augmentation) and reports
+the means, with each seed's values below the table.
 Writes benchmarks/results/robust_ensemble.{json,md}; the load average is recorded.
 """
 
@@ -119,7 +121,7 @@ def recipe(epochs: int, mixup: float = 0.0):
     )
 
 
-def ensemble(data, epochs, members, student_epochs, students) -> dict:
+def ensemble(data, epochs, members, student_epochs, students, student_seeds=1) -> dict:
     from tfopt._training import fit as train
 
     seeds = itertools.count(1)  # member i: shuffling and augmentation seeded by i too
@@ -140,23 +142,42 @@ def ensemble(data, epochs, members, student_epochs, students) -> dict:
         "member_params": int(models[0].count_params()),
         "members_train_s": round(t_members, 1),
         "student_epochs": student_epochs,
-        "students": [distill(data, teacher, student_epochs, options) for options in students],
+        "student_seeds": student_seeds,
+        "students": [
+            averaged(
+                [
+                    distill(data, teacher, student_epochs, options, seed=100 + i)
+                    for i in range(student_seeds)
+                ]
+            )
+            for options in students
+        ],
     }
 
 
-def distill(data, teacher, student_epochs, student) -> dict:
-    """One student distilled from ``teacher`` and its two size-matched twins (labels only)."""
+def averaged(runs: list[dict]) -> dict:
+    """One student size over seeds: mean accuracies, each seed's values under ``"seeds"``."""
+    keys = ("student", "twin_mixup", "twin")
+    out = {**runs[0], **{k: float(np.mean([r[k] for r in runs])) for k in keys}}
+    out["best_twin"] = max(out["twin_mixup"], out["twin"])
+    out["seeds"] = {k: [r[k] for r in runs] for k in keys}
+    return out
+
+
+def distill(data, teacher, student_epochs, student, seed=100) -> dict:
+    """One student distilled from ``teacher`` and its two size-matched twins (labels only), all
+    from the same initial weights; ``seed`` sets them, the shuffling and the augmentation."""
     from tfopt._training import augmentation_layers, learning_rate
     from tfopt._training import fit as train
 
-    keras.utils.set_random_seed(100)
+    keras.utils.set_random_seed(seed)
     pupil = tfopt.models.get("mnist1d_cnn", **student)
     twins = {}
     for mixup in (MIXUP, 0.0):
         twin = tfopt.models.get("mnist1d_cnn", **student)
         twin.set_weights(pupil.get_weights())
-        keras.utils.set_random_seed(100)
-        train(twin, recipe(student_epochs, mixup), data, seed=100)
+        keras.utils.set_random_seed(seed)
+        train(twin, recipe(student_epochs, mixup), data, seed=seed)
         twins[mixup] = acc(twin, data)
     r = recipe(student_epochs)
     d = tfopt.distill.Distiller(
@@ -164,7 +185,7 @@ def distill(data, teacher, student_epochs, student) -> dict:
         student=pupil,
         temperature=1.0,
         alpha=0.0,
-        augment=augmentation_layers(r.augment, data.x_train.shape[1:], seed=100),
+        augment=augmentation_layers(r.augment, data.x_train.shape[1:], seed=seed),
         mixup=MIXUP,
     )
     steps = -(-len(data.x_train) // BATCH)
@@ -172,7 +193,7 @@ def distill(data, teacher, student_epochs, student) -> dict:
         optimizer=keras.optimizers.Adam(learning_rate(r, steps, student_epochs)),
         metrics=["accuracy"],
     )
-    keras.utils.set_random_seed(100)
+    keras.utils.set_random_seed(seed)
     t = time.time()
     d.fit(data.x_train, data.y_train, batch_size=BATCH, epochs=student_epochs, verbose=0)
     return {
@@ -198,6 +219,9 @@ def main():
         default="24x64,32x128",
         help="student sizes as WIDTHxDENSE, comma-separated (32x128 is a member's size)",
     )
+    ap.add_argument(
+        "--student-seeds", type=int, default=1, help="seeds per student size (means reported)"
+    )
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.members = 8, 2
@@ -210,7 +234,9 @@ def main():
         dict(zip(("width", "dense"), map(int, size.split("x"))))
         for size in args.students.split(",")
     ]
-    ens = ensemble(data, args.epochs, args.members, args.student_epochs, students)
+    ens = ensemble(
+        data, args.epochs, args.members, args.student_epochs, students, args.student_seeds
+    )
     res = {
         "quick": args.quick,
         "epochs": args.epochs,
@@ -240,7 +266,8 @@ def main():
 
 def markdown(r) -> str:
     a, e = r["adversarial"], r["ensemble"]
-    se, verdicts = e["student_epochs"], []
+    se, verdicts, n = e["student_epochs"], [], e.get("student_seeds", 1)
+    mean = f", mean of {n} seeds" if n > 1 else ""
     lines = [
         "## Adversarial training and ensemble distillation (MNIST-1D)",
         "",
@@ -248,6 +275,7 @@ def markdown(r) -> str:
         + (" --quick" if r["quick"] else f" --epochs {r['epochs']} --members {r['members']}")
         + f" --epsilon {r['epsilon']} --students "
         + ",".join(f"{st['options']['width']}x{st['options']['dense']}" for st in e["students"])
+        + (f" --student-seeds {n}" if n > 1 else "")
         + "`: "
         f"{r['epochs']} epochs, epsilon {r['epsilon']} (L-inf; inputs have std 1.0), "
         f"{r['members']} members; {r['seconds']:.0f} s, load average "
@@ -285,11 +313,11 @@ def markdown(r) -> str:
         size = f"width {st['options']['width']}, dense {st['options']['dense']}"
         lines += [
             f"| student distilled from the ensemble ({size}; {se} epochs, augmentation + mixup "
-            f"seen by teacher and student, T=1, alpha=0) | {st['params']:,} | "
+            f"seen by teacher and student, T=1, alpha=0{mean}) | {st['params']:,} | "
             f"{st['student']:.3f} |",
-            f"| size-matched twin (same student and epochs, labels only, with mixup) | "
+            f"| size-matched twin (same student and epochs, labels only, with mixup{mean}) | "
             f"{st['params']:,} | {st['twin_mixup']:.3f} |",
-            f"| size-matched twin (same student and epochs, labels only, no mixup) | "
+            f"| size-matched twin (same student and epochs, labels only, no mixup{mean}) | "
             f"{st['params']:,} | {st['twin']:.3f} |",
         ]
         verdicts.append(
@@ -306,6 +334,25 @@ def markdown(r) -> str:
         + ".",
         "",
     ]
+    if n > 1:
+        named = (
+            ("student", "student"),
+            ("twin_mixup", "twin with mixup"),
+            ("twin", "twin without"),
+        )
+        lines += [
+            f"Per seed (100 to {99 + n}): "
+            + "; ".join(
+                f"width {st['options']['width']}: "
+                + ", ".join(
+                    f"{name} {' '.join(f'{v:.3f}' for v in st['seeds'][key])}"
+                    for key, name in named
+                )
+                for st in e["students"]
+            )
+            + ".",
+            "",
+        ]
     return "\n".join(lines)
 
 
