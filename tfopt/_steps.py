@@ -38,14 +38,6 @@ def _print(msg: str) -> None:
     print(f"[tfopt] {msg}", flush=True)
 
 
-def outputs_logits(model) -> bool:
-    """Whether ``model``'s last layer outputs logits (no softmax/sigmoid activation)."""
-    last = model.layers[-1]
-    act = getattr(last, "activation", None)
-    name = getattr(act, "__name__", "") if act is not None else ""
-    return name not in ("softmax", "sigmoid") and type(last).__name__ != "Softmax"
-
-
 @dataclass
 class StepContext:
     """What a recipe step gets besides its config and the current model (see CONTRIBUTING.md).
@@ -88,15 +80,11 @@ class StepContext:
         return [make(self.log_dir() / subdir)] if self.tensorboard else []
 
     def compile(self, model, learning_rate) -> None:
-        """Adam + sparse categorical cross-entropy (from logits unless the model ends in softmax)."""
-        from tfopt._backend import import_keras
+        """Adam + sparse categorical cross-entropy (from logits unless the model outputs
+        probabilities: `tfopt._training.outputs_logits`, the one logits rule) + accuracy."""
+        from tfopt._training import compile_classifier
 
-        keras = import_keras()
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model)),
-            metrics=["accuracy"],
-        )
+        compile_classifier(model, learning_rate)
 
     def fit(
         self,
@@ -153,10 +141,14 @@ class StepContext:
         if self.tensorboard:
             tb = keras.callbacks.TensorBoard(str(self.log_dir(stage)), write_graph=False)
             callbacks = [tb, *callbacks]
-        history = trainer.fit(
+        from tfopt._training import fit_arrays
+
+        history = fit_arrays(
+            trainer,
             self.data.x_train,
             self.data.y_train,
             batch_size=batch,
+            seed=self.seed,
             epochs=epochs,
             initial_epoch=initial_epoch,
             validation_data=self.data.val if self.validate else None,

@@ -17,10 +17,114 @@ import math
 import numpy as np
 
 from tfopt._backend import import_keras
-from tfopt._steps import outputs_logits
 
 keras = import_keras()
 ops = keras.ops
+
+
+_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+# layers that pass their input's values on (a fake-quant range, a boundary, training-only noise):
+# the output's kind is that of the layer before them
+_VALUE_PRESERVING = (
+    "ActivationQuantizer",
+    "FloatBoundary",
+    "Dropout",
+    "Identity",
+    "GaussianNoise",
+    "ActivityRegularization",
+)
+
+
+def _producer(model, tensor):
+    """The operation that produced ``tensor`` in a functional graph, and its input tensors."""
+    op, node_index, _ = tensor._keras_history
+    return op, op._inbound_nodes[node_index].input_tensors
+
+
+def _output_operation(model):
+    """The layer (or op) that produces the model's first output; None when it can't be seen.
+
+    Looks through tfopt's wrappers (pruning, QAT, clustering keep the activation in the wrapped
+    layer), value-preserving layers (QAT's output ranges) and nested models. A subclassed model
+    shows only its last layer."""
+    from keras.src.models.functional import Functional
+
+    if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
+        op, inputs = _producer(model, model.outputs[0])
+        while type(op).__name__ in _VALUE_PRESERVING and inputs:
+            op, inputs = _producer(model, inputs[0])
+    else:
+        layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        layers = [layer for layer in layers if type(layer).__name__ not in _VALUE_PRESERVING]
+        op = layers[-1] if layers else None
+    while isinstance(op, keras.layers.Wrapper):
+        op = op.layer
+    if isinstance(op, keras.Model):
+        return _output_operation(op)
+    return op
+
+
+def outputs_probabilities(model) -> bool:
+    """Whether ``model`` outputs probabilities (a softmax or sigmoid at its output) or logits.
+
+    The one logits rule of tfopt: every compile (`compile_classifier`, the recipe steps, tune
+    trials, channel pruning, distillation) asks it. It looks through tfopt's wrappers
+    (``QuantizeWrapper``, pruning and clustering wrappers), nested models, ``Activation`` and
+    ``Softmax`` layers, ``keras.ops.softmax`` in a functional graph and a softmax inside the last
+    layer's ``activation``.
+    """
+    op = _output_operation(model)
+    if op is None:
+        return False
+    if type(op).__name__ in ("Softmax", "Sigmoid"):  # the layers, or the ops of keras.ops.*
+        return True
+    act = getattr(op, "activation", None)
+    return getattr(act, "__name__", "") in _PROBABILITY_ACTIVATIONS
+
+
+def outputs_logits(model) -> bool:
+    """``not outputs_probabilities(model)``: the ``from_logits`` of ``model``'s loss."""
+    return not outputs_probabilities(model)
+
+
+def compile_classifier(model, learning_rate, *, loss=None, metrics=("accuracy",)):
+    """Compiles ``model`` with Adam at ``learning_rate`` (a float or a schedule), sparse
+    categorical cross-entropy whose ``from_logits`` follows `outputs_logits`, and accuracy."""
+    loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=list(metrics))
+    return model
+
+
+def whole_batches(x, y, batch_size: int, *, seed: int = 0):
+    """``(x, y)`` padded with randomly chosen repeats of their own samples to a whole number of
+    batches of ``batch_size`` (``x``/``y`` may be arrays or dicts of arrays).
+
+    Why: TF 2.21's oneDNN convolution backward kernel crashes the process (SIGSEGV, or "double
+    free or corruption") on small-channel stride-2 convolutions when the last batch of an epoch
+    is partial. Padding keeps every sample in every epoch (Keras still reshuffles each epoch);
+    at most ``batch_size - 1`` samples are seen twice per epoch.
+    """
+    n = len(keras.tree.flatten(x)[0])
+    missing = -n % int(batch_size)
+    if n == 0 or missing == 0:
+        return x, y
+    rng = np.random.default_rng(seed)
+    extra = rng.choice(n, size=missing, replace=missing > n)
+    index = np.concatenate([np.arange(n), extra])
+
+    def take(a):
+        return None if a is None else np.asarray(a)[index]
+
+    return keras.tree.map_structure(take, x), keras.tree.map_structure(take, y)
+
+
+def fit_arrays(model, x, y, *, batch_size: int, seed: int = 0, **kwargs):
+    """``model.fit(x, y, batch_size=batch_size, **kwargs)`` on whole batches only (see
+    `whole_batches`): every fit tfopt runs on arrays goes through here."""
+    x, y = whole_batches(x, y, batch_size, seed=seed)
+    return model.fit(x, y, batch_size=int(batch_size), **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
@@ -251,6 +355,7 @@ def fit(
             )
         )
     if train.augment.mixup:
+        x, y_fit = whole_batches(x, y_fit, batch, seed=seed)
         ds = tf.data.Dataset.from_tensor_slices((x.astype("float32"), y_fit))
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch)
         ds = ds.map(_mixup(float(train.augment.mixup), seed)).prefetch(2)
@@ -258,20 +363,18 @@ def fit(
             ds, epochs=epochs, validation_data=val, callbacks=callbacks, verbose=verbose
         )
     else:
-        history = front.fit(
+        history = fit_arrays(
+            front,
             x,
             y_fit,
             batch_size=batch,
+            seed=seed,
             epochs=epochs,
             validation_data=val,
             callbacks=callbacks,
             verbose=verbose,
         )
-    model.compile(
-        optimizer=keras.optimizers.Adam(float(train.learning_rate)),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=logits),
-        metrics=["accuracy"],
-    )
+    compile_classifier(model, float(train.learning_rate))
     return history
 
 

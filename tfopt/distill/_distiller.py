@@ -56,38 +56,12 @@ def _augmentation(augment) -> list:
     return items
 
 
-def _output_operation(model):
-    """The layer (or op) that produces the model's first output; None when it can't be seen."""
-    from keras.src.models.functional import Functional
-
-    if isinstance(model, keras.Sequential):
-        op = model.layers[-1] if model.layers else None
-    elif isinstance(model, Functional):
-        op = model.outputs[0]._keras_history.operation
-    else:
-        return None
-    # tfopt's pruning/QAT/clustering wrappers keep the activation in the wrapped layer
-    while isinstance(op, keras.layers.Wrapper):
-        op = op.layer
-    if isinstance(op, keras.Model):
-        return _output_operation(op)
-    return op
-
-
 def ends_in_softmax(model) -> bool:
-    """Whether a Functional or Sequential model's output is a softmax (probabilities).
+    """Whether the model outputs probabilities: tfopt's one logits rule,
+    `tfopt._training.outputs_probabilities` (it sees through tfopt wrappers and nested models)."""
+    from tfopt._training import outputs_probabilities
 
-    Looks through tfopt wrappers and nested models; a `keras.layers.Softmax`, a
-    ``keras.ops.softmax`` in a functional graph or a layer with ``activation="softmax"`` count.
-    A subclassed model can't be inspected: False (say ``teacher_output=``/``student_output=``).
-    """
-    op = _output_operation(model)
-    if op is None:
-        return False
-    if type(op).__name__ == "Softmax":  # keras.layers.Softmax, or the op of keras.ops.softmax
-        return True
-    act = getattr(op, "activation", None)
-    return act is keras.activations.softmax or getattr(act, "__name__", "") == "softmax"
+    return outputs_probabilities(model)
 
 
 def _outputs_probabilities(model, kind, role: str) -> bool:

@@ -125,10 +125,14 @@ def run(cfg: Config, model, ctx):
     )
     distiller.compile(keras.optimizers.Adam(cfg.learning_rate), metrics=["accuracy"])
     tb = ctx.summaries(lambda d: keras.callbacks.TensorBoard(str(d), write_graph=False), "")
-    history = distiller.fit(
+    from tfopt._training import fit_arrays
+
+    history = fit_arrays(
+        distiller,
         ctx.data.x_train,
         ctx.data.y_train,
         batch_size=ctx.batch_size,
+        seed=ctx.seed,
         epochs=cfg.epochs,
         validation_data=ctx.data.val,
         callbacks=tb,

@@ -618,7 +618,8 @@ def prune_channels_iterative(
         filters: as in `prune_channels` (layer names survive pruning). Defaults to None.
         validation_data: ``(x, y)`` passed to ``fit``. Defaults to None.
         batch_size: fine-tuning batch size. Defaults to 64.
-        loss: Keras loss. Defaults to None (SparseCategoricalCrossentropy(from_logits=True)).
+        loss: Keras loss. Defaults to None (sparse categorical cross-entropy, from logits unless
+            the model outputs probabilities).
         fit: ``callable(model, step) -> None`` that compiles and fine-tunes ``model`` in place,
             used instead of the default Adam fit (e.g. the recipe step's ``ctx.fit``).
             Defaults to None.
@@ -663,13 +664,12 @@ def prune_channels_iterative(
         raise ValueError(f"learning_rate must be > 0. Received: learning_rate={learning_rate!r}")
 
     def default_fit(m, step):
-        m.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
+        from tfopt._training import compile_classifier, fit_arrays
+
+        compile_classifier(m, learning_rate, loss=loss)
         if epochs_per_step:
-            m.fit(
+            fit_arrays(
+                m,
                 *train,
                 validation_data=validation_data,
                 epochs=epochs_per_step,

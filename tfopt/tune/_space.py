@@ -13,7 +13,7 @@ import keras_tuner
 
 from tfopt import _formats as formats
 from tfopt._backend import check_model, import_keras
-from tfopt._steps import outputs_logits
+from tfopt._training import compile_classifier, fit_arrays
 from tfopt.tune._recipe import OPT_IN, TECHNIQUES, available_techniques, recipe_steps
 
 keras = import_keras()
@@ -26,16 +26,6 @@ def clone(model):
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
-
-
-def compile_classifier(model, learning_rate: float, *, logits: bool = True):
-    """Compiles ``model`` with Adam, sparse categorical cross-entropy and accuracy."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=logits),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 # name -> default choices. Floats with a range are declared below with hp.Float.
@@ -270,9 +260,7 @@ class CompressionHyperModel(keras_tuner.HyperModel):
         else:
             model = self.builder(**options)
         check_model(model, "the builder's model")
-        return compile_classifier(
-            model, values.get("learning_rate", 2e-3), logits=outputs_logits(model)
-        )
+        return compile_classifier(model, values.get("learning_rate", 2e-3))
 
     def fit(self, hp, model, *args, epochs: int = 1, validation_data=None, verbose=0, **kwargs):
         """Trains a float model built by `build` (no-op in ``model`` mode or with epochs=0)."""
@@ -280,7 +268,8 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             return None
         x, y = args[0] if len(args) == 1 else args[:2]
         batch = int(hp.values.get("batch_size", 64))
-        return model.fit(
+        return fit_arrays(
+            model,
             x,
             y,
             epochs=int(epochs),
