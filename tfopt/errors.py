@@ -48,3 +48,9 @@ class DataError(TfoptError, ValueError):
 
 class ArtifactError(TfoptError, ValueError):
     """A model or artifact file cannot be read (empty, truncated, corrupt, or another kind)."""
+
+
+class NativeCrashError(TfoptError, RuntimeError):
+    """Native code (e.g. the TFLite converter or its int8 calibrator) died with a signal in a
+    tfopt worker process; the caller's process is unharmed. The message names the stage, the
+    signal and the known workaround, in one line."""

@@ -151,6 +151,79 @@ def _convert(
         raise RuntimeError(f"TFLite conversion ({quantization}) failed: {msg}.{hint}") from None
 
 
+_RNN_LAYERS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D")
+
+
+class _ModelTransferError(Exception):
+    """The worker could not rebuild the model (e.g. a custom layer only the caller knows)."""
+
+
+def _crash_stage_and_hint(model, quantization: str, calibrating: bool) -> tuple[str, str]:
+    """What a crash of the converter is called, and the known workaround."""
+    stage = "int8 calibration" if calibrating else f"TFLite conversion ({quantization})"
+    stage = f"{stage} of model {model.name!r}"
+    rnn, inner = [], set()
+    for layer in model._flatten_layers(include_self=False):  # parents before their sublayers
+        if type(layer).__name__ in _RNN_LAYERS and id(layer) not in inner:
+            rnn.append(layer.name)
+            inner |= {id(sub) for sub in layer._flatten_layers(include_self=False)}
+    if rnn and quantization in ("int8", "int16x8"):
+        return stage, (
+            f"Known for RNN layers ({', '.join(rnn)}): keep them float (quantize only the other "
+            "layers: filters=...) or export tflite-float16 / tflite-dynamic."
+        )
+    if quantization != "float32":
+        return stage, "Try tflite-float16 or tflite-dynamic (no calibration), or onnx."
+    return stage, "Try fixed_batch=1, or export onnx."
+
+
+def _convert_payload(payload: bytes, *args, **kwargs) -> bytes:
+    """`_convert` of a pickled model (runs in tfopt's worker process)."""
+    import pickle
+
+    from tfopt.models._zoo import register_custom_objects
+
+    register_custom_objects()
+    try:
+        model = pickle.loads(payload)
+    except Exception as e:
+        raise _ModelTransferError(f"{type(e).__name__}: {e}") from None
+    return _convert(model, *args, **kwargs)
+
+
+def convert_isolated(model, quantization: str, representative_data, *args, **kwargs) -> bytes:
+    """`_convert` in tfopt's recycled worker process (`tfopt._worker`): a converter that crashes
+    (a signal) raises `tfopt.errors.NativeCrashError` here, and its leak dies with the worker.
+    A model the worker cannot rebuild is converted in this process instead."""
+    import logging
+    import pickle
+
+    from tfopt import _worker
+
+    log = logging.getLogger(__name__)
+    try:
+        payload = pickle.dumps(model)  # Keras writes it as an in-memory .keras archive
+    except Exception as e:
+        log.warning("converting in this process: the model does not pickle (%s)", e)
+        return _convert(model, quantization, representative_data, *args, **kwargs)
+    calibrating = quantization in ("int8", "int16x8") and representative_data is not None
+    stage, hint = _crash_stage_and_hint(model, quantization, calibrating)
+    try:
+        return _worker.run(
+            _convert_payload,
+            payload,
+            quantization,
+            representative_data,
+            *args,
+            stage=stage,
+            hint=hint,
+            **kwargs,
+        )
+    except _ModelTransferError as e:
+        log.warning("converting in this process: the worker cannot rebuild the model (%s)", e)
+        return _convert(model, quantization, representative_data, *args, **kwargs)
+
+
 # the tensor type a quantization must produce, besides the model's float inputs and outputs
 # (dynamic-range and float16 conversions leave small weights float: nothing is required of them)
 _EXPECTED_TYPE = {"int8": "int8", "int16x8": "int16"}
@@ -302,7 +375,7 @@ def tflite(
     from tfopt.bench._runners import TFLiteRunner
 
     with quiet():
-        content = _convert(
+        content = convert_isolated(
             model,
             quantization,
             representative_data,

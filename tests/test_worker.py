@@ -1,0 +1,55 @@
+"""tfopt's recycled worker process (`tfopt._worker`): a native crash in a task is one error line
+in the caller and the next task runs on a fresh worker; the worker is replaced after N tasks."""
+
+import _crash
+import pytest
+
+from tfopt._worker import Worker
+from tfopt.errors import NativeCrashError
+
+
+def test_a_crashing_task_is_one_error_line_and_the_next_task_gets_a_fresh_worker():
+    w = Worker()
+    try:
+        pid, value = w.run(_crash.pid_and, 1, stage="warm-up")
+        assert value == 1
+        with pytest.raises(NativeCrashError) as e:
+            w.run(_crash.segfault, stage="int8 calibration of model 'tagger'", hint="Do X.")
+        assert str(e.value) == (
+            "int8 calibration of model 'tagger' crashed (SIGSEGV) in tfopt's worker process; "
+            "this process is fine. Do X."
+        )
+        pid2, value = w.run(_crash.pid_and, 2, stage="after")
+        assert value == 2 and pid2 != pid and w.started == 2
+        with pytest.raises(ValueError, match="^bad input$"):  # a Python error is re-raised as is
+            w.run(_crash.fail, "bad input", stage="failing")
+        assert w.run(_crash.pid_and, 3, stage="same worker")[0] == pid2
+    finally:
+        w.stop()
+
+
+def test_the_worker_is_replaced_after_max_tasks():
+    w = Worker(max_tasks=2)
+    try:
+        pids = [w.run(_crash.pid_and, i, stage="task")[0] for i in range(5)]
+        assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+        assert w.started == 3
+    finally:
+        w.stop()
+
+
+def test_a_converter_crash_names_the_stage_and_the_rnn_workaround():
+    keras = pytest.importorskip("keras")
+    from tfopt.export._tflite import _crash_stage_and_hint
+
+    inputs = keras.Input((12, 4))
+    h = keras.layers.Bidirectional(keras.layers.LSTM(8, return_sequences=True), name="bilstm")(
+        inputs
+    )
+    tagger = keras.Model(inputs, keras.layers.Dense(5, name="tags")(h), name="tagger")
+    stage, hint = _crash_stage_and_hint(tagger, "int8", calibrating=True)
+    assert stage == "int8 calibration of model 'tagger'"
+    assert hint == (
+        "Known for RNN layers (bilstm): keep them float (quantize only the other layers: "
+        "filters=...) or export tflite-float16 / tflite-dynamic."
+    )
