@@ -53,3 +53,45 @@ def test_a_converter_crash_names_the_stage_and_the_rnn_workaround():
         "Known for RNN layers (bilstm): keep them float (quantize only the other layers: "
         "filters=...) or export tflite-float16 / tflite-dynamic."
     )
+
+
+_CRASH_IN_STAGES = """
+import contextlib, os, signal
+if os.environ.get("TFOPT_GUARDED"):  # in the guarded child only: crash once a stage begins
+    import tfopt._guard as guard
+
+    real = guard.stage
+
+    @contextlib.contextmanager
+    def crashing(name, hint=""):
+        with real(name, hint):
+            os.kill(os.getpid(), signal.SIGSEGV)
+            yield
+
+    guard.stage = crashing
+"""
+
+
+def test_a_native_crash_of_the_tfopt_command_is_one_line_naming_the_stage(tmp_path):
+    """`tfopt export` dies with SIGSEGV inside the export stage (a sitecustomize in the child
+    makes it): the command prints one line naming the stage and the workaround, exit 139."""
+    import os
+    import subprocess
+    import sys
+
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="tiny")
+    model.save(tmp_path / "tiny.keras")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_CRASH_IN_STAGES)
+    path = os.pathsep.join([str(tmp_path / "site"), *sys.path])
+    cmd = [sys.executable, "-m", "tfopt", "export", str(tmp_path / "tiny.keras")]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path), cwd=tmp_path
+    )
+    assert out.returncode == 139
+    assert out.stderr.strip().splitlines()[-1] == (
+        "tfopt export: crashed (SIGSEGV) during export of model 'tiny' to tflite (a native "
+        "crash, not a Python error). Try another format (e.g. onnx or tflite-float16)."
+    )
+    assert "Traceback" not in out.stderr and "Fatal Python error" not in out.stderr

@@ -123,8 +123,11 @@ def whole_batches(x, y, batch_size: int, *, seed: int = 0):
 def fit_arrays(model, x, y, *, batch_size: int, seed: int = 0, **kwargs):
     """``model.fit(x, y, batch_size=batch_size, **kwargs)`` on whole batches only (see
     `whole_batches`): every fit tfopt runs on arrays goes through here."""
+    from tfopt._guard import TRAINING_HINT, stage
+
     x, y = whole_batches(x, y, batch_size, seed=seed)
-    return model.fit(x, y, batch_size=int(batch_size), **kwargs)
+    with stage(f"training of model {model.name!r}", TRAINING_HINT):
+        return model.fit(x, y, batch_size=int(batch_size), **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="tfopt")

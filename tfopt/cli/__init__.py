@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     # Python exceptions are unaffected. Set TF_CPP_MIN_LOG_LEVEL=0 to see them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
     argv = [a for a in argv if a != "--debug"]
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2
+    from tfopt import _guard
+
+    if from_command_line and not os.environ.get(_guard.GUARDED):
+        # the command runs in a child: a native crash there becomes one line here
+        return _guard.run_guarded(sys.argv[1:], args.command)
     from tfopt._litert_log import silence_xnnpack_banner
 
     silence_xnnpack_banner()  # LiteRT's "INFO: Created ... XNNPACK delegate" line

@@ -67,4 +67,8 @@ def export(model, path, *, format: str = "tflite", **options) -> Artifact:
         raise ValueError(
             f"format={format!r} does not take option(s) {unknown}. Its options: {allowed}"
         )
-    return exporter(model, path, **fmt.options, **options)
+    from tfopt._guard import stage
+
+    hint = "Try another format (e.g. onnx or tflite-float16)."
+    with stage(f"export of model {model.name!r} to {format}", hint):
+        return exporter(model, path, **fmt.options, **options)
