@@ -50,8 +50,8 @@ def test_a_converter_crash_names_the_stage_and_the_rnn_workaround():
     stage, hint = _crash_stage_and_hint(tagger, "int8", calibrating=True)
     assert stage == "int8 calibration of model 'tagger'"
     assert hint == (
-        "Known for RNN layers (bilstm): keep them float (quantize only the other layers: "
-        "filters=...) or export tflite-float16 / tflite-dynamic."
+        "Known for RNN layers (bilstm): TFLite's calibrator crashes on them; export "
+        "tflite-dynamic or tflite-float16 (no calibration) instead."
     )
 
 

@@ -139,6 +139,22 @@ def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
     return export.export(model, path, format=fmt, check_data=data.x_val)
 
 
+def check(cfg: RunConfig) -> None:
+    """What `tfopt run --check` does after validating the config: loads the data, builds the
+    model (and its transfer head) and runs the steps' preflight against them, so anything `run`
+    would reject before training is rejected here. Nothing is trained or written."""
+    from tfopt import data as data_mod
+
+    keras.utils.set_random_seed(cfg.seed)
+    data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+    ctx = StepContext(data=data, run_dir=Path("."), batch_size=cfg.train.batch_size, verbose=0)
+    ctx.logger = lambda msg: None
+    model = _build_model(cfg, data)
+    if cfg.transfer is not None:
+        model = _transfer_model(cfg, model, data, ctx)
+    preflight(cfg.steps, model, ctx)
+
+
 def run(
     cfg: RunConfig, *, out_dir=None, verbose: int | None = None, overwrite: bool = False
 ) -> dict:

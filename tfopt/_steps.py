@@ -177,8 +177,51 @@ def check_filters_match(filters, model) -> None:
         )
 
 
+def check_model_matches_data(model, data) -> None:
+    """Raises `tfopt.errors.DataError` (one line) when ``model`` cannot train on ``data``: another
+    input shape, fewer output units than classes, integer labels that are not class indices, or
+    a forward pass of two training samples that fails."""
+    import numpy as np
+
+    from tfopt.errors import DataError
+
+    if model is None or data is None:
+        return
+    where = f"model {model.name!r} and data {data.name!r}"
+    expected = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+    got = tuple(data.input_shape)
+    if expected is not None and len(expected) != len(got):
+        raise DataError(
+            f"{where}: the model takes inputs of shape {expected}, the data's samples have shape "
+            f"{got}. Reshape x (e.g. add the channel axis with x[..., None]) or use another model"
+        )
+    if expected is not None and any(e not in (None, g) for e, g in zip(expected, got)):
+        raise DataError(
+            f"{where}: the model takes inputs of shape {expected}, the data's samples have "
+            f"shape {got}"
+        )
+    y = np.asarray(data.y_train)
+    if y.ndim != 1:
+        raise DataError(
+            f"{where}: labels must be class indices of shape (n,); received y_train of shape "
+            f"{y.shape} (one-hot? use y.argmax(axis=1))"
+        )
+    units = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
+    if units is not None and units < int(data.num_classes):
+        raise DataError(
+            f"{where}: the model has {units} outputs, the data has {data.num_classes} classes "
+            f"(labels up to {int(y.max())}); give a model with {data.num_classes} outputs"
+        )
+    try:
+        model(np.asarray(data.x_train[:2]), training=False)
+    except Exception as e:
+        line = " ".join(str(e).split())[:300]
+        raise DataError(f"{where}: the model fails on two training samples: {line}") from None
+
+
 def preflight(steps: Sequence, model, ctx: StepContext) -> None:
-    """Checks ``steps`` against the model and data before anything trains.
+    """Checks ``steps`` against the model and data before anything trains (first the model
+    against the data: `check_model_matches_data`).
 
     Each step module may define ``preflight(cfg, model, ctx)``, raising ValueError for a setting
     that cannot work (a pruning schedule that ends after the fine-tuning, filters that select
@@ -189,6 +232,7 @@ def preflight(steps: Sequence, model, ctx: StepContext) -> None:
     """
     from tfopt.errors import ConfigError
 
+    check_model_matches_data(model, ctx.data)
     for i, step in enumerate(steps):
         check = getattr(step_module(step.type), "preflight", None)
         if check is not None:

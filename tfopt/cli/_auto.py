@@ -35,8 +35,9 @@ def add_parser(sub):
     p.add_argument("--max-trials", type=int, help="number of trials (default 20 without a budget)")
     p.add_argument(
         "--out",
-        help="run directory (default: runs/auto_<config name>-<hash of the model, data and "
-        "settings>, so the same command resumes and another model or data gets its own)",
+        help="run directory (default: runs/auto_<model file's stem, else config name>-<hash "
+        "of the model, data and settings>, so the same command resumes and another model or "
+        "data gets its own)",
     )
     p.add_argument(
         "--objective",
@@ -170,6 +171,18 @@ def auto_identity(cfg, args, techniques) -> dict:
     }
 
 
+def default_run_dir(cfg, identity: dict) -> Path:
+    """``runs/auto_<name>-<hash of identity>``: ``<name>`` is the model file's stem for an own
+    model (``--model my_model.keras`` -> ``runs/auto_my_model-<hash>``), else the config's name."""
+    import re
+
+    from tfopt import _rundir
+
+    name = Path(cfg.model.path).stem if cfg.model.path else cfg.name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+    return Path("runs") / f"auto_{name}-{_rundir.short_hash(identity)}"
+
+
 def baseline_model(cfg, data, out_dir: Path, *, log=print):
     """Loads ``out_dir/baseline.keras`` (a resumed run) or builds and trains the float baseline."""
     from tfopt import _rundir
@@ -243,7 +256,7 @@ def main(args) -> int:
     if args.out:
         out_dir = Path(args.out)
     else:
-        out_dir = Path("runs") / f"auto_{cfg.name}-{_rundir.short_hash(identity)}"
+        out_dir = default_run_dir(cfg, identity)
         print(f"[auto] run directory: {out_dir}", flush=True)
     # before the baseline of an earlier run in out_dir is reused: the same model, data, settings
     _rundir.prepare(out_dir, overwrite=args.overwrite, resume=True, by="tfopt auto")

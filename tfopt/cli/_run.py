@@ -38,7 +38,10 @@ def add_parser(sub):
         help="replace --out if it holds an earlier tfopt run (other directories are never deleted)",
     )
     p.add_argument(
-        "--check", action="store_true", help="validate the config and print it, then exit"
+        "--check",
+        action="store_true",
+        help="validate the config against the built model and the data (filters, shapes, "
+        "labels, classes; nothing is trained), print it, then exit",
     )
     return p
 
@@ -57,9 +60,12 @@ def main(args) -> int:
         print(f"[tfopt] {note} (as with --model {model}); {hint}", file=sys.stderr, flush=True)
     overrides = input_overrides(model=model, data=args.data) + overrides
     cfg = config.load(path, overrides=overrides)
-    if args.check:
+    if args.check:  # the config, then the model, data and steps as `run` would see them
         import yaml
 
+        from tfopt._pipeline import check
+
+        check(cfg)
         print(yaml.safe_dump(cfg.model_dump(serialize_as_any=True), sort_keys=False), end="")
         return 0
     from tfopt._pipeline import run

@@ -160,7 +160,7 @@ class _ModelTransferError(Exception):
 
 def _crash_stage_and_hint(model, quantization: str, calibrating: bool) -> tuple[str, str]:
     """What a crash of the converter is called, and the known workaround."""
-    stage = "int8 calibration" if calibrating else f"TFLite conversion ({quantization})"
+    stage = f"{quantization} calibration" if calibrating else f"TFLite conversion ({quantization})"
     stage = f"{stage} of model {model.name!r}"
     rnn, inner = [], set()
     for layer in model._flatten_layers(include_self=False):  # parents before their sublayers
@@ -169,8 +169,8 @@ def _crash_stage_and_hint(model, quantization: str, calibrating: bool) -> tuple[
             inner |= {id(sub) for sub in layer._flatten_layers(include_self=False)}
     if rnn and quantization in ("int8", "int16x8"):
         return stage, (
-            f"Known for RNN layers ({', '.join(rnn)}): keep them float (quantize only the other "
-            "layers: filters=...) or export tflite-float16 / tflite-dynamic."
+            f"Known for RNN layers ({', '.join(rnn)}): TFLite's calibrator crashes on them; "
+            "export tflite-dynamic or tflite-float16 (no calibration) instead."
         )
     if quantization != "float32":
         return stage, "Try tflite-float16 or tflite-dynamic (no calibration), or onnx."
