@@ -62,8 +62,12 @@ def test_check_rejects_a_model_with_fewer_outputs_than_classes(tmp_path, capsys)
     data = _own_data(tmp_path / "d5.npz", classes=5)
     code, out = _check(tmp_path, capsys, data=data)
     assert code == 1
-    assert out.err.strip().splitlines()[-1].startswith(
-        "tfopt: error: model 'mine' and data 'd5': the model has 3 outputs, the data has 5 classes"
+    assert (
+        out.err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "tfopt: error: model 'mine' and data 'd5': the model has 3 outputs, the data has 5 classes"
+        )
     )
 
 
@@ -92,3 +96,57 @@ def test_auto_names_its_run_directory_after_the_model_file(tmp_path):
     assert default_run_dir(own, {"model": "b"}) != out  # the hash still tells runs apart
     zoo = config.load(None, overrides=[])
     assert default_run_dir(zoo, {}).name.startswith("auto_default-")
+
+
+def test_tune_takes_model_and_data_and_reports_the_starting_accuracy(tmp_path, capsys):
+    import json
+
+    import tfopt
+
+    model = _own_model(tmp_path / "mine.keras")
+    data = _own_data(tmp_path / "d.npz")
+    out = tmp_path / "tune"
+    args = ["--max-trials", "1", "--algorithm", "random", "--max-epochs", "1", "--quiet"]
+    code = main(["tune", "--model", str(model), "--data", str(data), "--out", str(out), *args])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    # the starting model, as given, on the same validation split the trials are scored on
+    ds = tfopt.data.from_npz(data, val_fraction=0.1, seed=0)
+    mine = keras.models.load_model(model)
+    expected = float(np.mean(mine.predict(ds.x_val, verbose=0).argmax(-1) == ds.y_val))
+    assert report["start"]["val_accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert report["start"]["model"] == "mine"
+    md = (out / "report.md").read_text()
+    assert f"Starting model (mine, as given): val {expected:.4f}" in md
+    beaten = report["best"]["val_accuracy"] > report["start"]["val_accuracy"]
+    assert ("No trial beat the starting model" in md) is not beaten
+    assert "| start | " in md
+
+
+def test_tune_report_says_when_no_trial_beat_the_starting_model():
+    from tfopt.tune._search_training import markdown
+
+    trial = {
+        "trial_id": "0",
+        "val_accuracy": 0.5,
+        "test_accuracy": 0.4,
+        "epochs_trained": 1,
+        "seconds": 1.0,
+        "values": {},
+    }
+    data = {
+        "name": "t",
+        "seconds": 1.0,
+        "start": {"model": "mine", "val_accuracy": 0.9, "test_accuracy": 0.8},
+        "best": trial,
+        "config": "best.yaml",
+        "trials": [trial],
+        "searched": [],
+        "importance": {},
+        "tensorboard": "tb",
+    }
+    md = markdown(data)
+    assert "Starting model (mine, as given): val 0.9000, test 0.8000." in md
+    assert "No trial beat the starting model on validation accuracy" in md
+    data["best"] = {**trial, "val_accuracy": 0.95}
+    assert "No trial beat" not in markdown(data)

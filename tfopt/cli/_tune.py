@@ -1,4 +1,5 @@
-"""`tfopt tune [CONFIG] [--max-trials N] [--workers N | --chief HOST:PORT] [--out DIR] [key=value ...]`."""
+"""`tfopt tune [CONFIG] [--model M] [--data D] [--max-trials N] [--workers N | --chief HOST:PORT]
+[--out DIR] [key=value ...]`."""
 
 from __future__ import annotations
 
@@ -23,7 +24,18 @@ def add_parser(sub):
         "TensorBoard hparams logs under --out/search/tensorboard. Re-running with the same --out "
         "resumes the search.",
     )
-    p.add_argument("config", nargs="?", help="YAML config (default: the embedded default.yaml)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config (default: the embedded default.yaml); a .keras/.h5 file here is --model",
+    )
+    p.add_argument(
+        "--model",
+        help="zoo model name, or a .keras/.h5 file: a transfer search that fine-tunes it (adds "
+        "transfer.head=keep unless the config has a transfer: section); the report shows its "
+        "starting accuracy beside the trials",
+    )
+    p.add_argument("--data", help="dataset name or .npz file (sets data.name)")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -62,6 +74,21 @@ def _overrides(args) -> list[str]:
     return out
 
 
+def _with_inputs(args, path, overrides) -> tuple[str | None, list[str]]:
+    """``--model`` / ``--data`` (or a model file given as CONFIG) as config overrides, as in
+    `tfopt run`; a model file is searched as a transfer (fine-tuning) of that model."""
+    from tfopt import config as config_mod
+    from tfopt.cli._common import input_overrides, is_model_file, split_config_arg
+
+    path, model = split_config_arg(path, args.model)
+    inputs = input_overrides(model=model, data=args.data)
+    if is_model_file(model):
+        raw = config_mod._schema.read_yaml(path or config_mod.default_config_path())
+        if raw.get("transfer") is None and not any(o.startswith("transfer") for o in overrides):
+            inputs.append("transfer.head=keep")  # the model already has its classes
+    return path, inputs + overrides
+
+
 def main(args) -> int:
     from tfopt.tune import _distributed as dist
     from tfopt.tune import _search_training as st
@@ -69,6 +96,7 @@ def main(args) -> int:
     path, overrides = args.config, _overrides(args)
     if path and "=" in path and not path.endswith((".yaml", ".yml")):
         path, overrides = None, [path, *overrides]  # `tfopt tune tune.max_epochs=5`
+    path, overrides = _with_inputs(args, path, overrides)
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0. Received: --workers={args.workers}")
     if args.workers and (args.chief or args.serve):
@@ -101,8 +129,9 @@ def main(args) -> int:
         )
         return 0 if res.best is not None else 1
     started = time.time()
-    st.prepare(cfg, max_trials=args.max_trials)  # a bad space fails here, not in N children
+    data, hm = st.prepare(cfg, max_trials=args.max_trials)  # a bad space fails here
     out_dir.mkdir(parents=True, exist_ok=True)
+    st.record_start(hm, data, out_dir)
     child = [*([path] if path else []), *overrides, "--out", str(out_dir.resolve())]
     if args.max_trials is not None:
         child += ["--max-trials", str(args.max_trials)]

@@ -173,6 +173,12 @@ def search_training(
     log(
         f"[tune] data: {data}; searching {len(hm.names())} hyperparameters with {cfg.tune.algorithm}"
     )
+    start = record_start(hm, data, out_dir)
+    if start is not None:
+        log(
+            f"[tune] starting model: val {start['val_accuracy']:.4f} test "
+            f"{start['test_accuracy']:.4f}"
+        )
     tuner = make_tuner(
         cfg, hm, out_dir, max_trials=max_trials, overwrite=overwrite, on_trial_done=progress(log)
     )
@@ -181,6 +187,45 @@ def search_training(
 
 
 # -- what a search writes ----------------------------------------------------------------------
+
+
+def record_start(hm, data, out_dir) -> dict | None:
+    """The accuracy of the model a transfer search starts from (``hm.source``, as given: not
+    trained further), on the validation and test data, written to ``out_dir/start.json`` for
+    the report. None (nothing written) for a search of a zoo builder."""
+    if getattr(hm, "source", None) is None:
+        return None
+    from tfopt._backend import import_keras
+    from tfopt._training import compile_classifier
+
+    keras = import_keras()
+    source = keras.models.clone_model(hm.source)
+    source.set_weights(hm.source.get_weights())
+    compile_classifier(source, 1e-3)
+    start = {"model": hm.source.name}
+    for split, (x, y) in (("val", data.val), ("test", data.test)):
+        start[f"{split}_accuracy"] = float(
+            source.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "start.json").write_text(json.dumps(start, indent=2))
+    return start
+
+
+def _start_lines(data: dict) -> list[str]:
+    start, best = data.get("start"), data.get("best")
+    if start is None:
+        return []
+    lines = [
+        f"Starting model ({start['model']}, as given): val {start['val_accuracy']:.4f}, test "
+        f"{start['test_accuracy']:.4f}.",
+    ]
+    if best is None or best["val_accuracy"] <= start["val_accuracy"]:
+        lines.append(
+            "No trial beat the starting model on validation accuracy: keep the model you gave."
+        )
+    return ["", *lines]
 
 
 def records(out_dir) -> list[dict]:
@@ -280,10 +325,15 @@ def markdown(data: dict) -> str:
         f"{_fmt(data['best']['test_accuracy'])}); retrain it with `tfopt run {data['config']}`."
         if data["best"]
         else f"{len(trials)} trials; none completed.",
+        *_start_lines(data),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    if data.get("start"):
+        start = data["start"]
+        cells = ["start", f"{start['val_accuracy']:.4f}", f"{start['test_accuracy']:.4f}", "0"]
+        lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
     for t in trials:
         test = "-" if t["test_accuracy"] is None else f"{t['test_accuracy']:.4f}"
         cells = [t["trial_id"], f"{t['val_accuracy']:.4f}", test, str(t["epochs_trained"])]
@@ -321,9 +371,11 @@ def finalize(raw: dict, out_dir, *, seconds: float = 0.0, log=print) -> TuneResu
         )
     searched = searched_names(out_dir, trials)
     scores = importance(trials)
+    start_path = out_dir / "start.json"
     data = {
         "name": raw.get("name", "default"),
         "seconds": round(seconds, 1),
+        "start": json.loads(start_path.read_text()) if start_path.exists() else None,
         "best": best,
         "config": str(config_path) if config_path else None,
         "model": str(model_path) if model_path else None,
