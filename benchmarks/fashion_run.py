@@ -128,6 +128,7 @@ def measure(args) -> dict:
     return {
         "command": "python benchmarks/fashion_run.py " + " ".join(sys.argv[1:]),
         "dataset": repr(data),
+        "test_samples": len(y),
         "data_source": data.info.get("source"),
         "baseline": {k: v for k, v in record.items() if k != "history"},
         "baseline_val_accuracy": record["history"].get("val_accuracy", [None])[-1],
@@ -157,7 +158,8 @@ def _pt(d) -> str:
 def render(res: dict) -> str:
     b = res["baseline"]
     lines = [
-        f"Fashion-MNIST test set (10,000 images), `tfopt run fashion`'s model and exports, "
+        f"Fashion-MNIST test set ({res['test_samples']:,} images), `tfopt run fashion`'s model "
+        "and exports, "
         f"measured by `{res['command'].strip()}` on {res['cpus']} CPU cores (load average "
         f"{res['load_average_start']} at the start). Float baseline: tfopt's trainer with the "
         f"`fashion` config's `train:` section, {b['epochs']} epochs in {b['seconds'] / 60:.0f} min "
