@@ -220,6 +220,25 @@ def _keras_dataset(name: str) -> Callable[..., Dataset]:
     return load_keras
 
 
+def _fashion_mnist(*, val_fraction: float, seed: int) -> Dataset:
+    # read offline from Debian's package or Keras's cache (tfopt/data/_idx.py); never downloads
+    from tfopt.data._idx import read_fashion_mnist
+
+    raw, where = read_fashion_mnist()
+    x_train, x_test = (raw[k].astype("float32")[..., None] / 255.0 for k in ("x_train", "x_test"))
+    return _finish(
+        "fashion_mnist",
+        x_train,
+        raw["y_train"],
+        x_test,
+        raw["y_test"],
+        val_fraction=val_fraction,
+        seed=seed,
+        num_classes=10,
+        info={"source": f"Fashion-MNIST IDX files in {where}, pixels / 255"},
+    )
+
+
 def _is_network_error(e: BaseException) -> bool:
     while e is not None:
         if isinstance(e, (urllib.error.URLError, ConnectionError, TimeoutError)):
@@ -237,7 +256,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits32": _digits32,
     "shapes32": _shapes32,
     "mnist": _keras_dataset("mnist"),
-    "fashion_mnist": _keras_dataset("fashion_mnist"),
+    "fashion_mnist": _fashion_mnist,
     "cifar10": _keras_dataset("cifar10"),
 }
 
@@ -257,7 +276,9 @@ def load(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
 
     Raises:
         ValueError: for an unknown name.
-        OfflineError: when a downloaded dataset is not cached and the network is unreachable.
+        OfflineError: when a downloaded dataset is not cached and the network is unreachable;
+            for ``"fashion_mnist"`` (read offline from Debian's ``dataset-fashion-mnist`` or
+            Keras's cache, searched as `tfopt.data._idx` says) when its files are not found.
 
     Example:
         >>> ds = tfopt.data.load("digits")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tfopt._backend import import_keras
+from tfopt.models._fashion import FASHION_MODELS
 from tfopt.models._tiny import TINY_MODELS
 
 keras = import_keras()
@@ -148,6 +149,7 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "mnist1d_resnet": mnist1d_resnet,
     "digits_cnn": digits_cnn,
     **TINY_MODELS,  # MLPerf Tiny's reference architectures (tfopt/models/_tiny.py)
+    **FASHION_MODELS,  # Fashion-MNIST's reference models (tfopt/models/_fashion.py)
 }
 
 
