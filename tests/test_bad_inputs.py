@@ -1,0 +1,201 @@
+"""Bad inputs a user can give, each refused in one line before any training (issues 24 and 25).
+
+Each table row is one case: what is wrong, and the exact line that says what to do.
+"""
+
+import numpy as np
+import pytest
+
+import tfopt
+from tfopt.errors import DataError
+
+
+def _good():
+    rng = np.random.default_rng(0)
+    return {
+        "x_train": rng.normal(size=(40, 6, 6, 1)).astype("float32"),
+        "y_train": np.arange(40) % 3,
+        "x_test": rng.normal(size=(10, 6, 6, 1)).astype("float32"),
+        "y_test": np.arange(10) % 3,
+    }
+
+
+def _set(key, value):
+    def change(d):
+        d[key] = value(d) if callable(value) else value
+
+    return change
+
+
+def _poke(key, index, value, dtype=None):
+    def change(d):
+        a = d[key].astype(dtype) if dtype else d[key].copy()
+        a[index] = value
+        d[key] = a
+
+    return change
+
+
+# (case, change to a good .npz, the one line `from_npz` raises)
+BAD_NPZ = [
+    (
+        "nan_in_x_train",
+        _poke("x_train", (5, 0, 0, 0), np.nan),
+        "bad.npz: x_train holds NaN or infinite values in 1 of 40 samples (the first is sample 5);"
+        " clean or drop those samples (and their labels) from x_train",
+    ),
+    (
+        "inf_in_x_test",
+        _poke("x_test", (2, 1, 1, 0), np.inf),
+        "bad.npz: x_test holds NaN or infinite values in 1 of 10 samples (the first is sample 2);"
+        " clean or drop those samples (and their labels) from x_test",
+    ),
+    (
+        "x_y_length_mismatch",
+        _set("y_train", lambda d: d["y_train"][:30]),
+        "bad.npz: x_train has 40 samples but y_train has 30 labels; give one label per sample",
+    ),
+    (
+        "empty_test_split",
+        lambda d: d.update(x_test=d["x_test"][:0], y_test=d["y_test"][:0]),
+        "bad.npz: x_test holds no samples (shape (0, 6, 6, 1)); each split needs at least 1",
+    ),
+    (
+        "string_inputs",
+        _set("x_train", lambda d: d["x_train"].astype(str)),
+        "bad.npz: x_train holds strings, not numbers; convert it to a numeric array, e.g. "
+        "x_train.astype('float32')",
+    ),
+    (
+        "string_labels",
+        _set("y_train", lambda d: np.array(["cat", "dog", "owl"])[d["y_train"]]),
+        "bad.npz: y_train holds strings, not class indices; map each class to 0..k-1, e.g. "
+        "classes, y_train = np.unique(y_train, return_inverse=True)",
+    ),
+    (
+        "negative_label",
+        _poke("y_train", 3, -1),
+        "bad.npz: y_train must be >= 0; received -1 (1 < 0); class indices start at 0: remap "
+        "them, e.g. np.unique(y_train, return_inverse=True)[1]",
+    ),
+    (
+        "fractional_label",
+        _poke("y_train", 4, 0.5, dtype="float64"),
+        "bad.npz: y_train must be whole class indices; received 0.5 at sample 4 (dtype float64);"
+        " round or map them to 0..k-1",
+    ),
+    (
+        "nan_label",
+        _poke("y_test", 7, np.nan, dtype="float32"),
+        "bad.npz: y_test must be whole class indices; received nan at sample 7 (dtype float32);"
+        " round or map them to 0..k-1",
+    ),
+    (
+        "one_hot_labels",
+        _set("y_train", lambda d: np.eye(3)[d["y_train"]]),
+        "bad.npz: y_train looks one-hot (shape (40, 3)): pass integer labels, e.g. "
+        "y_train.argmax(1)",
+    ),
+    (
+        "one_hot_test_labels_only",
+        _set("y_test", lambda d: np.eye(3)[d["y_test"]]),
+        "bad.npz: y_test looks one-hot (shape (10, 3)): pass integer labels, e.g. y_test.argmax(1)",
+    ),
+    (
+        "test_class_never_trained",
+        _poke("y_test", 0, 5),
+        "bad.npz: y_test must be class indices < 3 (the number of classes in y_train); received 5"
+        " (1 labels out of range)",
+    ),
+    (
+        "channel_axis_missing_in_one_split",
+        _set("x_test", lambda d: d["x_test"][..., 0]),
+        "bad.npz: the splits' samples differ in shape (x_train (6, 6, 1), x_test (6, 6)); give "
+        "every split the same sample shape (a missing channel axis? add it with x[..., None])",
+    ),
+    (
+        "one_number_per_sample",
+        lambda d: d.update(x_train=d["x_train"][:, 0, 0, 0], x_test=d["x_test"][:, 0, 0, 0]),
+        "bad.npz: x_train has shape (40,): one number per sample; give each sample an axis of "
+        "features, e.g. x_train[:, None]",
+    ),
+]
+
+
+def _write(tmp_path, change):
+    arrays = _good()
+    change(arrays)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("case, change, message", BAD_NPZ, ids=[c[0] for c in BAD_NPZ])
+def test_from_npz_refuses_bad_data_in_one_line(tmp_path, case, change, message):
+    with pytest.raises(DataError) as info:
+        tfopt.data.from_npz(_write(tmp_path, change))
+    assert str(info.value) == message
+
+
+def test_from_npz_refuses_pickled_object_arrays(tmp_path):
+    path = tmp_path / "bad.npz"
+    arrays = _good()
+    arrays["x_train"] = np.array([[1.0, 2.0], [3.0]] + [[0.0]] * 38, dtype=object)
+    np.savez(path, **arrays)  # np.savez pickles object arrays; tfopt never unpickles
+    with pytest.raises(DataError) as info:
+        tfopt.data.from_npz(path)
+    assert str(info.value) == (
+        "bad.npz: x_train holds Python objects (a pickled array), not numbers; save it as a "
+        "numeric array, e.g. np.asarray(x_train, dtype='float32')"
+    )
+
+
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (
+            np.zeros((3, 2)),
+            np.zeros(2),
+            "x has 3 samples but y has 2 labels; give one label per sample",
+        ),
+        (
+            np.zeros((20, 2)),
+            np.eye(4)[np.arange(20) % 4],
+            "y looks one-hot (shape (20, 4)): pass integer labels, e.g. y.argmax(1)",
+        ),
+        (
+            np.array([["a", "b"]] * 20),
+            np.arange(20) % 2,
+            "x holds strings, not numbers; convert it to a numeric array, e.g. x.astype('float32')",
+        ),
+    ],
+    ids=["length_mismatch", "one_hot", "strings"],
+)
+def test_from_arrays_names_the_argument(x, y, message):
+    with pytest.raises(DataError) as info:
+        tfopt.data.from_arrays(x, y)
+    assert str(info.value) == message
+
+
+def test_from_tf_dataset_checks_the_same_way():
+    import tensorflow as tf
+
+    x = np.ones((20, 3), "float32")
+    x[4, 1] = np.nan
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(20) % 2))
+    with pytest.raises(DataError, match=r"^train's x holds NaN or infinite values in 1 of 20"):
+        tfopt.data.from_tf_dataset(ds)
+
+
+@pytest.mark.parametrize(
+    "case", ["nan_in_x_train", "one_hot_labels", "x_y_length_mismatch", "negative_label"]
+)
+def test_cli_refuses_bad_npz_before_training(tmp_path, capsys, case):
+    from tfopt.cli import main
+
+    change, message = next((c[1], c[2]) for c in BAD_NPZ if c[0] == case)
+    path = _write(tmp_path, change)
+    out = tmp_path / "run"
+    assert main(["run", f"data.name={path}", "train.epochs=1", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == f"tfopt: error: {message}"
+    assert not (out / "baseline.keras").exists()
