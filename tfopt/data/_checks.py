@@ -21,14 +21,18 @@ def _kind(a: np.ndarray) -> str:
     )
 
 
+def _s(name: str) -> str:
+    """The verb's ending for ``name``: "labels look", "y_train looks"."""
+    return "" if name in ("inputs", "labels") else "s"
+
+
 def check_finite(x, name: str = "inputs", *, fix: str = "clean or drop them") -> None:
     """Raises `DataError` when ``x`` holds NaN or infinite values, counting the samples."""
     x = np.asarray(x)
     if x.dtype.kind in "fc" and not np.isfinite(x).all():
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.ndim else np.array([True])
-        verb = "hold" if name == "inputs" else "holds"
         raise DataError(
-            f"{name} {verb} NaN or infinite values in {int(bad.sum())} of {len(bad)} samples "
+            f"{name} hold{_s(name)} NaN or infinite values in {int(bad.sum())} of {len(bad)} samples "
             f"(the first is sample {int(np.argmax(bad))}); {fix}"
         )
 
@@ -75,12 +79,12 @@ def check_labels(
     y = np.asarray(y)
     if y.dtype.kind not in "biuf":
         raise DataError(
-            f"{name} holds {_kind(y)}, not class indices; map each class to 0..k-1, e.g. "
+            f"{name} hold{_s(name)} {_kind(y)}, not class indices; map each class to 0..k-1, e.g. "
             f"classes, {name} = np.unique({name}, return_inverse=True)"
         )
     if y.ndim == 2 and y.shape[1] > 1:
         raise DataError(
-            f"{name} looks one-hot (shape {y.shape}): pass integer labels, e.g. {name}.argmax(1)"
+            f"{name} look{_s(name)} one-hot (shape {y.shape}): pass integer labels, e.g. {name}.argmax(1)"
         )
     if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
         raise DataError(f"{name} must be class indices of shape ({n},); received shape {y.shape}")
