@@ -199,3 +199,73 @@ def test_cli_refuses_bad_npz_before_training(tmp_path, capsys, case):
     assert main(["run", f"data.name={path}", "train.epochs=1", "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip() == f"tfopt: error: {message}"
     assert not (out / "baseline.keras").exists()
+
+
+# -- data that the model cannot take, refused where both are known (before the baseline fit) ----
+def _model(path, input_shape=(6, 6, 1), outputs=3):
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(outputs)], name="m"
+    )
+    model.save(path)
+    return path
+
+
+NO_CHANNEL = (
+    "bad.npz's samples have shape (6, 6) but model 'm' takes (6, 6, 1); add the channel axis, "
+    "e.g. x = x[..., None]"
+)
+TOO_FEW_OUTPUTS = (
+    "bad.npz has 5 classes (labels 0..4) but model 'm' has 3 outputs; give it a 5-way head "
+    "(a transfer: section with head: new) or check the labels"
+)
+TRANSFER = ["transfer.freeze_until=flatten", "transfer.head=keep", "transfer.unfreeze_at_epoch=null"]
+
+
+def _no_channel(d):
+    d.update(x_train=d["x_train"][..., 0], x_test=d["x_test"][..., 0])
+
+
+def _five_classes(d):
+    d.update(y_train=np.arange(40) % 5, y_test=np.arange(10) % 5)
+
+
+@pytest.mark.parametrize(
+    "command, change, message",
+    [
+        (["run", "--model", "m.keras", "--data", "bad.npz"], _no_channel, NO_CHANNEL),
+        (["run", "--model", "m.keras", "--data", "bad.npz"], _five_classes, TOO_FEW_OUTPUTS),
+        (["auto", "--model", "m.keras", "--data", "bad.npz", "--max-accuracy-drop", "0.01"],
+         _no_channel, NO_CHANNEL),
+        (["tune", "model.name=null", "model.path=m.keras", "data.name=bad.npz", *TRANSFER],
+         _no_channel, NO_CHANNEL),
+        (["export", "m.keras", "--data", "bad.npz"], _no_channel, NO_CHANNEL),
+    ],
+    ids=["run_no_channel", "run_too_few_outputs", "auto_no_channel", "tune_no_channel",
+         "export_no_channel"],
+)  # fmt: skip
+def test_model_data_mismatch_is_refused_before_training(
+    tmp_path, monkeypatch, capsys, command, change, message
+):
+    from tfopt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _model(tmp_path / "m.keras")
+    _write(tmp_path, change)
+    assert main([*command, "train.epochs=1"] if command[0] == "tune" else command) == 1
+    assert capsys.readouterr().err.strip() == f"tfopt: error: {message}"
+    assert not list(tmp_path.rglob("baseline.keras")) and not list(tmp_path.rglob("*.tflite"))
+
+
+def test_optimize_refuses_inputs_of_another_shape(tmp_path):
+    import keras
+
+    model = keras.models.load_model(_model(tmp_path / "m.keras"))
+    x, y = np.zeros((20, 6, 6), "float32"), np.arange(20) % 3
+    with pytest.raises(DataError) as info:
+        tfopt.auto.optimize(model, (x, y), (x, y), max_accuracy_drop=0.01, out_dir=tmp_path / "a")
+    assert str(info.value) == (
+        "train's samples have shape (6, 6) but 'm' takes (6, 6, 1); add the channel axis, e.g. "
+        "x = x[..., None]"
+    )

@@ -13,6 +13,7 @@ from tfopt._report import render_value
 from tfopt._steps import StepContext, preflight, run_steps
 from tfopt.config import RunConfig
 from tfopt.data import Dataset
+from tfopt.data._checks import check_model_data
 
 keras = import_keras()
 
@@ -182,6 +183,7 @@ def run(
         model = _build_model(cfg, data)
         if cfg.transfer is not None:
             model = _transfer_model(cfg, model, data, ctx)
+    check_model_data(model, data, what=cfg.data.name)  # a missing channel axis, too few outputs
     preflight(cfg.steps, model, ctx)  # every step's settings against this model and data
     _log(
         f"[{n}/{total}] baseline: {model.name} ({model.count_params():,} params), "

@@ -10,7 +10,7 @@ import numpy as np
 
 from tfopt.bench._runners import runner_for
 from tfopt.bench._serve import _percentiles, load_test
-from tfopt.data._checks import check_finite, check_labels
+from tfopt.data._checks import check_finite, check_input_shape, check_labels
 
 
 def file_sizes(path) -> dict[str, int]:
@@ -339,13 +339,8 @@ def benchmark(
     x, y = _data(data)
     if x is None:
         x = np.zeros((1, *runner.input_shape), dtype="float32")
-    elif tuple(x.shape[1:]) != tuple(runner.input_shape):
-        from tfopt.errors import DataError
-
-        raise DataError(
-            f"data's samples have shape {tuple(x.shape[1:])} but {label} takes "
-            f"{tuple(runner.input_shape)}"
-        )
+    else:
+        check_input_shape(runner.input_shape, x.shape[1:], what="data", taker=label)
     logits = None
     if y is not None:
         logits = runner.predict(x)

@@ -191,6 +191,9 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
             num_classes=data.num_classes,
             **cfg.model.options,
         )
+    from tfopt.data._checks import check_model_data
+
+    check_model_data(model, data, what=cfg.data.name)  # before the baseline trains
     if cfg.train.epochs:
         log(f"[auto] training the float baseline: {model.name}, {cfg.train.epochs} epochs")
         from tfopt._training import fit

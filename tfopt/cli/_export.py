@@ -100,6 +100,9 @@ def main(args) -> int:
     options = {}
     if args.data:
         ds = _load_data(args.data)
+        from tfopt.data._checks import check_model_data
+
+        check_model_data(model, ds, what=args.data, classes=False)
         if fmt.calibrates:
             options["representative_data"] = ds.x_train[: args.samples]
         if fmt.options.get("precision") == "int8" or args.precision == "int8":

@@ -157,33 +157,45 @@ def check_splits(splits: dict[tuple[str, str], tuple], num_classes: int | None =
         )
 
 
-def check_model_data(
-    model, input_shape: tuple, num_classes: int, *, what: str = "the data"
-) -> None:
-    """Refuses data the model cannot train on: samples of another shape (with the fix for a
-    missing channel axis) or more classes than the model has outputs.
+def check_input_shape(expected: tuple, got: tuple, *, what: str, taker: str) -> None:
+    """Refuses samples of shape ``got`` for a model (``taker``) whose inputs have shape
+    ``expected`` (None: any size), with the fix for a missing or extra channel axis.
+
+    Raises:
+        DataError: one line with both shapes and what to do.
+    """
+    expected, got = tuple(expected), tuple(got)
+    if len(got) == len(expected) and all(e is None or e == g for e, g in zip(expected, got)):
+        return
+    hint = "reshape the data (or the model's Input) so that they match"
+    if len(expected) == len(got) + 1 and expected[-1] in (1, None) and _same(expected[:-1], got):
+        hint = "add the channel axis, e.g. x = x[..., None]"
+    elif len(got) == len(expected) + 1 and got[-1] == 1 and _same(expected, got[:-1]):
+        hint = "drop the channel axis, e.g. x = x[..., 0]"
+    raise DataError(f"{what}'s samples have shape {got} but {taker} takes {expected}; {hint}")
+
+
+def _same(expected: tuple, got: tuple) -> bool:
+    return all(e is None or e == g for e, g in zip(expected, got, strict=True))
+
+
+def check_model_data(model, data, *, what: str | None = None, classes: bool = True) -> None:
+    """Refuses a `tfopt.data.Dataset` that ``model`` cannot train on, before any training:
+    samples of another shape (with the fix for a missing channel axis), or more classes than
+    the model has outputs (when ``classes``).
 
     Raises:
         DataError: one line with both shapes (or counts) and what to do.
     """
-    expected = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
-    got = tuple(input_shape)
-    if expected is not None and (
-        len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got))
-    ):
-        hint = "reshape the data (or the model's Input) so they match"
-        if len(expected) == len(got) + 1 and expected[-1] in (1, None):
-            hint = "add the channel axis, e.g. x = x[..., None]"
-        elif len(got) == len(expected) + 1 and got[-1] == 1:
-            hint = "drop the channel axis, e.g. x = x[..., 0]"
-        raise DataError(
-            f"{what}'s samples have shape {got} but {model.name} takes {expected}; {hint}"
-        )
+    what = what or data.name
+    if not isinstance(model.input_shape, list):  # one input: a multi-input model checks itself
+        taker = f"model {model.name!r}"
+        check_input_shape(model.input_shape[1:], data.input_shape, what=what, taker=taker)
     outputs = model.output_shape
     units = outputs[-1] if isinstance(outputs, tuple) else None
-    if isinstance(units, int) and units > 1 and num_classes > units:
+    if classes and isinstance(units, int) and units > 1 and data.num_classes > units:
         raise DataError(
-            f"{what} has {num_classes} classes (labels 0..{num_classes - 1}) but {model.name} "
-            f"has {units} outputs; give it a {num_classes}-way head (a transfer: section with "
-            "head: new) or check the labels"
+            f"{what} has {data.num_classes} classes (labels 0..{data.num_classes - 1}) but model "
+            f"{model.name!r} has {units} outputs; give it a {data.num_classes}-way head (a "
+            "transfer: section with head: new) or check the labels"
         )

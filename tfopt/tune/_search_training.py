@@ -74,6 +74,10 @@ def prepare(cfg, *, max_trials: int | None = None):
         from tfopt._pipeline import _build_model
 
         source = _build_model(cfg, data)
+        from tfopt.data._checks import check_model_data
+
+        # a new head gets the data's classes; a kept one must already have them
+        check_model_data(source, data, what=cfg.data.name, classes=cfg.transfer.head == "keep")
     hm = TrainingHyperModel(
         cfg.model.name,
         input_shape=data.input_shape,
