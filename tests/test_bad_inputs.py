@@ -220,7 +220,11 @@ TOO_FEW_OUTPUTS = (
     "bad.npz has 5 classes (labels 0..4) but model 'm' has 3 outputs; give it a 5-way head "
     "(a transfer: section with head: new) or check the labels"
 )
-TRANSFER = ["transfer.freeze_until=flatten", "transfer.head=keep", "transfer.unfreeze_at_epoch=null"]
+TRANSFER = [
+    "transfer.freeze_until=flatten",
+    "transfer.head=keep",
+    "transfer.unfreeze_at_epoch=null",
+]
 
 
 def _no_channel(d):
