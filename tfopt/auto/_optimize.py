@@ -350,6 +350,9 @@ def optimize(
     train = _check_data("train", train, model)
     val = _check_data("val", val, model)
     test = None if test is None else _check_data("test", test, model)
+    from tfopt.data._checks import check_attack_radius
+
+    check_attack_radius(robust_epsilon, val[0])
     if max_trials is None and time_budget is None:
         max_trials = 20
     if refine is None and time_budget is None:

@@ -10,7 +10,12 @@ import numpy as np
 
 from tfopt.bench._runners import runner_for
 from tfopt.bench._serve import _percentiles, load_test
-from tfopt.data._checks import check_finite, check_input_shape, check_labels
+from tfopt.data._checks import (
+    check_attack_radius,
+    check_finite,
+    check_input_shape,
+    check_labels,
+)
 
 
 def file_sizes(path) -> dict[str, int]:
@@ -341,6 +346,7 @@ def benchmark(
         x = np.zeros((1, *runner.input_shape), dtype="float32")
     else:
         check_input_shape(runner.input_shape, x.shape[1:], what="data", taker=label)
+        check_attack_radius(robust_epsilon, x)
     logits = None
     if y is not None:
         logits = runner.predict(x)

@@ -46,5 +46,31 @@ def check_model_options(name: str, options: dict[str, Any], *, what: str = "name
 
 
 def missing_requirements(fmt: str) -> list[str]:
-    """The packages export format ``fmt`` needs that cannot be imported here."""
-    return [m for m in formats.get(fmt).requires if importlib.util.find_spec(m) is None]
+    """The packages export format ``fmt`` needs that are not installed here."""
+    return [p for p in formats.get(fmt).requires if not _installed(p)]
+
+
+def _installed(package: str) -> bool:
+    """``package`` (a distribution such as ``tflite-micro``, or a module name) is installed."""
+    import importlib.metadata
+
+    if importlib.util.find_spec(package.replace("-", "_")) is not None:
+        return True
+    try:
+        importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def check_no_strategy(cfg, command: str) -> None:
+    """Refuses a ``train.strategy`` that ``command`` would ignore (only `tfopt run` distributes
+    its training; a search trains each trial in one process)."""
+    from tfopt.errors import ConfigError
+
+    if cfg.train.strategy != "none":
+        raise ConfigError(
+            f"train.strategy: {command} trains each trial in one process and does not use "
+            f"strategy={cfg.train.strategy!r} (only tfopt run does); set train.strategy: none, "
+            "and spread the search over processes with --workers"
+        )

@@ -199,3 +199,25 @@ def check_model_data(model, data, *, what: str | None = None, classes: bool = Tr
             f"{model.name!r} has {units} outputs; give it a {data.num_classes}-way head (a "
             "transfer: section with head: new) or check the labels"
         )
+
+
+def check_attack_radius(epsilon, x, *, arg: str = "robust_epsilon") -> None:
+    """Refuses an L-inf attack radius that is not finite or that spans the inputs' whole range:
+    such an attack can turn any input into any other, so its accuracy means nothing.
+
+    Raises:
+        ValueError: one line with the radius, the data's range and a radius to try.
+    """
+    if epsilon is None:
+        return
+    if not (isinstance(epsilon, int | float) and np.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"{arg} must be a finite number >= 0. Received: {arg}={epsilon!r}")
+    x = np.asarray(x)
+    span = float(x.max() - x.min()) if x.size else 0.0
+    if span > 0 and epsilon >= span:
+        raise ValueError(
+            f"{arg}={epsilon:g} is at least the inputs' whole range (max - min = {span:.3g}): "
+            "an L-inf attack that large can turn any input into any other, so its robust "
+            f"accuracy means nothing; use a radius well inside the range, e.g. {arg}="
+            f"{span / 20:.2g} (5% of it)"
+        )

@@ -61,6 +61,9 @@ def prepare(cfg, *, max_trials: int | None = None):
     from tfopt.errors import ConfigError
     from tfopt.tune._training_space import TrainingHyperModel
 
+    from tfopt.config._checks import check_no_strategy
+
+    check_no_strategy(cfg, "tfopt tune")
     if cfg.model.name is None and cfg.transfer is None:
         raise ConfigError(
             "model.name: tfopt tune searches a zoo builder's width/depth; set model.name (or a "
