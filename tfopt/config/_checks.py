@@ -6,6 +6,7 @@ They run while the config is validated, before any data is loaded or any model i
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import importlib.util
 import inspect
 from typing import Any
@@ -52,8 +53,6 @@ def missing_requirements(fmt: str) -> list[str]:
 
 def _installed(package: str) -> bool:
     """``package`` (a distribution such as ``tflite-micro``, or a module name) is installed."""
-    import importlib.metadata
-
     if importlib.util.find_spec(package.replace("-", "_")) is not None:
         return True
     try:

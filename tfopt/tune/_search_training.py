@@ -58,10 +58,9 @@ def prepare(cfg, *, max_trials: int | None = None):
     """Loads the data and builds the search space of a validated config (every input error is
     raised here, before any training). Returns ``(data, hypermodel)``."""
     from tfopt import data as data_mod
+    from tfopt.config._checks import check_no_strategy
     from tfopt.errors import ConfigError
     from tfopt.tune._training_space import TrainingHyperModel
-
-    from tfopt.config._checks import check_no_strategy
 
     check_no_strategy(cfg, "tfopt tune")
     if cfg.model.name is None and cfg.transfer is None:
