@@ -328,6 +328,11 @@ def benchmark(
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency or ())
     if any(not isinstance(c, int) or c < 1 for c in levels):
         raise ValueError(f"concurrency must hold ints >= 1. Received: concurrency={concurrency!r}")
+    # checked here, not in the load test's child processes, whose error would be a traceback
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise ValueError(f"max_batch must be an int >= 1. Received: max_batch={max_batch!r}")
+    if not (isinstance(max_wait_ms, int | float) and 0 <= max_wait_ms < float("inf")):
+        raise ValueError(f"max_wait_ms must be a finite number >= 0. Received: {max_wait_ms!r}")
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
     kwargs = {"num_threads": num_threads} if isinstance(artifact, str | Path) else {}
     runner = runner_for(artifact, runtime=runtime, **kwargs)

@@ -44,6 +44,29 @@ def check_model_options(name: str, options: dict[str, Any], *, what: str = "name
             raise ValueError(
                 f"unknown option {key!r} of model {name!r}{did_you_mean}. Allowed: {sorted(allowed)}"
             )
+    params = inspect.signature(MODELS[name]).parameters
+    for key, value in options.items():
+        _check_option_value(name, key, value, params[key].default)
+
+
+def _check_option_value(model: str, key: str, value, default) -> None:
+    """A builder option of the kind its default has: a size (int) >= 1, a rate (float) >= 0 and
+    ``dropout`` < 1, a bool; named, so that ``width=-5`` is not an error about ``filters``."""
+    if isinstance(default, bool):
+        ok, rule = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        rule = "a whole number >= 1 (a layer size or count)"
+    elif isinstance(default, float):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = number and value >= 0 and (key != "dropout" or value < 1)
+        rule = "a number in [0, 1)" if key == "dropout" else "a number >= 0"
+    else:
+        return
+    if not ok:
+        raise ValueError(
+            f"option {key!r} of model {model!r} must be {rule}. Received: {key}={value!r}"
+        )
 
 
 def missing_requirements(fmt: str) -> list[str]:
