@@ -273,3 +273,78 @@ def test_optimize_refuses_inputs_of_another_shape(tmp_path):
         "train's samples have shape (6, 6) but 'm' takes (6, 6, 1); add the channel axis, e.g. "
         "x = x[..., None]"
     )
+
+
+# -- configs: what they say is what runs (issue 25 item 5) ----------------------------------------
+def _yaml(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["run", "c.yaml", "--check"],
+            "tfopt: config error: c.yaml: duplicate key 'train' at line 3 (first at line 2); "
+            "YAML would keep only the last: merge them into one",
+        ),
+        (
+            ["run", "c.yaml", "--check", "model.options.width=-5"],
+            "tfopt: config error: model.options: option 'width' of model 'mnist1d_cnn' must be "
+            "a whole number >= 1 (a layer size or count). Received: width=-5",
+        ),
+        (
+            ["tune", "c.yaml", "train.strategy=multi_worker"],
+            "tfopt: config error: train.strategy: tfopt tune trains each trial in one process "
+            "and does not use strategy='multi_worker' (only tfopt run does); set train.strategy: "
+            "none, and spread the search over processes with --workers",
+        ),
+        (
+            ["auto", "c.yaml", "--max-accuracy-drop", "0.01"],
+            "tfopt: config error: train.strategy: tfopt auto trains each trial in one process "
+            "and does not use strategy='multi_worker' (only tfopt run does); set train.strategy: "
+            "none, and spread the search over processes with --workers",
+        ),
+    ],
+    ids=["duplicate_key", "negative_width", "tune_multi_worker", "auto_multi_worker"],
+)
+def test_config_mistakes_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    from tfopt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    text = "name: a\ntrain: {epochs: 1}\n"
+    if "duplicate key" in message:
+        text += "train: {epochs: 2}\n"
+    elif argv[0] == "auto":  # auto takes no key=value overrides
+        text = "name: a\ntrain: {epochs: 1, strategy: multi_worker}\n"
+    _yaml(tmp_path, text)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_yaml_reads_numbers_as_written_and_finds_installed_tflm(tmp_path):
+    cfg = tfopt.config.load(
+        _yaml(tmp_path, "train: {learning_rate: 1e-3}\nexport: {formats: [tflm]}\n"),
+        overrides=["bench.robust_epsilon=2E-2"],
+    )
+    assert cfg.train.learning_rate == 0.001 and cfg.bench.robust_epsilon == 0.02
+    assert cfg.export.formats == ["tflm"]  # tflite-micro is a distribution, tflite_micro a module
+
+
+def test_transfer_that_freezes_every_layer_is_refused(tmp_path, monkeypatch, capsys):
+    from tfopt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _model(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", **_good())
+    argv = ["run", "--model", "m.keras", "--data", "d.npz", "train.epochs=2"]
+    argv += ["transfer.freeze_until=dense", "transfer.head=keep"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tfopt: config error: transfer: freezes every layer with weights ('flatten'..'dense') "
+        "and never unfreezes them: the 2 training epochs would change nothing; freeze an earlier "
+        "layer (freeze_until), use head: new, or set unfreeze_at_epoch"
+    )

@@ -95,13 +95,10 @@ def _output_path(out, fmt, *, overwrite: bool):
     """``out`` with the format's suffix when it has none, checked: a dangling link, a directory
     where a file goes, or an existing file (or C source, or report) without ``--overwrite`` is
     one line, and nothing is written."""
+    from tfopt._rundir import refuse_dangling
     from tfopt.errors import OutputDirError
 
-    if out.is_symlink() and not out.exists():
-        raise OutputDirError(
-            f"--out {str(out)!r} is a dangling symbolic link (to {str(out.readlink())!r}); "
-            "remove it or choose another --out"
-        )
+    refuse_dangling(out)
     if not fmt.suffix:  # a directory format: its exporter refuses what it may not replace
         return out
     if out.suffix == "" and not out.is_dir():

@@ -38,6 +38,15 @@ class TuneResult:
 
 
 def _load_config(config, overrides=()):
+    """The validated config and its raw mapping; a setting `tfopt tune` would ignore is refused."""
+    from tfopt.config._checks import check_no_strategy
+
+    cfg, raw = _read_config(config, overrides)
+    check_no_strategy(cfg, "tfopt tune")
+    return cfg, raw
+
+
+def _read_config(config, overrides=()):
     from tfopt import config as config_mod
     from tfopt.config import RunConfig
 
@@ -58,11 +67,9 @@ def prepare(cfg, *, max_trials: int | None = None):
     """Loads the data and builds the search space of a validated config (every input error is
     raised here, before any training). Returns ``(data, hypermodel)``."""
     from tfopt import data as data_mod
-    from tfopt.config._checks import check_no_strategy
     from tfopt.errors import ConfigError
     from tfopt.tune._training_space import TrainingHyperModel
 
-    check_no_strategy(cfg, "tfopt tune")
     if cfg.model.name is None and cfg.transfer is None:
         raise ConfigError(
             "model.name: tfopt tune searches a zoo builder's width/depth; set model.name (or a "
