@@ -348,3 +348,129 @@ def test_transfer_that_freezes_every_layer_is_refused(tmp_path, monkeypatch, cap
         "and never unfreezes them: the 2 training epochs would change nothing; freeze an earlier "
         "layer (freeze_until), use head: new, or set unfreeze_at_epoch"
     )
+
+
+# -- exports never replace a file without --overwrite (issue 25 item 7, issue 24 item 5) ---------
+def _setup_export(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _model(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", **_good())
+    (tmp_path / "notes.md").write_text("my notes\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "x.tflite")
+    (tmp_path / "link.tflite").symlink_to(tmp_path / "notes.md")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--out", "notes.md"],
+            "--out: notes.md already exists; pass --overwrite to replace, or choose another --out",
+        ),
+        (
+            ["--out", "link.tflite"],
+            "--out: link.tflite already exists; pass --overwrite to replace, or choose another "
+            "--out",
+        ),
+        (
+            ["--out", "dangling"],
+            "--out 'dangling' is a dangling symbolic link (to '{tmp}/nowhere/x.tflite'); remove "
+            "it or choose another --out",
+        ),
+        (
+            ["--out", "folder"],
+            "--out 'folder' is a directory; format tflite writes a file: give a file name, e.g. "
+            "--out 'folder/model.tflite'",
+        ),
+        (
+            ["--format", "tflite-int8", "--out", "new.tflite"],
+            "--format tflite-int8 calibrates activation ranges on training inputs: pass --data "
+            "NAME or FILE.npz (the model's training data, e.g. --data mnist1d), or export a tfopt "
+            "QAT model, which carries its ranges",
+        ),
+    ],
+    ids=["existing_file", "symlink_to_file", "dangling_symlink", "directory", "int8_no_data"],
+)
+def test_export_refuses_outputs_in_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    from tfopt.cli import main
+
+    _setup_export(tmp_path, monkeypatch)
+    assert main(["export", "m.keras", *argv]) == 1
+    assert capsys.readouterr().err.strip() == "tfopt: error: " + message.format(tmp=tmp_path)
+    assert (tmp_path / "notes.md").read_text() == "my notes\n"
+    assert {p.name for p in tmp_path.rglob("*.tflite*")} == {"link.tflite"}  # nothing written
+
+
+def test_export_overwrite_and_suffix(tmp_path, monkeypatch, capsys):
+    from tfopt.cli import main
+
+    _setup_export(tmp_path, monkeypatch)
+    assert main(["export", "m.keras", "--out", "notes.md", "--overwrite"]) == 0
+    assert (tmp_path / "notes.md").read_bytes()[4:8] == b"TFL3"  # asked for: replaced
+    assert main(["export", "m.keras", "--out", "out/flat"]) == 0  # no suffix: the format's
+    assert (tmp_path / "out" / "flat.tflite").read_bytes()[4:8] == b"TFL3"
+    assert "tflite: out/flat.tflite" in capsys.readouterr().out
+
+
+def test_tflm_exports_into_one_folder_keep_their_own_c_sources(tmp_path, monkeypatch):
+    from tfopt.cli import main
+    from tfopt.export import parse_c_array
+
+    _setup_export(tmp_path, monkeypatch)
+    _model(tmp_path / "b.keras", outputs=4)
+    for name in ("m", "b"):
+        argv = ["export", f"{name}.keras", "-f", "tflm", "--data", "d.npz", "--out", f"out/{name}"]
+        assert main([*argv, "--min-agreement", "0"]) == 0
+    for name in ("m", "b"):
+        content = (tmp_path / "out" / f"{name}.tflite").read_bytes()
+        cc = tmp_path / "out" / f"{name}_model_data.cc"
+        assert parse_c_array(cc.read_text())[1] == content
+        assert (tmp_path / "out" / f"{name}_model_data.h").exists()
+    assert not (tmp_path / "out" / "model_data.cc").exists()
+    assert main(["export", "m.keras", "-f", "tflm", "--data", "d.npz", "--out", "out/m"]) == 1
+
+
+def test_qat_model_is_never_labelled_float16(tmp_path):
+    import keras
+
+    from tfopt.errors import ExportCheckError
+
+    model = tfopt.quantize.qat(keras.models.load_model(_model(tmp_path / "m.keras")))
+    with pytest.raises(ExportCheckError) as info:
+        tfopt.export.export(model, tmp_path / "q.tflite", format="tflite-float16")
+    assert str(info.value) == (
+        "quantization='float16' would label an int8 model: the converter made FULLY_CONNECTED, "
+        "RESHAPE compute in int8 (a tfopt QAT model always converts to integer ops); nothing was "
+        "written. Export it as tflite-int8, which is this file labelled truthfully"
+    )
+    assert not (tmp_path / "q.tflite").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--data", "d.npz", "--robust-epsilon", "1e9"],
+            "robust_epsilon=1e+09 is at least the inputs' whole range (max - min = {span}): an "
+            "L-inf attack that large can turn any input into any other, so its robust accuracy "
+            "means nothing; use a radius well inside the range, e.g. robust_epsilon={twentieth} "
+            "(5% of it)",
+        ),
+        (
+            ["--max-batch", "0", "--micro-batch", "--concurrency", "2"],
+            "max_batch must be an int >= 1. Received: max_batch=0",
+        ),
+    ],
+    ids=["robust_epsilon_beyond_range", "max_batch_zero"],
+)
+def test_bench_refuses_meaningless_settings_up_front(tmp_path, monkeypatch, capsys, argv, message):
+    from tfopt.cli import main
+
+    _setup_export(tmp_path, monkeypatch)
+    assert main(["export", "m.keras", "--out", "m.tflite"]) == 0
+    capsys.readouterr()
+    span = float(np.ptp(_good()["x_test"]))
+    assert main(["bench", "m.tflite", *argv]) == 1
+    line = message.format(span=f"{span:.3g}", twentieth=f"{span / 20:.2g}")
+    assert capsys.readouterr().err.strip() == f"tfopt: error: {line}"
