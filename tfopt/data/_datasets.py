@@ -304,9 +304,14 @@ def from_arrays(
 ) -> Dataset:
     """Builds a `Dataset` from numpy arrays (features ``x``, integer labels ``y``).
 
+    The arrays are checked before anything else (`tfopt.data._checks`): numbers, no NaN/inf, one
+    label per sample, every split non-empty and of one sample shape, labels that are class
+    indices ``0..k-1``. One-hot labels are refused, not converted: an ``(n, k)`` array may as well
+    hold soft or multi-label targets, which ``argmax`` would silently turn into other labels.
+
     Args:
         x: features, shape ``(n, ...)``.
-        y: integer class labels, shape ``(n,)``.
+        y: integer class labels, shape ``(n,)`` (or ``(n, 1)``).
         x_test: optional test features; when omitted, ``test_fraction`` of ``x`` is held out.
             Defaults to None.
         y_test: labels of ``x_test``. Defaults to None.
@@ -318,6 +323,10 @@ def from_arrays(
 
     Returns:
         A `Dataset`.
+
+    Raises:
+        DataError: unusable arrays, in one line naming the array and the fix, e.g.
+            ``y looks one-hot (shape (200, 4)): pass integer labels, e.g. y.argmax(1)``.
     """
     return _from_arrays(
         (x, y),
@@ -368,6 +377,11 @@ def from_npz(path, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
 
     Returns:
         A `Dataset` named after the file.
+
+    Raises:
+        DataError: an unreadable file, or arrays `from_arrays` refuses; the line starts with the
+            file's name and names the key, e.g. ``d.npz: x_train holds NaN or infinite values
+            in 1 of 40 samples (the first is sample 5); ...``.
     """
     path = Path(path)
     if not path.exists():
