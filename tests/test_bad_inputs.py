@@ -206,7 +206,12 @@ def _model(path, input_shape=(6, 6, 1), outputs=3):
     import keras
 
     model = keras.Sequential(
-        [keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(outputs)], name="m"
+        [
+            keras.Input(input_shape),
+            keras.layers.Flatten(name="flatten"),  # named: a whole session's layers are numbered
+            keras.layers.Dense(outputs, name="dense"),
+        ],
+        name="m",
     )
     model.save(path)
     return path
