@@ -55,7 +55,7 @@ def micro(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = run(tfopt.config.load(overrides=overrides), out_dir=Path(tmp) / "edge", verbose=0)
         rows = {r["format"]: r for r in report["results"] if r["stage"] == "baseline"}
-        cc = Path(tmp) / "edge" / "model_data.cc"
+        cc = Path(tmp) / "edge" / "baseline_tflm_model_data.cc"  # named after the .tflite
         c_bytes = len(tfopt.export.parse_c_array(cc.read_text())[1])
     wall = time.perf_counter() - started
     lines = [

@@ -362,7 +362,7 @@ def test_run_report_rows_carry_their_own_models_counts(tmp_path):
         ("label_high", r"labels must be class indices < 3 .* received 3 \(1 labels out of range\)"),
         ("label_negative", r"labels must be >= 0; received -1"),
         ("label_float", r"labels must be whole class indices"),
-        ("one_hot", r"labels must be class indices of shape \(40,\); received shape \(40, 3\)"),
+        ("one_hot", r"labels look one-hot \(shape \(40, 3\)\): pass integer labels"),
     ],
 )
 def test_bench_refuses_bad_inputs_and_labels_before_scoring(artifacts, labelled, bad, message):

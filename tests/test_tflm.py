@@ -125,7 +125,8 @@ def test_export_tflm_writes_c_source_that_round_trips(exported):
 
     art = exported["tflm"]
     content = art.path.read_bytes()
-    cc, h = (art.path.parent / n for n in ("model_data.cc", "model_data.h"))
+    stem = art.path.stem  # the C sources are named after the .tflite: never shared by two exports
+    cc, h = (art.path.parent / f"{stem}_model_data{ext}" for ext in (".cc", ".h"))
     assert art.format == "tflm" and art.info["c_files"] == [str(cc), str(h)]
     text = cc.read_text()
     assert "alignas(16) const unsigned char g_model[] = {" in text

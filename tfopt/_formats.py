@@ -122,7 +122,7 @@ FORMATS: dict[str, Format] = {
         _tflite("tflite-dynamic", "dynamic", 0.95, None, target=True),
         _tflite("tflite-int8", "int8", 0.9, None, target=True),
         _tflite("tflite-int16x8", "int16x8", 0.95, None),
-        # the int8 model for TFLite Micro, plus model_data.cc/.h (tfopt.export.tflm)
+        # the int8 model for TFLite Micro, plus <stem>_model_data.cc/.h (tfopt.export.tflm)
         Format(
             "tflm",
             "tflm",

@@ -13,6 +13,7 @@ from tfopt._report import render_value
 from tfopt._steps import StepContext, preflight, run_steps
 from tfopt.config import RunConfig
 from tfopt.data import Dataset
+from tfopt.data._checks import check_attack_radius, check_model_data
 
 keras = import_keras()
 
@@ -84,12 +85,14 @@ def _is_chief(strategy) -> bool:
 def _transfer_model(cfg: RunConfig, model, data: Dataset, ctx: StepContext):
     from tfopt.errors import ConfigError
     from tfopt.train import transfer
+    from tfopt.train._transfer import check_trains
 
     t = cfg.transfer
     try:
         new = transfer(
             model, num_classes=data.num_classes, freeze_until=t.freeze_until, head=t.head
         )
+        check_trains(new, epochs=cfg.train.epochs, unfreeze_at_epoch=t.unfreeze_at_epoch)
     except ValueError as e:
         raise ConfigError(f"transfer: {e}") from None
     ctx.log(
@@ -198,6 +201,8 @@ def run(
         model = _build_model(cfg, data)
         if cfg.transfer is not None:
             model = _transfer_model(cfg, model, data, ctx)
+    check_model_data(model, data, what=cfg.data.name)  # a missing channel axis, too few outputs
+    check_attack_radius(cfg.bench.robust_epsilon, data.x_test, arg="bench.robust_epsilon")
     preflight(cfg.steps, model, ctx)  # every step's settings against this model and data
     _log(
         f"[{n}/{total}] baseline: {model.name} ({model.count_params():,} params), "

@@ -61,6 +61,16 @@ def remove(path, *, what: str = "directory") -> None:
     shutil.rmtree(path)
 
 
+def refuse_dangling(path: Path) -> None:
+    """Raises `OutputDirError` when ``path`` is a symbolic link to nothing (writing through it
+    would create a file wherever the link points)."""
+    if path.is_symlink() and not path.exists():
+        raise OutputDirError(
+            f"--out {str(path)!r} is a dangling symbolic link (to {str(path.readlink())!r}); "
+            "remove it or choose another --out"
+        )
+
+
 def prepare(path, *, overwrite: bool = False, resume: bool = False, by: str = "tfopt") -> Path:
     """Makes ``path`` ready to be an output directory of tfopt and returns it.
 
@@ -74,6 +84,7 @@ def prepare(path, *, overwrite: bool = False, resume: bool = False, by: str = "t
         OutputDirError: one line that names the path and says what to do.
     """
     path = Path(path)
+    refuse_dangling(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(
             f"--out {str(path)!r} is an existing file, not a directory; choose another --out"
@@ -93,7 +104,12 @@ def prepare(path, *, overwrite: bool = False, resume: bool = False, by: str = "t
                 f"--out {str(path)!r} holds an earlier run; pass --overwrite to replace it or "
                 "choose another --out"
             )
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent that is a file, a read-only folder
+        raise OutputDirError(
+            f"--out {str(path)!r} cannot be created ({e.strerror}); choose another --out"
+        ) from None
     if not is_owned(path):
         mark(path, by)
     return path

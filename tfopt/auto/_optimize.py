@@ -192,18 +192,18 @@ def check_robust_budget(min_robust_accuracy, robust_epsilon) -> dict:
     }
 
 
-def _check_data(name: str, data) -> tuple[np.ndarray, np.ndarray]:
+def _check_data(name: str, data, model) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` as an ``(x, y)`` pair the model can train on (`tfopt.data._checks`)."""
+    from tfopt.data._checks import check_input_shape, check_pair
+
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise ValueError(
             f"{name} must be an (x, y) pair of arrays. Received: {name}={type(data).__name__}"
         )
-    x, y = np.asarray(data[0], dtype="float32"), np.asarray(data[1]).reshape(-1)
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(
-            f"{name} must hold the same non-zero number of inputs and labels. Received: "
-            f"{len(x)} inputs and {len(y)} labels"
-        )
-    return x, y
+    x, y = check_pair(data[0], data[1], (f"{name}[0]", f"{name}[1]"))
+    if not isinstance(model.input_shape, list):
+        check_input_shape(model.input_shape[1:], x.shape[1:], what=name, taker=repr(model.name))
+    return x.astype("float32"), y
 
 
 def optimize(
@@ -347,9 +347,12 @@ def optimize(
         raise ValueError(f"role must be None, 'chief' or 'worker'. Received: role={role!r}")
     budgets = check_memory_budgets(max_ram, max_flash, target=target, objective=objective)
     budgets.update(check_robust_budget(min_robust_accuracy, robust_epsilon))
-    train = _check_data("train", train)
-    val = _check_data("val", val)
-    test = None if test is None else _check_data("test", test)
+    train = _check_data("train", train, model)
+    val = _check_data("val", val, model)
+    test = None if test is None else _check_data("test", test, model)
+    from tfopt.data._checks import check_attack_radius
+
+    check_attack_radius(robust_epsilon, val[0])
     if max_trials is None and time_budget is None:
         max_trials = 20
     if refine is None and time_budget is None:

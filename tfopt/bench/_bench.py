@@ -10,6 +10,12 @@ import numpy as np
 
 from tfopt.bench._runners import runner_for
 from tfopt.bench._serve import _percentiles, load_test
+from tfopt.data._checks import (
+    check_attack_radius,
+    check_finite,
+    check_input_shape,
+    check_labels,
+)
 
 
 def file_sizes(path) -> dict[str, int]:
@@ -28,47 +34,7 @@ def evaluate(artifact, data, *, batch_size: int = 256, runtime: str | None = Non
 
 def check_inputs_finite(x: np.ndarray) -> None:
     """Raises `DataError` when ``x`` holds NaN or infinite values (they score as garbage)."""
-    from tfopt.errors import DataError
-
-    x = np.asarray(x)
-    if x.dtype.kind in "fc" and not np.isfinite(x).all():
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.ndim else np.array([True])
-        raise DataError(
-            f"inputs hold NaN or infinite values in {int(bad.sum())} of {len(bad)} samples "
-            f"(the first is sample {int(np.argmax(bad))}); clean or drop them before scoring"
-        )
-
-
-def check_labels(y, n: int, num_outputs: int | None = None) -> np.ndarray:
-    """``y`` as integer class indices, checked against ``n`` samples and ``num_outputs`` classes.
-
-    Raises:
-        DataError: labels that are not whole numbers, a count that is not ``n``, or a class index
-            < 0 or >= ``num_outputs`` (the artifact could never predict it).
-    """
-    from tfopt.errors import DataError
-
-    y = np.asarray(y)
-    if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
-        raise DataError(
-            f"labels must be class indices of shape ({n},); received shape {y.shape} "
-            "(one-hot labels? pass y.argmax(axis=-1))"
-        )
-    y = y.reshape(-1)
-    if len(y) != n:
-        raise DataError(f"expected {n} labels, one per input; received {len(y)}")
-    if y.dtype.kind not in "iub":
-        if y.dtype.kind != "f" or not np.isfinite(y).all() or not np.all(y == np.round(y)):
-            raise DataError(f"labels must be whole class indices; received dtype {y.dtype}")
-        y = y.astype("int64")
-    if len(y) and y.min() < 0:
-        raise DataError(f"labels must be >= 0; received {int(y.min())} ({int((y < 0).sum())} < 0)")
-    if num_outputs is not None and len(y) and y.max() >= num_outputs:
-        raise DataError(
-            f"labels must be class indices < {num_outputs} (the artifact's number of outputs); "
-            f"received {int(y.max())} ({int((y >= num_outputs).sum())} labels out of range)"
-        )
-    return y
+    check_finite(x, "inputs", fix="clean or drop them before scoring")
 
 
 def _accuracy(runner, data, *, batch_size: int = 256, logits=None) -> float:
@@ -78,7 +44,9 @@ def _accuracy(runner, data, *, batch_size: int = 256, logits=None) -> float:
     y = check_labels(y, len(x))
     if logits is None:
         logits = runner.predict(x, batch_size=batch_size)
-    y = check_labels(y, len(x), num_outputs=int(np.shape(logits)[-1]))
+    y = check_labels(
+        y, len(x), num_outputs=int(np.shape(logits)[-1]), outputs_of="the artifact's outputs"
+    )
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
@@ -360,6 +328,11 @@ def benchmark(
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency or ())
     if any(not isinstance(c, int) or c < 1 for c in levels):
         raise ValueError(f"concurrency must hold ints >= 1. Received: concurrency={concurrency!r}")
+    # checked here, not in the load test's child processes, whose error would be a traceback
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise ValueError(f"max_batch must be an int >= 1. Received: max_batch={max_batch!r}")
+    if not (isinstance(max_wait_ms, int | float) and 0 <= max_wait_ms < float("inf")):
+        raise ValueError(f"max_wait_ms must be a finite number >= 0. Received: {max_wait_ms!r}")
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
     kwargs = {"num_threads": num_threads} if isinstance(artifact, str | Path) else {}
     runner = runner_for(artifact, runtime=runtime, **kwargs)
@@ -376,13 +349,9 @@ def benchmark(
     x, y = _data(data)
     if x is None:
         x = np.zeros((1, *runner.input_shape), dtype="float32")
-    elif tuple(x.shape[1:]) != tuple(runner.input_shape):
-        from tfopt.errors import DataError
-
-        raise DataError(
-            f"data's samples have shape {tuple(x.shape[1:])} but {label} takes "
-            f"{tuple(runner.input_shape)}"
-        )
+    else:
+        check_input_shape(runner.input_shape, x.shape[1:], what="data", taker=label)
+        check_attack_radius(robust_epsilon, x)
     logits = None
     if y is not None:
         logits = runner.predict(x)

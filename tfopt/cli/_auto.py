@@ -204,6 +204,9 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
             num_classes=data.num_classes,
             **cfg.model.options,
         )
+    from tfopt.data._checks import check_model_data
+
+    check_model_data(model, data, what=cfg.data.name)  # before the baseline trains
     if cfg.train.epochs:
         log(f"[auto] training the float baseline: {model.name}, {cfg.train.epochs} epochs")
         from tfopt._training import fit
@@ -252,6 +255,9 @@ def main(args) -> int:
         os.environ.update(KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=str(port))
     techniques = None if not args.techniques else [t.strip() for t in args.techniques.split(",")]
     cfg = _config(args)
+    from tfopt.config._checks import check_no_strategy
+
+    check_no_strategy(cfg, "tfopt auto")
     identity = auto_identity(cfg, args, techniques)
     if args.out:
         out_dir = Path(args.out)
@@ -263,6 +269,9 @@ def main(args) -> int:
     _rundir.claim_identity(out_dir, "auto", identity, what="`tfopt auto` run")
     data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     print(f"[auto] data: {data}", flush=True)
+    from tfopt.data._checks import check_attack_radius
+
+    check_attack_radius(args.robust_epsilon, data.x_val, arg="--robust-epsilon")
     model = baseline_model(cfg, data, out_dir, log=lambda m: print(m, flush=True))
     time_budget = args.time_budget
     if args.workers:  # screening in a chief + workers (they load baseline.keras), then refine here

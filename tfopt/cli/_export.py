@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tfopt import _formats as formats
 
 
@@ -26,7 +28,9 @@ def add_parser(sub):
         "--out",
         "-o",
         help="output file or directory (default: next to MODEL, e.g. "
-        "m.keras -> m_int8.tflite, m.onnx, m_savedmodel/, m_triton/)",
+        "m.keras -> m_int8.tflite, m.onnx, m_savedmodel/, m_triton/); a file name without a "
+        "suffix gets the format's (out/tflm -> out/tflm.tflite); tflm also writes its C source "
+        "named after it (out/a.tflite -> out/a_model_data.cc and .h)",
     )
     p.add_argument(
         "--data",
@@ -69,7 +73,10 @@ def add_parser(sub):
         "of the largest Keras output (default: by format)",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing SavedModel/Triton version"
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (and a SavedModel directory or Triton version); "
+        "without it an existing file is never replaced",
     )
     return p
 
@@ -82,6 +89,45 @@ def _load_data(name: str):
     if name.endswith(".npz"):
         return data.from_npz(Path(name))
     return data.load(name)
+
+
+def _output_path(out, fmt, *, overwrite: bool):
+    """``out`` with the format's suffix when it has none, checked: a dangling link, a directory
+    where a file goes, or an existing file (or C source, or report) without ``--overwrite`` is
+    one line, and nothing is written."""
+    from tfopt._rundir import refuse_dangling
+    from tfopt.errors import OutputDirError
+
+    refuse_dangling(out)
+    if not fmt.suffix:  # a directory format: its exporter refuses what it may not replace
+        return out
+    if out.suffix == "" and not out.is_dir():
+        out = out.with_name(out.name + fmt.suffix)
+    if out.is_dir():
+        raise OutputDirError(
+            f"--out {str(out)!r} is a directory; format {fmt.name} writes a file: give a file "
+            f"name, e.g. --out {str(out / ('model' + fmt.suffix))!r}"
+        )
+    written = [out, Path(f"{out}.export.json")]
+    if fmt.exporter == "tflm":
+        written += [out.with_name(f"{out.stem}_model_data{ext}") for ext in (".cc", ".h")]
+    existing = [str(p) for p in written if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        raise OutputDirError(
+            f"--out: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "pass --overwrite to replace, or choose another --out"
+        )
+    return out
+
+
+def _needs_calibration(fmt, precision, model) -> bool:
+    """The export needs representative data: a full-integer format of a model without QAT."""
+    from tfopt.export._common import is_qat
+    from tfopt.quantize._lowbit import MODES
+
+    static = fmt.exporter == "lowbit" and MODES[fmt.options["mode"]].kind == "static"
+    integer = fmt.quantization in ("int8", "int16x8") and fmt.exporter != "tensorrt"
+    return (static or integer) and not is_qat(model)
 
 
 def main(args) -> int:
@@ -97,9 +143,19 @@ def main(args) -> int:
 
     model = models.load(args.model)
     out = Path(args.out) if args.out else export.default_path(args.model, args.format)
+    out = _output_path(out, fmt, overwrite=args.overwrite)
+    if args.data is None and _needs_calibration(fmt, args.precision, model):
+        raise ValueError(
+            f"--format {fmt.name} calibrates activation ranges on training inputs: pass --data "
+            "NAME or FILE.npz (the model's training data, e.g. --data mnist1d), or export a "
+            "tfopt QAT model, which carries its ranges"
+        )
     options = {}
     if args.data:
         ds = _load_data(args.data)
+        from tfopt.data._checks import check_model_data
+
+        check_model_data(model, ds, what=args.data, classes=False)
         if fmt.calibrates:
             options["representative_data"] = ds.x_train[: args.samples]
         if fmt.options.get("precision") == "int8" or args.precision == "int8":
@@ -116,7 +172,7 @@ def main(args) -> int:
     options.update({k: v for k, v in named.items() if v is not None})
     if args.select_tf_ops:
         options["select_tf_ops"] = True
-    if args.overwrite:
+    if args.overwrite and not fmt.suffix:  # the directory formats replace only on request
         options["overwrite"] = True
     art = export.export(model, out, format=args.format, **options)
     report = art.write_json(Path(f"{art.path}.export.json"))

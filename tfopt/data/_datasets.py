@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfopt.errors import OfflineError
+from tfopt.data._checks import check_pair, check_splits
+from tfopt.errors import DataError, OfflineError
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,19 @@ def _split(x, y, fraction: float, seed: int, stratify: bool = True):
 def _finish(
     name, x_train, y_train, x_test, y_test, *, val_fraction, seed, num_classes=None, info=None
 ):
+    check_pair(x_train, y_train, ("x_train", "y_train"), num_classes)
+    if len(x_train) < 2:
+        raise DataError(
+            f"x_train holds {len(x_train)} sample, too few to hold out {val_fraction:g} of it "
+            "for validation; give it at least 2 samples (a few hundred to learn from)"
+        )
     x_train, y_train, x_val, y_val = _split(x_train, y_train, val_fraction, seed)
+    splits = {
+        ("x_train", "y_train"): (x_train, y_train),
+        ("x_val", "y_val"): (x_val, y_val),
+        ("x_test", "y_test"): (x_test, y_test),
+    }
+    check_splits(splits, num_classes)
     ys = [np.asarray(a).astype("int32").reshape(-1) for a in (y_train, y_val, y_test)]
     xs = [np.ascontiguousarray(a, dtype="float32") for a in (x_train, x_val, x_test)]
     if num_classes is None:
@@ -312,9 +325,14 @@ def from_arrays(
 ) -> Dataset:
     """Builds a `Dataset` from numpy arrays (features ``x``, integer labels ``y``).
 
+    The arrays are checked before anything else (`tfopt.data._checks`): numbers, no NaN/inf, one
+    label per sample, every split non-empty and of one sample shape, labels that are class
+    indices ``0..k-1``. One-hot labels are refused, not converted: an ``(n, k)`` array may as well
+    hold soft or multi-label targets, which ``argmax`` would silently turn into other labels.
+
     Args:
         x: features, shape ``(n, ...)``.
-        y: integer class labels, shape ``(n,)``.
+        y: integer class labels, shape ``(n,)`` (or ``(n, 1)``).
         x_test: optional test features; when omitted, ``test_fraction`` of ``x`` is held out.
             Defaults to None.
         y_test: labels of ``x_test``. Defaults to None.
@@ -326,24 +344,48 @@ def from_arrays(
 
     Returns:
         A `Dataset`.
+
+    Raises:
+        DataError: unusable arrays, in one line naming the array and the fix, e.g.
+            ``y looks one-hot (shape (200, 4)): pass integer labels, e.g. y.argmax(1)``.
     """
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) != len(y):
-        raise ValueError(
-            f"x and y must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}"
-        )
-    if y.ndim > 1 and y.shape[-1] > 1:
-        y = y.argmax(-1)  # one-hot labels
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError(f"y must hold integer class labels. Received dtype {y.dtype}")
-    if (x_test is None) != (y_test is None):
-        raise ValueError("Pass both x_test and y_test, or neither.")
-    if x_test is None:
-        x, y, x_test, y_test = _split(x, y, test_fraction, seed)
-    return _finish(
-        name, x, y, np.asarray(x_test), np.asarray(y_test), val_fraction=val_fraction, seed=seed
+    return _from_arrays(
+        (x, y),
+        None if x_test is None and y_test is None else (x_test, y_test),
+        names=("x", "y", "x_test", "y_test"),
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        seed=seed,
+        name=name,
     )
+
+
+def _from_arrays(train, test, *, names, test_fraction, val_fraction, seed, name) -> Dataset:
+    """`from_arrays` with the arrays' names for errors (the ``.npz`` keys)."""
+    if test is not None:
+        if test[0] is None or test[1] is None:
+            raise ValueError("Pass both x_test and y_test, or neither.")
+        check_splits({names[:2]: train, names[2:]: test})
+        (x, y), (x_test, y_test) = train, test
+    else:
+        x, y = check_pair(*train, names[:2])
+        x, y, x_test, y_test = _split(x, y, test_fraction, seed)
+    return _finish(name, x, y, x_test, y_test, val_fraction=val_fraction, seed=seed)
+
+
+_NPZ_LAYOUTS = (("x_train", "y_train", "x_test", "y_test"), ("x", "y"))
+
+
+def _npz_array(f, key: str, path: Path) -> np.ndarray:
+    try:
+        return f[key]
+    except ValueError as e:  # an object array needs pickle, which tfopt never loads
+        if "allow_pickle" not in str(e):
+            raise
+        raise DataError(
+            f"{path.name}: {key} holds Python objects (a pickled array), not numbers; save it "
+            f"as a numeric array, e.g. np.asarray({key}, dtype='float32')"
+        ) from None
 
 
 def from_npz(path, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
@@ -356,12 +398,15 @@ def from_npz(path, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
 
     Returns:
         A `Dataset` named after the file.
+
+    Raises:
+        DataError: an unreadable file, or arrays `from_arrays` refuses; the line starts with the
+            file's name and names the key, e.g. ``d.npz: x_train holds NaN or infinite values
+            in 1 of 40 samples (the first is sample 5); ...``.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No such .npz file: {str(path)!r}")
-    from tfopt.errors import DataError
-
     if path.is_dir() or path.stat().st_size == 0:
         what = "a directory" if path.is_dir() else "empty (0 bytes)"
         raise DataError(f"{str(path)!r} is {what}, not a .npz file of arrays")
@@ -374,18 +419,22 @@ def from_npz(path, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
         raise DataError(f"{str(path)!r} is a single .npy array, not a .npz file of named arrays")
     with f:
         keys = set(f.files)
-        if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-            return from_arrays(
-                f["x_train"],
-                f["y_train"],
-                x_test=f["x_test"],
-                y_test=f["y_test"],
-                val_fraction=val_fraction,
-                seed=seed,
-                name=path.stem,
-            )
-        if {"x", "y"} <= keys:
-            return from_arrays(f["x"], f["y"], val_fraction=val_fraction, seed=seed, name=path.stem)
+        names = next((n for n in _NPZ_LAYOUTS if set(n) <= keys), None)
+        if names is not None:
+            arrays = [_npz_array(f, k, path) for k in names]
+            test = (arrays[2], arrays[3]) if len(names) == 4 else None
+            try:
+                return _from_arrays(
+                    (arrays[0], arrays[1]),
+                    test,
+                    names=names,
+                    test_fraction=0.2,
+                    val_fraction=val_fraction,
+                    seed=seed,
+                    name=path.stem,
+                )
+            except DataError as e:  # name the file: a run may load several
+                raise DataError(f"{path.name}: {e}") from None
     raise ValueError(
         f"{str(path)!r} must contain arrays x_train, y_train, x_test, y_test (or x, y). "
         f"Found: {sorted(keys)}"
@@ -440,11 +489,10 @@ def from_tf_dataset(
         )
     x, y = to_numpy(train)
     xt, yt = to_numpy(test) if test is not None else (None, None)
-    return from_arrays(
-        x,
-        y,
-        x_test=xt,
-        y_test=yt,
+    return _from_arrays(
+        (x, y),
+        None if test is None else (xt, yt),
+        names=("train's x", "train's y", "test's x", "test's y"),
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         seed=seed,

@@ -268,7 +268,9 @@ def check_tensor_types(content: bytes, quantization: str) -> tuple[dict[str, int
     ``int8`` / ``int16x8``: some op besides QUANTIZE/DEQUANTIZE must produce int8 (int16)
     activations; a model that computes only in float (e.g. converted without calibration data,
     or dynamic-range) is refused. Ops TFLite has no such kernel for (``CONV_3D``) may stay float:
-    they are returned, never hidden. Other quantizations are not checked.
+    they are returned, never hidden. ``float16`` / ``dynamic``: no op may produce int8 (a QAT
+    model converts to integer ops whatever was asked). ``float32`` is not checked (a QAT model
+    stays float there, with fake-quantization ops).
 
     Returns:
         ``({dtype: count} over every tensor, the names of the ops that still compute in
@@ -281,10 +283,18 @@ def check_tensor_types(content: bytes, quantization: str) -> tuple[dict[str, int
 
     every, inner = tensor_types(content)
     want = _EXPECTED_TYPE.get(quantization)
-    if want is None:
-        return every, []
     edges = ("QUANTIZE", "DEQUANTIZE")
     ops = [op for op in op_types(content) if op[0] not in edges]
+    int8_ops = sorted({name for name, _, outs in ops if "int8" in outs})
+    if quantization in ("float16", "dynamic") and int8_ops:  # a QAT model converts to int8
+        raise ExportCheckError(
+            f"quantization={quantization!r} would label an int8 model: the converter made "
+            f"{', '.join(int8_ops)} compute in int8 (a tfopt QAT model always converts to "
+            "integer ops); nothing was written. Export it as tflite-int8, which is this file "
+            "labelled truthfully"
+        )
+    if want is None:
+        return every, []
     if not any(want in outs for _, _, outs in ops):
         raise ExportCheckError(
             f"the converter produced a model that is not {quantization}: no op computes in "

@@ -13,6 +13,7 @@ from tfopt import _tflm
 from tfopt.export._common import Artifact, check_inputs, graph_model, verify
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FILE_STEM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _ARRAY = re.compile(r"alignas\(16\)\s+const\s+unsigned\s+char\s+(\w+)\[\]\s*=\s*\{([^}]*)\};")
 
 
@@ -118,14 +119,16 @@ def tflm(
     atol: float | None = None,
     fixed_batch: int | None = 1,
     array_name: str = "g_model",
-    source_name: str = "model_data",
+    source_name: str | None = None,
 ) -> Artifact:
     """Exports an int8 ``.tflite`` model for TensorFlow Lite for Microcontrollers, with its C source.
 
     Writes ``path`` (the int8 conversion of ``format="tflite-int8"``, with a fixed batch of 1:
     TFLM runs one sample at a time, and a static batch spares the SHAPE / STRIDED_SLICE / PACK ops
     a dynamic one needs around a Flatten, which costs arena and flash), then
-    ``<source_name>.cc`` and ``<source_name>.h`` beside it (see `c_source`). Checks, in this
+    ``<source_name>.cc`` and ``<source_name>.h`` beside it (see `c_source`; by default named
+    after ``path``, ``out/a.tflite`` -> ``out/a_model_data.cc``, so that two exports into one
+    folder never replace each other's sources). Checks, in this
     order: TFLM has a kernel for every op (else `UnsupportedOpsError` naming the ones it lacks);
     the array parsed back out of the ``.cc`` is byte-identical to the ``.tflite``; those bytes
     run in TFLM with the same outputs as the file; TFLM's argmax agrees with the Keras model within
@@ -145,7 +148,8 @@ def tflm(
         fixed_batch: the batch size the model is converted with (None: dynamic, as
             `tfopt.export.tflite`). Defaults to 1.
         array_name: the C identifier of the array. Defaults to "g_model".
-        source_name: the stem of the ``.cc``/``.h`` files. Defaults to "model_data".
+        source_name: the stem of the ``.cc``/``.h`` files. Defaults to None (``<path's
+            stem>_model_data``).
 
     Returns:
         An `Artifact`: ``check`` is TFLM against Keras (plus ``tflm_vs_litert_agreement`` and
@@ -171,6 +175,11 @@ def tflm(
         raise ValueError(
             f"format='tflm' exports int8 models. Received: quantization={quantization!r}"
         )
+    if source_name is not None and not _FILE_STEM.match(source_name):
+        raise ValueError(
+            "source_name must be a file stem (letters, digits, '_', '-', '.'). "
+            f"Received: source_name={source_name!r}"
+        )
     if not _NAME.match(array_name):
         raise ValueError(f"array_name must be a C identifier. Received: array_name={array_name!r}")
     _tflm.import_runtime()  # before converting: a missing runtime is said first
@@ -186,6 +195,7 @@ def tflm(
         fixed_batch=fixed_batch,
     )
     path = Path(path)
+    source_name = source_name or f"{path.stem}_model_data"
     content = path.read_bytes()
     runner = TFLMRunner(content)  # UnsupportedOpsError names what TFLM lacks
     x = check_inputs(graph_model(model), check_data, representative_data)

@@ -146,6 +146,24 @@ def transfer(
     return copy
 
 
+def check_trains(model, *, epochs: int, unfreeze_at_epoch: int | None) -> None:
+    """Refuses a `transfer` model whose fit of ``epochs`` would change no weight: every layer
+    with weights frozen (``head="keep"`` and ``freeze_until`` its last layer), never unfrozen.
+
+    Raises:
+        ValueError: one line naming the frozen layers' span and the three ways out.
+    """
+    never = unfreeze_at_epoch is None or unfreeze_at_epoch >= epochs
+    if epochs and never and not model.trainable_weights:
+        frozen = getattr(model, "transfer_frozen", [])
+        span = f"{frozen[0]!r}..{frozen[-1]!r}" if frozen else "every layer"
+        raise ValueError(
+            f"freezes every layer with weights ({span}) and never unfreezes them: the {epochs} "
+            "training epochs would change nothing; freeze an earlier layer (freeze_until), use "
+            "head: new, or set unfreeze_at_epoch"
+        )
+
+
 def fit_transfer(
     model,
     fit: Callable[..., Any],

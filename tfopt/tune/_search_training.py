@@ -38,6 +38,15 @@ class TuneResult:
 
 
 def _load_config(config, overrides=()):
+    """The validated config and its raw mapping; a setting `tfopt tune` would ignore is refused."""
+    from tfopt.config._checks import check_no_strategy
+
+    cfg, raw = _read_config(config, overrides)
+    check_no_strategy(cfg, "tfopt tune")
+    return cfg, raw
+
+
+def _read_config(config, overrides=()):
     from tfopt import config as config_mod
     from tfopt.config import RunConfig
 
@@ -74,6 +83,10 @@ def prepare(cfg, *, max_trials: int | None = None):
         from tfopt._pipeline import _build_model
 
         source = _build_model(cfg, data)
+        from tfopt.data._checks import check_model_data
+
+        # a new head gets the data's classes; a kept one must already have them
+        check_model_data(source, data, what=cfg.data.name, classes=cfg.transfer.head == "keep")
     hm = TrainingHyperModel(
         cfg.model.name,
         input_shape=data.input_shape,
