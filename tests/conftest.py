@@ -52,3 +52,19 @@ def tiny_data():
     x = rng.normal(size=(64, 40, 1)).astype("float32")
     y = rng.integers(0, 10, size=64).astype("int32")
     return x, y
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    """Collects the session's garbage now, while xdist's controller still waits for this worker.
+
+    After a worker reports "finished", execnet gives it 5 s to end and then sends it SIGINT.
+    pytest's last clean-up runs five full garbage collections; over TensorFlow's heap on a loaded
+    machine they take longer, and the SIGINT landed in a finalizer as a stray
+    ``PytestUnraisableExceptionWarning ... KeyboardInterrupt``. Collected here and frozen, the
+    heap costs those collections nothing.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
