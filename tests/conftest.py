@@ -1,8 +1,10 @@
 import atexit
+import collections
 import os
 import shutil
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TFOPT_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache"))
@@ -68,3 +70,56 @@ def pytest_sessionfinish(session):
 
     gc.collect()
     gc.freeze()
+
+
+class FileProgress:
+    """One line per finished test file, with its outcomes and the time so far.
+
+    ``-q`` prints only dots, and with ``-n 2`` pytest's own percentages come a few times an hour
+    on 2 cores. This runs where results arrive (xdist's controller, or the only process).
+    """
+
+    def __init__(self, terminal):
+        self.terminal, self.started = terminal, time.monotonic()
+        self.left: dict[str, int] = {}
+        self.outcomes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.done = 0
+
+    def expect(self, nodeids) -> None:
+        if not self.left:  # every xdist worker collects the same ids
+            self.left = collections.Counter(i.split("::")[0] for i in nodeids)
+
+    def pytest_collection_finish(self, session) -> None:
+        self.expect(item.nodeid for item in session.items)
+
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        self.expect(ids)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report) -> None:
+        path = report.nodeid.split("::")[0]
+        if hasattr(report, "wasxfail"):
+            self.outcomes[path]["xfailed" if report.skipped else "xpassed"] += 1
+        elif report.skipped or (report.when == "call" and report.passed):
+            self.outcomes[path][report.outcome] += 1
+        elif report.failed:  # a failing fixture is an error, as pytest counts it
+            self.outcomes[path]["failed" if report.when == "call" else "error"] += 1
+        if report.when != "teardown" or path not in self.left:
+            return
+        self.left[path] -= 1
+        if self.left[path] == 0:
+            self.done += 1
+            counts = ", ".join(f"{n} {o}" for o, n in sorted(self.outcomes.pop(path).items()))
+            minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
+            if self.terminal._tw.width_of_current_line:  # after a row of dots
+                self.terminal.write("\n")
+            self.terminal.write_line(
+                f"{path}: {counts}  [{self.done}/{len(self.left)} files, {minutes}:{seconds:02d}]"
+            )
+
+
+@pytest.hookimpl(trylast=True)  # after pytest has registered its terminal reporter
+def pytest_configure(config):
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None and not hasattr(config, "workerinput"):  # not in an xdist worker
+        config.pluginmanager.register(FileProgress(terminal), "tfopt-file-progress")
