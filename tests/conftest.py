@@ -47,6 +47,20 @@ def mnist1d():
     return tfopt.data.load("mnist1d")
 
 
+@pytest.fixture(scope="session")
+def blobs():
+    """``blobs(n, seed) -> (x, y)``: 10 well-separated classes shaped like MNIST-1D (40, 1) that a
+    tiny model learns in a few epochs; the class centres are the same for every seed."""
+
+    def make(n: int, seed: int):
+        rng = np.random.default_rng(seed)
+        centers = np.random.default_rng(123).normal(size=(10, 40, 1)).astype("float32") * 2
+        y = rng.integers(0, 10, size=n).astype("int32")
+        return centers[y] + 0.5 * rng.normal(size=(n, 40, 1)).astype("float32"), y
+
+    return make
+
+
 @pytest.fixture
 def tiny_data():
     """64 random samples shaped like MNIST-1D, 10 classes."""
@@ -109,7 +123,8 @@ class FileProgress:
         self.left[path] -= 1
         if self.left[path] == 0:
             self.done += 1
-            counts = ", ".join(f"{n} {o}" for o, n in sorted(self.outcomes.pop(path).items()))
+            outcomes = sorted(self.outcomes.pop(path, {}).items())  # none under --setup-plan
+            counts = ", ".join(f"{n} {o}" for o, n in outcomes) or "set up and torn down"
             minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
             if self.terminal._tw.width_of_current_line:  # after a row of dots
                 self.terminal.write("\n")
