@@ -382,11 +382,11 @@ def test_cli_auto_bad_input_is_one_line(tmp_path):
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     cmd = [sys.executable, "-m", "tfopt", "auto", "--max-accuracy-drop", "1.5"]
     bad = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, env=env,
-                         timeout=120)  # fmt: skip
+                         timeout=1800)  # fmt: skip
     assert bad.returncode == 1
     assert "max_accuracy_drop must be a fraction in [0, 1)" in bad.stderr
     bad = subprocess.run(cmd[:-1] + ["0.01", "--techniques", "prune,magic"], capture_output=True,
-                         text=True, env=env, timeout=120)  # fmt: skip
+                         text=True, env=env, timeout=1800)  # fmt: skip
     assert bad.returncode == 1 and "Unrecognized technique 'magic'" in bad.stderr
     assert not out.exists()
     # a whole `tfopt auto` run through the CLI: test_auto_two_workers_on_loopback_share_tunes_launcher

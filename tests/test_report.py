@@ -118,7 +118,7 @@ def test_cli_prints_no_litert_or_tensorflow_chatter(tmp_path):
     argv = [sys.executable, "-m", "tfopt", "bench", str(model), "--runs", "5"]
     # two load-test processes: each is a fresh process with its own LiteRT start-up
     argv += ["--concurrency", "1,2", "--duration", "0.2"]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
     assert "| 2 | 2 (2) |" in done.stdout
     assert "XNNPACK" not in done.stderr and "cuda" not in done.stderr.lower(), done.stderr
