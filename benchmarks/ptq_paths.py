@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=200, help="samples timed per round")
     p.add_argument("--datasets", default="mnist1d,fashion_mnist")
     p.add_argument("--quick", action="store_true", help="2 epochs, 2 rounds: a smoke run")
+    p.add_argument("--markdown-only", action="store_true", help="re-render the .md from the .json")
     return p.parse_args(argv)
 
 
@@ -140,7 +141,7 @@ def markdown(results: list[dict], skipped: dict, meta: dict) -> str:
             f"(McNemar p = {res['litert_minus_converter']['p_value']:.3g})."
         )
     for name, why in skipped.items():
-        lines.append(f"{name}: not measured ({why}).")
+        lines.append(f"{name}: not measured ({why if len(why) < 100 else why[:97] + '...'}).")
     lines.append(
         f"\n{meta['epochs']} epochs, {meta['calibration']} calibration samples, latency: median of "
         f"{meta['rounds']} interleaved rounds of {meta['samples']} single-sample calls, 1 thread. "
@@ -151,6 +152,12 @@ def markdown(results: list[dict], skipped: dict, meta: dict) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.markdown_only:
+        payload = json.loads((RESULTS / "ptq_paths.json").read_text())
+        md = markdown(payload["results"], payload["skipped"], payload["meta"])
+        (RESULTS / "ptq_paths.md").write_text("## ptq_paths\n\n" + md)
+        print(md)
+        return
     if args.quick:
         args.epochs, args.rounds = 2, 2
     meta = {k: getattr(args, k) for k in ("epochs", "calibration", "rounds", "samples")}
