@@ -108,7 +108,8 @@ def test_load_test_throughput_at_two_clients(artifacts, labelled):
     short = load_test(
         runner_for(artifacts["tflite"]), labelled[0], clients=1, requests=10**9, duration_s=0.2
     )
-    assert 0 < short["requests"] < 10**9 and short["seconds"] < 2  # bounded by the time
+    # bounded by the time: the clients stop at the first request after the deadline
+    assert 0 < short["requests"] < 10**9 and short["seconds"] >= 0.2
 
 
 def test_load_test_in_one_process_and_process_errors(artifacts, labelled, identity):
@@ -410,22 +411,32 @@ def test_load_test_counts_request_errors_without_aborting():
     # requests cycle through x: one in four fails (give or take the clients' last requests)
     assert abs(res["errors"] - res["requests"] / 3) <= 2
     assert res["first_error"] == "ValueError: negative input"
-    assert 0.3 <= res["seconds"] < 2.0
+    assert res["seconds"] >= 0.3  # ran for its duration (no upper bound: a loaded machine is slow)
     with pytest.raises(RuntimeError, match=r"every request of the load test failed \(\d+ errors\)"):
         load_test(FlakyRunner(), -np.ones((2, 3), "float32"), duration_s=0.1, warmup=False)
 
 
 def test_a_replica_that_dies_while_starting_is_an_error_at_once():
-    import time
+    import multiprocessing.connection
 
     from _serve_helpers import DiesOnLoad
 
     from tfopt.bench import load_test
 
-    started = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"exited with code -9 while starting, without a result"):
-        load_test(DiesOnLoad(), np.ones((2, 3), "float32"), clients=2, start_timeout_s=600)
-    assert time.monotonic() - started < 60  # not the start-up timeout
+    woke = []
+    wait = multiprocessing.connection.wait
+
+    def recording_wait(objects, timeout=None):
+        ready = wait(objects, timeout)
+        woke.append((len(ready), timeout))  # nothing ready: the timeout ran out
+        return ready
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(multiprocessing.connection, "wait", recording_wait)
+        with pytest.raises(RuntimeError, match=r"exited with code -9 while starting, without a"):
+            load_test(DiesOnLoad(), np.ones((2, 3), "float32"), clients=2, start_timeout_s=600)
+    # woken by the replica's exit, not by the end of the 600 s start-up timeout
+    assert woke and woke[0][1] == 600 and woke[0][0] > 0
 
 
 def _gone(pid: int) -> bool:
@@ -472,7 +483,7 @@ def test_killing_the_parent_during_start_up_leaves_no_worker(artifacts):
         assert len(pids) == 2
         os.kill(proc.pid, signal.SIGKILL)  # the workers are still starting (importing)
         proc.wait()
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 600  # a guard against hanging, not a speed bound
         while time.monotonic() < deadline and not all(_gone(p) for p in pids):
             time.sleep(0.2)
         alive = [p for p in pids if not _gone(p)]

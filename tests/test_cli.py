@@ -14,7 +14,7 @@ def _tfopt(*args, cwd):
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
-        timeout=600,
+        timeout=1800,
     )
 
 

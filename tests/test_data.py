@@ -1,3 +1,4 @@
+import os
 import urllib.error
 import urllib.request
 
@@ -39,9 +40,16 @@ def test_bad_val_fraction_echoes_value():
         tfopt.data.load("digits", val_fraction=1.5)
 
 
-def test_keras_dataset_offline_gives_one_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # nothing cached
+def test_keras_cache_is_empty_and_per_test(_keras_home):
+    import keras
 
+    # conftest points Keras's cache at an empty directory of this test, whatever ~/.keras holds
+    assert keras.src.backend.config.keras_home() == _keras_home == os.environ["KERAS_HOME"]
+    assert os.listdir(_keras_home) == []
+
+
+def test_keras_dataset_offline_gives_one_clear_error(monkeypatch):
+    # nothing cached (conftest's _keras_home), so Keras must download, and cannot
     def unreachable(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 

@@ -1,4 +1,4 @@
-"""Below int8 through ai-edge-quantizer: formats, storage types, runtimes, sensitivity, bit plans."""
+"""Below int8 through LiteRT Quantizer (litert-quantizer): formats, storage types, runtimes, sensitivity, bit plans."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tfopt
 from tfopt.bench._runners import TFLiteRunner
 from tfopt.quantize._lowbit import MODES, weight_types
 
-pytest.importorskip("ai_edge_quantizer")
+pytest.importorskip("litert_quantizer")
 
 
 def _model():
@@ -168,7 +168,7 @@ def test_qat_int4_weights_are_int4_in_the_converted_file(trained, digits, tmp_pa
 def test_missing_quantizer_says_what_to_install(monkeypatch, tmp_path):
     import sys
 
-    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)  # import fails as if absent
+    monkeypatch.setitem(sys.modules, "litert_quantizer", None)  # import fails as if absent
     with pytest.raises(tfopt.MissingDependencyError, match=r"pip install 'tfopt\[lowbit\]'"):
         tfopt.export.lowbit(_model(), tmp_path / "m.tflite")
 

@@ -109,7 +109,9 @@ def test_load_h5_saved_by_tf_keras(tmp_path):
         "np.save(r'{}', m.predict(np.ones((2, 6), 'float32'), verbose=0))\n"
     ).format(tmp_path / "k2.h5", tmp_path / "expected.npy")
     env = {**__import__("os").environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, timeout=1800
+    )
     if done.returncode != 0:
         pytest.skip(f"tf_keras could not save a model here: {done.stderr.decode()[-300:]}")
     loaded = tfopt.models.load(tmp_path / "k2.h5")

@@ -216,16 +216,11 @@ def test_a_relative_model_path_is_found_next_to_its_config(tmp_path, monkeypatch
 
 
 # -- tfopt auto: identity, resume ----------------------------------------------------------------
-def _blobs(n, seed):
-    rng = np.random.default_rng(seed)
-    centers = np.random.default_rng(123).normal(size=(10, 40, 1)).astype("float32") * 2
-    y = rng.integers(0, 10, size=n).astype("int32")
-    return centers[y] + 0.5 * rng.normal(size=(n, 40, 1)).astype("float32"), y
-
-
-def test_auto_cli_refuses_to_resume_another_model_data_or_settings(tmp_path, capsys, monkeypatch):
+def test_auto_cli_refuses_to_resume_another_model_data_or_settings(
+    tmp_path, capsys, monkeypatch, blobs
+):
     monkeypatch.chdir(tmp_path)
-    x, y = _blobs(96, 0)
+    x, y = blobs(96, 0)
     np.savez(tmp_path / "b.npz", x_train=x, y_train=y, x_test=x[:32], y_test=y[:32])
     base = ["auto", "--max-accuracy-drop", "0.05", "--data", "b.npz", "--time-budget", "0.001"]
     small = ["--model", "mnist1d_cnn", "--epochs", "0"]
@@ -254,7 +249,7 @@ def test_auto_cli_refuses_to_resume_another_model_data_or_settings(tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(tmp_path_factory, blobs):
     """One search (1 screening trial + its refinement) on a tiny CNN; its directory is copied by
     each test that damages it."""
     import keras
@@ -268,7 +263,7 @@ def searched(tmp_path_factory):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    train, val = _blobs(192, 0), _blobs(48, 1)
+    train, val = blobs(192, 0), blobs(48, 1)
     model.fit(*train, epochs=2, batch_size=32, verbose=0)
     out = tmp_path_factory.mktemp("auto") / "run"
     kw = dict(max_accuracy_drop=0.5, max_trials=1, refine=1, techniques=("prune",),

@@ -45,7 +45,7 @@ def test_mirrored_two_logical_devices_prune_qat_distill(tmp_path):
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -73,7 +73,7 @@ def test_multi_worker_two_processes_on_loopback(tmp_path):
                 text=True,
             )
         )
-    errs = [p.communicate(timeout=600)[1] for p in procs]
+    errs = [p.communicate(timeout=1800)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     r0, r1 = (json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2))
     assert r0["replicas"] == r1["replicas"] == 2

@@ -62,6 +62,10 @@ __all__ = [
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"tfopt.{name}")
+    if name == "keras":  # `from tfopt import keras`: Keras 3, without TensorFlow's C++ lines
+        from tfopt._backend import import_keras
+
+        return import_keras()
     if name == "Report":  # the report every technique returns (imports Keras, hence lazy)
         return importlib.import_module("tfopt._rewrite").Report
     raise AttributeError(f"module 'tfopt' has no attribute {name!r}")

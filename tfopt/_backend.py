@@ -63,6 +63,9 @@ def import_keras():
     else:
         with quiet():  # TensorFlow's C++ start-up chatter (oneDNN, CUDA) ignores the log level
             import keras
+        from tfopt._litert_log import silence_xnnpack_banner
+
+        silence_xnnpack_banner()  # LiteRT's one "INFO: Created ... XNNPACK delegate" line
 
     _check_keras(keras)
     return keras

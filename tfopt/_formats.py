@@ -26,7 +26,7 @@ class Format:
     Attributes:
         name: the user-facing name (``tfopt export --format``, ``export.formats`` in configs).
         exporter: the public `tfopt.export` function that writes it (``"tflite"``, ``"onnx"``,
-            ``"savedmodel"``, ``"triton"``, ``"tensorrt"``, ``"lowbit"``: ai-edge-quantizer).
+            ``"savedmodel"``, ``"triton"``, ``"tensorrt"``, ``"lowbit"``: LiteRT Quantizer).
         fixed: the exporter options the name fixes, e.g. ``(("quantization", "int8"),)``.
         runtime: the runtime that opens the artifact in `tfopt.bench` (``"tflite"`` is LiteRT,
             ``"tflm"`` TFLite Micro, ``"onnxruntime"``, ``"savedmodel"``), or None when tfopt cannot run it here
@@ -99,7 +99,7 @@ _ONNX = ("tf2onnx", "onnx", "onnxruntime")
 
 
 def _lowbit(mode: str, agreement: float) -> Format:
-    """Below int8 / mixed precision: ai-edge-quantizer on the float flatbuffer, run in LiteRT
+    """Below int8 / mixed precision: LiteRT Quantizer on the float flatbuffer, run in LiteRT
     (which modes TFLite Micro also runs: `tfopt.quantize.MODES`)."""
     return Format(
         f"tflite-{mode}",
@@ -110,7 +110,7 @@ def _lowbit(mode: str, agreement: float) -> Format:
         ".tflite",
         f"_{mode.replace('-', '_')}",
         (("mode", mode),),
-        ("ai_edge_quantizer",),
+        ("litert_quantizer",),
     )
 
 

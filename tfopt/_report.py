@@ -155,6 +155,9 @@ def write_report(report: dict, run_dir: Path) -> None:
         md += ["## Steps", "", steps_markdown(report["steps"]), ""]
     md += ["![accuracy vs size](report.png)", "", "TensorBoard: `tensorboard --logdir logs`", ""]
     (run_dir / "report.md").write_text("\n".join(md))
+    reference = _reference(report["results"])  # each point's ratio, as in the table
     plot_accuracy_vs_size(
-        [r for r in report["results"] if r["format"] != "keras"], run_dir / "report.png"
+        [r for r in report["results"] if r["format"] != "keras"],
+        run_dir / "report.png",
+        reference_gzip_bytes=reference and reference["gzip_bytes"],
     )

@@ -147,29 +147,37 @@ def accuracy_limits(values, *, min_span: float = 0.05) -> tuple[float, float]:
     return lo, hi
 
 
-def plot_accuracy_vs_size(results, path) -> Path | None:
-    """Plots accuracy against gzip size for the results that have both; None if there are none.
+def accuracy_size_figure(results, *, reference_gzip_bytes: int | None = None):
+    """The figure of `plot_accuracy_vs_size`: one labelled point per result that has an accuracy
+    and a gzip size, or None if none has.
 
-    The accuracy axis spans at least 5 points (`accuracy_limits`)."""
+    Each point is labelled with its file name, its gzip size in KiB and, when
+    ``reference_gzip_bytes`` is given, how many times smaller it is than that reference.
+    """
     rows = [_as_dict(r) for r in results]
     rows = [r for r in rows if r.get("accuracy") is not None and r.get("gzip_bytes") is not None]
     if not rows:
         return None
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import FuncFormatter, PercentFormatter
 
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for r in rows:
-        ax.scatter(r["gzip_bytes"] / 1024, r["accuracy"])
+    kib = [r["gzip_bytes"] / 1024 for r in rows]
+    for r, x in zip(rows, kib):
+        label = f"{Path(r['artifact']).name}\n{x:,.1f} KiB"
+        if reference_gzip_bytes:
+            label += f", {reference_gzip_bytes / r['gzip_bytes']:.1f}x smaller"
+        ax.scatter(x, r["accuracy"])
         ax.annotate(
-            Path(r["artifact"]).name,
-            (r["gzip_bytes"] / 1024, r["accuracy"]),
-            fontsize=7,
-            xytext=(4, 4),
-            textcoords="offset points",
+            label, (x, r["accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
         )
-    ax.set_xscale("log")
+    if max(kib) > 10 * min(kib):  # a log axis only where the sizes span a decade
+        ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:,.4g}")  # 12.5, not 1.25x10^1
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.margins(x=0.25)  # room for the labels of the largest artifact
     ax.set_xlabel("gzip size (KiB)")
     ax.set_ylim(*accuracy_limits([r["accuracy"] for r in rows]))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -177,6 +185,17 @@ def plot_accuracy_vs_size(results, path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.set_title("Accuracy vs size")
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_size(results, path, *, reference_gzip_bytes: int | None = None) -> Path | None:
+    """Plots accuracy against gzip size for the results that have both; None if there are none.
+
+    The accuracy axis spans at least 5 points (`accuracy_limits`); each point says its size and,
+    given ``reference_gzip_bytes``, its ratio to that reference (`accuracy_size_figure`)."""
+    fig = accuracy_size_figure(results, reference_gzip_bytes=reference_gzip_bytes)
+    if fig is None:
+        return None
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path

@@ -1,4 +1,4 @@
-"""`lowbit`: int4 / mixed-precision / w8a16 TFLite through ai-edge-quantizer, parity-checked."""
+"""`lowbit`: int4 / mixed-precision / w8a16 TFLite through LiteRT Quantizer (litert-quantizer), parity-checked."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def lowbit(
     min_agreement: float | None = None,
     atol: float | None = None,
 ) -> Artifact:
-    """Writes a ``.tflite`` below int8 (or mixed) with Google's ai-edge-quantizer and checks it.
+    """Writes a ``.tflite`` below int8 (or mixed) with Google's LiteRT Quantizer and checks it.
 
-    The model is converted to float32 TFLite, then ai-edge-quantizer rewrites the flatbuffer in
+    The model is converted to float32 TFLite, then LiteRT Quantizer rewrites the flatbuffer in
     ``mode`` (see `tfopt.quantize.MODES`: ``"w4"`` int4 weight-only, ``"w8"``, ``"dynamic-w4"``,
     ``"dynamic-w8"``, ``"w8a8"``, ``"w8a16"``), with per-layer weight bits from ``bits``. The
     artifact is run in LiteRT and compared with the Keras model (the format's tolerance).
@@ -53,7 +53,7 @@ def lowbit(
         An `Artifact`.
 
     Raises:
-        MissingDependencyError: ai-edge-quantizer is not installed (``pip install 'tfopt[lowbit]'``).
+        MissingDependencyError: litert-quantizer is not installed (``pip install 'tfopt[lowbit]'``).
         ValueError: an unknown mode, bad ``bits``, a static mode without representative data.
         ExportCheckError: the artifact disagrees with the Keras model beyond the tolerance.
 
@@ -73,7 +73,7 @@ def lowbit(
 
     check_model(model)
     get_mode(mode)
-    _aeq()  # a missing ai-edge-quantizer is reported before any conversion
+    _aeq()  # a missing litert-quantizer is reported before any conversion
     fmt = f"tflite-{mode}"
     plain = float32_copy(graph_model(model))
     single_input(plain, fmt)

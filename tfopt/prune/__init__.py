@@ -9,6 +9,7 @@ Example:
     >>> print(tfopt.prune.sparsity(small))
 """
 
+from tfopt import _tensorflow  # noqa: F401 - first: TensorFlow starts quietly
 from tfopt.prune._channels import ChannelPlan, find_ratio, prune_channels, prune_channels_iterative
 from tfopt.prune._prune import SparsityReport, prune, sparsity, strip
 from tfopt.prune._schedules import (

@@ -2,7 +2,7 @@
 
 Post-training modes (dynamic, float16, int8, int16x8) are options of `tfopt.export.tflite`;
 below int8 (int4, mixed precision, w8a16: `tfopt.export.lowbit`, formats ``tflite-w4`` ...) goes
-through Google's ai-edge-quantizer, and `sensitivity` / `choose_bits` measure each layer's cost
+through Google's LiteRT Quantizer, and `sensitivity` / `choose_bits` measure each layer's cost
 of int4 weights through LiteRT and pick per-layer bit widths under an accuracy budget.
 
 Example:

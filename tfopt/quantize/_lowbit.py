@@ -1,4 +1,5 @@
-"""Below int8: int4 / mixed-precision TFLite through Google's ai-edge-quantizer (AEQ).
+"""Below int8: int4 / mixed-precision TFLite through Google's LiteRT Quantizer (litert-quantizer,
+the successor of ai-edge-quantizer, "AEQ" below: the same API under a new package name).
 
 AEQ rewrites a *float* ``.tflite`` flatbuffer with a recipe (which ops, how many bits, weight-only,
 dynamic or static). tfopt converts the Keras model to float TFLite with the TFLite converter, then
@@ -44,8 +45,8 @@ import numpy as np
 from tfopt.errors import MissingDependencyError
 
 _PIP_HINT = (
-    "int4 / mixed-precision TFLite needs Google's ai-edge-quantizer: pip install "
-    "'tfopt[lowbit]' (or pip install ai-edge-quantizer; it pins ai-edge-litert, tested with "
+    "int4 / mixed-precision TFLite needs Google's LiteRT Quantizer: pip install "
+    "'tfopt[lowbit]' (or pip install litert-quantizer; tested with litert-quantizer==0.11.0 and "
     "ai-edge-litert==2.3.0)"
 )
 
@@ -89,8 +90,8 @@ _TENSOR_TYPES = {0: "FLOAT32", 1: "FLOAT16", 2: "INT32", 7: "INT16", 9: "INT8", 
 
 def _aeq():
     try:
-        from ai_edge_quantizer import qtyping, quantizer, recipe_manager
-        from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+        from litert_quantizer import qtyping, quantizer, recipe_manager
+        from litert_quantizer.utils import tfl_flatbuffer_utils
     except ImportError as e:
         raise MissingDependencyError(f"{_PIP_HINT}. ({type(e).__name__}: {e})") from None
     return quantizer, recipe_manager, qtyping, tfl_flatbuffer_utils
@@ -247,8 +248,8 @@ def _recipe_manager(mode: Mode, ops: list[WeightOp], plan: dict[str, int | None]
 def _calibrate(content: bytes, rm, data) -> dict:
     """AEQ's calibration result (tensor name -> min/max) of ``data`` for the recipe ``rm``: the
     min and max over all samples (see the module docstring), not AEQ's moving average."""
-    from ai_edge_quantizer import calibrator
-    from ai_edge_quantizer.utils import qsv_utils
+    from litert_quantizer import calibrator
+    from litert_quantizer.utils import qsv_utils
 
     calib = calibrator.Calibrator(bytes(content), qsv_update_func=qsv_utils.min_max_update)
     calib.calibrate(_calibration(content, data), rm)
@@ -289,7 +290,7 @@ def quantize_flatbuffer(
         weights' storage ``types`` read back from the flatbuffer.
 
     Raises:
-        MissingDependencyError: ai-edge-quantizer is not installed (with the pip command).
+        MissingDependencyError: litert-quantizer is not installed (with the pip command).
         ValueError: an unknown mode, bad ``bits``, or a static mode without data.
     """
     from tfopt._backend import quiet
@@ -420,7 +421,7 @@ def sensitivity(
         A `Sensitivity` (``print`` it for a Markdown table; ``rows`` sorted as in the model).
 
     Raises:
-        MissingDependencyError: ai-edge-quantizer is not installed.
+        MissingDependencyError: litert-quantizer is not installed.
 
     Example:
         >>> table = tfopt.quantize.sensitivity(model, (x_val, y_val), mode="w8")

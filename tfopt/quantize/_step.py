@@ -47,7 +47,7 @@ def preflight(cfg: Config, model, ctx) -> None:
     if cfg.bits == "sensitivity":
         from tfopt.quantize._lowbit import _aeq
 
-        _aeq()  # choose_bits measures through ai-edge-quantizer: the pip hint before training
+        _aeq()  # choose_bits measures through LiteRT Quantizer: the pip hint before training
     elif cfg.bits and model is not None:
         from tfopt._rewrite import layer_filter
 

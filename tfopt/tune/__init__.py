@@ -29,6 +29,7 @@ Example:
     >>> best = tuner.oracle.get_best_trials(1)[0]
 """
 
+from tfopt import _tensorflow  # noqa: F401 - first: TensorFlow starts quietly
 from tfopt.tune._measure import ExportFailed, export_and_measure
 from tfopt.tune._recipe import TECHNIQUES, available_techniques, describe, recipe_steps
 from tfopt.tune._search_training import TuneResult, search_training

@@ -43,7 +43,7 @@ COMPRESSION_CHOICES = {
     "clusters": [0, 4, 8, 16, 32],
     "quantization": ["ptq", "qat"],
     # QAT weight bits: "mixed" picks 4 or 8 per layer (`tfopt.quantize.choose_bits`, offered only
-    # when ai-edge-quantizer is installed)
+    # when litert-quantizer is installed)
     "weight_bits": ["8", "4", "mixed"],
     "temperature": [1.0, 2.0, 4.0, 8.0],
     "ft_epochs": [4, 8, 12, 16],
@@ -54,7 +54,7 @@ COMPRESSION_CHOICES = {
 def _has_aeq() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("ai_edge_quantizer") is not None
+    return importlib.util.find_spec("litert_quantizer") is not None
 
 
 class CompressionHyperModel(keras_tuner.HyperModel):
