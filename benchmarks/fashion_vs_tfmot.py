@@ -1,10 +1,11 @@
 """Fashion-MNIST: tfopt vs tfmot on the same trained fashion_cnn, laid out like tfmot's tables.
 
-Usage: python benchmarks/fashion_vs_tfmot.py [--rows prune-75,qat-int8,...] [--seeds 3]
-           [--ft-epochs 1] [--quick] [--render]
+Usage: python benchmarks/fashion_vs_tfmot.py [--rows prune-75,qat-int8,...,timing] [--seeds 3]
+           [--ft-epochs 1] [--baseline-epochs 20] [--quick] [--render]
 
-One float `fashion_cnn` (benchmarks/_fashion.py: trained once, cached) is the start of every row
-on both sides. tfmot 0.8.1 runs in its own tf_keras process (benchmarks/_tfmot_fashion.py) that
+One float `fashion_cnn` (benchmarks/_fashion.py: the `fashion` config's model and trainer, trained
+once and cached; `--baseline-epochs` shortens its 20 epochs) is the start of every row on both
+sides. A control row fine-tunes the float model itself with the same recipe. tfmot 0.8.1 runs in its own tf_keras process (benchmarks/_tfmot_fashion.py) that
 receives the same weights and training images as .npz and answers each row with a .tflite file.
 Rows, as tfmot's published tables have them:
 
@@ -441,7 +442,8 @@ def timing_key(name: str) -> str:
 def header(result, s) -> str:
     b = result["baseline"]
     runs = "; ".join(
-        f"{', '.join(r['rows'])} in {r['seconds']:.0f} s at load average {r['load']:.1f}"
+        f"{len(r['rows'])} measurements ({r['rows'][0]} ... {r['rows'][-1]}) in "
+        f"{r['seconds']:.0f} s at load average {r['load']:.1f}"
         for r in result["runs"]
         if r["rows"]
     )
