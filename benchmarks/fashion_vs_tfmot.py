@@ -5,8 +5,9 @@ Usage: python benchmarks/fashion_vs_tfmot.py [--rows prune-75,qat-int8,...,timin
 
 One float `fashion_cnn` (benchmarks/_fashion.py: the `fashion` config's model and trainer, trained
 once and cached; `--baseline-epochs` shortens its 20 epochs) is the start of every row on both
-sides. A control row fine-tunes the float model itself with the same recipe. tfmot 0.8.1 runs in its own tf_keras process (benchmarks/_tfmot_fashion.py) that
-receives the same weights and training images as .npz and answers each row with a .tflite file.
+sides. A control row fine-tunes the float model itself with the same recipe. tfmot 0.8.1 runs
+in its own tf_keras process (benchmarks/_tfmot_fashion.py) that receives the same weights and
+training images as .npz and answers each row with a .tflite file.
 Rows, as tfmot's published tables have them:
 
 - magnitude pruning to 50 / 75 / 87.5% (PolynomialDecay from 0, power 3, reaching the target
@@ -412,6 +413,8 @@ def render(result: dict) -> str:
             r = row.get(side, {"error": "not run"})
             step = steps.get(side, {}).get(timing_key(name))
             step_cell = f"{step['ratio']:.2f}x" if step else "-"
+            if name == "ptq-int8":
+                step_cell = "no training"
             if r.get("error") == "not run":
                 cells += ["-", "-", "-", step_cell]
                 continue
@@ -433,10 +436,13 @@ def render(result: dict) -> str:
 
 
 def timing_key(name: str) -> str:
-    """The step-time model of a row: one per technique (the pruning targets share one)."""
-    return {"prune-2:4": "prune-2:4", "ptq-int8": "none"}.get(
-        name, "prune-75" if name.startswith("prune") else name
-    )
+    """The step-time model of a row: one per technique (pruning targets, cluster counts share)."""
+    if name in ("prune-2:4", "ptq-int8"):
+        return name
+    for technique, timed in (("prune", "prune-75"), ("cluster", "cluster-16")):
+        if name.startswith(technique):
+            return timed
+    return name
 
 
 def header(result, s) -> str:
@@ -461,9 +467,10 @@ def header(result, s) -> str:
         "(float32 files for pruning and clustering, int8 for PTQ / QAT). Step: train-step time "
         "vs an unwrapped float copy in the same process (tfopt Keras 3, tfmot tf_keras), ratio "
         f"of the fastest of {s['timing_rounds']} interleaved {s['timing_steps']}-step epochs; "
-        f"the pruning targets share one measurement. tfmot {result['versions']['tfmot']}, "
-        f"tf_keras {result['versions']['tf_keras']}. Runs: {runs}, {os.cpu_count()} shared "
-        f"cores. `python benchmarks/fashion_vs_tfmot.py{s['command_args']}`\n\n"
+        "the pruning targets (and the cluster counts) share one measurement. "
+        f"tfmot {result['versions']['tfmot']}, tf_keras {result['versions']['tf_keras']}. "
+        f"Runs: {runs}, {os.cpu_count()} shared cores. "
+        f"`python benchmarks/fashion_vs_tfmot.py{s['command_args']}`\n\n"
     )
 
 
