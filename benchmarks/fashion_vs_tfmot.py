@@ -573,6 +573,9 @@ def parse_args():
     parser.add_argument("--timing-steps", type=int, default=10)
     parser.add_argument("--timing-rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2,000 images, a smoke test")
+    parser.add_argument(
+        "--stem", default="fashion_vs_tfmot", help="benchmarks/results/STEM.{json,md}"
+    )
     parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args()
     if args.quick:
@@ -582,7 +585,7 @@ def parse_args():
 
 def main() -> int:
     args = parse_args()
-    stem = "fashion_vs_tfmot_quick" if args.quick else "fashion_vs_tfmot"
+    stem = "fashion_vs_tfmot_quick" if args.quick else args.stem
     json_path, md_path = OUT / f"{stem}.json", OUT / f"{stem}.md"
     if args.render:
         md_path.write_text(render(json.loads(json_path.read_text())))
