@@ -49,9 +49,9 @@ def test_keras_dataset_offline_gives_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(urllib.request, "urlopen", unreachable)
     with pytest.raises(
         OfflineError,
-        match="Could not download the 'fashion_mnist' dataset: the network is unreachable",
+        match="Could not download the 'mnist' dataset: the network is unreachable",
     ) as info:
-        tfopt.data.load("fashion_mnist")
+        tfopt.data.load("mnist")
     assert "'mnist1d' or 'digits'" in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
