@@ -72,7 +72,7 @@ def main(src, dst):
 
     # One pruned run per seed (the seed sets initial shuffling and dropout); the file sizes are
     # those of the first seed's model.
-    accs, sparsities = [], []
+    accs, sparsities, wrong = [], [], []
     for i, seed in enumerate(np.atleast_1d(d["seeds"])):
         keras.utils.set_random_seed(int(seed))
         model = pruned_copy()
@@ -87,6 +87,8 @@ def main(src, dst):
         stripped = tfmot.sparsity.keras.strip_pruning(model)
         compile_model(stripped, lr)
         accs.append(float(stripped.evaluate(d["x_test"], d["y_test"], verbose=0)[1]))
+        predicted = stripped.predict(d["x_test"], verbose=0).argmax(-1)
+        wrong.append(np.flatnonzero(predicted != d["y_test"]).tolist())  # for paired deltas
         kernels = [w for layer in stripped.layers for w in layer.weights if "kernel" in w.name]
         zeros = sum(int(np.sum(w.numpy() == 0)) for w in kernels)
         sparsities.append(zeros / sum(int(w.numpy().size) for w in kernels))
@@ -116,6 +118,7 @@ def main(src, dst):
     steps = int(np.ceil(len(x) / batch))
     out = {
         "accuracies": accs,
+        "wrong": wrong,
         "sparsities": sparsities,
         "tflite_bytes": len(tflite),
         "tflite_gzip_bytes": gz,

@@ -34,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 import tfopt
+from tfopt._stats import PairedDelta, correct, paired_delta
 from tfopt.bench import TFLiteRunner, file_sizes
 
 keras = tfopt.prune._channels.keras
@@ -126,8 +127,14 @@ def export_all(name, model, data, tmp):
             check_data=data.x_val,
         )
         runner = TFLiteRunner(path, num_threads=1)
-        acc = float(np.mean(runner.predict(data.x_test).argmax(-1) == data.y_test))
-        arts[quant] = {"path": path, "runner": runner, "accuracy": acc, **file_sizes(path)}
+        right = correct(runner.predict(data.x_test), data.y_test)
+        arts[quant] = {
+            "path": path,
+            "runner": runner,
+            "accuracy": float(right.mean()),
+            "correct": right,  # per test sample: deltas are paired (tfopt._stats)
+            **file_sizes(path),
+        }
     return arts
 
 
@@ -230,6 +237,7 @@ def main(argv=None) -> int:
                     "tflite": quant,
                     "keras_accuracy": accuracy(model, data.test),
                     "tflite_accuracy": a["accuracy"],
+                    "delta_vs_baseline": paired_delta(b["correct"], a["correct"]).to_dict(),
                     "params": int(model.count_params()),
                     "nonzero_params": nonzero(model),
                     "macs": int(macs),
@@ -243,13 +251,14 @@ def main(argv=None) -> int:
             )
 
     lines = [
-        "| model | TFLite | test acc (TFLite) | params (non-zero) | MACs | raw bytes | gzip bytes "
+        "| model | TFLite | test acc (TFLite) | Δ vs baseline [95% CI] | params (non-zero) | MACs | raw bytes | gzip bytes "
         "| p50 latency ms | speedup | smaller |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['tflite']} | {r['tflite_accuracy']:.4f} | {r['params']:,} "
+            f"| {r['model']} | {r['tflite']} | {r['tflite_accuracy']:.4f} "
+            f"| {PairedDelta(**r['delta_vs_baseline']).as_points()} | {r['params']:,} "
             f"({r['nonzero_params']:,}) | {r['macs']:,} | {r['bytes']:,} | {r['gzip_bytes']:,} | "
             f"{r['latency_p50_ms']:.4f} | {r['speedup']:.2f}x | {r['size_ratio']:.2f}x |"
         )
@@ -264,6 +273,8 @@ def main(argv=None) -> int:
                 "speedup_ge_1.8": c["speedup"] >= 1.8,
                 "smaller_ge_2": c["size_ratio"] >= 2.0,
                 "accuracy_drop_le_1pt": b["tflite_accuracy"] - c["tflite_accuracy"] <= 0.01,
+                # the stricter reading: the whole paired 95% interval is above -1 pt
+                "interval_above_-1pt": PairedDelta(**c["delta_vs_baseline"]).within(0.01),
             }
     load = os.getloadavg()[0]
     ratios = {f"{t:.2f}": [round(p.ratio, 4) for p in channel[t][1]] for t in channel}
@@ -283,7 +294,8 @@ def main(argv=None) -> int:
         f"model has parameters. TFLite int8 = post-training quantization (200 samples). Latency: "
         f"batch 1, 1 thread, p50 of {args.latency_rounds}x{args.latency_runs} runs interleaved "
         f"across artifacts, on a shared {os.cpu_count()}-core machine (load average {load:.1f}). "
-        f"Speedup and smaller are vs the baseline in the same TFLite format. Wall time "
+        f"Speedup, smaller and Δ are vs the baseline in the same TFLite format; Δ is paired on "
+        f"the same test samples (tfopt._stats.paired_delta, 95% bootstrap interval). Wall time "
         f"{time.time() - started:.0f} s.\n\n"
     )
     table = "\n".join(lines)

@@ -127,6 +127,9 @@ def budget(quick: bool, time_budget: float | None, out: Path) -> dict:
     wall = time.perf_counter() - started
     report = json.loads((out / "report.json").read_text())
     base, best = report["baseline"], report.get("best")
+    from auto_mnist1d import paired_deltas  # the best artifact vs the float one, sample by sample
+
+    paired = paired_deltas(report) if best else {}
 
     def row(label, c, ref):
         agree = c.get("tflm_agreement")
@@ -164,12 +167,7 @@ def budget(quick: bool, time_budget: float | None, out: Path) -> dict:
         f"Trials: {report['trials_completed']} completed, {report['trials_failed']} failed, "
         f"{len(rejected)} rejected over the RAM/flash budgets; stopped: {report['stopped']}. "
         f"Fits 4 KB arena + 16 KB flash within 2 pt (val): {'yes' if fits else 'no'}"
-        + (
-            ""
-            if not best
-            else f"; test {100 * (best['test_accuracy'] - base['test_accuracy']):+.2f} pt "
-            "(never used to select)"
-        )
+        + ("" if not best else f"; test {test_delta(best, base, paired)} (never used to select)")
         + ". Accuracy of the candidates is measured through TFLite Micro (the tflm target); the "
         "arena is TFLM's allocation recorder's total, flash the raw flatbuffer.",
     ]
@@ -183,6 +181,7 @@ def budget(quick: bool, time_budget: float | None, out: Path) -> dict:
         "fits": fits,
         "baseline": base,
         "best": best,
+        "paired_deltas": paired,
         "rejected": [{"trial_id": c["trial_id"], "rejected": c["rejected"]} for c in rejected],
         "front": report["front"],
     }
@@ -190,6 +189,15 @@ def budget(quick: bool, time_budget: float | None, out: Path) -> dict:
         "edge_budget", "tfopt auto under a 4 KB RAM / 16 KB flash budget", "\n".join(lines), data
     )
     return data
+
+
+def test_delta(best, base, paired) -> str:
+    """The test delta, with its paired 95% interval (tfopt._stats, through LiteRT) when measured."""
+    if "test" not in paired:
+        return f"{100 * (best['test_accuracy'] - base['test_accuracy']):+.2f} pt"
+    from tfopt._stats import PairedDelta
+
+    return f"{PairedDelta(**paired['test']).as_points()} (paired 95% interval, LiteRT)"
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,8 @@ sides: one run's test accuracy on 1,000 samples moves by about a point between s
 difference being measured. Columns: mean test accuracy of the Keras models (and each seed's); kernel sparsity; size and gzip size of the float32
 TFLite file of the stripped model; train-step time relative to an unpruned fit of the same model
 in the same process (fastest of interleaved one-epoch fits after a warm-up epoch, and the median paired ratio).
+Each pruned model's difference from the float baseline (and tfopt's from tfmot's, seed by seed)
+is paired on the same test samples with tfopt._stats.paired_delta (95% bootstrap interval).
 Writes benchmarks/results/prune_vs_tfmot.{json,md} and prints the table.
 """
 
@@ -33,6 +35,7 @@ import numpy as np
 import tfopt
 from tfopt._backend import import_keras
 from tfopt._pipeline import StepContext
+from tfopt._stats import PairedDelta, correct, paired_delta
 from tfopt.bench import file_sizes
 from tfopt.prune import _step, prune, sparsity
 
@@ -48,9 +51,20 @@ def compile_model(model, lr):
     )
 
 
-def accuracy(model, data) -> float:
-    logits = model.predict(data.x_test, batch_size=256, verbose=0)
-    return float(np.mean(np.argmax(logits, -1) == data.y_test))
+def correct_on_test(model, data) -> np.ndarray:
+    """Per-test-sample correctness (paired deltas compare two models sample by sample)."""
+    return correct(model.predict(data.x_test, batch_size=256, verbose=0), data.y_test)
+
+
+def paired_deltas(right) -> dict:
+    """Per seed: each pruned model vs the float baseline, and tfopt vs tfmot (same seed)."""
+    out = {}
+    for key in ("tfopt", "tfmot"):
+        out[key] = [paired_delta(right["float"][0], r).to_dict() for r in right[key]]
+    out["tfopt_minus_tfmot"] = [
+        paired_delta(b, a).to_dict() for a, b in zip(right["tfopt"], right["tfmot"])
+    ]
+    return out
 
 
 def tflite_sizes(model, path) -> dict:
@@ -101,9 +115,10 @@ def main() -> int:
         print(f"[1/4] float baseline: {args.epochs_baseline} epochs", flush=True)
         base.fit(*data.train, batch_size=batch, epochs=args.epochs_baseline, verbose=0)
         weights = base.get_weights()
+        right = {"float": [correct_on_test(base, data)], "tfopt": []}
         rows = {
             "float": {
-                "accuracy": accuracy(base, data),
+                "accuracy": float(right["float"][0].mean()),
                 "sparsity": sparsity(base).global_sparsity,
                 **tflite_sizes(base, tmp / "float.tflite"),
             }
@@ -118,7 +133,8 @@ def main() -> int:
             start.set_weights(weights)
             ctx = StepContext(data=data, run_dir=tmp / f"run{seed}", batch_size=batch, verbose=0)
             stripped = _step.run(cfg, start, ctx)
-            accs.append(accuracy(stripped, data))
+            right["tfopt"].append(correct_on_test(stripped, data))
+            accs.append(float(right["tfopt"][-1].mean()))
             sparsities.append(sparsity(stripped).global_sparsity)
             if i == 0:
                 rows["tfopt"] = tflite_sizes(stripped, tmp / "tfopt.tflite")
@@ -173,6 +189,10 @@ def main() -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"tfmot subprocess failed with exit code {proc.returncode}")
         tfm = json.loads(out_json.read_text())
+        right["tfmot"] = []
+        for wrong in tfm["wrong"]:
+            right["tfmot"].append(np.ones(len(data.y_test), bool))
+            right["tfmot"][-1][wrong] = False
         rows["tfmot"] = {
             "accuracies": tfm["accuracies"],
             "sparsities": tfm["sparsities"],
@@ -197,7 +217,7 @@ def main() -> int:
         "tfmot": f"tfmot {tfm['versions']['tfmot']} 80%",
     }
     lines = [
-        "| model | test acc (mean ± std, each seed) | Δ acc vs float (pts) | kernel sparsity | TFLite KB | gzip KB "
+        "| model | test acc (mean ± std, each seed) | Δ acc vs float (pt, mean of seeds) | kernel sparsity | TFLite KB | gzip KB "
         "| gzip smaller vs dense | train step vs unpruned |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -215,7 +235,7 @@ def main() -> int:
             acc += f" ± {r['accuracy_std']:.4f} ({each})"
         lines.append(
             f"| {names[key]} | {acc} | "
-            f"{100 * (r['accuracy'] - rows['float']['accuracy']):+.1f} | {r['sparsity']:.1%} | "
+            f"{100 * (r['accuracy'] - rows['float']['accuracy']):+.2f} | {r['sparsity']:.1%} | "
             f"{r['bytes'] / 1024:.1f} | {r['gzip_bytes'] / 1024:.1f} | "
             f"{dense_gz / r['gzip_bytes']:.2f}x | {step} |"
         )
@@ -229,7 +249,18 @@ def main() -> int:
         f"{args.timing_rounds} interleaved one-epoch fits of each model in the same process (ms "
         "per step), and the median of the per-round paired ratios.\n\n"
     )
-    table = "\n".join(lines)
+    deltas = paired_deltas(right)
+
+    def each(key):
+        return "; ".join(
+            f"seed {s} {PairedDelta(**d).as_points()}" for s, d in zip(seeds, deltas[key])
+        )
+
+    table = "\n".join(lines) + (
+        "\n\nPaired on the same 1,000 test samples (tfopt._stats.paired_delta, 95% paired "
+        f"bootstrap interval): tfopt vs float: {each('tfopt')}. tfmot vs float: "
+        f"{each('tfmot')}. tfopt − tfmot: {each('tfopt_minus_tfmot')}."
+    )
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "prune_vs_tfmot.md").write_text(header + table + "\n")
@@ -239,6 +270,7 @@ def main() -> int:
         "config": cfg.model_dump(),
         "epochs_baseline": args.epochs_baseline,
         "seeds": seeds,
+        "paired_deltas": deltas,
         "tfmot_versions": tfm["versions"],
         "seconds": round(time.time() - started, 1),
     }

@@ -33,6 +33,7 @@ import numpy as np
 
 import tfopt
 from tfopt._backend import import_keras
+from tfopt._stats import PairedDelta, correct, paired_delta
 from tfopt.bench._runners import TFLiteRunner
 
 keras = import_keras()
@@ -124,7 +125,8 @@ def one(name, data, args, tmp):
     keras.utils.set_random_seed(0)
     model = fit(build(name), x, y, args.epochs, args.lr, args.batch)
     row = {"model": name, "dataset": data.name, "params": model.count_params()}
-    row["float"] = float(np.mean(model.predict(xt, verbose=0).argmax(1) == yt))
+    float_right = correct(model.predict(xt, verbose=0), yt)
+    row["float"] = float(float_right.mean())
     ptq = tfopt.export.tflite(
         model,
         tmp / f"{name}_ptq.tflite",
@@ -137,7 +139,10 @@ def one(name, data, args, tmp):
     # like with like: the float model fine-tuned with QAT's recipe (epochs, learning rate), so a
     # QAT gain is not only the extra training; each fine-tune (float, tfopt QAT, tfmot QAT) starts
     # from the same float weights, once per seed (the seed sets shuffling and initial state)
-    runs = [fine_tune(name, model, data, args, tmp, seed) for seed in range(args.seeds)]
+    runs = [
+        fine_tune(name, model, data, args, tmp, seed, float_right) for seed in range(args.seeds)
+    ]
+    row["paired"] = [r.pop("paired") for r in runs]  # per seed, on the same test samples
     row["seeds"] = {k: [r[k] for r in runs] for k in runs[0] if k in PER_SEED}
     for k, values in row["seeds"].items():
         known = [v for v in values if v is not None]
@@ -150,15 +155,17 @@ PER_SEED = ("float_ft", "qat", "agreement", "tfmot")
 RECIPE = ("quick", "epochs", "qat_epochs", "lr", "qat_lr", "batch", "tfmot")
 
 
-def fine_tune(name, model, data, args, tmp, seed):
-    """Float fine-tune, tfopt QAT and tfmot QAT of the trained ``model`` with one seed."""
+def fine_tune(name, model, data, args, tmp, seed, float_right):
+    """Float fine-tune, tfopt QAT and tfmot QAT of the trained ``model`` with one seed; ``paired``
+    holds QAT's paired deltas (tfopt._stats) vs the float model, its fine-tune and tfmot's QAT."""
     x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
     r = {}
     keras.utils.set_random_seed(seed)
     control = keras.models.clone_model(model)
     control.set_weights(model.get_weights())
     fit(control, x, y, args.qat_epochs, args.qat_lr, args.batch)
-    r["float_ft"] = float(np.mean(control.predict(xt, verbose=0).argmax(1) == yt))
+    ft_right = correct(control.predict(xt, verbose=0), yt)
+    r["float_ft"] = float(ft_right.mean())
     keras.utils.set_random_seed(seed)
     q = tfopt.quantize.qat(model)
     fit(q, x, y, args.qat_epochs, args.qat_lr, args.batch)
@@ -166,13 +173,22 @@ def fine_tune(name, model, data, args, tmp, seed):
         q, tmp / f"{name}_qat.tflite", quantization="int8", check_data=xt[:50], min_agreement=0.0
     )
     pred = tflite_predict(art.path, xt).argmax(1)
-    r["qat"] = float(np.mean(pred == yt))
+    qat_right = correct(pred, yt)
+    r["qat"] = float(qat_right.mean())
+    r["paired"] = {
+        "qat_vs_float": paired_delta(float_right, qat_right).to_dict(),
+        "qat_vs_float_ft": paired_delta(ft_right, qat_right).to_dict(),
+    }
     r["agreement"] = float(np.mean(pred == q.predict(xt, verbose=0).argmax(1)))
     r["left_float"] = q.tfopt_report.skipped
     r["latency_us"] = latency_us(art.path, xt[:1])
     if args.tfmot:
         path, err = tfmot_qat(name, model, data, args, tmp, seed)
-        r["tfmot"] = float(np.mean(tflite_predict(path, xt).argmax(1) == yt)) if path else None
+        r["tfmot"] = None
+        if path:
+            tfmot_right = correct(tflite_predict(path, xt), yt)
+            r["tfmot"] = float(tfmot_right.mean())
+            r["paired"]["qat_vs_tfmot"] = paired_delta(tfmot_right, qat_right).to_dict()
         r["tfmot_note"] = err
     return r
 
@@ -209,6 +225,30 @@ def step_times(rounds, steps):
     child.stdin.close()
     child.wait()
     return times
+
+
+def paired_section(rows) -> str:
+    """tfopt QAT vs float, vs the fine-tuned float and vs tfmot, paired per seed (tfopt._stats)."""
+    lines = []
+    for r in rows:
+        if not r.get("paired"):
+            continue  # measured before the paired deltas were recorded
+        parts = []
+        for key, what in (
+            ("qat_vs_float", "vs float"),
+            ("qat_vs_float_ft", "vs float + QAT's epochs"),
+            ("qat_vs_tfmot", "vs tfmot QAT"),
+        ):
+            each = [PairedDelta(**p[key]).as_points() for p in r["paired"] if key in p]
+            if each:
+                parts.append(f"{what} {'; '.join(each)}")
+        lines.append(f"- {r['dataset']}/{r['model']}: QAT {'. '.join(parts)}")
+    if not lines:
+        return ""
+    return (
+        "\ntfopt QAT int8, paired on the same test samples (tfopt._stats.paired_delta, 95% "
+        "paired bootstrap interval), one entry per seed:\n" + "\n".join(lines) + "\n"
+    )
 
 
 def render(result) -> str:
@@ -265,6 +305,7 @@ def render(result) -> str:
         + "\n".join(lines)
         + "\n"
         + ("\nPer seed (%): " + ". ".join(spread) + ".\n" if spread else "")
+        + paired_section(rows)
     )
     if steps:
         med = {k: statistics.median(v) if v else float("nan") for k, v in steps.items()}

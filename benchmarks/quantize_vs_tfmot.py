@@ -39,6 +39,7 @@ import numpy as np
 
 import tfopt
 from tfopt._backend import import_keras
+from tfopt._stats import PairedDelta, correct, paired_delta
 from tfopt.bench import file_sizes
 from tfopt.bench._runners import TFLiteRunner
 
@@ -59,9 +60,9 @@ def to_cnn2d_weights(weights):
     return [w[:, None] if w.ndim == 3 else w for w in weights]
 
 
-def tflite_accuracy(path, data) -> float:
-    logits = TFLiteRunner(path).predict(data.x_test)
-    return float(np.mean(logits.argmax(-1) == data.y_test))
+def tflite_correct(path, data) -> np.ndarray:
+    """Per-test-sample correctness through the TFLite interpreter (for paired deltas)."""
+    return correct(TFLiteRunner(path).predict(data.x_test), data.y_test)
 
 
 def latencies(paths: dict, sample, rounds: int, n: int = 200) -> dict:
@@ -331,9 +332,13 @@ def main() -> int:
             flush=True,
         )
         sizes = {key: size_breakdown(paths[key]) for key in ("float", "ptq", "tfopt_qat")}
-        rows = {}
+        rows, right = {}, {}
         for key, path in paths.items():
-            rows[key] = {"accuracy": tflite_accuracy(path, data), **file_sizes(path)}
+            right[key] = tflite_correct(path, data)
+            rows[key] = {"accuracy": float(right[key].mean()), **file_sizes(path)}
+        for key in rows:  # paired on the same test samples: the interval of each difference
+            rows[key]["delta_vs_float"] = paired_delta(right["float"], right[key]).to_dict()
+        tfopt_vs_tfmot = paired_delta(right["tfmot_qat"], right["tfopt_qat_2d"])
         med = latencies(paths, data.x_test[:1], args.latency_rounds)
         for key in rows:
             rows[key]["latency_us"] = min(med[key])
@@ -352,13 +357,13 @@ def main() -> int:
         "prune_qat": "tfopt prune 80% + sparsity-preserving QAT int8 (Conv1D)",
     }
     lines = [
-        "| model | test acc (TFLite) | Δ vs float (pts) | TFLite KB | gzip KB | smaller vs float "
+        "| model | test acc (TFLite) | Δ vs float [95% CI] | TFLite KB | gzip KB | smaller vs float "
         "| gzip smaller vs float | latency µs (1 sample) | latency vs PTQ int8 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in rows.items():
         lines.append(
-            f"| {names[key]} | {r['accuracy']:.4f} | {100 * (r['accuracy'] - f['accuracy']):+.1f} "
+            f"| {names[key]} | {r['accuracy']:.4f} | {PairedDelta(**r['delta_vs_float']).as_points()} "
             f"| {r['bytes'] / 1024:.1f} | {r['gzip_bytes'] / 1024:.1f} "
             f"| {f['bytes'] / r['bytes']:.2f}x | {f['gzip_bytes'] / r['gzip_bytes']:.2f}x "
             f"| {r['latency_us']:.1f} | {r['latency_vs_ptq']:.2f}x |"
@@ -369,12 +374,19 @@ def main() -> int:
         f"every QAT run: {args.qat_epochs} epochs, Adam {args.qat_lr}, batch {batch}. Pruning: the "
         f"default `prune` step ({pcfg.epochs} epochs, {pcfg.target_sparsity:.0%}), kernel sparsity "
         f"{notes['prune_qat']['kernel_sparsity_after_qat']:.1%} after QAT. Accuracy through the "
-        f"TFLite interpreter. Wall time {time.time() - started:.0f} s on {os.cpu_count()} shared "
+        "TFLite interpreter; Δ is paired on the same test samples (tfopt._stats.paired_delta, "
+        f"95% paired bootstrap interval). Wall time {time.time() - started:.0f} s on "
+        f"{os.cpu_count()} shared "
         f"CPU cores (load average {os.getloadavg()[0]:.1f}); latencies were taken under that load, "
         f"interleaved in one process (lowest of {args.latency_rounds} per-round medians; the ratio "
         "is the median of per-round ratios).\n\n"
     )
-    table = "\n".join(lines)
+    table = "\n".join(lines) + (
+        f"\n\ntfopt QAT − tfmot QAT (Conv2D 5x1 variant, same samples): "
+        f"{tfopt_vs_tfmot.as_points()} ({tfopt_vs_tfmot.only_b} test samples only tfopt's model "
+        f"gets right, {tfopt_vs_tfmot.only_a} only tfmot's; McNemar p = "
+        f"{tfopt_vs_tfmot.p_value:.2f})."
+    )
     section = breakdown_section(sizes)
     (out_dir / "quantize_vs_tfmot.md").write_text(header + table + "\n\n" + section)
     result = {
@@ -382,6 +394,7 @@ def main() -> int:
         "notes": notes,
         "size_breakdown_bytes": sizes,
         "args": vars(args),
+        "tfopt_qat_2d_minus_tfmot_qat": tfopt_vs_tfmot.to_dict(),
         "tfmot_versions": tfm["versions"],
         "seconds": round(time.time() - started, 1),
     }

@@ -39,6 +39,7 @@ import numpy as np
 
 import tfopt
 from tfopt._backend import import_keras
+from tfopt._stats import PairedDelta, correct, paired_delta
 
 keras = import_keras()
 HERE = Path(__file__).parent
@@ -56,8 +57,12 @@ def compile_model(model, lr=LR):
 
 
 def acc(model, data) -> float:
-    out = model.predict(data.x_test, batch_size=256, verbose=0)
-    return float(np.mean(out.argmax(-1) == data.y_test))
+    return float(right(model, data).mean())
+
+
+def right(model, data) -> np.ndarray:
+    """Per-test-sample correctness: two models' difference is paired on it (tfopt._stats)."""
+    return correct(model.predict(data.x_test, batch_size=256, verbose=0), data.y_test)
 
 
 def fit(model, data, epochs):
@@ -135,6 +140,7 @@ def ensemble(data, epochs, members, student_epochs, students, student_seeds=1) -
     t_members = time.time() - t
     scores = tfopt.train.ensemble_accuracy(models, data.x_test, data.y_test)
     teacher = tfopt.train.ensemble_model(models)
+    teacher_right = right(teacher, data)
     return {
         "members": scores["members"],
         "best_member": scores["best_member"],
@@ -146,7 +152,7 @@ def ensemble(data, epochs, members, student_epochs, students, student_seeds=1) -
         "students": [
             averaged(
                 [
-                    distill(data, teacher, student_epochs, options, seed=100 + i)
+                    distill(data, teacher, student_epochs, options, teacher_right, seed=100 + i)
                     for i in range(student_seeds)
                 ]
             )
@@ -161,24 +167,27 @@ def averaged(runs: list[dict]) -> dict:
     out = {**runs[0], **{k: float(np.mean([r[k] for r in runs])) for k in keys}}
     out["best_twin"] = max(out["twin_mixup"], out["twin"])
     out["seeds"] = {k: [r[k] for r in runs] for k in keys}
+    out["paired"] = [r["paired"] for r in runs]
     return out
 
 
-def distill(data, teacher, student_epochs, student, seed=100) -> dict:
+def distill(data, teacher, student_epochs, student, teacher_right, seed=100) -> dict:
     """One student distilled from ``teacher`` and its two size-matched twins (labels only), all
-    from the same initial weights; ``seed`` sets them, the shuffling and the augmentation."""
+    from the same initial weights; ``seed`` sets them, the shuffling and the augmentation.
+    ``paired``: the student vs each twin and vs the teacher, paired on the same test samples."""
     from tfopt._training import augmentation_layers, learning_rate
     from tfopt._training import fit as train
 
     keras.utils.set_random_seed(seed)
     pupil = tfopt.models.get("mnist1d_cnn", **student)
-    twins = {}
+    twins, twins_right = {}, {}
     for mixup in (MIXUP, 0.0):
         twin = tfopt.models.get("mnist1d_cnn", **student)
         twin.set_weights(pupil.get_weights())
         keras.utils.set_random_seed(seed)
         train(twin, recipe(student_epochs, mixup), data, seed=seed)
-        twins[mixup] = acc(twin, data)
+        twins_right[mixup] = right(twin, data)
+        twins[mixup] = float(twins_right[mixup].mean())
     r = recipe(student_epochs)
     d = tfopt.distill.Distiller(
         teacher=teacher,
@@ -196,10 +205,16 @@ def distill(data, teacher, student_epochs, student, seed=100) -> dict:
     keras.utils.set_random_seed(seed)
     t = time.time()
     d.fit(data.x_train, data.y_train, batch_size=BATCH, epochs=student_epochs, verbose=0)
+    student_right = right(pupil, data)
     return {
         "options": student,
         "params": int(pupil.count_params()),
-        "student": acc(pupil, data),
+        "student": float(student_right.mean()),
+        "paired": {
+            "student_vs_twin_mixup": paired_delta(twins_right[MIXUP], student_right).to_dict(),
+            "student_vs_twin": paired_delta(twins_right[0.0], student_right).to_dict(),
+            "student_vs_ensemble": paired_delta(teacher_right, student_right).to_dict(),
+        },
         "twin_mixup": twins[MIXUP],
         "twin": twins[0.0],
         "best_twin": max(twins.values()),
@@ -353,7 +368,32 @@ def markdown(r) -> str:
             + ".",
             "",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + paired_lines(e["students"]))
+
+
+def paired_lines(students) -> list[str]:
+    """Each student vs its twins and the ensemble, paired on the same test samples, per seed."""
+    lines = []
+    for st in students:
+        if not isinstance(st.get("paired"), list):
+            continue  # measured before the paired deltas were recorded
+        parts = [
+            f"{what} " + "; ".join(PairedDelta(**p[key]).as_points() for p in st["paired"])
+            for key, what in (
+                ("student_vs_twin_mixup", "vs twin with mixup"),
+                ("student_vs_twin", "vs twin without"),
+                ("student_vs_ensemble", "vs the ensemble"),
+            )
+        ]
+        lines.append(f"- width {st['options']['width']}: student {'. '.join(parts)}")
+    if not lines:
+        return []
+    return [
+        "Student differences, paired on the same test samples (tfopt._stats.paired_delta, 95% "
+        "bootstrap interval), one entry per seed:",
+        *lines,
+        "",
+    ]
 
 
 if __name__ == "__main__":
