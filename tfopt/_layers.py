@@ -169,8 +169,8 @@ def _weights_arg(weights) -> tuple[Weight, ...]:
                 "weights maps an attribute name to {'in': axis, 'out': axis} (either may be "
                 f"missing). Received: weights[{attr!r}]={axes!r}"
             )
-        # a weight with an input axis is a kernel; a weight with only an output axis follows it
-        kernel = axes.get("in") is not None or len(weights) == 1
+        # a weight with only an output axis (a bias) follows the channels; others are kernels
+        kernel = axes.get("in") is not None or axes.get("out") is None
         out.append(
             Weight(
                 attr, axes.get("out"), axes.get("in"), compress=kernel, reduce_axis=axes.get("in")
