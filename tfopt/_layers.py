@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,6 +133,32 @@ def resolve(layer, path: str):
     for p in parents:
         owner = getattr(owner, p)
     return owner, attr, getattr(owner, attr)
+
+
+@contextlib.contextmanager
+def substituted(layer, values: dict):
+    """Runs the body with ``layer``'s weight attributes (``{path: tensor}``) replaced.
+
+    The one weight-substitution mechanism: a technique computes ``f(weight)`` (a mask, a centroid
+    gather, a fake-quant) and the layer runs its own ``call`` reading it. Tensors are cast to the
+    layer's compute dtype (mixed precision); the variables are put back afterwards.
+    """
+    targets = [(resolve(layer, path), value) for path, value in values.items()]
+    compute_dtype = layer.compute_dtype
+    try:
+        for (owner, attr, _), value in targets:
+            if value.dtype != compute_dtype:
+                value = keras.ops.cast(value, compute_dtype)
+            object.__setattr__(owner, attr, value)
+        yield
+    finally:
+        for (owner, attr, variable), _ in targets:
+            object.__setattr__(owner, attr, variable)
+
+
+def channel_axis(weight: Weight) -> int | None:
+    """The axis of ``weight`` that indexes channels (outputs, else inputs: depthwise)."""
+    return weight.out_axis if weight.out_axis is not None else weight.in_axis
 
 
 def weight_axes(layer, spec: LayerSpec | None = None) -> dict[int, Weight]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfopt._backend import import_keras
-from tfopt._layers import Weight, guard, register_layer, resolve, spec_of
+from tfopt._layers import Weight, guard, register_layer, resolve, spec_of, substituted
 from tfopt.prune import _masks
 from tfopt.prune._schedules import PruningSchedule, deserialize, serialize
 
@@ -240,18 +240,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def _masked_call(self, args, training, kwargs):
         if training is True:
             self._update_masks()
-        targets = [_resolve(self.layer, p) for p in self._paths]
-        compute_dtype = self.layer.compute_dtype
-        try:
-            for (owner, attr, variable), mask in zip(targets, self.masks):
-                masked = variable.value * mask.value
-                if masked.dtype != compute_dtype:
-                    masked = tf.cast(masked, compute_dtype)
-                object.__setattr__(owner, attr, masked)
+        values = {
+            path: variable.value * mask.value
+            for path, variable, mask in zip(self._paths, self.pruned_variables(), self.masks)
+        }
+        with substituted(self.layer, values):
             return self.layer(*args, **kwargs)  # `training` reaches it through the call context
-        finally:
-            for owner, attr, variable in targets:
-                object.__setattr__(owner, attr, variable)
 
     # -- inspection, stripping, serialization ---------------------------------------------------
 
