@@ -7,7 +7,9 @@ themselves (pruning masks and step counters, quantizer ranges and flags, cluster
 assignments and masks) are bookkeeping, not params. BatchNormalization's moving statistics count,
 as Keras counts them.
 
-**MACs** are per sample (batch 1), per call of a layer, from the shapes it is really called with:
+**MACs** are per sample (batch 1), per call of a layer, from the shapes it is really called with
+(each formula is the ``macs`` of the layer's spec in `tfopt._layers`; a layer registered with
+`tfopt.register_layer` brings its own):
 
 ============================  ==================================================================
 Dense                         positions x c_in x units (a Dense on (T, c_in) runs T times)

@@ -101,8 +101,9 @@ def prune(
 
     Sequential and functional models are cloned. A subclassed model is copied through its
     ``get_config`` and the prunable layers it holds as attributes (or in lists) are wrapped on the
-    copy; such a pruned model saves with ``save_weights`` (re-run `prune` on a fresh model to load
-    them) rather than as a ``.keras`` file.
+    copy; the result is a functional model around a `tfopt._rewrite.RewrittenSubclassModel`,
+    which saves as ``.keras`` (and loads when the model class is registered with
+    ``keras.saving.register_keras_serializable``).
 
     Args:
         model: a built Keras 3 model.
