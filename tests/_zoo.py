@@ -1,4 +1,4 @@
-"""The conformance zoo: 17 small Keras 3 models (inputs <= 32x32, built in code, no downloads).
+"""The conformance zoo: 19 small Keras 3 models (inputs <= 32x32, built in code, no downloads).
 
 Each `ZooModel` builds a fresh, built, uncompiled model and a tiny deterministic classification
 dataset for it (numpy, integer labels). The models are kept tiny (a few channels) so that building
@@ -418,12 +418,79 @@ def mixed_float16() -> keras.Model:
     return keras.Model(inputs, outputs, name="mixed_float16")
 
 
+class _UsersDense(layers.Layer):
+    """A user's own Dense-like layer (not a keras.layers.Dense): ``x @ kernel + bias``, read
+    from the attributes ``kernel`` and ``bias``."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.kernel) + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="tfopt_zoo")
+class RegisteredDense(_UsersDense):
+    """`_UsersDense` described to tfopt with one `tfopt.register_layer` call (see
+    `register_users_layer`)."""
+
+
+@keras.saving.register_keras_serializable(package="tfopt_zoo")
+class UnregisteredDense(_UsersDense):
+    """`_UsersDense` that tfopt is not told about: every technique skips it with a reason."""
+
+
+def register_users_layer() -> None:
+    """The one call that makes `RegisteredDense` work with prune, cluster, qat, prune_channels
+    and the MAC counter."""
+    import tfopt
+
+    tfopt.register_layer(
+        RegisteredDense,
+        weights={"kernel": {"in": 0, "out": 1}, "bias": {"out": 0}},
+        width="units",
+    )
+
+
+def _users_layer_model(cls) -> keras.Model:
+    inputs = keras.Input((16,), name="features")
+    x = layers.Dense(16, activation="relu", name="fc1")(inputs)
+    x = cls(16, name="users_dense")(x)
+    x = layers.ReLU(name="relu")(x)
+    outputs = layers.Dense(N_CLASSES, name="logits")(x)
+    return keras.Model(inputs, outputs, name=cls.__name__.lower())
+
+
+def users_layer() -> keras.Model:
+    """A model holding a user's own layer class registered with `tfopt.register_layer`."""
+    register_users_layer()
+    return _users_layer_model(RegisteredDense)
+
+
+def users_layer_unregistered() -> keras.Model:
+    """The same model with the user's layer not registered."""
+    return _users_layer_model(UnregisteredDense)
+
+
 def _entry(build, data, **kwargs) -> ZooModel:
     return ZooModel(build.__name__, _seeded(build), data, **kwargs)
 
 
 # recurrent layers lower to TensorList ops at a dynamic batch: TFLite needs a fixed one
 _FIXED_BATCH = {"tflite": {"fixed_batch": 1}, "tflite-int8": {"fixed_batch": 1}}
+
+_SPEC_TECHNIQUES = ("baseline", "prune", "cluster", "qat", "prune_channels")
 
 ZOO: dict[str, ZooModel] = {
     e.name: e
@@ -479,6 +546,9 @@ ZOO: dict[str, ZooModel] = {
         _entry(conv3d, lambda: _images((8, 8, 8, 1))),
         _entry(softmax_head, lambda: _images((16, 16, 3)), from_logits=False),
         _entry(mixed_float16, lambda: _images((16, 16, 3)), float16=True),
+        # lowrank reads its own table of Dense/Conv layers, not the layer specs
+        _entry(users_layer, lambda: _images((16,)), in_suite=_SPEC_TECHNIQUES),
+        _entry(users_layer_unregistered, lambda: _images((16,)), in_suite=_SPEC_TECHNIQUES),
     ]
 }
 

@@ -57,7 +57,8 @@ def _multi_io(fmt: str) -> Raises:
     return Raises(f"export:{fmt}", ValueError, "one input and one output")
 
 
-_ANY_REASON = r"\w"  # a reason is given; its wording is the technique's
+_ANY_REASON = r"\w"
+_UNREGISTERED = "tfopt.register_layer"  # a reason is given; its wording is the technique's
 
 # What SHOULD happen for every (technique, model). Not listed: OK.
 EXPECTED: dict[tuple[str, str], object] = {
@@ -87,20 +88,20 @@ EXPECTED: dict[tuple[str, str], object] = {
     ("qat", "two_in_two_out"): _multi_io("tflite-int8"),
     ("prune_channels", "two_in_two_out"): _multi_io("tflite"),
     ("lowrank", "two_in_two_out"): _multi_io("tflite"),
+    # a user's layer that tfopt was not told about (tfopt.register_layer) is left as it is
+    ("prune", "users_layer_unregistered"): Skips({"users_dense": _UNREGISTERED}),
+    ("cluster", "users_layer_unregistered"): Skips({"users_dense": "not clusterable"}),
+    ("qat", "users_layer_unregistered"): Skips({"users_dense": "not supported by tfopt QAT"}),
+    # fc1 feeds the unknown layer and the logits are the output: no group can shrink
+    ("prune_channels", "users_layer_unregistered"): Skips(
+        {"users_dense": "UnregisteredDense is not supported"}, shrinks=False
+    ),
 }
-
-_SUBCLASS_KERAS = (
-    "load: ValueError: a pruned/clustered copy of a subclassed model saves with save_weights, not "
-    "as .keras (its config rebuilds plain layers; only QAT records its swaps for reloading)"
-)
 
 # Cells whose outcome today differs from EXPECTED: (technique, model) -> (the exception
 # today's code raises, what and where). An AssertionError is a `Raises` cell whose message did not
 # match (pytest.raises(match=) fails with one).
-TODAY: dict[tuple[str, str], tuple[type[BaseException], str]] = {
-    ("prune", "subclassed"): (ValueError, _SUBCLASS_KERAS),
-    ("cluster", "subclassed"): (ValueError, _SUBCLASS_KERAS),
-}
+TODAY: dict[tuple[str, str], tuple[type[BaseException], str]] = {}
 
 
 def _cells():
@@ -167,12 +168,30 @@ def test_conformance(technique, model, tmp_path):
             assert re.search(reason, outcome.skipped[layer]), outcome.skipped[layer]
 
 
+def test_users_registered_layer_counts_its_macs_and_is_changed_by_every_technique():
+    """One tfopt.register_layer call: the MAC counter counts the layer, and each technique's
+    report lists it as changed (the pipeline itself runs in `test_conformance`)."""
+    from _zoo import users_layer, users_layer_unregistered
+
+    import tfopt
+    from tfopt._measure import count_macs
+
+    registered, unregistered = users_layer(), users_layer_unregistered()
+    assert count_macs(registered) == 16 * 16 + 16 * 16 + 16 * 10
+    assert count_macs(unregistered) == 16 * 16 + 16 * 10  # an unknown layer counts 0
+    for technique in ("prune", "cluster", "qat"):
+        report = TECHNIQUES[technique].wrap(registered)[0].tfopt_report
+        assert "users_dense" in report.changed, (technique, report)
+    small, plan = tfopt.prune.prune_channels(registered, 0.5)
+    assert small.get_layer("users_dense").units == 8, plan
+
+
 def test_zoo_models_are_small_and_match_their_heads():
     """Every zoo model builds with inputs <= 32x32, its dataset fits it, and its head matches
     ``from_logits`` (softmax heads output probabilities)."""
     import keras
 
-    assert len(ZOO) == 18  # the 17 suite architectures + EfficientNetB0 (conformance_matrix only)
+    assert len(ZOO) == 20  # 19 suite architectures + EfficientNetB0 (conformance_matrix only)
     for name, entry in ZOO.items():
         model = entry.build()
         x, y = entry.data()

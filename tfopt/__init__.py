@@ -56,6 +56,7 @@ __all__ = [
     "RewriteError",
     "TfoptError",
     "__version__",
+    "register_layer",
 ]
 
 
@@ -68,6 +69,8 @@ def __getattr__(name: str):
         return import_keras()
     if name == "Report":  # the report every technique returns (imports Keras, hence lazy)
         return importlib.import_module("tfopt._rewrite").Report
+    if name in ("register_layer", "unregister_layer"):  # the layer-spec registry (lazy: Keras)
+        return getattr(importlib.import_module("tfopt._layers"), name)
     raise AttributeError(f"module 'tfopt' has no attribute {name!r}")
 
 

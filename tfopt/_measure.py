@@ -7,7 +7,9 @@ themselves (pruning masks and step counters, quantizer ranges and flags, cluster
 assignments and masks) are bookkeeping, not params. BatchNormalization's moving statistics count,
 as Keras counts them.
 
-**MACs** are per sample (batch 1), per call of a layer, from the shapes it is really called with:
+**MACs** are per sample (batch 1), per call of a layer, from the shapes it is really called with
+(each formula is the ``macs`` of the layer's spec in `tfopt._layers`; a layer registered with
+`tfopt.register_layer` brings its own):
 
 ============================  ==================================================================
 Dense                         positions x c_in x units (a Dense on (T, c_in) runs T times)
@@ -44,6 +46,7 @@ from __future__ import annotations
 import math
 
 from tfopt._backend import import_keras
+from tfopt._layers import spec_of
 
 keras = import_keras()
 L = keras.layers
@@ -51,11 +54,6 @@ L = keras.layers
 # Modules whose layers' *own* variables are tfopt bookkeeping (masks, step counters, quantizer
 # ranges, cluster centroids/assignments): the weights of the layers they wrap still count.
 _BOOKKEEPING_MODULES = ("tfopt.prune.", "tfopt.quantize.", "tfopt.cluster.")
-
-_CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
-_CONV_T = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-_DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 
 
 def _prod(dims) -> int:
@@ -116,69 +114,6 @@ def _unwrap(layer):
     return layer
 
 
-def _einsum_macs(layer, in_shape) -> int | None:
-    """The product of every index size of the equation, less the batch axis: output elements
-    x the kernel dimensions the equation contracts."""
-    equation = layer.equation.replace(" ", "")
-    spec_in, rest = equation.split(",")
-    spec_kernel = rest.split("->")[0].replace("...", "")
-    in_shape = tuple(in_shape)
-    pre, _, post = spec_in.partition("...")
-    n_ellipsis = len(in_shape) - len(pre) - len(post) if "..." in spec_in else 0
-    ellipsis = list(in_shape[len(pre) : len(pre) + n_ellipsis])
-    sizes = dict(zip(pre, in_shape))
-    sizes.update(zip(post, in_shape[len(pre) + n_ellipsis :]))
-    # the batch axis is the input's first: a letter, or the first axis the ellipsis stands for
-    if pre:
-        del sizes[pre[0]]
-    else:
-        ellipsis = ellipsis[1:]
-    for letter, dim in zip(spec_kernel, layer.kernel.shape):
-        sizes.setdefault(letter, dim)
-    dims = [*sizes.values(), *ellipsis]
-    return _prod(dims) if _known(dims) else None
-
-
-def _attention_macs(layer, shapes) -> int | None:
-    query = shapes[0]
-    value = shapes[1] if len(shapes) > 1 else query
-    key = shapes[2] if len(shapes) > 2 else value
-    total = 0
-    projections = (
-        ("_query_dense", query),
-        ("_key_dense", key),
-        ("_value_dense", value),
-        ("_gate_dense", query),
-    )
-    for attr, shape in projections:
-        sub = getattr(layer, attr, None)
-        if sub is None:
-            continue
-        macs = layer_macs(sub, [shape])
-        if macs is None:
-            return None
-        total += macs
-    heads, key_dim = layer.num_heads, layer.key_dim
-    value_dim = layer.value_dim or key_dim
-    out_in = (*query[:-1], heads, value_dim)
-    macs = layer_macs(layer._output_dense, [out_in])
-    if macs is None:
-        return None
-    axes = layer._attention_axes or tuple(range(1, len(key) - 1))
-    t, s = query[1:-1], [key[a] for a in axes]
-    if not (_known(t) and _known(s)):
-        return None
-    return total + macs + heads * _prod(t) * _prod(s) * (key_dim + value_dim)
-
-
-def _rnn_step_macs(layer) -> int | None:
-    cell = getattr(layer, "cell", None)
-    kernel, recurrent = getattr(cell, "kernel", None), getattr(cell, "recurrent_kernel", None)
-    if kernel is None or recurrent is None or len(kernel.shape) != 2:
-        return None  # a custom cell or a ConvLSTM: not counted
-    return _prod(kernel.shape) + _prod(recurrent.shape)
-
-
 def layer_macs(layer, input_shapes, output_shapes=None, *, c_in=None, c_out=None) -> int | None:
     """Multiply-accumulates of one call of ``layer`` on inputs of ``input_shapes`` (per sample).
 
@@ -203,62 +138,11 @@ def layer_macs(layer, input_shapes, output_shapes=None, *, c_in=None, c_out=None
         return count_macs(op)
     if not shapes:
         return 0
-    x = shapes[0]
     outs = _shape_list(output_shapes)
-    out = outs[0] if outs else None
-    if isinstance(op, L.MultiHeadAttention):
-        return _attention_macs(op, shapes)
-    if isinstance(op, L.TimeDistributed):
-        inner = layer_macs(op.layer, [(x[0], *x[2:])])
-        return None if inner is None or x[1] is None else inner * int(x[1])
-    if isinstance(op, L.Bidirectional):
-        parts = [layer_macs(op.forward_layer, shapes), layer_macs(op.backward_layer, shapes)]
-        return None if None in parts else sum(parts)
-    if isinstance(op, L.RNN):
-        step = _rnn_step_macs(op)
-        return None if step is None or x[1] is None else step * int(x[1])
-    if isinstance(op, L.Wrapper):
-        return layer_macs(op.layer, shapes)
-    c_in = x[-1] if c_in is None else c_in
-    if isinstance(op, L.Dense):
-        units = op.units if c_out is None else c_out
-        return _prod(x[1:-1]) * c_in * units if _known(x[1:-1]) else None
-    if isinstance(op, L.EinsumDense):
-        return _einsum_macs(op, x)
-    conv_like = (*_CONV, *_CONV_T, *_DEPTHWISE, *_SEPARABLE)
-    if not isinstance(op, conv_like):
-        return _op_macs(op, shapes, out)
-    if getattr(op, "data_format", "channels_last") == "channels_first":
-        return None  # the channel-override arithmetic below assumes channels_last
-    k = _prod(op.kernel_size)
-    if isinstance(op, _CONV_T):
-        spatial = x[1:-1]
-    else:
-        out = out if out is not None else op.compute_output_shape(x)
-        spatial = tuple(out)[1:-1]
-    if not _known(spatial):
-        return None
-    pos = _prod(spatial)
-    if isinstance(op, _CONV_T):
-        return pos * k * c_in * (op.filters if c_out is None else c_out)
-    if isinstance(op, _CONV):
-        return (
-            pos * k * (c_in // getattr(op, "groups", 1)) * (op.filters if c_out is None else c_out)
-        )
-    m = op.depth_multiplier
-    if isinstance(op, _DEPTHWISE):
-        return pos * k * c_in * m
-    filters = op.filters if c_out is None else c_out
-    return pos * k * c_in * m + pos * c_in * m * filters
-
-
-def _op_macs(op, shapes, out) -> int:
-    """keras.ops calls recorded in a functional graph: only a matrix product does MACs."""
-    if type(op).__name__ == "Matmul" and len(shapes) == 2 and out is not None:
-        out, contracted = tuple(out)[1:], shapes[0][-1]
-        if _known(out) and contracted is not None:
-            return _prod(out) * int(contracted)
-    return 0
+    spec = spec_of(op)
+    if spec is None or spec.macs is None:
+        return 0
+    return spec.macs(op, shapes, outs[0] if outs else None, c_in=c_in, c_out=c_out)
 
 
 def _graph(model):

@@ -333,6 +333,10 @@ class GraphRewrite:
         """The replacement of a nested model (default: the same rewrite, recursively)."""
         return type(self)(model, self.action).run() if is_graph_model(model) else None
 
+    def nested_subclassed(self, wrapper):
+        """The replacement of a `RewrittenSubclassModel` (default: a copy of it)."""
+        return None
+
     def on_input(self, t, x):
         return x
 
@@ -354,9 +358,11 @@ class GraphRewrite:
         new = None
         if isinstance(op, keras.Model):
             new = self.nested(op)
+        elif isinstance(op, RewrittenSubclassModel):
+            new = self.nested_subclassed(op)
         if new is None:
             new = self.new_layer(op)
-        elif isinstance(op, keras.Model):
+        elif isinstance(op, keras.Model | RewrittenSubclassModel):
             self.layers[id(op)] = new
             return new, False  # a rewritten nested model carries its own weights
         self.layers[id(op)] = new
@@ -477,6 +483,10 @@ class _LayerRewrite(GraphRewrite):
             return rewrite(model, self.replace, finish=self.finish_replaced, action=self.action)
         return None
 
+    def nested_subclassed(self, wrapper):
+        swaps = _SubclassRewrite(wrapper.layer, self.replace, self.finish_replaced, self.action)
+        return swaps.run(wrap=False)
+
     def new_layer(self, op):
         if isinstance(op, keras.layers.InputLayer):
             return copy_layer(op)
@@ -550,32 +560,122 @@ def _own_variables(layer) -> list:
 
 
 def _rewrite_subclassed(model, replace, finish, action):
-    # the copy is rebuilt from the model's config, so it holds plain layers where the model may
-    # hold wrappers: weights are copied slot by slot, not model-wide
-    new_model = copy_model(model, action, weights=False)
+    return _SubclassRewrite(model, replace, finish, action).run(wrap=True)
 
-    def visit(original, parent):
+
+class _SubclassRewrite:
+    """Replaces the leaf layers of a subclassed model on a ``from_config`` copy and records each
+    replacement (its attribute path and config), so that a `RewrittenSubclassModel` redoes them
+    when a ``.keras`` file loads."""
+
+    def __init__(self, model, replace, finish, action):
+        self.model, self.replace, self.finish, self.action = model, replace, finish, action
+        self.swaps: list[dict] = []
+
+    def run(self, *, wrap: bool):
+        # the copy is rebuilt from the model's config, so it holds plain layers where the model
+        # may hold wrappers: weights are copied slot by slot, not model-wide
+        new_model = copy_model(self.model, self.action, weights=False)
+        self.visit(self.model, new_model, [])
+        if not self.swaps:
+            return new_model
+        shape = (None, *new_model.get_build_config()["input_shape"][1:])
+        wrapper = RewrittenSubclassModel(
+            new_model, swaps=self.swaps, model_input_shape=shape, name=f"{new_model.name}_copy"
+        )
+        if not wrap:
+            return wrapper
+        inputs = keras.Input(batch_shape=shape, name="input")
+        return keras.Model(inputs, wrapper(inputs), name=self.model.name)
+
+    def visit(self, original, parent, path) -> None:
         mine, theirs = _own_variables(original), _own_variables(parent)
         if len(mine) == len(theirs):
             for src, dst in zip(mine, theirs):
                 dst.assign(src)
         for attr, index, built in list(sublayer_slots(parent)):
-            source = slot(original, attr, index)
+            source, step = slot(original, attr, index), [*path, [attr, index]]
             if is_graph_model(source):
-                set_slot(
-                    parent, attr, index, rewrite(source, replace, finish=finish, action=action)
-                )
+                new = rewrite(source, self.replace, finish=self.finish, action=self.action)
+                self.put(parent, attr, index, new, step)
                 continue
-            new = replace(source)
+            new = self.replace(source)
             if new is not None:
                 build_like(new, built)
-                if finish is not None:
-                    finish(source, new)
-                set_slot(parent, attr, index, new)
+                if self.finish is not None:
+                    self.finish(source, new)
+                self.put(parent, attr, index, new, step, plain=type(new) is type(built))
             elif is_leaf(source):
                 copy_weights(source, built)
             else:
-                visit(source, built)
+                self.visit(source, built, step)
 
-    visit(model, new_model)
-    return new_model
+    def put(self, parent, attr, index, new, step, plain: bool = False) -> None:
+        set_slot(parent, attr, index, new)
+        if not plain:  # a layer of the model's own class needs no record: its config has it
+            self.swaps.append({"path": step, "layer": keras.saving.serialize_keras_object(new)})
+
+
+def _resolve_path(root, path):
+    """The ``(parent, attr, index)`` that ``path`` (a list of ``[attr, index]`` steps) names."""
+    parent = root
+    for attr, index in path[:-1]:
+        parent = slot(parent, attr, index)
+    attr, index = path[-1]
+    return parent, attr, index
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class RewrittenSubclassModel(keras.layers.Wrapper):
+    """Runs a copy of a subclassed model whose sublayers a technique replaced (pruning or
+    clustering wrappers, ...), and saves to ``.keras``.
+
+    A subclassed model's config rebuilds its plain layers, so the replacements are part of this
+    wrapper's config (attribute paths such as ``[["block", None], ["conv", None]]`` and the
+    replacement's own config) and are redone when it is built: the ``.keras`` file of a pruned
+    or clustered subclassed model loads when the model class is registered with
+    ``keras.saving.register_keras_serializable``. (QAT's `QuantizedSubclassModel` is the same
+    idea with QAT's own swaps.)
+
+    Args:
+        layer: the copied subclassed model, its replacements in place (or not yet, when loading).
+        swaps: ``[{"path": [[attr, index or None], ...], "layer": serialized replacement}]``.
+        model_input_shape: the model's input shape, batch dimension first.
+        **kwargs: `keras.layers.Layer` arguments.
+    """
+
+    def __init__(self, layer, *, swaps, model_input_shape, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.swaps = [
+            {
+                "path": [[str(a), None if i is None else int(i)] for a, i in s["path"]],
+                "layer": s["layer"],
+            }
+            for s in swaps
+        ]
+        self.model_input_shape = tuple(model_input_shape)
+
+    def build(self, input_shape=None):
+        model = self.layer
+        if not model.built:  # calling the model builds every sublayer with its real input shape
+            model(keras.ops.zeros((1, *self.model_input_shape[1:])))
+        for s in self.swaps:
+            parent, attr, index = _resolve_path(model, s["path"])
+            current = slot(parent, attr, index)
+            if type(current).__name__ == s["layer"]["class_name"]:
+                continue  # already in place (the copy a technique just made)
+            new = keras.saving.deserialize_keras_object(s["layer"])
+            if not new.built:  # a serialized layer carries its build config: usually built
+                build_like(new, current)
+            set_slot(parent, attr, index, new)
+        self.built = True
+
+    def call(self, x, training=None):
+        return self.layer(x, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "swaps": self.swaps,
+            "model_input_shape": list(self.model_input_shape),
+        }

@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tfopt._backend import check_model, import_keras
+from tfopt._layers import channel_axis, guard, resolve
 from tfopt._rewrite import Report, attach_report, copy_layer, layer_filter, rewrite
-from tfopt.cluster._layers import INITS, SUPPORTED, ClusterWeights, channel_axis, layer_kind
+from tfopt.cluster._layers import INITS, ClusterWeights, cluster_weight, supported
 
 keras = import_keras()
 
@@ -38,7 +39,7 @@ def _check_args(n_clusters, init, filters) -> None:
 
 
 def _why_not(layer) -> str:
-    kind = layer_kind(layer)
+    weight = cluster_weight(layer)
     if isinstance(layer, ClusterWeights):
         return "already clustered"
     if isinstance(layer, keras.layers.Wrapper):
@@ -46,19 +47,16 @@ def _why_not(layer) -> str:
             f"wrapped by {type(layer).__name__} ({type(layer).__module__}); strip that wrapper "
             "first (e.g. tfopt.prune.strip) and cluster the plain model"
         )
-    if kind is None:
-        return f"{type(layer).__name__} is not clusterable (supported: {', '.join(SUPPORTED)})"
-    if getattr(layer, "quantization_mode", None):
-        return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
-    if getattr(layer, "lora_enabled", False):
-        return "LoRA is enabled"
-    return ""
+    if weight is None:
+        return f"{type(layer).__name__} is not clusterable (supported: {', '.join(supported())})"
+    return guard(layer) or ""
 
 
 def _small_note(layer, n_clusters: int, per_channel: bool) -> str:
     """A note for kernels that already hold <= n_clusters weights per codebook (clustered losslessly)."""
-    shape = tuple(layer.kernel.shape)
-    per_row = int(np.prod(shape)) // (shape[channel_axis(layer_kind(layer))] if per_channel else 1)
+    weight = cluster_weight(layer)
+    shape = tuple(resolve(layer, weight.attr)[2].shape)
+    per_row = int(np.prod(shape)) // (shape[channel_axis(weight)] if per_channel else 1)
     if per_row > n_clusters:
         return ""
     where = "per channel" if per_channel else "in the kernel"
@@ -139,7 +137,9 @@ def cluster(
                 )
             report.skip(layer, reason)
             return None
-        kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel))
+        kernel = np.asarray(
+            keras.ops.convert_to_numpy(resolve(layer, cluster_weight(layer).attr)[2])
+        )
         note = f"{kernel.size} weights, {int((kernel == 0).sum())} zeros"
         small = _small_note(layer, n_clusters, per_channel)
         report.change(layer, f"{note} ({small})" if small else note)
@@ -184,7 +184,7 @@ def strip(model):
         return copy_layer(layer.layer) if isinstance(layer, ClusterWeights) else None
 
     def finish(wrapper, plain):
-        kernel_path = wrapper.layer.kernel.path
+        kernel_path = wrapper.kernel_variable().path
         plain.set_weights(
             [
                 wrapper.clustered_kernel_numpy() if v.path == kernel_path else v.numpy()
@@ -216,17 +216,17 @@ def distinct_values(model, *, per_channel: bool = False) -> dict[str, int]:
     def visit(layers):
         for layer in layers:
             if isinstance(layer, ClusterWeights):
-                kernel, kind = layer.clustered_kernel_numpy(), layer.kind
+                kernel, weight = layer.clustered_kernel_numpy(), layer.weight
             elif isinstance(layer, keras.Model):
                 visit(layer.layers)
                 continue
-            elif layer_kind(layer) is not None and layer.built:
-                kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel))
-                kind = layer_kind(layer)
+            elif cluster_weight(layer) is not None and layer.built:
+                weight = cluster_weight(layer)
+                kernel = np.asarray(keras.ops.convert_to_numpy(resolve(layer, weight.attr)[2]))
             else:
                 continue
             if per_channel:
-                axis = channel_axis(kind)
+                axis = channel_axis(weight)
                 rows = np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1)
                 counts[layer.name] = max(len(np.unique(r)) for r in rows)
             else:

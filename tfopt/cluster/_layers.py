@@ -5,34 +5,29 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt._backend import import_keras
+from tfopt._layers import _REGISTRY, Weight, channel_axis, resolve, spec_of, substituted
 
 keras = import_keras()
 ops = keras.ops
 
 INITS = ("kmeans++", "linear")
 
-# Layer types whose forward pass ClusterWeights reproduces exactly (checked by exact type, so that
-# a user's subclass with its own call() is skipped rather than silently run with the wrong ops).
-_DENSE = (keras.layers.Dense,)
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-SUPPORTED = tuple(c.__name__ for c in (*_DENSE, *_CONV, *_DEPTHWISE))
+
+def cluster_weight(layer) -> Weight | None:
+    """The weight `ClusterWeights` clusters in ``layer`` (its spec's first kernel), or None when
+    the layer's spec does not cluster it."""
+    spec = spec_of(layer)
+    if spec is None or not spec.cluster or not spec.compressed():
+        return None
+    return spec.compressed()[0]
 
 
-def layer_kind(layer) -> str | None:
-    """Returns "dense", "conv" or "depthwise" for a layer ClusterWeights can wrap, else None."""
-    if type(layer) in _DENSE:
-        return "dense"
-    if type(layer) in _CONV:
-        return "conv"
-    if type(layer) in _DEPTHWISE:
-        return "depthwise"
-    return None
+def supported() -> list[str]:
+    """The layer classes `cluster` wraps: Keras's and those registered with register_layer."""
+    return [c.__name__ for c, spec in _REGISTRY.items() if spec.cluster]
 
 
-def channel_axis(kind: str) -> int:
-    """The kernel axis that indexes channels: outputs for Dense/Conv, inputs for depthwise."""
-    return -2 if kind == "depthwise" else -1
+SUPPORTED = tuple(supported())  # Keras's own clusterable layer classes
 
 
 def _kmeans_1d(values: np.ndarray, k: int, rng: np.random.Generator, iters: int = 50) -> np.ndarray:
@@ -104,9 +99,10 @@ def init_codebook(
 
 @keras.saving.register_keras_serializable(package="tfopt")
 class ClusterWeights(keras.layers.Wrapper):
-    """Wraps a Dense/Conv layer so that its kernel is a gather of trainable centroids.
+    """Wraps a layer so that its kernel is a gather of trainable centroids.
 
-    The forward pass uses ``kernel = centroids[assignments]``: the centroids train (gradients flow
+    The layer runs its own ``call`` with its kernel replaced by ``centroids[assignments]``
+    (`tfopt._layers.substituted`): the centroids train (gradients flow
     to them), the assignments stay fixed. With ``per_channel=True`` every output channel has its
     own codebook of ``n_clusters`` values. A centroid pinned at 0.0 (``preserve_sparsity``) keeps the
     zeros of a pruned kernel exactly zero. The wrapped layer's own kernel is kept (non-trainable)
@@ -114,7 +110,8 @@ class ClusterWeights(keras.layers.Wrapper):
     plain layer.
 
     Args:
-        layer: a built or unbuilt Dense, Conv1D/2D/3D or DepthwiseConv1D/2D layer.
+        layer: a built or unbuilt layer whose spec clusters it (Dense, Conv1D/2D/3D,
+            DepthwiseConv1D/2D, or a layer registered with `tfopt.register_layer`).
         n_clusters: number of distinct kernel values (per channel with ``per_channel``).
             Defaults to 16.
         per_channel: one codebook per channel instead of one per layer. Defaults to False.
@@ -137,10 +134,10 @@ class ClusterWeights(keras.layers.Wrapper):
         **kwargs,
     ):
         super().__init__(layer, **kwargs)
-        self.kind = layer_kind(layer)
-        if self.kind is None:
+        self.weight = cluster_weight(layer)
+        if self.weight is None:
             raise ValueError(
-                f"ClusterWeights wraps {list(SUPPORTED)} layers. Received: layer="
+                f"ClusterWeights wraps {supported()} layers. Received: layer="
                 f"{type(layer).__name__} ({layer.name!r})"
             )
         self.n_clusters = int(n_clusters)
@@ -150,10 +147,10 @@ class ClusterWeights(keras.layers.Wrapper):
 
     def build(self, input_shape=None):
         super().build(input_shape)
-        kernel = self.layer.kernel
+        kernel = self.kernel_variable()
         kernel.trainable = False  # the forward pass uses the centroids, not this variable
         shape = tuple(kernel.shape)
-        axis = channel_axis(self.kind) % len(shape)
+        axis = channel_axis(self.weight) % len(shape)
         rows = shape[axis] if self.per_channel else 1
         cols = int(np.prod(shape)) // rows
         self.centroids = self.add_weight(
@@ -176,6 +173,10 @@ class ClusterWeights(keras.layers.Wrapper):
         self._kernel_shape = shape
         self.built = True
 
+    def kernel_variable(self):
+        """The wrapped layer's kernel variable (kept only to rebuild the layer)."""
+        return resolve(self.layer, self.weight.attr)[2]
+
     # Layout: the kernel's channel axis moved to the front, the rest flattened: (rows, cols).
     def _to_rows(self, kernel: np.ndarray) -> np.ndarray:
         if not self.per_channel:
@@ -193,7 +194,7 @@ class ClusterWeights(keras.layers.Wrapper):
 
     def initialize_clusters(self, *, seed: int = 0) -> None:
         """Clusters the wrapped layer's current kernel (k-means++ or linear) into the codebook."""
-        kernel = np.asarray(keras.ops.convert_to_numpy(self.layer.kernel))
+        kernel = np.asarray(keras.ops.convert_to_numpy(self.kernel_variable()))
         centroids, assignments, mask = init_codebook(
             self._to_rows(kernel),
             self.n_clusters,
@@ -222,38 +223,9 @@ class ClusterWeights(keras.layers.Wrapper):
         values = np.take_along_axis(centroids, idx, axis=1)
         return np.asarray(keras.ops.convert_to_numpy(self._from_rows(values)))
 
-    def call(self, inputs):
-        layer = self.layer
-        kernel = self.clustered_kernel()
-        if self.kind == "dense":
-            x = ops.matmul(inputs, kernel)
-            if layer.bias is not None:
-                x = ops.add(x, layer.bias)
-        else:
-            padding = layer.padding
-            if padding == "causal":  # Conv1D only
-                inputs = ops.pad(inputs, layer._compute_causal_padding())
-                padding = "valid"
-            conv = ops.conv if self.kind == "conv" else ops.depthwise_conv
-            x = conv(
-                inputs,
-                kernel,
-                strides=list(layer.strides) if self.kind == "conv" else layer.strides,
-                padding=padding,
-                dilation_rate=layer.dilation_rate,
-                data_format=layer.data_format,
-            )
-            if layer.use_bias:
-                channels = layer.bias.shape[0]
-                rank = len(x.shape) - 2
-                if layer.data_format == "channels_last":
-                    bias_shape = (1,) * (rank + 1) + (channels,)
-                else:
-                    bias_shape = (1, channels) + (1,) * rank
-                x = ops.add(x, ops.reshape(layer.bias, bias_shape))
-        if layer.activation is not None:
-            x = layer.activation(x)
-        return x
+    def call(self, inputs, **kwargs):
+        with substituted(self.layer, {self.weight.attr: self.clustered_kernel()}):
+            return self.layer(inputs, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tfopt._backend import check_model, import_keras
+from tfopt._layers import resolve, spec_of
 from tfopt._rewrite import GraphRewrite, copy_layer, copy_weights, layer_filter
 from tfopt.prune._channels_graph import (
-    _CONV_T,
-    _SEPARABLE,
     Graph,
     Layout,
     is_producer,
@@ -71,11 +70,11 @@ def _check_allocation(allocation) -> str:
 
 # -- importance ---------------------------------------------------------------------------------
 def _kernel_scores(layer, norm: str) -> np.ndarray:
-    if isinstance(layer, _SEPARABLE):
-        kernel, axis = np.asarray(layer.pointwise_kernel), -1
-    else:
-        kernel = np.asarray(layer.kernel)
-        axis = kernel.ndim - 2 if isinstance(layer, _CONV_T) else kernel.ndim - 1
+    """The L1/L2 norm of each output channel of the layer's kernel (the last kernel its spec
+    gives an output axis: a separable convolution's pointwise one)."""
+    weight = [w for w in spec_of(layer).compressed() if w.out_axis is not None][-1]
+    kernel = np.asarray(keras.ops.convert_to_numpy(resolve(layer, weight.attr)[2]))
+    axis = weight.out_axis % kernel.ndim
     kernel = np.moveaxis(kernel, axis, -1).reshape(-1, kernel.shape[axis])
     if norm == "l1":
         return np.abs(kernel).sum(axis=0)
@@ -398,7 +397,7 @@ def _slice(op, info, in_idx, out_idx) -> list[np.ndarray]:
     c_in = info.in_layouts[0].channels if info.in_layouts else 0
     new = []
     for w, v in zip(op.weights, op.get_weights()):
-        roles = weight_roles(op, w.name, tuple(v.shape), c_in)
+        roles = weight_roles(op, w, c_in)
         for axis, role in roles.items():
             if role == "in":
                 idx = in_idx
@@ -431,7 +430,7 @@ class _Narrow(GraphRewrite):
             return copy_layer(op)
         config = op.get_config()
         _, out_idx = self.indices[id(self.node)]
-        config["units" if "units" in config else "filters"] = len(out_idx[0])
+        config[spec_of(op).width] = len(out_idx[0])
         return copy_layer(op, config)
 
     def finish(self, op, new) -> None:

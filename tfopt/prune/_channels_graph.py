@@ -21,6 +21,7 @@ import numpy as np
 
 from tfopt import _measure as measure
 from tfopt._backend import import_keras
+from tfopt._layers import guard, spec_of, weight_axes
 from tfopt._rewrite import graph_of
 
 keras = import_keras()
@@ -74,96 +75,17 @@ class Group:
     importance_source: str = ""
 
 
-# Layers that keep channel i at channel i and have no per-channel weights.
-_PASSTHROUGH = tuple(
-    getattr(L, name)
-    for name in (
-        "ReLU",
-        "LeakyReLU",
-        "ELU",
-        "Activation",
-        "Dropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "AlphaDropout",
-        "ActivityRegularization",
-        "Identity",
-        "MaxPooling1D",
-        "MaxPooling2D",
-        "MaxPooling3D",
-        "AveragePooling1D",
-        "AveragePooling2D",
-        "AveragePooling3D",
-        "GlobalAveragePooling1D",
-        "GlobalAveragePooling2D",
-        "GlobalAveragePooling3D",
-        "GlobalMaxPooling1D",
-        "GlobalMaxPooling2D",
-        "GlobalMaxPooling3D",
-        "ZeroPadding1D",
-        "ZeroPadding2D",
-        "ZeroPadding3D",
-        "Cropping1D",
-        "Cropping2D",
-        "Cropping3D",
-        "UpSampling1D",
-        "UpSampling2D",
-        "UpSampling3D",
-        "Rescaling",
-    )
-    if hasattr(L, name)
-)
-_CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
-_CONV_T = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-_DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
-_PRODUCERS = (*_CONV, *_CONV_T, *_SEPARABLE, L.Dense)
-_MERGE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
-# keras.ops calls recorded in a functional graph (``x + y`` on symbolic tensors).
-_MERGE_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"}
-# keras.ops that map each value on its own (``keras.ops.relu6(x)``, MobileNetV3's hard-swish).
-_ELEMENTWISE_OPS = {
-    "Relu",
-    "Relu6",
-    "Sigmoid",
-    "HardSigmoid",
-    "Silu",
-    "HardSilu",
-    "Gelu",
-    "Tanh",
-    "Elu",
-    "Selu",
-    "Softplus",
-    "Softsign",
-    "LeakyRelu",
-    "Abs",
-    "Negative",
-    "Exp",
-    "Log",
-    "Sqrt",
-    "Square",
-    "Erf",
-    "Clip",
-}
-_SUPPORTED = (
-    *_PASSTHROUGH,
-    *_PRODUCERS,
-    *_DEPTHWISE,
-    *_MERGE,
-    L.BatchNormalization,
-    L.LayerNormalization,
-    L.PReLU,
-    L.Concatenate,
-    L.Flatten,
-    L.InputLayer,
-)
+# Each layer's role in the channel graph (producer, tied, merge, concat, flatten), the config key
+# of a producer's width and the per-layer checks are in its spec (tfopt._layers).
+
+
+def _role(op) -> str | None:
+    spec = spec_of(op)
+    return None if spec is None else spec.channels
 
 
 def is_producer(op) -> bool:
-    return type(op) in _PRODUCERS
+    return _role(op) == "producer"
 
 
 def _is_layer(op) -> bool:
@@ -269,84 +191,66 @@ class Graph:
             self.layouts[id(t)] = lay
         self.nodes.append(info)
 
-    def _rule(self, op, node, ins, in_shapes, out_shapes):  # noqa: C901 - one rule per layer kind
-        cls = type(op)
+    def _rule(self, op, node, ins, in_shapes, out_shapes):
+        spec, role = spec_of(op), _role(op)
         if not _is_layer(op):
-            if cls.__name__ in _MERGE_OPS and not node.arguments.kwargs:
-                args = node.arguments.args
-                if len(ins) == 2 and len(args) == 2:
-                    return "merge", [self._merge(op, ins, in_shapes, out_shapes)]
-                scalar = [a for a in args if isinstance(a, int | float)]
-                if len(ins) == 1 and len(args) == 2 and len(scalar) == 1:
-                    return "tied", [ins[0]]  # x * 2.0, x + 1.0: channel i stays channel i
-            if cls.__name__ in _ELEMENTWISE_OPS and len(ins) == 1:
-                others = [a for a in node.arguments.args[1:]] + list(node.arguments.kwargs.values())
-                if all(isinstance(a, int | float | None) for a in others):
-                    return "tied", [ins[0]]
-            raise Unsupported(f"operation {cls.__name__} is not supported by channel pruning")
-        if cls not in _SUPPORTED:
+            return self._op_rule(op, node, ins, in_shapes, out_shapes, role)
+        if role is None:
             if isinstance(op, keras.Model):
                 raise Unsupported("nested model")
-            base = next((b.__name__ for b in cls.__mro__[1:] if b in _SUPPORTED), None)
+            base = next((b.__name__ for b in type(op).__mro__[1:] if _role(b)), None)
             extra = f" (subclass of {base})" if base else ""
-            raise Unsupported(f"layer type {cls.__name__}{extra} is not supported")
+            raise Unsupported(f"layer type {type(op).__name__}{extra} is not supported")
+        why = guard(op, spec)
+        if why:
+            raise Unsupported(why)
         if len(node.outputs) != 1:
             raise Unsupported("layer has several outputs")
-        mode = getattr(getattr(op, "dtype_policy", None), "quantization_mode", None)
-        if mode:
-            raise Unsupported(f"quantized layer ({mode})")
-        if getattr(op, "lora_enabled", False):
-            raise Unsupported("LoRA-enabled layer")
         out_shape = out_shapes[0]
-        if cls in _MERGE:
+        if role == "merge":
             return "merge", [self._merge(op, ins, in_shapes, out_shapes)]
-        if cls is L.Concatenate:
+        if role == "concat":
             return "concat", [self._concat(op, ins, in_shapes, out_shape)]
         if len(ins) != 1:
             raise Unsupported(f"layer takes {len(ins)} tensor inputs")
         lay, in_shape = ins[0], in_shapes[0]
-        if cls is L.Flatten:
-            _check_channels_last(op)
+        _check_channels_last(op)
+        if role == "flatten":
             spatial = in_shape[1:-1]
             if lay.repeat != 1 or any(d is None for d in spatial):
                 raise Unsupported("Flatten of a tensor with unknown spatial size")
             return "flatten", [Layout(lay.segments, lay.repeat * int(np.prod(spatial, dtype=int)))]
-        if cls in _PRODUCERS:
-            _check_channels_last(op)
+        if role == "producer":
             if getattr(op, "groups", 1) != 1:
                 raise Unsupported(f"grouped convolution (groups={op.groups})")
             if lay.channels != in_shape[-1]:
                 raise Unsupported("input channel layout does not match the input shape")
             return "producer", [self.fresh(out_shape, op.name)]
-        # From here on: layers that keep channel i at channel i.
-        if lay.repeat != 1 and cls not in _PASSTHROUGH:
+        # "tied": channel i stays channel i; per-channel weights cannot follow a flattened tensor
+        if lay.repeat != 1 and spec.weights:
             raise Unsupported("applied to a flattened tensor")
-        if cls in _DEPTHWISE:
-            _check_channels_last(op)
-            if op.depth_multiplier != 1:
-                raise Unsupported(f"depth_multiplier={op.depth_multiplier} (only 1 is supported)")
-        elif cls is L.BatchNormalization:
-            if op.axis not in (-1, len(in_shape) - 1):
-                raise Unsupported(f"BatchNormalization axis={op.axis} is not the channel axis")
-        elif cls is L.LayerNormalization:
-            axis = op.axis if isinstance(op.axis, list | tuple) else [op.axis]
-            if [a % len(in_shape) for a in axis] != [len(in_shape) - 1]:
-                raise Unsupported(f"LayerNormalization over axis={op.axis} (only the last axis)")
-        elif cls is L.PReLU:
-            if in_shape[-1] is None:
-                raise Unsupported("PReLU with unknown channel count")
-        elif cls is L.Activation:
-            name = getattr(op.activation, "__name__", str(op.activation))
-            if name in ("softmax", "log_softmax"):
-                raise Unsupported(f"activation {name!r} mixes channels")
-        elif cls is L.Rescaling:
-            if np.size(op.scale) != 1 or np.size(op.offset) != 1:
-                raise Unsupported("per-channel Rescaling")
-        else:
-            _check_channels_last(op)
+        why = spec.channel_check(op, in_shape) if spec.channel_check else None
+        if why:
+            raise Unsupported(why)
         if out_shape[-1] != in_shape[-1] and len(out_shape) > 1:
             raise Unsupported("changes the channel count")
         return "tied", [lay]
+
+    def _op_rule(self, op, node, ins, in_shapes, out_shapes, role):
+        """A keras.ops call recorded in the graph (``x + y``, ``x * 2.0``, ``relu6(x)``)."""
+        name = type(op).__name__
+        if role == "merge" and not node.arguments.kwargs:
+            args = node.arguments.args
+            if len(ins) == 2 and len(args) == 2:
+                return "merge", [self._merge(op, ins, in_shapes, out_shapes)]
+            scalar = [a for a in args if isinstance(a, int | float)]
+            if len(ins) == 1 and len(args) == 2 and len(scalar) == 1:
+                return "tied", [ins[0]]  # x * 2.0, x + 1.0: channel i stays channel i
+        if role == "tied" and len(ins) == 1:
+            others = [a for a in node.arguments.args[1:]] + list(node.arguments.kwargs.values())
+            if all(isinstance(a, int | float | None) for a in others):
+                return "tied", [ins[0]]
+        raise Unsupported(f"operation {name} is not supported by channel pruning")
 
     def _merge(self, op, ins, in_shapes, out_shapes) -> Layout:
         if any(s[-1] != out_shapes[0][-1] for s in in_shapes):
@@ -398,29 +302,22 @@ def _functional(model):
 
 
 # -- per-layer weights, params and MACs -------------------------------------------------------
-def weight_roles(op, name: str, shape: tuple, in_channels: int) -> dict[int, str]:
-    """Which axes of weight ``name`` follow the layer's input ("in") or output ("out") channels."""
-    cls = type(op)
-    rank = len(shape)
-    if cls is L.Dense:
-        return {0: "in", 1: "out"} if name == "kernel" else {0: "out"}
-    if cls in _CONV:
-        return {rank - 2: "in", rank - 1: "out"} if name == "kernel" else {0: "out"}
-    if cls in _CONV_T:
-        return {rank - 2: "out", rank - 1: "in"} if name == "kernel" else {0: "out"}
-    if cls in _DEPTHWISE:
-        return {rank - 2: "in"} if name == "kernel" else {0: "in"}
-    if cls in _SEPARABLE:
-        if name == "depthwise_kernel":
-            return {rank - 2: "in"}
-        if name == "pointwise_kernel":
-            return {rank - 2: "in_m", rank - 1: "out"}
-        return {0: "out"}
-    if cls in (L.BatchNormalization, L.LayerNormalization):
-        return {0: "in"} if rank == 1 and shape[0] == in_channels else {}
-    if cls is L.PReLU:
-        return {rank - 1: "in"} if shape[-1] == in_channels and in_channels > 1 else {}
-    return {}
+def weight_roles(op, variable, in_channels: int) -> dict[int, str]:
+    """Which axes of ``variable`` (a weight of ``op``) follow the layer's input ("in", "in_m":
+    ``c_in * depth_multiplier`` rows) or output ("out") channels, from the layer's spec."""
+    w = weight_axes(op).get(id(variable))
+    if w is None:
+        return {}
+    shape, roles = tuple(variable.shape), {}
+    if w.in_axis is not None:
+        axis = w.in_axis % len(shape)
+        if w.in_multiplied:
+            roles[axis] = "in_m"
+        elif w.out_axis is not None or shape[axis] == in_channels:  # a shared PReLU axis stays
+            roles[axis] = "in"
+    if w.out_axis is not None:
+        roles[w.out_axis % len(shape)] = "out"
+    return roles
 
 
 def layer_params(op, c_in_full: int, c_in: int, c_out: int) -> int:
@@ -433,7 +330,7 @@ def layer_params(op, c_in_full: int, c_in: int, c_out: int) -> int:
     for w in op.weights:
         shape = tuple(w.shape)
         new = list(shape)
-        for axis, role in weight_roles(op, w.name, shape, c_in_full).items():
+        for axis, role in weight_roles(op, w, c_in_full).items():
             if role == "in":
                 new[axis] = c_in
             elif role == "out":

@@ -19,12 +19,11 @@ from tfopt._rewrite import (
 )
 from tfopt.prune._schedules import ConstantSparsity, PruningSchedule, PruningScheduleWarning
 from tfopt.prune._wrapper import (
-    _SLOTS,
     PruneLowMagnitude,
     _check_block_size,
     _check_m_by_n,
-    _class_key,
     _resolve,
+    prunable_weights,
     unsupported_reason,
     wrap,
 )
@@ -78,7 +77,7 @@ def _has_weights(layer) -> bool:
     try:
         return bool(layer.weights)
     except Exception:  # an unbuilt layer
-        return _class_key(layer) is not None
+        return bool(prunable_weights(layer))
 
 
 def prune(
@@ -102,8 +101,9 @@ def prune(
 
     Sequential and functional models are cloned. A subclassed model is copied through its
     ``get_config`` and the prunable layers it holds as attributes (or in lists) are wrapped on the
-    copy; such a pruned model saves with ``save_weights`` (re-run `prune` on a fresh model to load
-    them) rather than as a ``.keras`` file.
+    copy; the result is a functional model around a `tfopt._rewrite.RewrittenSubclassModel`,
+    which saves as ``.keras`` (and loads when the model class is registered with
+    ``keras.saving.register_keras_serializable``).
 
     Args:
         model: a built Keras 3 model.
@@ -160,7 +160,7 @@ def prune(
         except (ValueError, TypeError) as e:  # a layer we misjudged stays dense, with the reason
             report.skip(layer, str(e))
             return None
-        report.change(layer, ", ".join(_SLOTS[_class_key(layer)]))
+        report.change(layer, ", ".join(w.attr for w in prunable_weights(layer)))
         return new
 
     def finish(layer, wrapper):
@@ -262,10 +262,10 @@ def sparsity(model) -> SparsityReport:
             for z, s in layer.sparsities().values():
                 zeros, size = zeros + z, size + s
             name = layer.layer.name
-        elif _class_key(layer) is not None and layer.built and id(layer) not in inner:
+        elif prunable_weights(layer) and layer.built and id(layer) not in inner:
             zeros = size = 0
-            for path in _SLOTS[_class_key(layer)]:
-                value = keras.ops.convert_to_numpy(_resolve(layer, path)[2])
+            for w in prunable_weights(layer):
+                value = keras.ops.convert_to_numpy(_resolve(layer, w.attr)[2])
                 zeros, size = zeros + int(np.sum(value == 0)), size + int(value.size)
             name = layer.name
         else:

@@ -13,43 +13,18 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfopt._backend import import_keras
+from tfopt._layers import Weight, guard, register_layer, resolve, spec_of, substituted
 from tfopt.prune import _masks
 from tfopt.prune._schedules import PruningSchedule, deserialize, serialize
 
 keras = import_keras()
 
-# Layer class -> the attribute paths of the weights to prune. Exact classes only: a user subclass
-# may compute with its weights differently, so it is reported instead of wrapped.
-_SLOTS: dict[str, tuple[str, ...]] = {
-    "Dense": ("_kernel",),
-    "EinsumDense": ("_kernel",),
-    "Conv1D": ("_kernel",),
-    "Conv2D": ("_kernel",),
-    "Conv3D": ("_kernel",),
-    "Conv1DTranspose": ("kernel",),
-    "Conv2DTranspose": ("kernel",),
-    "Conv3DTranspose": ("kernel",),
-    "DepthwiseConv1D": ("kernel",),
-    "DepthwiseConv2D": ("kernel",),
-    "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel"),
-    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
-    "Embedding": ("_embeddings",),
-    "MultiHeadAttention": (
-        "_query_dense._kernel",
-        "_key_dense._kernel",
-        "_value_dense._kernel",
-        "_output_dense._kernel",
-    ),
-}
-_DEPTHWISE = {"DepthwiseConv1D", "DepthwiseConv2D"}
-# Users' own layer classes opted in with `register_prunable`: class -> key in _SLOTS.
-_REGISTERED: dict[type, str] = {}
-
 
 def register_prunable(layer_class: type, weights: tuple[str, ...] | list[str]) -> None:
     """Lets `prune` wrap your own layer class, pruning the weights held in ``weights``.
 
-    Like tfmot's ``PrunableLayer``: the wrapper substitutes ``weight * mask`` for each named
+    A shorthand of `tfopt.register_layer` (which also tells cluster, qat, prune_channels and the
+    MAC counter about the layer): the wrapper substitutes ``weight * mask`` for each named
     attribute while the layer's own ``call`` runs, so ``call`` must read the weights from those
     attributes (e.g. ``self.kernel``). Register before `prune` and before loading a pruned
     ``.keras`` file.
@@ -66,71 +41,51 @@ def register_prunable(layer_class: type, weights: tuple[str, ...] | list[str]) -
         >>> tfopt.prune.register_prunable(MyDense, weights=("kernel",))
         >>> pruned = tfopt.prune.prune(model)
     """
-    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
-        raise TypeError(
-            f"layer_class must be a keras.layers.Layer subclass. Received: layer_class={layer_class!r}"
-        )
     if isinstance(weights, str) or not weights or not all(isinstance(w, str) for w in weights):
         raise TypeError(
             "weights must be a non-empty list of attribute paths (str), e.g. ('kernel',). "
             f"Received: weights={weights!r}"
         )
-    key = f"{layer_class.__module__}.{layer_class.__qualname__}"
-    _SLOTS[key] = tuple(weights)
-    _REGISTERED[layer_class] = key
+    register_layer(layer_class, weights={w: {} for w in weights}, quantize=False)
 
 
-def _class_key(layer) -> str | None:
-    if type(layer) in _REGISTERED:
-        return _REGISTERED[type(layer)]
-    name = type(layer).__name__
-    if name in _SLOTS and type(layer) is getattr(keras.layers, name, None):
-        return name
-    return None
+def prunable_weights(layer) -> tuple[Weight, ...]:
+    """The weights `prune` masks in ``layer`` (empty when its spec does not prune it)."""
+    spec = spec_of(layer)
+    return spec.compressed() if spec is not None and spec.prune else ()
 
 
 def unsupported_reason(layer, *, m_by_n=None) -> str | None:
     """Returns why ``layer`` cannot be wrapped (None when it can)."""
-    key = _class_key(layer)
-    if key is None:
-        base = next((c.__name__ for c in type(layer).__mro__[1:] if c.__name__ in _SLOTS), None)
-        if base is not None:
-            return (
-                f"a subclass of {base} ({type(layer).__module__}.{type(layer).__name__}) may use "
-                "its weights in its own way; only Keras' own classes are wrapped (opt it in with "
-                "tfopt.prune.register_prunable)"
-            )
+    spec = spec_of(layer)
+    if spec is None or not spec.prune:
         if layer.weights if layer.built else False:
             return (
                 f"{type(layer).__name__} has no prunable kernel tfopt knows of (its weights are "
-                "kept dense; opt a layer of yours in with tfopt.prune.register_prunable)"
+                "kept dense; describe a layer of yours with tfopt.register_layer)"
             )
         return f"{type(layer).__name__} has no prunable kernel (its weights are kept dense)"
-    if getattr(layer, "quantization_mode", None):
-        return f"the layer is quantized ({layer.quantization_mode}); prune before quantizing"
-    if getattr(layer, "lora_enabled", False):
-        return "the layer has LoRA enabled"
+    why = guard(layer, spec)
+    if why:
+        return why
     if m_by_n is not None:
-        if key in _DEPTHWISE or key.startswith("Separable"):
-            return f"m_by_n={m_by_n} applies to Dense/Conv/Embedding kernels, not {key}"
+        weights = spec.compressed()
+        if any(w.reduce_axis is None for w in weights):
+            return (
+                f"m_by_n={m_by_n} applies to Dense/Conv/Embedding kernels, not {spec.cls.__name__}"
+            )
         if layer.built:
-            for path in _SLOTS[key]:
-                variable = _resolve(layer, path)[2]
+            for w in weights:
+                variable = resolve(layer, w.attr)[2]
                 why = _masks.m_by_n_supported(
-                    variable.shape, m_by_n[1], along_last=key == "Embedding"
+                    variable.shape, m_by_n[1], along_last=w.reduce_axis == -1
                 )
                 if why:
                     return f"m_by_n={m_by_n}: {why}"
     return None
 
 
-def _resolve(layer, path: str):
-    """Returns (owner, attribute, variable) for a dotted attribute path under ``layer``."""
-    *parents, attr = path.split(".")
-    owner = layer
-    for p in parents:
-        owner = getattr(owner, p)
-    return owner, attr, getattr(owner, attr)
+_resolve = resolve
 
 
 def _check_m_by_n(m_by_n):
@@ -217,8 +172,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         why = unsupported_reason(layer, m_by_n=self.m_by_n)
         if why:
             raise ValueError(f"Cannot prune layer {layer.name!r}: {why}.")
-        self._paths = _SLOTS[_class_key(layer)]
-        self._along_last = _class_key(layer) == "Embedding"
+        self._paths = tuple(w.attr for w in prunable_weights(layer))
+        self._along_last = any(w.reduce_axis == -1 for w in prunable_weights(layer))
 
     def build(self, input_shape=None):
         if not self.layer.built:
@@ -285,18 +240,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def _masked_call(self, args, training, kwargs):
         if training is True:
             self._update_masks()
-        targets = [_resolve(self.layer, p) for p in self._paths]
-        compute_dtype = self.layer.compute_dtype
-        try:
-            for (owner, attr, variable), mask in zip(targets, self.masks):
-                masked = variable.value * mask.value
-                if masked.dtype != compute_dtype:
-                    masked = tf.cast(masked, compute_dtype)
-                object.__setattr__(owner, attr, masked)
+        values = {
+            path: variable.value * mask.value
+            for path, variable, mask in zip(self._paths, self.pruned_variables(), self.masks)
+        }
+        with substituted(self.layer, values):
             return self.layer(*args, **kwargs)  # `training` reaches it through the call context
-        finally:
-            for owner, attr, variable in targets:
-                object.__setattr__(owner, attr, variable)
 
     # -- inspection, stripping, serialization ---------------------------------------------------
 
@@ -375,7 +324,6 @@ class PruneMultiHeadAttention(PruneLowMagnitude):
 
 def wrap(layer, schedule=None, *, m_by_n=None, block_size=None, **kwargs) -> PruneLowMagnitude:
     """Returns the pruning wrapper class suited to ``layer``, wrapping it."""
-    cls = (
-        PruneMultiHeadAttention if _class_key(layer) == "MultiHeadAttention" else PruneLowMagnitude
-    )
+    attention = isinstance(layer, keras.layers.MultiHeadAttention)
+    cls = PruneMultiHeadAttention if attention else PruneLowMagnitude
     return cls(layer, schedule, m_by_n=m_by_n, block_size=block_size, **kwargs)

@@ -10,6 +10,7 @@ import math
 import re
 
 from tfopt._backend import import_keras
+from tfopt._layers import overrides_call, resolve, spec_of, substituted
 
 keras = import_keras()
 ops = keras.ops
@@ -21,18 +22,29 @@ FUSED_ACTIVATIONS = ("relu", "relu6")
 # The smallest weight range: keeps the scale of an all-zero (pruned) channel valid.
 _MIN_RANGE = 1e-6
 
-# Layer kinds QuantizeWrapper can fake-quantize, by Keras class name.
-KINDS = {
-    "Conv1D": "conv1d",
-    "Conv2D": "conv2d",
-    "DepthwiseConv2D": "depthwise",
-    "SeparableConv2D": "separable",
-    "Conv2DTranspose": "conv_transpose",
-    "Dense": "dense",
-    "EinsumDense": "einsum",
-    "Embedding": "embedding",
-    "BatchNormalization": "batchnorm",
-}
+# The QuantizeWrapper kinds a layer spec's ``qat`` may name (tfopt._layers): a hand-written
+# int8 forward pass per kind, or "substitute" (a registered layer runs its own call with its
+# kernels fake-quantized).
+WRAPPER_KINDS = (
+    "conv1d",
+    "conv2d",
+    "depthwise",
+    "separable",
+    "conv_transpose",
+    "dense",
+    "einsum",
+    "embedding",
+    "batchnorm",
+    "substitute",
+)
+
+
+def qat_kind(layer) -> str | None:
+    """The `QuantizeWrapper` kind of ``layer`` from its spec, or None when QAT does not wrap it."""
+    spec = spec_of(layer)
+    if spec is None or spec.qat not in WRAPPER_KINDS or overrides_call(layer, spec):
+        return None
+    return spec.qat
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
@@ -198,7 +210,7 @@ def _batch_norm(y, gamma, beta, eps):
 class QuantizeWrapper(keras.layers.Wrapper):
     """Runs a layer with fake-quantized weights, an optional folded BatchNorm and output range.
 
-    Supported layers (see `KINDS`): Conv1D (run as a 2-D conv so the per-channel axis is last),
+    Supported layers (their spec's ``qat`` kind, see `qat_kind`): Conv1D (run as a 2-D conv so the per-channel axis is last),
     Conv2D, DepthwiseConv2D and SeparableConv2D (per-channel weights), Conv2DTranspose, Dense,
     EinsumDense (one that is a reshaped Dense, see `einsum_plan`; run as one matmul) and Embedding
     (per-tensor weights), and a standalone BatchNormalization (run as multiply + add with an int8
@@ -241,10 +253,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if weight_bits not in (4, 8) or isinstance(weight_bits, bool):
             raise ValueError(f"weight_bits must be 4 or 8. Received: weight_bits={weight_bits!r}")
         self.weight_bits = int(weight_bits)
-        kind = KINDS.get(type(layer).__name__)
+        kind = qat_kind(layer)
         if kind is None:
             raise ValueError(
-                f"QuantizeWrapper cannot wrap {type(layer).__name__} layers. Supported: {list(KINDS)}"
+                f"QuantizeWrapper cannot wrap {type(layer).__name__} layers: its layer spec "
+                "(tfopt._layers) gives it no QAT kind; describe a layer of yours with "
+                "tfopt.register_layer"
             )
         if kind == "einsum" and einsum_plan(layer) is None:
             raise ValueError(
@@ -254,7 +268,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             )
         if quantize_input and kind == "embedding":
             raise ValueError("quantize_input=True does not apply to Embedding (integer inputs).")
-        if batchnorm is not None and kind in ("embedding", "batchnorm", "einsum"):
+        if batchnorm is not None and kind in ("embedding", "batchnorm", "einsum", "substitute"):
             raise ValueError(f"batchnorm cannot be folded into a {type(layer).__name__} layer.")
         self.kind = kind
         self.batchnorm = batchnorm
@@ -275,7 +289,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         # their own int8 ops and need the range of their input.
         self.preactivation_quantizer = (
             ActivationQuantizer(name="preactivation_range")
-            if kind not in ("embedding", "batchnorm") and act not in ("linear", *FUSED_ACTIVATIONS)
+            if kind not in ("embedding", "batchnorm", "substitute")
+            and act not in ("linear", *FUSED_ACTIVATIONS)
             else None
         )
 
@@ -288,6 +303,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return layer.pointwise_kernel
         if self.kind == "batchnorm":
             return None
+        if self.kind == "substitute":
+            return resolve(layer, spec_of(layer).compressed()[0].attr)[2]
         return layer.kernel
 
     def build(self, input_shape):
@@ -415,6 +432,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return self._out(y, training)
         if kind == "batchnorm":
             return self._call_batchnorm(x, training)
+        if kind == "substitute":
+            return self._out(self._call_substituted(x), training)
         if kind == "dense" and len(x.shape) > 2:
             # N-D inputs run as one 2-D matmul + bias + activation + range, which TFLite fuses into
             # a single int8 FULLY_CONNECTED; only the final reshape sees the N-D shape.
@@ -427,6 +446,18 @@ class QuantizeWrapper(keras.layers.Wrapper):
             y = self._call_2d(ops.reshape(x, (-1, math.prod(x.shape[-n:]))), training)
             return ops.reshape(y, (*lead, *(layer.kernel.shape[i] for i in perm[n:])))
         return self._call_2d(x, training)
+
+    def _call_substituted(self, x):
+        """A registered layer's own call with per-tensor fake-quantized kernels (the first one
+        masked to keep its zeros)."""
+        kernels = spec_of(self.layer).compressed()
+        values = {}
+        for i, w in enumerate(kernels):
+            value = resolve(self.layer, w.attr)[2]
+            value = self._masked(value) if i == 0 else value
+            values[w.attr] = _symmetric(value, bits=self.weight_bits)
+        with substituted(self.layer, values):
+            return self.layer(x)
 
     def _call_2d(self, x, training):
         kind, layer = self.kind, self.layer
@@ -506,7 +537,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def _out(self, y, training):
         if self.preactivation_quantizer is not None:
             y = self.preactivation_quantizer(y, training=training)
-        if self.kind not in ("embedding", "batchnorm"):
+        if self.kind not in ("embedding", "batchnorm", "substitute"):
             y = self.layer.activation(y)
         if self.output_quantizer is not None:
             y = self.output_quantizer(y, training=training)

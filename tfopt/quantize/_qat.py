@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tfopt._backend import check_model, import_keras
+from tfopt._layers import guard, spec_of
 from tfopt._rewrite import (
     GraphRewrite,
     Report,
@@ -17,11 +18,11 @@ from tfopt._rewrite import (
 from tfopt.quantize._attention import QuantizedMultiHeadAttention, attention_unquantizable
 from tfopt.quantize._layers import (
     FUSED_ACTIVATIONS,
-    KINDS,
     ActivationQuantizer,
     FloatBoundary,
     QuantizeWrapper,
     einsum_plan,
+    qat_kind,
 )
 from tfopt.quantize._subclassed import (
     QuantizedSubclassModel,
@@ -34,77 +35,34 @@ tree = keras.tree
 
 SCHEMES = ("int8",)
 
-# Ops that only move or select values: int8 in, same scale out; no range of their own.
-_PASS_THROUGH = {
-    "InputLayer",
-    "Reshape",
-    "Flatten",
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "Identity",
-    "ZeroPadding1D",
-    "ZeroPadding2D",
-    "ZeroPadding3D",
-    "Cropping1D",
-    "Cropping2D",
-    "Cropping3D",
-    "Permute",
-    "RepeatVector",
-    "ActivityRegularization",
-    "Masking",
-    # max pooling selects values: TFLite's int8 MAX_POOL keeps the input's scale
-    "MaxPooling1D",
-    "MaxPooling2D",
-    "MaxPooling3D",
-    "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D",
-    # TFLite's int8 AVERAGE_POOL_2D and RESIZE_* need the output scale equal to the input's (an
-    # average or an interpolation stays inside the input's range); a range of their own fails
-    # conversion ("quantization parameters violate the same scale constraint")
-    "AveragePooling1D",
-    "AveragePooling2D",
-    "UpSampling1D",
-    "UpSampling2D",
-    "Resizing",
-    # keras.ops called on symbolic tensors
-    "ExpandDims",
-    "Squeeze",
-    "Transpose",
-}
-
-# Input preprocessing: kept float, the range is tracked after it.
-_PREPROCESSING = {"Rescaling", "Normalization"}
-
-# Layers left float, with the reason given in the report.
-_FLOAT_REASONS = {
-    "Rescaling": "input preprocessing: runs in float before the model input is quantized",
-    "Normalization": "input preprocessing: runs in float before the model input is quantized",
-    "GRU": "recurrent layer: TFLite runs its loop in float (no int8 GRU kernel)",
-    "LSTM": "recurrent layer: kept float (TFLite's int8 LSTM needs a calibrated UNIDIRECTIONAL_SEQUENCE_LSTM)",
-    "SimpleRNN": "recurrent layer: TFLite runs its loop in float",
-    "RNN": "recurrent layer: TFLite runs its loop in float",
-    "Bidirectional": "recurrent layer: TFLite runs its loop in float",
-    "ConvLSTM1D": "recurrent layer: TFLite runs its loop in float",
-    "ConvLSTM2D": "recurrent layer: TFLite runs its loop in float",
-    "GroupQueryAttention": "attention kept float (only MultiHeadAttention gets int8 projections)",
-    "LayerNormalization": "lowered by TFLite to mean/rsqrt ops with no int8 ranges; kept float",
-    "GroupNormalization": "lowered by TFLite to mean/rsqrt ops with no int8 ranges; kept float",
-    "UnitNormalization": "lowered by TFLite to norm ops with no int8 ranges; kept float",
-    "Conv3D": "TFLite has no int8 CONV_3D kernel; kept float",
-    "Conv1DTranspose": "not supported by tfopt QAT yet; kept float",
-    "Conv3DTranspose": "TFLite has no int8 kernel; kept float",
-    "DepthwiseConv1D": "not supported by tfopt QAT yet; kept float",
-    "SeparableConv1D": "not supported by tfopt QAT yet; kept float",
-}
+# What QAT does with each layer type is in its spec (tfopt._layers): ``qat`` is a QuantizeWrapper
+# kind, "same_scale" (ops that only move or select values: int8 in, same scale out, no range of
+# their own; e.g. TFLite's AVERAGE_POOL_2D and RESIZE_* need the output scale equal to the
+# input's) or "preprocessing" (kept float, the range is tracked after it); ``float_reason`` says
+# why a layer stays float.
 
 
-# Float layers whose inputs need a FloatBoundary (see its docstring).
-_BOUNDARY = {"MultiHeadAttention", "GroupQueryAttention", "EinsumDense"}
+def _spec_qat(op) -> str | None:
+    spec = spec_of(op)
+    return None if spec is None else spec.qat
+
+
+def _same_scale(op) -> bool:
+    return _spec_qat(op) == "same_scale"
+
+
+def _preprocessing(op) -> bool:
+    return _spec_qat(op) == "preprocessing"
+
+
+def _float_reason(op) -> str | None:
+    spec = spec_of(op)
+    return None if spec is None else spec.float_reason
+
+
+def _needs_boundary(op) -> bool:
+    spec = spec_of(op)
+    return spec is not None and spec.float_boundary
 
 
 def _boundary(x):
@@ -115,14 +73,13 @@ def _boundary(x):
 
 def _is_fusable_activation(op) -> bool:
     """True for the activations TFLite fuses into the op before them (RELU, RELU6)."""
-    name = type(op).__name__
-    if name == "ReLU":
+    if isinstance(op, keras.layers.ReLU):
         return (
             op.max_value in (None, 6.0)
             and float(op.negative_slope) == 0.0
             and float(op.threshold) == 0.0
         )
-    if name == "Activation":
+    if isinstance(op, keras.layers.Activation):
         fn = getattr(op.activation, "__name__", "")
         return fn in FUSED_ACTIVATIONS
     return False
@@ -131,19 +88,22 @@ def _is_fusable_activation(op) -> bool:
 def _unquantizable(layer) -> str | None:
     """Why ``layer`` cannot be wrapped by QuantizeWrapper, or None if it can."""
     name = type(layer).__name__
-    if name not in KINDS:
+    kind = qat_kind(layer)
+    if kind is None:
+        why = guard(layer)
+        if why and spec_of(layer) is not None and spec_of(layer).qat:
+            return f"{why}; kept float"
         return None if not layer.weights else f"{name} is not supported by tfopt QAT; kept float"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"data_format={layer.data_format!r}: TFLite int8 kernels need channels_last"
     if getattr(layer, "groups", 1) != 1:
         return f"groups={layer.groups}: TFLite has no int8 grouped convolution"
-    if name == "BatchNormalization" and layer.axis not in (-1, len(layer.input.shape) - 1):
+    if kind == "batchnorm" and layer.axis not in (-1, len(layer.input.shape) - 1):
         return f"BatchNormalization(axis={layer.axis}) is not on the channel axis"
-    if getattr(layer, "quantization_mode", None):
-        return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
-    if getattr(layer, "lora_enabled", False):
-        return "LoRA is enabled on this layer; kept float"
-    if name == "EinsumDense" and einsum_plan(layer) is None:
+    why = guard(layer)
+    if why:
+        return f"{why}; kept float"
+    if kind == "einsum" and einsum_plan(layer) is None:
         return (
             f"EinsumDense equation {layer.equation!r} (bias_axes={layer.bias_axes!r}) is not a "
             "reshaped Dense (x @ W over x's trailing axes), the form tfopt QAT runs as one int8 "
@@ -306,9 +266,9 @@ class _QATRewrite(GraphRewrite):
         if not _is_float(t):
             return False
         user = self.sole_consumer(t)
-        if user is not None and type(user.operation).__name__ in _PREPROCESSING:
+        if user is not None and _preprocessing(user.operation):
             return False  # float preprocessing (e.g. Rescaling then Normalization) reads floats
-        if user is not None and type(user.operation).__name__ == "Concatenate":
+        if user is not None and isinstance(user.operation, keras.layers.Concatenate):
             # TFLite's CONCATENATION has one scale for its inputs and output: the converter gives
             # an input without a range of its own the output's (tfmot's ConcatTransform); a
             # range here would only add a requantize
@@ -317,7 +277,7 @@ class _QATRewrite(GraphRewrite):
 
     def on_input(self, t, x):
         users = self.consumers.get(id(t), [])
-        preprocessed = users and all(type(u.operation).__name__ in _PREPROCESSING for u in users)
+        preprocessed = users and all(_preprocessing(u.operation) for u in users)
         # an input that is only rescaled/normalized is quantized after the preprocessing
         name = t._keras_history.operation.name
         return self.ranges(x, name) if _is_float(t) and not preprocessed else x
@@ -342,9 +302,9 @@ class _QATRewrite(GraphRewrite):
                 return _quantized_attention(op, args, kwargs, self.layers, self.ranges, self.report)
         else:
             reason = _unquantizable_built(op) if isinstance(op, keras.layers.Layer) else None
-        if cls in _FLOAT_REASONS:
-            reason = _FLOAT_REASONS[cls]
-        wrappable = cls in KINDS and reason is None
+        if _float_reason(op):
+            reason = _float_reason(op)
+        wrappable = qat_kind(op) is not None and reason is None
         if wrappable and not self.selected(op):
             wrappable, reason = False, "excluded by filters"
         single = len(node.outputs) == 1
@@ -353,11 +313,11 @@ class _QATRewrite(GraphRewrite):
         if reason is not None and isinstance(op, keras.layers.Layer):
             if id(op) not in self.layers:
                 self.report.skip(op, reason)
-            if cls in _BOUNDARY or attention:
+            if _needs_boundary(op) or attention:
                 args, kwargs = tree.map_structure(_boundary, (args, kwargs))
         outputs = self.call(op, args, kwargs)
         flat = tree.flatten(outputs)
-        if cls not in _PASS_THROUGH:
+        if not _same_scale(op):
             base = getattr(op, "name", cls.lower())
             relu = _is_relu(op)
             flat = [
@@ -374,9 +334,9 @@ class _QATRewrite(GraphRewrite):
         bn_node = None
         user = self.sole_consumer(out_t)
         if (
-            type(op).__name__ not in ("Embedding", "BatchNormalization", "EinsumDense")
+            qat_kind(op) not in ("embedding", "batchnorm", "einsum", "substitute")
             and user is not None
-            and type(user.operation).__name__ == "BatchNormalization"
+            and qat_kind(user.operation) == "batchnorm"
             and self.calls[id(op)] == 1
             and self.calls[id(user.operation)] == 1
             and _unquantizable(user.operation) is None
@@ -454,7 +414,7 @@ def _has_range(y) -> bool:
         return False
     op = hist.operation
     seen = 0
-    while type(op).__name__ in _PASS_THROUGH and seen < 100:  # ranges pass through shape ops
+    while _same_scale(op) and seen < 100:  # ranges pass through shape ops
         parents = op._inbound_nodes[-1].input_tensors if op._inbound_nodes else []
         if not parents:
             return False
@@ -476,6 +436,7 @@ def _describe(wrapper: QuantizeWrapper) -> str:
         "einsum": "per-tensor weights (run as one matmul)",
         "embedding": "per-tensor embeddings",
         "batchnorm": "int8 multiply + add",
+        "substitute": "per-tensor weights (its own call, a registered layer)",
     }[wrapper.kind]
     text = f"{type(wrapper.layer).__name__}, {per}"
     if wrapper.weight_bits != 8:
@@ -518,7 +479,6 @@ def _plan_swaps(parent, original, selected, preserve_sparsity, report, swaps, pa
         if isinstance(layer, QuantizeWrapper) or id(layer) in seen:
             continue
         seen.add(id(layer))
-        cls = type(layer).__name__
         step = [*path, [attr, index]]
         source = getattr(original, attr, None)
         source = source if index is None or source is None else source[index]
@@ -539,18 +499,19 @@ def _plan_swaps(parent, original, selected, preserve_sparsity, report, swaps, pa
                 f"{new.name}/{p.name}/input_range" for p in new.projections().values()
             ]
             continue
-        container = cls not in KINDS and cls not in _FLOAT_REASONS and sublayer_slots(layer)
+        kind = qat_kind(layer)
+        container = kind is None and not _float_reason(layer) and sublayer_slots(layer)
         graph = is_graph_model(layer)
         custom = not type(layer).__module__.startswith("keras.")
         if custom and container and next(container, None) is not None and not graph:
             # a user's layer or subclassed model made of layers: quantize what is inside
             _plan_swaps(layer, source, selected, preserve_sparsity, report, swaps, step, f"{name}/")
             continue
-        reason = _FLOAT_REASONS.get(cls) or _unquantizable_built(layer)
-        if cls in KINDS and reason is None and not selected(source):
+        reason = _float_reason(layer) or _unquantizable_built(layer)
+        if kind is not None and reason is None and not selected(source):
             reason = "excluded by filters"
-        if cls in KINDS and reason is None:
-            quantize_input = cls != "Embedding"  # see QuantizedSubclassModel
+        if kind is not None and reason is None:
+            quantize_input = kind != "embedding"  # see QuantizedSubclassModel
             wrapper = swap_in_wrapper(
                 parent,
                 [[attr, index]],
@@ -586,6 +547,6 @@ def _unquantizable_built(layer):
     try:
         return _unquantizable(layer)
     except Exception:  # layer.input is unavailable for a layer called eagerly
-        if type(layer).__name__ == "BatchNormalization" and layer.axis not in (-1,):
+        if qat_kind(layer) == "batchnorm" and layer.axis not in (-1,):
             return f"BatchNormalization(axis={layer.axis}) is not on the channel axis"
         return None
