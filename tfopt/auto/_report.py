@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tfopt.auto._candidate import rejection_text, resolution_text
+
 
 def _kb(n) -> str:
     return "-" if n is None else f"{n / 1024:.1f} KB"
@@ -18,12 +20,27 @@ def _delta(a, base) -> str:
     return "-" if a is None or base is None else f"{100 * (a - base):+.2f} pt"
 
 
+def _delta_with_interval(c: dict, split: str, base: dict) -> str:
+    """The paired delta with its interval when known, else the plain difference."""
+    paired = c.get(f"{split}_delta")
+    if paired:
+        return paired_cell(paired)
+    return _delta(c.get(f"{split}_accuracy"), base.get(f"{split}_accuracy"))
+
+
 def _ms(x) -> str:
     return "-" if x is None else f"{x:.3f} ms"
 
 
 def _b(n) -> str:
     return "-" if n is None else f"{n:,} B"
+
+
+def paired_cell(d: dict | None) -> str:
+    """A `tfopt._stats.PairedDelta` dict as ``+0.10 pt [-0.32, +0.52]`` (``-`` when unknown)."""
+    if not d:
+        return "-"
+    return f"{100 * d['delta']:+.2f} pt [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
 def tflm_cell(c: dict) -> str:
@@ -46,6 +63,12 @@ def progress_line(c, best, baseline: dict, elapsed: float) -> str:
         err = (c.error or "").splitlines()[0][:140] if c.error else ""
         return f"[auto] trial {c.trial_id}  {c.status}  {err}  [{fmt_time(c.seconds)}]"
     drop = 100 * (c.val_accuracy - baseline["val_accuracy"])
+    if c.val_delta:  # the paired 95% interval of the difference on the same samples
+        drop_text = (
+            f"{drop:+.2f} [{100 * c.val_delta['low']:+.2f}, {100 * c.val_delta['high']:+.2f}]"
+        )
+    else:
+        drop_text = f"{drop:+.2f}"
     test_part = ""
     if c.test_accuracy is not None:
         test_part = (
@@ -61,7 +84,7 @@ def progress_line(c, best, baseline: dict, elapsed: float) -> str:
         verdict = f"rejected ({c.rejected})"
     return (
         f"[auto] trial {c.trial_id}  {' + '.join(c.stages) or 'none':<42}{origin} val "
-        f"{c.val_accuracy:.4f} ({drop:+.2f}){test_part}  gzip {c.gzip_bytes / 1024:.1f} KB "
+        f"{c.val_accuracy:.4f} ({drop_text}){test_part}  gzip {c.gzip_bytes / 1024:.1f} KB "
         f"({c.ratio:.1f}x gzip-to-gzip)  p50 {c.latency_ms:.3f} ms{micro}  "
         f"{verdict}  best: "
         + (f"{best.trial_id} {best.gzip_bytes / 1024:.1f} KB" if best else "none")
@@ -96,6 +119,14 @@ def markdown(data: dict) -> str:
         f"{data['stopped']}; wall time {data['elapsed_s']:.0f} s",
         f"- techniques searched: {', '.join(data['techniques']) or 'none (PTQ only)'}",
     ]
+    if data.get("resolution"):
+        lines.append(f"- {resolution_text(data['resolution'], data['max_accuracy_drop'])}")
+        lines.append(
+            "- acceptance: a candidate is within the accuracy budget when its val accuracy minus "
+            "the baseline's on the same samples (the paired point estimate) is at most the budget "
+            "below 0; its 95% paired interval is shown, not required (a lower-bound rule would "
+            "reject even a lossless int8 model on a small split)"
+        )
     all_budgets = data.get("budgets") or {}
     budgets = {k: all_budgets.get(k) for k in ("max_ram", "max_flash")}
     budgets = {k: v for k, v in budgets.items() if v is not None}
@@ -139,30 +170,45 @@ def markdown(data: dict) -> str:
             + (f" (refines {best['refined_from']})" if best.get("refined_from") else "")
             + f" ({' + '.join(best['stages'])}) | {best['bytes']} | "
             f"{best['gzip_bytes']} | {best['ratio']:.1f}x | {_acc(best['val_accuracy'])} "
-            f"({_delta(best['val_accuracy'], base['val_accuracy'])}) | "
+            f"({_delta_with_interval(best, 'val', base)}) | "
             f"{_acc(best.get('test_accuracy'))} "
-            f"({_delta(best.get('test_accuracy'), base.get('test_accuracy'))}) | "
+            f"({_delta_with_interval(best, 'test', base)}) | "
             f"{_ms(best['latency_ms'])} | {_b(best.get('arena_bytes'))} | {tflm_cell(best)} |"
         )
     lines.append("")
     if best:
         lines.append(
             f"Best artifact: `{best['artifact']}` (gzip ratio = the float32 TFLite's gzip bytes / "
-            "the artifact's gzip bytes)."
+            "the artifact's gzip bytes). Accuracy deltas are paired (the same samples as the "
+            "baseline), with their 95% interval in brackets."
         )
+        if best.get("test_delta"):
+            t = best["test_delta"]
+            lines.append(
+                f"Its test delta: {paired_cell(t)} over {t['n']} samples ({t['only_a']} only the "
+                f"baseline gets right, {t['only_b']} only the candidate; McNemar p = "
+                f"{t['p_value']:.3f})."
+            )
         if data.get("recipe"):
             lines.append(
                 f"Its `tfopt run` config: `{data['recipe']}` (`tfopt run {data['recipe']}`)."
             )
     else:
         closest = data.get("closest")
-        lines.append("**No candidate met the accuracy budget.**")
+        lines.append("**No candidate met the budgets.**")
+        if data.get("rejections") is not None:
+            lines.append(
+                "Rejections per budget: "
+                + rejection_text(data["rejections"], len(data["candidates"]), data["budgets"])
+                + "."
+            )
         if closest:
             lines.append(
-                f"The most accurate candidate was trial {closest['trial_id']} "
-                f"({' + '.join(closest['stages'])}): val {_acc(closest['val_accuracy'])} "
-                f"({_delta(closest['val_accuracy'], base['val_accuracy'])}), "
-                f"{_kb(closest['gzip_bytes'])} gzip."
+                f"The closest candidate, **outside the budget** ({', '.join(closest['misses'])}), "
+                f"is trial {closest['trial_id']} ({' + '.join(closest['stages'])}): val "
+                f"{_acc(closest['val_accuracy'])} ({_delta_with_interval(closest, 'val', base)}), "
+                f"{_kb(closest['gzip_bytes'])} gzip; written to `{closest['artifact']}` (the "
+                "fewest budgets missed, then the most accurate, then the smallest)."
             )
     names = {
         "accuracy": "val accuracy max",

@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tfopt import _rundir
-from tfopt.auto._candidate import SELECTION, Candidate, select_best
+from tfopt.auto._candidate import (
+    SELECTION,
+    Candidate,
+    closest,
+    rejections,
+    resolution_text,
+    select_best,
+    split_resolution,
+)
 from tfopt.auto._oracle import AutoOracle
 from tfopt.auto._pareto import front_objectives, pareto_front
 from tfopt.auto._recipe import recipe_config, write_recipe
@@ -77,14 +85,25 @@ KNOWN_GOOD_SMALL: tuple[dict, ...] = (
 )  # fmt: skip
 
 
+# Measured first, whatever the model: the unchanged model quantized to the target (int8 PTQ for
+# the int8 targets), then int8 QAT of it, tried only when PTQ misses the budgets (see
+# `Search._skip_safe_qat`). Either is rarely smaller than what follows, but it is the candidate
+# most likely to fit, so a search of one or two trials still returns a deployable model.
+_UNCHANGED = {"channel_ratio": 0.0, "sparsity": 0.0, "clusters": 0, "lowrank_energy": 0.0}
+SAFE_FIRST: tuple[dict, ...] = (
+    {**_UNCHANGED, "quantization": "ptq", "distill": False},
+    {**_UNCHANGED, "quantization": "qat", "weight_bits": "8", **_DISTILL, "ft_epochs": 8},
+)
+
+
 def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None) -> list[dict]:
-    """The known-good recipes restricted to ``hypermodel``'s space, deduplicated, in order
-    (`KNOWN_GOOD_SMALL` instead when ``budgets`` hold a RAM or flash budget: the others are too
-    large for a microcontroller's flash)."""
+    """`SAFE_FIRST`, then the known-good recipes, restricted to ``hypermodel``'s space,
+    deduplicated, in order (`KNOWN_GOOD_SMALL` instead of `KNOWN_GOOD` when ``budgets`` hold a
+    RAM or flash budget: the others are too large for a microcontroller's flash)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
     small = budgets and any(budgets.get(k) is not None for k in ("max_ram", "max_flash"))
-    for recipe in KNOWN_GOOD_SMALL if small else KNOWN_GOOD:
+    for recipe in (*SAFE_FIRST, *(KNOWN_GOOD_SMALL if small else KNOWN_GOOD)):
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
         if s and key not in seen:
@@ -95,17 +114,25 @@ def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None
 
 def _measure_baseline(model, out_dir: Path, val, test, representative, micro=None) -> dict:
     from tfopt import bench, export
+    from tfopt.tune._measure import correctness
 
     path = out_dir / "baseline.tflite"
     art = export.tflite(model, path, quantization="float32", check_data=representative[:256])
     res = bench.benchmark(str(path), data=val, warmup=5, runs=50, micro=micro)
+    # which samples it gets right: every candidate is compared with it on the same samples
+    val_right = correctness(path, val)
+    test_right = None if test is None else correctness(path, test)
     return {
         "artifact": str(path),
         "format": art.format,
         "bytes": int(res.bytes),
         "gzip_bytes": int(res.gzip_bytes),
         "val_accuracy": float(res.accuracy),
-        "test_accuracy": None if test is None else float(bench.evaluate(str(path), test)),
+        "test_accuracy": None if test is None else test_right["accuracy"],
+        "val_samples": val_right["n"],
+        "test_samples": None if test is None else test_right["n"],
+        "val_correct": val_right["correct"],
+        "test_correct": None if test is None else test_right["correct"],
         "latency_ms": float(res.latency_ms["p50"]),
         "params": int(model.count_params()),
         # the float32 model in TFLite Micro (a reference for the RAM / flash budgets)
@@ -165,6 +192,7 @@ class Search:
         self.say, self.started = say, started
         self.candidates: dict[str, Candidate] = {}
         self.best: Candidate | None = None
+        self.closest_id: str | None = None  # the candidate in CLOSEST_FILE
         self.refine_info: dict = {"runs": 0, "stopped": "not_started", "limit": None}
         self.report: dict[str, Path] = {}
         self.data: dict = {}
@@ -197,10 +225,16 @@ class Search:
             + _budget_text(self.budgets)
             + (" (test is measured, not used to select)" if test is not None else "")
         )
+        self.resolution = split_resolution(len(val[1]), b["val_accuracy"], max_accuracy_drop)
+        self.say("[auto] " + resolution_text(self.resolution, max_accuracy_drop))
         self.hypermodel = CompressionHyperModel(
             model=model, techniques=techniques, target=target, space=space
         )
         self.seeds = default_seeds(self.hypermodel, self.budgets) if seeds is None else list(seeds)
+        # the default seeds start with `SAFE_FIRST`: QAT of the unchanged model only when PTQ misses
+        self.safe_first = (
+            seeds is None and len(self.seeds) > 1 and self.seeds[1] == _safe_qat(self.hypermodel)
+        )
         self.oracle = AutoOracle(
             objective=_objective(),
             max_trials=max_trials or 999,
@@ -257,7 +291,17 @@ class Search:
         self.candidates[c.trial_id] = c
         if c.phase == "search":
             self.oracle.add_duration(c.seconds)
+            self._skip_safe_qat(c)
         return c
+
+    def _skip_safe_qat(self, c: Candidate) -> None:
+        """Drops the QAT seed of the unchanged model once its PTQ (trial 0) fits every budget:
+        it would be the same size. Not when trial 1 already started (a resumed or distributed
+        search): the oracle's seeds are proposed by position."""
+        fits = c.completed and c.within_budget and not c.rejected
+        if self.safe_first and c.trial_id == "0" and fits and len(self.oracle.start_order) <= 1:
+            self.oracle.seeds.pop(1)
+            self.safe_first = False
 
     def _on_trial_done(self, trial_id: str, record: dict) -> None:
         self._add_and_report(record, "running")
@@ -441,12 +485,13 @@ class Search:
                     best=best.to_dict(),
                     run_config=self.run_config,
                 )
+        near = None if best is not None else closest(done)
         if best is None:
             for stale in ("best.tflite", "best.keras", "recipe.yaml"):
                 (self.out_dir / stale).unlink(missing_ok=True)
             self.recipe_path = None
+        self._write_closest(near)
         self.best = best
-        closest = max(done, key=lambda c: c.val_accuracy) if done else None
         test_note = "; test accuracy is measured and reported only" if self.test is not None else ""
         self.data = {
             "name": self.out_dir.name,
@@ -458,7 +503,11 @@ class Search:
             if best is None
             else {**best.to_dict(), "artifact": str(self.out_dir / "best.tflite")},
             "recipe": None if self.recipe_path is None else str(self.recipe_path),
-            "closest": None if closest is None else closest.to_dict(),
+            "closest": None
+            if near is None
+            else {**near.to_dict(), "artifact": str(self.out_dir / CLOSEST_FILE)},
+            "rejections": rejections(cands),
+            "resolution": self.resolution,
             "front": front,
             "front_objectives": objectives,
             "budgets": self.budgets,
@@ -481,13 +530,30 @@ class Search:
         }
         self.report = write_report(self.out_dir, self.data)
 
+    def _write_closest(self, near: Candidate | None) -> None:
+        """`CLOSEST_FILE`: the candidate nearest to the budgets while none meets them (named so
+        that it is never taken for a result); removed once a candidate fits."""
+        path = self.out_dir / CLOSEST_FILE
+        if near is None:
+            path.unlink(missing_ok=True)
+        elif near.trial_id != self.closest_id or not path.exists():
+            _rundir.copy_file(near.artifact, path)
+        self.closest_id = None if near is None else near.trial_id
+
     def finish(self, stopped: str) -> None:
         """Says what was found (the best candidate and how to replay it)."""
         best, base = self.best, self.baseline
         if best is None:
+            near = self.data.get("closest")
             self.say(
-                f"[auto] no candidate within the budget ({stopped}); "
-                f"report: {self.report['markdown']}"
+                f"[auto] no candidate within the budgets ({stopped}); "
+                + (
+                    f"the closest, trial {near['trial_id']} (outside the budget: "
+                    f"{', '.join(near['misses'])}), is {self.out_dir / CLOSEST_FILE}; "
+                    if near
+                    else ""
+                )
+                + f"report: {self.report['markdown']}"
             )
         else:
             test_part = ""
@@ -526,6 +592,16 @@ def _refine_record(path: Path) -> dict | str:
         if stale:
             return stale
     return record
+
+
+# what auto writes when no candidate meets the budgets (never best.tflite: not a result)
+CLOSEST_FILE = "closest_over_budget.tflite"
+
+
+def _safe_qat(hypermodel) -> dict:
+    """`SAFE_FIRST`'s QAT seed restricted to ``hypermodel``'s space (as `default_seeds` has it)."""
+    names = set(hypermodel.hyperparameter_names())
+    return {k: v for k, v in SAFE_FIRST[1].items() if k in names}
 
 
 # the measurement each `optimize` objective minimizes
