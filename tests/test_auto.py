@@ -626,9 +626,10 @@ def test_default_seeds_start_safe_and_qat_follows_only_a_ptq_that_misses(trained
     fits = tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.05, out_dir=tmp_path / "a",
                                **kw)  # fmt: skip
     assert fits.candidates[0]["within_budget"]
-    # PTQ fits: QAT of the unchanged model would be the same size; the next seed (int4) runs
+    # PTQ fits: QAT of the unchanged model would be the same size; the next seed runs instead
     assert [c["recipe"]["quantization"] for c in fits.candidates] == ["ptq", "qat"]
-    assert fits.candidates[1]["recipe"]["weight_bits"] == "4"
+    third = fits.extra["seeds"][2]
+    assert fits.candidates[1]["recipe"]["weight_bits"] == third["weight_bits"] != "8"
     misses = tfopt.auto.optimize(_bad_int8_model(), train, val, max_accuracy_drop=0.05,
                                  out_dir=tmp_path / "b", **kw)  # fmt: skip
     assert misses.candidates[0]["status"] == "FAILED"  # PTQ misses: QAT of it comes next
@@ -706,3 +707,49 @@ def test_cli_nothing_fits_writes_the_closest_and_names_the_budgets(tmp_path, cap
     ).read_bytes()
     assert not (out / "best.tflite").exists()
     assert "**outside the budget** (flash)" in (out / "report.md").read_text()
+
+
+def test_sensitivity_pass_and_the_per_layer_recipes_it_gives(trained):
+    import tfopt
+    from tfopt.auto._sensitivity import _int4, layer_plan, layer_sensitivity, plans
+    from tfopt.tune import recipe_steps
+    from tfopt.tune._space import clone
+
+    model, _, val, _ = trained
+    weights = [w.copy() for w in model.get_weights()]
+    sens = layer_sensitivity(model, val)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))  # restored
+    hidden = [ly.name for ly in model.layers if getattr(ly, "kernel", None) is not None][:-1]
+    assert list(sens["layers"]) == hidden and sens["samples"] == 96  # the output layer is left out
+    assert sum(s["share"] for s in sens["layers"].values()) == pytest.approx(1.0)
+    # one loss, recomputed independently: the first layer's kernel in 4 bits
+    name = hidden[0]
+    copy = clone(model)
+    copy.get_layer(name).kernel.assign(_int4(np.asarray(copy.get_layer(name).kernel)))
+    lost = tfopt.bench.evaluate(model, val) - tfopt.bench.evaluate(copy, val)
+    assert sens["layers"][name]["int4"] == pytest.approx(max(0.0, lost), abs=1e-9)
+
+    fake = {"layers": {
+        "c1": {"share": 0.02, "channels": {"0.25": 0.01, "0.5": 0.2, "0.75": 0.5}, "sparsity": 0.0,
+               "int4": 0.0},
+        "c2": {"share": 0.3, "channels": {"0.25": 0.0, "0.5": 0.02, "0.75": 0.04}, "sparsity": 0.02,
+               "int4": 0.05},
+        "fc": {"share": 0.68, "channels": {"0.25": 0.0, "0.5": 0.0, "0.75": 0.09}, "sparsity": 0.0,
+               "int4": 0.01}}}  # fmt: skip
+    assert layer_plan(fake, 0.03) == {"channels": {"c1": 0.25, "c2": 0.5, "fc": 0.5},
+                                      "prune": ["c2", "fc"], "bits4": ["c1", "fc"]}  # fmt: skip
+    assert list(plans(fake, (0.03, 0.1, 0.12))) == ["plan@0.03", "plan@0.1"]  # 0.12 repeats
+    plan = layer_plan(fake, 0.1)
+    steps = recipe_steps({"channel_ratio": 0.5, "channel_scope": "plan@0.1", "channel_plan":
+                          plan["channels"], "sparsity": 0.8, "prune_scope": "plan@0.1",
+                          "prune_layers": plan["prune"], "quantization": "qat", "weight_bits":
+                          "plan@0.1", "bits4_layers": plan["bits4"], "epochs": 4})  # fmt: skip
+    assert [(s.type, s.ratio if s.type == "prune_channels" else None) for s in steps] == [
+        ("prune_channels", 0.75),
+        ("prune_channels", 0.25),
+        ("prune", None),
+        ("qat", None),
+    ]
+    assert steps[0].filters == ["^c2$", "^fc$"] and steps[1].filters == ["^c1$"]
+    assert steps[2].filters == ["^c2$", "^fc$"] and steps[2].target_sparsity == 0.8
+    assert steps[3].bits == {"^c1$": 4, "^c2$": 4, "^fc$": 4}

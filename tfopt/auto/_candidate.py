@@ -109,9 +109,10 @@ class Candidate:
             c.ratio = baseline["gzip_bytes"] / max(1, c.gzip_bytes)
             # The acceptance rule: the paired point estimate (val accuracy minus the baseline's on
             # the same samples) within the budget; its interval is reported, not required. A
-            # lower-bound rule needs a val split whose interval is narrower than the budget: on a
-            # few hundred samples the interval of even a lossless int8 model spans +-0.5 pt, so it
-            # would reject everything and leave the user with nothing. The point estimate is
+            # lower-bound rule needs a val split whose interval is narrower than the budget: on
+            # 400 samples a model that differs from the baseline on one sample each way (delta 0)
+            # has the interval [-0.75, +0.75] pt, so under a half-point budget it would reject
+            # even that and leave the user with nothing. The point estimate is
             # unbiased for each candidate; the winner's curse of picking the smallest of many
             # is answered by refinement and by reporting the winner's test delta with its
             # interval. Val only: the test data never takes part in selection.

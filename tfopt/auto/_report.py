@@ -124,8 +124,8 @@ def markdown(data: dict) -> str:
         lines.append(
             "- acceptance: a candidate is within the accuracy budget when its val accuracy minus "
             "the baseline's on the same samples (the paired point estimate) is at most the budget "
-            "below 0; its 95% paired interval is shown, not required (a lower-bound rule would "
-            "reject even a lossless int8 model on a small split)"
+            "below 0; its 95% paired interval is shown, not required (on a small split a "
+            "lower-bound rule rejects even a model whose delta is 0)"
         )
     all_budgets = data.get("budgets") or {}
     budgets = {k: all_budgets.get(k) for k in ("max_ram", "max_flash")}
@@ -262,12 +262,43 @@ def markdown(data: dict) -> str:
                 f"| {c['trial_id']} | {status} | {err} | - | - | - | - | - | - | - | "
                 f"{c['seconds']:.0f} |"
             )
+    lines += _sensitivity_lines(data.get("sensitivity"), data.get("plans") or {})
     if data.get("missing_techniques"):
         lines += [
             "",
             f"Not available in this installation: {', '.join(data['missing_techniques'])}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _sensitivity_lines(sens: dict | None, plans: dict) -> list[str]:
+    """The per-layer sensitivity table and the plans drawn from it."""
+    if not sens:
+        return []
+    ratios = sorted({r for s in sens["layers"].values() for r in s["channels"]}, key=float)
+    lines = [
+        "",
+        f"## Per-layer sensitivity (accuracy lost, one layer at a time, no fine-tuning; "
+        f"{sens['samples']} val samples, float accuracy {sens['accuracy']:.4f})",
+        "",
+        "| layer | share of weights | "
+        + " | ".join(f"{float(r):.0%} channels cut" for r in ratios)
+        + " | 80% sparsity | 4-bit weights |",
+        "|---|---|" + "---|" * (len(ratios) + 2),
+    ]
+    for name, s in sens["layers"].items():
+        cuts = " | ".join(f"{100 * s['channels'][r]:.1f} pt" for r in ratios)
+        lines.append(
+            f"| {name} | {s['share']:.1%} | {cuts} | {100 * s['sparsity']:.1f} pt | "
+            f"{100 * s['int4']:.1f} pt |"
+        )
+    for label, plan in plans.items():
+        cuts = ", ".join(f"{n} {r:g}" for n, r in plan["channels"].items()) or "none"
+        lines.append(
+            f"\n`{label}` (one-shot loss <= {label.split('@')[1]}): channel cuts {cuts}; pruned: "
+            f"{', '.join(plan['prune']) or 'none'}; 4-bit: {', '.join(plan['bits4']) or 'none'}"
+        )
+    return lines
 
 
 def plot(path: Path, data: dict) -> Path:

@@ -35,41 +35,28 @@ from tfopt.auto._refine import (
     refinement_run,
 )
 from tfopt.auto._report import fmt_time, progress_line, write_json, write_report
+from tfopt.auto._sensitivity import SPARSITY, layer_sensitivity, plans
 from tfopt.tune._recipe import dump_steps, recipe_steps
 from tfopt.tune._space import CompressionHyperModel
 from tfopt.tune._tuner import Tuner
 
-# Known-good recipes, tried first (in this order); keys of techniques that are not available are
-# dropped. They follow what works on small CNNs (and what earlier searches put on the size/accuracy
-# front), in the spirit of Deep Compression's stacks: fewer channels in every layer and in the
-# wide Dense layer, magnitude sparsity of the large layers, then QAT with 4-bit weights (the
-# converter packs them as INT4: on MNIST-1D a pruned int4 file gzips ~25% smaller than the same
-# model clustered to 16 values in int8), fine-tuned with distillation from the float model at a
-# low temperature; per-layer 4/8 bits by sensitivity (``weight_bits: mixed``); then int8 QAT,
-# recipes without distillation, and clustering (then int8 post-training quantization, which
-# keeps the clusters).
+# After `SAFE_FIRST`, the recipes derived from the model (`plan_seeds`), then this short generic
+# list: a stack that rests on no per-layer measurement. Magnitude pruning of the large layers to
+# 80-90% with int8 QAT is the stack that keeps accuracy on over-parameterized layers in the
+# pruning literature (Han et al. 2016, Zhu & Gupta 2017); clustering to 16 values per layer keeps
+# the int8 file's values few, which gzip then packs. Both fine-tune with distillation from the
+# float model at a low temperature.
 _DISTILL = {"distill": True, "temperature": 2.0, "alpha": 0.1, "ft_learning_rate": 2e-3}
 _INT4 = {"quantization": "qat", "weight_bits": "4", **_DISTILL, "ft_epochs": 16}
 KNOWN_GOOD: tuple[dict, ...] = (
-    {"channel_ratio": 0.5, "channel_scope": "all_dense", "sparsity": 0.8, **_INT4},
-    {"channel_ratio": 0.5, "channel_scope": "all_dense", "sparsity": 0.7, **_INT4},
-    {"channel_ratio": 0.5, "channel_scope": "all", "sparsity": 0.8, **_INT4},
-    {"channel_ratio": 0.5, "channel_scope": "all_dense", "sparsity": 0.8,
-     **{**_INT4, "weight_bits": "mixed"}},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.9, **_INT4},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.9, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.95, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"channel_ratio": 0.5, "channel_scope": "all", "sparsity": 0.8, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"channel_ratio": 0.75, "channel_scope": "dense", "sparsity": 0.85, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"sparsity": 0.9, "quantization": "qat", "distill": False, "ft_epochs": 12},
-    {"sparsity": 0.8, "clusters": 8, "distill": False, "ft_epochs": 12},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.9, "clusters": 16,
-     **_DISTILL, "ft_epochs": 16},
+    {"sparsity": 0.8, "prune_scope": "large", "quantization": "qat", **_DISTILL, "ft_epochs": 16},
+    {"sparsity": 0.8, "clusters": 16, **_DISTILL, "ft_epochs": 16},
 )  # fmt: skip
+
+# The one-shot losses a per-layer plan tolerates (`layer_plan`), moderate first: a fine-tuned
+# candidate loses much less than the layer does alone without fine-tuning, so the tolerances are
+# well above a typical budget.
+PLAN_TOLERANCES = (0.03, 0.10)
 
 
 # Tried first under a RAM or flash budget: a microcontroller stores the flatbuffer raw, so zeros
@@ -96,20 +83,67 @@ SAFE_FIRST: tuple[dict, ...] = (
 )
 
 
+def plan_seeds(labels, *, small: bool = False) -> list[dict]:
+    """One recipe per per-layer plan (``labels``, e.g. ``["plan@0.03"]``): its channel ratios,
+    its pruned layers (none under a RAM / flash budget: zeros save no flash) and its 4-bit
+    layers, fine-tuned with distillation. ``channel_ratio`` only switches the stage on: the plan
+    holds the ratios."""
+    return [
+        {"channel_ratio": 0.5, "channel_scope": label, "sparsity": 0.0 if small else SPARSITY,
+         "prune_scope": label, "clusters": 0, "quantization": "qat", "weight_bits": label,
+         **_DISTILL, "ft_epochs": 16}
+        for label in labels
+    ]  # fmt: skip
+
+
 def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None) -> list[dict]:
-    """`SAFE_FIRST`, then the known-good recipes, restricted to ``hypermodel``'s space,
-    deduplicated, in order (`KNOWN_GOOD_SMALL` instead of `KNOWN_GOOD` when ``budgets`` hold a
-    RAM or flash budget: the others are too large for a microcontroller's flash)."""
+    """`SAFE_FIRST`, then the recipes of the model's per-layer plans (`plan_seeds`, when
+    ``hypermodel`` is a `PlannedHyperModel`), then the generic ones, restricted to
+    ``hypermodel``'s space, deduplicated, in order (`KNOWN_GOOD_SMALL` instead of `KNOWN_GOOD`
+    when ``budgets`` hold a RAM or flash budget: the others are too large for a
+    microcontroller's flash)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
-    small = budgets and any(budgets.get(k) is not None for k in ("max_ram", "max_flash"))
-    for recipe in (*SAFE_FIRST, *(KNOWN_GOOD_SMALL if small else KNOWN_GOOD)):
+    small = bool(budgets and any(budgets.get(k) is not None for k in ("max_ram", "max_flash")))
+    planned = plan_seeds(getattr(hypermodel, "plans", {}), small=small)
+    for recipe in (*SAFE_FIRST, *planned, *(KNOWN_GOOD_SMALL if small else KNOWN_GOOD)):
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
         if s and key not in seen:
             seen.add(key)
             seeds.append(s)
     return seeds
+
+
+class PlannedHyperModel(CompressionHyperModel):
+    """`CompressionHyperModel` whose ``channel_scope``, ``prune_scope`` and ``weight_bits`` also
+    offer the model's per-layer plans (``plans``: label -> `layer_plan`); a recipe that picks a
+    plan carries its layers (``channel_plan``, ``prune_layers``, ``bits4_layers``,
+    `tfopt.tune.recipe_steps`)."""
+
+    _KEYS = (("channel_scope", "channel_plan", "channels"), ("prune_scope", "prune_layers",
+             "prune"), ("weight_bits", "bits4_layers", "bits4"))  # fmt: skip
+
+    def __init__(self, model, *, plans: dict[str, dict], space: dict | None = None, **kwargs):
+        from tfopt.tune._space import COMPRESSION_CHOICES, _has_aeq
+
+        self.plans = dict(plans)
+        plain = CompressionHyperModel(model, space=space, **kwargs)  # checks the user's space
+        names = plain.hyperparameter_names()
+        space = dict(space or {})
+        for key, _, _ in self._KEYS:  # the user's choices stand
+            if key in names and self.plans:
+                choices = [c for c in COMPRESSION_CHOICES[key] if c != "mixed" or _has_aeq()]
+                space.setdefault(key, choices + list(self.plans))
+        super().__init__(model, space=space, **kwargs)
+
+    def recipe(self, hp) -> dict:
+        recipe = super().recipe(hp)
+        for key, field, part in self._KEYS:
+            label = str(recipe.get(key))
+            if label in self.plans:
+                recipe[field] = self.plans[label][part]
+        return recipe
 
 
 def _measure_baseline(model, out_dir: Path, val, test, representative, micro=None) -> dict:
@@ -227,8 +261,13 @@ class Search:
         )
         self.resolution = split_resolution(len(val[1]), b["val_accuracy"], max_accuracy_drop)
         self.say("[auto] " + resolution_text(self.resolution, max_accuracy_drop))
-        self.hypermodel = CompressionHyperModel(
-            model=model, techniques=techniques, target=target, space=space
+        self.sensitivity = self._sensitivity(model, val, planned=seeds is None)
+        self.hypermodel = PlannedHyperModel(
+            model,
+            plans=plans(self.sensitivity, PLAN_TOLERANCES) if self.sensitivity else {},
+            techniques=techniques,
+            target=target,
+            space=space,
         )
         self.seeds = default_seeds(self.hypermodel, self.budgets) if seeds is None else list(seeds)
         # the default seeds start with `SAFE_FIRST`: QAT of the unchanged model only when PTQ misses
@@ -276,6 +315,24 @@ class Search:
                 self._add(stale)
         if self.candidates:
             self.say(f"[auto] resuming: {len(self.candidates)} trial(s) already done in {out_dir}")
+
+    def _sensitivity(self, model, val, *, planned: bool) -> dict | None:
+        """The per-layer sensitivity pass (`layer_sensitivity`), made once per run directory
+        (``sensitivity.json``: a resumed search and the workers of a distributed one read it);
+        None when the seeds are the caller's (no plan is needed)."""
+        path = self.out_dir / "sensitivity.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        if not planned or self.worker:
+            return None
+        t0 = time.monotonic()
+        sens = layer_sensitivity(model, val)
+        write_json(path, sens)
+        self.say(
+            f"[auto] sensitivity pass: {len(sens['layers'])} layer(s) x (channel cuts, "
+            f"sparsity, 4-bit) on {sens['samples']} val samples [{fmt_time(time.monotonic() - t0)}]"
+        )
+        return sens
 
     # -- candidates ------------------------------------------------------------------------------
     def _add(self, record: dict) -> Candidate:
@@ -508,6 +565,8 @@ class Search:
             else {**near.to_dict(), "artifact": str(self.out_dir / CLOSEST_FILE)},
             "rejections": rejections(cands),
             "resolution": self.resolution,
+            "sensitivity": self.sensitivity,
+            "plans": self.hypermodel.plans,
             "front": front,
             "front_objectives": objectives,
             "budgets": self.budgets,
