@@ -622,19 +622,31 @@ def test_default_seeds_start_safe_and_qat_follows_only_a_ptq_that_misses(trained
     small = default_seeds(CompressionHyperModel(model=model), {"max_flash": 1000})
     assert small[:2] == seeds[:2]  # a memory budget changes what follows, not the start
 
-    kw = dict(techniques=("quantize",), space={"ft_epochs": 1}, max_trials=2, refine=0, verbose=0)
+    kw = dict(techniques=("quantize", "prune"), space={"ft_epochs": 1}, max_trials=2, refine=0,
+              verbose=0)  # fmt: skip
+
+    def follows(c, seed):  # the trial ran this seed (the keys that tell the seeds apart)
+        keys = ("sparsity", "prune_scope", "quantization", "weight_bits")
+        return all(c["recipe"][k] == seed[k] for k in keys if k in seed)
+
     fits = tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.05, out_dir=tmp_path / "a",
                                **kw)  # fmt: skip
-    assert fits.candidates[0]["within_budget"]
+    used = fits.extra["seeds"]
+    assert fits.candidates[0]["within_budget"] and follows(fits.candidates[0], used[0])
     # PTQ fits: QAT of the unchanged model would be the same size; the next seed runs instead
-    assert [c["recipe"]["quantization"] for c in fits.candidates] == ["ptq", "qat"]
-    third = fits.extra["seeds"][2]
-    assert fits.candidates[1]["recipe"]["weight_bits"] == third["weight_bits"] != "8"
+    assert used[1]["quantization"] == "qat" and used[1]["sparsity"] == 0.0
+    assert follows(fits.candidates[1], used[2]) and fits.candidates[1]["recipe"]["sparsity"] > 0
+    # resumed: the QAT seed stays dropped, so the next trial is the next seed, not a repeat
+    again = tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.05, out_dir=tmp_path / "a",
+                                **{**kw, "max_trials": 3})  # fmt: skip
+    assert follows(again.candidates[2], used[3]) and len(again.candidates) == 3
+    assert again.candidates[2]["recipe"] != again.candidates[1]["recipe"]
     misses = tfopt.auto.optimize(_bad_int8_model(), train, val, max_accuracy_drop=0.05,
                                  out_dir=tmp_path / "b", **kw)  # fmt: skip
     assert misses.candidates[0]["status"] == "FAILED"  # PTQ misses: QAT of it comes next
     assert misses.candidates[1]["recipe"]["quantization"] == "qat"
     assert misses.candidates[1]["recipe"]["weight_bits"] == "8"
+    assert misses.candidates[1]["recipe"]["sparsity"] == 0.0
 
 
 def test_paired_delta_resolution_and_rejections_are_exact():
@@ -753,3 +765,41 @@ def test_sensitivity_pass_and_the_per_layer_recipes_it_gives(trained):
     assert steps[0].filters == ["^c2$", "^fc$"] and steps[1].filters == ["^c1$"]
     assert steps[2].filters == ["^c2$", "^fc$"] and steps[2].target_sparsity == 0.8
     assert steps[3].bits == {"^c1$": 4, "^c2$": 4, "^fc$": 4}
+
+
+def test_screening_fine_tunes_on_a_subset_and_refinement_on_everything(
+    trained, tmp_path, monkeypatch
+):
+    import tfopt
+    import tfopt.auto._search as search_mod
+    import tfopt.tune._tuner as tuner_mod
+    from tfopt.auto._search import screening_subset
+
+    model, train, val, _ = trained
+    x, y = screening_subset(train, 0, limit=100)
+    keep = np.sort(np.random.default_rng(0).choice(320, 100, replace=False))
+    assert np.array_equal(x, train[0][keep]) and np.array_equal(y, train[1][keep])
+    assert screening_subset(train, 0, limit=320) is train
+
+    seen = []
+    real = tuner_mod.run_candidate
+
+    def spy(model, steps, *, train, **kw):
+        seen.append(len(train[0]))
+        return real(model, steps, train=train, **kw)
+
+    monkeypatch.setattr(tuner_mod, "run_candidate", spy)
+    monkeypatch.setattr(search_mod, "SCREEN_SAMPLES", 100)
+    lines = []
+    res = tfopt.auto.optimize(
+        model, train, val, max_accuracy_drop=0.5, max_trials=1, refine=1, techniques=("prune",),
+        space={"ft_epochs": 1}, seeds=[{"sparsity": 0.5}], out_dir=tmp_path / "s",
+        log=lines.append,
+    )  # fmt: skip
+    assert [c["trial_id"] for c in res.candidates] == ["0", "r000"]
+    assert seen == [100, 320]  # the screen on the subset, the refinement on everything
+    assert "[auto] screening fine-tunes on 100 of the 320 training samples; refinement on all" in (
+        "\n".join(lines)
+    )
+    report = json.loads((tmp_path / "s/report.json").read_text())
+    assert report["screening"] == {"train_samples": 100, "of": 320, "refine_epochs_factor": 3}

@@ -155,6 +155,12 @@ def markdown(data: dict) -> str:
             f"re-run with {ref['epochs_factor']}x the fine-tuning epochs"
             + (" and distillation from the float model" if ref.get("distill") else "")
         )
+    scr = data.get("screening")
+    if scr and scr["train_samples"] < scr["of"]:
+        lines.append(
+            f"- screening fine-tuned on {scr['train_samples']:,} of the {scr['of']:,} training "
+            "samples (a fixed random subset); refinement on all of them"
+        )
     lines += [
         "",
         "| artifact | bytes (flash) | gzip | gzip ratio | val acc | test acc | latency p50 | "

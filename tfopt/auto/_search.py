@@ -262,6 +262,12 @@ class Search:
         self.resolution = split_resolution(len(val[1]), b["val_accuracy"], max_accuracy_drop)
         self.say("[auto] " + resolution_text(self.resolution, max_accuracy_drop))
         self.sensitivity = self._sensitivity(model, val, planned=seeds is None)
+        self.screen_train = screening_subset(train, seed)
+        if len(self.screen_train[1]) < len(train[1]):
+            self.say(
+                f"[auto] screening fine-tunes on {len(self.screen_train[1]):,} of the "
+                f"{len(train[1]):,} training samples; refinement on all of them"
+            )
         self.hypermodel = PlannedHyperModel(
             model,
             plans=plans(self.sensitivity, PLAN_TOLERANCES) if self.sensitivity else {},
@@ -353,12 +359,21 @@ class Search:
 
     def _skip_safe_qat(self, c: Candidate) -> None:
         """Drops the QAT seed of the unchanged model once its PTQ (trial 0) fits every budget:
-        it would be the same size. Not when trial 1 already started (a resumed or distributed
-        search): the oracle's seeds are proposed by position."""
+        it would be the same size. The oracle proposes seeds by position, so a resumed search
+        drops it again, unless trial 1 ran it (a distributed search started it early)."""
         fits = c.completed and c.within_budget and not c.rejected
-        if self.safe_first and c.trial_id == "0" and fits and len(self.oracle.start_order) <= 1:
-            self.oracle.seeds.pop(1)
-            self.safe_first = False
+        if not (self.safe_first and c.trial_id == "0" and fits):
+            return
+        second = self.oracle.trials.get("1")
+        keys = ("quantization", "weight_bits", "sparsity", "channel_ratio", "clusters")
+        if second is not None and all(
+            second.hyperparameters.values.get(k) == self.seeds[1][k]
+            for k in keys
+            if k in self.seeds[1]
+        ):
+            return
+        self.oracle.seeds.pop(1)
+        self.safe_first = False
 
     def _on_trial_done(self, trial_id: str, record: dict) -> None:
         self._add_and_report(record, "running")
@@ -422,7 +437,9 @@ class Search:
         """Runs screening trials until the oracle stops; returns why."""
         self.oracle.stop_reason = None
         try:
-            self.tuner.search(self.train, self.val, test=self.test, teacher=self.model, verbose=0)
+            self.tuner.search(
+                self.screen_train, self.val, test=self.test, teacher=self.model, verbose=0
+            )
         except KeyboardInterrupt:
             self.say("[auto] interrupted: writing the report with the trials done so far")
             return "interrupted"
@@ -565,6 +582,11 @@ class Search:
             else {**near.to_dict(), "artifact": str(self.out_dir / CLOSEST_FILE)},
             "rejections": rejections(cands),
             "resolution": self.resolution,
+            "screening": {
+                "train_samples": len(self.screen_train[1]),
+                "of": len(self.train[1]),
+                "refine_epochs_factor": REFINE_EPOCHS,
+            },
             "sensitivity": self.sensitivity,
             "plans": self.hypermodel.plans,
             "front": front,
@@ -661,6 +683,27 @@ def _safe_qat(hypermodel) -> dict:
     """`SAFE_FIRST`'s QAT seed restricted to ``hypermodel``'s space (as `default_seeds` has it)."""
     names = set(hypermodel.hyperparameter_names())
     return {k: v for k, v in SAFE_FIRST[1].items() if k in names}
+
+
+# Screen cheap, confirm expensive: screening trials fine-tune on at most this many training samples
+# (a random subset, the same one on resume and in every worker), refinement runs on all of them
+# with `REFINE_EPOCHS` times the epochs. Ranking recipes against each other needs far fewer samples
+# than training the one that is kept, and a full-data screen of a 54,000-image set costs 40-100 s
+# an epoch on 2 cores (issue 22). Sets up to this size are screened whole.
+SCREEN_SAMPLES = 8192
+
+
+def screening_subset(train, seed: int, limit: int | None = None):
+    """``train`` itself, or ``limit`` (default `SCREEN_SAMPLES`) of its samples drawn with
+    ``seed``, in their order."""
+    x, y = train
+    limit = SCREEN_SAMPLES if limit is None else limit
+    if len(y) <= limit:
+        return train
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).choice(len(y), limit, replace=False))
+    return x[keep], y[keep]
 
 
 # the measurement each `optimize` objective minimizes
