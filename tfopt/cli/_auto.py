@@ -27,7 +27,8 @@ def add_parser(sub):
         "config that rebuilds best.tflite) and report.json/.md/pareto.png to --out; re-running "
         "with the same --out resumes the search. The first candidate is the unchanged model in "
         "int8 (PTQ; then QAT if PTQ misses the budget), so --max-trials 1 returns a deployable "
-        "model whenever int8 fits.",
+        "model whenever int8 fits; the next recipes come from a per-layer sensitivity pass on "
+        "the model (channel cuts, sparsity and 4-bit weights, one layer at a time).",
         epilog="exit codes: 0 a candidate within the budgets is in best.tflite; "
         f"{EXIT_NO_FIT} no candidate met the budgets: the closest one is written, outside the "
         "budget, to closest_over_budget.tflite and the last line counts the candidates each "
