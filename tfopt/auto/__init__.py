@@ -2,7 +2,7 @@
 
 `optimize` searches compression recipes (channel pruning, magnitude pruning, clustering, QAT/PTQ,
 distillation from the float model, and their hyperparameters) with KerasTuner, starting from
-known-good recipes, then refines the most promising small candidates with longer fine-tuning and
+the unchanged model in int8 and from per-layer recipes a sensitivity pass derives, then refines the most promising small candidates with longer fine-tuning and
 distillation, and measures every candidate through its exported TFLite file. It selects on the
 validation data only (paired with the baseline on the same samples; test data, when given, is
 measured and reported with its paired 95% interval). The first candidate is the unchanged model in

@@ -248,10 +248,14 @@ def optimize(
     PTQ, each stage fine-tuned with optional distillation from the float model) are screened with
     short fine-tunes: first the unchanged model quantized to ``target`` (int8 PTQ, then int8 QAT
     only if PTQ misses the budgets: `SAFE_FIRST`), so that one or two trials already give a
-    deployable model whenever int8 fits; then known-good recipes (`KNOWN_GOOD`), then
-    KerasTuner's Bayesian optimization. A refinement stage follows: the most promising small candidates within
-    `REFINE_MARGIN` of the budget (see `refine_queue`) are re-run with `REFINE_EPOCHS` times the
-    fine-tuning and distillation from the float model (`refine_recipe`). Every candidate is
+    deployable model whenever int8 fits; then recipes derived from the model (a per-layer
+    sensitivity pass on a val slice, `tfopt.auto._sensitivity`: per-layer channel ratios, pruned
+    layers and 4-bit layers within a one-shot loss tolerance), then a short generic list
+    (`KNOWN_GOOD`), then KerasTuner's Bayesian optimization. Screening trials fine-tune on at most
+    `SCREEN_SAMPLES` training samples. A refinement stage follows: the most promising small
+    candidates within `REFINE_MARGIN` of the budget (see `refine_queue`) are re-run on all the
+    training data with `REFINE_EPOCHS` times the fine-tuning and distillation from the float
+    model (`refine_recipe`). Every candidate is
     exported to ``target`` and measured *through the exported file*: accuracy on ``val`` (and
     ``test`` when given), gzip size, latency.
 
