@@ -330,4 +330,6 @@ def _no_fit_line(res) -> str:
     )
     if res.closest_path is not None:
         text += f"; closest, outside the budget: {res.closest_path}"
+    if not res.candidates:
+        text += f" (the search stopped before a candidate: {res.stopped})"
     return text
