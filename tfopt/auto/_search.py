@@ -53,10 +53,13 @@ KNOWN_GOOD: tuple[dict, ...] = (
     {"sparsity": 0.8, "clusters": 16, **_DISTILL, "ft_epochs": 16},
 )  # fmt: skip
 
-# The one-shot losses a per-layer plan tolerates (`layer_plan`), moderate first: a fine-tuned
-# candidate loses much less than the layer does alone without fine-tuning, so the tolerances are
-# well above a typical budget.
-PLAN_TOLERANCES = (0.03, 0.10)
+# The one-shot losses a per-layer plan tolerates (`layer_plan`), moderate first. They are far above
+# any accuracy budget because the pass does not fine-tune: measured on the default config's model
+# (`tfopt auto --max-accuracy-drop 0.02 --max-trials 2`, sensitivity.json), a 25% channel cut of
+# one layer costs 6-19 pt and 80% sparsity 8-55 pt one-shot, while cuts of 50% in every layer with
+# 80% sparsity end within half a point once fine-tuned with distillation. At 0.03 only the 4-bit
+# weights passed; 0.10 admits the least sensitive cuts, 0.30 about what fine-tuning recovered.
+PLAN_TOLERANCES = (0.10, 0.30)
 
 
 # Tried first under a RAM or flash budget: a microcontroller stores the flatbuffer raw, so zeros
