@@ -196,8 +196,10 @@ def test_selection_uses_val_only_and_refinement_is_recorded(trained, tmp_path, m
     def rewrite(*args, **kwargs):
         m = real(*args, **kwargs)
         m["test_accuracy"] = 0.0
+        m["test_correct"] = measure.pack_correct(np.zeros(len(test[1]), bool))
         if "search" in Path(m["path"]).parts:
             m["val_accuracy"] = base_val - 0.05
+            m["val_correct"] = None  # no per-sample results: no paired interval
         return m
 
     monkeypatch.setattr(tuner_mod, "export_and_measure", rewrite)
@@ -238,7 +240,14 @@ def test_selection_uses_val_only_and_refinement_is_recorded(trained, tmp_path, m
     md = (tmp_path / "run/report.md").read_text()
     assert "selection uses the validation data only" in md
     assert f"| r000 | ok | {' + '.join(r['stages'])} (refines {source['trial_id']}) |" in md
-    assert f"| 0.0000 ({100 * -base['test_accuracy']:+.2f} pt) |" in md  # the best's test drop
+    # the best's test delta, paired with the baseline on the same samples, with its interval
+    t = res.best["test_delta"]
+    assert t["delta"] == -base["test_accuracy"] and t["only_b"] == 0 and t["n"] == len(test[1])
+    assert t["only_a"] == round(base["test_accuracy"] * len(test[1])) and t["high"] < 0
+    interval = f"{100 * t['delta']:+.2f} pt [{100 * t['low']:+.2f}, {100 * t['high']:+.2f}]"
+    assert f"| 0.0000 ({interval}) |" in md and f"Its test delta: {interval} over 96" in md
+    assert all(c["val_delta"] is None for c in search)  # rewritten: no per-sample results
+    assert r["val_delta"]["delta"] == pytest.approx(r["val_accuracy"] - base_val, abs=1e-12)
     assert any("(not used to select)" in ln for ln in lines if ln.startswith("[auto] best:"))
 
     # resume: the refinement run is read back, not repeated (the limit is reached)
@@ -283,7 +292,10 @@ def test_no_candidate_within_budget_still_writes_the_report(tmp_path, blobs):
     assert res.stopped == "search_space_exhausted"
     assert any("trial 0  FAILED" in ln for ln in lines)
     md = (tmp_path / "bad/report.md").read_text()
-    assert "**No candidate met the accuracy budget.**" in md
+    assert "**No candidate met the budgets.**" in md
+    assert res.rejections == {"accuracy": 0, "RAM": 0, "flash": 0, "robustness": 0, "failed": 1}
+    assert "Rejections per budget: of 1 candidate(s) rejected: accuracy 0; 1 failed" in md
+    assert res.closest is None and not (tmp_path / "bad/closest_over_budget.tflite").exists()
     assert json.loads((tmp_path / "bad/report.json").read_text())["best"] is None
     assert (tmp_path / "bad/pareto.png").exists() and not (tmp_path / "bad/best.tflite").exists()
 
@@ -545,3 +557,240 @@ def test_auto_oracle_stops_the_search_itself(tmp_path):
     o.add_duration(200.0)  # a typical trial takes longer than what is left
     Failing(oracle=o, directory=str(tmp_path), project_name="d").search(verbose=0)
     assert o.stop_reason == "time_budget" and len(o.trials) == 0
+
+
+# -- safe first, paired selection, budgets named in the failure -----------------------------------
+def test_one_trial_search_returns_the_int8_model_of_the_unchanged_model(trained, tmp_path):
+    """The default seeds start with int8 PTQ of the unchanged model: one trial is a result."""
+    import tfopt
+    from tfopt._stats import correct
+    from tfopt.bench._runners import runner_for
+    from tfopt.tune._measure import pack_correct
+
+    model, train, val, test = trained
+    lines = []
+    res = tfopt.auto.optimize(
+        model, train, val, test=test, max_accuracy_drop=0.05, max_trials=1,
+        out_dir=tmp_path / "one", log=lines.append,
+    )  # fmt: skip
+    (c,) = res.candidates  # no refinement: PTQ has nothing to fine-tune longer
+    assert c["stages"] == ["ptq"] and c["steps"] == [] and c["recipe"]["sparsity"] == 0.0
+    assert (
+        res.best["trial_id"] == "0"
+        and res.best_path.read_bytes() == Path(c["artifact"]).read_bytes()
+    )
+    from ai_edge_litert.interpreter import Interpreter
+
+    tensors = Interpreter(model_path=str(res.best_path)).get_tensor_details()
+    assert np.int8 in {t["dtype"] for t in tensors} and c["bytes"] < res.baseline["bytes"] / 1.9
+    # paired with the baseline on the same samples: the counts are the samples they disagree on
+    base = res.baseline
+    runner = runner_for(base["artifact"])
+    assert base["val_correct"] == pack_correct(correct(runner.predict(val[0]), val[1]))
+    cand = correct(runner_for(c["artifact"]).predict(val[0]), val[1])
+    base_right = correct(runner.predict(val[0]), val[1])
+    d = c["val_delta"]
+    assert (d["only_a"], d["only_b"]) == (
+        int((base_right & ~cand).sum()),
+        int((cand & ~base_right).sum()),
+    )
+    assert d["delta"] == pytest.approx(c["val_accuracy"] - base["val_accuracy"], abs=1e-12)
+    assert res.closest is None and not (tmp_path / "one/closest_over_budget.tflite").exists()
+    assert any(ln.startswith("[auto] val split: 96 samples, resolution 1.04 pt") for ln in lines)
+
+
+def test_default_seeds_start_safe_and_qat_follows_only_a_ptq_that_misses(trained, tmp_path):
+    import tfopt
+    from tfopt.auto._search import SAFE_FIRST, default_seeds
+    from tfopt.tune import CompressionHyperModel
+
+    model, train, val, _ = trained
+    seeds = default_seeds(CompressionHyperModel(model=model))
+    # lowrank is opt-in, so not in the default space
+    assert seeds[0] == {k: v for k, v in SAFE_FIRST[0].items() if k != "lowrank_energy"}
+    assert seeds[1]["quantization"] == "qat" and seeds[1]["weight_bits"] == "8"
+    assert seeds[1]["sparsity"] == seeds[1]["channel_ratio"] == 0.0
+    small = default_seeds(CompressionHyperModel(model=model), {"max_flash": 1000})
+    assert small[:2] == seeds[:2]  # a memory budget changes what follows, not the start
+
+    kw = dict(techniques=("quantize", "prune"), space={"ft_epochs": 1}, max_trials=2, refine=0,
+              verbose=0)  # fmt: skip
+
+    def follows(c, seed):  # the trial ran this seed (the keys that tell the seeds apart)
+        keys = ("sparsity", "prune_scope", "quantization", "weight_bits")
+        return all(c["recipe"][k] == seed[k] for k in keys if k in seed)
+
+    fits = tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.05, out_dir=tmp_path / "a",
+                               **kw)  # fmt: skip
+    used = fits.extra["seeds"]
+    assert fits.candidates[0]["within_budget"] and follows(fits.candidates[0], used[0])
+    # PTQ fits: QAT of the unchanged model would be the same size; the next seed runs instead
+    assert used[1]["quantization"] == "qat" and used[1]["sparsity"] == 0.0
+    assert follows(fits.candidates[1], used[2]) and fits.candidates[1]["recipe"]["sparsity"] > 0
+    # resumed: the QAT seed stays dropped, so the next trial is the next seed, not a repeat
+    again = tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.05, out_dir=tmp_path / "a",
+                                **{**kw, "max_trials": 3})  # fmt: skip
+    assert follows(again.candidates[2], used[3]) and len(again.candidates) == 3
+    assert again.candidates[2]["recipe"] != again.candidates[1]["recipe"]
+    misses = tfopt.auto.optimize(_bad_int8_model(), train, val, max_accuracy_drop=0.05,
+                                 out_dir=tmp_path / "b", **kw)  # fmt: skip
+    assert misses.candidates[0]["status"] == "FAILED"  # PTQ misses: QAT of it comes next
+    assert misses.candidates[1]["recipe"]["quantization"] == "qat"
+    assert misses.candidates[1]["recipe"]["weight_bits"] == "8"
+    assert misses.candidates[1]["recipe"]["sparsity"] == 0.0
+
+
+def test_paired_delta_resolution_and_rejections_are_exact():
+    from tfopt._stats import paired_delta
+    from tfopt.auto._candidate import (
+        Candidate,
+        closest,
+        rejection_text,
+        rejections,
+        split_resolution,
+    )
+    from tfopt.tune._measure import pack_correct, unpack_correct
+
+    rng = np.random.default_rng(0)
+    base = rng.random(400) < 0.9
+    cand = base.copy()
+    cand[np.flatnonzero(base)[:6]] = False  # 6 samples only the baseline gets right
+    cand[np.flatnonzero(~base)[:2]] = True  # 2 only the candidate gets right
+    assert np.array_equal(unpack_correct(pack_correct(cand), 400), cand)
+    baseline = {"val_accuracy": float(base.mean()), "gzip_bytes": 8000, "val_samples": 400,
+                "val_correct": pack_correct(base)}  # fmt: skip
+    record = {"trial_id": "3", "status": "COMPLETED", "metrics": {
+        "val_accuracy": float(cand.mean()), "gzip_bytes": 1000, "bytes": 3000, "latency_ms": 0.1,
+        "val_correct": pack_correct(cand), "flash_bytes": 3000}}  # fmt: skip
+    c = Candidate.from_record(record, baseline, 0.005, {"max_flash": 2000})
+    assert c.val_delta == paired_delta(base, cand).to_dict()
+    assert (c.val_delta["only_a"], c.val_delta["only_b"], c.val_delta["delta"]) == (6, 2, -0.01)
+    assert c.test_delta is None  # no test split measured
+    assert not c.within_budget and c.misses == ["accuracy", "flash"]
+    c2 = Candidate.from_record({**record, "trial_id": "4"}, baseline, 0.02, {"max_flash": 2000})
+    assert c2.within_budget and c2.misses == ["flash"]
+    failed = Candidate(trial_id="5", status="FAILED")
+    counts = rejections([c, c2, failed])
+    assert counts == {"accuracy": 1, "RAM": 0, "flash": 2, "robustness": 0, "failed": 1}
+    assert rejection_text(counts, 3, {"max_flash": 2000}) == (
+        "of 3 candidate(s) rejected: accuracy 1, flash 2 (one candidate can miss several); 1 "
+        "failed to export or measure"
+    )
+    assert closest([c, c2, failed]) is c2  # fewer budgets missed
+
+    r = split_resolution(400, 0.93, 0.005)  # MNIST-1D's val split against a half-point budget
+    assert r["resolution"] == 1 / 400 and not r["resolves"]
+    assert r["noise"] == pytest.approx(1.959963984540054 * (0.07 / 400) ** 0.5)
+    assert r["needed"] == int(np.ceil(0.07 * (1.96 / 0.005) ** 2)) == 10757
+    assert split_resolution(20000, 0.93, 0.005)["resolves"]
+    assert split_resolution(400, 1.0, 0.0)["needed"] is None
+
+
+def test_cli_nothing_fits_writes_the_closest_and_names_the_budgets(tmp_path, capfd):
+    from tfopt.cli import main
+
+    x, y = _blobs(160, 0)
+    np.savez(tmp_path / "blobs.npz", x_train=x, y_train=y, x_test=x[:32], y_test=y[:32])
+    out = tmp_path / "nf"
+    code = main(["auto", "--max-accuracy-drop", "0.99", "--data", str(tmp_path / "blobs.npz"),
+                 "--epochs", "1", "--max-trials", "1", "--techniques", "prune",
+                 "--max-flash", "1B", "--out", str(out)])  # fmt: skip
+    captured = capfd.readouterr()
+    assert code == 3, captured.out[-2000:] + captured.err[-2000:]
+    last = captured.err.strip().splitlines()[-1]
+    assert last == (
+        "tfopt: no candidate within the budgets (accuracy -99.00 pt, flash <= 1 B): of 1 "
+        "candidate(s) rejected: accuracy 0, flash 1 (one candidate can miss several); closest, "
+        f"outside the budget: {out / 'closest_over_budget.tflite'}"
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["best"] is None and report["closest"]["misses"] == ["flash"]
+    assert (out / "closest_over_budget.tflite").read_bytes() == (
+        out / "search/trial_0/model.tflite"
+    ).read_bytes()
+    assert not (out / "best.tflite").exists()
+    assert "**outside the budget** (flash)" in (out / "report.md").read_text()
+
+
+def test_sensitivity_pass_and_the_per_layer_recipes_it_gives(trained):
+    import tfopt
+    from tfopt.auto._sensitivity import _int4, layer_plan, layer_sensitivity, plans
+    from tfopt.tune import recipe_steps
+    from tfopt.tune._space import clone
+
+    model, _, val, _ = trained
+    weights = [w.copy() for w in model.get_weights()]
+    sens = layer_sensitivity(model, val)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))  # restored
+    hidden = [ly.name for ly in model.layers if getattr(ly, "kernel", None) is not None][:-1]
+    assert list(sens["layers"]) == hidden and sens["samples"] == 96  # the output layer is left out
+    assert sum(s["share"] for s in sens["layers"].values()) == pytest.approx(1.0)
+    # one loss, recomputed independently: the first layer's kernel in 4 bits
+    name = hidden[0]
+    copy = clone(model)
+    copy.get_layer(name).kernel.assign(_int4(np.asarray(copy.get_layer(name).kernel)))
+    lost = tfopt.bench.evaluate(model, val) - tfopt.bench.evaluate(copy, val)
+    assert sens["layers"][name]["int4"] == pytest.approx(max(0.0, lost), abs=1e-9)
+
+    fake = {"layers": {
+        "c1": {"share": 0.02, "channels": {"0.25": 0.01, "0.5": 0.2, "0.75": 0.5}, "sparsity": 0.0,
+               "int4": 0.0},
+        "c2": {"share": 0.3, "channels": {"0.25": 0.0, "0.5": 0.02, "0.75": 0.04}, "sparsity": 0.02,
+               "int4": 0.05},
+        "fc": {"share": 0.68, "channels": {"0.25": 0.0, "0.5": 0.0, "0.75": 0.09}, "sparsity": 0.0,
+               "int4": 0.01}}}  # fmt: skip
+    assert layer_plan(fake, 0.03) == {"channels": {"c1": 0.25, "c2": 0.5, "fc": 0.5},
+                                      "prune": ["c2", "fc"], "bits4": ["c1", "fc"]}  # fmt: skip
+    assert list(plans(fake, (0.03, 0.1, 0.12))) == ["plan@0.03", "plan@0.1"]  # 0.12 repeats
+    plan = layer_plan(fake, 0.1)
+    steps = recipe_steps({"channel_ratio": 0.5, "channel_scope": "plan@0.1", "channel_plan":
+                          plan["channels"], "sparsity": 0.8, "prune_scope": "plan@0.1",
+                          "prune_layers": plan["prune"], "quantization": "qat", "weight_bits":
+                          "plan@0.1", "bits4_layers": plan["bits4"], "epochs": 4})  # fmt: skip
+    assert [(s.type, s.ratio if s.type == "prune_channels" else None) for s in steps] == [
+        ("prune_channels", 0.75),
+        ("prune_channels", 0.25),
+        ("prune", None),
+        ("qat", None),
+    ]
+    assert steps[0].filters == ["^c2$", "^fc$"] and steps[1].filters == ["^c1$"]
+    assert steps[2].filters == ["^c2$", "^fc$"] and steps[2].target_sparsity == 0.8
+    assert steps[3].bits == {"^c1$": 4, "^c2$": 4, "^fc$": 4}
+
+
+def test_screening_fine_tunes_on_a_subset_and_refinement_on_everything(
+    trained, tmp_path, monkeypatch
+):
+    import tfopt
+    import tfopt.auto._search as search_mod
+    import tfopt.tune._tuner as tuner_mod
+    from tfopt.auto._search import screening_subset
+
+    model, train, val, _ = trained
+    x, y = screening_subset(train, 0, limit=100)
+    keep = np.sort(np.random.default_rng(0).choice(320, 100, replace=False))
+    assert np.array_equal(x, train[0][keep]) and np.array_equal(y, train[1][keep])
+    assert screening_subset(train, 0, limit=320) is train
+
+    seen = []
+    real = tuner_mod.run_candidate
+
+    def spy(model, steps, *, train, **kw):
+        seen.append(len(train[0]))
+        return real(model, steps, train=train, **kw)
+
+    monkeypatch.setattr(tuner_mod, "run_candidate", spy)
+    monkeypatch.setattr(search_mod, "SCREEN_SAMPLES", 100)
+    lines = []
+    res = tfopt.auto.optimize(
+        model, train, val, max_accuracy_drop=0.5, max_trials=1, refine=1, techniques=("prune",),
+        space={"ft_epochs": 1}, seeds=[{"sparsity": 0.5}], out_dir=tmp_path / "s",
+        log=lines.append,
+    )  # fmt: skip
+    assert [c["trial_id"] for c in res.candidates] == ["0", "r000"]
+    assert seen == [100, 320]  # the screen on the subset, the refinement on everything
+    assert "[auto] screening fine-tunes on 100 of the 320 training samples; refinement on all" in (
+        "\n".join(lines)
+    )
+    report = json.loads((tmp_path / "s/report.json").read_text())
+    assert report["screening"] == {"train_samples": 100, "of": 320, "refine_epochs_factor": 3}

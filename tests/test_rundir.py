@@ -225,7 +225,7 @@ def test_auto_cli_refuses_to_resume_another_model_data_or_settings(
     base = ["auto", "--max-accuracy-drop", "0.05", "--data", "b.npz", "--time-budget", "0.001"]
     small = ["--model", "mnist1d_cnn", "--epochs", "0"]
     rc, out, err = _cli(capsys, *base, *small, "--out", "d")
-    assert rc == 1 and "[auto] baseline (float32 TFLite)" in out  # no candidate in 1 ms
+    assert rc == 3 and "[auto] baseline (float32 TFLite)" in out  # no candidate in 1 ms: exit 3
     ident = json.loads((tmp_path / "d" / "identity.json").read_text())
     assert ident["auto"]["train"]["epochs"] == 0 and ident["auto"]["model"]["name"] == "mnist1d_cnn"
     for other, differs in (

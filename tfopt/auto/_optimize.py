@@ -11,7 +11,7 @@ import numpy as np
 
 from tfopt import _rundir
 from tfopt._backend import check_model
-from tfopt.auto._search import Search
+from tfopt.auto._search import CLOSEST_FILE, Search
 from tfopt.tune._space import TARGETS
 
 AUTO_OBJECTIVES = ("size", "latency", "ram")
@@ -22,7 +22,10 @@ class AutoResult:
     """What `optimize` found. ``best`` is None when no candidate met the budget.
 
     ``recipe`` is ``out_dir/recipe.yaml``, the best candidate as a `tfopt run` config (None
-    without a best candidate); ``ratio`` is gzip-to-gzip.
+    without a best candidate); ``ratio`` is gzip-to-gzip. When no candidate meets the budgets,
+    ``closest`` is the candidate nearest to them (outside the budget; ``closest["misses"]`` names
+    the budgets it misses) and ``closest_path`` its copy, ``out_dir/closest_over_budget.tflite``;
+    ``rejections`` counts the candidates that miss each budget (and those that failed).
     """
 
     baseline: dict
@@ -36,6 +39,9 @@ class AutoResult:
     out_dir: Path
     extra: dict = field(default_factory=dict)
     recipe: Path | None = None
+    closest: dict | None = None
+    closest_path: Path | None = None
+    rejections: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -46,6 +52,7 @@ class AutoResult:
         d = asdict(self)
         d["best_path"] = None if self.best_path is None else str(self.best_path)
         d["recipe"] = None if self.recipe is None else str(self.recipe)
+        d["closest_path"] = None if self.closest_path is None else str(self.closest_path)
         d["report"] = {k: str(v) for k, v in self.report.items()}
         d["out_dir"] = str(self.out_dir)
         return d
@@ -239,15 +246,24 @@ def optimize(
     The float ``model`` is exported to a float32 TFLite file and measured through it (the
     baseline). Then compression recipes (channel pruning, magnitude pruning, clustering, QAT or
     PTQ, each stage fine-tuned with optional distillation from the float model) are screened with
-    short fine-tunes: first known-good recipes (`KNOWN_GOOD`), then KerasTuner's Bayesian
-    optimization. A refinement stage follows: the most promising small candidates within
-    `REFINE_MARGIN` of the budget (see `refine_queue`) are re-run with `REFINE_EPOCHS` times the
-    fine-tuning and distillation from the float model (`refine_recipe`). Every candidate is
+    short fine-tunes: first the unchanged model quantized to ``target`` (int8 PTQ, then int8 QAT
+    only if PTQ misses the budgets: `SAFE_FIRST`), so that one or two trials already give a
+    deployable model whenever int8 fits; then recipes derived from the model (a per-layer
+    sensitivity pass on a val slice, `tfopt.auto._sensitivity`: per-layer channel ratios, pruned
+    layers and 4-bit layers within a one-shot loss tolerance), then a short generic list
+    (`KNOWN_GOOD`), then KerasTuner's Bayesian optimization. Screening trials fine-tune on at most
+    `SCREEN_SAMPLES` training samples. A refinement stage follows: the most promising small
+    candidates within `REFINE_MARGIN` of the budget (see `refine_queue`) are re-run on all the
+    training data with `REFINE_EPOCHS` times the fine-tuning and distillation from the float
+    model (`refine_recipe`). Every candidate is
     exported to ``target`` and measured *through the exported file*: accuracy on ``val`` (and
     ``test`` when given), gzip size, latency.
 
     Selection uses ``val`` only: a candidate is within budget when its val accuracy is at most
-    ``max_accuracy_drop`` below the baseline's (measured the same way), and the best is the smallest
+    ``max_accuracy_drop`` below the baseline's on the same samples (the paired point estimate;
+    its 95% paired interval, `tfopt._stats.paired_delta`, is reported next to it; the log and the
+    report say up front when the budget is finer than the val split can resolve,
+    `split_resolution`), and the best is the smallest
     (or fastest) refined candidate within budget, or, while there is none, the smallest screened
     one (the smallest of many short, noisy screens tends to owe its place to a lucky val score).
     ``test`` is measured and reported, never used to choose, so its drop is an independent check
@@ -255,6 +271,9 @@ def optimize(
     ``out_dir/best.tflite`` and the report (``report.json``, ``report.md``, ``pareto.png`` with the
     Pareto front of accuracy vs size vs latency) is rewritten, so an interrupted run (Ctrl-C, time
     budget) leaves a complete report; running again with the same ``out_dir`` resumes the search.
+    While no candidate meets the budgets, the closest one is copied to
+    ``out_dir/closest_over_budget.tflite`` (never ``best.tflite``), and the report counts the
+    candidates that miss each budget.
 
     Every candidate is a list of `tfopt run` steps run by the recipe engine (its stages start from
     ``seed``), and the best one is also written as ``out_dir/recipe.yaml``, a `tfopt run` config
@@ -422,8 +441,14 @@ def optimize(
             "techniques": list(search.hypermodel.techniques),
             "seeds": search.seeds,
             "refinement": search.data["refinement"],
+            "max_accuracy_drop": search.max_accuracy_drop,
+            "budgets": search.budgets,
+            "resolution": search.resolution,
         },
         recipe=search.recipe_path,
+        closest=search.data["closest"],
+        closest_path=None if search.data["closest"] is None else search.out_dir / CLOSEST_FILE,
+        rejections=search.data["rejections"],
     )
 
 

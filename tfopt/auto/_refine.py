@@ -44,7 +44,8 @@ def refine_queue(
 ) -> list[dict]:
     """The screened candidates worth refining, most promising first.
 
-    A candidate qualifies when it completed, no candidate with its stages was refined yet, it
+    A candidate qualifies when it completed, has stages that fine-tune (``steps``; a
+    post-training-only candidate has none), no candidate with its stages was refined yet, it
     loses at most ``max_accuracy_drop + margin`` on val, and it is smaller (by ``key``) than
     ``best``. Of candidates with the same stages, only the most accurate one is kept (refining one
     structure twice would only add chances of a lucky val score). They are ranked by ``key``
@@ -74,6 +75,8 @@ def refine_queue(
     groups: dict[tuple, dict] = {}
     for c in candidates:
         if c["status"] != "COMPLETED" or c.get("refined_from") or tuple(c["stages"]) in done:
+            continue
+        if "steps" in c and not c["steps"]:  # post-training only: nothing to fine-tune longer
             continue
         if c.get("rejected") or c.get(key) is None:  # over a RAM / flash budget: fine-tuning
             continue  # longer does not shrink it

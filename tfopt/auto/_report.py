@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tfopt.auto._candidate import rejection_text, resolution_text
+
 
 def _kb(n) -> str:
     return "-" if n is None else f"{n / 1024:.1f} KB"
@@ -18,12 +20,27 @@ def _delta(a, base) -> str:
     return "-" if a is None or base is None else f"{100 * (a - base):+.2f} pt"
 
 
+def _delta_with_interval(c: dict, split: str, base: dict) -> str:
+    """The paired delta with its interval when known, else the plain difference."""
+    paired = c.get(f"{split}_delta")
+    if paired:
+        return paired_cell(paired)
+    return _delta(c.get(f"{split}_accuracy"), base.get(f"{split}_accuracy"))
+
+
 def _ms(x) -> str:
     return "-" if x is None else f"{x:.3f} ms"
 
 
 def _b(n) -> str:
     return "-" if n is None else f"{n:,} B"
+
+
+def paired_cell(d: dict | None) -> str:
+    """A `tfopt._stats.PairedDelta` dict as ``+0.10 pt [-0.32, +0.52]`` (``-`` when unknown)."""
+    if not d:
+        return "-"
+    return f"{100 * d['delta']:+.2f} pt [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
 def tflm_cell(c: dict) -> str:
@@ -46,6 +63,12 @@ def progress_line(c, best, baseline: dict, elapsed: float) -> str:
         err = (c.error or "").splitlines()[0][:140] if c.error else ""
         return f"[auto] trial {c.trial_id}  {c.status}  {err}  [{fmt_time(c.seconds)}]"
     drop = 100 * (c.val_accuracy - baseline["val_accuracy"])
+    if c.val_delta:  # the paired 95% interval of the difference on the same samples
+        drop_text = (
+            f"{drop:+.2f} [{100 * c.val_delta['low']:+.2f}, {100 * c.val_delta['high']:+.2f}]"
+        )
+    else:
+        drop_text = f"{drop:+.2f}"
     test_part = ""
     if c.test_accuracy is not None:
         test_part = (
@@ -61,7 +84,7 @@ def progress_line(c, best, baseline: dict, elapsed: float) -> str:
         verdict = f"rejected ({c.rejected})"
     return (
         f"[auto] trial {c.trial_id}  {' + '.join(c.stages) or 'none':<42}{origin} val "
-        f"{c.val_accuracy:.4f} ({drop:+.2f}){test_part}  gzip {c.gzip_bytes / 1024:.1f} KB "
+        f"{c.val_accuracy:.4f} ({drop_text}){test_part}  gzip {c.gzip_bytes / 1024:.1f} KB "
         f"({c.ratio:.1f}x gzip-to-gzip)  p50 {c.latency_ms:.3f} ms{micro}  "
         f"{verdict}  best: "
         + (f"{best.trial_id} {best.gzip_bytes / 1024:.1f} KB" if best else "none")
@@ -96,6 +119,14 @@ def markdown(data: dict) -> str:
         f"{data['stopped']}; wall time {data['elapsed_s']:.0f} s",
         f"- techniques searched: {', '.join(data['techniques']) or 'none (PTQ only)'}",
     ]
+    if data.get("resolution"):
+        lines.append(f"- {resolution_text(data['resolution'], data['max_accuracy_drop'])}")
+        lines.append(
+            "- acceptance: a candidate is within the accuracy budget when its val accuracy minus "
+            "the baseline's on the same samples (the paired point estimate) is at most the budget "
+            "below 0; its 95% paired interval is shown, not required (on a small split a "
+            "lower-bound rule rejects even a model whose delta is 0)"
+        )
     all_budgets = data.get("budgets") or {}
     budgets = {k: all_budgets.get(k) for k in ("max_ram", "max_flash")}
     budgets = {k: v for k, v in budgets.items() if v is not None}
@@ -124,6 +155,12 @@ def markdown(data: dict) -> str:
             f"re-run with {ref['epochs_factor']}x the fine-tuning epochs"
             + (" and distillation from the float model" if ref.get("distill") else "")
         )
+    scr = data.get("screening")
+    if scr and scr["train_samples"] < scr["of"]:
+        lines.append(
+            f"- screening fine-tuned on {scr['train_samples']:,} of the {scr['of']:,} training "
+            "samples (a fixed random subset); refinement on all of them"
+        )
     lines += [
         "",
         "| artifact | bytes (flash) | gzip | gzip ratio | val acc | test acc | latency p50 | "
@@ -139,30 +176,45 @@ def markdown(data: dict) -> str:
             + (f" (refines {best['refined_from']})" if best.get("refined_from") else "")
             + f" ({' + '.join(best['stages'])}) | {best['bytes']} | "
             f"{best['gzip_bytes']} | {best['ratio']:.1f}x | {_acc(best['val_accuracy'])} "
-            f"({_delta(best['val_accuracy'], base['val_accuracy'])}) | "
+            f"({_delta_with_interval(best, 'val', base)}) | "
             f"{_acc(best.get('test_accuracy'))} "
-            f"({_delta(best.get('test_accuracy'), base.get('test_accuracy'))}) | "
+            f"({_delta_with_interval(best, 'test', base)}) | "
             f"{_ms(best['latency_ms'])} | {_b(best.get('arena_bytes'))} | {tflm_cell(best)} |"
         )
     lines.append("")
     if best:
         lines.append(
             f"Best artifact: `{best['artifact']}` (gzip ratio = the float32 TFLite's gzip bytes / "
-            "the artifact's gzip bytes)."
+            "the artifact's gzip bytes). Accuracy deltas are paired (the same samples as the "
+            "baseline), with their 95% interval in brackets."
         )
+        if best.get("test_delta"):
+            t = best["test_delta"]
+            lines.append(
+                f"Its test delta: {paired_cell(t)} over {t['n']} samples ({t['only_a']} only the "
+                f"baseline gets right, {t['only_b']} only the candidate; McNemar p = "
+                f"{t['p_value']:.3f})."
+            )
         if data.get("recipe"):
             lines.append(
                 f"Its `tfopt run` config: `{data['recipe']}` (`tfopt run {data['recipe']}`)."
             )
     else:
         closest = data.get("closest")
-        lines.append("**No candidate met the accuracy budget.**")
+        lines.append("**No candidate met the budgets.**")
+        if data.get("rejections") is not None:
+            lines.append(
+                "Rejections per budget: "
+                + rejection_text(data["rejections"], len(data["candidates"]), data["budgets"])
+                + "."
+            )
         if closest:
             lines.append(
-                f"The most accurate candidate was trial {closest['trial_id']} "
-                f"({' + '.join(closest['stages'])}): val {_acc(closest['val_accuracy'])} "
-                f"({_delta(closest['val_accuracy'], base['val_accuracy'])}), "
-                f"{_kb(closest['gzip_bytes'])} gzip."
+                f"The closest candidate, **outside the budget** ({', '.join(closest['misses'])}), "
+                f"is trial {closest['trial_id']} ({' + '.join(closest['stages'])}): val "
+                f"{_acc(closest['val_accuracy'])} ({_delta_with_interval(closest, 'val', base)}), "
+                f"{_kb(closest['gzip_bytes'])} gzip; written to `{closest['artifact']}` (the "
+                "fewest budgets missed, then the most accurate, then the smallest)."
             )
     names = {
         "accuracy": "val accuracy max",
@@ -216,12 +268,43 @@ def markdown(data: dict) -> str:
                 f"| {c['trial_id']} | {status} | {err} | - | - | - | - | - | - | - | "
                 f"{c['seconds']:.0f} |"
             )
+    lines += _sensitivity_lines(data.get("sensitivity"), data.get("plans") or {})
     if data.get("missing_techniques"):
         lines += [
             "",
             f"Not available in this installation: {', '.join(data['missing_techniques'])}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _sensitivity_lines(sens: dict | None, plans: dict) -> list[str]:
+    """The per-layer sensitivity table and the plans drawn from it."""
+    if not sens:
+        return []
+    ratios = sorted({r for s in sens["layers"].values() for r in s["channels"]}, key=float)
+    lines = [
+        "",
+        f"## Per-layer sensitivity (accuracy lost, one layer at a time, no fine-tuning; "
+        f"{sens['samples']} val samples, float accuracy {sens['accuracy']:.4f})",
+        "",
+        "| layer | share of weights | "
+        + " | ".join(f"{float(r):.0%} channels cut" for r in ratios)
+        + " | 80% sparsity | 4-bit weights |",
+        "|---|---|" + "---|" * (len(ratios) + 2),
+    ]
+    for name, s in sens["layers"].items():
+        cuts = " | ".join(f"{100 * s['channels'][r]:.1f} pt" for r in ratios)
+        lines.append(
+            f"| {name} | {s['share']:.1%} | {cuts} | {100 * s['sparsity']:.1f} pt | "
+            f"{100 * s['int4']:.1f} pt |"
+        )
+    for label, plan in plans.items():
+        cuts = ", ".join(f"{n} {r:g}" for n, r in plan["channels"].items()) or "none"
+        lines.append(
+            f"\n`{label}` (one-shot loss <= {label.split('@')[1]}): channel cuts {cuts}; pruned: "
+            f"{', '.join(plan['prune']) or 'none'}; 4-bit: {', '.join(plan['bits4']) or 'none'}"
+        )
+    return lines
 
 
 def plot(path: Path, data: dict) -> Path:

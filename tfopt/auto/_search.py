@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tfopt import _rundir
-from tfopt.auto._candidate import SELECTION, Candidate, select_best
+from tfopt.auto._candidate import (
+    SELECTION,
+    Candidate,
+    closest,
+    rejections,
+    resolution_text,
+    select_best,
+    split_resolution,
+)
 from tfopt.auto._oracle import AutoOracle
 from tfopt.auto._pareto import front_objectives, pareto_front
 from tfopt.auto._recipe import recipe_config, write_recipe
@@ -27,41 +35,31 @@ from tfopt.auto._refine import (
     refinement_run,
 )
 from tfopt.auto._report import fmt_time, progress_line, write_json, write_report
+from tfopt.auto._sensitivity import SPARSITY, layer_sensitivity, plans
 from tfopt.tune._recipe import dump_steps, recipe_steps
 from tfopt.tune._space import CompressionHyperModel
 from tfopt.tune._tuner import Tuner
 
-# Known-good recipes, tried first (in this order); keys of techniques that are not available are
-# dropped. They follow what works on small CNNs (and what earlier searches put on the size/accuracy
-# front), in the spirit of Deep Compression's stacks: fewer channels in every layer and in the
-# wide Dense layer, magnitude sparsity of the large layers, then QAT with 4-bit weights (the
-# converter packs them as INT4: on MNIST-1D a pruned int4 file gzips ~25% smaller than the same
-# model clustered to 16 values in int8), fine-tuned with distillation from the float model at a
-# low temperature; per-layer 4/8 bits by sensitivity (``weight_bits: mixed``); then int8 QAT,
-# recipes without distillation, and clustering (then int8 post-training quantization, which
-# keeps the clusters).
+# After `SAFE_FIRST`, the recipes derived from the model (`plan_seeds`), then this short generic
+# list: a stack that rests on no per-layer measurement. Magnitude pruning of the large layers to
+# 80-90% with int8 QAT is the stack that keeps accuracy on over-parameterized layers in the
+# pruning literature (Han et al. 2016, Zhu & Gupta 2017); clustering to 16 values per layer keeps
+# the int8 file's values few, which gzip then packs. Both fine-tune with distillation from the
+# float model at a low temperature.
 _DISTILL = {"distill": True, "temperature": 2.0, "alpha": 0.1, "ft_learning_rate": 2e-3}
 _INT4 = {"quantization": "qat", "weight_bits": "4", **_DISTILL, "ft_epochs": 16}
 KNOWN_GOOD: tuple[dict, ...] = (
-    {"channel_ratio": 0.5, "channel_scope": "all_dense", "sparsity": 0.8, **_INT4},
-    {"channel_ratio": 0.5, "channel_scope": "all_dense", "sparsity": 0.7, **_INT4},
-    {"channel_ratio": 0.5, "channel_scope": "all", "sparsity": 0.8, **_INT4},
-    {"channel_ratio": 0.5, "channel_scope": "all_dense", "sparsity": 0.8,
-     **{**_INT4, "weight_bits": "mixed"}},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.9, **_INT4},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.9, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.95, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"channel_ratio": 0.5, "channel_scope": "all", "sparsity": 0.8, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"channel_ratio": 0.75, "channel_scope": "dense", "sparsity": 0.85, "quantization": "qat",
-     **_DISTILL, "ft_epochs": 16},
-    {"sparsity": 0.9, "quantization": "qat", "distill": False, "ft_epochs": 12},
-    {"sparsity": 0.8, "clusters": 8, "distill": False, "ft_epochs": 12},
-    {"channel_ratio": 0.5, "channel_scope": "dense", "sparsity": 0.9, "clusters": 16,
-     **_DISTILL, "ft_epochs": 16},
+    {"sparsity": 0.8, "prune_scope": "large", "quantization": "qat", **_DISTILL, "ft_epochs": 16},
+    {"sparsity": 0.8, "clusters": 16, **_DISTILL, "ft_epochs": 16},
 )  # fmt: skip
+
+# The one-shot losses a per-layer plan tolerates (`layer_plan`), moderate first. They are far above
+# any accuracy budget because the pass does not fine-tune: measured on the default config's model
+# (`tfopt auto --max-accuracy-drop 0.02 --max-trials 2`, sensitivity.json), a 25% channel cut of
+# one layer costs 6-19 pt and 80% sparsity 8-55 pt one-shot, while cuts of 50% in every layer with
+# 80% sparsity end within half a point once fine-tuned with distillation. At 0.03 only the 4-bit
+# weights passed; 0.10 admits the least sensitive cuts, 0.30 about what fine-tuning recovered.
+PLAN_TOLERANCES = (0.10, 0.30)
 
 
 # Tried first under a RAM or flash budget: a microcontroller stores the flatbuffer raw, so zeros
@@ -77,14 +75,41 @@ KNOWN_GOOD_SMALL: tuple[dict, ...] = (
 )  # fmt: skip
 
 
+# Measured first, whatever the model: the unchanged model quantized to the target (int8 PTQ for
+# the int8 targets), then int8 QAT of it, tried only when PTQ misses the budgets (see
+# `Search._skip_safe_qat`). Either is rarely smaller than what follows, but it is the candidate
+# most likely to fit, so a search of one or two trials still returns a deployable model.
+_UNCHANGED = {"channel_ratio": 0.0, "sparsity": 0.0, "clusters": 0, "lowrank_energy": 0.0}
+SAFE_FIRST: tuple[dict, ...] = (
+    {**_UNCHANGED, "quantization": "ptq", "distill": False},
+    {**_UNCHANGED, "quantization": "qat", "weight_bits": "8", **_DISTILL, "ft_epochs": 8},
+)
+
+
+def plan_seeds(labels, *, small: bool = False) -> list[dict]:
+    """One recipe per per-layer plan (``labels``, e.g. ``["plan@0.03"]``): its channel ratios,
+    its pruned layers (none under a RAM / flash budget: zeros save no flash) and its 4-bit
+    layers, fine-tuned with distillation. ``channel_ratio`` only switches the stage on: the plan
+    holds the ratios."""
+    return [
+        {"channel_ratio": 0.5, "channel_scope": label, "sparsity": 0.0 if small else SPARSITY,
+         "prune_scope": label, "clusters": 0, "quantization": "qat", "weight_bits": label,
+         **_DISTILL, "ft_epochs": 16}
+        for label in labels
+    ]  # fmt: skip
+
+
 def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None) -> list[dict]:
-    """The known-good recipes restricted to ``hypermodel``'s space, deduplicated, in order
-    (`KNOWN_GOOD_SMALL` instead when ``budgets`` hold a RAM or flash budget: the others are too
-    large for a microcontroller's flash)."""
+    """`SAFE_FIRST`, then the recipes of the model's per-layer plans (`plan_seeds`, when
+    ``hypermodel`` is a `PlannedHyperModel`), then the generic ones, restricted to
+    ``hypermodel``'s space, deduplicated, in order (`KNOWN_GOOD_SMALL` instead of `KNOWN_GOOD`
+    when ``budgets`` hold a RAM or flash budget: the others are too large for a
+    microcontroller's flash)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
-    small = budgets and any(budgets.get(k) is not None for k in ("max_ram", "max_flash"))
-    for recipe in KNOWN_GOOD_SMALL if small else KNOWN_GOOD:
+    small = bool(budgets and any(budgets.get(k) is not None for k in ("max_ram", "max_flash")))
+    planned = plan_seeds(getattr(hypermodel, "plans", {}), small=small)
+    for recipe in (*SAFE_FIRST, *planned, *(KNOWN_GOOD_SMALL if small else KNOWN_GOOD)):
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
         if s and key not in seen:
@@ -93,19 +118,58 @@ def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None
     return seeds
 
 
+class PlannedHyperModel(CompressionHyperModel):
+    """`CompressionHyperModel` whose ``channel_scope``, ``prune_scope`` and ``weight_bits`` also
+    offer the model's per-layer plans (``plans``: label -> `layer_plan`); a recipe that picks a
+    plan carries its layers (``channel_plan``, ``prune_layers``, ``bits4_layers``,
+    `tfopt.tune.recipe_steps`)."""
+
+    _KEYS = (("channel_scope", "channel_plan", "channels"), ("prune_scope", "prune_layers",
+             "prune"), ("weight_bits", "bits4_layers", "bits4"))  # fmt: skip
+
+    def __init__(self, model, *, plans: dict[str, dict], space: dict | None = None, **kwargs):
+        from tfopt.tune._space import COMPRESSION_CHOICES, _has_aeq
+
+        self.plans = dict(plans)
+        plain = CompressionHyperModel(model, space=space, **kwargs)  # checks the user's space
+        names = plain.hyperparameter_names()
+        space = dict(space or {})
+        for key, _, _ in self._KEYS:  # the user's choices stand
+            if key in names and self.plans:
+                choices = [c for c in COMPRESSION_CHOICES[key] if c != "mixed" or _has_aeq()]
+                space.setdefault(key, choices + list(self.plans))
+        super().__init__(model, space=space, **kwargs)
+
+    def recipe(self, hp) -> dict:
+        recipe = super().recipe(hp)
+        for key, field, part in self._KEYS:
+            label = str(recipe.get(key))
+            if label in self.plans:
+                recipe[field] = self.plans[label][part]
+        return recipe
+
+
 def _measure_baseline(model, out_dir: Path, val, test, representative, micro=None) -> dict:
     from tfopt import bench, export
+    from tfopt.tune._measure import correctness
 
     path = out_dir / "baseline.tflite"
     art = export.tflite(model, path, quantization="float32", check_data=representative[:256])
     res = bench.benchmark(str(path), data=val, warmup=5, runs=50, micro=micro)
+    # which samples it gets right: every candidate is compared with it on the same samples
+    val_right = correctness(path, val)
+    test_right = None if test is None else correctness(path, test)
     return {
         "artifact": str(path),
         "format": art.format,
         "bytes": int(res.bytes),
         "gzip_bytes": int(res.gzip_bytes),
         "val_accuracy": float(res.accuracy),
-        "test_accuracy": None if test is None else float(bench.evaluate(str(path), test)),
+        "test_accuracy": None if test is None else test_right["accuracy"],
+        "val_samples": val_right["n"],
+        "test_samples": None if test is None else test_right["n"],
+        "val_correct": val_right["correct"],
+        "test_correct": None if test is None else test_right["correct"],
         "latency_ms": float(res.latency_ms["p50"]),
         "params": int(model.count_params()),
         # the float32 model in TFLite Micro (a reference for the RAM / flash budgets)
@@ -165,6 +229,7 @@ class Search:
         self.say, self.started = say, started
         self.candidates: dict[str, Candidate] = {}
         self.best: Candidate | None = None
+        self.closest_id: str | None = None  # the candidate in CLOSEST_FILE
         self.refine_info: dict = {"runs": 0, "stopped": "not_started", "limit": None}
         self.report: dict[str, Path] = {}
         self.data: dict = {}
@@ -197,10 +262,27 @@ class Search:
             + _budget_text(self.budgets)
             + (" (test is measured, not used to select)" if test is not None else "")
         )
-        self.hypermodel = CompressionHyperModel(
-            model=model, techniques=techniques, target=target, space=space
+        self.resolution = split_resolution(len(val[1]), b["val_accuracy"], max_accuracy_drop)
+        self.say("[auto] " + resolution_text(self.resolution, max_accuracy_drop))
+        self.sensitivity = self._sensitivity(model, val, planned=seeds is None)
+        self.screen_train = screening_subset(train, seed)
+        if len(self.screen_train[1]) < len(train[1]):
+            self.say(
+                f"[auto] screening fine-tunes on {len(self.screen_train[1]):,} of the "
+                f"{len(train[1]):,} training samples; refinement on all of them"
+            )
+        self.hypermodel = PlannedHyperModel(
+            model,
+            plans=plans(self.sensitivity, PLAN_TOLERANCES) if self.sensitivity else {},
+            techniques=techniques,
+            target=target,
+            space=space,
         )
         self.seeds = default_seeds(self.hypermodel, self.budgets) if seeds is None else list(seeds)
+        # the default seeds start with `SAFE_FIRST`: QAT of the unchanged model only when PTQ misses
+        self.safe_first = (
+            seeds is None and len(self.seeds) > 1 and self.seeds[1] == _safe_qat(self.hypermodel)
+        )
         self.oracle = AutoOracle(
             objective=_objective(),
             max_trials=max_trials or 999,
@@ -243,6 +325,24 @@ class Search:
         if self.candidates:
             self.say(f"[auto] resuming: {len(self.candidates)} trial(s) already done in {out_dir}")
 
+    def _sensitivity(self, model, val, *, planned: bool) -> dict | None:
+        """The per-layer sensitivity pass (`layer_sensitivity`), made once per run directory
+        (``sensitivity.json``: a resumed search and the workers of a distributed one read it);
+        None when the seeds are the caller's (no plan is needed)."""
+        path = self.out_dir / "sensitivity.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        if not planned or self.worker:
+            return None
+        t0 = time.monotonic()
+        sens = layer_sensitivity(model, val)
+        write_json(path, sens)
+        self.say(
+            f"[auto] sensitivity pass: {len(sens['layers'])} layer(s) x (channel cuts, "
+            f"sparsity, 4-bit) on {sens['samples']} val samples [{fmt_time(time.monotonic() - t0)}]"
+        )
+        return sens
+
     # -- candidates ------------------------------------------------------------------------------
     def _add(self, record: dict) -> Candidate:
         c = Candidate.from_record(record, self.baseline, self.max_accuracy_drop, self.budgets)
@@ -257,7 +357,26 @@ class Search:
         self.candidates[c.trial_id] = c
         if c.phase == "search":
             self.oracle.add_duration(c.seconds)
+            self._skip_safe_qat(c)
         return c
+
+    def _skip_safe_qat(self, c: Candidate) -> None:
+        """Drops the QAT seed of the unchanged model once its PTQ (trial 0) fits every budget:
+        it would be the same size. The oracle proposes seeds by position, so a resumed search
+        drops it again, unless trial 1 ran it (a distributed search started it early)."""
+        fits = c.completed and c.within_budget and not c.rejected
+        if not (self.safe_first and c.trial_id == "0" and fits):
+            return
+        second = self.oracle.trials.get("1")
+        keys = ("quantization", "weight_bits", "sparsity", "channel_ratio", "clusters")
+        if second is not None and all(
+            second.hyperparameters.values.get(k) == self.seeds[1][k]
+            for k in keys
+            if k in self.seeds[1]
+        ):
+            return
+        self.oracle.seeds.pop(1)
+        self.safe_first = False
 
     def _on_trial_done(self, trial_id: str, record: dict) -> None:
         self._add_and_report(record, "running")
@@ -321,7 +440,9 @@ class Search:
         """Runs screening trials until the oracle stops; returns why."""
         self.oracle.stop_reason = None
         try:
-            self.tuner.search(self.train, self.val, test=self.test, teacher=self.model, verbose=0)
+            self.tuner.search(
+                self.screen_train, self.val, test=self.test, teacher=self.model, verbose=0
+            )
         except KeyboardInterrupt:
             self.say("[auto] interrupted: writing the report with the trials done so far")
             return "interrupted"
@@ -441,12 +562,13 @@ class Search:
                     best=best.to_dict(),
                     run_config=self.run_config,
                 )
+        near = None if best is not None else closest(done)
         if best is None:
             for stale in ("best.tflite", "best.keras", "recipe.yaml"):
                 (self.out_dir / stale).unlink(missing_ok=True)
             self.recipe_path = None
+        self._write_closest(near)
         self.best = best
-        closest = max(done, key=lambda c: c.val_accuracy) if done else None
         test_note = "; test accuracy is measured and reported only" if self.test is not None else ""
         self.data = {
             "name": self.out_dir.name,
@@ -458,7 +580,18 @@ class Search:
             if best is None
             else {**best.to_dict(), "artifact": str(self.out_dir / "best.tflite")},
             "recipe": None if self.recipe_path is None else str(self.recipe_path),
-            "closest": None if closest is None else closest.to_dict(),
+            "closest": None
+            if near is None
+            else {**near.to_dict(), "artifact": str(self.out_dir / CLOSEST_FILE)},
+            "rejections": rejections(cands),
+            "resolution": self.resolution,
+            "screening": {
+                "train_samples": len(self.screen_train[1]),
+                "of": len(self.train[1]),
+                "refine_epochs_factor": REFINE_EPOCHS,
+            },
+            "sensitivity": self.sensitivity,
+            "plans": self.hypermodel.plans,
             "front": front,
             "front_objectives": objectives,
             "budgets": self.budgets,
@@ -481,13 +614,30 @@ class Search:
         }
         self.report = write_report(self.out_dir, self.data)
 
+    def _write_closest(self, near: Candidate | None) -> None:
+        """`CLOSEST_FILE`: the candidate nearest to the budgets while none meets them (named so
+        that it is never taken for a result); removed once a candidate fits."""
+        path = self.out_dir / CLOSEST_FILE
+        if near is None:
+            path.unlink(missing_ok=True)
+        elif near.trial_id != self.closest_id or not path.exists():
+            _rundir.copy_file(near.artifact, path)
+        self.closest_id = None if near is None else near.trial_id
+
     def finish(self, stopped: str) -> None:
         """Says what was found (the best candidate and how to replay it)."""
         best, base = self.best, self.baseline
         if best is None:
+            near = self.data.get("closest")
             self.say(
-                f"[auto] no candidate within the budget ({stopped}); "
-                f"report: {self.report['markdown']}"
+                f"[auto] no candidate within the budgets ({stopped}); "
+                + (
+                    f"the closest, trial {near['trial_id']} (outside the budget: "
+                    f"{', '.join(near['misses'])}), is {self.out_dir / CLOSEST_FILE}; "
+                    if near
+                    else ""
+                )
+                + f"report: {self.report['markdown']}"
             )
         else:
             test_part = ""
@@ -526,6 +676,37 @@ def _refine_record(path: Path) -> dict | str:
         if stale:
             return stale
     return record
+
+
+# what auto writes when no candidate meets the budgets (never best.tflite: not a result)
+CLOSEST_FILE = "closest_over_budget.tflite"
+
+
+def _safe_qat(hypermodel) -> dict:
+    """`SAFE_FIRST`'s QAT seed restricted to ``hypermodel``'s space (as `default_seeds` has it)."""
+    names = set(hypermodel.hyperparameter_names())
+    return {k: v for k, v in SAFE_FIRST[1].items() if k in names}
+
+
+# Screen cheap, confirm expensive: screening trials fine-tune on at most this many training samples
+# (a random subset, the same one on resume and in every worker), refinement runs on all of them
+# with `REFINE_EPOCHS` times the epochs. Ranking recipes against each other needs far fewer samples
+# than training the one that is kept, and a full-data screen of a 54,000-image set costs 40-100 s
+# an epoch on 2 cores (issue 22). Sets up to this size are screened whole.
+SCREEN_SAMPLES = 8192
+
+
+def screening_subset(train, seed: int, limit: int | None = None):
+    """``train`` itself, or ``limit`` (default `SCREEN_SAMPLES`) of its samples drawn with
+    ``seed``, in their order."""
+    x, y = train
+    limit = SCREEN_SAMPLES if limit is None else limit
+    if len(y) <= limit:
+        return train
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).choice(len(y), limit, replace=False))
+    return x[keep], y[keep]
 
 
 # the measurement each `optimize` objective minimizes

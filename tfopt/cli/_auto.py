@@ -11,6 +11,9 @@ from pathlib import Path
 from tfopt import _formats as formats
 from tfopt.cli._common import add_distributed_args
 
+# `tfopt auto`'s exit code when no candidate meets the budgets (the closest is still written)
+EXIT_NO_FIT = 3
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -22,7 +25,15 @@ def add_parser(sub):
         "exported artifact whose accuracy, measured through the artifact, stays within "
         "--max-accuracy-drop of the float baseline. Writes best.tflite, recipe.yaml (a `tfopt run` "
         "config that rebuilds best.tflite) and report.json/.md/pareto.png to --out; re-running "
-        "with the same --out resumes the search.",
+        "with the same --out resumes the search. The first candidate is the unchanged model in "
+        "int8 (PTQ; then QAT if PTQ misses the budget), so --max-trials 1 returns a deployable "
+        "model whenever int8 fits; the next recipes come from a per-layer sensitivity pass on "
+        "the model (channel cuts, sparsity and 4-bit weights, one layer at a time).",
+        epilog="exit codes: 0 a candidate within the budgets is in best.tflite; "
+        f"{EXIT_NO_FIT} no candidate met the budgets: the closest one is written, outside the "
+        "budget, to closest_over_budget.tflite and the last line counts the candidates each "
+        "budget rejected; 1 an error; 2 a config error; 130 interrupted (Ctrl-C: the best "
+        "candidate so far and the report are written).",
     )
     p.add_argument("config", nargs="?", help="YAML config (data, model, train sections are used)")
     p.add_argument(
@@ -322,6 +333,25 @@ def main(args) -> int:
     if res.stopped == "interrupted":
         return 130
     if res.best is None:
-        print("tfopt: no candidate within the accuracy budget (see the report)", file=sys.stderr)
-        return 1
+        print(_no_fit_line(res), file=sys.stderr, flush=True)
+        return EXIT_NO_FIT
     return 0
+
+
+def _no_fit_line(res) -> str:
+    """The last line when no candidate met the budgets: the rejections per budget, the closest."""
+    from tfopt.auto._candidate import rejection_text
+    from tfopt.auto._search import _budget_text
+
+    counts = res.rejections
+    text = "tfopt: no candidate within the budgets " + (
+        f"(accuracy -{100 * res.extra['max_accuracy_drop']:.2f} pt"
+        + _budget_text(res.extra["budgets"])
+        + "): "
+        + rejection_text(counts, len(res.candidates), res.extra["budgets"])
+    )
+    if res.closest_path is not None:
+        text += f"; closest, outside the budget: {res.closest_path}"
+    if not res.candidates:
+        text += f" (the search stopped before a candidate: {res.stopped})"
+    return text

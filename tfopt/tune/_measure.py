@@ -14,6 +14,30 @@ class ExportFailed(TfoptError):
     """A candidate could not be exported (converter error or a failed parity check)."""
 
 
+def pack_correct(correct) -> str:
+    """Per-sample correctness (bools) as a hex string, 1 bit a sample (a record stays small)."""
+    return np.packbits(np.asarray(correct, dtype=bool)).tobytes().hex()
+
+
+def unpack_correct(packed: str, n: int) -> np.ndarray:
+    """The ``n`` bools `pack_correct` packed."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(packed), dtype=np.uint8))
+    return bits[:n].astype(bool)
+
+
+def correctness(path, data, *, runtime: str | None = None) -> dict:
+    """``{"accuracy", "n", "correct"}``: ``path``'s accuracy on ``data=(x, y)`` through its
+    runtime and which samples it got right (`pack_correct`), for paired comparisons
+    (`tfopt._stats.paired_delta`) of two artifacts on the same samples."""
+    from tfopt._stats import correct
+    from tfopt.bench._bench import check_labels
+    from tfopt.bench._runners import runner_for
+
+    x, y = np.asarray(data[0], dtype="float32"), data[1]
+    right = correct(runner_for(str(path), runtime=runtime).predict(x), check_labels(y, len(x)))
+    return {"accuracy": float(right.mean()), "n": len(right), "correct": pack_correct(right)}
+
+
 def export_and_measure(
     model,
     path,
@@ -46,7 +70,8 @@ def export_and_measure(
             the artifact; ``robust_attack`` says so. Defaults to None (not measured).
 
     Returns:
-        A dict with ``val_accuracy``, ``test_accuracy`` (or None), ``bytes``, ``gzip_bytes``,
+        A dict with ``val_accuracy``, ``test_accuracy`` (or None), ``val_correct`` and
+        ``test_correct`` (which samples it got right, `pack_correct`), ``bytes``, ``gzip_bytes``,
         ``latency_ms`` (p50), ``export_check``, ``runtime``, and what TFLite Micro measured
         (for int8 models when tflite-micro is installed, and always with ``runtime="tflm"``):
         ``arena_bytes``, ``flash_bytes``, ``tflm_agreement`` (its argmax agreement with LiteRT
@@ -83,7 +108,9 @@ def export_and_measure(
         )
     except UnsupportedOpsError as e:  # the target runtime cannot run it: a failed candidate
         raise ExportFailed(str(e)) from e
-    test_acc = bench.evaluate(str(path), test, runtime=runtime) if test is not None else None
+    # which samples it gets right: the search compares it with the baseline on the same samples
+    val_right = correctness(path, val, runtime=runtime)
+    test_right = None if test is None else correctness(path, test, runtime=runtime)
     micro = result.micro
     if micro:
         tflm = {
@@ -103,7 +130,9 @@ def export_and_measure(
         tflm = {"flash_bytes": int(result.bytes), "tflm_note": why}
     return {
         "val_accuracy": float(result.accuracy),
-        "test_accuracy": None if test_acc is None else float(test_acc),
+        "test_accuracy": None if test_right is None else test_right["accuracy"],
+        "val_correct": val_right["correct"],
+        "test_correct": None if test_right is None else test_right["correct"],
         "bytes": int(result.bytes),
         "gzip_bytes": int(result.gzip_bytes),
         "latency_ms": float(result.latency_ms["p50"]),

@@ -25,7 +25,16 @@ A flat recipe's keys (all optional; missing keys switch the stage off):
 ``learning_rate``    fine-tuning learning rate
 ``batch_size``       fine-tuning batch size
 ``lowrank_energy``   SVD energy kept by low-rank factorization of the kernels (0 off)
+``channel_plan``     ``{layer: ratio}``: per-layer channel ratios, used when ``channel_scope``
+                     starts with ``"plan"`` (one ``prune_channels`` step per ratio)
+``prune_layers``     the layers magnitude pruning takes, when ``prune_scope`` starts with
+                     ``"plan"``
+``bits4_layers``     the layers QAT gives 4-bit weights, when ``weight_bits`` starts with
+                     ``"plan"`` (the others 8)
 ===================  ========================================================================
+
+The ``"plan..."`` values are per-layer settings derived from the model (`tfopt.auto`'s
+sensitivity pass); the steps name the layers in ``filters`` / ``bits``, so they replay as they are.
 
 The stages, in order: ``lowrank`` (``epochs // 4``; factorizes only where the rank saves weights)
 -> ``prune_channels`` (``epochs // 2``) -> ``prune`` (``epochs``, target reached
@@ -130,7 +139,9 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
             }
         )
     ratio = float(recipe.get("channel_ratio", 0.0) or 0.0)
-    if ratio > 0:
+    if ratio > 0 and str(recipe.get("channel_scope", "")).startswith("plan"):
+        raw += _planned_channel_steps(recipe.get("channel_plan") or {}, epochs, lr, fine)
+    elif ratio > 0:
         scope = recipe.get("channel_scope", "dense")
         if scope not in ("dense", "all", "all_dense"):
             raise ValueError(
@@ -153,6 +164,11 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
                 }
             )
     sparsity = float(recipe.get("sparsity", 0.0) or 0.0)
+    where: dict = {"scope": recipe.get("prune_scope", "large")}
+    if str(where["scope"]).startswith("plan"):
+        layers = recipe.get("prune_layers") or []
+        where = {"filters": _exact(layers)} if layers else {}
+        sparsity = sparsity if layers else 0.0  # the plan prunes no layer
     if sparsity > 0:
         raw.append(
             {
@@ -162,7 +178,7 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
                 "end_fraction": 0.7,
                 "epochs": epochs,
                 "learning_rate": lr,
-                "scope": recipe.get("prune_scope", "large"),
+                **where,
                 **fine,
             }
         )
@@ -184,7 +200,7 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
             {
                 "type": "qat",
                 "preserve_sparsity": sparsity > 0,
-                **_bits(recipe.get("weight_bits", 8)),
+                **_bits(recipe.get("weight_bits", 8), recipe.get("bits4_layers")),
                 "epochs": max(1, epochs // 4),
                 "learning_rate": lr / 2,
                 **fine,
@@ -197,10 +213,38 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
 _WEIGHT_BITS = {"8": {}, "4": {"bits": {".*": 4}}, "mixed": {"bits": "sensitivity"}}
 
 
-def _bits(weight_bits) -> dict:
+def _exact(names) -> list[str]:
+    """Regexes that select exactly the layers ``names`` (filters are searched in layer names)."""
+    import re
+
+    return [f"^{re.escape(n)}$" for n in names]
+
+
+def _planned_channel_steps(plan: dict, epochs: int, lr: float, fine: dict) -> list[dict]:
+    """One ``prune_channels`` step per ratio of ``plan`` (``{layer: ratio}``), largest first."""
+    steps = []
+    for ratio in sorted({float(r) for r in plan.values() if float(r) > 0}, reverse=True):
+        names = sorted(n for n, r in plan.items() if float(r) == ratio)
+        steps.append(
+            {
+                "type": "prune_channels",
+                "ratio": ratio,
+                "steps": 1,
+                "epochs_per_step": max(1, epochs // 2),
+                "learning_rate": lr,
+                "filters": _exact(names),
+                **fine,
+            }
+        )
+    return steps
+
+
+def _bits(weight_bits, bits4_layers=None) -> dict:
+    if str(weight_bits).startswith("plan"):
+        return {"bits": {e: 4 for e in _exact(bits4_layers)}} if bits4_layers else {}
     if str(weight_bits) not in _WEIGHT_BITS:
         raise ValueError(
-            f"weight_bits must be 8, 4 or 'mixed'. Received: weight_bits={weight_bits!r}"
+            f"weight_bits must be 8, 4, 'mixed' or 'plan...'. Received: weight_bits={weight_bits!r}"
         )
     return _WEIGHT_BITS[str(weight_bits)]
 
@@ -212,10 +256,10 @@ def describe(steps, target: str) -> list[str]:
     for s in steps:
         if s.type == "prune_channels":
             amount = s.ratio if s.ratio is not None else s.macs_reduction
-            scope = "dense" if s.scope == "widest_dense" else "all"
+            scope = "dense" if s.scope == "widest_dense" else _where(s)
             labels.append(f"prune_channels({amount:g},{scope})")
         elif s.type == "prune":
-            labels.append(f"prune({s.target_sparsity:g},{s.schedule},{s.scope})")
+            labels.append(f"prune({s.target_sparsity:g},{s.schedule},{_where(s)})")
         elif s.type == "cluster":
             labels.append(f"cluster({s.n_clusters})")
         elif s.type == "lowrank":
@@ -231,6 +275,13 @@ def describe(steps, target: str) -> list[str]:
     if temps:
         labels.append(f"distill(T={max(temps):g})")
     return labels
+
+
+def _where(step) -> str:
+    """A step's layers for a label: its scope, or how many layers its filters name."""
+    if isinstance(step.filters, list | tuple):
+        return f"{len(step.filters)} layers"
+    return step.scope if step.filters is None else "filters"
 
 
 def dump_steps(steps) -> list[dict]:
