@@ -202,8 +202,6 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
 
 
 def main(args) -> int:
-    from tfopt import auto
-    from tfopt import data as data_mod
     from tfopt.auto._optimize import check_budget, check_search_args
 
     check_budget(args.max_accuracy_drop)
@@ -246,8 +244,23 @@ def main(args) -> int:
         out_dir = Path("runs") / f"auto_{cfg.name}-{_rundir.short_hash(identity)}"
         print(f"[auto] run directory: {out_dir}", flush=True)
     # before the baseline of an earlier run in out_dir is reused: the same model, data, settings
-    _rundir.prepare(out_dir, overwrite=args.overwrite, resume=True, by="tfopt auto")
-    _rundir.claim_identity(out_dir, "auto", identity, what="`tfopt auto` run")
+    what = "`tfopt auto` run"
+    if role is None:  # one process per run directory: the launcher's children share its lock
+        with _rundir.claim_run(
+            out_dir, "auto", identity, command="tfopt auto", what=what, overwrite=args.overwrite
+        ):
+            return _search(args, cfg, out_dir, techniques=techniques, role=role)
+    _rundir.prepare(out_dir, resume=True, by="tfopt auto")
+    _rundir.claim_identity(out_dir, "auto", identity, what=what)
+    return _search(args, cfg, out_dir, techniques=techniques, role=role)
+
+
+def _search(args, cfg, out_dir: Path, *, techniques, role) -> int:
+    """Loads the data and the baseline, then searches (screening in --workers children)."""
+    from tfopt import auto
+    from tfopt import data as data_mod
+    from tfopt.tune import _distributed as dist
+
     data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     print(f"[auto] data: {data}", flush=True)
     model = baseline_model(cfg, data, out_dir, log=lambda m: print(m, flush=True))

@@ -6,7 +6,6 @@ import os
 import time
 from pathlib import Path
 
-from tfopt import _rundir
 from tfopt.cli._common import add_distributed_args
 
 
@@ -93,23 +92,26 @@ def main(args) -> int:
         st.make_tuner(cfg, hm, out_dir, max_trials=args.max_trials).serve(host, port)
         return 0
 
-    # --overwrite removes only a directory tfopt created; an existing search resumes
-    _rundir.prepare(out_dir, overwrite=args.overwrite, resume=True, by="tfopt tune")
-    if not args.workers:
+    if not args.workers:  # --overwrite removes only a directory tfopt created
         res = st.search_training(
-            path, overrides=overrides, out_dir=out_dir, max_trials=args.max_trials, log=log
+            path,
+            overrides=overrides,
+            out_dir=out_dir,
+            max_trials=args.max_trials,
+            overwrite=args.overwrite,
+            log=log,
         )
         return 0 if res.best is not None else 1
     started = time.time()
-    st.prepare(cfg, max_trials=args.max_trials)  # a bad space fails here, not in N children
-    out_dir.mkdir(parents=True, exist_ok=True)
-    child = [*([path] if path else []), *overrides, "--out", str(out_dir.resolve())]
-    if args.max_trials is not None:
-        child += ["--max-trials", str(args.max_trials)]
-    if args.quiet:
-        child.append("--quiet")
-    code = dist.launch(child, workers=args.workers, log=log)
-    res = st.finalize(raw, out_dir, seconds=time.time() - started, log=log)
+    with st.claim(cfg, out_dir, overwrite=args.overwrite):
+        st.prepare(cfg, max_trials=args.max_trials)  # a bad space fails here, not in N children
+        child = [*([path] if path else []), *overrides, "--out", str(out_dir.resolve())]
+        if args.max_trials is not None:
+            child += ["--max-trials", str(args.max_trials)]
+        if args.quiet:
+            child.append("--quiet")
+        code = dist.launch(child, workers=args.workers, log=log)
+        res = st.finalize(raw, out_dir, seconds=time.time() - started, log=log)
     if code:
         return code
     return 0 if res.best is not None else 1
