@@ -64,7 +64,9 @@ def tuned(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("tune")
     path = _tune_config(tmp)
-    assert cli.main(["tune", str(path), "--max-trials", "1", "--out", str(tmp / "s"), "--quiet"]) == 0
+    assert (
+        cli.main(["tune", str(path), "--max-trials", "1", "--out", str(tmp / "s"), "--quiet"]) == 0
+    )
     return tmp, path
 
 
@@ -140,3 +142,89 @@ def test_a_run_directory_in_use_is_refused_in_one_line(tmp_path, capsys, argv):
     # the OS dropped the killed holder's lock: the directory is free again
     with _rundir.lock(out, command="tfopt tune"):
         assert json.loads((out / _rundir.LOCK).read_text())["pid"] == os.getpid()
+
+
+# -- 2. recipes that mean one thing ------------------------------------------------------------
+def _keras_file(path: Path, seed: int) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16, 1))
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    """An auto run directory ``run/`` (recipe.yaml + its baseline.keras) and, in ``cwd/``, a
+    folder with another model of the same name."""
+    from tfopt.auto._recipe import recipe_config, write_recipe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _keras_file(run / "baseline.keras", seed=0)
+    best = {"trial_id": "r000", "val_accuracy": 0.758, "test_accuracy": 0.75, "gzip_bytes": 900}
+    best["steps"] = [{"type": "prune", "target_sparsity": 0.5, "epochs": 1}]
+    data = {"data": {"name": str(_npz(tmp_path / "d.npz")), "val_fraction": 0.2}}
+    raw = recipe_config(best, out_dir=run, target="tflite-int8", seed=0, run_config=data)
+    write_recipe(run / "recipe.yaml", raw, best=best)
+    (tmp_path / "cwd").mkdir()
+    _keras_file(tmp_path / "cwd" / "baseline.keras", seed=1)  # another model, the same name
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "copy_to, beside, expect",
+    [
+        # copied alone: its baseline is missing (the cwd's is never used)
+        ("alone", None, "No such model file: '{tmp}/alone/baseline.keras'"),
+        # copied next to another baseline.keras: its sha256 refuses it
+        ("other", 1, "model.path '{tmp}/other/baseline.keras' is not the model this config"),
+        # copied with its own baseline: that one is used, wherever the run starts
+        ("own", 0, None),
+    ],
+)
+def test_a_copied_recipe_replays_its_own_baseline_or_nothing(
+    recipe, capsys, monkeypatch, copy_to, beside, expect
+):
+    import shutil
+
+    tmp = recipe
+    assert yaml.safe_load((tmp / "run" / "recipe.yaml").read_text())["model"]["sha256"] == (
+        _rundir.sha256(tmp / "run" / "baseline.keras")
+    )
+    (tmp / copy_to).mkdir()
+    shutil.copy(tmp / "run" / "recipe.yaml", tmp / copy_to / "recipe.yaml")
+    if beside is not None:
+        _keras_file(tmp / copy_to / "baseline.keras", seed=beside)
+        if beside == 0:
+            shutil.copy(tmp / "run" / "baseline.keras", tmp / copy_to / "baseline.keras")
+    monkeypatch.chdir(tmp / "cwd")
+    if expect is None:
+        rc, out, err = _cli(capsys, "run", tmp / copy_to / "recipe.yaml", "--check")
+        assert rc == 0 and yaml.safe_load(out)["model"]["path"] == str(
+            tmp / copy_to / "baseline.keras"
+        ), err
+        return
+    rc, _, err = _cli(capsys, "run", tmp / copy_to / "recipe.yaml", "--out", tmp / "replay")
+    line = _one_line(err)
+    assert rc in (1, 2) and expect.format(tmp=tmp) in line, line
+    assert not (tmp / "replay" / "baseline.keras").exists()  # nothing trained or exported
+
+
+def test_tune_best_yaml_names_its_files_absolutely_with_the_model_sha256(tmp_path, monkeypatch):
+    from tfopt.tune._search_training import _load_config, run_config
+
+    model = _keras_file(tmp_path / "m.keras", seed=0)
+    _npz(tmp_path / "d.npz")
+    (tmp_path / "c.yaml").write_text(
+        "data: {name: d.npz}\nmodel: {name: null, path: m.keras}\ntransfer: {head: new}\n"
+    )
+    monkeypatch.chdir(tmp_path.parent)  # the config's files are found next to it, not here
+    cfg, raw = _load_config(tmp_path / "c.yaml")
+    assert cfg.model.path == str(model)
+    best = {"model_options": {}, "train": {"epochs": 1}, "transfer": None}
+    out = run_config(raw, best)
+    assert out["model"]["path"] == str(model) and out["data"]["name"] == str(tmp_path / "d.npz")
+    assert out["model"]["sha256"] == _rundir.sha256(model)

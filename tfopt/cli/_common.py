@@ -20,6 +20,7 @@ def input_overrides(*, model: str | None = None, data: str | None = None) -> lis
     if model:
         if is_model_file(model) or Path(model).is_file():
             out += [f"model.path={_quoted(model)}", "model.name=null", "model.options={}"]
+            out.append("model.sha256=null")  # the user's own file replaces a recorded one
         else:
             out += [f"model.name={_quoted(model)}", "model.path=null"]
     return out

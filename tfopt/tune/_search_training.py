@@ -236,11 +236,19 @@ def searched_names(out_dir, trials: list[dict]) -> list[str]:
 
 def run_config(raw: dict, best: dict) -> dict:
     """The `tfopt run` config (a plain dict) that retrains ``best`` from scratch: the searched
-    config with the trial's ``train:`` section and model options, without ``tune:``."""
+    config with the trial's ``train:`` section and model options, without ``tune:``; its model
+    and data files by absolute path, the model file with its sha256."""
     out = {k: v for k, v in raw.items() if k != "tune"}
     out["name"] = f"{raw.get('name', 'default')}_tuned"
     model = dict(out.get("model") or {})
     model["options"] = dict(best["model_options"])
+    if model.get("path"):  # the very file searched, from wherever best.yaml is run
+        model["path"] = str(Path(model["path"]).resolve())
+        model["sha256"] = _rundir.sha256(model["path"])
+    data = dict(out.get("data") or {})
+    if str(data.get("name", "")).endswith(".npz"):
+        data["name"] = str(Path(data["name"]).resolve())
+        out["data"] = data
     out["model"] = model
     out["train"] = best["train"]
     if best.get("transfer") is not None:
