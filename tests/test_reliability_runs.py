@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,134 @@ def test_tune_best_yaml_names_its_files_absolutely_with_the_model_sha256(tmp_pat
     out = run_config(raw, best)
     assert out["model"]["path"] == str(model) and out["data"]["name"] == str(tmp_path / "d.npz")
     assert out["model"]["sha256"] == _rundir.sha256(model)
+
+
+# -- 3. bounded resources, bounded waits -------------------------------------------------------
+@pytest.mark.parametrize("command", ["tune", "auto"])
+def test_workers_above_what_the_machine_can_run_are_refused(tmp_path, capsys, monkeypatch, command):
+    from tfopt.tune import _distributed as dist
+
+    def spawn(*a, **k):  # before the cap, 100000 workers were spawned, one TF process each
+        raise AssertionError("a process was spawned")
+
+    monkeypatch.setattr(dist, "_spawn", spawn)
+    cap, _ = dist.max_workers()
+    assert 1 <= cap <= dist._cores()
+    argv = {
+        "tune": ["tune", _tune_config(tmp_path)],
+        "auto": ["auto", "--max-accuracy-drop", "0.1", "--epochs", "0"],
+    }[command]
+    rc, _, err = _cli(capsys, *argv, "--workers", 100000, "--out", tmp_path / "o")
+    line = _one_line(err)
+    assert rc == 1 and f"--workers must be at most {cap} on this machine (" in line, line
+    assert "Received: --workers=100000" in line and not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match=f"workers must be at most {cap}"):
+        dist.launch([], workers=cap + 1)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_a_connect_timeout_that_never_ends_is_refused(capsys, value):
+    from tfopt.cli import build_parser
+    from tfopt.tune import _distributed as dist
+
+    for command in ("tune", "auto"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--connect-timeout", value])
+        assert "--connect-timeout must be a finite number of seconds > 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--connect-timeout must be a finite number"):
+        dist.check_reachable("127.0.0.1", dist.free_port(), timeout=float(value))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_the_launcher_dies_with_its_parent(tmp_path):
+    """`tfopt tune --workers 1` under a parent that is killed -9 (a `timeout` killed by an outer
+    guard): the launcher stops its chief and workers and ends, instead of spawning on."""
+    path = _tune_config(tmp_path)
+    log = tmp_path / "launcher.log"
+    launcher = [sys.executable, "-m", "tfopt", "tune", str(path), "tune.max_trials=50"]
+    launcher += ["--workers", "1", "--out", str(tmp_path / "s")]
+    parent_script = (
+        "import subprocess, sys, time\n"
+        f"with open({str(log)!r}, 'w') as f:\n"
+        f"    p = subprocess.Popen({launcher!r}, stdout=f, stderr=subprocess.STDOUT)\n"
+        "print(p.pid, flush=True); time.sleep(600)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_script], stdout=subprocess.PIPE, text=True, env=env
+    )
+    pids = [int(parent.stdout.readline())]
+    try:
+        while "chief pid" not in log.read_text():
+            assert not _gone(pids[0]), log.read_text()
+            time.sleep(0.2)
+        pids.append(int(log.read_text().split("chief pid ")[1].split()[0]))
+        parent.kill()  # SIGKILL: no handler of the parent runs
+        parent.wait()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+            time.sleep(0.2)
+        assert [p for p in pids if not _gone(p)] == [], log.read_text()
+    finally:
+        for pid in pids:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_multi_worker_peer_that_never_comes_is_one_line(tmp_path, capsys, monkeypatch):
+    from tfopt.tune._distributed import free_port
+
+    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    conf = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(conf))
+    argv = ["run", "train.strategy=multi_worker", "train.peer_timeout=2", "--out", tmp_path / "r"]
+    rc, _, err = _cli(capsys, *argv)
+    line = _one_line(err)
+    assert rc == 2 and line.startswith("tfopt: config error: train.strategy: "), line
+    assert f"worker 1 at {workers[1]} did not come within 2 s (train.peer_timeout)" in line
+    assert not (tmp_path / "r").exists()
+    for bad in ("nan", "inf", "0"):
+        rc, _, err = _cli(capsys, "run", f"train.peer_timeout={bad}", "--check")
+        assert rc == 2 and "train.peer_timeout" in _one_line(err)
+
+
+def test_a_replica_that_stalls_while_starting_is_one_error_within_its_timeout(tmp_path):
+    """The parent used to hand each replica its share through the start pipe: a replica that
+    stalled before reading it left the parent in a pipe write, where no timeout fired."""
+    import keras
+
+    from tfopt.export import export
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    tflite = export(model, tmp_path / "m.tflite", check_data=np.ones((4, 3), "float32")).path
+    script = tmp_path / "stall.py"
+    script.write_text(
+        "import sys, time\n"
+        "if __name__ == '__mp_main__':  # a replica, importing this file: it stalls\n"
+        "    time.sleep(120)\n"
+        "import numpy as np\n"
+        "from tfopt.bench import load_test, runner_for\n"
+        "x = np.zeros((50000, 3), 'float32')  # 600 KB: more than a pipe holds\n"
+        "if __name__ == '__main__':\n"
+        "    try:\n"
+        "        load_test(runner_for(sys.argv[1]), x, clients=2, processes=2, start_timeout_s=2)\n"
+        "    except RuntimeError as e:\n"
+        "        print('error:', e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tflite)], capture_output=True, text=True, env=env,
+        timeout=600,
+    )  # fmt: skip
+    assert "error: load-test process 1 of 2 sent nothing for 2 s" in done.stdout, done.stderr
+    with pytest.raises(ValueError, match="start_timeout_s must be a finite number"):
+        from tfopt.bench._serve import load_test
+
+        load_test(object(), np.zeros((1, 3)), start_timeout_s=float("nan"))

@@ -70,7 +70,7 @@ def _strategy(cfg: RunConfig):
     from tfopt.train import make_strategy
 
     try:
-        return make_strategy(cfg.train.strategy)
+        return make_strategy(cfg.train.strategy, peer_timeout=cfg.train.peer_timeout)
     except ValueError as e:
         raise ConfigError(f"train.strategy: {e}") from None
 

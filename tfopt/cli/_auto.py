@@ -225,8 +225,7 @@ def main(args) -> int:
     from tfopt import _rundir
     from tfopt.tune import _distributed as dist
 
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0. Received: --workers={args.workers}")
+    dist.check_workers(args.workers)  # each is a TensorFlow process: capped by cores and memory
     if args.workers and (args.chief or args.serve):
         raise ValueError("--workers starts its own chief; it cannot be combined with --chief")
     role = "chief" if args.serve else "worker" if args.chief else None

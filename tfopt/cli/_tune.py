@@ -68,8 +68,7 @@ def main(args) -> int:
     path, overrides = args.config, _overrides(args)
     if path and "=" in path and not path.endswith((".yaml", ".yml")):
         path, overrides = None, [path, *overrides]  # `tfopt tune tune.max_epochs=5`
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0. Received: --workers={args.workers}")
+    dist.check_workers(args.workers)  # each is a TensorFlow process: capped by cores and memory
     if args.workers and (args.chief or args.serve):
         raise ValueError("--workers starts its own chief; it cannot be combined with --chief")
     chief = dist.parse_address(args.chief) if args.chief else None
@@ -103,8 +102,8 @@ def main(args) -> int:
         )
         return 0 if res.best is not None else 1
     started = time.time()
+    st.prepare(cfg, max_trials=args.max_trials)  # a bad space fails here, not in N children
     with st.claim(cfg, out_dir, overwrite=args.overwrite):
-        st.prepare(cfg, max_trials=args.max_trials)  # a bad space fails here, not in N children
         child = [*([path] if path else []), *overrides, "--out", str(out_dir.resolve())]
         if args.max_trials is not None:
             child += ["--max-trials", str(args.max_trials)]

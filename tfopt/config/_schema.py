@@ -87,6 +87,8 @@ class TrainConfig(TrainingOptions):  # optimizer, schedule, augmentation: config
     learning_rate: float = Field(2e-3, gt=0.0)
     # tf.distribute: none | mirrored (this machine's devices) | multi_worker (TF_CONFIG's workers)
     strategy: Literal["none", "mirrored", "multi_worker"] = "none"
+    # seconds a multi_worker task waits for the other tasks of TF_CONFIG (a finite wait)
+    peer_timeout: float = Field(300.0, gt=0.0, le=86400.0)
 
 
 class TransferConfig(Section):

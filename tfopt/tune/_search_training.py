@@ -203,8 +203,8 @@ def search_training(
     started = time.time()
     cfg, raw = _load_config(config, overrides)
     out_dir = Path(out_dir) if out_dir else Path("runs") / f"tune_{cfg.name}"
+    data, hm = prepare(cfg, max_trials=max_trials)  # every input error before the directory
     with claim(cfg, out_dir, overwrite=overwrite):
-        data, hm = prepare(cfg, max_trials=max_trials)
         log(
             f"[tune] data: {data}; searching {len(hm.names())} hyperparameters with "
             f"{cfg.tune.algorithm}"
