@@ -75,7 +75,7 @@ def tuned(tmp_path_factory):
     "change, differs",
     [
         (["data.name={tmp}/other.npz"], 'data.file: "tiny.npz" -> "other.npz"'),
-        (["model.name=mnist1d_resnet"], 'model.name: "mnist1d_cnn" -> "mnist1d_resnet"'),
+        (["tune.algorithm=bayesian"], 'tune.algorithm: "random" -> "bayesian"'),
         (["tune.space.width=6"], "tune.space.width: 4 -> 6"),
         (["train.batch_size=16"], "train.batch_size: 32 -> 16"),
         (["seed=1"], "seed: 0 -> 1"),
