@@ -68,9 +68,8 @@ def test_search_resumes_and_writes_a_model_without_augmentation_a_replayable_con
 
     cfg, _ = st._load_config(path)
     data, hm = st.prepare(cfg)
-    tuner = st.make_tuner(cfg, hm, tmp_path / "s", max_trials=2, on_trial_done=crash)
-    with pytest.raises(SystemExit):
-        tuner.search(data)
+    with st.claim(cfg, tmp_path / "s"), pytest.raises(SystemExit):
+        st.make_tuner(cfg, hm, tmp_path / "s", max_trials=2, on_trial_done=crash).search(data)
     oracle = json.loads((tmp_path / "s" / "search" / "oracle.json").read_text())
     assert oracle["ongoing_trials"] == {"tuner0": "1"} and oracle["end_order"] == ["0"]
     first = (tmp_path / "s" / "search" / "trial_0" / "tfopt.json").read_text()

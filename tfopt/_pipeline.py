@@ -71,7 +71,7 @@ def _strategy(cfg: RunConfig):
     from tfopt.train import make_strategy
 
     try:
-        return make_strategy(cfg.train.strategy)
+        return make_strategy(cfg.train.strategy, peer_timeout=cfg.train.peer_timeout)
     except ValueError as e:
         raise ConfigError(f"train.strategy: {e}") from None
 
@@ -167,23 +167,29 @@ def run(
     replaces an earlier tfopt run there. Raises `tfopt.errors.OutputDirError` for a path that
     cannot be used.
     """
-    from tfopt import bench
-    from tfopt import data as data_mod
-    from tfopt._report import write_report
-
     started = time.time()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     # first: a multi-worker strategy configures TensorFlow's collectives before any other TF work
     strategy = _strategy(cfg)
     keras.utils.set_random_seed(cfg.seed)
-    if _is_chief(strategy):
-        run_dir = run_directory(cfg, out_dir, overwrite=overwrite)
-        _rundir.claim_identity(run_dir, "run", run_identity(cfg))
-    else:  # a multi-worker run's other workers train with the chief and write their copies of
-        import tempfile  # the files elsewhere
+    if not _is_chief(strategy):  # a multi-worker run's other workers train with the chief and
+        import tempfile  # write their copies of the files elsewhere
 
         run_dir = Path(tempfile.mkdtemp(prefix=f"tfopt-{cfg.name}-worker-"))
+        return _run_in(cfg, run_dir, strategy, verbose=verbose, started=started)
+    run_dir = run_directory(cfg, out_dir, overwrite=overwrite)
+    with _rundir.lock(run_dir, command="tfopt run"):  # one process per run directory
+        _rundir.claim_identity(run_dir, "run", run_identity(cfg))
+        return _run_in(cfg, run_dir, strategy, verbose=verbose, started=started)
+
+
+def _run_in(cfg: RunConfig, run_dir: Path, strategy, *, verbose: int, started: float) -> dict:
+    """The body of `run` in its (claimed) run directory."""
+    from tfopt import bench
+    from tfopt import data as data_mod
+    from tfopt._report import write_report
+
     _rundir.write_json(run_dir / "config.json", cfg.model_dump(serialize_as_any=True))
     total = 4 + len(cfg.steps)
     n = 1

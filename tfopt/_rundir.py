@@ -12,7 +12,10 @@ One place for the rules every command follows (`tfopt run`, `tfopt auto`, `tfopt
 * an artifact a record points to carries its size and sha256 (`digest`), checked on resume
   (`verify`);
 * a run directory records the identity of its model, data and settings (`claim_identity`); a
-  resume with different ones is refused with a message that says what differs.
+  resume with different ones is refused with a message that says what differs;
+* one process at a time works in a run directory (`lock`: an exclusive ``flock`` on `LOCK`,
+  which the OS drops when the process ends, even by SIGKILL); a second one is refused with a
+  line that says who holds it.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tfopt.errors import OutputDirError, RunMismatchError
+from tfopt.errors import OutputDirError, RunLockedError, RunMismatchError
 
 MARKER = ".tfopt-run"
 IDENTITY = "identity.json"
+LOCK = ".tfopt-lock"
 
 
 def is_owned(path) -> bool:
@@ -98,6 +104,7 @@ def prepare(path, *, overwrite: bool = False, resume: bool = False, by: str = "t
                 "file); choose another --out (an empty or new directory)"
             )
         if overwrite:
+            _refuse_if_locked(path)  # never delete a directory another process works in
             remove(path)
         elif not resume:
             raise OutputDirError(
@@ -135,6 +142,90 @@ def check_name(value: Any, key: str = "name") -> Any:
             f"files inside the run directory. Received: {key}={text!r}"
         )
     return value
+
+
+# -- one process per run directory ----------------------------------------------------------------
+_held: dict[str, list] = {}  # resolved run dir -> [open lock file, depth] of this process
+
+
+def _holder_line(path: Path, info: dict) -> str:
+    return (
+        f"--out {str(path)!r} is in use by another tfopt process: pid {info.get('pid', '?')} on "
+        f"{info.get('host', '?')} ({info.get('command', '?')}, since {info.get('since', '?')}); "
+        "wait for it to end, or choose another --out"
+    )
+
+
+def _read_holder(file) -> dict:
+    try:
+        file.seek(0)
+        return json.loads(file.read() or "{}")
+    except (ValueError, OSError):
+        return {}
+
+
+def _try_flock(file) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _refuse_if_locked(path: Path) -> None:
+    """Raises `RunLockedError` when another process holds ``path``'s lock."""
+    if str(path.resolve()) in _held or not (path / LOCK).is_file():
+        return
+    with open(path / LOCK, "a+") as f:
+        if not _try_flock(f):
+            raise RunLockedError(_holder_line(path, _read_holder(f)))
+
+
+@contextmanager
+def lock(run_dir, *, command: str) -> Iterator[Path]:
+    """Holds ``run_dir``'s lock (an exclusive ``flock`` on ``run_dir/.tfopt-lock``) for the block.
+
+    The lock file says who holds it (pid, host, command, since when). The OS drops the lock when
+    the process ends, however it ends, so a killed run never leaves a stale lock. Re-entrant
+    within a process (`tfopt auto` locks its directory, then `tfopt.auto.optimize` again).
+    Needs a POSIX system; elsewhere the block runs unlocked.
+
+    Raises:
+        RunLockedError: another process holds the lock; one line that says who.
+    """
+    path = Path(run_dir)
+    key = str(path.resolve())
+    if key not in _held and os.name == "posix":
+        _held[key] = [_acquire(path, command), 0]
+    if key in _held:
+        _held[key][1] += 1
+    try:
+        yield path
+    finally:
+        if key in _held:
+            _held[key][1] -= 1
+            if _held[key][1] == 0:
+                _held.pop(key)[0].close()  # releases the flock
+
+
+def _acquire(path: Path, command: str):
+    import socket
+    import time
+
+    f = open(path / LOCK, "a+")  # noqa: SIM115 - stays open while the lock is held
+    if not _try_flock(f):
+        info = _read_holder(f)
+        f.close()
+        raise RunLockedError(_holder_line(path, info))
+    f.seek(0)
+    f.truncate()
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+               "since": since}, f)  # fmt: skip
+    f.flush()
+    return f
 
 
 # -- atomic writes -------------------------------------------------------------------------------
@@ -320,6 +411,23 @@ def claim_identity(run_dir, section: str, identity: dict, *, what: str = "run") 
     recorded[section] = identity
     write_json(path, recorded)
     return recorded
+
+
+@contextmanager
+def claim_run(
+    run_dir, section: str, identity: dict, *, command: str, what: str, overwrite: bool = False
+) -> Iterator[Path]:
+    """How every command that resumes (`tfopt tune`, `tfopt auto`) opens its run directory:
+    `prepare` (resume; ``overwrite`` replaces an earlier run tfopt made), `lock` for the block,
+    then `claim_identity` (the same model, data and settings, or a one-line refusal).
+
+    Raises:
+        OutputDirError, RunLockedError, RunMismatchError: each one line.
+    """
+    path = prepare(run_dir, overwrite=overwrite, resume=True, by=command)
+    with lock(path, command=command):
+        claim_identity(path, section, identity, what=what)
+        yield path
 
 
 def short_hash(value: Any, n: int = 8) -> str:

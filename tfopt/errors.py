@@ -39,6 +39,11 @@ class RunMismatchError(TfoptError, ValueError):
     differs and what to do."""
 
 
+class RunLockedError(TfoptError, OSError):
+    """Another process works in the run directory (it holds its lock); the message says which
+    one (pid, host, command, since when)."""
+
+
 class DataError(TfoptError, ValueError):
     """Data is unusable: an unreadable file, a wrong shape, NaN/inf values, labels out of range.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -379,77 +380,80 @@ def optimize(
 
     started = time.monotonic()
     out_dir = _rundir.prepare(out_dir, overwrite=overwrite, resume=True, by="tfopt auto")
-    if run_config is not None and not isinstance(run_config, dict):
-        run_config = run_config.model_dump(serialize_as_any=True)
-    identity = search_identity(
-        model,
-        train,
-        val,
-        test,
-        max_accuracy_drop=max_accuracy_drop,
-        target=target,
-        objective=objective,
-        techniques=techniques,
-        seeds=seeds,
-        space=space,
-        seed=seed,
-        budgets=budgets,
-    )
-    _rundir.claim_identity(out_dir, "search", identity, what="search")
-    spent = _spent(out_dir)
-    if spent:  # a resumed search: the time budget counts the time the earlier runs spent
-        started -= spent
-        if time_budget is not None and verbose:
-            log(f"[auto] resuming: {spent:.0f} s of the {time_budget:.0f} s time budget spent")
-    search = Search(
-        model,
-        train,
-        val,
-        test=test,
-        max_accuracy_drop=max_accuracy_drop,
-        target=target,
-        objective=objective,
-        out_dir=out_dir,
-        techniques=techniques,
-        seeds=seeds,
-        space=space,
-        seed=seed,
-        max_trials=max_trials,
-        run_config=run_config,
-        say=log if verbose else (lambda msg: None),
-        started=started,
-        budgets=budgets,
-        worker=role == "worker",
-    )
-    if role is not None:
-        return _distributed_role(search, role, time_budget=time_budget, refine=refine)
-    stopped = search.run(
-        time_budget=time_budget, max_trials=max_trials, refine=refine, screen=screen
-    )
-    search.finish(stopped)
-    return AutoResult(
-        baseline=search.baseline,
-        candidates=search.data["candidates"],
-        front=search.data["front"],
-        best=search.data["best"],
-        best_path=None if search.best is None else search.out_dir / "best.tflite",
-        report=search.report,
-        stopped=stopped,
-        elapsed_s=time.monotonic() - search.started,
-        out_dir=search.out_dir,
-        extra={
-            "techniques": list(search.hypermodel.techniques),
-            "seeds": search.seeds,
-            "refinement": search.data["refinement"],
-            "max_accuracy_drop": search.max_accuracy_drop,
-            "budgets": search.budgets,
-            "resolution": search.resolution,
-        },
-        recipe=search.recipe_path,
-        closest=search.data["closest"],
-        closest_path=None if search.data["closest"] is None else search.out_dir / CLOSEST_FILE,
-        rejections=search.data["rejections"],
-    )
+    # one process per run directory (the chief and workers of `tfopt auto --workers` work under
+    # their launcher's lock)
+    with _rundir.lock(out_dir, command="tfopt auto") if role is None else nullcontext():
+        if run_config is not None and not isinstance(run_config, dict):
+            run_config = run_config.model_dump(serialize_as_any=True)
+        identity = search_identity(
+            model,
+            train,
+            val,
+            test,
+            max_accuracy_drop=max_accuracy_drop,
+            target=target,
+            objective=objective,
+            techniques=techniques,
+            seeds=seeds,
+            space=space,
+            seed=seed,
+            budgets=budgets,
+        )
+        _rundir.claim_identity(out_dir, "search", identity, what="search")
+        spent = _spent(out_dir)
+        if spent:  # a resumed search: the time budget counts the time the earlier runs spent
+            started -= spent
+            if time_budget is not None and verbose:
+                log(f"[auto] resuming: {spent:.0f} s of the {time_budget:.0f} s time budget spent")
+        search = Search(
+            model,
+            train,
+            val,
+            test=test,
+            max_accuracy_drop=max_accuracy_drop,
+            target=target,
+            objective=objective,
+            out_dir=out_dir,
+            techniques=techniques,
+            seeds=seeds,
+            space=space,
+            seed=seed,
+            max_trials=max_trials,
+            run_config=run_config,
+            say=log if verbose else (lambda msg: None),
+            started=started,
+            budgets=budgets,
+            worker=role == "worker",
+        )
+        if role is not None:
+            return _distributed_role(search, role, time_budget=time_budget, refine=refine)
+        stopped = search.run(
+            time_budget=time_budget, max_trials=max_trials, refine=refine, screen=screen
+        )
+        search.finish(stopped)
+        return AutoResult(
+            baseline=search.baseline,
+            candidates=search.data["candidates"],
+            front=search.data["front"],
+            best=search.data["best"],
+            best_path=None if search.best is None else search.out_dir / "best.tflite",
+            report=search.report,
+            stopped=stopped,
+            elapsed_s=time.monotonic() - search.started,
+            out_dir=search.out_dir,
+            extra={
+                "techniques": list(search.hypermodel.techniques),
+                "seeds": search.seeds,
+                "refinement": search.data["refinement"],
+                "max_accuracy_drop": search.max_accuracy_drop,
+                "budgets": search.budgets,
+                "resolution": search.resolution,
+            },
+            recipe=search.recipe_path,
+            closest=search.data["closest"],
+            closest_path=None if search.data["closest"] is None else search.out_dir / CLOSEST_FILE,
+            rejections=search.data["rejections"],
+        )
 
 
 def _distributed_role(search, role: str, *, time_budget, refine) -> None:

@@ -5,14 +5,19 @@ The recipe's model is the baseline auto measured, saved as ``<out>/baseline.kera
 weights (and teacher) the search used, so the only difference left is the fine-tuning itself,
 which `tfopt run` seeds like auto (``run_steps(seed=seed)``). Retraining the baseline would add
 the spread of a whole float training run, and a model handed to `tfopt.auto.optimize` has no
-training settings to repeat. How the baseline was trained is kept as a comment.
+training settings to repeat. How the baseline was trained is kept as a comment. The recipe
+records the baseline's sha256 (``model.sha256``), and `tfopt.config.load` reads its relative
+path next to the recipe: a copied recipe refuses any ``baseline.keras`` but its own.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import yaml
+
+from tfopt._rundir import sha256
 
 HEADER = """\
 # The best candidate of `tfopt auto` ({where}) as a `tfopt run` config:
@@ -39,8 +44,12 @@ def recipe_config(
         name = str(raw["data"].get("name", ""))
         if name.endswith(".npz") and Path(name).is_file():  # not relative to auto's cwd
             raw["data"]["name"] = str(Path(name).resolve())
-    # relative: `tfopt.config.load` finds it next to recipe.yaml, so the run directory can move
+    # relative: `tfopt.config.load` finds it next to recipe.yaml, so the run directory can move;
+    # its sha256 makes a copied recipe refuse another folder's baseline.keras
     raw["model"] = {"name": None, "path": "baseline.keras"}
+    baseline = Path(out_dir) / "baseline.keras"
+    if baseline.is_file():
+        raw["model"]["sha256"] = sha256(baseline)
     raw["train"] = {
         "epochs": 0,
         "batch_size": int(train.get("batch_size", 64)),
@@ -56,7 +65,8 @@ def write_recipe(path: Path, raw: dict, *, best: dict, run_config: dict | None =
     """Validates ``raw`` as a `tfopt run` config and writes it as YAML, with a comment header."""
     from tfopt import config
 
-    config.validate(raw)  # a recipe that `tfopt run` would reject is a bug here, not later
+    # a recipe that `tfopt run` would reject is a bug here, not later (read as `load` reads it)
+    config.validate(config._schema._relative_to(copy.deepcopy(raw), Path(path).parent))
     trained = ""
     model, train = (run_config or {}).get("model"), (run_config or {}).get("train")
     if model and train:

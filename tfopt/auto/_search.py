@@ -242,8 +242,10 @@ class Search:
         if worker:
             self.baseline = json.loads((out_dir / "baseline.json").read_text())
         else:
-            try:  # the model of recipe.yaml
-                _rundir.save_model(model, out_dir / "baseline.keras")
+            try:  # the model of recipe.yaml; kept on resume (the same weights: the identity
+                # check), so the sha256 an earlier recipe.yaml records stays true
+                if not (out_dir / "baseline.keras").is_file():
+                    _rundir.save_model(model, out_dir / "baseline.keras")
             except Exception as e:  # a model Keras cannot save: no recipe.yaml, the search goes on
                 self.replayable = False
                 self.say(

@@ -9,6 +9,7 @@ import multiprocessing.connection
 import os
 import pickle
 import queue
+import tempfile
 import threading
 import time
 import traceback
@@ -278,15 +279,17 @@ def _watch_parent(parent_pid: int, interval_s: float = 0.25) -> None:
     threading.Thread(target=watch, daemon=True, name="tfopt-parent-watch").start()
 
 
-def _child(conn, payload: bytes, parent_pid: int) -> None:
-    """A load-test process: rebuilds the runner, warms up, says "ready", waits for "go" on the
-    pipe (EOF: the parent is gone, so it exits), runs and reports."""
+def _child(conn, payload_path: str, parent_pid: int) -> None:
+    """A load-test process: reads its share (runner, inputs) from ``payload_path``, rebuilds the
+    runner, warms up, says "ready", waits for "go" on the pipe (EOF: the parent is gone, so it
+    exits), runs and reports."""
     _watch_parent(parent_pid)
     try:
         from tfopt._litert_log import silence_xnnpack_banner
 
         silence_xnnpack_banner()
-        args = pickle.loads(payload)
+        with open(payload_path, "rb") as f:
+            args = pickle.load(f)
 
         def ready():
             conn.send(("ready", None))
@@ -315,14 +318,22 @@ def _in_processes(
     """Runs `_closed_loop` in ``processes`` spawned processes that share out clients, workers
     and requests, starts their timed runs together and merges the results."""
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe once TensorFlow has started
-    procs, conns = [], []
+    procs, conns, payloads = [], [], []
     shares = zip(_split(clients, processes), _split(workers, processes), strict=True)
+    finished = False
     try:
         for c, w in shares:
             share = None if requests is None else max(1, round(requests * c / clients))
-            payload = pickle.dumps(
-                {"runner": runner, "x": x, "clients": c, "workers": w, "requests": share, **kwargs}
-            )
+            # the share (model, inputs) goes by file: in the start pipe, a replica that stalls
+            # before reading it would block this process in its write, past any timeout
+            fd, payload = tempfile.mkstemp(prefix="tfopt-load-test-", suffix=".pickle")
+            payloads.append(payload)
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(
+                    {"runner": runner, "x": x, "clients": c, "workers": w, "requests": share}
+                    | kwargs,
+                    f,
+                )
             parent, child = ctx.Pipe()
             # daemon: ended when this process exits; the child also watches this pid (SIGKILL)
             p = ctx.Process(target=_child, args=(child, payload, os.getpid()), daemon=True)
@@ -368,14 +379,17 @@ def _in_processes(
         for conn in conns:
             conn.send("go")
         outs = [receive(i, "done", timeout_s) for i in range(len(conns))]
+        finished = True
     finally:
         for conn in conns:
             conn.close()  # a process still waiting for "go" sees EOF and exits
         for p in procs:
-            p.join(timeout=10)
+            p.join(timeout=10 if finished else 1)  # a stalled replica is not waited for
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
+        for payload in payloads:
+            os.unlink(payload)
     return {
         "latency_s": np.concatenate([o["latency_s"] for o in outs]),
         # the processes start together: the run lasts as long as the slowest one
@@ -454,6 +468,11 @@ def load_test(
     """
     if not isinstance(clients, int) or clients < 1:
         raise ValueError(f"clients must be an int >= 1. Received: clients={clients!r}")
+    if not 0 < start_timeout_s < float("inf"):  # also refuses nan: the wait must end
+        raise ValueError(
+            f"start_timeout_s must be a finite number of seconds > 0. "
+            f"Received: start_timeout_s={start_timeout_s!r}"
+        )
     if (requests is not None and requests < 1) or not 0 < duration_s < float("inf"):
         raise ValueError(
             f"requests must be >= 1 and duration_s > 0. Received: requests={requests}, "

@@ -229,8 +229,6 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
 
 
 def main(args) -> int:
-    from tfopt import auto
-    from tfopt import data as data_mod
     from tfopt.auto._optimize import check_budget, check_search_args
 
     check_budget(args.max_accuracy_drop)
@@ -254,8 +252,7 @@ def main(args) -> int:
     from tfopt import _rundir
     from tfopt.tune import _distributed as dist
 
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0. Received: --workers={args.workers}")
+    dist.check_workers(args.workers)  # each is a TensorFlow process: capped by cores and memory
     if args.workers and (args.chief or args.serve):
         raise ValueError("--workers starts its own chief; it cannot be combined with --chief")
     role = "chief" if args.serve else "worker" if args.chief else None
@@ -276,8 +273,23 @@ def main(args) -> int:
         out_dir = default_run_dir(cfg, identity)
         print(f"[auto] run directory: {out_dir}", flush=True)
     # before the baseline of an earlier run in out_dir is reused: the same model, data, settings
-    _rundir.prepare(out_dir, overwrite=args.overwrite, resume=True, by="tfopt auto")
-    _rundir.claim_identity(out_dir, "auto", identity, what="`tfopt auto` run")
+    what = "`tfopt auto` run"
+    if role is None:  # one process per run directory: the launcher's children share its lock
+        with _rundir.claim_run(
+            out_dir, "auto", identity, command="tfopt auto", what=what, overwrite=args.overwrite
+        ):
+            return _search(args, cfg, out_dir, techniques=techniques, role=role)
+    _rundir.prepare(out_dir, resume=True, by="tfopt auto")
+    _rundir.claim_identity(out_dir, "auto", identity, what=what)
+    return _search(args, cfg, out_dir, techniques=techniques, role=role)
+
+
+def _search(args, cfg, out_dir: Path, *, techniques, role) -> int:
+    """Loads the data and the baseline, then searches (screening in --workers children)."""
+    from tfopt import auto
+    from tfopt import data as data_mod
+    from tfopt.tune import _distributed as dist
+
     data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     print(f"[auto] data: {data}", flush=True)
     from tfopt.data._checks import check_attack_radius

@@ -20,6 +20,7 @@ def input_overrides(*, model: str | None = None, data: str | None = None) -> lis
     if model:
         if is_model_file(model) or Path(model).is_file():
             out += [f"model.path={_quoted(model)}", "model.name=null", "model.options={}"]
+            out.append("model.sha256=null")  # the user's own file replaces a recorded one
         else:
             out += [f"model.name={_quoted(model)}", "model.path=null"]
     return out
@@ -53,8 +54,24 @@ def add_distributed_args(p, *, workers_help: str, chief_help: str) -> None:
     p.add_argument("--chief", metavar="HOST:PORT", help=chief_help)
     p.add_argument(
         "--connect-timeout",
-        type=float,
+        type=_seconds("--connect-timeout"),
         default=10.0,
         help="seconds a worker waits for the chief before giving up (default 10)",
     )
     p.add_argument("--serve", metavar="HOST:PORT", help=argparse.SUPPRESS)  # the chief's role
+
+
+def _seconds(flag: str):
+    """An argparse type for a timeout: a finite number of seconds > 0 (``nan``, ``inf`` and 0
+    would never end a wait, or end it at once)."""
+    import argparse
+
+    def parse(text: str) -> float:
+        from tfopt.tune._distributed import check_timeout
+
+        try:
+            return check_timeout(float(text), flag)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse

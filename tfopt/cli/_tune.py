@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 
-from tfopt import _rundir
 from tfopt.cli._common import add_distributed_args
 
 
@@ -97,8 +96,7 @@ def main(args) -> int:
     if path and "=" in path and not path.endswith((".yaml", ".yml")):
         path, overrides = None, [path, *overrides]  # `tfopt tune tune.max_epochs=5`
     path, overrides = _with_inputs(args, path, overrides)
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0. Received: --workers={args.workers}")
+    dist.check_workers(args.workers)  # each is a TensorFlow process: capped by cores and memory
     if args.workers and (args.chief or args.serve):
         raise ValueError("--workers starts its own chief; it cannot be combined with --chief")
     chief = dist.parse_address(args.chief) if args.chief else None
@@ -121,24 +119,27 @@ def main(args) -> int:
         st.make_tuner(cfg, hm, out_dir, max_trials=args.max_trials).serve(host, port)
         return 0
 
-    # --overwrite removes only a directory tfopt created; an existing search resumes
-    _rundir.prepare(out_dir, overwrite=args.overwrite, resume=True, by="tfopt tune")
-    if not args.workers:
+    if not args.workers:  # --overwrite removes only a directory tfopt created
         res = st.search_training(
-            path, overrides=overrides, out_dir=out_dir, max_trials=args.max_trials, log=log
+            path,
+            overrides=overrides,
+            out_dir=out_dir,
+            max_trials=args.max_trials,
+            overwrite=args.overwrite,
+            log=log,
         )
         return 0 if res.best is not None else 1
     started = time.time()
     data, hm = st.prepare(cfg, max_trials=args.max_trials)  # a bad space fails here
-    out_dir.mkdir(parents=True, exist_ok=True)
-    st.record_start(hm, data, out_dir)
-    child = [*([path] if path else []), *overrides, "--out", str(out_dir.resolve())]
-    if args.max_trials is not None:
-        child += ["--max-trials", str(args.max_trials)]
-    if args.quiet:
-        child.append("--quiet")
-    code = dist.launch(child, workers=args.workers, log=log)
-    res = st.finalize(raw, out_dir, seconds=time.time() - started, log=log)
+    with st.claim(cfg, out_dir, overwrite=args.overwrite):
+        st.record_start(hm, data, out_dir)
+        child = [*([path] if path else []), *overrides, "--out", str(out_dir.resolve())]
+        if args.max_trials is not None:
+            child += ["--max-trials", str(args.max_trials)]
+        if args.quiet:
+            child.append("--quiet")
+        code = dist.launch(child, workers=args.workers, log=log)
+        res = st.finalize(raw, out_dir, seconds=time.time() - started, log=log)
     if code:
         return code
     return 0 if res.best is not None else 1

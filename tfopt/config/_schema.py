@@ -39,6 +39,7 @@ class ModelConfig(Section):
     name: str | None = "mnist1d_cnn"  # a zoo model (tfopt.models.MODELS)
     path: str | None = None  # or a user's .keras file (loaded with safe_mode=True)
     options: dict[str, Any] = Field(default_factory=dict)  # the zoo builder's keyword options
+    sha256: str | None = None  # the sha256 of model.path's file: another file is refused
 
     @field_validator("options")
     @classmethod
@@ -61,6 +62,24 @@ class ModelConfig(Section):
             raise ValueError(f"must be a .keras (or legacy .h5) file. Received: {v!r}")
         return v
 
+    @model_validator(mode="after")
+    def _same_file(self):
+        """A recorded ``sha256`` (recipe.yaml, best.yaml) pins the model file it was written for."""
+        if self.sha256 is None:
+            return self
+        if self.path is None:
+            raise ValueError("sha256 is the digest of model.path's file; set model.path too")
+        from tfopt._rundir import sha256
+
+        path = Path(self.path)
+        if path.is_file() and sha256(path) != self.sha256:
+            raise ValueError(
+                f"model.path {self.path!r} is not the model this config was written for (its "
+                f"sha256 is {sha256(path)[:12]}..., the config records {self.sha256[:12]}...); "
+                "put the config next to its own model file, or remove model.sha256 to use this one"
+            )
+        return self
+
 
 class TrainConfig(TrainingOptions):  # optimizer, schedule, augmentation: config/_train.py
     epochs: int = Field(30, ge=0, le=MAX_EPOCHS)  # 0: use the model as it is (a trained .keras)
@@ -68,6 +87,8 @@ class TrainConfig(TrainingOptions):  # optimizer, schedule, augmentation: config
     learning_rate: float = Field(2e-3, gt=0.0)
     # tf.distribute: none | mirrored (this machine's devices) | multi_worker (TF_CONFIG's workers)
     strategy: Literal["none", "mirrored", "multi_worker"] = "none"
+    # seconds a multi_worker task waits for the other tasks of TF_CONFIG (a finite wait)
+    peer_timeout: float = Field(300.0, gt=0.0, le=86400.0)
 
 
 class TransferConfig(Section):
@@ -339,8 +360,9 @@ def read_yaml(path) -> dict:
 
 def _relative_to(raw: Any, base: Path) -> Any:
     """``raw`` with a relative ``model.path`` / ``.npz`` ``data.name`` read from a YAML file in
-    ``base`` resolved against ``base`` when the file is there (a config and the model next to it
-    move together, like `recipe.yaml` and ``baseline.keras``); else kept (relative to the cwd)."""
+    ``base`` resolved against ``base``, never the current directory: a config and the files next
+    to it move together (`recipe.yaml` and ``baseline.keras``), and a copied config never picks
+    up another folder's file of the same name."""
     if not isinstance(raw, dict):
         return raw
     for section, key in (("model", "path"), ("data", "name")):
@@ -350,17 +372,15 @@ def _relative_to(raw: Any, base: Path) -> Any:
             continue
         if section == "data" and not value.endswith(".npz"):
             continue
-        candidate = base / value
-        if candidate.exists():
-            node[key] = str(candidate)
+        node[key] = str(base / value)
     return raw
 
 
 def load(path=None, *, overrides: list[str] = ()) -> RunConfig:
     """Reads a YAML config (the embedded default when ``path`` is None) and validates it.
 
-    A relative ``model.path`` (or ``.npz`` ``data.name``) in the file is found next to the file
-    first, then in the current directory; overrides are relative to the current directory.
+    A relative ``model.path`` (or ``.npz`` ``data.name``) in the file is relative to the file's
+    folder; overrides are relative to the current directory.
 
     Args:
         path: the YAML file, or the name of a packaged config (``"prune_qat"``). Defaults to

@@ -52,7 +52,89 @@ def check_strategy(name: str) -> None:
         _tf_config()
 
 
-def make_strategy(name: str = "none"):
+def wait_for_peers(conf: dict, timeout: float) -> None:
+    """Waits until every other task of ``TF_CONFIG``'s cluster listens, for at most ``timeout``
+    seconds, before TensorFlow is asked to connect them (it waits for a missing peer forever and
+    holds the GIL while it does, so no timer in this process could end that wait).
+
+    This task listens on its own address meanwhile (TensorFlow's server takes the port over
+    afterwards), so that its peers, running the same wait, see it.
+
+    Raises:
+        ValueError: one line naming the tasks that did not come within ``timeout``.
+    """
+    import socket
+    import threading
+    import time
+
+    cluster, task = conf["cluster"], conf["task"]
+    mine = cluster[task["type"]][task["index"]]
+    peers = {
+        f"{kind} {i} at {address}": address
+        for kind, addresses in cluster.items()
+        if kind in ("chief", "worker")
+        for i, address in enumerate(addresses)
+        if address != mine
+    }
+    done = threading.Event()
+    listener = _listen(mine, done)
+    deadline = time.monotonic() + timeout
+    try:
+        while peers:
+            for name, address in list(peers.items()):
+                host, _, port = address.rpartition(":")
+                try:
+                    socket.create_connection((host, int(port)), timeout=1.0).close()
+                    del peers[name]
+                except OSError:
+                    pass
+            if peers and time.monotonic() > deadline:
+                raise ValueError(
+                    f"strategy='multi_worker': {', '.join(peers)} did not come within "
+                    f"{timeout:g} s (train.peer_timeout); start every task of TF_CONFIG's "
+                    "cluster, or check its addresses"
+                )
+            if peers:
+                time.sleep(0.2)
+    finally:
+        done.set()
+        if listener is not None:
+            listener.join()
+
+
+def _listen(address: str, done):
+    """Accepts (and drops) connections on ``address``'s port until ``done`` is set; returns the
+    thread, or None when the port cannot be bound here."""
+    import socket
+    import threading
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("", int(address.rpartition(":")[2])))
+    except (OSError, ValueError):
+        sock.close()
+        return None
+    sock.listen(16)
+    sock.settimeout(0.1)
+
+    def accept():
+        with sock:
+            while not done.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:  # the timeout: look at `done` again
+                    continue
+                conn.settimeout(1.0)
+                with conn, contextlib.suppress(OSError):
+                    conn.recv(1)  # the peer closes first: no TIME_WAIT left on this port
+
+    thread = threading.Thread(target=accept, daemon=True, name="tfopt-peer-listener")
+    thread.start()
+    return thread
+
+
+def make_strategy(name: str = "none", *, peer_timeout: float = 300.0):
     """Returns the ``tf.distribute`` strategy ``name`` (None for ``"none"``).
 
     ``"mirrored"``: `tf.distribute.MirroredStrategy` over this machine's devices (every GPU, else
@@ -65,12 +147,15 @@ def make_strategy(name: str = "none"):
 
     Args:
         name: ``"none"``, ``"mirrored"`` or ``"multi_worker"``. Defaults to "none".
+        peer_timeout: seconds a multi-worker task waits for the other tasks of ``TF_CONFIG``
+            (`wait_for_peers`). Defaults to 300.0.
 
     Returns:
         A `tf.distribute.Strategy`, or None for ``"none"``.
 
     Raises:
-        ValueError: see `check_strategy`.
+        ValueError: see `check_strategy`; a ``peer_timeout`` that is not a finite number > 0; a
+            peer that did not come within it (one line).
 
     Example:
         >>> strategy = tfopt.train.make_strategy("mirrored")
@@ -79,8 +164,15 @@ def make_strategy(name: str = "none"):
         ...     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     """
     check_strategy(name)
+    ok = isinstance(peer_timeout, int | float) and not isinstance(peer_timeout, bool)
+    if not (ok and 0 < peer_timeout < float("inf")):
+        raise ValueError(
+            f"peer_timeout must be a finite number of seconds > 0. Received: {peer_timeout!r}"
+        )
     if name == "none":
         return None
+    if name == "multi_worker":
+        wait_for_peers(_tf_config(), peer_timeout)
     import tensorflow as tf
 
     if name == "mirrored":

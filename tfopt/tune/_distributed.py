@@ -12,11 +12,13 @@ timeout that the chief answers. `serve` is the chief's side (KerasTuner's `Oracl
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from tfopt.errors import TfoptError
@@ -45,13 +47,27 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def check_timeout(value, name: str = "--connect-timeout") -> float:
+    """``value`` as seconds when it is a finite number > 0 (a wait that can end), else ValueError."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{name} must be a finite number of seconds > 0, so that the wait ends. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
 def check_reachable(host: str, port: int, timeout: float = 10.0) -> None:
     """Waits up to ``timeout`` seconds for the chief's gRPC server at ``host:port``.
 
     Raises:
+        ValueError: ``timeout`` is not a finite number > 0.
         ChiefUnreachable: no answer within the timeout.
     """
     import grpc
+
+    timeout = check_timeout(timeout)
 
     channel = grpc.insecure_channel(f"{host}:{port}")
     try:
@@ -170,6 +186,51 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+# what one TensorFlow process of a search may need (see max_workers): `tfopt tune --max-trials 1`
+# of a small 1-D CNN peaked at 768 MiB resident (`/usr/bin/time -v`), so 1 GiB leaves some room
+PROCESS_MEMORY = 1 << 30
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux ``MemAvailable``), None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def max_workers() -> tuple[int, str]:
+    """The most local workers this machine can run, and why: one per core, and a chief plus the
+    workers within the available memory at `PROCESS_MEMORY` each."""
+    cores, memory = _cores(), _available_memory()
+    cap, why = cores, f"{cores} cores"
+    if memory is not None:
+        cap = max(1, min(cap, memory // PROCESS_MEMORY - 1))
+        why += f", {memory / (1 << 30):.1f} GiB of memory available at about 1 GiB per process"
+    return cap, why
+
+
+def check_workers(workers) -> int:
+    """``workers`` when it is a count this machine can run (0: no distributed search).
+
+    Raises:
+        ValueError: a negative count, or more than `max_workers` (each is a TensorFlow process).
+    """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ValueError(f"--workers must be an int >= 0. Received: --workers={workers!r}")
+    cap, why = max_workers()
+    if workers > cap:
+        raise ValueError(
+            f"--workers must be at most {cap} on this machine ({why}): each worker is a "
+            f"TensorFlow process. Received: --workers={workers}"
+        )
+    return workers
+
+
 def thread_environment(workers: int) -> dict[str, str]:
     """TensorFlow's thread pools for one of ``workers`` local workers: an equal share of the cores.
 
@@ -221,12 +282,17 @@ def launch(
     Returns:
         0 when every worker finished cleanly, else the first non-zero exit code.
 
+    The launcher dies with its parent as its children die with it: when this process is
+    orphaned (its parent killed, e.g. a ``timeout`` that was itself killed), it stops the chief
+    and the workers and ends as on SIGTERM.
+
     Raises:
-        ValueError: ``workers < 1``.
+        ValueError: ``workers`` not in 1..`max_workers`, or a ``start_timeout`` that never ends.
         TfoptError: the chief exited or did not listen in time.
     """
-    if workers < 1:
+    if check_workers(workers) < 1:
         raise ValueError(f"workers must be >= 1. Received: workers={workers}")
+    start_timeout = check_timeout(start_timeout, "start_timeout")
     host, port = "127.0.0.1", free_port()
     if command not in ("tune", "auto"):
         raise ValueError(f"command must be 'tune' or 'auto'. Received: command={command!r}")
@@ -243,6 +309,7 @@ def launch(
             previous[sig] = signal.signal(sig, on_signal)
         except ValueError:  # not the main thread
             pass
+    orphaned = _watch_parent(lambda: _orphaned(procs))
     try:
         chief = _spawn([*base, "--serve", f"{host}:{port}"], {"KERASTUNER_TUNER_ID": "chief"})
         procs.append(chief)
@@ -278,6 +345,29 @@ def launch(
             log(f"[{command}] the chief did not stop within 60 s after the workers; stopping it")
         return next((c for c in codes if c), 0)
     finally:
+        orphaned.set()  # the watch ends with the launch
         _stop(procs)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _orphaned(procs: list[subprocess.Popen]) -> None:
+    """The launcher's parent is gone: stop the children, then end as on SIGTERM (the launch's
+    handler raises KeyboardInterrupt in the main thread; without it, SIGTERM ends the process)."""
+    _stop(procs, grace=2.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_parent(on_orphaned, interval: float = 0.5) -> threading.Event:
+    """Calls ``on_orphaned`` (once, from a daemon thread) when this process's parent changes:
+    the parent died and the process was re-parented. Set the returned event to stop watching."""
+    parent, done = os.getppid(), threading.Event()
+
+    def watch():
+        while not done.wait(interval):
+            if os.getppid() != parent:
+                done.set()
+                on_orphaned()
+
+    threading.Thread(target=watch, daemon=True, name="tfopt-launcher-parent-watch").start()
+    return done

@@ -10,7 +10,9 @@ Layout of a search directory (``--out``)::
     importance.png          hyperparameter importance (share of the variance of val accuracy)
 
 Running the same command again resumes the search (KerasTuner ``overwrite=False``), also after
-the process was killed.
+the process was killed. The directory records what it searches (``identity.json``: model, data,
+training settings, space; `tune_identity`) and a resume with other ones is refused; one process
+at a time works in it (`tfopt._rundir.claim_run`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tfopt import _rundir
 
 PROJECT = "search"
 
@@ -57,10 +61,37 @@ def _read_config(config, overrides=()):
             )
             return config_mod.validate(raw), raw
         return config, config.model_dump(serialize_as_any=True)
-    raw = config_mod.apply_overrides(
-        config_mod._schema.read_yaml(config or config_mod.default_config_path()), list(overrides)
-    )
+    file = config_mod.default_config_path() if config is None else config_mod.resolve_config(config)
+    # relative model/data paths are found next to the config, as `tfopt run` finds them
+    raw = config_mod._schema._relative_to(config_mod._schema.read_yaml(file), file.parent)
+    raw = config_mod.apply_overrides(raw, list(overrides))
     return config_mod.validate(raw), raw
+
+
+def tune_identity(cfg) -> dict:
+    """What a search directory records about its search (`tfopt._rundir.claim_run`): the model,
+    the data, the training settings, the seed and the ``tune:`` section. The budgets of trials
+    and time are left out: a resumed search may get more of them."""
+    tune = cfg.tune.model_dump(exclude={"max_trials", "time_budget"})
+    return {
+        **_rundir.config_inputs(cfg),
+        "train": cfg.train.model_dump(),
+        "transfer": None if cfg.transfer is None else cfg.transfer.model_dump(),
+        "seed": cfg.seed,
+        "tune": tune,
+    }
+
+
+def claim(cfg, out_dir, *, overwrite: bool = False):
+    """`tfopt._rundir.claim_run` for a training search: a context manager holding ``out_dir``."""
+    return _rundir.claim_run(
+        out_dir,
+        "tune",
+        tune_identity(cfg),
+        command="tfopt tune",
+        what="`tfopt tune` search",
+        overwrite=overwrite,
+    )
 
 
 def prepare(cfg, *, max_trials: int | None = None):
@@ -164,7 +195,8 @@ def search_training(
         overrides: ``key=value`` overrides of the config. Defaults to ().
         out_dir: the search directory. Defaults to None (``runs/tune_<name>``).
         max_trials: overrides ``tune.max_trials``. Defaults to None.
-        overwrite: start afresh instead of resuming. Defaults to False.
+        overwrite: start afresh instead of resuming (only a directory tfopt created is
+            removed). Defaults to False.
         verbose: Keras fit verbosity of the trials. Defaults to 0.
         log: receives progress lines. Defaults to print.
 
@@ -173,6 +205,8 @@ def search_training(
 
     Raises:
         ConfigError: an invalid config or search space (one line), before any training.
+        RunMismatchError: ``out_dir`` holds a search of another model, data or settings.
+        RunLockedError: another process works in ``out_dir``.
 
     Example:
         >>> res = tfopt.tune.search_training("configs/default.yaml", max_trials=10,
@@ -182,21 +216,21 @@ def search_training(
     started = time.time()
     cfg, raw = _load_config(config, overrides)
     out_dir = Path(out_dir) if out_dir else Path("runs") / f"tune_{cfg.name}"
-    data, hm = prepare(cfg, max_trials=max_trials)
-    log(
-        f"[tune] data: {data}; searching {len(hm.names())} hyperparameters with {cfg.tune.algorithm}"
-    )
-    start = record_start(hm, data, out_dir)
-    if start is not None:
+    data, hm = prepare(cfg, max_trials=max_trials)  # every input error before the directory
+    with claim(cfg, out_dir, overwrite=overwrite):
         log(
-            f"[tune] starting model: val {start['val_accuracy']:.4f} test "
-            f"{start['test_accuracy']:.4f}"
+            f"[tune] data: {data}; searching {len(hm.names())} hyperparameters with "
+            f"{cfg.tune.algorithm}"
         )
-    tuner = make_tuner(
-        cfg, hm, out_dir, max_trials=max_trials, overwrite=overwrite, on_trial_done=progress(log)
-    )
-    tuner.search(data, verbose=verbose)
-    return finalize(raw, out_dir, seconds=time.time() - started, log=log)
+        start = record_start(hm, data, out_dir)
+        if start is not None:
+            log(
+                f"[tune] starting model: val {start['val_accuracy']:.4f} test "
+                f"{start['test_accuracy']:.4f}"
+            )
+        tuner = make_tuner(cfg, hm, out_dir, max_trials=max_trials, on_trial_done=progress(log))
+        tuner.search(data, verbose=verbose)
+        return finalize(raw, out_dir, seconds=time.time() - started, log=log)
 
 
 # -- what a search writes ----------------------------------------------------------------------
@@ -260,11 +294,19 @@ def searched_names(out_dir, trials: list[dict]) -> list[str]:
 
 def run_config(raw: dict, best: dict) -> dict:
     """The `tfopt run` config (a plain dict) that retrains ``best`` from scratch: the searched
-    config with the trial's ``train:`` section and model options, without ``tune:``."""
+    config with the trial's ``train:`` section and model options, without ``tune:``; its model
+    and data files by absolute path, the model file with its sha256."""
     out = {k: v for k, v in raw.items() if k != "tune"}
     out["name"] = f"{raw.get('name', 'default')}_tuned"
     model = dict(out.get("model") or {})
     model["options"] = dict(best["model_options"])
+    if model.get("path"):  # the very file searched, from wherever best.yaml is run
+        model["path"] = str(Path(model["path"]).resolve())
+        model["sha256"] = _rundir.sha256(model["path"])
+    data = dict(out.get("data") or {})
+    if str(data.get("name", "")).endswith(".npz"):
+        data["name"] = str(Path(data["name"]).resolve())
+        out["data"] = data
     out["model"] = model
     out["train"] = best["train"]
     if best.get("transfer") is not None:
