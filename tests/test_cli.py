@@ -24,7 +24,8 @@ def test_config_mistake_is_one_line_without_traceback(tmp_path):
     assert proc.stderr.strip() == (
         "tfopt: config error: train.epohcs: unknown key 'epohcs' (did you mean 'epochs'?). "
         "Allowed: ['augment', 'batch_size', 'early_stopping', 'epochs', 'label_smoothing', "
-        "'learning_rate', 'lr_schedule', 'momentum', 'optimizer', 'strategy', 'warmup_epochs', 'weight_decay']"
+        "'learning_rate', 'lr_schedule', 'momentum', 'optimizer', 'peer_timeout', 'strategy', "
+        "'warmup_epochs', 'weight_decay']"
     )
     assert "Traceback" not in proc.stderr
 

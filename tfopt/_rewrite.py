@@ -580,6 +580,9 @@ class _SubclassRewrite:
         if not self.swaps:
             return new_model
         shape = (None, *new_model.get_build_config()["input_shape"][1:])
+        # TF refuses a root name scope that starts with "_", and Keras names a class _Net "__net"
+        if new_model.name.startswith("_"):
+            new_model.name = new_model.name.lstrip("_") or "model"
         wrapper = RewrittenSubclassModel(
             new_model, swaps=self.swaps, model_input_shape=shape, name=f"{new_model.name}_copy"
         )
