@@ -222,5 +222,5 @@ def test_qat_step_picks_per_layer_bits_by_sensitivity(trained, digits, tmp_path)
     four = recipe_steps({"quantization": "qat", "weight_bits": 4})
     assert four[0].bits == {".*": 4} and describe(four, "tflite-int8") == ["qat(w4)"]
     assert recipe_steps({"quantization": "qat"})[0].bits is None
-    with pytest.raises(ValueError, match="weight_bits must be 8, 4 or 'mixed'"):
+    with pytest.raises(ValueError, match="weight_bits must be 8, 4, 'mixed' or 'plan"):
         recipe_steps({"quantization": "qat", "weight_bits": 2})
