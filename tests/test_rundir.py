@@ -126,11 +126,12 @@ def test_run_and_auto_never_delete_a_directory_tfopt_did_not_create(tmp_path, ca
     assert (tmp_path / "file").read_text() == "x"
 
 
-def _tiny_keras(path):
+def _tiny_keras(path, input_shape=(6,), classes=3):
     import keras
 
-    inputs = keras.Input((6,))
-    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    model = keras.Model(inputs, keras.layers.Dense(classes)(x))
     model.save(path)
     return path
 
@@ -182,7 +183,7 @@ def test_bad_inputs_end_in_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_model_file_as_config_is_the_model_of_the_default_config(tmp_path, capsys):
-    m = _tiny_keras(tmp_path / "my.keras")
+    m = _tiny_keras(tmp_path / "my.keras", input_shape=(8, 8, 1), classes=10)  # digits' shape
     rc, out, err = _cli(capsys, "run", str(m), "--check", "--data", "digits")
     assert rc == 0, err
     assert f"path: {m}" in out and "name: digits" in out and "is a model, not a config" in err
