@@ -686,10 +686,10 @@ def test_paired_delta_resolution_and_rejections_are_exact():
     assert split_resolution(400, 1.0, 0.0)["needed"] is None
 
 
-def test_cli_nothing_fits_writes_the_closest_and_names_the_budgets(tmp_path, capfd):
+def test_cli_nothing_fits_writes_the_closest_and_names_the_budgets(tmp_path, capfd, blobs):
     from tfopt.cli import main
 
-    x, y = _blobs(160, 0)
+    x, y = blobs(160, 0)
     np.savez(tmp_path / "blobs.npz", x_train=x, y_train=y, x_test=x[:32], y_test=y[:32])
     out = tmp_path / "nf"
     code = main(["auto", "--max-accuracy-drop", "0.99", "--data", str(tmp_path / "blobs.npz"),
