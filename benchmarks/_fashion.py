@@ -68,7 +68,7 @@ def baseline(model_name: str = "fashion_cnn", seed: int = 0, *, overrides=(), ve
         at ``seed``), and the cache record (config, epochs, seconds, history, path).
     """
     from tfopt._backend import import_keras
-    from tfopt._steps import outputs_logits
+    from tfopt._training import outputs_logits
     from tfopt._training import fit
 
     keras = import_keras()
