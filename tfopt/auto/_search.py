@@ -112,6 +112,8 @@ def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None
     for recipe in (*SAFE_FIRST, *planned, *(KNOWN_GOOD_SMALL if small else KNOWN_GOOD)):
         s = {k: v for k, v in recipe.items() if k in names}
         key = tuple(sorted(s.items()))
+        if recipe is SAFE_FIRST[1] and s.get("quantization") != "qat":
+            continue  # without QAT in the space it is the unchanged model again
         if s and key not in seen:
             seen.add(key)
             seeds.append(s)
