@@ -68,8 +68,7 @@ def baseline(model_name: str = "fashion_cnn", seed: int = 0, *, overrides=(), ve
         at ``seed``), and the cache record (config, epochs, seconds, history, path).
     """
     from tfopt._backend import import_keras
-    from tfopt._training import outputs_logits
-    from tfopt._training import fit
+    from tfopt._training import fit, outputs_logits
 
     keras = import_keras()
     cfg = fashion_config(model_name, seed, overrides)

@@ -22,7 +22,8 @@ def test_overrides_parse_yaml_values():
 
 TRAIN_KEYS = (
     "['augment', 'batch_size', 'early_stopping', 'epochs', 'label_smoothing', 'learning_rate', "
-    "'lr_schedule', 'momentum', 'optimizer', 'strategy', 'warmup_epochs', 'weight_decay']"
+    "'lr_schedule', 'momentum', 'optimizer', 'peer_timeout', 'strategy', 'warmup_epochs', "
+    "'weight_decay']"
 )
 
 
