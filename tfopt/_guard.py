@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 STAGE_FILE = "TFOPT_STAGE_FILE"
 GUARDED = "TFOPT_GUARDED"
@@ -63,6 +64,21 @@ def crash_line(command: str, returncode: int, stage_text: str) -> str:
     return f"{line} {hint}".strip()
 
 
+def watch_parent(on_orphaned, interval: float = 0.5) -> threading.Event:
+    """Calls ``on_orphaned`` (once, from a daemon thread) when this process's parent changes:
+    the parent died and the process was re-parented. Set the returned event to stop watching."""
+    parent, done = os.getppid(), threading.Event()
+
+    def watch():
+        while not done.wait(interval):
+            if os.getppid() != parent:
+                done.set()
+                on_orphaned()
+
+    threading.Thread(target=watch, daemon=True, name="tfopt-parent-watch").start()
+    return done
+
+
 def run_guarded(argv: list[str], command: str) -> int:
     """Runs ``python -m tfopt *argv`` in a child and returns its exit code; a death by signal N
     prints `crash_line` and returns 128 + N, as a shell would."""
@@ -72,9 +88,12 @@ def run_guarded(argv: list[str], command: str) -> int:
     child = subprocess.Popen([sys.executable, "-m", "tfopt", *argv], env=env)
     forward = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
     interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets Ctrl-C and says so
+    # a guard whose parent died (killed -9) stops its command, which stops its own children
+    orphaned = watch_parent(child.terminate)
     try:
         code = child.wait()
     finally:
+        orphaned.set()
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, interrupt)
     try:

@@ -18,9 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
+from tfopt._guard import watch_parent
 from tfopt.errors import TfoptError
 
 
@@ -309,7 +309,7 @@ def launch(
             previous[sig] = signal.signal(sig, on_signal)
         except ValueError:  # not the main thread
             pass
-    orphaned = _watch_parent(lambda: _orphaned(procs))
+    orphaned = watch_parent(lambda: _orphaned(procs))
     try:
         chief = _spawn([*base, "--serve", f"{host}:{port}"], {"KERASTUNER_TUNER_ID": "chief"})
         procs.append(chief)
@@ -356,18 +356,3 @@ def _orphaned(procs: list[subprocess.Popen]) -> None:
     handler raises KeyboardInterrupt in the main thread; without it, SIGTERM ends the process)."""
     _stop(procs, grace=2.0)
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _watch_parent(on_orphaned, interval: float = 0.5) -> threading.Event:
-    """Calls ``on_orphaned`` (once, from a daemon thread) when this process's parent changes:
-    the parent died and the process was re-parented. Set the returned event to stop watching."""
-    parent, done = os.getppid(), threading.Event()
-
-    def watch():
-        while not done.wait(interval):
-            if os.getppid() != parent:
-                done.set()
-                on_orphaned()
-
-    threading.Thread(target=watch, daemon=True, name="tfopt-launcher-parent-watch").start()
-    return done
