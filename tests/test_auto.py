@@ -794,3 +794,31 @@ def test_screening_fine_tunes_on_a_subset_and_refinement_on_everything(
     )
     report = json.loads((tmp_path / "s/report.json").read_text())
     assert report["screening"] == {"train_samples": 100, "of": 320, "refine_epochs_factor": 3}
+
+
+def test_no_trial_cuts_a_hidden_dense_layer_the_model_does_not_have():
+    """A conv net with only its output Dense: the scopes that cut the widest hidden Dense layer
+    ("dense", "all_dense") are neither searched nor seeded (a user's residual CNN lost trial 05
+    to "scope='widest_dense' needs a hidden Dense layer")."""
+    import keras_tuner
+
+    from tfopt.auto._search import default_seeds
+    from tfopt.tune import CompressionHyperModel
+
+    keras = pytest.importorskip("keras")
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    conv_only = keras.Model(inputs, keras.layers.Dense(3)(x))
+    hypermodel = CompressionHyperModel(model=conv_only)
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare(hp)
+    assert hp._hps["channel_scope"][0].values == ["all"]
+    for budgets in (None, {"max_flash": 1000}):
+        scopes = {s.get("channel_scope") for s in default_seeds(hypermodel, budgets)}
+        assert scopes <= {None, "all"}, scopes
+    inputs = keras.Input((6,))
+    hidden = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8)(inputs)))
+    hp = keras_tuner.HyperParameters()
+    CompressionHyperModel(model=hidden).declare(hp)
+    assert hp._hps["channel_scope"][0].values == ["dense", "all", "all_dense"]

@@ -37,7 +37,7 @@ from tfopt.auto._refine import (
 from tfopt.auto._report import fmt_time, progress_line, write_json, write_report
 from tfopt.auto._sensitivity import SPARSITY, layer_sensitivity, plans
 from tfopt.tune._recipe import dump_steps, recipe_steps
-from tfopt.tune._space import CompressionHyperModel
+from tfopt.tune._space import CompressionHyperModel, compression_choices
 from tfopt.tune._tuner import Tuner
 
 # After `SAFE_FIRST`, the recipes derived from the model (`plan_seeds`), then this short generic
@@ -108,9 +108,13 @@ def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
     small = bool(budgets and any(budgets.get(k) is not None for k in ("max_ram", "max_flash")))
-    planned = plan_seeds(getattr(hypermodel, "plans", {}), small=small)
+    planned_labels = list(getattr(hypermodel, "plans", {}))
+    planned = plan_seeds(planned_labels, small=small)
+    scopes = [*compression_choices("channel_scope", hypermodel.model), *planned_labels]
     for recipe in (*SAFE_FIRST, *planned, *(KNOWN_GOOD_SMALL if small else KNOWN_GOOD)):
         s = {k: v for k, v in recipe.items() if k in names}
+        if s.get("channel_scope", "all") not in scopes:  # no hidden Dense layer to cut
+            s["channel_scope"] = "all"
         key = tuple(sorted(s.items()))
         if recipe is SAFE_FIRST[1] and s.get("quantization") != "qat":
             continue  # without QAT in the space it is the unchanged model again
@@ -130,7 +134,6 @@ class PlannedHyperModel(CompressionHyperModel):
              "prune"), ("weight_bits", "bits4_layers", "bits4"))  # fmt: skip
 
     def __init__(self, model, *, plans: dict[str, dict], space: dict | None = None, **kwargs):
-        from tfopt.tune._space import COMPRESSION_CHOICES, _has_aeq
 
         self.plans = dict(plans)
         plain = CompressionHyperModel(model, space=space, **kwargs)  # checks the user's space
@@ -138,7 +141,7 @@ class PlannedHyperModel(CompressionHyperModel):
         space = dict(space or {})
         for key, _, _ in self._KEYS:  # the user's choices stand
             if key in names and self.plans:
-                choices = [c for c in COMPRESSION_CHOICES[key] if c != "mixed" or _has_aeq()]
+                choices = compression_choices(key, model)
                 space.setdefault(key, choices + list(self.plans))
         super().__init__(model, space=space, **kwargs)
 
