@@ -157,9 +157,11 @@ def markdown(results: list[dict], skipped: dict, meta: dict) -> str:
     for name, why in skipped.items():
         lines.append(f"{name}: not measured ({why if len(why) < 100 else why[:97] + '...'}).")
     lines.append(
-        f"\n{meta['epochs']} epochs, {meta['calibration']} calibration samples, latency: median of "
+        f"\nMNIST-1D: trained {meta['epochs']} epochs here; Fashion-MNIST: the cached 30-epoch "
+        f"baseline of benchmarks/fashion_run.py. {meta['calibration']} calibration samples, "
+        f"latency: median of "
         f"{meta['rounds']} interleaved rounds of {meta['samples']} single-sample calls, 1 thread. "
-        f"Load average at start / end: {meta['load_start']} / {meta['load_end']}."
+        f"Load average at start / end of the last run: {meta['load_start']} / {meta['load_end']}."
     )
     return "\n".join(lines) + "\n"
 
