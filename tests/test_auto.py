@@ -822,3 +822,20 @@ def test_no_trial_cuts_a_hidden_dense_layer_the_model_does_not_have():
     hp = keras_tuner.HyperParameters()
     CompressionHyperModel(model=hidden).declare(hp)
     assert hp._hps["channel_scope"][0].values == ["dense", "all", "all_dense"]
+
+
+@pytest.mark.parametrize("first", ["0", "00", "000"])
+def test_the_safe_qat_seed_is_dropped_whatever_the_trial_id_width(first):
+    """KerasTuner pads trial ids to the width of max_trials: with a time budget (max_trials
+    1000) trial 0 is "000", and the QAT seed of the unchanged model ran although PTQ had fit
+    (a Fashion-MNIST search spent 72 s on it)."""
+    from types import SimpleNamespace
+
+    from tfopt.auto._search import SAFE_FIRST, Search
+
+    seeds = [dict(SAFE_FIRST[0]), dict(SAFE_FIRST[1]), {"sparsity": 0.8}]
+    search = SimpleNamespace(safe_first=True, seeds=list(seeds),
+                             oracle=SimpleNamespace(trials={}, seeds=list(seeds)))  # fmt: skip
+    fits = SimpleNamespace(trial_id=first, completed=True, within_budget=True, rejected=[])
+    Search._skip_safe_qat(search, fits)
+    assert search.oracle.seeds == [seeds[0], seeds[2]] and not search.safe_first

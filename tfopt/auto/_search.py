@@ -372,9 +372,12 @@ class Search:
         it would be the same size. The oracle proposes seeds by position, so a resumed search
         drops it again, unless trial 1 ran it (a distributed search started it early)."""
         fits = c.completed and c.within_budget and not c.rejected
-        if not (self.safe_first and c.trial_id == "0" and fits):
+        # KerasTuner pads trial ids to the width of max_trials ("0", "00", "000")
+        if not (self.safe_first and c.trial_id.isdigit() and int(c.trial_id) == 0 and fits):
             return
-        second = self.oracle.trials.get("1")
+        second = next(
+            (t for i, t in self.oracle.trials.items() if i.isdigit() and int(i) == 1), None
+        )
         keys = ("quantization", "weight_bits", "sparsity", "channel_ratio", "clusters")
         if second is not None and all(
             second.hyperparameters.values.get(k) == self.seeds[1][k]
