@@ -176,6 +176,10 @@ def test_refine_queue_and_recipe_are_exact():
     own = {**recipe, "distill": True}  # a distilling recipe keeps its temperature and alpha
     assert refine_recipe(own, ("prune", "distill")) == {**own, "epochs": 12 * REFINE_EPOCHS}
     assert recipe["epochs"] == 12  # not mutated
+    # screened on 8,192 of 54,000 samples: 3x the screening's steps, not 3x its epochs on 6.6x
+    # the data (a Fashion-MNIST refinement was estimated beyond the hour and never ran)
+    assert refine_recipe(recipe, ("prune",), 8192 / 54000)["epochs"] == 6  # ceil(36 * 0.152)
+    assert refine_recipe(recipe, ("prune",), 0.001)["epochs"] == 1
 
 
 def test_selection_uses_val_only_and_refinement_is_recorded(trained, tmp_path, monkeypatch):

@@ -524,6 +524,7 @@ class Search:
                     test=self.test,
                     seed=self.seed,
                     robust_epsilon=self.budgets["robust_epsilon"],
+                    screened=len(self.screen_train[1]) / len(self.train[1]),
                 )
                 durations.append(record["seconds"])
                 self.refine_info["runs"] = len(runs) + 1
