@@ -175,7 +175,7 @@ def recalibrate_batchnorm(model, x, *, batch_size: int, seed: int = 0) -> int:
             for bn in bns:  # momentum k/(k+1): the running mean of the batch statistics
                 bn.momentum = k / (k + 1)
             part = index[start : start + batch]
-            model(keras.tree.map_structure(lambda a: np.asarray(a)[part], x), training=True)
+            model(keras.tree.map_structure(lambda a, p=part: np.asarray(a)[p], x), training=True)
     finally:
         for bn, m in zip(bns, momenta):
             bn.momentum = m
