@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -198,6 +199,12 @@ def summarize(task: str, main: dict, small: dict[int, dict]) -> dict:
     }
 
 
+def _no_best(r: dict) -> str:
+    if r["commands"][0] == "-":
+        return "(only the 1- and 2-trial runs)"
+    return f"none (exit {r['exit_code']})"
+
+
 def table(rows: list[dict], skipped: dict[str, str]) -> str:
     lines = [
         "| task | seed | best recipe | gzip-to-gzip | test delta (pt) [95%] | TFLM arena | flash | wall "
@@ -207,7 +214,7 @@ def table(rows: list[dict], skipped: dict[str, str]) -> str:
     for r in rows:
         mt = " / ".join("yes" if v["deployable"] else "no" for v in r["max_trials"].values())
         lines.append(
-            f"| {r['task']} | {r.get('seed', 0)} | {r['best'] or 'none (exit ' + str(r['exit_code']) + ')'} | "
+            f"| {r['task']} | {r.get('seed', 0)} | {r['best'] or _no_best(r)} | "
             f"{'-' if r['ratio'] is None else str(r['ratio']) + 'x'} | "
             f"{_interval(r['test_delta'])} | {r['arena_bytes'] or '-'} | {r['flash_bytes'] or '-'} "
             f"| {r['wall_s'] / 60:.1f} min | {r['peak_rss_mb']:.0f} MB | {mt} | {r['target']} |"
@@ -230,9 +237,16 @@ def run_task(task: str, model: str, seed: int, args, out: Path) -> dict:
     config, data, _, epochs, extra = TASKS[task]
     drop = args.max_accuracy_drop or TASK_DROP.get(task, "0.005")
     run_dir = out / (task if seed == 0 else f"{task}_seed{seed}")
-    main_run = run([seeded_config(config, seed, out), "--data", data, "--model", model,
-                    "--epochs", str(epochs), "--max-accuracy-drop", drop, "--time-budget",
-                    str(args.time_budget), *extra, "--out", str(run_dir), "--overwrite"])  # fmt: skip
+    if args.small_only:  # the 1- and 2-trial searches on the main run's (or the cached) baseline
+        main_run = {"command": "-", "report": None, "wall_s": 0.0, "peak_rss_mb": 0.0,
+                    "exit_code": None}  # fmt: skip
+        if not (run_dir / "baseline.keras").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(model, run_dir / "baseline.keras")
+    else:
+        main_run = run([seeded_config(config, seed, out), "--data", data, "--model", model,
+                        "--epochs", str(epochs), "--max-accuracy-drop", drop, "--time-budget",
+                        str(args.time_budget), *extra, "--out", str(run_dir), "--overwrite"])  # fmt: skip
     small = {}
     if seed == 0 and not args.skip_small:
         baseline = run_dir / "baseline.keras"  # the same trained baseline for the small runs
@@ -253,6 +267,7 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget", type=float, default=780.0, help="search seconds per task")
     ap.add_argument("--seeds", type=int, default=1, help="searches per task (seed 0, 1, ...)")
     ap.add_argument("--skip-small", action="store_true", help="no --max-trials 1 / 2 runs")
+    ap.add_argument("--small-only", action="store_true", help="only the --max-trials 1 / 2 runs")
     ap.add_argument("--out", default=str(HERE.parent / "runs" / "bench_auto_tasks"))
     ap.add_argument("--stem", default="auto_tasks", help="results file name")
     args = ap.parse_args(argv)
