@@ -416,8 +416,13 @@ def fit(
         ds = tf.data.Dataset.from_tensor_slices((x.astype("float32"), y_fit))
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch)
         ds = ds.map(_mixup(float(train.augment.mixup), seed)).prefetch(2)
-        history = front.fit(
-            ds, epochs=epochs, validation_data=val, callbacks=callbacks, verbose=verbose
+        history = front.fit(  # shuffled above: Keras warns about its own shuffle=True here
+            ds,
+            epochs=epochs,
+            validation_data=val,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
         )
         recalibrate_batchnorm(front, x, batch_size=batch, seed=seed)
     else:
