@@ -190,6 +190,7 @@ def summarize(task: str, main: dict, small: dict[int, dict]) -> dict:
             n: {
                 "deployable": deployable(r),
                 "wall_s": r["wall_s"],
+                "peak_rss_mb": r["peak_rss_mb"],
                 "best": ((r["report"] or {}).get("best") or {}).get("stages"),
             }
             for n, r in small.items()
