@@ -235,15 +235,16 @@ def _bn_model():
 
 def test_every_fit_ends_with_exact_batchnorm_statistics():
     """The moving averages (momentum 0.99) of a short fit lag far behind the data; after
-    tfopt's fit they are the exact mean of the batch statistics of the (here: all) samples."""
+    tfopt's fit they are the exact mean of the batch statistics of the samples (here: all 1,024,
+    in batches of 256)."""
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(256, 4)) * [1, 2, 3, 4] + [5, -5, 10, 0]).astype("float32")
-    y = rng.integers(0, 3, 256)
+    x = (rng.normal(size=(1024, 4)) * [1, 2, 3, 4] + [5, -5, 10, 0]).astype("float32")
+    y = rng.integers(0, 3, 1024)
     model = _bn_model()
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     fit_arrays(model, x, y, batch_size=64, epochs=1, verbose=0)
     bn = model.get_layer("bn")
-    batches = np.random.default_rng(0).permutation(256).reshape(4, 64)
+    batches = np.random.default_rng(0).permutation(1024).reshape(4, 256)
     np.testing.assert_allclose(bn.moving_mean.numpy(), x.mean(0), rtol=1e-5, atol=1e-5)
     expected_var = np.mean([x[b].var(0) for b in batches], axis=0)
     np.testing.assert_allclose(bn.moving_variance.numpy(), expected_var, rtol=1e-4)

@@ -132,14 +132,18 @@ def fit_arrays(model, x, y, *, batch_size: int, seed: int = 0, **kwargs):
     return history
 
 
-# PreciseBN (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): about 8k samples estimate
-# the population statistics well; more only costs time
-_RECALIBRATION_SAMPLES = 8192
+# PreciseBN (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): a few thousand samples
+# estimate the population statistics to about 1.5% of a channel's deviation; more only costs time
+# (a forward pass of 4,096 Fashion-MNIST images through fashion_cnn: a few seconds on 2 cores).
+# Batches of at least 256: fewer calls, and a batch variance closer to the population's.
+_RECALIBRATION_SAMPLES = 4096
+_RECALIBRATION_BATCH = 256
 
 
 def recalibrate_batchnorm(model, x, *, batch_size: int, seed: int = 0) -> int:
     """Replaces the moving mean and variance of ``model``'s trainable BatchNormalization layers
-    by their exact average over up to 8,192 training samples, under the weights ``model`` has now.
+    by their exact average over up to 4,096 training samples (in batches of at least 256), under
+    the weights ``model`` has now.
 
     Why: the moving averages (momentum 0.99) lag behind weights that changed quickly: short
     fine-tunes, pruning masks that moved until the last steps, small datasets. On a 2k-parameter
@@ -168,7 +172,7 @@ def recalibrate_batchnorm(model, x, *, batch_size: int, seed: int = 0) -> int:
     stats = {id(v) for bn in bns for v in (bn.moving_mean, bn.moving_variance)}
     kept = [(v, v.numpy()) for v in model.variables if id(v) not in stats]
     momenta = [bn.momentum for bn in bns]
-    batch = int(batch_size)
+    batch = max(int(batch_size), _RECALIBRATION_BATCH)
     index = np.random.default_rng(seed).permutation(n)[: max(batch, _RECALIBRATION_SAMPLES)]
     try:
         for k, start in enumerate(range(0, len(index) - batch + 1, batch) or [0]):
