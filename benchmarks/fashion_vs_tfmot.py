@@ -1,10 +1,10 @@
 """Fashion-MNIST: tfopt vs tfmot on the same trained fashion_cnn, laid out like tfmot's tables.
 
 Usage: python benchmarks/fashion_vs_tfmot.py [--rows prune-75,qat-int8,...,timing] [--seeds 3]
-           [--ft-epochs 1] [--baseline-epochs 20] [--quick] [--render]
+           [--ft-epochs 1] [--baseline-epochs N] [--quick] [--render]
 
 One float `fashion_cnn` (benchmarks/_fashion.py: the `fashion` config's model and trainer, trained
-once and cached; `--baseline-epochs` shortens its 20 epochs) is the start of every row on both
+once and cached; `--baseline-epochs` shortens its epochs) is the start of every row on both
 sides. A control row fine-tunes the float model itself with the same recipe. tfmot 0.8.1 runs
 in its own tf_keras process (benchmarks/_tfmot_fashion.py) that receives the same weights and
 training images as .npz and answers each row with a .tflite file.
@@ -260,7 +260,7 @@ def kernel_sparsity(model) -> float:
 class TfmotSide:
     """The tfmot process: one request per row, answered with a .tflite file."""
 
-    def __init__(self, base, data, model_source: Path, tmp: Path):
+    def __init__(self, base, data, model_source: Path, model_options: dict, tmp: Path):
         npz = tmp / "tfmot_in.npz"
         weights = base.get_weights()
         np.savez(
@@ -270,6 +270,7 @@ class TfmotSide:
             representative=data.x_train[:200],
             model_source=str(model_source),
             model_name=base.name,
+            model_options=json.dumps(model_options),
             n_weights=len(weights),
             **{f"w{i}": w for i, w in enumerate(weights)},
         )
@@ -457,7 +458,7 @@ def header(result, s) -> str:
         f"Fashion-MNIST ({result['n_train']:,} train / {n_fmt(result['n_test'])} test images, "
         f"28x28), `fashion_cnn` ({b['params']:,} parameters), one float model trained "
         f"{b['epochs']} epochs by benchmarks/_fashion.py (the `fashion` config's trainer"
-        f"{'' if b['epochs'] == 20 else '; shortened from its 20 epochs'}). Both sides start "
+        f"{'; shortened' if s.get('baseline_epochs') else ''}). Both sides start "
         f"from its weights. Fine-tune: {s['ft_epochs']:g} epoch of {s['ft_images']:,} training "
         f"images, batch {s['batch']}, Adam (prune 5e-4, QAT / clustering 1e-4); pruning reaches "
         "its target halfway (PolynomialDecay, power 3, ~20 mask updates; 2:4 ConstantSparsity "
@@ -530,7 +531,7 @@ def load_baseline(args):
     sys.path.insert(0, str(HERE))
     from _fashion import baseline
 
-    overrides = () if args.baseline_epochs == 20 else (f"train.epochs={args.baseline_epochs}",)
+    overrides = (f"train.epochs={args.baseline_epochs}",) if args.baseline_epochs else ()
     return baseline("fashion_cnn", seed=0, overrides=overrides, verbose=2)
 
 
@@ -569,7 +570,9 @@ def parse_args():
     parser.add_argument("--seeds", type=int, default=3, help="seeds of " + ", ".join(MULTI_SEED))
     parser.add_argument("--ft-epochs", type=float, default=1.0, help="< 1: a random subset")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--baseline-epochs", type=int, default=20)
+    parser.add_argument(
+        "--baseline-epochs", type=int, default=None, help="default: the fashion config's epochs"
+    )
     parser.add_argument("--timing-steps", type=int, default=10)
     parser.add_argument("--timing-rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2,000 images, a smoke test")
@@ -600,6 +603,7 @@ def main() -> int:
         "batch": args.batch,
         "timing_steps": args.timing_steps,
         "timing_rounds": args.timing_rounds,
+        "baseline_epochs": args.baseline_epochs,
         "command_args": "".join(f" {a}" for a in sys.argv[1:]),
     }
     fresh = {
@@ -638,7 +642,8 @@ def main() -> int:
         tfopt.export.tflite(base, path, check_data=data.x_train[:50])
         result["float"] = measure(path, data)
         model_source = Path(tfopt.models.__file__).parent / "_fashion.py"
-        tfmot = TfmotSide(base, data, model_source, tmp)
+        options = record.get("config", {}).get("model", {}).get("options", {})
+        tfmot = TfmotSide(base, data, model_source, options, tmp)
         result["versions"] = {k: tfmot.versions[k] for k in ("tfmot", "tf_keras")}
         ours = TfoptSide(base, data, tmp)
         try:
