@@ -212,9 +212,9 @@ def strip(model, *, batchnorm_data=None):
     With ``batchnorm_data``, the copy's BatchNormalization statistics are recomputed on those
     inputs (forward passes only): their moving averages span the last ~100 training steps, so
     after a short fine-tune they still mix in the denser model's activations. Measured on
-    Fashion-MNIST (`fashion_cnn`, 75% sparsity reached halfway through a 211-step fine-tune,
-    6,400 training images): +1.2 to +1.6 pt test accuracy over 3 seeds; after a 422-step
-    fine-tune, +0.0 to +0.1 pt (benchmarks/fashion_vs_tfmot.py, README).
+    Fashion-MNIST (`fashion_cnn`, sparsity reached halfway through the fine-tune, 6,400 training
+    images): at 75% after 211 steps +1.05 to +1.65 pt test accuracy (3 seeds); after 422 steps
+    -0.12 to +0.13 pt at 50/75% and +0.95 pt at 87.5% (benchmarks/fashion_vs_tfmot.py, README).
 
     Args:
         model: a model returned by `prune` (trained or not). A model without wrappers is copied.
