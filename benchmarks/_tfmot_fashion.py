@@ -4,7 +4,8 @@ Usage: python benchmarks/_tfmot_fashion.py IN.npz
 
 IN.npz holds the training images (x_train, y_train), the trained float fashion_cnn's weights (w0,
 w1, ... in ``get_weights`` order), the path of the model's source file (tfopt's own builder,
-run against tf_keras) and the representative images of PTQ. The process prints "ready", then
+run against tf_keras) with its options (``model_options``, JSON: width, blocks) and the
+representative images of PTQ. The process prints "ready", then
 answers one JSON request per stdin line with one JSON line:
 
 - ``{"row": {...}, "seed": S, "out": PATH}``: fine-tunes the row's technique (the same recipe the
@@ -55,7 +56,9 @@ class Side:
         )
         namespace: dict = {}
         exec(compile(code, "model_source", "exec"), namespace)
-        self.builder = namespace[str(d["model_name"])]
+        builder = namespace[str(d["model_name"])]
+        options = json.loads(str(d["model_options"])) if "model_options" in d else {}
+        self.builder = lambda: builder(**options)
         self.cache: dict = {}  # (row name, seed) -> stripped model, for PQAT / CQAT
 
     def float_model(self):

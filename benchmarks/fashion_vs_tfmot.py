@@ -1,10 +1,10 @@
 """Fashion-MNIST: tfopt vs tfmot on the same trained fashion_cnn, laid out like tfmot's tables.
 
 Usage: python benchmarks/fashion_vs_tfmot.py [--rows prune-75,qat-int8,...,timing] [--seeds 3]
-           [--ft-epochs 1] [--baseline-epochs 20] [--quick] [--render]
+           [--ft-epochs 1] [--baseline-epochs N] [--quick] [--render]
 
 One float `fashion_cnn` (benchmarks/_fashion.py: the `fashion` config's model and trainer, trained
-once and cached; `--baseline-epochs` shortens its 20 epochs) is the start of every row on both
+once and cached; `--baseline-epochs` shortens its epochs) is the start of every row on both
 sides. A control row fine-tunes the float model itself with the same recipe. tfmot 0.8.1 runs
 in its own tf_keras process (benchmarks/_tfmot_fashion.py) that receives the same weights and
 training images as .npz and answers each row with a .tflite file.
@@ -61,6 +61,7 @@ keras = import_keras()
 HERE = Path(__file__).parent
 OUT = HERE / "results"
 MULTI_SEED = ("prune-75", "qat-int8", "cluster-16")
+BN_IMAGES = 6400  # the fine-tune images strip(batchnorm_data=...) recomputes BatchNorm on
 LEARNING_RATE = {"prune": 5e-4, "qat": 1e-4, "cluster": 1e-4, "pqat": 1e-4, "cqat": 1e-4}
 LEARNING_RATE["float"] = 1e-4
 TIMED = ("prune-75", "prune-2:4", "qat-int8", "cluster-16", "pqat-int8", "cqat-int8")
@@ -140,6 +141,7 @@ class TfoptSide:
     def __init__(self, base, data, tmp: Path):
         self.base, self.data, self.tmp = base, data, tmp
         self.cache: dict = {}  # (row name, seed) -> stripped model, for PQAT / CQAT
+        self.refreshed = None  # the last prune row's model after strip(batchnorm_data=...)
 
     def wrapped(self, row, seed):
         """The row's model before fine-tuning (seed None: the step-time model)."""
@@ -184,7 +186,10 @@ class TfoptSide:
             epochs=f["epochs"],
             verbose=0,
         )
-        if row["kind"] == "prune":
+        if row["kind"] == "prune":  # also with its BatchNorm statistics recomputed
+            self.refreshed = tfopt.prune.strip(
+                model, batchnorm_data=self.data.x_train[idx[:BN_IMAGES]]
+            )
             return tfopt.prune.strip(model)
         if row["kind"] == "cluster":
             return tfopt.cluster.strip(model)
@@ -211,7 +216,12 @@ class TfoptSide:
             tfopt.export.tflite(
                 model, out, quantization=quantization, check_data=x[:50], min_agreement=0.0
             )
-        return {"sparsity": kernel_sparsity(model), "seconds": time.perf_counter() - started}
+        answer = {"sparsity": kernel_sparsity(model), "seconds": time.perf_counter() - started}
+        if row["kind"] == "prune" and self.refreshed is not None:
+            path = out.with_name(f"{out.stem}_bn.tflite")
+            tfopt.export.tflite(self.refreshed, path, check_data=x[:50], min_agreement=0.0)
+            answer["bn_refresh_path"], self.refreshed = str(path), None
+        return answer
 
     def time_steps(self, spec) -> dict:
         n = spec["steps"] * spec["batch_size"]
@@ -260,7 +270,7 @@ def kernel_sparsity(model) -> float:
 class TfmotSide:
     """The tfmot process: one request per row, answered with a .tflite file."""
 
-    def __init__(self, base, data, model_source: Path, tmp: Path):
+    def __init__(self, base, data, model_source: Path, model_options: dict, tmp: Path):
         npz = tmp / "tfmot_in.npz"
         weights = base.get_weights()
         np.savez(
@@ -270,6 +280,7 @@ class TfmotSide:
             representative=data.x_train[:200],
             model_source=str(model_source),
             model_name=base.name,
+            model_options=json.dumps(model_options),
             n_weights=len(weights),
             **{f"w{i}": w for i, w in enumerate(weights)},
         )
@@ -457,7 +468,7 @@ def header(result, s) -> str:
         f"Fashion-MNIST ({result['n_train']:,} train / {n_fmt(result['n_test'])} test images, "
         f"28x28), `fashion_cnn` ({b['params']:,} parameters), one float model trained "
         f"{b['epochs']} epochs by benchmarks/_fashion.py (the `fashion` config's trainer"
-        f"{'' if b['epochs'] == 20 else '; shortened from its 20 epochs'}). Both sides start "
+        f"{'; shortened' if s.get('baseline_epochs') else ''}). Both sides start "
         f"from its weights. Fine-tune: {s['ft_epochs']:g} epoch of {s['ft_images']:,} training "
         f"images, batch {s['batch']}, Adam (prune 5e-4, QAT / clustering 1e-4); pruning reaches "
         "its target halfway (PolynomialDecay, power 3, ~20 mask updates; 2:4 ConstantSparsity "
@@ -480,7 +491,7 @@ def n_fmt(n: int) -> str:
 
 def footer(result, summary, steps) -> str:
     lines = []
-    for name in MULTI_SEED:
+    for name in row_specs():
         for side in ("tfopt", "tfmot"):
             r = summary.get(name, {}).get(side, {})
             if len(r.get("accuracies", {})) > 1:
@@ -504,10 +515,43 @@ def footer(result, summary, steps) -> str:
             for side, v in steps.items()
         )
         text += f"\nTrain step (batch {result['settings']['batch']}): {ms}.\n"
+    text += bn_refresh_lines(result)
     missing = [k for k in row_specs() if k not in result["rows"]]
     if missing:
         text += f"\nNot measured yet: {', '.join(missing)}.\n"
     return text
+
+
+def bn_refresh_lines(result) -> str:
+    """tfopt's prune rows again after strip(batchnorm_data=...): the same fine-tuned weights."""
+    n = result["n_test"]
+    float_right = correct_of(result["float"], n)
+    lines = []
+    for name, sides in result["rows"].items():
+        seeds = {s: r["bn_refresh"] for s, r in sides.get("tfopt", {}).items() if "bn_refresh" in r}
+        if not seeds:
+            continue
+        each = "; ".join(
+            f"seed {s}: {r['accuracy']:.4f} (without: {sides['tfopt'][s]['accuracy']:.4f}), "
+            f"Δ vs float {paired_delta(float_right, correct_of(r, n)).as_points()}"
+            for s, r in sorted(seeds.items(), key=lambda kv: int(kv[0]))
+        )
+        mean = statistics.mean(r["accuracy"] for r in seeds.values())
+        tfmot = sides.get("tfmot", {})
+        vs = ""
+        if "1" in seeds and "wrong" in tfmot.get("1", {}):
+            d = paired_delta(correct_of(tfmot["1"], n), correct_of(seeds["1"], n))
+            vs = f"; − tfmot (seed 1) {d.as_points()}"
+        if len(tfmot) > 1 and all("accuracy" in r for r in tfmot.values()):
+            vs += f"; mean − tfmot mean {100 * (mean - statistics.mean(r['accuracy'] for r in tfmot.values())):+.2f} pt"
+        lines.append(f"- {name}: mean {mean:.4f}{vs}. {each}")
+    if not lines:
+        return ""
+    return (
+        f"\ntfopt with `tfopt.prune.strip(pruned, batchnorm_data=...)` ({BN_IMAGES:,} of the "
+        "fine-tune's images; BatchNorm statistics recomputed, forward passes only), from the same "
+        "fine-tuned weights as the table's tfopt column:\n" + "\n".join(lines) + "\n"
+    )
 
 
 def load_baseline(args):
@@ -530,7 +574,7 @@ def load_baseline(args):
     sys.path.insert(0, str(HERE))
     from _fashion import baseline
 
-    overrides = () if args.baseline_epochs == 20 else (f"train.epochs={args.baseline_epochs}",)
+    overrides = (f"train.epochs={args.baseline_epochs}",) if args.baseline_epochs else ()
     return baseline("fashion_cnn", seed=0, overrides=overrides, verbose=2)
 
 
@@ -543,7 +587,8 @@ def work_items(args) -> list[tuple[str, int]]:
     items = [(n, 1) for n in names if n != "timing"]
     if args.rows == "all" or "timing" in names:  # before the extra seeds: a column of every row
         items.append(("timing", 0))
-    items += [(n, s) for s in range(2, args.seeds + 1) for n in names if n in MULTI_SEED]
+    seeded = args.seeded_rows.split(",")
+    items += [(n, s) for s in range(2, args.seeds + 1) for n in names if n in seeded]
     return items
 
 
@@ -566,10 +611,15 @@ def time_both(ours, tfmot, n_train, args) -> dict:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="all", help="comma-separated rows and/or 'timing'")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of " + ", ".join(MULTI_SEED))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of --seeded-rows")
+    parser.add_argument(
+        "--seeded-rows", default=",".join(MULTI_SEED), help="rows run --seeds times"
+    )
     parser.add_argument("--ft-epochs", type=float, default=1.0, help="< 1: a random subset")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--baseline-epochs", type=int, default=20)
+    parser.add_argument(
+        "--baseline-epochs", type=int, default=None, help="default: the fashion config's epochs"
+    )
     parser.add_argument("--timing-steps", type=int, default=10)
     parser.add_argument("--timing-rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2,000 images, a smoke test")
@@ -600,6 +650,7 @@ def main() -> int:
         "batch": args.batch,
         "timing_steps": args.timing_steps,
         "timing_rounds": args.timing_rounds,
+        "baseline_epochs": args.baseline_epochs,
         "command_args": "".join(f" {a}" for a in sys.argv[1:]),
     }
     fresh = {
@@ -638,7 +689,8 @@ def main() -> int:
         tfopt.export.tflite(base, path, check_data=data.x_train[:50])
         result["float"] = measure(path, data)
         model_source = Path(tfopt.models.__file__).parent / "_fashion.py"
-        tfmot = TfmotSide(base, data, model_source, tmp)
+        options = record.get("config", {}).get("model", {}).get("options", {})
+        tfmot = TfmotSide(base, data, model_source, options, tmp)
         result["versions"] = {k: tfmot.versions[k] for k in ("tfmot", "tf_keras")}
         ours = TfoptSide(base, data, tmp)
         try:
@@ -676,6 +728,8 @@ def run_pair(name, seed, result, replaced, ours, tfmot, data, args, tmp):
     for side, answer in answers.items():
         if "error" not in answer:
             answer.update(measure(outputs[side], data))
+        if "bn_refresh_path" in answer:
+            answer["bn_refresh"] = measure(Path(answer.pop("bn_refresh_path")), data)
         result["rows"][name][side][str(seed)] = answer
         print(f"  {name} seed {seed} {side}: {answer.get('accuracy', answer.get('error'))}")
 

@@ -236,6 +236,40 @@ def test_strip_warns_when_the_target_was_not_reached():
         strip(pruned)
 
 
+def _conv_bn(seed=0):
+    inp = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="fc")(x))
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.full(4, 5.0, "float32"))  # stale statistics
+    bn.moving_variance.assign(np.full(4, 9.0, "float32"))
+    return model
+
+
+def test_strip_recomputes_batchnorm_statistics_on_batchnorm_data():
+    x = np.random.default_rng(0).normal(size=(300, 6, 6, 2)).astype("float32")
+    pruned = prune(_conv_bn(), ConstantSparsity(0.5, frequency=1))
+    kept = strip(pruned)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(kept.get_layer("bn").moving_mean), 5)
+    small = strip(pruned, batchnorm_data=x)
+    conv = keras.ops.convert_to_numpy(small.get_layer("conv")(x[:256]))  # 2 whole batches of 128
+    batches = conv.reshape(2, -1, 4)  # (batch, positions, channels)
+    bn = small.get_layer("bn")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bn.moving_mean), batches.mean(1).mean(0), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bn.moving_variance), batches.var(1).mean(0), rtol=1e-4
+    )
+    assert bn.momentum == 0.99  # restored
+    frozen = _conv_bn()
+    frozen.get_layer("bn").trainable = False
+    still = strip(prune(frozen), batchnorm_data=x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(still.get_layer("bn").moving_mean), 5)
+
+
 def test_two_four_pattern_holds_exactly_in_every_group():
     inp = keras.Input((6, 4))
     x = keras.layers.Conv1D(8, 3, name="conv")(inp)  # kernel (3, 4, 8): 12 rows per channel
