@@ -164,7 +164,9 @@ def recalibrate_batchnorm(model, x, *, batch_size: int, seed: int = 0) -> int:
     bns = [
         layer
         for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+        if isinstance(layer, keras.layers.BatchNormalization)
+        and layer.trainable
+        and not getattr(layer, "renorm", False)  # renormalization keeps statistics of its own
     ]
     n = len(keras.tree.flatten(x)[0]) if x is not None else 0
     if not bns or n == 0 or tf.distribute.has_strategy():
@@ -186,49 +188,6 @@ def recalibrate_batchnorm(model, x, *, batch_size: int, seed: int = 0) -> int:
         for v, value in kept:
             v.assign(value)
     return len(bns)
-
-
-def refresh_batchnorm(model, x, *, batch_size: int = 128) -> int:
-    """Sets each BatchNormalization's moving mean and variance to the average of its batch
-    statistics over ``x`` (forward passes in training mode; no weight changes).
-
-    Why: the moving statistics are an exponential average over the last ~100 training steps
-    (momentum 0.99). When a fine-tune changes the weights until shortly before it ends (pruning
-    reaching its final sparsity, clustering), the averages still mix in the activations of the
-    earlier, denser model; recomputing them on the final weights removes that lag.
-
-    Args:
-        model: a Keras 3 model without training-time weight updates in its forward pass (a
-            stripped model, not one with pruning or QAT wrappers).
-        x: input samples (an array); whole batches of ``batch_size`` are used (all of ``x`` when
-            it holds fewer).
-        batch_size: the batch size of the forward passes. Defaults to 128.
-
-    Returns:
-        The number of layers refreshed (BatchNormalization layers that are trainable and do not
-        use batch renormalization; frozen ones keep their statistics).
-    """
-    layers = [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.BatchNormalization)
-        and layer.trainable
-        and not layer.renorm
-    ]
-    x = np.asarray(x)
-    if not layers or len(x) == 0:
-        return 0
-    size = min(int(batch_size), len(x))
-    momenta = [layer.momentum for layer in layers]
-    try:
-        for i in range(len(x) // size):
-            for layer in layers:  # momentum i / (i + 1): the running average of the batches
-                layer.momentum = i / (i + 1.0)
-            model(x[i * size : (i + 1) * size], training=True)
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-    return len(layers)
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
