@@ -9,9 +9,14 @@ One `LayerSpec` per Keras layer (or keras.ops operation) class says:
   (channel i stays channel i: activations, pooling, BatchNorm, depthwise), ``"merge"``
   (element-wise over several inputs), ``"concat"``, ``"flatten"``, or None (not prunable through);
 - ``macs``: multiply-accumulates of one call (see `tfopt._measure`);
-- ``qat``: how QAT handles it (a `QuantizeWrapper` kind, ``"same_scale"`` for ops that keep the
-  int8 scale of their input, ``"preprocessing"``), or ``float_reason``: why it stays float;
-- ``prune`` / ``cluster``: whether those techniques wrap it.
+- ``qat``: how QAT handles it: ``"substitute"`` (its own ``call`` with fake-quantized kernels,
+  per channel where a `Weight` says ``per_channel``; ``fold_batchnorm``: a following BatchNorm
+  folds in), another `QuantizeWrapper` kind (a rewrite TFLite needs, see quantize/_layers.py),
+  ``"attention"`` (int8 projections around a float softmax), ``"same_scale"`` for ops that keep the int8 scale of their input, ``"preprocessing"``; or
+  ``float_reason``: why it stays float;
+- ``prune`` / ``cluster`` / ``lowrank``: whether those techniques wrap (factorize) it;
+- ``activation``, ``transparent``, ``probabilities``: what QAT's range placement and the logits
+  rule (`tfopt._training.outputs_probabilities`) see in it.
 
 Matching is one rule, `spec_of`: the most specific class of the layer's MRO that has a spec. A
 subclass that overrides ``call`` is not trusted to read its weights the way its base does
@@ -51,6 +56,9 @@ class Weight:
             normalization's per-channel vectors (they only follow the channels).
         in_multiplied: the input axis holds ``c_in * depth_multiplier`` rows (separable pointwise).
         reduce_axis: the axis ``m_by_n`` sparsity groups along; None: m_by_n does not apply.
+        per_channel: QAT fake-quantizes it per channel: one range per index of the axes from its
+            channel axis to the end (depthwise: input channel x multiplier), as TFLite stores
+            convolution kernels. False: one range for the tensor.
     """
 
     attr: str
@@ -59,6 +67,7 @@ class Weight:
     compress: bool = True
     in_multiplied: bool = False
     reduce_axis: int | None = None
+    per_channel: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,16 @@ class LayerSpec:
     qat: str | None = None
     float_reason: str | None = None
     float_boundary: bool = False  # QAT: int8 values entering it (kept float) need a FloatBoundary
+    fold_batchnorm: bool = False  # QAT: a BatchNormalization right after it folds into its kernel
+    last_axis: bool = False  # it maps the last axis only: QAT runs N-D inputs as 2-D (one int8 FC)
+    integer_inputs: bool = False  # its inputs are integer ids (Embedding): no int8 input range
     prune: bool = False
     cluster: bool = False
+    lowrank: bool = False  # lowrank.factorize splits its kernel (a layer with ``width``)
+    recurrent: bool = False  # a loop over time: TFLite lowers it to TensorList ops (export hints)
+    activation: Callable | None = None  # (layer) -> name of the function it applies ("relu", ...)
+    transparent: bool = False  # passes its input's values on at inference (noise, a QAT range)
+    probabilities: bool = False  # outputs probabilities (softmax, sigmoid): the logits rule
     user: bool = False  # registered with register_layer
 
     def compressed(self) -> tuple[Weight, ...]:
@@ -140,14 +157,15 @@ def substituted(layer, values: dict):
     """Runs the body with ``layer``'s weight attributes (``{path: tensor}``) replaced.
 
     The one weight-substitution mechanism: a technique computes ``f(weight)`` (a mask, a centroid
-    gather, a fake-quant) and the layer runs its own ``call`` reading it. Tensors are cast to the
+    gather, a fake-quant) and the layer runs its own ``call`` reading it (QAT also swaps a
+    Keras layer's ``activation`` for linear, to range its input). Tensors are cast to the
     layer's compute dtype (mixed precision); the variables are put back afterwards.
     """
     targets = [(resolve(layer, path), value) for path, value in values.items()]
     compute_dtype = layer.compute_dtype
     try:
         for (owner, attr, _), value in targets:
-            if value.dtype != compute_dtype:
+            if getattr(value, "dtype", compute_dtype) != compute_dtype:  # not a function
                 value = keras.ops.cast(value, compute_dtype)
             object.__setattr__(owner, attr, value)
         yield
@@ -500,6 +518,19 @@ def _rescaling_check(layer, in_shape):
     return None
 
 
+# -- what an activation layer applies (QAT: TFLite fuses RELU / RELU6 into the op before) -------
+def _relu_activation(layer) -> str:
+    if layer.negative_slope or layer.threshold < 0:
+        return "leaky_relu"
+    if layer.threshold == 0 and layer.max_value in (None, 6.0):
+        return "relu" if layer.max_value is None else "relu6"
+    return "capped_relu"  # never negative, but not a function TFLite fuses
+
+
+def _activation_name(layer) -> str:
+    return getattr(layer.activation, "__name__", str(layer.activation))
+
+
 # -- Keras's own layers ---------------------------------------------------------------------------
 def _layers(*names) -> tuple:
     return tuple(getattr(L, n) for n in names if hasattr(L, n))
@@ -516,6 +547,7 @@ def _ops(*names) -> tuple:
 
 
 _KERNEL = Weight("_kernel", out_axis=-1, in_axis=-2, reduce_axis=-2)
+_CONV_KERNEL = Weight("_kernel", out_axis=-1, in_axis=-2, reduce_axis=-2, per_channel=True)
 _BIAS = Weight("bias", out_axis=0, compress=False)
 _PER_CHANNEL = tuple(
     Weight(a, in_axis=0, compress=False)
@@ -529,40 +561,47 @@ _PREPROCESS = "input preprocessing: runs in float before the model input is quan
 
 def _register_keras() -> None:
     conv = dict(channels="producer", width="filters", macs=_conv_macs, prune=True)
-    _add(L.Dense, weights=(_KERNEL, _BIAS), channels="producer", width="units",
-         macs=_dense_macs, qat="dense", prune=True, cluster=True)  # fmt: skip
+    fold = dict(qat="substitute", fold_batchnorm=True)
+    _add(L.Dense, weights=(_KERNEL, _BIAS), channels="producer", width="units", macs=_dense_macs,
+         last_axis=True, prune=True, cluster=True, lowrank=True, **fold)  # fmt: skip
     _add(L.EinsumDense, weights=(Weight("_kernel", reduce_axis=-2),), macs=_einsum_macs, qat="einsum",
          float_boundary=True, prune=True)  # fmt: skip
-    _add(L.Conv1D, weights=(_KERNEL, _BIAS), qat="conv1d", cluster=True, **conv)
-    _add(L.Conv2D, weights=(_KERNEL, _BIAS), qat="conv2d", cluster=True, **conv)
-    _add(L.Conv3D, weights=(_KERNEL, _BIAS), cluster=True,
+    conv_kernel = dict(weights=(_CONV_KERNEL, _BIAS), cluster=True, lowrank=True)
+    _add(L.Conv1D, qat="conv1d", fold_batchnorm=True, **conv_kernel, **conv)
+    _add(L.Conv2D, **fold, **conv_kernel, **conv)
+    _add(L.Conv3D, **conv_kernel,
          float_reason="TFLite has no int8 CONV_3D kernel; kept float", **conv)  # fmt: skip
     transpose = (Weight("kernel", out_axis=-2, in_axis=-1, reduce_axis=-2), _BIAS)
     conv_t = {**conv, "macs": _conv_transpose_macs}
     _add(L.Conv1DTranspose, weights=transpose, float_reason=_NOT_YET, **conv_t)
-    _add(L.Conv2DTranspose, weights=transpose, qat="conv_transpose", **conv_t)
+    _add(L.Conv2DTranspose, weights=transpose, **fold, **conv_t)
     _add(L.Conv3DTranspose, weights=transpose, float_reason="TFLite has no int8 kernel; kept float",
          **conv_t)  # fmt: skip
-    depthwise = (Weight("kernel", in_axis=-2), Weight("bias", in_axis=0, compress=False))
+    depthwise = (
+        Weight("kernel", in_axis=-2, per_channel=True),
+        Weight("bias", in_axis=0, compress=False),
+    )
     dw = dict(weights=depthwise, channels="tied", channel_check=_depthwise_check,
               macs=_depthwise_macs, prune=True, cluster=True)  # fmt: skip
     _add(L.DepthwiseConv1D, float_reason=_NOT_YET, **dw)
-    _add(L.DepthwiseConv2D, qat="depthwise", **dw)
+    _add(L.DepthwiseConv2D, **fold, **dw)
     separable = (
-        Weight("depthwise_kernel", in_axis=-2),
-        Weight("pointwise_kernel", out_axis=-1, in_axis=-2, in_multiplied=True, reduce_axis=-2),
+        Weight("depthwise_kernel", in_axis=-2, per_channel=True),
+        Weight("pointwise_kernel", out_axis=-1, in_axis=-2, in_multiplied=True, reduce_axis=-2,
+               per_channel=True),
         _BIAS,
-    )
+    )  # fmt: skip
     sep = dict(weights=separable, channels="producer", width="filters", macs=_separable_macs,
                prune=True)  # fmt: skip
     _add(L.SeparableConv1D, float_reason=_NOT_YET, **sep)
-    _add(L.SeparableConv2D, qat="separable", **sep)
+    _add(L.SeparableConv2D, qat="separable", fold_batchnorm=True, **sep)
     _add(L.Embedding, weights=(Weight("_embeddings", out_axis=-1, reduce_axis=-1),),
-         qat="embedding", prune=True)  # fmt: skip
+         qat="substitute", integer_inputs=True, prune=True)  # fmt: skip
     mha = tuple(
         Weight(f"_{p}_dense._kernel", reduce_axis=-2) for p in ("query", "key", "value", "output")
     )
-    _add(L.MultiHeadAttention, weights=mha, macs=_attention_macs, float_boundary=True, prune=True)
+    _add(L.MultiHeadAttention, weights=mha, macs=_attention_macs, qat="attention",
+         float_boundary=True, prune=True)  # fmt: skip
     _add(L.GroupQueryAttention, float_boundary=True,
          float_reason="attention kept float (only MultiHeadAttention gets int8 projections)")  # fmt: skip
     _add(L.BatchNormalization, weights=_PER_CHANNEL, channels="tied",
@@ -577,21 +616,32 @@ def _register_keras() -> None:
     _add(L.Rescaling, channels="tied", channel_check=_rescaling_check, qat="preprocessing",
          float_reason=_PREPROCESS)  # fmt: skip
     _add(L.Normalization, qat="preprocessing", float_reason=_PREPROCESS)
-    _add(L.Activation, channels="tied", channel_check=_activation_check)
-    _add(_layers("ReLU", "LeakyReLU", "ELU"), channels="tied")
+    _add(L.Activation, channels="tied", channel_check=_activation_check,
+         activation=_activation_name)  # fmt: skip
+    _add(L.ReLU, channels="tied", activation=_relu_activation)
+    _add(_layers("LeakyReLU", "ELU"), channels="tied")
+    _add(L.Softmax, probabilities=True)
     lstm = "recurrent layer: kept float (TFLite's int8 LSTM needs a calibrated "
-    _add(L.RNN, macs=_rnn_macs, float_reason=_RECURRENT)
-    _add(L.GRU, macs=_rnn_macs, float_reason="recurrent layer: TFLite runs its loop in float "
-         "(no int8 GRU kernel)")  # fmt: skip
-    _add(L.LSTM, macs=_rnn_macs, float_reason=lstm + "UNIDIRECTIONAL_SEQUENCE_LSTM)")
-    _add(_layers("ConvLSTM1D", "ConvLSTM2D"), macs=_rnn_macs, float_reason=_RECURRENT)
+    rnn = dict(macs=_rnn_macs, recurrent=True)
+    _add(L.RNN, float_reason=_RECURRENT, **rnn)
+    _add(L.GRU, float_reason="recurrent layer: TFLite runs its loop in float "
+         "(no int8 GRU kernel)", **rnn)  # fmt: skip
+    _add(L.LSTM, float_reason=lstm + "UNIDIRECTIONAL_SEQUENCE_LSTM)", **rnn)
+    _add(_layers("ConvLSTM1D", "ConvLSTM2D"), float_reason=_RECURRENT, **rnn)
     _add(L.Wrapper, macs=_wrapper_macs)
     _add(L.TimeDistributed, macs=_time_distributed_macs)
-    _add(L.Bidirectional, macs=_bidirectional_macs, float_reason=_RECURRENT)
-    # channel i stays channel i, and the int8 scale stays the input's
+    _add(L.Bidirectional, macs=_bidirectional_macs, float_reason=_RECURRENT, recurrent=True)
+    _register_pass_through()
+    _register_ops()
+
+
+def _register_pass_through() -> None:
+    """Layers that only move, select or pass on values, and the merges."""
+    # channel i stays channel i, and the int8 scale stays the input's; identity at inference
     _add(_layers("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
                  "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
-                 "Identity", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D",
+                 "Identity"), channels="tied", qat="same_scale", transparent=True)  # fmt: skip
+    _add(_layers("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D",
                  "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
                  "Cropping1D", "Cropping2D", "Cropping3D", "AveragePooling1D", "AveragePooling2D",
                  "UpSampling1D", "UpSampling2D"), channels="tied", qat="same_scale")  # fmt: skip
@@ -605,7 +655,6 @@ def _register_keras() -> None:
     _add(L.Flatten, channels="flatten", qat="same_scale")
     _add(_layers("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"), channels="merge")
     _add(L.Concatenate, channels="concat")
-    _register_ops()
 
 
 def _register_ops() -> None:
@@ -615,10 +664,12 @@ def _register_ops() -> None:
     _add(_ops("Matmul"), macs=_matmul_macs)
     _add(_ops("ExpandDims", "Squeeze", "Transpose"), qat="same_scale")
     # ops that map each value on its own (keras.ops.relu6(x), MobileNetV3's hard-swish)
-    elementwise = ("Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu", "Tanh",
+    elementwise = ("Relu", "Relu6", "HardSigmoid", "Silu", "HardSilu", "Gelu", "Tanh",
                    "Elu", "Selu", "Softplus", "Softsign", "LeakyRelu", "Abs", "Negative", "Exp",
                    "Log", "Sqrt", "Square", "Erf", "Clip")  # fmt: skip
     _add(_ops(*elementwise), channels="tied")
+    _add(_ops("Sigmoid"), channels="tied", probabilities=True)
+    _add(_ops("Softmax"), probabilities=True)
 
 
 _register_keras()

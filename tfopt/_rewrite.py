@@ -619,13 +619,17 @@ class _SubclassRewrite:
             self.swaps.append({"path": step, "layer": keras.saving.serialize_keras_object(new)})
 
 
-def _resolve_path(root, path):
+def resolve_path(root, path):
     """The ``(parent, attr, index)`` that ``path`` (a list of ``[attr, index]`` steps) names."""
     parent = root
     for attr, index in path[:-1]:
         parent = slot(parent, attr, index)
     attr, index = path[-1]
     return parent, attr, index
+
+
+def path_text(path) -> str:
+    return ".".join(a if i is None else f"{a}[{i}]" for a, i in path)
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
@@ -637,8 +641,8 @@ class RewrittenSubclassModel(keras.layers.Wrapper):
     wrapper's config (attribute paths such as ``[["block", None], ["conv", None]]`` and the
     replacement's own config) and are redone when it is built: the ``.keras`` file of a pruned
     or clustered subclassed model loads when the model class is registered with
-    ``keras.saving.register_keras_serializable``. (QAT's `QuantizedSubclassModel` is the same
-    idea with QAT's own swaps.)
+    ``keras.saving.register_keras_serializable``. QAT's `QuantizedSubclassModel` subclasses it
+    with its own swap records (`swap_record`, `redo`).
 
     Args:
         layer: the copied subclassed model, its replacements in place (or not yet, when loading).
@@ -652,26 +656,45 @@ class RewrittenSubclassModel(keras.layers.Wrapper):
         self.swaps = [
             {
                 "path": [[str(a), None if i is None else int(i)] for a, i in s["path"]],
-                "layer": s["layer"],
+                **self.swap_record(s),
             }
             for s in swaps
         ]
         self.model_input_shape = tuple(model_input_shape)
 
+    @staticmethod
+    def swap_record(swap: dict) -> dict:
+        """The JSON-able record of one swap, less its path (a subclass records its own)."""
+        return {"layer": swap["layer"]}
+
+    def redo(self, model, swap: dict) -> None:
+        """Puts the replacement ``swap`` records in its place in ``model`` (built, loading)."""
+        parent, attr, index = resolve_path(model, swap["path"])
+        current = slot(parent, attr, index)
+        if type(current).__name__ == swap["layer"]["class_name"]:
+            return  # already in place (the copy a technique just made)
+        new = keras.saving.deserialize_keras_object(swap["layer"])
+        if not new.built:  # a serialized layer carries its build config: usually built
+            build_like(new, current)
+        set_slot(parent, attr, index, new)
+
+    def needs_call(self, model) -> bool:
+        """Whether ``model`` must be called once to build its sublayers before the swaps."""
+        return not model.built
+
     def build(self, input_shape=None):
         model = self.layer
-        if not model.built:  # calling the model builds every sublayer with its real input shape
+        if self.needs_call(model):  # calling the model builds every sublayer with its real shape
             model(keras.ops.zeros((1, *self.model_input_shape[1:])))
-        for s in self.swaps:
-            parent, attr, index = _resolve_path(model, s["path"])
-            current = slot(parent, attr, index)
-            if type(current).__name__ == s["layer"]["class_name"]:
-                continue  # already in place (the copy a technique just made)
-            new = keras.saving.deserialize_keras_object(s["layer"])
-            if not new.built:  # a serialized layer carries its build config: usually built
-                build_like(new, current)
-            set_slot(parent, attr, index, new)
+        for swap in self.swaps:
+            self.redo(model, swap)
         self.built = True
+
+    def swapped(self) -> dict:
+        """The replacements by attribute path (``conv``, ``heads[1]``, ``block.conv``, ...)."""
+        return {
+            path_text(s["path"]): slot(*resolve_path(self.layer, s["path"])) for s in self.swaps
+        }
 
     def call(self, x, training=None):
         return self.layer(x, training=training)

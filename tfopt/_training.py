@@ -25,16 +25,13 @@ ops = keras.ops
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
 
 
-# layers that pass their input's values on (a fake-quant range, a boundary, training-only noise):
-# the output's kind is that of the layer before them
-_VALUE_PRESERVING = (
-    "ActivationQuantizer",
-    "FloatBoundary",
-    "Dropout",
-    "Identity",
-    "GaussianNoise",
-    "ActivityRegularization",
-)
+def _transparent(op) -> bool:
+    """A layer that passes its input's values on (a fake-quant range, a boundary, training-only
+    noise: its spec says ``transparent``): the output's kind is that of the layer before it."""
+    from tfopt._layers import spec_of
+
+    spec = spec_of(op)
+    return spec is not None and spec.transparent
 
 
 def _producer(model, tensor):
@@ -53,11 +50,11 @@ def _output_operation(model):
 
     if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
         op, inputs = _producer(model, model.outputs[0])
-        while type(op).__name__ in _VALUE_PRESERVING and inputs:
+        while _transparent(op) and inputs:
             op, inputs = _producer(model, inputs[0])
     else:
         layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-        layers = [layer for layer in layers if type(layer).__name__ not in _VALUE_PRESERVING]
+        layers = [layer for layer in layers if not _transparent(layer)]
         op = layers[-1] if layers else None
     while isinstance(op, keras.layers.Wrapper):
         op = op.layer
@@ -78,7 +75,10 @@ def outputs_probabilities(model) -> bool:
     op = _output_operation(model)
     if op is None:
         return False
-    if type(op).__name__ in ("Softmax", "Sigmoid"):  # the layers, or the ops of keras.ops.*
+    from tfopt._layers import spec_of
+
+    spec = spec_of(op)
+    if spec is not None and spec.probabilities:  # a Softmax layer, keras.ops.softmax / sigmoid
         return True
     act = getattr(op, "activation", None)
     return getattr(act, "__name__", "") in _PROBABILITY_ACTIVATIONS

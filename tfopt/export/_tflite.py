@@ -26,13 +26,51 @@ QUANTIZATIONS = ("float32", "dynamic", "float16", "int8", "int16x8")
 
 __all__ = ["QUANTIZATIONS", "Artifact", "check_against_keras", "tflite"]
 
-_TENSOR_LIST_HINT = (
-    "The model needs TensorFlow ops outside the TFLite builtins (recurrent layers such as GRU/LSTM "
-    "lower to TensorList ops that need a static shape). Pass fixed_batch=1 to convert with a fixed "
-    "input shape and builtin ops only (runs anywhere; the batch size is fixed), or "
+_SELECT_TF_OPS = (
     "select_tf_ops=True to keep the TF ops (the runtime then needs the Flex delegate, which "
-    "ai_edge_litert does not ship)."
+    "ai_edge_litert does not ship)"
 )
+
+
+def _tf_ops_hint(model, text: str) -> str:
+    """What needs TensorFlow ops outside the TFLite builtins, named: the layer the converter's
+    error points at, else the model's recurrent layers (their spec says ``recurrent``), and the
+    options that convert it."""
+    layer = _layer_in_error(text, model)
+    if layer is not None:
+        cls = type(model.get_layer(layer)).__name__ if _has_layer(model, layer) else "layer"
+        what = f"layer {layer!r} ({cls}) lowers to TensorFlow ops outside the TFLite builtins"
+    else:
+        what = "the op above is outside the TFLite builtins"
+    rnn = _recurrent_layers(model) if model is not None else []
+    if rnn and (layer is None or layer in rnn or "TensorList" in text):
+        return (
+            f"The model needs TensorFlow ops outside the TFLite builtins (recurrent layers "
+            f"{', '.join(map(repr, rnn))} lower to TensorList ops that need a static shape). Pass "
+            "fixed_batch=1 to convert with a fixed input shape and builtin ops only (runs "
+            f"anywhere; the batch size is fixed), or {_SELECT_TF_OPS}."
+        )
+    return (
+        f"The model cannot run on TFLite builtins: {what}. Pass {_SELECT_TF_OPS}, or export onnx."
+    )
+
+
+def _has_layer(model, name: str) -> bool:
+    return any(x.name == name for x in model._flatten_layers(include_self=False))
+
+
+def _recurrent_layers(model) -> list[str]:
+    """The outermost layers of ``model`` whose spec says ``recurrent`` (a Bidirectional, not also
+    its two inner RNNs)."""
+    from tfopt._layers import spec_of
+
+    found, inner = [], set()
+    for layer in model._flatten_layers(include_self=False):  # parents before their sublayers
+        spec = spec_of(layer)
+        if spec is not None and spec.recurrent and id(layer) not in inner:
+            found.append(layer.name)
+            inner |= {id(sub) for sub in layer._flatten_layers(include_self=False)}
+    return found
 
 
 def _representative(data, limit: int = 200, batch: int = 1, dtype="float32"):
@@ -140,7 +178,7 @@ def _convert(
         if not select_tf_ops and (
             "TensorList" in text or "Flex" in text or "not supported" in text
         ):
-            hint = " " + _TENSOR_LIST_HINT
+            hint = " " + _tf_ops_hint(model, text)
         elif not select_tf_ops:
             hint = (
                 " If the model needs TF ops outside the TFLite builtins (e.g. RNNs), pass "
@@ -151,9 +189,6 @@ def _convert(
         raise RuntimeError(f"TFLite conversion ({quantization}) failed: {msg}.{hint}") from None
 
 
-_RNN_LAYERS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D")
-
-
 class _ModelTransferError(Exception):
     """The worker could not rebuild the model (e.g. a custom layer only the caller knows)."""
 
@@ -162,11 +197,7 @@ def _crash_stage_and_hint(model, quantization: str, calibrating: bool) -> tuple[
     """What a crash of the converter is called, and the known workaround."""
     stage = f"{quantization} calibration" if calibrating else f"TFLite conversion ({quantization})"
     stage = f"{stage} of model {model.name!r}"
-    rnn, inner = [], set()
-    for layer in model._flatten_layers(include_self=False):  # parents before their sublayers
-        if type(layer).__name__ in _RNN_LAYERS and id(layer) not in inner:
-            rnn.append(layer.name)
-            inner |= {id(sub) for sub in layer._flatten_layers(include_self=False)}
+    rnn = _recurrent_layers(model)
     if rnn and quantization in ("int8", "int16x8"):
         return stage, (
             f"Known for RNN layers ({', '.join(rnn)}): TFLite's calibrator crashes on them; "

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfopt._backend import check_model, import_keras
+from tfopt._layers import _REGISTRY, guard, spec_of
 from tfopt._rewrite import GraphRewrite, Report, attach_report, is_graph_model, layer_filter
 
 keras = import_keras()
@@ -16,8 +17,13 @@ L = keras.layers
 
 Filters = str | Sequence[str] | Callable[[object], bool] | None
 
-# exact classes: a subclass (or Conv1DTranspose, DepthwiseConv2D, ...) computes something else
-SUPPORTED = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)
+
+def supported() -> list[str]:
+    """The layer classes `factorize` splits: those whose spec says ``lowrank`` (tfopt._layers)."""
+    return [c.__name__ for c, spec in _REGISTRY.items() if spec.lowrank]
+
+
+SUPPORTED = tuple(c for c, spec in _REGISTRY.items() if spec.lowrank)  # Keras's own classes
 
 
 def _check_fraction(name: str, value) -> None:
@@ -120,11 +126,9 @@ class _Decision:
             "activity_regularizer": None,
         }
         second = dict(cfg)
-        if isinstance(layer, L.Dense):
-            first["units"] = self.rank
-        else:
+        first[spec_of(layer).width] = self.rank  # "units", "filters"
+        if "kernel_size" in cfg:  # a convolution: the second layer is its 1x1 pointwise half
             nd = len(layer.kernel_size)
-            first["filters"] = self.rank
             second.update(
                 kernel_size=(1,) * nd, strides=(1,) * nd, padding="valid", dilation_rate=(1,) * nd
             )
@@ -144,16 +148,13 @@ class _Decision:
 
 
 def _why_not(layer) -> str:
-    if type(layer) not in SUPPORTED:
-        names = ", ".join(c.__name__ for c in SUPPORTED)
+    spec = spec_of(layer)
+    if spec is None or not spec.lowrank:
+        names = ", ".join(supported())
         return f"{type(layer).__name__} is not factorizable (supported: {names})"
     if getattr(layer, "groups", 1) != 1:
         return f"grouped convolution (groups={layer.groups})"
-    if getattr(layer, "quantization_mode", None):
-        return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
-    if getattr(layer, "lora_enabled", False):
-        return "LoRA is enabled"
-    return ""
+    return guard(layer, spec) or ""
 
 
 class _Planner:

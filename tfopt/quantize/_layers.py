@@ -10,7 +10,15 @@ import math
 import re
 
 from tfopt._backend import import_keras
-from tfopt._layers import overrides_call, resolve, spec_of, substituted
+from tfopt._layers import (
+    Weight,
+    _add,
+    channel_axis,
+    overrides_call,
+    resolve,
+    spec_of,
+    substituted,
+)
 
 keras = import_keras()
 ops = keras.ops
@@ -22,21 +30,14 @@ FUSED_ACTIVATIONS = ("relu", "relu6")
 # The smallest weight range: keeps the scale of an all-zero (pruned) channel valid.
 _MIN_RANGE = 1e-6
 
-# The QuantizeWrapper kinds a layer spec's ``qat`` may name (tfopt._layers): a hand-written
-# int8 forward pass per kind, or "substitute" (a registered layer runs its own call with its
-# kernels fake-quantized).
-WRAPPER_KINDS = (
-    "conv1d",
-    "conv2d",
-    "depthwise",
-    "separable",
-    "conv_transpose",
-    "dense",
-    "einsum",
-    "embedding",
-    "batchnorm",
-    "substitute",
-)
+# The QuantizeWrapper kinds a layer spec's ``qat`` may name (tfopt._layers). "substitute": the
+# layer runs its own call with fake-quantized kernels (`tfopt._layers.substituted`), the way prune
+# and cluster substitute theirs. The others run an op of their own, each for a reason of TFLite's:
+# "conv1d" runs as a 2-D conv so that the per-channel axis of the kernel TFLite stores is last;
+# "separable" needs an int8 range between its depthwise and pointwise halves, which its own call
+# (one fused op) has no place for; "einsum" runs as one matmul (one int8 FULLY_CONNECTED);
+# "batchnorm" (standalone) runs as multiply + add with a range in between.
+WRAPPER_KINDS = ("substitute", "conv1d", "separable", "einsum", "batchnorm")
 
 
 def qat_kind(layer) -> str | None:
@@ -181,6 +182,29 @@ def _symmetric(w, axis=None, bits: int = 8):
     return fake_quant(w, -m, m, num_bits=bits, narrow_range=True, axis=-1)
 
 
+def fake_quant_weight(value, weight: Weight, bits: int = 8):
+    """``value`` fake-quantized as its spec says TFLite stores it: per tensor, or (``per_channel``)
+    one range per index of the axes from its channel axis to the end (flattened: a depthwise
+    kernel's input channel x multiplier)."""
+    if not weight.per_channel:
+        return _symmetric(value, bits=bits)
+    shape = tuple(value.shape)
+    axis = channel_axis(weight) % len(shape)
+    if axis == len(shape) - 1:
+        return _symmetric(value, axis=-1, bits=bits)
+    flat = ops.reshape(value, (*shape[:axis], math.prod(shape[axis:])))
+    return ops.reshape(_symmetric(flat, axis=-1, bits=bits), shape)
+
+
+def _per_channel(values, kernel, weight: Weight):
+    """``values`` (one per output channel) shaped to multiply ``kernel``'s output channels."""
+    rank = len(kernel.shape)
+    axis = channel_axis(weight) % rank
+    if weight.out_axis is None:  # depthwise: the outputs are the trailing in x multiplier axes
+        return ops.reshape(values, tuple(kernel.shape[axis:]))
+    return ops.reshape(values, (-1,) + (1,) * (rank - 1 - axis))
+
+
 def _batch_norm(y, gamma, beta, eps):
     """Normalizes ``y`` over all but its last axis: ``(output, batch mean, batch variance)``.
 
@@ -210,14 +234,16 @@ def _batch_norm(y, gamma, beta, eps):
 class QuantizeWrapper(keras.layers.Wrapper):
     """Runs a layer with fake-quantized weights, an optional folded BatchNorm and output range.
 
-    Supported layers (their spec's ``qat`` kind, see `qat_kind`): Conv1D (run as a 2-D conv so the per-channel axis is last),
-    Conv2D, DepthwiseConv2D and SeparableConv2D (per-channel weights), Conv2DTranspose, Dense,
-    EinsumDense (one that is a reshaped Dense, see `einsum_plan`; run as one matmul) and Embedding
-    (per-tensor weights), and a standalone BatchNormalization (run as multiply + add with an int8
-    range in between). A following ``BatchNormalization`` can be folded into the wrapped layer:
-    training runs one convolution with the folded int8 kernel and normalizes its output (divided
-    by the fold scale) with the batch statistics, as BatchNorm would; inference runs the folded
-    kernel ``W * gamma / sqrt(var + eps)`` that TFLite will see.
+    The layer runs its own ``call`` with its kernels fake-quantized as its spec says
+    (`tfopt._layers`: per channel for convolutions, per tensor for Dense, Conv2DTranspose,
+    Embedding and a layer registered with `tfopt.register_layer`). Four kinds run an op of their
+    own because TFLite needs it (see ``WRAPPER_KINDS``): Conv1D (as a 2-D conv), SeparableConv2D
+    (an int8 range between its halves), EinsumDense (one that is a reshaped Dense, see
+    `einsum_plan`: one matmul) and a standalone BatchNormalization (multiply + add with an int8
+    range in between). A following ``BatchNormalization`` can be folded into a layer whose spec
+    says ``fold_batchnorm``: training runs the layer once with the folded int8 kernel divided by
+    the fold scale and normalizes its output with the batch statistics, as BatchNorm would;
+    inference runs the folded kernel ``W * gamma / sqrt(var + eps)`` and bias that TFLite will see.
 
     Args:
         layer: the layer to wrap (built or not).
@@ -260,15 +286,18 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 "(tfopt._layers) gives it no QAT kind; describe a layer of yours with "
                 "tfopt.register_layer"
             )
+        spec = spec_of(layer)
         if kind == "einsum" and einsum_plan(layer) is None:
             raise ValueError(
                 f"QuantizeWrapper wraps EinsumDense layers whose equation is a reshaped Dense "
                 f"(e.g. 'abc,cde->abde'). Received: equation={layer.equation!r}, "
                 f"bias_axes={layer.bias_axes!r}"
             )
-        if quantize_input and kind == "embedding":
-            raise ValueError("quantize_input=True does not apply to Embedding (integer inputs).")
-        if batchnorm is not None and kind in ("embedding", "batchnorm", "einsum", "substitute"):
+        if quantize_input and spec.integer_inputs:
+            raise ValueError(
+                f"quantize_input=True does not apply to {type(layer).__name__} (integer inputs)."
+            )
+        if batchnorm is not None and not spec.fold_batchnorm:
             raise ValueError(f"batchnorm cannot be folded into a {type(layer).__name__} layer.")
         self.kind = kind
         self.batchnorm = batchnorm
@@ -276,6 +305,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.quantize_input = bool(quantize_input)
         self.input_quantizer = ActivationQuantizer(name="input_range") if quantize_input else None
         self.preserve_sparsity = bool(preserve_sparsity) and kind != "batchnorm"
+        # the wrapper applies a Keras layer's activation itself, after the pre-activation range
+        self.owns_activation = not spec.user and hasattr(layer, "activation")
         act = getattr(getattr(layer, "activation", None), "__name__", "linear")
         self.output_quantizer = (
             ActivationQuantizer(name="output_range", nonnegative=act in FUSED_ACTIVATIONS)
@@ -289,23 +320,22 @@ class QuantizeWrapper(keras.layers.Wrapper):
         # their own int8 ops and need the range of their input.
         self.preactivation_quantizer = (
             ActivationQuantizer(name="preactivation_range")
-            if kind not in ("embedding", "batchnorm", "substitute")
-            and act not in ("linear", *FUSED_ACTIVATIONS)
+            if self.owns_activation and act not in ("linear", *FUSED_ACTIVATIONS)
             else None
         )
 
     # -- building -------------------------------------------------------------------------------
-    def _kernel(self):
-        layer = self.layer
-        if self.kind == "embedding":
-            return layer.embeddings
-        if self.kind == "separable":
-            return layer.pointwise_kernel
+    def _weight(self) -> Weight | None:
+        """The spec of the kernel that is masked, folded into and fake-quantized here (the
+        pointwise one of a separable convolution)."""
         if self.kind == "batchnorm":
             return None
-        if self.kind == "substitute":
-            return resolve(layer, spec_of(layer).compressed()[0].attr)[2]
-        return layer.kernel
+        kernels = spec_of(self.layer).compressed()
+        return kernels[-1] if self.kind == "separable" else kernels[0]
+
+    def _kernel(self):
+        w = self._weight()
+        return None if w is None else resolve(self.layer, w.attr)[2]
 
     def build(self, input_shape):
         if not self.layer.built:
@@ -342,82 +372,18 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
-    # -- the linear part --------------------------------------------------------------------------
-    def _quantized(self, kernel, kind):
-        """``kernel`` fake-quantized as TFLite stores it: per output channel for convolutions,
-        per tensor for Dense and Conv2DTranspose."""
-        if kind == "depthwise":
-            return self._depthwise_fq(kernel)
-        if kind in ("dense", "conv_transpose"):
-            return _symmetric(kernel, bits=self.weight_bits)
-        return _symmetric(kernel, axis=-1, bits=self.weight_bits)
-
-    def _linear(self, x, kernel, kind):
-        """Applies the layer's linear op with ``kernel``."""
-        layer = self.layer
-        if kind == "dense":
-            return ops.matmul(x, kernel)
-        if kind == "conv1d":
-            x4 = ops.expand_dims(x, 1)
-            padding = layer.padding
-            if padding == "causal":
-                pad = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
-                x4 = ops.pad(x4, ((0, 0), (0, 0), (pad, 0), (0, 0)))
-                padding = "valid"
-            y = ops.conv(
-                x4,
-                kernel,  # (1, width, in, out), see `_fold`
-                strides=(1, layer.strides[0]),
-                padding=padding,
-                dilation_rate=(1, layer.dilation_rate[0]),
-            )
-            return ops.squeeze(y, 1)
-        if kind == "pointwise":  # the 1x1 second half of a SeparableConv2D
-            return ops.conv(x, kernel, padding="valid")
-        if kind == "conv2d":
-            return ops.conv(
-                x,
-                kernel,
-                strides=layer.strides,
-                padding=layer.padding,
-                dilation_rate=layer.dilation_rate,
-            )
-        if kind == "depthwise":
-            return ops.depthwise_conv(
-                x,
-                kernel,
-                strides=layer.strides,
-                padding=layer.padding,
-                dilation_rate=layer.dilation_rate,
-            )
-        if kind == "conv_transpose":
-            return ops.conv_transpose(
-                x,
-                kernel,
-                strides=layer.strides,
-                padding=layer.padding,
-                output_padding=layer.output_padding,
-                dilation_rate=layer.dilation_rate,
-            )
-        raise AssertionError(kind)
-
-    def _depthwise_fq(self, dk):
-        """Per-channel fake-quant of a depthwise kernel over its in * multiplier output channels."""
-        kh, kw, cin, mult = dk.shape
-        flat = _symmetric(ops.reshape(dk, (kh, kw, 1, cin * mult)), axis=-1, bits=self.weight_bits)
-        return ops.reshape(flat, (kh, kw, cin, mult))
-
-    @staticmethod
-    def _scale_kernel(kernel, scale, kind):
-        """Multiplies each output channel of ``kernel`` by ``scale``."""
-        if kind == "depthwise":
-            return kernel * ops.reshape(scale, kernel.shape[2:])
-        if kind == "conv_transpose":
-            return kernel * ops.reshape(scale, (-1, 1))
-        return kernel * scale
-
     def _masked(self, kernel):
         return kernel if self.mask is None else kernel * self.mask
+
+    def _quantized(self, kernel, weight: Weight | None = None):
+        """``kernel`` fake-quantized as TFLite stores it (see `fake_quant_weight`)."""
+        if self.kind == "conv1d":  # it runs as a 2-D conv: quantize the 4-D kernel TFLite stores
+            kernel = ops.expand_dims(kernel, 0)
+        if self.kind == "einsum":  # one matmul: the contracted axes first, then the outputs
+            n, perm = einsum_plan(self.layer)
+            kernel = ops.transpose(kernel, perm)  # constant-folded by the converter
+            kernel = ops.reshape(kernel, (-1, math.prod(kernel.shape[n:])))
+        return fake_quant_weight(kernel, weight or self._weight(), bits=self.weight_bits)
 
     # -- call -------------------------------------------------------------------------------------
     def call(self, x, training=None):
@@ -427,106 +393,116 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return mark_int8(y) if self.quantize_output else y
 
     def _call(self, x, training):
-        kind, layer = self.kind, self.layer
-        if kind == "embedding":
-            y = ops.take(
-                _symmetric(self._masked(layer.embeddings), bits=self.weight_bits),
-                ops.cast(x, "int32"),
-                axis=0,
-            )
-            return self._out(y, training)
-        if kind == "batchnorm":
+        if self.kind == "batchnorm":
             return self._call_batchnorm(x, training)
-        if kind == "substitute":
-            return self._out(self._call_substituted(x), training)
-        if kind == "dense" and len(x.shape) > 2:
+        if self.kind == "einsum" or (spec_of(self.layer).last_axis and len(x.shape) > 2):
             # N-D inputs run as one 2-D matmul + bias + activation + range, which TFLite fuses into
             # a single int8 FULLY_CONNECTED; only the final reshape sees the N-D shape.
-            lead = ops.shape(x)[:-1]
-            y = self._call_2d(ops.reshape(x, (-1, x.shape[-1])), training)
-            return ops.reshape(y, (*lead, y.shape[-1]))
-        if kind == "einsum":  # the same, with the contracted axes and the kernel flattened
-            n, perm = einsum_plan(layer)
+            n, perm = einsum_plan(self.layer) if self.kind == "einsum" else (1, (0, 1))
             lead = ops.shape(x)[: len(x.shape) - n]
             y = self._call_2d(ops.reshape(x, (-1, math.prod(x.shape[-n:]))), training)
-            return ops.reshape(y, (*lead, *(layer.kernel.shape[i] for i in perm[n:])))
+            return ops.reshape(y, (*lead, *(self._kernel().shape[i] for i in perm[n:])))
         return self._call_2d(x, training)
 
-    def _call_substituted(self, x):
-        """A registered layer's own call with per-tensor fake-quantized kernels (the first one
-        masked to keep its zeros)."""
-        kernels = spec_of(self.layer).compressed()
-        values = {}
-        for i, w in enumerate(kernels):
-            value = resolve(self.layer, w.attr)[2]
-            value = self._masked(value) if i == 0 else value
-            values[w.attr] = _symmetric(value, bits=self.weight_bits)
-        with substituted(self.layer, values):
-            return self.layer(x)
-
     def _call_2d(self, x, training):
-        kind, layer = self.kind, self.layer
-        if kind == "separable":
-            dk = layer.depthwise_kernel
+        if self.kind == "separable":
+            layer = self.layer
+            depthwise = spec_of(layer).compressed()[0]
             x = ops.depthwise_conv(
                 x,
-                self._depthwise_fq(dk),
+                self._quantized(layer.depthwise_kernel, depthwise),
                 strides=layer.strides,
                 padding=layer.padding,
                 dilation_rate=layer.dilation_rate,
             )
             x = self.mid_quantizer(x, training=training)
-            y = self._fold(x, self._masked(layer.pointwise_kernel), training, "pointwise")
-        else:
-            y = self._fold(x, self._masked(self._kernel()), training, kind)
-        return self._out(y, training)
+        return self._out(self._folded(x, training), training)
 
-    def _fold(self, x, kernel, training, kind):
-        if kind == "einsum":
-            bias = self.layer.bias
-            n, perm = einsum_plan(self.layer)
-            kernel = ops.transpose(kernel, perm)  # constant-folded by the converter
-            out_dims = kernel.shape[n:]
-            kernel = ops.reshape(kernel, (-1, math.prod(out_dims)))
-            if bias is not None:  # it spans only kernel output axes: broadcast, then flatten
-                bias = ops.reshape(ops.broadcast_to(bias, out_dims), (-1,))
-            y = self._linear(x, self._quantized(kernel, "dense"), "dense")
-            return y if bias is None else y + bias
-        if kind == "conv1d":  # it runs as a 2-D conv: quantize the 4-D kernel TFLite stores
-            kernel = ops.expand_dims(kernel, 0)
-        bias = self.layer.bias if self.layer.use_bias else None
-        bn = self.batchnorm
+    def _folded(self, x, training):
+        """The linear part (activation not applied), with a BatchNorm folded in if there is one."""
+        kernel, bn = self._masked(self._kernel()), self.batchnorm
         if bn is None:
-            y = self._linear(x, self._quantized(kernel, kind), kind)
-            return y if bias is None else y + bias
+            return self._apply(x, self._quantized(kernel))
         gamma = bn.gamma if bn.scale else 1.0
         beta = bn.beta if bn.center else 0.0
-        eps = bn.epsilon
-        scale_m = gamma / ops.sqrt(bn.moving_variance + eps)
-        if training:
-            # One convolution, with the folded int8 kernel TFLite will run scaled back by the
-            # fold scale (the "approximate" fold of PyTorch's ConvBn QAT, the scaling moved from
-            # the output to the kernel): the layer's output, whose batch statistics normalize it
-            # as BatchNorm would. Running the float layer a second time only for the statistics
-            # (Jacob et al. 2018) doubled the cost of a training step. The scale cancels through
-            # the fake-quant's straight-through gradient, so its own gradient is only rounding
-            # noise: stopping it (gamma still learns through the normalization) saves work.
-            s = ops.stop_gradient(scale_m)
-            folded = self._quantized(self._scale_kernel(kernel, s, kind), kind)
-            unscale = 1.0 / ops.where(ops.abs(s) < 1e-12, 1e-12, s)
-            yf = self._linear(x, self._scale_kernel(folded, unscale, kind), kind)
-            out, mean, var = _batch_norm(yf, gamma, beta, eps)
-            if bias is not None:  # normalizing cancels it: only the statistics see it
-                mean = mean + bias
-            m = bn.momentum
-            bn.moving_mean.assign(m * bn.moving_mean + (1 - m) * ops.stop_gradient(mean))
-            bn.moving_variance.assign(m * bn.moving_variance + (1 - m) * ops.stop_gradient(var))
-            return out
-        offset = beta - bn.moving_mean * scale_m
-        if bias is not None:
-            offset = offset + bias * scale_m
-        folded = self._quantized(self._scale_kernel(kernel, scale_m, kind), kind)
-        return self._linear(x, folded, kind) + offset
+        scale = gamma / ops.sqrt(bn.moving_variance + bn.epsilon)
+        w = self._weight()
+        if not training:
+            offset = beta - bn.moving_mean * scale
+            bias = self._bias()
+            offset = offset if bias is None else offset + bias * scale
+            return self._apply(x, self._quantized(kernel * _per_channel(scale, kernel, w)), offset)
+        # One call of the layer, with the folded int8 kernel TFLite will run scaled back by the
+        # fold scale (the "approximate" fold of PyTorch's ConvBn QAT, the scaling moved from the
+        # output to the kernel): the layer's output, whose batch statistics normalize it as
+        # BatchNorm would (its bias cancels). Running the float layer a second time only for the
+        # statistics (Jacob et al. 2018) doubled the cost of a training step. The scale cancels
+        # through the fake-quant's straight-through gradient, so its own gradient is only
+        # rounding noise: stopping it (gamma still learns through the normalization) saves work.
+        s = ops.stop_gradient(scale)
+        folded = self._quantized(kernel * _per_channel(s, kernel, w))
+        unscale = 1.0 / ops.where(ops.abs(s) < 1e-12, 1e-12, s)
+        y = self._apply(x, folded * _per_channel(unscale, folded, w))
+        out, mean, var = _batch_norm(y, gamma, beta, bn.epsilon)
+        m = bn.momentum
+        bn.moving_mean.assign(m * bn.moving_mean + (1 - m) * ops.stop_gradient(mean))
+        bn.moving_variance.assign(m * bn.moving_variance + (1 - m) * ops.stop_gradient(var))
+        return out
+
+    def _bias(self):
+        return getattr(self.layer, "bias", None) if getattr(self.layer, "use_bias", True) else None
+
+    def _apply(self, x, kernel, bias=None):
+        """The layer's linear part with ``kernel`` (fake-quantized) and ``bias`` (None: its own)."""
+        if self.kind == "substitute":
+            return self._substituted(x, kernel, bias)
+        own = self._bias()
+        bias = own if bias is None else bias
+        if self.kind == "einsum":
+            n, perm = einsum_plan(self.layer)
+            y = ops.matmul(x, kernel)
+            if bias is not None:  # it spans only kernel output axes: broadcast, then flatten
+                out_dims = tuple(self._kernel().shape[i] for i in perm[n:])
+                bias = ops.reshape(ops.broadcast_to(bias, out_dims), (-1,))
+        elif self.kind == "conv1d":
+            y = self._conv1d(x, kernel)
+        else:  # the 1x1 pointwise half of a SeparableConv2D
+            y = ops.conv(x, kernel, padding="valid")
+        return y if bias is None else y + bias
+
+    def _substituted(self, x, kernel, bias):
+        """The layer's own call with ``kernel`` (and the fake-quantized other kernels, and ``bias``
+        when given) in place of its weights."""
+        layer, main = self.layer, self._weight()
+        values = {main.attr: kernel}
+        for w in spec_of(layer).compressed():
+            if w.attr != main.attr:
+                values[w.attr] = fake_quant_weight(resolve(layer, w.attr)[2], w, self.weight_bits)
+        own_bias = self._bias()
+        if bias is not None and own_bias is not None:
+            values["bias"], bias = bias, None
+        if self.owns_activation:
+            values["activation"] = keras.activations.linear
+        with substituted(layer, values):
+            y = layer(x)
+        return y if bias is None else y + bias
+
+    def _conv1d(self, x, kernel):
+        layer = self.layer
+        x4 = ops.expand_dims(x, 1)
+        padding = layer.padding
+        if padding == "causal":
+            pad = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+            x4 = ops.pad(x4, ((0, 0), (0, 0), (pad, 0), (0, 0)))
+            padding = "valid"
+        y = ops.conv(
+            x4,
+            kernel,  # (1, width, in, out), see `_quantized`
+            strides=(1, layer.strides[0]),
+            padding=padding,
+            dilation_rate=(1, layer.dilation_rate[0]),
+        )
+        return ops.squeeze(y, 1)
 
     def _call_batchnorm(self, x, training):
         bn = self.layer
@@ -542,7 +518,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def _out(self, y, training):
         if self.preactivation_quantizer is not None:
             y = self.preactivation_quantizer(y, training=training)
-        if self.kind not in ("embedding", "batchnorm", "substitute"):
+        if self.owns_activation:
             y = self.layer.activation(y)
         if self.output_quantizer is not None:
             y = self.output_quantizer(y, training=training)
@@ -593,3 +569,7 @@ class FloatBoundary(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+# QAT's own layers pass their input's values on (the logits rule looks through them)
+_add((ActivationQuantizer, FloatBoundary), transparent=True)

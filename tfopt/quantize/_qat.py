@@ -47,6 +47,11 @@ def _spec_qat(op) -> str | None:
     return None if spec is None else spec.qat
 
 
+def _channels(op) -> str | None:
+    spec = spec_of(op)
+    return None if spec is None else spec.channels
+
+
 def _same_scale(op) -> bool:
     return _spec_qat(op) == "same_scale"
 
@@ -71,18 +76,19 @@ def _boundary(x):
     return x
 
 
+def _activation(op) -> str | None:
+    """The name of the function an activation layer applies (its spec's ``activation``)."""
+    spec = spec_of(op)
+    return None if spec is None or spec.activation is None else spec.activation(op)
+
+
 def _is_fusable_activation(op) -> bool:
     """True for the activations TFLite fuses into the op before them (RELU, RELU6)."""
-    if isinstance(op, keras.layers.ReLU):
-        return (
-            op.max_value in (None, 6.0)
-            and float(op.negative_slope) == 0.0
-            and float(op.threshold) == 0.0
-        )
-    if isinstance(op, keras.layers.Activation):
-        fn = getattr(op.activation, "__name__", "")
-        return fn in FUSED_ACTIVATIONS
-    return False
+    return _activation(op) in FUSED_ACTIVATIONS
+
+
+def _is_attention(op) -> bool:
+    return _spec_qat(op) == "attention"
 
 
 def _unquantizable(layer) -> str | None:
@@ -232,11 +238,9 @@ class _Ranges:
 
 
 def _is_relu(op) -> bool:
-    """Whether ``op``'s output is never negative: any ReLU layer without a negative slope or
-    threshold (also a capped one TFLite cannot fuse), else a fusable activation."""
-    if isinstance(op, keras.layers.ReLU):
-        return not op.negative_slope and op.threshold >= 0
-    return _is_fusable_activation(op)
+    """Whether ``op``'s output is never negative: any ReLU without a negative slope or threshold
+    (also a capped one TFLite cannot fuse)."""
+    return _activation(op) in (*FUSED_ACTIVATIONS, "capped_relu")
 
 
 def _is_float(t) -> bool:
@@ -268,7 +272,7 @@ class _QATRewrite(GraphRewrite):
         user = self.sole_consumer(t)
         if user is not None and _preprocessing(user.operation):
             return False  # float preprocessing (e.g. Rescaling then Normalization) reads floats
-        if user is not None and isinstance(user.operation, keras.layers.Concatenate):
+        if user is not None and _channels(user.operation) == "concat":
             # TFLite's CONCATENATION has one scale for its inputs and output: the converter gives
             # an input without a range of its own the output's (tfmot's ConcatTransform); a
             # range here would only add a requantize
@@ -293,7 +297,7 @@ class _QATRewrite(GraphRewrite):
         if isinstance(op, keras.Model):
             return self.call(op, args, kwargs)
         cls = type(op).__name__
-        attention = isinstance(op, keras.layers.MultiHeadAttention)
+        attention = _is_attention(op)
         if attention:
             reason = attention_unquantizable(op)
             if reason is None and not self.selected(op):
@@ -334,7 +338,7 @@ class _QATRewrite(GraphRewrite):
         bn_node = None
         user = self.sole_consumer(out_t)
         if (
-            qat_kind(op) not in ("embedding", "batchnorm", "einsum", "substitute")
+            spec_of(op).fold_batchnorm
             and user is not None
             and qat_kind(user.operation) == "batchnorm"
             and self.calls[id(op)] == 1
@@ -426,18 +430,16 @@ def _has_range(y) -> bool:
 
 
 def _describe(wrapper: QuantizeWrapper) -> str:
-    per = {
-        "conv1d": "per-channel weights (run as 2-D conv)",
-        "conv2d": "per-channel weights",
-        "depthwise": "per-channel weights",
-        "separable": "per-channel weights",
-        "conv_transpose": "per-tensor weights",
-        "dense": "per-tensor weights",
-        "einsum": "per-tensor weights (run as one matmul)",
-        "embedding": "per-tensor embeddings",
-        "batchnorm": "int8 multiply + add",
-        "substitute": "per-tensor weights (its own call, a registered layer)",
-    }[wrapper.kind]
+    spec = spec_of(wrapper.layer)
+    if wrapper.kind == "batchnorm":
+        per = "int8 multiply + add"
+    else:
+        granularity = "per-channel" if wrapper._weight().per_channel else "per-tensor"
+        per = f"{granularity} {'embeddings' if spec.integer_inputs else 'weights'}"
+        per += {
+            "conv1d": " (run as 2-D conv)",
+            "einsum": " (run as one matmul)",
+        }.get(wrapper.kind, " (its own call, a registered layer)" if spec.user else "")
     text = f"{type(wrapper.layer).__name__}, {per}"
     if wrapper.weight_bits != 8:
         text = text.replace(" weights", f" int{wrapper.weight_bits} weights", 1)
@@ -485,7 +487,7 @@ def _plan_swaps(parent, original, selected, preserve_sparsity, report, swaps, pa
         if not isinstance(source, keras.layers.Layer):
             source = layer
         name = f"{prefix}{source.name}"
-        if isinstance(layer, keras.layers.MultiHeadAttention):
+        if _is_attention(layer):
             reason = attention_unquantizable(layer)
             if reason is None and not selected(source):
                 reason = "excluded by filters"
@@ -511,7 +513,7 @@ def _plan_swaps(parent, original, selected, preserve_sparsity, report, swaps, pa
         if kind is not None and reason is None and not selected(source):
             reason = "excluded by filters"
         if kind is not None and reason is None:
-            quantize_input = kind != "embedding"  # see QuantizedSubclassModel
+            quantize_input = not spec_of(layer).integer_inputs  # see QuantizedSubclassModel
             wrapper = swap_in_wrapper(
                 parent,
                 [[attr, index]],
