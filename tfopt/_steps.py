@@ -1,13 +1,14 @@
 """The recipe engine: a recipe is a list of stage configs; each stage runs itself on a model.
 
-``STEPS`` maps a stage's ``type`` to the module that defines it: ``class Config(StepConfig)`` with
-``type: Literal["<type>"]`` (validated at the edge, in `tfopt.config`) and
-``def run(cfg: Config, model: keras.Model, ctx: StepContext) -> keras.Model``.
+``STEPS`` maps a stage's ``type`` to the module that runs it:
+``def run(cfg, model: keras.Model, ctx: StepContext) -> keras.Model`` and optionally
+``def preflight(cfg, model, ctx)``. ``cfg`` is the step's options, validated at the edge by
+`tfopt.config.validate_steps` (the classes of `tfopt.config.STEP_CONFIGS`, keyed by the same
+types); step modules only read it.
 
 `run_steps` is the one loop that applies a recipe: `tfopt run` (`tfopt._pipeline`), a KerasTuner
 trial (`tfopt.tune.Tuner`) and `tfopt auto` all build `StepConfig` objects and hand them to it, so
-any searched recipe is a `tfopt run` config. This module imports no TensorFlow at import time (the
-config schema reads ``STEPS``).
+any searched recipe is a `tfopt run` config. This module imports no TensorFlow at import time.
 """
 
 from __future__ import annotations
