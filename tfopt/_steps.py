@@ -14,6 +14,7 @@ any searched recipe is a `tfopt run` config. This module imports no TensorFlow a
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,7 @@ def step_module(step_type: str):
     return importlib.import_module(STEPS[step_type])
 
 
-def _print(msg: str) -> None:
-    print(f"[tfopt] {msg}", flush=True)
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,8 +46,8 @@ class StepContext:
     ``step`` is the config of the stage being run (set by `run_steps`): `fit` applies its
     fine-tuning options (``lr_schedule``, ``batch_size``, ``distill``) when it has them.
     ``tensorboard=False`` writes no TensorBoard logs and ``validate=False`` skips the per-epoch
-    validation (search trials, which measure through the exported artifact instead); ``logger``
-    receives the progress lines (None: print them).
+    validation (search trials, which measure through the exported artifact instead); ``quiet=True``
+    logs the progress lines at DEBUG instead of INFO (search trials).
     """
 
     data: Any  # tfopt.data.Dataset
@@ -61,7 +61,7 @@ class StepContext:
     step: Any = None
     tensorboard: bool = True
     validate: bool = True
-    logger: Callable[[str], None] | None = None
+    quiet: bool = False
     strategy: Any = None  # a tf.distribute.Strategy (tfopt.train.make_strategy), or None
 
     def scope(self):
@@ -71,7 +71,8 @@ class StepContext:
         return self.strategy.scope() if self.strategy is not None else nullcontext()
 
     def log(self, msg: str) -> None:
-        (self.logger or _print)(msg)
+        """One progress line on the ``tfopt._steps`` logger (the CLI shows INFO lines)."""
+        _logger.log(logging.DEBUG if self.quiet else logging.INFO, "[tfopt] %s", msg)
 
     def log_dir(self, stage: str | None = None) -> Path:
         return Path(self.run_dir) / "logs" / (stage or self.stage)
