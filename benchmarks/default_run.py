@@ -13,9 +13,11 @@ from pathlib import Path
 import tfopt
 from tfopt._pipeline import run
 from tfopt._report import markdown_table
+from tfopt.cli import show_progress
 
 out = Path(__file__).parent / "results"
 out.mkdir(exist_ok=True)
+show_progress()  # the run's progress lines, as `tfopt run` shows them
 with tempfile.TemporaryDirectory() as tmp:
     report = run(tfopt.config.load(), out_dir=Path(tmp) / "default", verbose=0)
 table = markdown_table(report["results"])

@@ -201,6 +201,9 @@ def test_delta(best, base, paired) -> str:
 
 
 def main(argv=None) -> int:
+    from tfopt.cli import show_progress
+
+    show_progress()  # the runs' progress lines, as `tfopt run` shows them
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10-epoch baseline, 6-minute search")
     ap.add_argument("--section", choices=["micro", "budget", "all"], default="all")

@@ -214,6 +214,9 @@ def record_shipped(res: dict) -> None:
 
 
 def main() -> None:
+    from tfopt.cli import show_progress
+
+    show_progress()  # the QAT step's progress lines, as `tfopt run` shows them
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--qat-epochs", type=int, default=1)

@@ -55,6 +55,7 @@ from tfopt._backend import import_keras
 from tfopt._stats import accuracy_interval, paired_delta
 from tfopt.bench import file_sizes
 from tfopt.bench._runners import TFLiteRunner
+from tfopt.config._steps import PruneStepConfig
 from tfopt.prune import _step as prune_step
 
 keras = import_keras()
@@ -105,7 +106,7 @@ def recipe(row: dict, n_train: int, args) -> dict:
         "learning_rate": LEARNING_RATE.get(row["kind"], 0.0),
     }
     steps = epochs * math.ceil(images / args.batch)
-    cfg = prune_step.Config(target_sparsity=row.get("sparsity", 0.5), epochs=epochs)
+    cfg = PruneStepConfig(target_sparsity=row.get("sparsity", 0.5), epochs=epochs)
     schedule = prune_step.make_schedule(cfg, steps)
     row["schedule"] = {
         "begin_step": schedule.begin_step,

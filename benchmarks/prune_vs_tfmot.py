@@ -37,6 +37,7 @@ from tfopt._backend import import_keras
 from tfopt._pipeline import StepContext
 from tfopt._stats import PairedDelta, correct, paired_delta
 from tfopt.bench import file_sizes
+from tfopt.config._steps import PruneStepConfig
 from tfopt.prune import _step, prune, sparsity
 
 keras = import_keras()
@@ -103,7 +104,7 @@ def main() -> int:
     keras.utils.set_random_seed(0)
     data = tfopt.data.load("mnist1d")
     batch, base_lr = 64, 2e-3
-    cfg = _step.Config()  # the default recipe: target 0.8, polynomial, 15 epochs, Adam 2e-3
+    cfg = PruneStepConfig()  # the default recipe: target 0.8, polynomial, 15 epochs, Adam 2e-3
     steps_per_epoch = math.ceil(len(data.x_train) / batch)
     total = cfg.epochs * steps_per_epoch
     schedule = _step.make_schedule(cfg, total)

@@ -300,12 +300,13 @@ def main() -> int:
             flush=True,
         )
         from tfopt._pipeline import StepContext
+        from tfopt.config._steps import PruneStepConfig
         from tfopt.prune import _step as prune_step
         from tfopt.prune import sparsity
 
         start = tfopt.models.get("mnist1d_cnn")
         start.set_weights(weights)
-        pcfg = prune_step.Config()
+        pcfg = PruneStepConfig()
         ctx = StepContext(data=data, run_dir=tmp / "run", batch_size=batch, verbose=0)
         stripped = prune_step.run(pcfg, start, ctx)
         sparsity_before = sparsity(stripped).global_sparsity

@@ -20,6 +20,7 @@ from pathlib import Path
 import tfopt
 from tfopt._pipeline import run
 from tfopt._stats import PairedDelta, correct, paired_delta
+from tfopt.cli import show_progress
 
 
 def paired(cfg, baseline_path, artifact_path):
@@ -44,6 +45,7 @@ names = sys.argv[1:] or [p.stem for p in configs]
 path_json = out / "shipped_configs.json"
 results = json.loads(path_json.read_text()) if path_json.exists() else {}
 load_start = os.getloadavg()[0]
+show_progress()  # the runs' progress lines, as `tfopt run` shows them
 for path in configs:
     if path.stem not in names:
         continue

@@ -40,6 +40,15 @@ def _keras_home(monkeypatch, tmp_path_factory):
     yield home
 
 
+@pytest.fixture
+def progress():
+    """The progress lines the library logs on the ``tfopt`` loggers during the test (a list)."""
+    from _progress import progress_lines
+
+    with progress_lines() as lines:
+        yield lines
+
+
 @pytest.fixture(scope="session")
 def mnist1d():
     import tfopt

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _progress import progress_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,17 +83,17 @@ def trained(blobs):
     return model, train, blobs(96, 1), blobs(96, 2)
 
 
-def test_optimize_measures_through_the_artifact_and_writes_the_report(trained, tmp_path):
+def test_optimize_measures_through_the_artifact_and_writes_the_report(trained, tmp_path, progress):
     import tfopt
     from tfopt.auto._pareto import front_objectives
 
     model, train, val, test = trained
     weights = [w.copy() for w in model.get_weights()]
-    lines = []
+    lines = progress
     res = tfopt.auto.optimize(
         model, train, val, test=test, max_accuracy_drop=0.05, max_trials=2,
         techniques=("prune",), space={"ft_epochs": 1, "sparsity": [0.5, 0.75]},
-        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run", log=lines.append,
+        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run",
         refine=0,
     )  # fmt: skip
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))  # not mutated
@@ -134,7 +135,7 @@ def test_optimize_measures_through_the_artifact_and_writes_the_report(trained, t
     again = tfopt.auto.optimize(
         model, train, val, test=test, max_accuracy_drop=0.05, max_trials=3,
         techniques=("prune",), space={"ft_epochs": 1, "sparsity": [0.5, 0.75]},
-        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run", log=lines.append,
+        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run",
         refine=0,
     )  # fmt: skip
     assert any("resuming: 2 trial(s) already done" in ln for ln in lines)
@@ -182,7 +183,9 @@ def test_refine_queue_and_recipe_are_exact():
     assert refine_recipe(recipe, ("prune",), 0.001)["epochs"] == 1
 
 
-def test_selection_uses_val_only_and_refinement_is_recorded(trained, tmp_path, monkeypatch):
+def test_selection_uses_val_only_and_refinement_is_recorded(
+    trained, tmp_path, monkeypatch, progress
+):
     """Measurements are real, then rewritten: every test accuracy becomes 0 and the screening
     trials' val accuracy 5 pt below the baseline (within the 10 pt budget). The smaller screened
     candidate is refined; the refined one, measured honestly on val, is within budget and selected
@@ -208,11 +211,11 @@ def test_selection_uses_val_only_and_refinement_is_recorded(trained, tmp_path, m
 
     monkeypatch.setattr(tuner_mod, "export_and_measure", rewrite)
     monkeypatch.setattr(measure, "export_and_measure", rewrite)
-    lines = []
+    lines = progress
     res = tfopt.auto.optimize(
         model, train, val, test=test, max_accuracy_drop=0.1, max_trials=2, refine=1,
         techniques=("prune", "distill"), space={"ft_epochs": 1, "distill": False},
-        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run", log=lines.append,
+        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run",
     )  # fmt: skip
     base = res.baseline
     assert base["val_accuracy"] == base_val
@@ -259,7 +262,7 @@ def test_selection_uses_val_only_and_refinement_is_recorded(trained, tmp_path, m
     again = tfopt.auto.optimize(
         model, train, val, test=test, max_accuracy_drop=0.1, max_trials=2, refine=1,
         techniques=("prune", "distill"), space={"ft_epochs": 1, "distill": False},
-        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run", log=lines.append,
+        seeds=[{"sparsity": 0.5}, {"sparsity": 0.75}], out_dir=tmp_path / "run",
     )  # fmt: skip
     assert any("resuming: 3 trial(s) already done" in ln for ln in lines)
     assert not [ln for ln in lines if ln.startswith("[auto] trial ")]
@@ -281,14 +284,14 @@ def _bad_int8_model():
     return model
 
 
-def test_no_candidate_within_budget_still_writes_the_report(tmp_path, blobs):
+def test_no_candidate_within_budget_still_writes_the_report(tmp_path, blobs, progress):
     import tfopt
 
     data = blobs(64, 0)
-    lines = []
+    lines = progress
     res = tfopt.auto.optimize(
         _bad_int8_model(), data, data, max_accuracy_drop=0.0, techniques=(), max_trials=3,
-        out_dir=tmp_path / "bad", log=lines.append,
+        out_dir=tmp_path / "bad",
     )  # fmt: skip
     assert res.best is None and res.best_path is None
     assert [c["status"] for c in res.candidates] == ["FAILED"]  # PTQ only: one recipe to try
@@ -325,17 +328,17 @@ def test_time_budget_and_interrupt_leave_a_report(trained, tmp_path):
         if line.startswith("[auto] trial"):
             os.kill(os.getpid(), signal.SIGINT)
 
-    res = tfopt.auto.optimize(
-        model,
-        train,
-        val,
-        max_accuracy_drop=0.5,
-        max_trials=5,
-        techniques=("prune",),
-        space={"ft_epochs": 1},
-        out_dir=tmp_path / "ki",
-        log=ctrl_c,
-    )
+    with progress_lines(on_line=ctrl_c):
+        res = tfopt.auto.optimize(
+            model,
+            train,
+            val,
+            max_accuracy_drop=0.5,
+            max_trials=5,
+            techniques=("prune",),
+            space={"ft_epochs": 1},
+            out_dir=tmp_path / "ki",
+        )
     assert res.stopped == "interrupted"
     assert len(res.candidates) == 1 and res.best["trial_id"] == "0"
     assert (tmp_path / "ki/best.tflite").read_bytes() == Path(
@@ -467,7 +470,7 @@ def test_auto_baseline_is_seeded_before_it_is_built(tmp_path, blobs):
     for k in range(2):
         keras.utils.set_random_seed(100 + k)  # disturb the global RNG state
         keras.random.uniform((7,))
-        model = baseline_model(cfg, data, tmp_path / f"run{k}", log=lambda m: None)
+        model = baseline_model(cfg, data, tmp_path / f"run{k}")
         weights.append(model.get_weights())
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -505,7 +508,7 @@ def test_auto_writes_a_recipe_that_tfopt_run_replays(tmp_path):
     # what `tfopt auto c.yaml` does, with a tiny search space (the CLI has no --space)
     cfg = config.load(tmp_path / "c.yaml")
     data = tfopt.data.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
-    model = baseline_model(cfg, data, out, log=lambda m: None)
+    model = baseline_model(cfg, data, out)
     res = tfopt.auto.optimize(
         model, data.train, data.val, test=data.test, max_accuracy_drop=0.3, max_trials=1,
         refine=0, techniques=("prune", "quantize"), space={"ft_epochs": 8},
@@ -564,7 +567,9 @@ def test_auto_oracle_stops_the_search_itself(tmp_path):
 
 
 # -- safe first, paired selection, budgets named in the failure -----------------------------------
-def test_one_trial_search_returns_the_int8_model_of_the_unchanged_model(trained, tmp_path):
+def test_one_trial_search_returns_the_int8_model_of_the_unchanged_model(
+    trained, tmp_path, progress
+):
     """The default seeds start with int8 PTQ of the unchanged model: one trial is a result."""
     import tfopt
     from tfopt._stats import correct
@@ -572,10 +577,10 @@ def test_one_trial_search_returns_the_int8_model_of_the_unchanged_model(trained,
     from tfopt.tune._measure import pack_correct
 
     model, train, val, test = trained
-    lines = []
+    lines = progress
     res = tfopt.auto.optimize(
         model, train, val, test=test, max_accuracy_drop=0.05, max_trials=1,
-        out_dir=tmp_path / "one", log=lines.append,
+        out_dir=tmp_path / "one",
     )  # fmt: skip
     (c,) = res.candidates  # no refinement: PTQ has nothing to fine-tune longer
     assert c["stages"] == ["ptq"] and c["steps"] == [] and c["recipe"]["sparsity"] == 0.0
@@ -763,7 +768,7 @@ def test_sensitivity_pass_and_the_per_layer_recipes_it_gives(trained):
 
 
 def test_screening_fine_tunes_on_a_subset_and_refinement_on_everything(
-    trained, tmp_path, monkeypatch
+    trained, tmp_path, monkeypatch, progress
 ):
     import tfopt
     import tfopt.auto._search as search_mod
@@ -785,11 +790,10 @@ def test_screening_fine_tunes_on_a_subset_and_refinement_on_everything(
 
     monkeypatch.setattr(tuner_mod, "run_candidate", spy)
     monkeypatch.setattr(search_mod, "SCREEN_SAMPLES", 100)
-    lines = []
+    lines = progress
     res = tfopt.auto.optimize(
         model, train, val, max_accuracy_drop=0.5, max_trials=1, refine=1, techniques=("prune",),
         space={"ft_epochs": 1}, seeds=[{"sparsity": 0.5}], out_dir=tmp_path / "s",
-        log=lines.append,
     )  # fmt: skip
     assert [c["trial_id"] for c in res.candidates] == ["0", "r000"]
     assert seen == [100, 320]  # the screen on the subset, the refinement on everything

@@ -257,11 +257,12 @@ def test_bad_models():
 def test_cluster_recipe_step(tmp_path, tiny_data):
     from tfopt._pipeline import StepContext
     from tfopt.cluster import _step
+    from tfopt.config._steps import ClusterStepConfig
 
     x, y = tiny_data
     data = tfopt.data.from_arrays(x, y, x_test=x[:16], y_test=y[:16])
     ctx = StepContext(data=data, run_dir=tmp_path, verbose=0, stage="3_cluster")
-    cfg = _step.Config(n_clusters=4, epochs=1, learning_rate=1e-2)
+    cfg = ClusterStepConfig(n_clusters=4, epochs=1, learning_rate=1e-2)
     out = _step.run(cfg, _model(), ctx)
     assert all(type(layer).__module__.startswith("keras.") for layer in out.layers)
     assert ctx.records["3_cluster"]["distinct_values"] == {

@@ -290,3 +290,58 @@ def test_shipped_configs_state_their_measured_accuracy_drop():
         assert float(found.group(1)) == pytest.approx(results[path.stem]["drop_points"], abs=0.05)
         assert path.read_text() == (root / "tfopt" / "configs" / path.name).read_text()
         load(path)
+
+
+def test_pydantic_is_imported_only_by_tfopt_config():
+    """Validation at the edge: technique packages receive validated options, not the schema."""
+    import re
+    from pathlib import Path
+
+    root = Path(tfopt.__file__).parent
+    pattern = re.compile(r"^\s*(import pydantic|from pydantic)", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(root.parent))
+        for path in sorted(root.rglob("*.py"))
+        if "config" not in path.relative_to(root).parts[:1] and pattern.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_the_config_imports_no_technique():
+    """`tfopt.config` validates every step type without importing the packages that run them (the
+    old schema imported each step module to find its options: config -> step -> config)."""
+    import json
+    import subprocess
+    import sys
+
+    from tfopt._steps import STEPS
+    from tfopt.config import STEP_CONFIGS
+
+    assert set(STEP_CONFIGS) == set(STEPS)
+    code = (
+        "import json, sys\n"
+        "import tfopt.config\n"
+        "steps = tfopt.config.validate_steps([{'type': t} for t in tfopt.config.STEP_CONFIGS])\n"
+        "print(json.dumps([[s.type for s in steps], sorted(sys.modules)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    types, modules = json.loads(out.stdout.strip().splitlines()[-1])
+    assert types == list(STEP_CONFIGS)
+    techniques = (
+        "prune",
+        "quantize",
+        "cluster",
+        "lowrank",
+        "distill",
+        "tune",
+        "auto",
+        "export",
+        "bench",
+        "train",
+        "robust",
+    )
+    loaded = [m for m in modules if m.split(".")[:2][-1] in techniques and m.startswith("tfopt.")]
+    assert loaded == []
+    assert "tensorflow" not in modules

@@ -471,6 +471,7 @@ def test_bad_models():
 
 def test_distill_recipe_step(tmp_path, tiny_data, monkeypatch):
     from tfopt._pipeline import StepContext
+    from tfopt.config._steps import DistillStepConfig as Config
     from tfopt.distill import _step
 
     x, y = tiny_data
@@ -478,7 +479,7 @@ def test_distill_recipe_step(tmp_path, tiny_data, monkeypatch):
     teacher = _net()
     teacher.save(tmp_path / "teacher.keras")
     ctx = StepContext(data=data, run_dir=tmp_path, baseline=_net(), verbose=0, stage="2_distill")
-    cfg = _step.Config(
+    cfg = Config(
         teacher=str(tmp_path / "teacher.keras"),
         student={"model": "mnist1d_cnn", "width": 4},
         epochs=1,
@@ -488,7 +489,7 @@ def test_distill_recipe_step(tmp_path, tiny_data, monkeypatch):
     assert ctx.records["2_distill"]["student_params"] == out.count_params()
     current = _net(width=6)
     before = [w.copy() for w in current.get_weights()]
-    out = _step.run(_step.Config(epochs=1), current, ctx)  # baseline teacher, copy of current model
+    out = _step.run(Config(epochs=1), current, ctx)  # baseline teacher, copy of current model
     assert out is not current and out.get_layer("conv1").filters == 6
     for a, b in zip(current.get_weights(), before):
         np.testing.assert_array_equal(a, b)
@@ -500,7 +501,7 @@ def test_distill_recipe_step(tmp_path, tiny_data, monkeypatch):
             seen.update(augment=self.augment, mixup=self.mixup, pre=self.precompute_teacher)
 
     monkeypatch.setattr(tfopt.distill, "Distiller", Recording)
-    _step.run(_step.Config(epochs=1, augment={"shift": 2, "mixup": 0.5}), current, ctx)
+    _step.run(Config(epochs=1, augment={"shift": 2, "mixup": 0.5}), current, ctx)
     assert [type(a).__name__ for a in seen["augment"]] == ["RandomShift1D"]
     assert seen["mixup"] == 0.5 and seen["pre"] is False  # the teacher runs online
     with pytest.raises(tfopt.ConfigError, match="augment needs the teacher online"):

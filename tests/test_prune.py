@@ -542,6 +542,7 @@ def test_pruning_summaries_checks_the_schedule_and_the_model(tmp_path):
 def test_prune_recipe_step_returns_a_stripped_sparse_model(tmp_path):
     from tfopt._pipeline import StepContext
     from tfopt.config import validate
+    from tfopt.config._steps import PruneStepConfig as Config
     from tfopt.data import Dataset
     from tfopt.prune import _step
 
@@ -550,7 +551,7 @@ def test_prune_recipe_step_returns_a_stripped_sparse_model(tmp_path):
     y = rng.integers(0, 10, 96).astype("int32")
     data = Dataset("tiny", x[:64], y[:64], x[64:80], y[64:80], x[80:], y[80:], 10)
     ctx = StepContext(data=data, run_dir=tmp_path, batch_size=16, verbose=0)
-    cfg = _step.Config(target_sparsity=0.7, epochs=2, end_fraction=1.0)
+    cfg = Config(target_sparsity=0.7, epochs=2, end_fraction=1.0)
     model = tfopt.models.get("mnist1d_cnn", dense=16, width=8)
     out = _step.run(cfg, model, ctx)
     assert not wrappers_of(out)
@@ -559,11 +560,11 @@ def test_prune_recipe_step_returns_a_stripped_sparse_model(tmp_path):
     assert ctx.records["baseline"]["global_sparsity"] == pytest.approx(0.7, abs=0.01)
     assert list(os.scandir(tmp_path / "logs" / "baseline" / "pruning"))
     assert _step.make_schedule(cfg, 8) == PolynomialDecay(0.0, 0.7, 0, 7, 3.0, 1)
-    cfg_cubic = _step.Config(schedule="cubic", target_sparsity=0.5, end_fraction=0.5)
+    cfg_cubic = Config(schedule="cubic", target_sparsity=0.5, end_fraction=0.5)
     sched = _step.make_schedule(cfg_cubic, 400)
     assert isinstance(sched, GradualCubic) and sched.end_step == 199 and sched.frequency == 9
     with pytest.raises(Exception, match=r"end_fraction must be > begin_fraction"):
-        _step.Config(begin_fraction=0.5, end_fraction=0.4)
+        Config(begin_fraction=0.5, end_fraction=0.4)
     with pytest.raises(Exception, match=r"target_sparsity"):
         validate({"steps": [{"type": "prune", "target_sparsity": 1.5}]})
     assert math.isclose(validate({"steps": [{"type": "prune"}]}).steps[0].target_sparsity, 0.8)

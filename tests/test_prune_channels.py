@@ -404,14 +404,15 @@ def test_iterative_reaches_the_mac_target_and_fine_tunes(tiny_data):
 def test_recipe_step(tmp_path, tiny_data):
     from tfopt._pipeline import StepContext
     from tfopt._steps import step_module
+    from tfopt.config import STEP_CONFIGS
     from tfopt.data import Dataset
 
-    mod = step_module("prune_channels")
+    mod, Config = step_module("prune_channels"), STEP_CONFIGS["prune_channels"]
     with pytest.raises(ValueError, match="give ratio or macs_reduction, not both"):
-        mod.Config(ratio=0.3, macs_reduction=0.5)
+        Config(ratio=0.3, macs_reduction=0.5)
     with pytest.raises(ValueError, match="extra"):
-        mod.Config(ratios=0.3)
-    assert mod.Config().macs_reduction == 0.5
+        Config(ratios=0.3)
+    assert Config().macs_reduction == 0.5
     x, y = tiny_data
     ctx = StepContext(
         data=Dataset("tiny", x, y, x[:16], y[:16], x[:16], y[:16], 10),
@@ -419,7 +420,7 @@ def test_recipe_step(tmp_path, tiny_data):
         verbose=0,
         stage="pc",
     )
-    cfg = mod.Config(ratio=0.5, steps=1, epochs_per_step=1, round_to=2)
+    cfg = Config(ratio=0.5, steps=1, epochs_per_step=1, round_to=2)
     model = tfopt.models.get("mnist1d_resnet", width=8, blocks=1)
     new = mod.run(cfg, model, ctx)
     rec = ctx.records["pc"]
@@ -607,10 +608,10 @@ def test_global_allocation_in_iterative_mode_and_recipe_config():
     assert 1 - plans[-1].macs_after / plans[0].macs_before >= 0.5
     with pytest.raises(ValueError, match="Unrecognized allocation='x'"):
         prune_channels_iterative(model, fit=lambda m, k: None, ratio=0.5, allocation="x")
-    from tfopt._steps import step_module
+    from tfopt.config import STEP_CONFIGS
 
-    mod = step_module("prune_channels")
-    assert mod.Config(allocation="global").allocation == "global"
-    assert mod.Config().allocation == "uniform"
+    Config = STEP_CONFIGS["prune_channels"]
+    assert Config(allocation="global").allocation == "global"
+    assert Config().allocation == "uniform"
     with pytest.raises(ValueError, match="allocation"):
-        mod.Config(allocation="lamp")
+        Config(allocation="lamp")

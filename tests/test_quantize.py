@@ -656,16 +656,17 @@ def test_qat_recipe_step_returns_the_fitted_qat_model(tmp_path):
     from pydantic import ValidationError
 
     from tfopt._steps import step_module
+    from tfopt.config import STEP_CONFIGS
 
-    step = step_module("qat")
-    cfg = step.Config(epochs=1, learning_rate=1e-3)
+    step, Config = step_module("qat"), STEP_CONFIGS["qat"]
+    cfg = Config(epochs=1, learning_rate=1e-3)
     assert (cfg.scheme, cfg.preserve_sparsity, cfg.filters) == ("int8", True, None)
     with pytest.raises(ValidationError, match=r"epochs"):
-        step.Config(epochs=0)
+        Config(epochs=0)
     with pytest.raises(ValidationError, match=r"Extra inputs are not permitted"):
-        step.Config(nbits=4)
+        Config(nbits=4)
     with pytest.raises(ValidationError, match=r"bits"):
-        step.Config(bits=4)  # per-layer {regex: 4 | 8} or "sensitivity", not a number
+        Config(bits=4)  # per-layer {regex: 4 | 8} or "sensitivity", not a number
     x, y = _signal_data(64)
     fits, records = [], {}
 

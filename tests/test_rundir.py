@@ -269,7 +269,7 @@ def searched(tmp_path_factory, blobs):
     out = tmp_path_factory.mktemp("auto") / "run"
     kw = dict(max_accuracy_drop=0.5, max_trials=1, refine=1, techniques=("prune",),
               space={"ft_epochs": 1}, seeds=[{"sparsity": 0.5}], verbose=1)  # fmt: skip
-    res = tfopt.auto.optimize(model, train, val, out_dir=out, log=lambda m: None, **kw)
+    res = tfopt.auto.optimize(model, train, val, out_dir=out, **kw)
     assert [c["trial_id"] for c in res.candidates] == ["0", "r000"]
     assert res.best["trial_id"] == "r000"
     return model, train, val, kw, out, res
@@ -279,8 +279,10 @@ def _resume(searched, out, **changes):
     import tfopt
 
     model, train, val, kw, _, _ = searched
-    lines = []
-    res = tfopt.auto.optimize(model, train, val, out_dir=out, log=lines.append, **{**kw, **changes})
+    from _progress import progress_lines
+
+    with progress_lines() as lines:
+        res = tfopt.auto.optimize(model, train, val, out_dir=out, **{**kw, **changes})
     return res, lines
 
 

@@ -192,7 +192,7 @@ def test_auto_rejects_candidates_over_the_ram_budget(tmp_path):
     x = rng.normal(size=(96, 40, 1)).astype("float32")
     y = (x[:, :20, 0].mean(-1) > 0).astype("int32")
     model = tfopt.models.get("mnist1d_cnn", input_shape=(40, 1), num_classes=2, width=4, dense=8)
-    options = dict(max_accuracy_drop=0.5, techniques=(), max_trials=1, refine=0, log=print)
+    options = dict(max_accuracy_drop=0.5, techniques=(), max_trials=1, refine=0)
     res = tfopt.auto.optimize(
         model, (x, y), (x, y), max_ram="1KB", max_flash="1MB", out_dir=tmp_path / "a", **options
     )

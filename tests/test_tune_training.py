@@ -75,7 +75,7 @@ def test_search_resumes_and_writes_a_model_without_augmentation_a_replayable_con
     first = (tmp_path / "s" / "search" / "trial_0" / "tfopt.json").read_text()
 
     # resumed: trial 0 is kept, trial 1 runs again, no third trial
-    res = tfopt.tune.search_training(path, out_dir=tmp_path / "s", max_trials=2, log=lambda m: 0)
+    res = tfopt.tune.search_training(path, out_dir=tmp_path / "s", max_trials=2)
     assert [t["trial_id"] for t in res.trials] == ["0", "1"]
     assert (tmp_path / "s" / "search" / "trial_0" / "tfopt.json").read_text() == first
     oracle = json.loads((tmp_path / "s" / "search" / "oracle.json").read_text())
@@ -356,7 +356,7 @@ def test_transfer_is_searched_and_replayed(tmp_path):
     for key in ("width", "depth", "dense"):  # a transferred model has no builder options
         del raw["tune"]["space"][key]
     path.write_text(yaml.safe_dump(raw))
-    res = tfopt.tune.search_training(str(path), out_dir=tmp_path / "t", max_trials=1, log=print)
+    res = tfopt.tune.search_training(str(path), out_dir=tmp_path / "t", max_trials=1)
     (trial,) = res.trials
     assert trial["transfer"] == {"freeze_until": "conv2", "unfreeze_at_epoch": None, "head": "new"}
     assert trial["epochs_trained"] == 2
@@ -401,7 +401,7 @@ def test_local_workers_share_the_cores_and_keep_the_users_thread_settings(monkey
     monkeypatch.setattr(dist, "_cores", lambda: 4)
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
-    assert dist.launch(["cfg.yaml"], workers=3, log=lambda _: None) == 0
+    assert dist.launch(["cfg.yaml"], workers=3) == 0
     workers = [p.env for p in spawned if not p.chief]
     assert [w["KERASTUNER_TUNER_ID"] for w in workers] == ["tuner0", "tuner1", "tuner2"]
     assert {(w["TF_NUM_INTRAOP_THREADS"], w["TF_NUM_INTEROP_THREADS"]) for w in workers} == {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -18,8 +19,11 @@ from tfopt.data._checks import check_attack_radius, check_model_data
 keras = import_keras()
 
 
+_logger = logging.getLogger(__name__)
+
+
 def _log(msg: str) -> None:
-    print(f"[tfopt] {msg}", flush=True)
+    _logger.info("[tfopt] %s", msg)
 
 
 def _unique_dir(path: Path) -> Path:
@@ -150,8 +154,9 @@ def check(cfg: RunConfig) -> None:
 
     keras.utils.set_random_seed(cfg.seed)
     data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
-    ctx = StepContext(data=data, run_dir=Path("."), batch_size=cfg.train.batch_size, verbose=0)
-    ctx.logger = lambda msg: None
+    ctx = StepContext(
+        data=data, run_dir=Path("."), batch_size=cfg.train.batch_size, verbose=0, quiet=True
+    )
     model = _build_model(cfg, data)
     if cfg.transfer is not None:
         model = _transfer_model(cfg, model, data, ctx)

@@ -1,18 +1,20 @@
 """The recipe engine: a recipe is a list of stage configs; each stage runs itself on a model.
 
-``STEPS`` maps a stage's ``type`` to the module that defines it: ``class Config(StepConfig)`` with
-``type: Literal["<type>"]`` (validated at the edge, in `tfopt.config`) and
-``def run(cfg: Config, model: keras.Model, ctx: StepContext) -> keras.Model``.
+``STEPS`` maps a stage's ``type`` to the module that runs it:
+``def run(cfg, model: keras.Model, ctx: StepContext) -> keras.Model`` and optionally
+``def preflight(cfg, model, ctx)``. ``cfg`` is the step's options, validated at the edge by
+`tfopt.config.validate_steps` (the classes of `tfopt.config.STEP_CONFIGS`, keyed by the same
+types); step modules only read it.
 
 `run_steps` is the one loop that applies a recipe: `tfopt run` (`tfopt._pipeline`), a KerasTuner
 trial (`tfopt.tune.Tuner`) and `tfopt auto` all build `StepConfig` objects and hand them to it, so
-any searched recipe is a `tfopt run` config. This module imports no TensorFlow at import time (the
-config schema reads ``STEPS``).
+any searched recipe is a `tfopt run` config. This module imports no TensorFlow at import time.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +36,7 @@ def step_module(step_type: str):
     return importlib.import_module(STEPS[step_type])
 
 
-def _print(msg: str) -> None:
-    print(f"[tfopt] {msg}", flush=True)
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,8 +46,8 @@ class StepContext:
     ``step`` is the config of the stage being run (set by `run_steps`): `fit` applies its
     fine-tuning options (``lr_schedule``, ``batch_size``, ``distill``) when it has them.
     ``tensorboard=False`` writes no TensorBoard logs and ``validate=False`` skips the per-epoch
-    validation (search trials, which measure through the exported artifact instead); ``logger``
-    receives the progress lines (None: print them).
+    validation (search trials, which measure through the exported artifact instead); ``quiet=True``
+    logs the progress lines at DEBUG instead of INFO (search trials).
     """
 
     data: Any  # tfopt.data.Dataset
@@ -60,7 +61,7 @@ class StepContext:
     step: Any = None
     tensorboard: bool = True
     validate: bool = True
-    logger: Callable[[str], None] | None = None
+    quiet: bool = False
     strategy: Any = None  # a tf.distribute.Strategy (tfopt.train.make_strategy), or None
 
     def scope(self):
@@ -70,7 +71,8 @@ class StepContext:
         return self.strategy.scope() if self.strategy is not None else nullcontext()
 
     def log(self, msg: str) -> None:
-        (self.logger or _print)(msg)
+        """One progress line on the ``tfopt._steps`` logger (the CLI shows INFO lines)."""
+        _logger.log(logging.DEBUG if self.quiet else logging.INFO, "[tfopt] %s", msg)
 
     def log_dir(self, stage: str | None = None) -> Path:
         return Path(self.run_dir) / "logs" / (stage or self.stage)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from tfopt import _rundir
 from tfopt._backend import check_model
 from tfopt.auto._search import CLOSEST_FILE, Search
 from tfopt.tune._space import TARGETS
+
+_logger = logging.getLogger(__name__)
 
 AUTO_OBJECTIVES = ("size", "latency", "ram")
 
@@ -234,7 +237,6 @@ def optimize(
     seed: int = 0,
     run_config=None,
     verbose: int = 1,
-    log: Callable[[str], None] = print,
     max_ram=None,
     max_flash=None,
     min_robust_accuracy: float | None = None,
@@ -312,8 +314,9 @@ def optimize(
         run_config: the `tfopt.config.RunConfig` (or its dict) whose data and model sections
             produced ``model`` and the data; recipe.yaml takes its ``data`` section from it.
             Defaults to None (recipe.yaml then says to set ``data.name``).
-        verbose: 1 prints one line per trial, 0 is silent. Defaults to 1.
-        log: where progress lines go. Defaults to print.
+        verbose: 1 logs one line per trial on the ``tfopt.auto`` loggers at INFO, 0 at DEBUG
+            (`tfopt auto` shows INFO; ``logging.basicConfig(level=logging.INFO)`` shows it in
+            a script). Defaults to 1.
         max_ram: the most RAM the artifact may need: TFLite Micro's arena (its allocation
             recorder's total), as bytes or a size such as ``"64KB"`` (KB = 1024 bytes).
             Candidates over it are rejected (the reason is in the report). Defaults to None.
@@ -404,7 +407,9 @@ def optimize(
         if spent:  # a resumed search: the time budget counts the time the earlier runs spent
             started -= spent
             if time_budget is not None and verbose:
-                log(f"[auto] resuming: {spent:.0f} s of the {time_budget:.0f} s time budget spent")
+                _logger.info(
+                    f"[auto] resuming: {spent:.0f} s of the {time_budget:.0f} s time budget spent"
+                )
         search = Search(
             model,
             train,
@@ -420,7 +425,7 @@ def optimize(
             seed=seed,
             max_trials=max_trials,
             run_config=run_config,
-            say=log if verbose else (lambda msg: None),
+            verbose=verbose,
             started=started,
             budgets=budgets,
             worker=role == "worker",

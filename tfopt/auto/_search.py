@@ -9,9 +9,9 @@ best.tflite, recipe.yaml and the report after every candidate.
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tfopt import _rundir
@@ -39,6 +39,8 @@ from tfopt.auto._sensitivity import SPARSITY, layer_sensitivity, plans
 from tfopt.tune._recipe import dump_steps, recipe_steps
 from tfopt.tune._space import CompressionHyperModel, compression_choices
 from tfopt.tune._tuner import Tuner
+
+_logger = logging.getLogger(__name__)
 
 # After `SAFE_FIRST`, the recipes derived from the model (`plan_seeds`), then this short generic
 # list: a stack that rests on no per-layer measurement. Magnitude pruning of the large layers to
@@ -209,7 +211,7 @@ class Search:
         seed: int,
         max_trials: int | None,
         run_config: dict | None,
-        say: Callable[[str], None],
+        verbose: int,
         started: float,
         budgets: dict | None = None,
         worker: bool = False,
@@ -231,7 +233,8 @@ class Search:
         # the RAM objective needs it, or (int8 targets) it is installed
         self.micro = _tflm.available()
         self.out_dir, self.seed, self.run_config = out_dir, seed, run_config
-        self.say, self.started = say, started
+        # the progress lines: INFO when verbose (the CLI shows them), else DEBUG
+        self.say, self.started = _logger.info if verbose else _logger.debug, started
         self.candidates: dict[str, Candidate] = {}
         self.best: Candidate | None = None
         self.closest_id: str | None = None  # the candidate in CLOSEST_FILE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from tfopt._litert_log import silence_xnnpack_banner
 
     silence_xnnpack_banner()  # LiteRT's "INFO: Created ... XNNPACK delegate" line
+    show_progress()
     try:
         return int(args._main(args) or 0)
     except KeyboardInterrupt:
@@ -68,6 +70,34 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"tfopt: {error_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+
+
+class _ProgressLines(logging.Handler):
+    """Writes each record's message as one line, flushed: progress (INFO) to stdout, warnings and
+    errors to stderr (where Python's last-resort handler put them). The stream is looked up per
+    line, so a redirected or captured stdout receives it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def show_progress(level: int = logging.INFO) -> None:
+    """The one logging setup of the `tfopt` command: the library logs on the ``tfopt`` loggers
+    (and never prints); this shows their records at ``level`` and above on stdout, message only.
+    Calling it again (another command in the same process) replaces the handler, never adds one.
+    """
+    logger = logging.getLogger("tfopt")
+    for handler in [h for h in logger.handlers if isinstance(h, _ProgressLines)]:
+        logger.removeHandler(handler)
+    handler = _ProgressLines()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def error_line(e: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from tfopt import _formats as formats
 from tfopt.cli._common import add_distributed_args
+
+_logger = logging.getLogger(__name__)
 
 # `tfopt auto`'s exit code when no candidate meets the budgets (the closest is still written)
 EXIT_NO_FIT = 3
@@ -194,7 +197,7 @@ def default_run_dir(cfg, identity: dict) -> Path:
     return Path("runs") / f"auto_{name}-{_rundir.short_hash(identity)}"
 
 
-def baseline_model(cfg, data, out_dir: Path, *, log=print):
+def baseline_model(cfg, data, out_dir: Path):
     """Loads ``out_dir/baseline.keras`` (a resumed run) or builds and trains the float baseline."""
     from tfopt import _rundir
     from tfopt._backend import import_keras
@@ -203,7 +206,7 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
     keras = import_keras()
     saved = out_dir / "baseline.keras"
     if saved.exists():
-        log(f"[auto] using the trained baseline of the earlier run: {saved}")
+        _logger.info(f"[auto] using the trained baseline of the earlier run: {saved}")
         return load(saved)
     keras.utils.set_random_seed(cfg.seed)  # before building: the initial weights are seeded too
     if cfg.model.path:
@@ -219,7 +222,7 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
 
     check_model_data(model, data, what=cfg.data.name)  # before the baseline trains
     if cfg.train.epochs:
-        log(f"[auto] training the float baseline: {model.name}, {cfg.train.epochs} epochs")
+        _logger.info(f"[auto] training the float baseline: {model.name}, {cfg.train.epochs} epochs")
         from tfopt._training import fit
 
         fit(model, cfg.train, data, seed=cfg.seed)  # the train: options, as in `tfopt run`
@@ -295,7 +298,7 @@ def _search(args, cfg, out_dir: Path, *, techniques, role) -> int:
     from tfopt.data._checks import check_attack_radius
 
     check_attack_radius(args.robust_epsilon, data.x_val, arg="--robust-epsilon")
-    model = baseline_model(cfg, data, out_dir, log=lambda m: print(m, flush=True))
+    model = baseline_model(cfg, data, out_dir)
     time_budget = args.time_budget
     if args.workers:  # screening in a chief + workers (they load baseline.keras), then refine here
         started = time.monotonic()
@@ -303,7 +306,6 @@ def _search(args, cfg, out_dir: Path, *, techniques, role) -> int:
             _child_args(args, out_dir),
             workers=args.workers,
             command="auto",
-            log=lambda m: print(m, flush=True),
         )
         if code:
             print(f"tfopt: a search worker exited with code {code}", file=sys.stderr)
@@ -325,7 +327,6 @@ def _search(args, cfg, out_dir: Path, *, techniques, role) -> int:
         seed=cfg.seed,
         run_config=cfg,
         verbose=0 if args.quiet else 1,
-        log=lambda m: print(m, flush=True),
         max_ram=args.max_ram,
         max_flash=args.max_flash,
         min_robust_accuracy=args.min_robust_accuracy,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -102,16 +103,17 @@ def main(args) -> int:
     chief = dist.parse_address(args.chief) if args.chief else None
     cfg, raw = st._load_config(path, overrides)  # config errors first, before anything runs
     out_dir = Path(args.out) if args.out else Path("runs") / f"tune_{cfg.name}"
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
+    if args.quiet:  # the progress lines of the tfopt loggers (`tfopt.cli.show_progress`)
+        logging.getLogger("tfopt").setLevel(logging.WARNING)
 
     if chief is not None:  # a worker of a chief elsewhere (or of our own launcher)
         dist.join(args.chief, timeout=args.connect_timeout)
         data, hm = st.prepare(cfg, max_trials=args.max_trials)
         tuner = st.make_tuner(
-            cfg, hm, out_dir, max_trials=args.max_trials, on_trial_done=st.progress(log)
+            cfg, hm, out_dir, max_trials=args.max_trials, on_trial_done=st.progress()
         )
         tuner.search(data)
-        log(f"[tune] worker {os.environ['KERASTUNER_TUNER_ID']} done")
+        logging.getLogger(__name__).info(f"[tune] worker {os.environ['KERASTUNER_TUNER_ID']} done")
         return 0
     if args.serve:  # the chief: serves the oracle until every worker stopped
         host, port = dist.parse_address(args.serve)
@@ -126,7 +128,6 @@ def main(args) -> int:
             out_dir=out_dir,
             max_trials=args.max_trials,
             overwrite=args.overwrite,
-            log=log,
         )
         return 0 if res.best is not None else 1
     started = time.time()
@@ -138,8 +139,8 @@ def main(args) -> int:
             child += ["--max-trials", str(args.max_trials)]
         if args.quiet:
             child.append("--quiet")
-        code = dist.launch(child, workers=args.workers, log=log)
-        res = st.finalize(raw, out_dir, seconds=time.time() - started, log=log)
+        code = dist.launch(child, workers=args.workers)
+        res = st.finalize(raw, out_dir, seconds=time.time() - started)
     if code:
         return code
     return 0 if res.best is not None else 1

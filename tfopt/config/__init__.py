@@ -17,13 +17,16 @@ from tfopt.config._schema import (
     resolve_config,
     validate,
     validate_steps,
+    validate_train,
 )
+from tfopt.config._steps import STEP_CONFIGS
 
 __all__ = [
     "EXPORT_FORMATS",
     "DistillLoss",
     "FineTuneStepConfig",
     "RunConfig",
+    "STEP_CONFIGS",
     "Section",
     "StepConfig",
     "apply_overrides",
@@ -33,4 +36,5 @@ __all__ = [
     "resolve_config",
     "validate",
     "validate_steps",
+    "validate_train",
 ]

@@ -10,9 +10,9 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tfopt import _formats as formats
-from tfopt._steps import STEPS, step_module
 from tfopt.config._base import MAX_BATCH_SIZE, MAX_EPOCHS, Section, StepConfig
 from tfopt.config._checks import check_model_options, missing_requirements
+from tfopt.config._steps import STEP_CONFIGS
 from tfopt.config._train import TrainingOptions, TuneConfig
 from tfopt.config._yaml import parse as parse_yaml
 from tfopt.errors import ConfigError
@@ -208,9 +208,9 @@ def _validate_step(raw: Any, index: int) -> StepConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping with a 'type' key (got {raw!r})")
     step_type = raw.get("type")
-    if step_type not in STEPS:
-        raise ConfigError(f"{where}.type: {_unknown('step type', step_type, STEPS)}")
-    cls = step_module(step_type).Config
+    if step_type not in STEP_CONFIGS:
+        raise ConfigError(f"{where}.type: {_unknown('step type', step_type, STEP_CONFIGS)}")
+    cls = STEP_CONFIGS[step_type]
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
@@ -226,6 +226,18 @@ def validate_steps(raw: Any) -> list[StepConfig]:
     if not isinstance(raw, list):
         raise ConfigError(f"steps: must be a list of steps (got {raw!r})")
     return [_validate_step(s, i) for i, s in enumerate(raw)]
+
+
+def validate_train(raw: Any, *, prefix: str = "train.") -> TrainConfig:
+    """Validates a ``train:`` mapping into a `TrainConfig`.
+
+    Raises:
+        ConfigError: one line, ``<prefix><key>: <the rule>``, echoing the value.
+    """
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, TrainConfig, prefix=prefix)) from None
 
 
 def validate(raw: Any) -> RunConfig:

@@ -2,73 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, field_validator, model_validator
-
-from tfopt.config import StepConfig
-from tfopt.config._base import MAX_EPOCHS
-from tfopt.config._train import AugmentConfig
-
-
-class Config(StepConfig):
-    """``{type: distill, teacher: null, student: {model: mnist1d_cnn, width: 16}, ...}``.
-
-    ``teacher``: None (the run's trained baseline) or a ``.keras`` path. ``student``: None (the
-    current model, i.e. the output of the previous step, copied) or ``{model: <zoo name>,
-    <builder options>...}`` for a new zoo model, e.g. half the width. ``augment``: the
-    training-only transforms of ``train.augment`` (noise, shift, scale, flip, crop; ``mixup`` is
-    the Distiller's mixup), applied before both teacher and student (`tfopt.distill.Distiller`'s
-    ``augment``/``mixup``); the teacher then runs online. ``precompute_teacher``: None runs the
-    teacher once up front unless ``augment`` is active.
-    """
-
-    type: Literal["distill"] = "distill"
-    teacher: str | None = None
-    student: dict[str, Any] | None = None
-    temperature: float = Field(4.0, gt=0.0)
-    alpha: float = Field(0.1, ge=0.0, le=1.0)  # weight of the hard-label loss
-    features: dict[str, str] = Field(default_factory=dict)  # teacher layer -> student layer
-    feature_weight: float = Field(1.0, ge=0.0)
-    precompute_teacher: bool | None = None
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
-    learning_rate: float = Field(2e-3, gt=0.0)
-
-    @model_validator(mode="after")
-    def _online_teacher(self):
-        if self.precompute_teacher and self.augment.active():
-            raise ValueError(
-                "augment needs the teacher online (it labels the augmented inputs): drop "
-                "precompute_teacher or set it to false"
-            )
-        return self
-
-    @field_validator("teacher")
-    @classmethod
-    def _keras_file(cls, v: str | None) -> str | None:
-        if v is not None and not v.endswith(".keras"):
-            raise ValueError(f"must be a .keras file (or null for the baseline). Received: {v!r}")
-        if v is not None and not Path(v).is_file():
-            raise ValueError(f"no such .keras file: {v!r}")
-        return v
-
-    @field_validator("student")
-    @classmethod
-    def _zoo_model(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is None:
-            return v
-        from tfopt.config._checks import check_model_options
-        from tfopt.models import MODELS
-
-        name = v.get("model")
-        if name not in MODELS:
-            raise ValueError(
-                f"student.model must name a zoo model {sorted(MODELS)}. Received: model={name!r}"
-            )
-        check_model_options(name, {k: x for k, x in v.items() if k != "model"}, what="model")
-        return v
+from tfopt.config._steps import DistillStepConfig
 
 
 def _copy(model):
@@ -80,7 +14,7 @@ def _copy(model):
     return clone
 
 
-def run(cfg: Config, model, ctx):
+def run(cfg: DistillStepConfig, model, ctx):
     """Distils the teacher into the student and returns the trained student."""
     from tfopt._backend import import_keras
     from tfopt.distill import Distiller

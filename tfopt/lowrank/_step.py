@@ -2,40 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field, model_validator
-
-from tfopt.config import FineTuneStepConfig
+from tfopt.config._steps import LowrankStepConfig
 
 
-class Config(FineTuneStepConfig):
-    """``{type: lowrank, energy: 0.9}`` or ``{type: lowrank, rank_ratio: 0.25}``.
-
-    ``energy`` keeps the singular values covering that fraction of each kernel's squared spectrum;
-    ``rank_ratio`` (when set, it replaces ``energy``) keeps that fraction of the full rank. Layers
-    where the rank would not save weights are left as they are. Also the fine-tuning keys of
-    `tfopt.config.FineTuneStepConfig` (``lr_schedule``, ``batch_size``, ``distill``).
-    """
-
-    type: Literal["lowrank"] = "lowrank"
-    energy: float = Field(0.9, gt=0.0, le=1.0)
-    rank_ratio: float | None = Field(None, gt=0.0, le=1.0)
-    filters: str | list[str] | None = None  # regex(es) searched in layer names
-    epochs: int = Field(2, ge=0)  # fine-tuning epochs of the factors (0: factorize only)
-    learning_rate: float = Field(5e-4, gt=0.0)
-
-    @model_validator(mode="after")
-    def _one_rule(self):
-        if self.rank_ratio is not None and "energy" in self.model_fields_set:
-            raise ValueError(
-                "set energy or rank_ratio, not both. "
-                f"Received: energy={self.energy}, rank_ratio={self.rank_ratio}"
-            )
-        return self
-
-
-def run(cfg: Config, model, ctx):
+def run(cfg: LowrankStepConfig, model, ctx):
     """Factorizes ``model`` and fine-tunes the result (plain Keras layers)."""
     from tfopt.lowrank import factorize
 

@@ -16,30 +16,10 @@ Example config:
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
-from tfopt.config import FineTuneStepConfig
-from tfopt.config._base import MAX_EPOCHS, Filters
+from tfopt.config._steps import QatStepConfig
 
 
-class Config(FineTuneStepConfig):
-    """Settings of the ``qat`` step (and the fine-tuning keys of `FineTuneStepConfig`)."""
-
-    type: Literal["qat"] = "qat"
-    epochs: int = Field(3, ge=1, le=MAX_EPOCHS)
-    learning_rate: float = Field(1e-4, gt=0)
-    scheme: Literal["int8"] = "int8"
-    filters: Filters = None
-    preserve_sparsity: bool = True
-    # {layer regex: 4 or 8}, as `tfopt.quantize.qat(bits=)`; "sensitivity": 4 bits for each layer
-    # `tfopt.quantize.choose_bits` lowers within bits_max_drop on the val data; None: every layer 8
-    bits: dict[str, Literal[4, 8]] | Literal["sensitivity"] | None = None
-    bits_max_drop: float = Field(0.01, ge=0, lt=1)
-
-
-def preflight(cfg: Config, model, ctx) -> None:
+def preflight(cfg: QatStepConfig, model, ctx) -> None:
     """Checks, before any training, that ``filters`` select a layer of ``model``."""
     from tfopt._steps import check_filters_match
 
@@ -60,7 +40,7 @@ def preflight(cfg: Config, model, ctx) -> None:
                 )
 
 
-def run(cfg: Config, model, ctx):
+def run(cfg: QatStepConfig, model, ctx):
     """Wraps ``model`` for QAT, fine-tunes it and returns the QAT model (export it as int8).
 
     Returns:
@@ -92,7 +72,7 @@ def run(cfg: Config, model, ctx):
     return q
 
 
-def _sensitive_bits(cfg: Config, model, ctx) -> dict[str, int]:
+def _sensitive_bits(cfg: QatStepConfig, model, ctx) -> dict[str, int]:
     """``bits="sensitivity"``: `tfopt.quantize.choose_bits` on the val data (each layer's weights
     at int4 post-training, measured through LiteRT, lowered greedily least sensitive first while
     the accuracy stays within ``bits_max_drop`` of the float TFLite model), as exact-name regexes

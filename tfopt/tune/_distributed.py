@@ -12,6 +12,7 @@ timeout that the chief answers. `serve` is the chief's side (KerasTuner's `Oracl
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import signal
@@ -22,6 +23,8 @@ import time
 
 from tfopt._guard import watch_parent
 from tfopt.errors import TfoptError
+
+_logger = logging.getLogger(__name__)
 
 
 class ChiefUnreachable(TfoptError):
@@ -263,7 +266,6 @@ def launch(
     *,
     workers: int,
     command: str = "tune",
-    log=print,
     start_timeout: float = 300.0,
 ) -> int:
     """Runs a distributed search on this machine: a chief and ``workers`` workers over loopback.
@@ -276,7 +278,6 @@ def launch(
         args: the arguments shared by every process (config, overrides, --out, ...).
         workers: the number of worker processes (>= 1).
         command: the `tfopt` subcommand, ``"tune"`` or ``"auto"``. Defaults to "tune".
-        log: receives progress lines. Defaults to print.
         start_timeout: seconds to wait for the chief to listen. Defaults to 300.
 
     Returns:
@@ -313,7 +314,7 @@ def launch(
     try:
         chief = _spawn([*base, "--serve", f"{host}:{port}"], {"KERASTUNER_TUNER_ID": "chief"})
         procs.append(chief)
-        log(f"[{command}] chief pid {chief.pid} serving the oracle on {host}:{port}")
+        _logger.info(f"[{command}] chief pid {chief.pid} serving the oracle on {host}:{port}")
         deadline = time.monotonic() + start_timeout
         while True:
             if chief.poll() is not None:
@@ -331,7 +332,7 @@ def launch(
             env = {**join_environment(host, port, f"tuner{i}"), **thread_environment(workers)}
             w = _spawn([*base, "--chief", f"{host}:{port}"], env)
             procs.append(w)
-            log(f"[{command}] worker tuner{i} pid {w.pid}")
+            _logger.info(f"[{command}] worker tuner{i} pid {w.pid}")
         workers_ = procs[1:]
         while any(w.poll() is None for w in workers_):
             if chief.poll() is not None and chief.returncode != 0:
@@ -342,7 +343,9 @@ def launch(
         try:
             chief.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            log(f"[{command}] the chief did not stop within 60 s after the workers; stopping it")
+            _logger.info(
+                f"[{command}] the chief did not stop within 60 s after the workers; stopping it"
+            )
         return next((c for c in codes if c), 0)
     finally:
         orphaned.set()  # the watch ends with the launch

@@ -18,6 +18,7 @@ at a time works in it (`tfopt._rundir.claim_run`).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from pathlib import Path
 from tfopt import _rundir
 
 PROJECT = "search"
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -154,14 +157,14 @@ def make_tuner(cfg, hm, out_dir, *, max_trials=None, overwrite=False, on_trial_d
     )
 
 
-def progress(log):
-    """An ``on_trial_done`` callback printing one line per trial with the best so far."""
+def progress():
+    """An ``on_trial_done`` callback logging one line per trial with the best so far."""
     best = {"val": -1.0}
 
     def done(r: dict) -> None:
         best["val"] = max(best["val"], r["val_accuracy"])
         test = "-" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
-        log(
+        _logger.info(
             f"[tune] trial {r['trial_id']} ({r['tuner_id']}): val {r['val_accuracy']:.4f} "
             f"test {test}, {r['epochs_trained']} epochs, {r['seconds']:.0f} s "
             f"(best val so far here {best['val']:.4f})"
@@ -178,7 +181,6 @@ def search_training(
     max_trials: int | None = None,
     overwrite: bool = False,
     verbose: int = 0,
-    log=print,
 ) -> TuneResult:
     """Searches the training recipe of a config with KerasTuner and writes the best model, a
     `tfopt run` config that retrains it, and a report.
@@ -197,8 +199,8 @@ def search_training(
         max_trials: overrides ``tune.max_trials``. Defaults to None.
         overwrite: start afresh instead of resuming (only a directory tfopt created is
             removed). Defaults to False.
-        verbose: Keras fit verbosity of the trials. Defaults to 0.
-        log: receives progress lines. Defaults to print.
+        verbose: Keras fit verbosity of the trials. Defaults to 0. Progress lines go to the
+            ``tfopt.tune`` loggers (INFO).
 
     Returns:
         A `TuneResult`.
@@ -218,19 +220,19 @@ def search_training(
     out_dir = Path(out_dir) if out_dir else Path("runs") / f"tune_{cfg.name}"
     data, hm = prepare(cfg, max_trials=max_trials)  # every input error before the directory
     with claim(cfg, out_dir, overwrite=overwrite):
-        log(
+        _logger.info(
             f"[tune] data: {data}; searching {len(hm.names())} hyperparameters with "
             f"{cfg.tune.algorithm}"
         )
         start = record_start(hm, data, out_dir)
         if start is not None:
-            log(
+            _logger.info(
                 f"[tune] starting model: val {start['val_accuracy']:.4f} test "
                 f"{start['test_accuracy']:.4f}"
             )
-        tuner = make_tuner(cfg, hm, out_dir, max_trials=max_trials, on_trial_done=progress(log))
+        tuner = make_tuner(cfg, hm, out_dir, max_trials=max_trials, on_trial_done=progress())
         tuner.search(data, verbose=verbose)
-        return finalize(raw, out_dir, seconds=time.time() - started, log=log)
+        return finalize(raw, out_dir, seconds=time.time() - started)
 
 
 # -- what a search writes ----------------------------------------------------------------------
@@ -402,7 +404,7 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def finalize(raw: dict, out_dir, *, seconds: float = 0.0, log=print) -> TuneResult:
+def finalize(raw: dict, out_dir, *, seconds: float = 0.0) -> TuneResult:
     """Writes best.keras, best.yaml (validated), report.md/.json and importance.png from the
     trial records of ``out_dir`` (also after a distributed search, whose workers wrote them)."""
     import yaml
@@ -445,11 +447,11 @@ def finalize(raw: dict, out_dir, *, seconds: float = 0.0, log=print) -> TuneResu
     if scores:
         report["plot"] = plot_importance(out_dir / "importance.png", scores)
     if best is not None:
-        log(
+        _logger.info(
             f"[tune] best: trial {best['trial_id']} val {best['val_accuracy']:.4f} test "
             f"{_fmt(best['test_accuracy'])} -> {model_path}; retrain: tfopt run {config_path}"
         )
-    log(f"[tune] report: {report['markdown']}")
+    _logger.info(f"[tune] report: {report['markdown']}")
     return TuneResult(
         out_dir=out_dir,
         best=best,

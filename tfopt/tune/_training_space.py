@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras_tuner
-from pydantic import ValidationError
 
 from tfopt._backend import check_model
 from tfopt.errors import ConfigError
@@ -236,7 +235,7 @@ class TrainingHyperModel(keras_tuner.HyperModel):
         return out
 
     def _check_values(self) -> None:
-        from tfopt.config._schema import TrainConfig, _one_line
+        from tfopt.config import validate_train
 
         for name, spec in self.space.items():
             if name == "freeze_until":
@@ -263,10 +262,7 @@ class TrainingHyperModel(keras_tuner.HyperModel):
                     raw = {"augment": {name: value}}
                 else:
                     continue
-                try:
-                    TrainConfig.model_validate(raw)
-                except ValidationError as e:
-                    raise ConfigError(_one_line(e, TrainConfig, prefix="tune.space: ")) from None
+                validate_train(raw, prefix="tune.space: ")
 
     def names(self) -> list[str]:
         """The hyperparameter names of this space."""
@@ -280,7 +276,7 @@ class TrainingHyperModel(keras_tuner.HyperModel):
 
         ``epochs`` (a Hyperband budget) overrides the point's ``epochs``.
         """
-        from tfopt.config._schema import TrainConfig
+        from tfopt.config import validate_train
 
         values = {k: _clean(v) for k, v in hp.values.items()}
         raw = self.base.model_dump()
@@ -291,7 +287,7 @@ class TrainingHyperModel(keras_tuner.HyperModel):
         }
         if epochs is not None:
             raw["epochs"] = int(epochs)
-        return TrainConfig.model_validate(raw)
+        return validate_train(raw)
 
     def model_options(self, hp) -> dict:
         """The builder's options of a point (``base_options`` plus the searched ones)."""

@@ -177,7 +177,7 @@ def run_candidate(
         seed=0 if seed is None else seed,
         tensorboard=False,
         validate=bool(verbose),  # shown only when someone watches; the artifact is measured
-        logger=lambda msg: None,
+        quiet=True,
     )
     final = run_steps(steps, model, ctx, seed=seed)
     facts = {**ctx.records, "kernel_sparsity": _kernel_sparsity(final)}
