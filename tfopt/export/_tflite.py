@@ -208,6 +208,44 @@ def _crash_stage_and_hint(model, quantization: str, calibrating: bool) -> tuple[
     return stage, "Try fixed_batch=1, or export onnx."
 
 
+def _convert_with_fallback(
+    model, quantization, representative_data, int8_io, select_tf_ops, fixed_batch, subclassed
+) -> tuple[bytes, int | None]:
+    """The converted flatbuffer and the batch size it was converted with.
+
+    A dynamic batch that fails for want of a static shape (recurrent layers lower to TensorList
+    ops that need one) is converted again with ``fixed_batch=1``, as the error would advise: every
+    tfopt runtime feeds a fixed-batch file one batch at a time, so a GRU or LSTM model exports
+    (and `tfopt auto` searches it) without the user knowing the converter's rule.
+    """
+
+    def convert(batch):
+        with quiet():
+            return convert_isolated(
+                model,
+                quantization,
+                representative_data,
+                int8_io,
+                select_tf_ops,
+                fixed_batch=batch,
+                subclassed=subclassed,
+            )
+
+    try:
+        return convert(fixed_batch), fixed_batch
+    except RuntimeError as e:
+        if fixed_batch is not None or select_tf_ops or "TensorList" not in str(e):
+            raise
+    import logging
+
+    logging.getLogger(__name__).info(
+        "TFLite conversion (%s): a dynamic batch needs TensorFlow ops (TensorList); converting "
+        "with fixed_batch=1",
+        quantization,
+    )
+    return convert(1), 1
+
+
 def _convert_payload(payload: bytes, *args, **kwargs) -> bytes:
     """`_convert` of a pickled model (runs in tfopt's worker process)."""
     import pickle
@@ -373,7 +411,9 @@ def tflite(
             output (floored at 1). Defaults to 1e-3 for float32, 2e-2 for float16 and None (not
             checked) for the integer quantizations.
         fixed_batch: convert with this fixed batch size instead of a dynamic one (lets recurrent
-            layers convert with builtin ops only). Defaults to None (dynamic batch).
+            layers convert with builtin ops only). Defaults to None: a dynamic batch, or 1 when
+            the dynamic one needs TensorFlow ops (recurrent layers); the artifact's
+            ``info["fixed_batch"]`` says which.
 
     Returns:
         An `Artifact` with the path, size and the check's measurements.
@@ -415,16 +455,9 @@ def tflite(
         )
     from tfopt.bench._runners import TFLiteRunner
 
-    with quiet():
-        content = convert_isolated(
-            model,
-            quantization,
-            representative_data,
-            int8_io,
-            select_tf_ops,
-            fixed_batch=fixed_batch,
-            subclassed=subclassed,
-        )
+    content, fixed_batch = _convert_with_fallback(
+        model, quantization, representative_data, int8_io, select_tf_ops, fixed_batch, subclassed
+    )
     fmt = "tflite" if quantization == "float32" else f"tflite-{quantization}"
     x = check_inputs(model, check_data, representative_data)
     # checked before the file is written: a file is never labelled with a type it lacks
