@@ -339,20 +339,51 @@ def test_yaml_reads_numbers_as_written_and_finds_installed_tflm(tmp_path):
     assert cfg.export.formats == ["tflm"]  # tflite-micro is a distribution, tflite_micro a module
 
 
-def test_transfer_that_freezes_every_layer_is_refused(tmp_path, monkeypatch, capsys):
+FREEZE_ALL = {
+    "run": "tfopt: config error: transfer: freezes every layer with weights ('flatten'..'dense') "
+    "and never unfreezes them: the 2 training epochs would change nothing; freeze an earlier "
+    "layer (freeze_until), use head: new, or set unfreeze_at_epoch",
+    "tune": "tfopt: config error: transfer: freeze_until='dense' with head: keep freezes every "
+    "layer with weights ('flatten'..'dense'), and unfreeze_at_epoch=-1 never unfreezes them "
+    "within tune.max_epochs=2: those trials would change nothing; freeze an earlier layer "
+    "(freeze_until), use head: new, or set unfreeze_at_epoch (and "
+    "tune.space.unfreeze_at_epoch) to an earlier epoch",
+}
+
+
+@pytest.mark.parametrize("command", sorted(FREEZE_ALL))
+def test_transfer_that_freezes_every_layer_is_refused(tmp_path, monkeypatch, capsys, command):
     from tfopt.cli import main
 
     monkeypatch.chdir(tmp_path)
     _model(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", **_good())
-    argv = ["run", "--model", "m.keras", "--data", "d.npz", "train.epochs=2"]
+    argv = [command, "--model", "m.keras", "--data", "d.npz", "train.epochs=2"]
+    argv += ["tune.max_epochs=2"] if command == "tune" else []
     argv += ["transfer.freeze_until=dense", "transfer.head=keep"]
     assert main(argv) == 2
-    assert capsys.readouterr().err.strip() == (
-        "tfopt: config error: transfer: freezes every layer with weights ('flatten'..'dense') "
-        "and never unfreezes them: the 2 training epochs would change nothing; freeze an earlier "
-        "layer (freeze_until), use head: new, or set unfreeze_at_epoch"
-    )
+    assert capsys.readouterr().err.strip() == FREEZE_ALL[command]
+
+
+def test_tune_space_without_never_may_freeze_every_layer_until_an_epoch(tmp_path):
+    """The config's freeze_until freezes everything, unfrozen at epoch 1: its space offers no
+    'never'; a space that adds it back is refused, naming tune.space."""
+    import keras
+
+    from tfopt.config._schema import TransferConfig
+    from tfopt.errors import ConfigError
+    from tfopt.tune import TrainingHyperModel
+
+    source = keras.models.load_model(_model(tmp_path / "m.keras"))
+    keep = TransferConfig(freeze_until="dense", head="keep", unfreeze_at_epoch=1)
+    kw = dict(input_shape=(6, 6, 1), num_classes=3, max_epochs=3, transfer=keep, source=source)
+    hm = TrainingHyperModel(None, **kw)
+    assert hm.space["unfreeze_at_epoch"] == [1, 2]  # never (-1) and 5 >= max_epochs: dropped
+    with pytest.raises(ConfigError, match=r"^tune.space: freeze_until='dense' with head: keep"):
+        TrainingHyperModel(
+            None, **{**kw, "transfer": TransferConfig(freeze_until="flatten", head="keep")},
+            space={"freeze_until": ["flatten", "dense"], "unfreeze_at_epoch": [1, -1]},
+        )  # fmt: skip
 
 
 # -- exports never replace a file without --overwrite (issue 25 item 7, issue 24 item 5) ---------
