@@ -449,6 +449,47 @@ def test_export_overwrite_and_suffix(tmp_path, monkeypatch, capsys):
     assert "tflite: out/flat.tflite" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        (
+            "notes.md",
+            "path: notes.md already exists; pass overwrite=True to replace, or choose another path",
+        ),
+        (
+            "link.tflite",
+            "path: link.tflite already exists; pass overwrite=True to replace, or choose another "
+            "path",
+        ),
+        (
+            "dangling",
+            "path 'dangling' is a dangling symbolic link (to '{tmp}/nowhere/x.tflite'); remove it "
+            "or choose another path",
+        ),
+        (
+            "folder",
+            "path 'folder' is a directory; format tflite writes a file: give a file name, e.g. "
+            "path 'folder/model.tflite'",
+        ),
+    ],
+    ids=["existing_file", "symlink_to_file", "dangling_symlink", "directory"],
+)
+def test_export_api_never_replaces_a_file_unless_asked(tmp_path, monkeypatch, out, message):
+    import keras
+
+    from tfopt.errors import OutputDirError
+
+    _setup_export(tmp_path, monkeypatch)
+    model = keras.models.load_model("m.keras")
+    with pytest.raises(OutputDirError) as info:
+        tfopt.export.export(model, out)
+    assert str(info.value) == message.format(tmp=tmp_path)
+    assert (tmp_path / "notes.md").read_text() == "my notes\n"
+    if out == "notes.md":  # asked for: replaced
+        tfopt.export.export(model, out, overwrite=True)
+        assert (tmp_path / "notes.md").read_bytes()[4:8] == b"TFL3"
+
+
 def test_tflm_exports_into_one_folder_keep_their_own_c_sources(tmp_path, monkeypatch):
     from tfopt.cli import main
     from tfopt.export import parse_c_array

@@ -326,6 +326,55 @@ def test_a_multi_worker_peer_that_never_comes_is_one_line(tmp_path, capsys, monk
         assert rc == 2 and "train.peer_timeout" in _one_line(err)
 
 
+def test_a_multi_worker_peer_that_listens_but_never_joins_ends_the_command_in_one_line(tmp_path):
+    """The peer's port accepts connections (a task that died after the others saw it listen, or
+    no TensorFlow at all): TensorFlow waited for it to join forever, holding the GIL, and even
+    `timeout`'s SIGTERM did not end the command. Now it ends after train.peer_timeout."""
+    import socket
+
+    from tfopt.tune._distributed import free_port
+
+    with socket.socket() as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.listen(16)
+        workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{peer.getsockname()[1]}"]
+        conf = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": json.dumps(conf)}
+        argv = ["run", "train.strategy=multi_worker", "train.peer_timeout=3"]
+        done = subprocess.run(
+            [sys.executable, "-m", "tfopt", *argv, "--out", str(tmp_path / "r")],
+            capture_output=True, text=True, env=env, timeout=900,
+        )  # fmt: skip
+    assert done.returncode == 128 + signal.SIGALRM, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "tfopt run: error: timed out during the multi_worker strategy joining TF_CONFIG's "
+        "cluster: a task of TF_CONFIG's cluster listens but did not join within 3 s "
+        "(train.peer_timeout); start every task of the cluster with the same program, or check "
+        "its addresses"
+    )
+
+
+def test_the_guard_kills_a_command_deaf_to_sigterm(monkeypatch):
+    """A command stuck in native code cannot run its SIGTERM handler: the guard's SIGTERM is
+    followed by SIGKILL, so that `timeout N tfopt ...` ends."""
+    import threading
+
+    from tfopt import _guard
+
+    monkeypatch.setattr(_guard, "KILL_AFTER_S", 0.5)
+    deaf = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    deaf += "print(1, flush=True); time.sleep(600)"
+    child = subprocess.Popen([sys.executable, "-c", deaf], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "1\n"  # its SIGTERM is ignored from here on
+        stopped = threading.Event()
+        _guard._stop(child, stopped)
+        assert child.wait(timeout=300) == -signal.SIGKILL and stopped.is_set()
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
 def test_a_replica_that_stalls_while_starting_is_one_error_within_its_timeout(tmp_path):
     """The parent used to hand each replica its share through the start pipe: a replica that
     stalled before reading it left the parent in a pipe write, where no timeout fired."""
