@@ -187,17 +187,27 @@ def test_from_tf_dataset_checks_the_same_way():
         tfopt.data.from_tf_dataset(ds)
 
 
+COMMANDS = {  # each command's argv after the data (tune used to train on NaN and exit 0)
+    "run": ["run", "train.epochs=1"],
+    "tune": ["tune", "--max-trials", "1", "tune.max_epochs=1"],
+    "auto": ["auto", "--epochs", "0", "--max-accuracy-drop", "0.1"],
+}
+
+
 @pytest.mark.parametrize(
-    "case", ["nan_in_x_train", "one_hot_labels", "x_y_length_mismatch", "negative_label"]
+    "case, command",
+    [(case, "run") for case in ("one_hot_labels", "x_y_length_mismatch", "negative_label")]
+    + [("nan_in_x_train", command) for command in COMMANDS],
 )
-def test_cli_refuses_bad_npz_before_training(tmp_path, capsys, case):
+def test_cli_refuses_bad_npz_before_training(tmp_path, capsys, case, command):
     from tfopt.cli import main
 
     change, message = next((c[1], c[2]) for c in BAD_NPZ if c[0] == case)
     path = _write(tmp_path, change)
     out = tmp_path / "run"
-    assert main(["run", f"data.name={path}", "train.epochs=1", "--out", str(out)]) == 1
+    assert main([*COMMANDS[command], "--data", str(path), "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip() == f"tfopt: error: {message}"
+    assert not out.exists()
     assert not (out / "baseline.keras").exists()
 
 

@@ -158,8 +158,8 @@ def frozen_span(model, freeze_until: str | None, head: str) -> str | None:
     end = names.index(freeze_until)
     if any(layer.weights for layer in model.layers[end + 1 :]):
         return None
-    frozen = [n for n, layer in zip(names, model.layers, strict=True)
-              if not isinstance(layer, keras.layers.InputLayer)][: end + 1]  # fmt: skip
+    layers = model.layers[: end + 1]
+    frozen = [layer.name for layer in layers if not isinstance(layer, keras.layers.InputLayer)]
     return f"{frozen[0]!r}..{frozen[-1]!r}" if frozen else "every layer"
 
 
