@@ -232,6 +232,25 @@ def test_tune_best_yaml_names_its_files_absolutely_with_the_model_sha256(tmp_pat
 
 
 # -- 3. bounded resources, bounded waits -------------------------------------------------------
+@pytest.mark.parametrize("command", ["run", "tune", "auto"])
+def test_a_dangling_out_is_one_line_for_every_command(tmp_path, capsys, command):
+    """A raw OSError / FileExistsError before; writing through it would create the target."""
+    link, target = tmp_path / "out", tmp_path / "nowhere" / "dir"
+    link.symlink_to(target)
+    data = _npz(tmp_path / "d.npz")
+    argv = {
+        "run": ["run", f"data.name={data}", "train.epochs=1"],
+        "tune": ["tune", _tune_config(tmp_path)],
+        "auto": ["auto", "--data", data, "--epochs", "0", "--max-accuracy-drop", "0.1"],
+    }[command]
+    rc, _, err = _cli(capsys, *argv, "--out", link)
+    assert rc == 1 and _one_line(err) == (
+        f"tfopt: error: --out {str(link)!r} is a dangling symbolic link (to {str(target)!r}); "
+        "remove it or choose another --out"
+    )
+    assert not target.parent.exists()
+
+
 @pytest.mark.parametrize("command", ["tune", "auto"])
 def test_workers_above_what_the_machine_can_run_are_refused(tmp_path, capsys, monkeypatch, command):
     from tfopt.tune import _distributed as dist
