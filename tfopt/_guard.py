@@ -73,7 +73,8 @@ def deadline(seconds: float, name: str, reason: str):
             yield
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+            if previous is not None:  # None: a handler set outside Python, left as it is
+                signal.signal(signal.SIGALRM, previous)
 
 
 def crash_line(command: str, returncode: int, stage_text: str) -> str:
