@@ -187,17 +187,28 @@ def test_from_tf_dataset_checks_the_same_way():
         tfopt.data.from_tf_dataset(ds)
 
 
+COMMANDS = {  # each command's argv after the data (tune used to train on NaN and exit 0)
+    "run": ["run", "train.epochs=1"],
+    "tune": ["tune", "--max-trials", "1", "tune.max_epochs=1"],
+    "auto": ["auto", "--epochs", "0", "--max-accuracy-drop", "0.1"],
+}
+
+
 @pytest.mark.parametrize(
-    "case", ["nan_in_x_train", "one_hot_labels", "x_y_length_mismatch", "negative_label"]
+    "case, command",
+    [(case, "run") for case in ("one_hot_labels", "x_y_length_mismatch", "negative_label")]
+    + [("nan_in_x_train", command) for command in COMMANDS],
 )
-def test_cli_refuses_bad_npz_before_training(tmp_path, capsys, case):
+def test_cli_refuses_bad_npz_before_training(tmp_path, capsys, case, command):
     from tfopt.cli import main
 
     change, message = next((c[1], c[2]) for c in BAD_NPZ if c[0] == case)
     path = _write(tmp_path, change)
     out = tmp_path / "run"
-    assert main(["run", f"data.name={path}", "train.epochs=1", "--out", str(out)]) == 1
+    assert main([*COMMANDS[command], "--data", str(path), "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip() == f"tfopt: error: {message}"
+    if command == "tune":  # run and auto make --out (empty, marked) before they load the data
+        assert not out.exists()
     assert not (out / "baseline.keras").exists()
 
 
@@ -339,20 +350,51 @@ def test_yaml_reads_numbers_as_written_and_finds_installed_tflm(tmp_path):
     assert cfg.export.formats == ["tflm"]  # tflite-micro is a distribution, tflite_micro a module
 
 
-def test_transfer_that_freezes_every_layer_is_refused(tmp_path, monkeypatch, capsys):
+FREEZE_ALL = {
+    "run": "tfopt: config error: transfer: freezes every layer with weights ('flatten'..'dense') "
+    "and never unfreezes them: the 2 training epochs would change nothing; freeze an earlier "
+    "layer (freeze_until), use head: new, or set unfreeze_at_epoch",
+    "tune": "tfopt: config error: transfer: freeze_until='dense' with head: keep freezes every "
+    "layer with weights ('flatten'..'dense'), and unfreeze_at_epoch=-1 never unfreezes them "
+    "within tune.max_epochs=2: those trials would change nothing; freeze an earlier layer "
+    "(freeze_until), use head: new, or set unfreeze_at_epoch (and "
+    "tune.space.unfreeze_at_epoch) to an earlier epoch",
+}
+
+
+@pytest.mark.parametrize("command", sorted(FREEZE_ALL))
+def test_transfer_that_freezes_every_layer_is_refused(tmp_path, monkeypatch, capsys, command):
     from tfopt.cli import main
 
     monkeypatch.chdir(tmp_path)
     _model(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", **_good())
-    argv = ["run", "--model", "m.keras", "--data", "d.npz", "train.epochs=2"]
+    argv = [command, "--model", "m.keras", "--data", "d.npz", "train.epochs=2"]
+    argv += ["tune.max_epochs=2"] if command == "tune" else []
     argv += ["transfer.freeze_until=dense", "transfer.head=keep"]
     assert main(argv) == 2
-    assert capsys.readouterr().err.strip() == (
-        "tfopt: config error: transfer: freezes every layer with weights ('flatten'..'dense') "
-        "and never unfreezes them: the 2 training epochs would change nothing; freeze an earlier "
-        "layer (freeze_until), use head: new, or set unfreeze_at_epoch"
-    )
+    assert capsys.readouterr().err.strip() == FREEZE_ALL[command]
+
+
+def test_tune_space_without_never_may_freeze_every_layer_until_an_epoch(tmp_path):
+    """The config's freeze_until freezes everything, unfrozen at epoch 1: its space offers no
+    'never'; a space that adds it back is refused, naming tune.space."""
+    import keras
+
+    from tfopt.config._schema import TransferConfig
+    from tfopt.errors import ConfigError
+    from tfopt.tune import TrainingHyperModel
+
+    source = keras.models.load_model(_model(tmp_path / "m.keras"))
+    keep = TransferConfig(freeze_until="dense", head="keep", unfreeze_at_epoch=1)
+    kw = dict(input_shape=(6, 6, 1), num_classes=3, max_epochs=3, transfer=keep, source=source)
+    hm = TrainingHyperModel(None, **kw)
+    assert hm.space["unfreeze_at_epoch"] == [1, 2]  # never (-1) and 5 >= max_epochs: dropped
+    with pytest.raises(ConfigError, match=r"^tune.space: freeze_until='dense' with head: keep"):
+        TrainingHyperModel(
+            None, **{**kw, "transfer": TransferConfig(freeze_until="flatten", head="keep")},
+            space={"freeze_until": ["flatten", "dense"], "unfreeze_at_epoch": [1, -1]},
+        )  # fmt: skip
 
 
 # -- exports never replace a file without --overwrite (issue 25 item 7, issue 24 item 5) ---------
@@ -416,6 +458,47 @@ def test_export_overwrite_and_suffix(tmp_path, monkeypatch, capsys):
     assert main(["export", "m.keras", "--out", "out/flat"]) == 0  # no suffix: the format's
     assert (tmp_path / "out" / "flat.tflite").read_bytes()[4:8] == b"TFL3"
     assert "tflite: out/flat.tflite" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        (
+            "notes.md",
+            "path: notes.md already exists; pass overwrite=True to replace, or choose another path",
+        ),
+        (
+            "link.tflite",
+            "path: link.tflite already exists; pass overwrite=True to replace, or choose another "
+            "path",
+        ),
+        (
+            "dangling",
+            "path 'dangling' is a dangling symbolic link (to '{tmp}/nowhere/x.tflite'); remove it "
+            "or choose another path",
+        ),
+        (
+            "folder",
+            "path 'folder' is a directory; format tflite writes a file: give a file name, e.g. "
+            "path 'folder/model.tflite'",
+        ),
+    ],
+    ids=["existing_file", "symlink_to_file", "dangling_symlink", "directory"],
+)
+def test_export_api_never_replaces_a_file_unless_asked(tmp_path, monkeypatch, out, message):
+    import keras
+
+    from tfopt.errors import OutputDirError
+
+    _setup_export(tmp_path, monkeypatch)
+    model = keras.models.load_model("m.keras")
+    with pytest.raises(OutputDirError) as info:
+        tfopt.export.export(model, out)
+    assert str(info.value) == message.format(tmp=tmp_path)
+    assert (tmp_path / "notes.md").read_text() == "my notes\n"
+    if out == "notes.md":  # asked for: replaced
+        tfopt.export.export(model, out, overwrite=True)
+        assert (tmp_path / "notes.md").read_bytes()[4:8] == b"TFL3"
 
 
 def test_tflm_exports_into_one_folder_keep_their_own_c_sources(tmp_path, monkeypatch):

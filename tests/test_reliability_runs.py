@@ -232,6 +232,25 @@ def test_tune_best_yaml_names_its_files_absolutely_with_the_model_sha256(tmp_pat
 
 
 # -- 3. bounded resources, bounded waits -------------------------------------------------------
+@pytest.mark.parametrize("command", ["run", "tune", "auto"])
+def test_a_dangling_out_is_one_line_for_every_command(tmp_path, capsys, command):
+    """A raw OSError / FileExistsError before; writing through it would create the target."""
+    link, target = tmp_path / "out", tmp_path / "nowhere" / "dir"
+    link.symlink_to(target)
+    data = _npz(tmp_path / "d.npz")
+    argv = {
+        "run": ["run", f"data.name={data}", "train.epochs=1"],
+        "tune": ["tune", _tune_config(tmp_path)],
+        "auto": ["auto", "--data", data, "--epochs", "0", "--max-accuracy-drop", "0.1"],
+    }[command]
+    rc, _, err = _cli(capsys, *argv, "--out", link)
+    assert rc == 1 and _one_line(err) == (
+        f"tfopt: error: --out {str(link)!r} is a dangling symbolic link (to {str(target)!r}); "
+        "remove it or choose another --out"
+    )
+    assert not target.parent.exists()
+
+
 @pytest.mark.parametrize("command", ["tune", "auto"])
 def test_workers_above_what_the_machine_can_run_are_refused(tmp_path, capsys, monkeypatch, command):
     from tfopt.tune import _distributed as dist
@@ -324,6 +343,55 @@ def test_a_multi_worker_peer_that_never_comes_is_one_line(tmp_path, capsys, monk
     for bad in ("nan", "inf", "0"):
         rc, _, err = _cli(capsys, "run", f"train.peer_timeout={bad}", "--check")
         assert rc == 2 and "train.peer_timeout" in _one_line(err)
+
+
+def test_a_multi_worker_peer_that_listens_but_never_joins_ends_the_command_in_one_line(tmp_path):
+    """The peer's port accepts connections (a task that died after the others saw it listen, or
+    no TensorFlow at all): TensorFlow waited for it to join forever, holding the GIL, and even
+    `timeout`'s SIGTERM did not end the command. Now it ends after train.peer_timeout."""
+    import socket
+
+    from tfopt.tune._distributed import free_port
+
+    with socket.socket() as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.listen(16)
+        workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{peer.getsockname()[1]}"]
+        conf = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": json.dumps(conf)}
+        argv = ["run", "train.strategy=multi_worker", "train.peer_timeout=3"]
+        done = subprocess.run(
+            [sys.executable, "-m", "tfopt", *argv, "--out", str(tmp_path / "r")],
+            capture_output=True, text=True, env=env, timeout=900,
+        )  # fmt: skip
+    assert done.returncode == 128 + signal.SIGALRM, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "tfopt run: error: timed out during the multi_worker strategy joining TF_CONFIG's "
+        "cluster: a task of TF_CONFIG's cluster listens but did not join within 3 s "
+        "(train.peer_timeout); start every task of the cluster with the same program, or check "
+        "its addresses"
+    )
+
+
+def test_the_guard_kills_a_command_deaf_to_sigterm(monkeypatch):
+    """A command stuck in native code cannot run its SIGTERM handler: the guard's SIGTERM is
+    followed by SIGKILL, so that `timeout N tfopt ...` ends."""
+    import threading
+
+    from tfopt import _guard
+
+    monkeypatch.setattr(_guard, "KILL_AFTER_S", 0.5)
+    deaf = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    deaf += "print(1, flush=True); time.sleep(600)"
+    child = subprocess.Popen([sys.executable, "-c", deaf], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "1\n"  # its SIGTERM is ignored from here on
+        stopped = threading.Event()
+        _guard._stop(child, stopped)
+        assert child.wait(timeout=300) == -signal.SIGKILL and stopped.is_set()
+    finally:
+        if child.poll() is None:
+            child.kill()
 
 
 def test_a_replica_that_stalls_while_starting_is_one_error_within_its_timeout(tmp_path):

@@ -67,13 +67,13 @@ def remove(path, *, what: str = "directory") -> None:
     shutil.rmtree(path)
 
 
-def refuse_dangling(path: Path) -> None:
+def refuse_dangling(path: Path, *, arg: str = "--out") -> None:
     """Raises `OutputDirError` when ``path`` is a symbolic link to nothing (writing through it
-    would create a file wherever the link points)."""
+    would create a file wherever the link points); ``arg`` names the argument in the message."""
     if path.is_symlink() and not path.exists():
         raise OutputDirError(
-            f"--out {str(path)!r} is a dangling symbolic link (to {str(path.readlink())!r}); "
-            "remove it or choose another --out"
+            f"{arg} {str(path)!r} is a dangling symbolic link (to {str(path.readlink())!r}); "
+            f"remove it or choose another {arg}"
         )
 
 

@@ -16,6 +16,8 @@ import traceback
 
 import numpy as np
 
+from tfopt._guard import watch_parent
+
 
 def _percentiles(ms) -> dict[str, float]:
     if not len(ms):
@@ -263,27 +265,13 @@ def _closed_loop(
     }
 
 
-def _watch_parent(parent_pid: int, interval_s: float = 0.25) -> None:
-    """Exits this process as soon as its parent is gone (killed, crashed): no orphans.
-
-    A load-test process is a daemon of its parent, which ends it on a normal exit; after a
-    SIGKILL of the parent nothing would, so this thread watches the parent's pid.
-    """
-
-    def watch():
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(3)
-            time.sleep(interval_s)
-
-    threading.Thread(target=watch, daemon=True, name="tfopt-parent-watch").start()
-
-
 def _child(conn, payload_path: str, parent_pid: int) -> None:
     """A load-test process: reads its share (runner, inputs) from ``payload_path``, rebuilds the
     runner, warms up, says "ready", waits for "go" on the pipe (EOF: the parent is gone, so it
     exits), runs and reports."""
-    _watch_parent(parent_pid)
+    # a daemon of its parent, which ends it on a normal exit; after a SIGKILL of the parent
+    # nothing would: exit as soon as the parent (by its pid before the spawn) is gone
+    watch_parent(lambda: os._exit(3), interval=0.25, parent=parent_pid)
     try:
         from tfopt._litert_log import silence_xnnpack_banner
 

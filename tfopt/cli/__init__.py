@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if from_command_line and not os.environ.get(_guard.GUARDED):
         # the command runs in a child: a native crash there becomes one line here
-        return _guard.run_guarded(sys.argv[1:], args.command)
+        code, line = _guard.run_guarded(sys.argv[1:], args.command)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        return code
     from tfopt._litert_log import silence_xnnpack_banner
 
     silence_xnnpack_banner()  # LiteRT's "INFO: Created ... XNNPACK delegate" line

@@ -92,32 +92,16 @@ def _load_data(name: str):
 
 
 def _output_path(out, fmt, *, overwrite: bool):
-    """``out`` with the format's suffix when it has none, checked: a dangling link, a directory
-    where a file goes, or an existing file (or C source, or report) without ``--overwrite`` is
-    one line, and nothing is written."""
-    from tfopt._rundir import refuse_dangling
-    from tfopt.errors import OutputDirError
+    """``out`` with the format's suffix when it has none, checked as `export` checks it (its
+    report ``<out>.export.json`` too): one line, before anything loads or is written."""
+    from tfopt.export._export import check_output
 
-    refuse_dangling(out)
-    if not fmt.suffix:  # a directory format: its exporter refuses what it may not replace
-        return out
-    if out.suffix == "" and not out.is_dir():
+    if fmt.suffix and out.suffix == "" and not out.is_dir() and not out.is_symlink():
         out = out.with_name(out.name + fmt.suffix)
-    if out.is_dir():
-        raise OutputDirError(
-            f"--out {str(out)!r} is a directory; format {fmt.name} writes a file: give a file "
-            f"name, e.g. --out {str(out / ('model' + fmt.suffix))!r}"
-        )
-    written = [out, Path(f"{out}.export.json")]
-    if fmt.exporter == "tflm":
-        written += [out.with_name(f"{out.stem}_model_data{ext}") for ext in (".cc", ".h")]
-    existing = [str(p) for p in written if p.exists() or p.is_symlink()]
-    if existing and not overwrite:
-        raise OutputDirError(
-            f"--out: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
-            "pass --overwrite to replace, or choose another --out"
-        )
-    return out
+    report = Path(f"{out}.export.json")
+    return check_output(
+        out, fmt.name, overwrite=overwrite, extra=[report], arg="--out", flag="--overwrite"
+    )
 
 
 def _needs_calibration(fmt, precision, model) -> bool:
@@ -172,9 +156,7 @@ def main(args) -> int:
     options.update({k: v for k, v in named.items() if v is not None})
     if args.select_tf_ops:
         options["select_tf_ops"] = True
-    if args.overwrite and not fmt.suffix:  # the directory formats replace only on request
-        options["overwrite"] = True
-    art = export.export(model, out, format=args.format, **options)
+    art = export.export(model, out, format=args.format, overwrite=args.overwrite, **options)
     report = art.write_json(Path(f"{art.path}.export.json"))
     check = art.check
     if check.get("passed") is None:

@@ -22,7 +22,45 @@ def default_path(model_path, format: str) -> Path:
     return stem.parent / f"{stem.name}{fmt.tag}{fmt.suffix}"
 
 
-def export(model, path, *, format: str = "tflite", **options) -> Artifact:
+def check_output(
+    path,
+    format: str,
+    *,
+    overwrite: bool = False,
+    extra=(),
+    arg: str = "path",
+    flag: str = "overwrite=True",
+) -> Path:
+    """Refuses an output ``path`` that `export` may not write, in one line that names ``arg``
+    (and ``flag``, the way to replace): a dangling symbolic link; for a file format, a directory,
+    or an existing file (through a link too; its TFLite Micro C sources and ``extra`` files
+    count) unless ``overwrite``. The directory formats' exporters refuse what they may not
+    replace themselves. Returns ``path`` as a `Path`."""
+    from tfopt._rundir import refuse_dangling
+    from tfopt.errors import OutputDirError
+
+    fmt, path = formats.get(format), Path(path)
+    refuse_dangling(path, arg=arg)
+    if not fmt.suffix:
+        return path
+    if path.is_dir():
+        raise OutputDirError(
+            f"{arg} {str(path)!r} is a directory; format {fmt.name} writes a file: give a file "
+            f"name, e.g. {arg} {str(path / ('model' + fmt.suffix))!r}"
+        )
+    written = [path, *map(Path, extra)]
+    if fmt.exporter == "tflm":
+        written += [path.with_name(f"{path.stem}_model_data{ext}") for ext in (".cc", ".h")]
+    existing = [str(p) for p in written if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        raise OutputDirError(
+            f"{arg}: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            f"pass {flag} to replace, or choose another {arg}"
+        )
+    return path
+
+
+def export(model, path, *, format: str = "tflite", overwrite: bool = False, **options) -> Artifact:
     """Exports a Keras model in ``format`` and checks the artifact against the Keras model.
 
     Every format's artifact is run on sample inputs (``check_data``, else the representative data,
@@ -39,6 +77,8 @@ def export(model, path, *, format: str = "tflite", **options) -> Artifact:
             ``"tflite-dynamic"``, ``"tflite-int8"``, ``"tflite-int16x8"``, ``"onnx"``,
             ``"savedmodel"``, ``"triton"``, ``"tensorrt"`` (fp16 unless ``precision=``),
             ``"tensorrt-fp16"``, ``"tensorrt-int8"``. Defaults to "tflite".
+        overwrite: replace an existing file (or a directory an earlier tfopt export wrote).
+            Defaults to False: an existing ``path`` is refused and nothing is written.
         **options: the format function's options (see `tflite`, `onnx`, `savedmodel`, `triton`,
             `tensorrt`), e.g. ``representative_data=``, ``opset=``, ``check_data=``,
             ``min_agreement=``, ``atol=``.
@@ -49,6 +89,8 @@ def export(model, path, *, format: str = "tflite", **options) -> Artifact:
     Raises:
         ValueError: an unknown format (listing the supported ones), or an option the format
             does not take.
+        OutputDirError: ``path`` exists and ``overwrite`` is False, is a directory where a file
+            goes, or is a dangling symbolic link (`check_output`).
         ExportCheckError: the artifact disagrees with the Keras model beyond the tolerance.
         MissingDependencyError: the format needs a package that is not installed (``tensorrt``).
 
@@ -67,6 +109,9 @@ def export(model, path, *, format: str = "tflite", **options) -> Artifact:
         raise ValueError(
             f"format={format!r} does not take option(s) {unknown}. Its options: {allowed}"
         )
+    check_output(path, format, overwrite=overwrite)
+    if not fmt.suffix:  # a directory format replaces only an earlier export, and only if asked
+        options["overwrite"] = overwrite
     from tfopt._guard import stage
 
     hint = "Try another format (e.g. onnx or tflite-float16)."

@@ -148,7 +148,9 @@ def make_strategy(name: str = "none", *, peer_timeout: float = 300.0):
     Args:
         name: ``"none"``, ``"mirrored"`` or ``"multi_worker"``. Defaults to "none".
         peer_timeout: seconds a multi-worker task waits for the other tasks of ``TF_CONFIG``
-            (`wait_for_peers`). Defaults to 300.0.
+            to listen (`wait_for_peers`), and then again for them to join TensorFlow's cluster;
+            past the second wait the process ends with SIGALRM (TensorFlow's wait cannot be
+            interrupted; the `tfopt` command prints one line). Defaults to 300.0.
 
     Returns:
         A `tf.distribute.Strategy`, or None for ``"none"``.
@@ -179,7 +181,22 @@ def make_strategy(name: str = "none", *, peer_timeout: float = 300.0):
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return _join_cluster(tf, peer_timeout)
+
+
+def _join_cluster(tf, timeout: float):
+    """The multi-worker strategy, or the end of this process after ``timeout`` seconds: a peer
+    that listens but never joins (it died after `wait_for_peers` saw it, or is not TensorFlow)
+    leaves TensorFlow waiting for it forever, holding the GIL and deaf to SIGTERM."""
+    from tfopt._guard import deadline
+
+    reason = (
+        f"a task of TF_CONFIG's cluster listens but did not join within {timeout:g} s "
+        "(train.peer_timeout); start every task of the cluster with the same program, or check "
+        "its addresses"
+    )
+    with deadline(timeout, "the multi_worker strategy joining TF_CONFIG's cluster", reason):
+        return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def is_chief(strategy) -> bool:

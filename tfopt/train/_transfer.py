@@ -146,6 +146,23 @@ def transfer(
     return copy
 
 
+def frozen_span(model, freeze_until: str | None, head: str) -> str | None:
+    """The span of frozen layers (``"'a'..'z'"``) when `transfer` of ``model`` with these
+    settings would freeze every layer with weights, else None: ``head="keep"`` and no layer
+    after ``freeze_until`` has weights (a new head always trains)."""
+    if head != "keep" or freeze_until is None:
+        return None
+    names = _layer_names(model)
+    if freeze_until not in names:
+        return None
+    end = names.index(freeze_until)
+    if any(layer.weights for layer in model.layers[end + 1 :]):
+        return None
+    layers = model.layers[: end + 1]
+    frozen = [layer.name for layer in layers if not isinstance(layer, keras.layers.InputLayer)]
+    return f"{frozen[0]!r}..{frozen[-1]!r}" if frozen else "every layer"
+
+
 def check_trains(model, *, epochs: int, unfreeze_at_epoch: int | None) -> None:
     """Refuses a `transfer` model whose fit of ``epochs`` would change no weight: every layer
     with weights frozen (``head="keep"`` and ``freeze_until`` its last layer), never unfrozen.

@@ -210,18 +210,48 @@ class TrainingHyperModel(keras_tuner.HyperModel):
         if "epochs" not in self.space:
             self.space["epochs"] = self.max_epochs
         self._check_values()
+        if transfer is not None:
+            self._check_trains()
 
     def _transfer_space(self) -> dict:
         """freeze_until: the config's choice first, then none and each layer with weights before
         the head; unfreeze_at_epoch: the config's, then never and two early epochs."""
+        from tfopt.train._transfer import frozen_span
+
         layers = [layer.name for layer in self.source.layers if layer.weights][:-1]
         freeze = self.transfer.freeze_until or NO_FREEZE
         unfreeze = self.transfer.unfreeze_at_epoch
         unfreeze = NEVER if unfreeze is None else unfreeze
+        # the config's own freeze_until trains something only once unfrozen: never is no choice
+        nothing = frozen_span(self.source, self.transfer.freeze_until, self.transfer.head)
+        later = [e for e in (2, 5) if e < self.max_epochs] if nothing else [NEVER, 2, 5]
         return {
             "freeze_until": list(dict.fromkeys([freeze, NO_FREEZE, *layers])),
-            "unfreeze_at_epoch": list(dict.fromkeys([unfreeze, NEVER, 2, 5])),
+            "unfreeze_at_epoch": list(dict.fromkeys([unfreeze, *later])),
         }
+
+    def _check_trains(self) -> None:
+        """Refuses a space with a point that would train nothing, as `tfopt run` refuses such a
+        ``transfer:`` section: a freeze_until that freezes every layer with weights (head: keep)
+        together with an unfreeze_at_epoch that can be never (-1, or >= tune.max_epochs)."""
+        from tfopt.train._transfer import frozen_span
+
+        space = self.space
+        never = [
+            v for v in _examples(space.get("unfreeze_at_epoch", NEVER))
+            if v == NEVER or v >= self.max_epochs
+        ]  # fmt: skip
+        for freeze in _examples(space.get("freeze_until", NO_FREEZE)):
+            span = frozen_span(self.source, freeze, self.transfer.head)
+            if span and never:
+                where = "transfer: " if freeze == self.transfer.freeze_until else "tune.space: "
+                raise ConfigError(
+                    f"{where}freeze_until={freeze!r} with head: keep freezes every layer with "
+                    f"weights ({span}), and unfreeze_at_epoch={never[0]} never unfreezes them "
+                    f"within tune.max_epochs={self.max_epochs}: those trials would change "
+                    "nothing; freeze an earlier layer (freeze_until), use head: new, or set "
+                    "unfreeze_at_epoch (and tune.space.unfreeze_at_epoch) to an earlier epoch"
+                )
 
     def transfer_config(self, hp) -> dict | None:
         """The ``transfer:`` section of a point (None without transfer)."""
