@@ -344,9 +344,10 @@ def test_robustness_is_a_constraint_measured_through_the_artifact(trained, tmp_p
     import tfopt
 
     model, train, val, _ = trained
+    budget = tfopt.auto.Budget(0.5, min_robust_accuracy=0.99, robust_epsilon=1.0)
     res = tfopt.auto.optimize(
-        model, train, val, max_accuracy_drop=0.5, techniques=(), max_trials=1, refine=0,
-        out_dir=tmp_path / "r", verbose=0, min_robust_accuracy=0.99, robust_epsilon=1.0,
+        model, train, val, budget, techniques=(), max_trials=1, refine=0,
+        out_dir=tmp_path / "r", verbose=0,
     )  # fmt: skip
     (c,) = res.candidates
     # PGD-10 made on the candidate's Keras model, run through its int8 artifact
@@ -363,11 +364,9 @@ def test_robustness_is_a_constraint_measured_through_the_artifact(trained, tmp_p
         in (tmp_path / "r/report.md").read_text()
     )
     with pytest.raises(ValueError, match="min_robust_accuracy needs robust_epsilon"):
-        tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.1, min_robust_accuracy=0.5)
+        tfopt.auto.Budget(max_accuracy_drop=0.1, min_robust_accuracy=0.5)
     with pytest.raises(ValueError, match=r"min_robust_accuracy must be a fraction in \[0, 1\]"):
-        tfopt.auto.optimize(
-            model, train, val, max_accuracy_drop=0.1, min_robust_accuracy=50, robust_epsilon=0.1
-        )
+        tfopt.auto.Budget(max_accuracy_drop=0.1, min_robust_accuracy=50, robust_epsilon=0.1)
 
 
 def test_optimize_argument_errors(trained):
@@ -610,7 +609,9 @@ def test_default_seeds_start_safe_and_qat_follows_only_a_ptq_that_misses(trained
     assert seeds[0] == {k: v for k, v in SAFE_FIRST[0].items() if k != "lowrank_energy"}
     assert seeds[1]["quantization"] == "qat" and seeds[1]["weight_bits"] == "8"
     assert seeds[1]["sparsity"] == seeds[1]["channel_ratio"] == 0.0
-    small = default_seeds(CompressionHyperModel(model=model), {"max_flash": 1000})
+    small = default_seeds(
+        CompressionHyperModel(model=model), tfopt.auto.Budget(0.05, max_flash=1000)
+    )
     assert small[:2] == seeds[:2]  # a memory budget changes what follows, not the start
 
     kw = dict(techniques=("quantize", "prune"), space={"ft_epochs": 1}, max_trials=2, refine=0,
@@ -642,6 +643,7 @@ def test_default_seeds_start_safe_and_qat_follows_only_a_ptq_that_misses(trained
 
 def test_paired_delta_resolution_and_rejections_are_exact():
     from tfopt._stats import paired_delta
+    from tfopt.auto import Budget
     from tfopt.auto._candidate import (
         Candidate,
         closest,
@@ -662,12 +664,12 @@ def test_paired_delta_resolution_and_rejections_are_exact():
     record = {"trial_id": "3", "status": "COMPLETED", "metrics": {
         "val_accuracy": float(cand.mean()), "gzip_bytes": 1000, "bytes": 3000, "latency_ms": 0.1,
         "val_correct": pack_correct(cand), "flash_bytes": 3000}}  # fmt: skip
-    c = Candidate.from_record(record, baseline, 0.005, {"max_flash": 2000})
+    c = Candidate.from_record(record, baseline, Budget(0.005, max_flash=2000))
     assert c.val_delta == paired_delta(base, cand).to_dict()
     assert (c.val_delta["only_a"], c.val_delta["only_b"], c.val_delta["delta"]) == (6, 2, -0.01)
     assert c.test_delta is None  # no test split measured
     assert not c.within_budget and c.misses == ["accuracy", "flash"]
-    c2 = Candidate.from_record({**record, "trial_id": "4"}, baseline, 0.02, {"max_flash": 2000})
+    c2 = Candidate.from_record({**record, "trial_id": "4"}, baseline, Budget(0.02, max_flash=2000))
     assert c2.within_budget and c2.misses == ["flash"]
     failed = Candidate(trial_id="5", status="FAILED")
     counts = rejections([c, c2, failed])
