@@ -673,7 +673,14 @@ def test_paired_delta_resolution_and_rejections_are_exact():
     assert c2.within_budget and c2.misses == ["flash"]
     failed = Candidate(trial_id="5", status="FAILED")
     counts = rejections([c, c2, failed])
-    assert counts == {"accuracy": 1, "RAM": 0, "flash": 2, "robustness": 0, "failed": 1}
+    assert counts == {
+        "accuracy": 1,
+        "RAM": 0,
+        "flash": 2,
+        "latency": 0,
+        "robustness": 0,
+        "failed": 1,
+    }
     assert rejection_text(counts, 3, {"max_flash": 2000}) == (
         "of 3 candidate(s) rejected: accuracy 1, flash 2 (one candidate can miss several); 1 "
         "failed to export or measure"

@@ -42,7 +42,7 @@ def _check_robustness(min_robust_accuracy, robust_epsilon) -> None:
 
 
 # the budgets besides accuracy, in the order reports and run identities name them
-LIMITS = ("max_ram", "max_flash", "min_robust_accuracy", "robust_epsilon")
+LIMITS = ("max_ram", "max_flash", "max_latency_ms", "min_robust_accuracy", "robust_epsilon")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class Budget:
         max_ram: the most RAM: TFLite Micro's arena, as bytes or a size such as ``"64KB"``
             (KB = 1024 bytes); stored as bytes. Defaults to None.
         max_flash: the most flash: the raw flatbuffer's bytes (``"256KB"``). Defaults to None.
+        max_latency_ms: the longest p50 latency of one single-sample request through the
+            artifact, in milliseconds, as the search measures it (in LiteRT on this machine;
+            in TFLite Micro for the ``tflm`` target). Defaults to None.
         min_robust_accuracy: the least val accuracy under a PGD-10 attack at ``robust_epsilon``.
             Defaults to None.
         robust_epsilon: the attack's L-inf radius (input units); needed by
@@ -70,22 +73,20 @@ class Budget:
     max_accuracy_drop: float
     max_ram: int | None = None
     max_flash: int | None = None
+    max_latency_ms: float | None = None
     min_robust_accuracy: float | None = None
     robust_epsilon: float | None = None
 
     def __post_init__(self):
-        from tfopt._units import parse_size
-
-        _check_robustness(self.min_robust_accuracy, self.robust_epsilon)
         checked = {
             "max_accuracy_drop": check_accuracy_drop(self.max_accuracy_drop),
-            "max_ram": None if self.max_ram is None else parse_size(self.max_ram, "max_ram"),
-            "max_flash": None
-            if self.max_flash is None
-            else parse_size(self.max_flash, "max_flash"),
-            "min_robust_accuracy": _float(self.min_robust_accuracy),
-            "robust_epsilon": _float(self.robust_epsilon),
+            "max_ram": _size(self.max_ram, "max_ram"),
+            "max_flash": _size(self.max_flash, "max_flash"),
+            "max_latency_ms": _latency(self.max_latency_ms),
         }
+        _check_robustness(self.min_robust_accuracy, self.robust_epsilon)
+        checked["min_robust_accuracy"] = _float(self.min_robust_accuracy)
+        checked["robust_epsilon"] = _float(self.robust_epsilon)
         for name, value in checked.items():  # frozen: the checked values replace the given ones
             object.__setattr__(self, name, value)
 
@@ -123,6 +124,7 @@ class Budget:
             "max_accuracy_drop": self.max_accuracy_drop,
             "max_ram": self.max_ram,
             "max_flash": self.max_flash,
+            "max_latency_ms": self.max_latency_ms,
             "min_robust_accuracy": self.min_robust_accuracy,
         }
 
@@ -134,6 +136,8 @@ class Budget:
             for key, label in (("max_ram", "TFLM arena"), ("max_flash", "flash"))
             if getattr(self, key) is not None
         ]
+        if self.max_latency_ms is not None:
+            parts.append(f"latency p50 <= {self.max_latency_ms:g} ms")
         if self.min_robust_accuracy is not None:
             parts.append(
                 f"PGD accuracy >= {self.min_robust_accuracy:g} at eps={self.robust_epsilon:g}"
@@ -143,3 +147,18 @@ class Budget:
 
 def _float(v) -> float | None:
     return None if v is None else float(v)
+
+
+def _size(v, name: str) -> int | None:
+    from tfopt._units import parse_size
+
+    return None if v is None else parse_size(v, name)
+
+
+def _latency(v) -> float | None:
+    if v is not None and not (_number(v) and 0 < v < float("inf")):
+        raise ValueError(
+            "max_latency_ms must be a finite number of milliseconds > 0. Received: "
+            f"max_latency_ms={v!r}"
+        )
+    return _float(v)

@@ -151,13 +151,12 @@ def _paired(baseline: dict, metrics: dict, split: str) -> dict | None:
     return paired_delta(unpack_correct(a, n), unpack_correct(b, n)).to_dict()
 
 
-# the budgets a candidate can miss, in the order the reports count them; auto has no latency
-# budget (``objective="latency"`` minimizes it instead)
-BUDGET_NAMES = ("accuracy", "RAM", "flash", "robustness")
+# the budgets a candidate can miss, in the order the reports count them
+BUDGET_NAMES = ("accuracy", "RAM", "flash", "latency", "robustness")
 
 
 def _misses(c: Candidate, budget: Budget) -> list[tuple[str, str]]:
-    """``(budget name, why)`` for each RAM / flash / robustness budget ``c`` misses."""
+    """``(budget name, why)`` for each RAM / flash / latency / robustness budget ``c`` misses."""
     out = []
     ram, flash = budget.max_ram, budget.max_flash
     if ram is not None:
@@ -167,6 +166,11 @@ def _misses(c: Candidate, budget: Budget) -> list[tuple[str, str]]:
             out.append(("RAM", f"arena {c.arena_bytes:,} B > max_ram {ram:,} B"))
     if flash is not None and c.flash_bytes is not None and c.flash_bytes > flash:
         out.append(("flash", f"flash {c.flash_bytes:,} B > max_flash {flash:,} B"))
+    latency = budget.max_latency_ms
+    if latency is not None and c.latency_ms is not None and c.latency_ms > latency:
+        out.append(
+            ("latency", f"latency p50 {c.latency_ms:.3f} ms > max_latency_ms {latency:g} ms")
+        )
     robust = budget.min_robust_accuracy
     if robust is not None:
         if c.robust_accuracy is None:
@@ -183,7 +187,7 @@ def _misses(c: Candidate, budget: Budget) -> list[tuple[str, str]]:
 
 
 def over_budget(c: Candidate, budget: Budget) -> str | None:
-    """Why ``c`` misses ``budget``'s RAM / flash / robustness budgets, or None when it meets
+    """Why ``c`` misses ``budget``'s RAM / flash / latency / robustness budgets, or None when it meets
     them (the accuracy budget is ``within_budget``)."""
     return "; ".join(why for _, why in _misses(c, budget)) or None
 
@@ -209,6 +213,7 @@ def rejection_text(counts: dict[str, int], total: int, budgets: dict) -> str:
         "accuracy": True,
         "RAM": budgets.get("max_ram") is not None,
         "flash": budgets.get("max_flash") is not None,
+        "latency": budgets.get("max_latency_ms") is not None,
         "robustness": budgets.get("min_robust_accuracy") is not None,
     }
     parts = [f"{name} {counts[name]}" for name in BUDGET_NAMES if set_[name] or counts[name]]

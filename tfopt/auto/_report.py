@@ -150,7 +150,7 @@ def _settings_lines(data: dict) -> list[str]:
 
 
 def _budget_lines(all_budgets: dict) -> list[str]:
-    """The robustness and memory budgets, when set."""
+    """The robustness, memory and latency budgets, when set."""
     lines = []
     budgets = {k: all_budgets.get(k) for k in ("max_ram", "max_flash")}
     budgets = {k: v for k, v in budgets.items() if v is not None}
@@ -170,6 +170,12 @@ def _budget_lines(all_budgets: dict) -> list[str]:
                 for k, v in budgets.items()
             )
             + "; candidates over them are rejected, with the reason below"
+        )
+    if all_budgets.get("max_latency_ms") is not None:
+        lines.append(
+            f"- latency budget: p50 of one request through the artifact <= "
+            f"{all_budgets['max_latency_ms']:g} ms (on the machine that searched); candidates "
+            "over it are rejected, with the reason below"
         )
     return lines
 

@@ -74,6 +74,13 @@ def _add_budget_args(p) -> None:
         "e.g. 256KB",
     )
     p.add_argument(
+        "--max-latency",
+        type=float,
+        metavar="MS",
+        help="reject candidates whose p50 latency of one request through the artifact (LiteRT on "
+        "this machine; TFLite Micro for --target tflm) exceeds MS milliseconds",
+    )
+    p.add_argument(
         "--min-robust-accuracy",
         type=float,
         metavar="FRACTION",
@@ -135,7 +142,7 @@ def _add_input_args(p) -> None:
 # --overwrite, which the launcher handles)
 _SHARED = (
     "max_accuracy_drop", "time_budget", "max_trials", "objective", "max_ram", "max_flash",
-    "min_robust_accuracy", "robust_epsilon", "target", "techniques", "data", "model", "epochs",
+    "max_latency", "min_robust_accuracy", "robust_epsilon", "target", "techniques", "data", "model", "epochs",
 )  # fmt: skip
 
 
@@ -193,6 +200,8 @@ def auto_identity(cfg, args, techniques) -> dict:
             "max_flash": args.max_flash,
             "min_robust_accuracy": args.min_robust_accuracy,
             "robust_epsilon": args.robust_epsilon,
+            # only when set: the default run directory of an earlier command stays its own
+            **({} if args.max_latency is None else {"max_latency_ms": args.max_latency}),
         },
     }
 
@@ -245,6 +254,7 @@ def budget_of(args):
         args.max_accuracy_drop,
         max_ram=args.max_ram,
         max_flash=args.max_flash,
+        max_latency_ms=args.max_latency,
         min_robust_accuracy=args.min_robust_accuracy,
         robust_epsilon=args.robust_epsilon,
     )

@@ -31,6 +31,7 @@ def score(
     latency_weight: float = 0.0,
     max_ram: int | None = None,
     max_flash: int | None = None,
+    max_latency_ms: float | None = None,
     min_robust_accuracy: float | None = None,
 ) -> float:
     """The scalar a search maximizes, from the measurements of an exported artifact.
@@ -61,6 +62,8 @@ def score(
         max_ram: the arena budget in bytes (``metrics["arena_bytes"]``). Defaults to None.
         max_flash: the flash budget in bytes (``metrics["flash_bytes"]``, else ``bytes``).
             Defaults to None.
+        max_latency_ms: the latency budget in milliseconds (``metrics["latency_ms"]``): it
+            costs as the RAM budget does. Defaults to None.
         min_robust_accuracy: the least ``metrics["robust_accuracy"]``. Defaults to None.
 
     Returns:
@@ -88,7 +91,8 @@ def score(
         value = -math.log2(max(float(metrics.get("arena_bytes") or 2**40), 1.0))
     else:
         value = -lat
-    for budget, key in ((max_ram, "arena_bytes"), (max_flash, "flash_bytes")):
+    limits = ((max_ram, "arena_bytes"), (max_flash, "flash_bytes"), (max_latency_ms, "latency_ms"))
+    for budget, key in limits:
         if budget is None:
             continue
         measured = metrics.get(key) or (metrics.get("bytes") if key == "flash_bytes" else None)
