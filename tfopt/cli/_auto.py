@@ -232,6 +232,7 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
     if saved.exists():
         log(f"[auto] using the trained baseline of the earlier run: {saved}")
         return load(saved)
+    _rundir.prepare(out_dir, resume=True, by="tfopt auto")  # before the fit writes its logs
     keras.utils.set_random_seed(cfg.seed)  # before building: the initial weights are seeded too
     ctx = StepContext(
         data=data, run_dir=out_dir, batch_size=cfg.train.batch_size, verbose=0, seed=cfg.seed
@@ -241,7 +242,6 @@ def baseline_model(cfg, data, out_dir: Path, *, log=print):
     if cfg.train.epochs:
         log(f"[auto] training the float baseline: {model.name}, {cfg.train.epochs} epochs")
     fit_baseline(cfg, model, ctx)  # the train: options, as in `tfopt run`
-    _rundir.prepare(out_dir, resume=True, by="tfopt auto")
     _rundir.save_model(model, saved)  # atomic: a killed run leaves no half-written baseline
     return model
 
