@@ -293,7 +293,14 @@ def test_no_candidate_within_budget_still_writes_the_report(tmp_path, blobs):
     assert any("trial 0  FAILED" in ln for ln in lines)
     md = (tmp_path / "bad/report.md").read_text()
     assert "**No candidate met the budgets.**" in md
-    assert res.rejections == {"accuracy": 0, "RAM": 0, "flash": 0, "robustness": 0, "failed": 1}
+    assert res.rejections == {
+        "accuracy": 0,
+        "RAM": 0,
+        "flash": 0,
+        "latency": 0,
+        "robustness": 0,
+        "failed": 1,
+    }
     assert "Rejections per budget: of 1 candidate(s) rejected: accuracy 0; 1 failed" in md
     assert res.closest is None and not (tmp_path / "bad/closest_over_budget.tflite").exists()
     assert json.loads((tmp_path / "bad/report.json").read_text())["best"] is None
