@@ -176,6 +176,10 @@ def test_refine_queue_and_recipe_are_exact():
     own = {**recipe, "distill": True}  # a distilling recipe keeps its temperature and alpha
     assert refine_recipe(own, ("prune", "distill")) == {**own, "epochs": 12 * REFINE_EPOCHS}
     assert recipe["epochs"] == 12  # not mutated
+    # screened on 8,192 of 54,000 samples: 3x the screening's steps, not 3x its epochs on 6.6x
+    # the data (a Fashion-MNIST refinement was estimated beyond the hour and never ran)
+    assert refine_recipe(recipe, ("prune",), 8192 / 54000)["epochs"] == 6  # ceil(36 * 0.152)
+    assert refine_recipe(recipe, ("prune",), 0.001)["epochs"] == 1
 
 
 def test_selection_uses_val_only_and_refinement_is_recorded(trained, tmp_path, monkeypatch):
@@ -810,3 +814,49 @@ def test_screening_fine_tunes_on_a_subset_and_refinement_on_everything(
     )
     report = json.loads((tmp_path / "s/report.json").read_text())
     assert report["screening"] == {"train_samples": 100, "of": 320, "refine_epochs_factor": 3}
+
+
+def test_no_trial_cuts_a_hidden_dense_layer_the_model_does_not_have():
+    """A conv net with only its output Dense: the scopes that cut the widest hidden Dense layer
+    ("dense", "all_dense") are neither searched nor seeded (a user's residual CNN lost trial 05
+    to "scope='widest_dense' needs a hidden Dense layer")."""
+    import keras_tuner
+
+    from tfopt.auto import Budget
+    from tfopt.auto._search import default_seeds
+    from tfopt.tune import CompressionHyperModel
+
+    keras = pytest.importorskip("keras")
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    conv_only = keras.Model(inputs, keras.layers.Dense(3)(x))
+    hypermodel = CompressionHyperModel(model=conv_only)
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare(hp)
+    assert hp._hps["channel_scope"][0].values == ["all"]
+    for budget in (None, Budget(0.01, max_flash=1000)):
+        scopes = {s.get("channel_scope") for s in default_seeds(hypermodel, budget)}
+        assert scopes <= {None, "all"}, scopes
+    inputs = keras.Input((6,))
+    hidden = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8)(inputs)))
+    hp = keras_tuner.HyperParameters()
+    CompressionHyperModel(model=hidden).declare(hp)
+    assert hp._hps["channel_scope"][0].values == ["dense", "all", "all_dense"]
+
+
+@pytest.mark.parametrize("first", ["0", "00", "000"])
+def test_the_safe_qat_seed_is_dropped_whatever_the_trial_id_width(first):
+    """KerasTuner pads trial ids to the width of max_trials: with a time budget (max_trials
+    1000) trial 0 is "000", and the QAT seed of the unchanged model ran although PTQ had fit
+    (a Fashion-MNIST search spent 72 s on it)."""
+    from types import SimpleNamespace
+
+    from tfopt.auto._search import SAFE_FIRST, Search
+
+    seeds = [dict(SAFE_FIRST[0]), dict(SAFE_FIRST[1]), {"sparsity": 0.8}]
+    search = SimpleNamespace(safe_first=True, seeds=list(seeds),
+                             oracle=SimpleNamespace(trials={}, seeds=list(seeds)))  # fmt: skip
+    fits = SimpleNamespace(trial_id=first, completed=True, within_budget=True, rejected=[])
+    Search._skip_safe_qat(search, fits)
+    assert search.oracle.seeds == [seeds[0], seeds[2]] and not search.safe_first

@@ -172,8 +172,12 @@ def test_folded_batchnorm_tracks_the_float_layers_statistics_and_trains_gamma():
     # the statistics are the float conv's up to int8 weight rounding (<< the bias of 5)
     np.testing.assert_allclose(bn.moving_mean.numpy(), conv.mean((0, 1, 2)), atol=0.05)
     np.testing.assert_allclose(bn.moving_variance.numpy(), conv.var((0, 1, 2)), rtol=0.05)
-    grads = tape.gradient(loss, [bn.gamma, wrapper.layer.kernel])
-    assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in grads)
+    gamma, kernel, bias = tape.gradient(loss, [bn.gamma, wrapper.layer.kernel, wrapper.layer.bias])
+    assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in (gamma, kernel))
+    # the normalization cancels the bias: no gradient, so it is not trained (Keras warned
+    # "Gradients do not exist for variables [.../bias]" on every QAT fit of a conv-BN model)
+    assert bias is None
+    assert wrapper.layer.bias.path not in {v.path for v in q.trainable_variables}
 
 
 def test_relu_ranges_start_at_zero_without_a_minimum():

@@ -221,3 +221,53 @@ def test_prune_channels_iterative_default_fit_follows_the_model_s_output():
         model, (x, y), ratio=0.25, steps=1, epochs_per_step=1
     )
     assert small.loss.from_logits is False
+
+
+def _bn_model():
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Dense(3, name="fc"),
+        ]
+    )
+
+
+def test_every_fit_ends_with_exact_batchnorm_statistics():
+    """The moving averages (momentum 0.99) of a short fit lag far behind the data; after
+    tfopt's fit they are the exact mean of the batch statistics of the samples (here: all 1,024,
+    in batches of 256)."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(1024, 4)) * [1, 2, 3, 4] + [5, -5, 10, 0]).astype("float32")
+    y = rng.integers(0, 3, 1024)
+    model = _bn_model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fit_arrays(model, x, y, batch_size=64, epochs=1, verbose=0)
+    bn = model.get_layer("bn")
+    batches = np.random.default_rng(0).permutation(1024).reshape(4, 256)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), x.mean(0), rtol=1e-5, atol=1e-5)
+    expected_var = np.mean([x[b].var(0) for b in batches], axis=0)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), expected_var, rtol=1e-4)
+    assert bn.momentum == 0.99  # restored
+
+
+def test_batchnorm_recalibration_changes_nothing_else(tmp_path):
+    """Pruning step counters, masks and kernels, and frozen BatchNorm layers are untouched."""
+    from tfopt._training import recalibrate_batchnorm
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(128, 4)).astype("float32") + 3
+    model = _bn_model()
+    model(x[:2])
+    pruned = tfopt.prune.prune(model, tfopt.prune.ConstantSparsity(0.5, begin_step=0, frequency=1))
+    pruned(x[:2])
+    other = [v.numpy() for v in pruned.variables if "moving" not in v.path]
+    assert recalibrate_batchnorm(pruned, x, batch_size=32) == 1
+    after = [v.numpy() for v in pruned.variables if "moving" not in v.path]
+    for a, b in zip(other, after):
+        np.testing.assert_array_equal(a, b)
+    frozen = _bn_model()
+    frozen(x[:2])
+    frozen.get_layer("bn").trainable = False
+    assert recalibrate_batchnorm(frozen, x, batch_size=32) == 0
+    np.testing.assert_array_equal(frozen.get_layer("bn").moving_mean.numpy(), np.zeros(4))

@@ -11,6 +11,7 @@ runs them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,11 +24,19 @@ REFINE_SHARE = 0.5
 REFINE_DISTILL = {"temperature": 2.0, "alpha": 0.1}  # for recipes that did not distill already
 
 
-def refine_recipe(recipe: dict, techniques: Sequence[str]) -> dict:
-    """The refinement of a screened ``recipe``: `REFINE_EPOCHS` times the fine-tuning epochs and,
-    when ``"distill"`` is among ``techniques``, distillation from the float model."""
+def refine_recipe(recipe: dict, techniques: Sequence[str], screened: float = 1.0) -> dict:
+    """The refinement of a screened ``recipe``: `REFINE_EPOCHS` times its fine-tuning steps, on
+    all the training samples, and, when ``"distill"`` is among ``techniques``, distillation from
+    the float model.
+
+    ``screened`` is the fraction of the training set the screening fine-tuned on: the epochs over
+    the whole set are scaled by it, so that a refinement costs `REFINE_EPOCHS` screening trials
+    whatever the set's size (3x the epochs of 54,000 Fashion-MNIST images instead of the 8,192
+    screened would be 20 screening trials, more than an hour on 2 cores).
+    """
     out = dict(recipe)
-    out["epochs"] = REFINE_EPOCHS * int(recipe.get("epochs", 8))
+    epochs = REFINE_EPOCHS * int(recipe.get("epochs", 8)) * min(1.0, float(screened))
+    out["epochs"] = max(1, math.ceil(epochs - 1e-9))
     if "distill" in techniques and not recipe.get("distill"):
         out.update(distill=True, **REFINE_DISTILL)
     return out
@@ -109,8 +118,10 @@ def refinement_run(
     test=None,
     seed: int | None = None,
     robust_epsilon: float | None = None,
+    screened: float = 1.0,
 ) -> dict:
-    """Runs the refinement of ``source`` (a candidate dict) and returns its trial record.
+    """Runs the refinement of ``source`` (a candidate dict) and returns its trial record
+    (``screened``: the fraction of ``train`` the screening saw, see `refine_recipe`).
 
     The record (also written to ``run_dir/tfopt.json``, which a resumed search reads back) has the
     shape of a `tfopt.tune.Tuner` trial's: ``status`` ``"COMPLETED"``, ``"FAILED"`` (the artifact
@@ -120,7 +131,7 @@ def refinement_run(
     from tfopt.tune._recipe import describe, dump_steps, recipe_steps
     from tfopt.tune._tuner import run_candidate
 
-    recipe = refine_recipe(source["recipe"], techniques)
+    recipe = refine_recipe(source["recipe"], techniques, screened)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "trial_id": run_id,

@@ -38,7 +38,7 @@ from tfopt.auto._refine import (
 from tfopt.auto._report import fmt_time, progress_line, write_json, write_report
 from tfopt.auto._sensitivity import SPARSITY, layer_sensitivity, plans
 from tfopt.tune._recipe import dump_steps, recipe_steps
-from tfopt.tune._space import CompressionHyperModel
+from tfopt.tune._space import CompressionHyperModel, compression_choices
 from tfopt.tune._tuner import Tuner
 
 # After `SAFE_FIRST`, the recipes derived from the model (`plan_seeds`), then this short generic
@@ -109,9 +109,13 @@ def default_seeds(hypermodel: CompressionHyperModel, budget: Budget | None = Non
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
     small = budget is not None and budget.memory
-    planned = plan_seeds(getattr(hypermodel, "plans", {}), small=small)
+    planned_labels = list(getattr(hypermodel, "plans", {}))
+    planned = plan_seeds(planned_labels, small=small)
+    scopes = [*compression_choices("channel_scope", hypermodel.model), *planned_labels]
     for recipe in (*SAFE_FIRST, *planned, *(KNOWN_GOOD_SMALL if small else KNOWN_GOOD)):
         s = {k: v for k, v in recipe.items() if k in names}
+        if s.get("channel_scope", "all") not in scopes:  # no hidden Dense layer to cut
+            s["channel_scope"] = "all"
         key = tuple(sorted(s.items()))
         if recipe is SAFE_FIRST[1] and s.get("quantization") != "qat":
             continue  # without QAT in the space it is the unchanged model again
@@ -131,7 +135,6 @@ class PlannedHyperModel(CompressionHyperModel):
              "prune"), ("weight_bits", "bits4_layers", "bits4"))  # fmt: skip
 
     def __init__(self, model, *, plans: dict[str, dict], space: dict | None = None, **kwargs):
-        from tfopt.tune._space import COMPRESSION_CHOICES, _has_aeq
 
         self.plans = dict(plans)
         plain = CompressionHyperModel(model, space=space, **kwargs)  # checks the user's space
@@ -139,7 +142,7 @@ class PlannedHyperModel(CompressionHyperModel):
         space = dict(space or {})
         for key, _, _ in self._KEYS:  # the user's choices stand
             if key in names and self.plans:
-                choices = [c for c in COMPRESSION_CHOICES[key] if c != "mixed" or _has_aeq()]
+                choices = compression_choices(key, model)
                 space.setdefault(key, choices + list(self.plans))
         super().__init__(model, space=space, **kwargs)
 
@@ -390,9 +393,12 @@ class Search:
         it would be the same size. The oracle proposes seeds by position, so a resumed search
         drops it again, unless trial 1 ran it (a distributed search started it early)."""
         fits = c.completed and c.within_budget and not c.rejected
-        if not (self.safe_first and c.trial_id == "0" and fits):
+        # KerasTuner pads trial ids to the width of max_trials ("0", "00", "000")
+        if not (self.safe_first and c.trial_id.isdigit() and int(c.trial_id) == 0 and fits):
             return
-        second = self.oracle.trials.get("1")
+        second = next(
+            (t for i, t in self.oracle.trials.items() if i.isdigit() and int(i) == 1), None
+        )
         keys = ("quantization", "weight_bits", "sparsity", "channel_ratio", "clusters")
         if second is not None and all(
             second.hyperparameters.values.get(k) == self.seeds[1][k]
@@ -539,6 +545,7 @@ class Search:
                     test=self.test,
                     seed=self.seed,
                     robust_epsilon=self.budget.robust_epsilon,
+                    screened=len(self.screen_train[1]) / len(self.train[1]),
                 )
                 durations.append(record["seconds"])
                 self.refine_info["runs"] = len(runs) + 1

@@ -313,6 +313,11 @@ class QuantizeWrapper(keras.layers.Wrapper):
         out_shape = self.layer.compute_output_shape(input_shape)
         if self.batchnorm is not None and not self.batchnorm.built:
             self.batchnorm.build(out_shape)
+        if self.batchnorm is not None and getattr(self.layer, "bias", None) is not None:
+            # the folded BatchNorm's batch statistics cancel the bias while training, so it has
+            # no gradient (Keras warned "Gradients do not exist" on every QAT fit); it still
+            # enters the inference offset through the moving mean
+            self.layer.bias.trainable = False
         if self.output_quantizer is not None and not self.output_quantizer.built:
             self.output_quantizer.build(out_shape)
         if self.input_quantizer is not None and not self.input_quantizer.built:

@@ -57,6 +57,22 @@ def _has_aeq() -> bool:
     return importlib.util.find_spec("litert_quantizer") is not None
 
 
+def compression_choices(name: str, model=None) -> list:
+    """The default choices of compression hyperparameter ``name`` that apply to ``model``:
+    ``weight_bits="mixed"`` only with litert-quantizer installed, and the channel scopes that cut
+    the widest hidden Dense layer only when ``model`` has one (a trial that cannot run is a
+    wasted trial)."""
+    choices = list(COMPRESSION_CHOICES[name])
+    if name == "weight_bits" and not _has_aeq():
+        choices.remove("mixed")
+    if name == "channel_scope" and model is not None:
+        from tfopt.prune._channels_step import widest_hidden_dense
+
+        if widest_hidden_dense(model) is None:
+            choices = ["all"]
+    return choices
+
+
 class CompressionHyperModel(keras_tuner.HyperModel):
     """Training and compression hyperparameters of a Keras classifier, as a KerasTuner HyperModel.
 
@@ -228,12 +244,11 @@ class CompressionHyperModel(keras_tuner.HyperModel):
             if name in kinds:
                 kind = kinds[name]
             else:
-                choices = TRAINING_CHOICES.get(name) or COMPRESSION_CHOICES[name]
-                if name == "weight_bits" and not _has_aeq():
-                    choices = [c for c in choices if c != "mixed"]
+                choices = TRAINING_CHOICES.get(name) or compression_choices(name, self.model)
+                default = defaults[name] if defaults[name] in choices else choices[0]
 
-                def kind(name=name, choices=choices):
-                    return hp.Choice(name, choices, default=defaults[name])
+                def kind(name=name, choices=choices, default=default):
+                    return hp.Choice(name, choices, default=default)
 
             values[name] = self._declare(hp, name, kind)
         return values
