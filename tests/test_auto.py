@@ -300,7 +300,14 @@ def test_no_candidate_within_budget_still_writes_the_report(tmp_path, blobs, pro
     assert any("trial 0  FAILED" in ln for ln in lines)
     md = (tmp_path / "bad/report.md").read_text()
     assert "**No candidate met the budgets.**" in md
-    assert res.rejections == {"accuracy": 0, "RAM": 0, "flash": 0, "robustness": 0, "failed": 1}
+    assert res.rejections == {
+        "accuracy": 0,
+        "RAM": 0,
+        "flash": 0,
+        "latency": 0,
+        "robustness": 0,
+        "failed": 1,
+    }
     assert "Rejections per budget: of 1 candidate(s) rejected: accuracy 0; 1 failed" in md
     assert res.closest is None and not (tmp_path / "bad/closest_over_budget.tflite").exists()
     assert json.loads((tmp_path / "bad/report.json").read_text())["best"] is None
@@ -351,9 +358,10 @@ def test_robustness_is_a_constraint_measured_through_the_artifact(trained, tmp_p
     import tfopt
 
     model, train, val, _ = trained
+    budget = tfopt.auto.Budget(0.5, min_robust_accuracy=0.99, robust_epsilon=1.0)
     res = tfopt.auto.optimize(
-        model, train, val, max_accuracy_drop=0.5, techniques=(), max_trials=1, refine=0,
-        out_dir=tmp_path / "r", verbose=0, min_robust_accuracy=0.99, robust_epsilon=1.0,
+        model, train, val, budget, techniques=(), max_trials=1, refine=0,
+        out_dir=tmp_path / "r", verbose=0,
     )  # fmt: skip
     (c,) = res.candidates
     # PGD-10 made on the candidate's Keras model, run through its int8 artifact
@@ -370,11 +378,9 @@ def test_robustness_is_a_constraint_measured_through_the_artifact(trained, tmp_p
         in (tmp_path / "r/report.md").read_text()
     )
     with pytest.raises(ValueError, match="min_robust_accuracy needs robust_epsilon"):
-        tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.1, min_robust_accuracy=0.5)
+        tfopt.auto.Budget(max_accuracy_drop=0.1, min_robust_accuracy=0.5)
     with pytest.raises(ValueError, match=r"min_robust_accuracy must be a fraction in \[0, 1\]"):
-        tfopt.auto.optimize(
-            model, train, val, max_accuracy_drop=0.1, min_robust_accuracy=50, robust_epsilon=0.1
-        )
+        tfopt.auto.Budget(max_accuracy_drop=0.1, min_robust_accuracy=50, robust_epsilon=0.1)
 
 
 def test_optimize_argument_errors(trained):
@@ -619,7 +625,9 @@ def test_default_seeds_start_safe_and_qat_follows_only_a_ptq_that_misses(trained
     assert seeds[0] == {k: v for k, v in SAFE_FIRST[0].items() if k != "lowrank_energy"}
     assert seeds[1]["quantization"] == "qat" and seeds[1]["weight_bits"] == "8"
     assert seeds[1]["sparsity"] == seeds[1]["channel_ratio"] == 0.0
-    small = default_seeds(CompressionHyperModel(model=model), {"max_flash": 1000})
+    small = default_seeds(
+        CompressionHyperModel(model=model), tfopt.auto.Budget(0.05, max_flash=1000)
+    )
     assert small[:2] == seeds[:2]  # a memory budget changes what follows, not the start
 
     kw = dict(techniques=("quantize", "prune"), space={"ft_epochs": 1}, max_trials=2, refine=0,
@@ -651,6 +659,7 @@ def test_default_seeds_start_safe_and_qat_follows_only_a_ptq_that_misses(trained
 
 def test_paired_delta_resolution_and_rejections_are_exact():
     from tfopt._stats import paired_delta
+    from tfopt.auto import Budget
     from tfopt.auto._candidate import (
         Candidate,
         closest,
@@ -671,16 +680,23 @@ def test_paired_delta_resolution_and_rejections_are_exact():
     record = {"trial_id": "3", "status": "COMPLETED", "metrics": {
         "val_accuracy": float(cand.mean()), "gzip_bytes": 1000, "bytes": 3000, "latency_ms": 0.1,
         "val_correct": pack_correct(cand), "flash_bytes": 3000}}  # fmt: skip
-    c = Candidate.from_record(record, baseline, 0.005, {"max_flash": 2000})
+    c = Candidate.from_record(record, baseline, Budget(0.005, max_flash=2000))
     assert c.val_delta == paired_delta(base, cand).to_dict()
     assert (c.val_delta["only_a"], c.val_delta["only_b"], c.val_delta["delta"]) == (6, 2, -0.01)
     assert c.test_delta is None  # no test split measured
     assert not c.within_budget and c.misses == ["accuracy", "flash"]
-    c2 = Candidate.from_record({**record, "trial_id": "4"}, baseline, 0.02, {"max_flash": 2000})
+    c2 = Candidate.from_record({**record, "trial_id": "4"}, baseline, Budget(0.02, max_flash=2000))
     assert c2.within_budget and c2.misses == ["flash"]
     failed = Candidate(trial_id="5", status="FAILED")
     counts = rejections([c, c2, failed])
-    assert counts == {"accuracy": 1, "RAM": 0, "flash": 2, "robustness": 0, "failed": 1}
+    assert counts == {
+        "accuracy": 1,
+        "RAM": 0,
+        "flash": 2,
+        "latency": 0,
+        "robustness": 0,
+        "failed": 1,
+    }
     assert rejection_text(counts, 3, {"max_flash": 2000}) == (
         "of 3 candidate(s) rejected: accuracy 1, flash 2 (one candidate can miss several); 1 "
         "failed to export or measure"
@@ -810,6 +826,7 @@ def test_no_trial_cuts_a_hidden_dense_layer_the_model_does_not_have():
     to "scope='widest_dense' needs a hidden Dense layer")."""
     import keras_tuner
 
+    from tfopt.auto import Budget
     from tfopt.auto._search import default_seeds
     from tfopt.tune import CompressionHyperModel
 
@@ -822,8 +839,8 @@ def test_no_trial_cuts_a_hidden_dense_layer_the_model_does_not_have():
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
     assert hp._hps["channel_scope"][0].values == ["all"]
-    for budgets in (None, {"max_flash": 1000}):
-        scopes = {s.get("channel_scope") for s in default_seeds(hypermodel, budgets)}
+    for budget in (None, Budget(0.01, max_flash=1000)):
+        scopes = {s.get("channel_scope") for s in default_seeds(hypermodel, budget)}
         assert scopes <= {None, "all"}, scopes
     inputs = keras.Input((6,))
     hidden = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8)(inputs)))

@@ -175,10 +175,10 @@ def test_cli_and_optimize_reject_bad_budgets(capsys):
     data = (np.zeros((8, 4), "float32"), np.zeros(8, "int32"))
     with pytest.raises(ValueError, match=r"TFLite Micro, which runs int8 models.*target='tflite'"):
         tfopt.auto.optimize(
-            model, data, data, max_accuracy_drop=0.1, max_ram="4KB", target="tflite"
+            model, data, data, tfopt.auto.Budget(0.1, max_ram="4KB"), target="tflite"
         )
     with pytest.raises(ValueError, match="max_flash must be a size"):
-        tfopt.auto.optimize(model, data, data, max_accuracy_drop=0.1, max_flash="lots")
+        tfopt.auto.Budget(max_accuracy_drop=0.1, max_flash="lots")
 
 
 def test_auto_rejects_candidates_over_the_ram_budget(tmp_path):
@@ -192,10 +192,9 @@ def test_auto_rejects_candidates_over_the_ram_budget(tmp_path):
     x = rng.normal(size=(96, 40, 1)).astype("float32")
     y = (x[:, :20, 0].mean(-1) > 0).astype("int32")
     model = tfopt.models.get("mnist1d_cnn", input_shape=(40, 1), num_classes=2, width=4, dense=8)
-    options = dict(max_accuracy_drop=0.5, techniques=(), max_trials=1, refine=0)
-    res = tfopt.auto.optimize(
-        model, (x, y), (x, y), max_ram="1KB", max_flash="1MB", out_dir=tmp_path / "a", **options
-    )
+    options = dict(techniques=(), max_trials=1, refine=0)
+    budget = tfopt.auto.Budget(0.5, max_ram="1KB", max_flash="1MB")
+    res = tfopt.auto.optimize(model, (x, y), (x, y), budget, out_dir=tmp_path / "a", **options)
     (c,) = res.candidates
     arena = runner_for(c["artifact"], runtime="tflm").arena_bytes
     assert c["arena_bytes"] == arena > 1024
@@ -216,14 +215,20 @@ def test_auto_rejects_candidates_over_the_ram_budget(tmp_path):
             model,
             (x, y),
             (x, y),
-            max_ram="64KB",
+            tfopt.auto.Budget(0.5, max_ram="64KB"),
             objective="ram",
             out_dir=tmp_path / "a",
             **options,
         )
     # with room to spare the same model fits
     res = tfopt.auto.optimize(
-        model, (x, y), (x, y), max_ram="64KB", objective="ram", out_dir=tmp_path / "b", **options
+        model,
+        (x, y),
+        (x, y),
+        tfopt.auto.Budget(0.5, max_ram="64KB"),
+        objective="ram",
+        out_dir=tmp_path / "b",
+        **options,
     )
     assert res.best is not None and res.best["rejected"] is None
     assert res.best["arena_bytes"] == arena
@@ -255,14 +260,16 @@ def test_rejected_candidates_are_neither_selected_nor_refined():
         return {"trial_id": tid, "status": "COMPLETED", "stages": [tid], "recipe": {"x": 1},
                 "steps": [{}], "metrics": metrics}  # fmt: skip
 
-    budgets = {"max_ram": 4096, "max_flash": 16384}
+    from tfopt.auto import Budget
+
+    budgets = Budget(0.02, max_ram=4096, max_flash=16384)
     cands = [
-        Candidate.from_record(record("a", 5000, 9000), base, 0.02, budgets),
-        Candidate.from_record(record("b", 3000, 20000), base, 0.02, budgets),
+        Candidate.from_record(record("a", 5000, 9000), base, budgets),
+        Candidate.from_record(record("b", 3000, 20000), base, budgets),
         Candidate.from_record(
-            record("c", None, 8000, note="TFLM has no kernel for GELU"), base, 0.02, budgets
+            record("c", None, 8000, note="TFLM has no kernel for GELU"), base, budgets
         ),  # fmt: skip
-        Candidate.from_record(record("d", 4096, 16384, acc=0.885), base, 0.02, budgets),
+        Candidate.from_record(record("d", 4096, 16384, acc=0.885), base, budgets),
     ]
     assert [c.rejected for c in cands] == [
         "arena 5,000 B > max_ram 4,096 B",

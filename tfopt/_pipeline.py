@@ -70,6 +70,23 @@ def _build_model(cfg: RunConfig, data: Dataset) -> keras.Model:
     )
 
 
+def build_baseline(cfg: RunConfig, data: Dataset, ctx: StepContext) -> keras.Model:
+    """The config's float model, untrained: the zoo model or the user's file, with its transfer
+    head (``transfer:``), built in ``ctx``'s strategy scope. `tfopt run` and `tfopt auto` build
+    their baselines with it.
+
+    Raises:
+        DataError: ``data`` does not fit the model (a missing channel axis, too few outputs).
+        ConfigError: a transfer the model does not allow.
+    """
+    with ctx.scope():
+        model = _build_model(cfg, data)
+        if cfg.transfer is not None:
+            model = _transfer_model(cfg, model, data, ctx)
+    check_model_data(model, data, what=cfg.data.name)
+    return model
+
+
 def _strategy(cfg: RunConfig):
     from tfopt.errors import ConfigError
     from tfopt.train import make_strategy
@@ -106,8 +123,15 @@ def _transfer_model(cfg: RunConfig, model, data: Dataset, ctx: StepContext):
     return new
 
 
+def fit_baseline(cfg: RunConfig, model, ctx: StepContext) -> None:
+    """Trains the baseline with the ``train:`` options (frozen layers first when the config
+    transfers a model), in ``ctx``'s strategy scope; with 0 epochs it only compiles it.
+    `tfopt run` and `tfopt auto` train their baselines with it."""
+    with ctx.scope():
+        _fit_baseline(cfg, model, ctx)
+
+
 def _fit_baseline(cfg: RunConfig, model, ctx: StepContext) -> None:
-    """The baseline fit (frozen layers first when the config transfers a model)."""
     from tfopt.train import unfreeze
 
     if not cfg.train.epochs:
@@ -157,9 +181,7 @@ def check(cfg: RunConfig) -> None:
     ctx = StepContext(
         data=data, run_dir=Path("."), batch_size=cfg.train.batch_size, verbose=0, quiet=True
     )
-    model = _build_model(cfg, data)
-    if cfg.transfer is not None:
-        model = _transfer_model(cfg, model, data, ctx)
+    model = build_baseline(cfg, data, ctx)
     preflight(cfg.steps, model, ctx)
 
 
@@ -191,43 +213,57 @@ def run(
 
 def _run_in(cfg: RunConfig, run_dir: Path, strategy, *, verbose: int, started: float) -> dict:
     """The body of `run` in its (claimed) run directory."""
-    from tfopt import bench
     from tfopt import data as data_mod
     from tfopt._report import write_report
 
     _rundir.write_json(run_dir / "config.json", cfg.model_dump(serialize_as_any=True))
     total = 4 + len(cfg.steps)
-    n = 1
-
-    _log(f"[{n}/{total}] data: {cfg.data.name}")
+    _log(f"[1/{total}] data: {cfg.data.name}")
     data = data_mod.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     _log(f"      {data}")
     ctx = StepContext(
         data=data, run_dir=run_dir, batch_size=cfg.train.batch_size, verbose=verbose, seed=cfg.seed
     )
     ctx.strategy = strategy
-
-    n += 1
-    with ctx.scope():
-        model = _build_model(cfg, data)
-        if cfg.transfer is not None:
-            model = _transfer_model(cfg, model, data, ctx)
-    check_model_data(model, data, what=cfg.data.name)  # a missing channel axis, too few outputs
+    model = build_baseline(cfg, data, ctx)
     check_attack_radius(cfg.bench.robust_epsilon, data.x_test, arg="bench.robust_epsilon")
     preflight(cfg.steps, model, ctx)  # every step's settings against this model and data
     _log(
-        f"[{n}/{total}] baseline: {model.name} ({model.count_params():,} params), "
+        f"[2/{total}] baseline: {model.name} ({model.count_params():,} params), "
         f"{cfg.train.epochs} epochs -> {run_dir / 'baseline.keras'}"
     )
-    with ctx.scope():
-        _fit_baseline(cfg, model, ctx)
+    fit_baseline(cfg, model, ctx)
     _rundir.save_model(model, run_dir / "baseline.keras")
     ctx.baseline = model
+    stages = _run_stages(cfg, model, ctx, total=total)
+    artifacts = _export_stages(stages, cfg, data, run_dir, step=f"{total - 1}/{total}")
+    _log(
+        f"[{total}/{total}] bench: accuracy on {len(data.x_test)} test samples through each artifact"
+    )
+    rows = _bench_stages(stages, artifacts, cfg, data)
+    report = {
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "dataset": repr(data),
+        "seconds": round(time.time() - started, 1),
+        "config": cfg.model_dump(serialize_as_any=True),
+        "steps": ctx.records,
+        "results": rows,
+    }
+    write_report(report, run_dir)
+    _log(f"done in {report['seconds']:.0f}s: {run_dir / 'report.md'}")
+    return report
+
+
+def _run_stages(cfg: RunConfig, model, ctx: StepContext, *, total: int) -> list[dict]:
+    """Runs the recipe steps on the trained baseline ``model``, saving each stage's model as
+    ``<stage>.keras``; returns the stages, the baseline first."""
+    run_dir = ctx.run_dir
     stages = [{"stage": "baseline", "model": model, "keras": run_dir / "baseline.keras"}]
 
     def starting(stage: str, step) -> None:
         _log(
-            f"[{n + len(stages)}/{total}] step {stage}: "
+            f"[{2 + len(stages)}/{total}] step {stage}: "
             + render_value(step.model_dump(exclude={"type", "name"}))
         )
 
@@ -238,23 +274,31 @@ def _run_in(cfg: RunConfig, run_dir: Path, strategy, *, verbose: int, started: f
 
     # the stages start from the run's seed, whatever the baseline consumed: `tfopt auto` runs
     # its candidates the same way, so its recipe.yaml replays here
-    model = run_steps(cfg.steps, model, ctx, seed=cfg.seed, on_start=starting, on_step=finished)
-    n += len(cfg.steps)
+    run_steps(cfg.steps, model, ctx, seed=cfg.seed, on_start=starting, on_step=finished)
+    return stages
 
-    n += 1
+
+def _export_stages(stages, cfg: RunConfig, data: Dataset, run_dir: Path, *, step: str) -> list:
+    """Exports the baseline to TFLite (when there are steps) and the last stage to every format
+    of ``export.formats``; returns ``{"stage", "format", "artifact"}`` per file."""
     final = stages[-1]
     exports = [(stages[0], "tflite")] if len(stages) > 1 else []
     exports += [(final, fmt) for fmt in cfg.export.formats]
     names = ", ".join(f"{stage['stage']}:{fmt}" for stage, fmt in exports)
-    _log(f"[{n}/{total}] export: {names}")
+    _log(f"[{step}] export: {names}")
     artifacts = []
     for stage, fmt in exports:
         path = run_dir / f"{stage['stage']}_{fmt.replace('-', '_')}{formats.get(fmt).suffix}"
         art = _export(stage["model"], fmt, path, cfg, data)
         artifacts.append({"stage": stage, "format": fmt, "artifact": art})
+    return artifacts
 
-    n += 1
-    _log(f"[{n}/{total}] bench: accuracy on {len(data.x_test)} test samples through each artifact")
+
+def _bench_stages(stages, artifacts, cfg: RunConfig, data: Dataset) -> list[dict]:
+    """Benchmarks every stage's Keras model and every artifact on the test data; returns the
+    report's rows (and logs one line each)."""
+    from tfopt import bench
+
     rows = []
     options = dict(
         warmup=cfg.bench.warmup,
@@ -285,19 +329,7 @@ def _run_in(cfg: RunConfig, run_dir: Path, strategy, *, verbose: int, started: f
             f"      {row['stage']:<14} {row['format']:<14} acc {row['accuracy']:.4f}  "
             f"{_kb(row['bytes'])}  gzip {_kb(row['gzip_bytes'])}  p50 {row['latency_ms']['p50']:.3f} ms"
         )
-
-    report = {
-        "name": cfg.name,
-        "run_dir": str(run_dir),
-        "dataset": repr(data),
-        "seconds": round(time.time() - started, 1),
-        "config": cfg.model_dump(serialize_as_any=True),
-        "steps": ctx.records,
-        "results": rows,
-    }
-    write_report(report, run_dir)
-    _log(f"done in {report['seconds']:.0f}s: {run_dir / 'report.md'}")
-    return report
+    return rows
 
 
 def _kb(n) -> str:

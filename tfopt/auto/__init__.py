@@ -16,6 +16,7 @@ Example:
     >>> res.best_path, res.ratio, res.recipe   # recipe.yaml: `tfopt run` replays the best
 """
 
+from tfopt._budget import Budget
 from tfopt.auto._candidate import Candidate, select_best, split_resolution
 from tfopt.auto._optimize import AUTO_OBJECTIVES, AutoResult, check_budget, optimize
 from tfopt.auto._oracle import AutoOracle
@@ -40,6 +41,7 @@ __all__ = [
     "SAFE_FIRST",
     "AutoOracle",
     "AutoResult",
+    "Budget",
     "Candidate",
     "check_budget",
     "default_seeds",

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from tfopt._budget import Budget
+
 
 @dataclass
 class Candidate:
@@ -73,12 +75,10 @@ class Candidate:
         cls,
         record: dict,
         baseline: dict,
-        max_accuracy_drop: float,
-        budgets: dict | None = None,
+        budget: Budget,
     ) -> Candidate:
         """The candidate of a trial record (``tfopt.json``), measured against ``baseline`` and
-        the ``budgets`` (``{"max_ram": bytes or None, "max_flash": bytes or None,
-        "min_robust_accuracy": fraction or None}``).
+        the ``budget``.
 
         Paths in the record are relative to ``record["dir"]`` (its directory) when it is given.
         """
@@ -116,7 +116,8 @@ class Candidate:
             # unbiased for each candidate; the winner's curse of picking the smallest of many
             # is answered by refinement and by reporting the winner's test delta with its
             # interval. Val only: the test data never takes part in selection.
-            c.within_budget = baseline["val_accuracy"] - c.val_accuracy <= max_accuracy_drop + 1e-12
+            drop = baseline["val_accuracy"] - c.val_accuracy
+            c.within_budget = drop <= budget.max_accuracy_drop + 1e-12
             c.val_delta = _paired(baseline, m, "val")
             c.test_delta = _paired(baseline, m, "test")
             if c.test_accuracy is not None and baseline.get("test_accuracy") is not None:
@@ -128,8 +129,8 @@ class Candidate:
             c.tflm_note = m.get("tflm_note")
             c.robust_accuracy = m.get("robust_accuracy")
             c.robust_attack = m.get("robust_attack")
-            c.rejected = over_budget(c, budgets or {})
-            c.misses = [name for name, _ in _misses(c, budgets or {})]
+            c.rejected = over_budget(c, budget)
+            c.misses = [name for name, _ in _misses(c, budget)]
             if not c.within_budget:
                 c.misses.insert(0, "accuracy")
         return c
@@ -150,15 +151,14 @@ def _paired(baseline: dict, metrics: dict, split: str) -> dict | None:
     return paired_delta(unpack_correct(a, n), unpack_correct(b, n)).to_dict()
 
 
-# the budgets a candidate can miss, in the order the reports count them; auto has no latency
-# budget (``objective="latency"`` minimizes it instead)
-BUDGET_NAMES = ("accuracy", "RAM", "flash", "robustness")
+# the budgets a candidate can miss, in the order the reports count them
+BUDGET_NAMES = ("accuracy", "RAM", "flash", "latency", "robustness")
 
 
-def _misses(c: Candidate, budgets: dict) -> list[tuple[str, str]]:
-    """``(budget name, why)`` for each RAM / flash / robustness budget ``c`` misses."""
+def _misses(c: Candidate, budget: Budget) -> list[tuple[str, str]]:
+    """``(budget name, why)`` for each RAM / flash / latency / robustness budget ``c`` misses."""
     out = []
-    ram, flash = budgets.get("max_ram"), budgets.get("max_flash")
+    ram, flash = budget.max_ram, budget.max_flash
     if ram is not None:
         if c.arena_bytes is None:
             out.append(("RAM", f"RAM not measured in TFLite Micro ({c.tflm_note or 'no arena'})"))
@@ -166,7 +166,12 @@ def _misses(c: Candidate, budgets: dict) -> list[tuple[str, str]]:
             out.append(("RAM", f"arena {c.arena_bytes:,} B > max_ram {ram:,} B"))
     if flash is not None and c.flash_bytes is not None and c.flash_bytes > flash:
         out.append(("flash", f"flash {c.flash_bytes:,} B > max_flash {flash:,} B"))
-    robust = budgets.get("min_robust_accuracy")
+    latency = budget.max_latency_ms
+    if latency is not None and c.latency_ms is not None and c.latency_ms > latency:
+        out.append(
+            ("latency", f"latency p50 {c.latency_ms:.3f} ms > max_latency_ms {latency:g} ms")
+        )
+    robust = budget.min_robust_accuracy
     if robust is not None:
         if c.robust_accuracy is None:
             out.append(("robustness", "robust accuracy not measured"))
@@ -181,10 +186,10 @@ def _misses(c: Candidate, budgets: dict) -> list[tuple[str, str]]:
     return out
 
 
-def over_budget(c: Candidate, budgets: dict) -> str | None:
-    """Why ``c`` misses the ``budgets`` (``max_ram`` / ``max_flash`` in bytes, ``min_robust_accuracy``
-    a fraction; each None when not set), or None when it meets them."""
-    return "; ".join(why for _, why in _misses(c, budgets)) or None
+def over_budget(c: Candidate, budget: Budget) -> str | None:
+    """Why ``c`` misses ``budget``'s RAM / flash / latency / robustness budgets, or None when it meets
+    them (the accuracy budget is ``within_budget``)."""
+    return "; ".join(why for _, why in _misses(c, budget)) or None
 
 
 def rejections(candidates: Sequence[Candidate]) -> dict[str, int]:
@@ -208,6 +213,7 @@ def rejection_text(counts: dict[str, int], total: int, budgets: dict) -> str:
         "accuracy": True,
         "RAM": budgets.get("max_ram") is not None,
         "flash": budgets.get("max_flash") is not None,
+        "latency": budgets.get("max_latency_ms") is not None,
         "robustness": budgets.get("min_robust_accuracy") is not None,
     }
     parts = [f"{name} {counts[name]}" for name in BUDGET_NAMES if set_[name] or counts[name]]

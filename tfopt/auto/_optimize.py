@@ -13,6 +13,7 @@ import numpy as np
 
 from tfopt import _rundir
 from tfopt._backend import check_model
+from tfopt._budget import Budget, check_accuracy_drop
 from tfopt.auto._search import CLOSEST_FILE, Search
 from tfopt.tune._space import TARGETS
 
@@ -29,7 +30,8 @@ class AutoResult:
     without a best candidate); ``ratio`` is gzip-to-gzip. When no candidate meets the budgets,
     ``closest`` is the candidate nearest to them (outside the budget; ``closest["misses"]`` names
     the budgets it misses) and ``closest_path`` its copy, ``out_dir/closest_over_budget.tflite``;
-    ``rejections`` counts the candidates that miss each budget (and those that failed).
+    ``rejections`` counts the candidates that miss each budget (and those that failed);
+    ``budget`` is the `Budget` the search kept to.
     """
 
     baseline: dict
@@ -46,6 +48,7 @@ class AutoResult:
     closest: dict | None = None
     closest_path: Path | None = None
     rejections: dict = field(default_factory=dict)
+    budget: Budget | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -64,13 +67,7 @@ class AutoResult:
 
 def check_budget(max_accuracy_drop) -> float:
     """Raises ValueError unless ``max_accuracy_drop`` is a fraction in [0, 1)."""
-    ok = isinstance(max_accuracy_drop, int | float) and not isinstance(max_accuracy_drop, bool)
-    if not (ok and 0.0 <= max_accuracy_drop < 1.0):
-        raise ValueError(
-            f"max_accuracy_drop must be a fraction in [0, 1) (0.005 = half a point). "
-            f"Received: max_accuracy_drop={max_accuracy_drop!r}"
-        )
-    return float(max_accuracy_drop)
+    return check_accuracy_drop(max_accuracy_drop)
 
 
 def search_identity(
@@ -79,14 +76,13 @@ def search_identity(
     val,
     test,
     *,
-    max_accuracy_drop,
+    budget: Budget,
     target,
     objective,
     techniques,
     seeds,
     space,
     seed,
-    budgets=None,
 ) -> dict:
     """What a search directory records about its inputs (`tfopt._rundir.claim_identity`): the
     model's weights, the data's bytes and every setting that changes a result. Budgets of time
@@ -99,14 +95,14 @@ def search_identity(
             "test": None if test is None else _rundir.array_digest(*test),
         },
         "settings": {
-            "max_accuracy_drop": float(max_accuracy_drop),
+            "max_accuracy_drop": budget.max_accuracy_drop,
             "target": target,
             "objective": objective,
             "techniques": None if techniques is None else sorted(techniques),
             "seeds": None if seeds is None else [dict(s) for s in seeds],
             "space": space,
             "seed": int(seed),
-            "budgets": budgets or {},
+            "budgets": budget.limits(),
         },
     }
 
@@ -143,66 +139,6 @@ def check_search_args(*, time_budget=None, max_trials=None, refine=None) -> None
         raise ValueError(f"refine must be an int in [0, 100000]. Received: refine={refine!r}")
 
 
-def check_memory_budgets(max_ram, max_flash, *, target: str, objective: str) -> dict:
-    """``{"max_ram": bytes or None, "max_flash": bytes or None}`` from sizes such as ``"64KB"``.
-
-    Raises:
-        ValueError: a size that does not parse, or a budget on a target TFLite Micro does not run
-            (it runs the int8 targets).
-        MissingDependencyError: TFLite Micro is needed (the ``tflm`` target, a RAM budget, the RAM
-            objective) and tflite-micro is not installed.
-    """
-    from tfopt import _formats, _tflm
-    from tfopt._units import parse_size
-
-    budgets = {
-        "max_ram": None if max_ram is None else parse_size(max_ram, "max_ram"),
-        "max_flash": None if max_flash is None else parse_size(max_flash, "max_flash"),
-    }
-    needs_micro = budgets["max_ram"] is not None or objective == "ram" or target == "tflm"
-    if needs_micro and _formats.get(target).quantization != "int8":
-        raise ValueError(
-            f"max_ram and objective='ram' are measured in TFLite Micro, which runs int8 models: "
-            f"use target='tflite-int8' or 'tflm'. Received: target={target!r}"
-        )
-    if needs_micro:
-        _tflm.import_runtime()
-    return budgets
-
-
-def check_robust_budget(min_robust_accuracy, robust_epsilon) -> dict:
-    """``{"min_robust_accuracy", "robust_epsilon"}`` checked (each None when not set).
-
-    Raises:
-        ValueError: ``min_robust_accuracy`` outside [0, 1], or without ``robust_epsilon``;
-            ``robust_epsilon`` not a number > 0.
-    """
-
-    def number(v) -> bool:
-        return isinstance(v, int | float | np.floating) and not isinstance(v, bool)
-
-    if min_robust_accuracy is not None and not (
-        number(min_robust_accuracy) and 0.0 <= min_robust_accuracy <= 1.0
-    ):
-        raise ValueError(
-            "min_robust_accuracy must be a fraction in [0, 1]. Received: "
-            f"min_robust_accuracy={min_robust_accuracy!r}"
-        )
-    if robust_epsilon is not None and not (number(robust_epsilon) and robust_epsilon > 0):
-        raise ValueError(
-            f"robust_epsilon must be a number > 0. Received: robust_epsilon={robust_epsilon!r}"
-        )
-    if min_robust_accuracy is not None and robust_epsilon is None:
-        raise ValueError(
-            "min_robust_accuracy needs robust_epsilon (the PGD attack's L-inf radius). Received: "
-            f"min_robust_accuracy={min_robust_accuracy!r}, robust_epsilon=None"
-        )
-    return {
-        "min_robust_accuracy": None if min_robust_accuracy is None else float(min_robust_accuracy),
-        "robust_epsilon": None if robust_epsilon is None else float(robust_epsilon),
-    }
-
-
 def _check_data(name: str, data, model) -> tuple[np.ndarray, np.ndarray]:
     """``data`` as an ``(x, y)`` pair the model can train on (`tfopt.data._checks`)."""
     from tfopt.data._checks import check_input_shape, check_pair
@@ -221,9 +157,10 @@ def optimize(
     model,
     train,
     val,
+    budget: Budget | None = None,
     *,
     test=None,
-    max_accuracy_drop: float,
+    max_accuracy_drop: float | None = None,
     target: str = "tflite-int8",
     objective: str = "size",
     time_budget: float | None = None,
@@ -237,10 +174,6 @@ def optimize(
     seed: int = 0,
     run_config=None,
     verbose: int = 1,
-    max_ram=None,
-    max_flash=None,
-    min_robust_accuracy: float | None = None,
-    robust_epsilon: float | None = None,
     screen: bool = True,
     role: str | None = None,
 ) -> AutoResult:
@@ -287,9 +220,13 @@ def optimize(
         model: the trained float Keras 3 model (not modified).
         train: ``(x, y)`` fine-tuning data (also the calibration data).
         val: ``(x, y)`` held-out data the search measures and selects on.
+        budget: what a candidate must meet, a `Budget`: the accuracy drop on ``val`` and,
+            optionally, RAM, flash and robustness (candidates that miss one are rejected, with
+            the reason in the report). Give it, or ``max_accuracy_drop`` alone. Defaults to None.
         test: ``(x, y)`` held-out data measured and reported for every candidate, never used for
             selection. Defaults to None.
-        max_accuracy_drop: the allowed accuracy drop on ``val``, a fraction (0.005 = half a point).
+        max_accuracy_drop: the allowed accuracy drop on ``val``, a fraction (0.005 = half a
+            point): the same as ``budget=Budget(max_accuracy_drop)``. Defaults to None.
         target: the artifact format, one of ``tfopt.tune.TARGETS``; ``"tflm"`` measures accuracy
             and latency in TensorFlow Lite for Microcontrollers. Defaults to "tflite-int8".
         objective: ``"size"`` (gzip bytes), ``"latency"`` (p50) or ``"ram"`` (TFLite Micro's
@@ -317,17 +254,6 @@ def optimize(
         verbose: 1 logs one line per trial on the ``tfopt.auto`` loggers at INFO, 0 at DEBUG
             (`tfopt auto` shows INFO; ``logging.basicConfig(level=logging.INFO)`` shows it in
             a script). Defaults to 1.
-        max_ram: the most RAM the artifact may need: TFLite Micro's arena (its allocation
-            recorder's total), as bytes or a size such as ``"64KB"`` (KB = 1024 bytes).
-            Candidates over it are rejected (the reason is in the report). Defaults to None.
-        max_flash: the most flash: the raw flatbuffer bytes, which a microcontroller stores
-            uncompressed (``"256KB"``). Defaults to None.
-        min_robust_accuracy: the least val accuracy under a PGD-10 attack at ``robust_epsilon``
-            (`tfopt.robust.pgd`): the examples are made on each candidate's Keras model (a TFLite
-            runtime gives no gradients) and run through its artifact. Candidates below it are
-            rejected, with the measured number in the report. Defaults to None.
-        robust_epsilon: the attack's L-inf radius (input units); needed by
-            ``min_robust_accuracy``, and alone it only measures. Defaults to None.
         screen: run screening trials. False refines and reports the trials already in
             ``out_dir`` (what `tfopt auto --workers` does after its workers screened). Defaults
             to True.
@@ -347,7 +273,8 @@ def optimize(
     not measured), and the Pareto front is over RAM and flash too.
 
     Raises:
-        ValueError: an argument out of range (named in the message).
+        ValueError: an argument out of range (named in the message), or neither or both of
+            ``budget`` and ``max_accuracy_drop``.
         TypeError: ``model`` is not a Keras 3 model.
         MissingDependencyError: the target, a RAM budget or the RAM objective needs TFLite Micro
             and tflite-micro is not installed.
@@ -356,26 +283,18 @@ def optimize(
         >>> res = tfopt.auto.optimize(model, train=ds.train, val=ds.val, test=ds.test,
         ...                           max_accuracy_drop=0.005, max_trials=10, out_dir="runs/auto")
         >>> res.best["gzip_bytes"], res.ratio
+        >>> tight = tfopt.auto.Budget(max_accuracy_drop=0.01, max_ram="64KB", max_flash="256KB")
+        >>> res = tfopt.auto.optimize(model, ds.train, ds.val, tight, target="tflm")
     """
-    check_model(model)
-    check_budget(max_accuracy_drop)
-    if target not in TARGETS:
-        raise ValueError(f"Unrecognized target={target!r}. Supported targets are: {list(TARGETS)}")
-    if objective not in AUTO_OBJECTIVES:
-        raise ValueError(
-            f"Unrecognized objective={objective!r}. Supported objectives are: {list(AUTO_OBJECTIVES)}"
-        )
+    budget = _budget_of(budget, max_accuracy_drop)
+    _check_settings(model, budget, target=target, objective=objective, role=role)
     check_search_args(time_budget=time_budget, max_trials=max_trials, refine=refine)
-    if role not in (None, "chief", "worker"):
-        raise ValueError(f"role must be None, 'chief' or 'worker'. Received: role={role!r}")
-    budgets = check_memory_budgets(max_ram, max_flash, target=target, objective=objective)
-    budgets.update(check_robust_budget(min_robust_accuracy, robust_epsilon))
     train = _check_data("train", train, model)
     val = _check_data("val", val, model)
     test = None if test is None else _check_data("test", test, model)
     from tfopt.data._checks import check_attack_radius
 
-    check_attack_radius(robust_epsilon, val[0])
+    check_attack_radius(budget.robust_epsilon, val[0])
     if max_trials is None and time_budget is None:
         max_trials = 20
     if refine is None and time_budget is None:
@@ -388,20 +307,9 @@ def optimize(
     with _rundir.lock(out_dir, command="tfopt auto") if role is None else nullcontext():
         if run_config is not None and not isinstance(run_config, dict):
             run_config = run_config.model_dump(serialize_as_any=True)
-        identity = search_identity(
-            model,
-            train,
-            val,
-            test,
-            max_accuracy_drop=max_accuracy_drop,
-            target=target,
-            objective=objective,
-            techniques=techniques,
-            seeds=seeds,
-            space=space,
-            seed=seed,
-            budgets=budgets,
-        )
+        settings = dict(target=target, objective=objective, techniques=techniques, seeds=seeds,
+                        space=space, seed=seed)  # fmt: skip
+        identity = search_identity(model, train, val, test, budget=budget, **settings)
         _rundir.claim_identity(out_dir, "search", identity, what="search")
         spent = _spent(out_dir)
         if spent:  # a resumed search: the time budget counts the time the earlier runs spent
@@ -411,54 +319,78 @@ def optimize(
                     f"[auto] resuming: {spent:.0f} s of the {time_budget:.0f} s time budget spent"
                 )
         search = Search(
-            model,
-            train,
-            val,
-            test=test,
-            max_accuracy_drop=max_accuracy_drop,
-            target=target,
-            objective=objective,
-            out_dir=out_dir,
-            techniques=techniques,
-            seeds=seeds,
-            space=space,
-            seed=seed,
-            max_trials=max_trials,
-            run_config=run_config,
-            verbose=verbose,
-            started=started,
-            budgets=budgets,
-            worker=role == "worker",
-        )
+            model, train, val, test=test, budget=budget, out_dir=out_dir, max_trials=max_trials,
+            run_config=run_config, verbose=verbose, started=started, worker=role == "worker",
+            **settings,
+        ).start()  # fmt: skip
         if role is not None:
             return _distributed_role(search, role, time_budget=time_budget, refine=refine)
         stopped = search.run(
             time_budget=time_budget, max_trials=max_trials, refine=refine, screen=screen
         )
         search.finish(stopped)
-        return AutoResult(
-            baseline=search.baseline,
-            candidates=search.data["candidates"],
-            front=search.data["front"],
-            best=search.data["best"],
-            best_path=None if search.best is None else search.out_dir / "best.tflite",
-            report=search.report,
-            stopped=stopped,
-            elapsed_s=time.monotonic() - search.started,
-            out_dir=search.out_dir,
-            extra={
-                "techniques": list(search.hypermodel.techniques),
-                "seeds": search.seeds,
-                "refinement": search.data["refinement"],
-                "max_accuracy_drop": search.max_accuracy_drop,
-                "budgets": search.budgets,
-                "resolution": search.resolution,
-            },
-            recipe=search.recipe_path,
-            closest=search.data["closest"],
-            closest_path=None if search.data["closest"] is None else search.out_dir / CLOSEST_FILE,
-            rejections=search.data["rejections"],
+        return _result(search, stopped)
+
+
+def _budget_of(budget: Budget | None, max_accuracy_drop) -> Budget:
+    """``budget``, or the accuracy-only budget of ``max_accuracy_drop`` (exactly one is given)."""
+    if (budget is None) == (max_accuracy_drop is None):
+        raise ValueError(
+            "optimize needs exactly one of budget= (a tfopt.auto.Budget) and max_accuracy_drop= "
+            f"(a fraction). Received: budget={budget!r}, max_accuracy_drop={max_accuracy_drop!r}"
         )
+    if budget is None:
+        return Budget(max_accuracy_drop)
+    if not isinstance(budget, Budget):
+        raise TypeError(
+            "budget must be a tfopt.auto.Budget, e.g. Budget(max_accuracy_drop=0.01). "
+            f"Received: budget={budget!r}"
+        )
+    return budget
+
+
+def _check_settings(model, budget: Budget, *, target: str, objective: str, role) -> None:
+    """Refuses a model that is not Keras 3, an unknown target, objective or role, and budgets
+    the target cannot measure (`Budget.check_target`)."""
+    check_model(model)
+    if target not in TARGETS:
+        raise ValueError(f"Unrecognized target={target!r}. Supported targets are: {list(TARGETS)}")
+    if objective not in AUTO_OBJECTIVES:
+        raise ValueError(
+            f"Unrecognized objective={objective!r}. Supported objectives are: {list(AUTO_OBJECTIVES)}"
+        )
+    if role not in (None, "chief", "worker"):
+        raise ValueError(f"role must be None, 'chief' or 'worker'. Received: role={role!r}")
+    budget.check_target(target, objective)
+
+
+def _result(search: Search, stopped: str) -> AutoResult:
+    """The `AutoResult` of a finished ``search``."""
+    closest_ = search.data["closest"]
+    return AutoResult(
+        baseline=search.baseline,
+        candidates=search.data["candidates"],
+        front=search.data["front"],
+        best=search.data["best"],
+        best_path=None if search.best is None else search.out_dir / "best.tflite",
+        report=search.report,
+        stopped=stopped,
+        elapsed_s=time.monotonic() - search.started,
+        out_dir=search.out_dir,
+        extra={
+            "techniques": list(search.hypermodel.techniques),
+            "seeds": search.seeds,
+            "refinement": search.data["refinement"],
+            "max_accuracy_drop": search.budget.max_accuracy_drop,
+            "budgets": search.budget.limits(),
+            "resolution": search.resolution,
+        },
+        recipe=search.recipe_path,
+        closest=closest_,
+        closest_path=None if closest_ is None else search.out_dir / CLOSEST_FILE,
+        rejections=search.data["rejections"],
+        budget=search.budget,
+    )
 
 
 def _distributed_role(search, role: str, *, time_budget, refine) -> None:

@@ -101,8 +101,27 @@ def write_json(path: Path, data: dict) -> Path:
 
 def markdown(data: dict) -> str:
     """Renders the report dict as Markdown."""
-    base = data["baseline"]
-    best = data.get("best")
+    lines = [
+        *_settings_lines(data),
+        *_budget_lines(data.get("budgets") or {}),
+        *_phase_lines(data),
+        *_summary_table(data),
+        "",
+        *_outcome_lines(data),
+        *_front_lines(data),
+        *_trial_lines(data["candidates"]),
+        *_sensitivity_lines(data.get("sensitivity"), data.get("plans") or {}),
+    ]
+    if data.get("missing_techniques"):
+        lines += [
+            "",
+            f"Not available in this installation: {', '.join(data['missing_techniques'])}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _settings_lines(data: dict) -> list[str]:
+    """The title, the target and accuracy budget, how the search went, how it accepts."""
     lines = [
         f"# tfopt auto: {data.get('name', 'report')}",
         "",
@@ -111,7 +130,7 @@ def markdown(data: dict) -> str:
         "(measured through the exported artifacts; selection uses the validation data only"
         + (
             ", the test data is measured and reported, never used to choose"
-            if base.get("test_accuracy") is not None
+            if data["baseline"].get("test_accuracy") is not None
             else ""
         )
         + ")",
@@ -127,7 +146,12 @@ def markdown(data: dict) -> str:
             "below 0; its 95% paired interval is shown, not required (on a small split a "
             "lower-bound rule rejects even a model whose delta is 0)"
         )
-    all_budgets = data.get("budgets") or {}
+    return lines
+
+
+def _budget_lines(all_budgets: dict) -> list[str]:
+    """The robustness, memory and latency budgets, when set."""
+    lines = []
     budgets = {k: all_budgets.get(k) for k in ("max_ram", "max_flash")}
     budgets = {k: v for k, v in budgets.items() if v is not None}
     if all_budgets.get("min_robust_accuracy") is not None:
@@ -147,6 +171,18 @@ def markdown(data: dict) -> str:
             )
             + "; candidates over them are rejected, with the reason below"
         )
+    if all_budgets.get("max_latency_ms") is not None:
+        lines.append(
+            f"- latency budget: p50 of one request through the artifact <= "
+            f"{all_budgets['max_latency_ms']:g} ms (on the machine that searched); candidates "
+            "over it are rejected, with the reason below"
+        )
+    return lines
+
+
+def _phase_lines(data: dict) -> list[str]:
+    """How the refinement went and what the screening trained on."""
+    lines = []
     ref = data.get("refinement")
     if ref:
         lines.append(
@@ -161,7 +197,13 @@ def markdown(data: dict) -> str:
             f"- screening fine-tuned on {scr['train_samples']:,} of the {scr['of']:,} training "
             "samples (a fixed random subset); refinement on all of them"
         )
-    lines += [
+    return lines
+
+
+def _summary_table(data: dict) -> list[str]:
+    """The float baseline's row and the best candidate's."""
+    base, best = data["baseline"], data.get("best")
+    lines = [
         "",
         "| artifact | bytes (flash) | gzip | gzip ratio | val acc | test acc | latency p50 | "
         "TFLM arena (RAM) | TFLM vs LiteRT argmax |",
@@ -181,52 +223,69 @@ def markdown(data: dict) -> str:
             f"({_delta_with_interval(best, 'test', base)}) | "
             f"{_ms(best['latency_ms'])} | {_b(best.get('arena_bytes'))} | {tflm_cell(best)} |"
         )
-    lines.append("")
-    if best:
+    return lines
+
+
+def _outcome_lines(data: dict) -> list[str]:
+    """Where the best artifact and its recipe are, or, when none fits, the rejections and the
+    closest candidate."""
+    best = data.get("best")
+    if not best:
+        return _no_fit_lines(data)
+    lines = [
+        f"Best artifact: `{best['artifact']}` (gzip ratio = the float32 TFLite's gzip bytes / "
+        "the artifact's gzip bytes). Accuracy deltas are paired (the same samples as the "
+        "baseline), with their 95% interval in brackets."
+    ]
+    if best.get("test_delta"):
+        t = best["test_delta"]
         lines.append(
-            f"Best artifact: `{best['artifact']}` (gzip ratio = the float32 TFLite's gzip bytes / "
-            "the artifact's gzip bytes). Accuracy deltas are paired (the same samples as the "
-            "baseline), with their 95% interval in brackets."
+            f"Its test delta: {paired_cell(t)} over {t['n']} samples ({t['only_a']} only the "
+            f"baseline gets right, {t['only_b']} only the candidate; McNemar p = "
+            f"{t['p_value']:.3f})."
         )
-        if best.get("test_delta"):
-            t = best["test_delta"]
-            lines.append(
-                f"Its test delta: {paired_cell(t)} over {t['n']} samples ({t['only_a']} only the "
-                f"baseline gets right, {t['only_b']} only the candidate; McNemar p = "
-                f"{t['p_value']:.3f})."
-            )
-        if data.get("recipe"):
-            lines.append(
-                f"Its `tfopt run` config: `{data['recipe']}` (`tfopt run {data['recipe']}`)."
-            )
-    else:
-        closest = data.get("closest")
-        lines.append("**No candidate met the budgets.**")
-        if data.get("rejections") is not None:
-            lines.append(
-                "Rejections per budget: "
-                + rejection_text(data["rejections"], len(data["candidates"]), data["budgets"])
-                + "."
-            )
-        if closest:
-            lines.append(
-                f"The closest candidate, **outside the budget** ({', '.join(closest['misses'])}), "
-                f"is trial {closest['trial_id']} ({' + '.join(closest['stages'])}): val "
-                f"{_acc(closest['val_accuracy'])} ({_delta_with_interval(closest, 'val', base)}), "
-                f"{_kb(closest['gzip_bytes'])} gzip; written to `{closest['artifact']}` (the "
-                "fewest budgets missed, then the most accurate, then the smallest)."
-            )
-    names = {
-        "accuracy": "val accuracy max",
-        "gzip_bytes": "gzip size min",
-        "latency_ms": "latency min",
-        "arena_bytes": "TFLM arena min",
-        "flash_bytes": "flash min",
-    }
+    if data.get("recipe"):
+        lines.append(f"Its `tfopt run` config: `{data['recipe']}` (`tfopt run {data['recipe']}`).")
+    return lines
+
+
+def _no_fit_lines(data: dict) -> list[str]:
+    closest = data.get("closest")
+    lines = ["**No candidate met the budgets.**"]
+    if data.get("rejections") is not None:
+        lines.append(
+            "Rejections per budget: "
+            + rejection_text(data["rejections"], len(data["candidates"]), data["budgets"])
+            + "."
+        )
+    if closest:
+        lines.append(
+            f"The closest candidate, **outside the budget** ({', '.join(closest['misses'])}), "
+            f"is trial {closest['trial_id']} ({' + '.join(closest['stages'])}): val "
+            f"{_acc(closest['val_accuracy'])} "
+            f"({_delta_with_interval(closest, 'val', data['baseline'])}), "
+            f"{_kb(closest['gzip_bytes'])} gzip; written to `{closest['artifact']}` (the "
+            "fewest budgets missed, then the most accurate, then the smallest)."
+        )
+    return lines
+
+
+# how the Pareto front's heading names each objective
+_OBJECTIVE_NAMES = {
+    "accuracy": "val accuracy max",
+    "gzip_bytes": "gzip size min",
+    "latency_ms": "latency min",
+    "arena_bytes": "TFLM arena min",
+    "flash_bytes": "flash min",
+}
+
+
+def _front_lines(data: dict) -> list[str]:
+    """The Pareto front's table."""
     objectives = data.get("front_objectives") or {"accuracy": "max", "gzip_bytes": "min"}
-    lines += [
+    lines = [
         "",
-        f"## Pareto front ({', '.join(names.get(k, k) for k in objectives)})",
+        f"## Pareto front ({', '.join(_OBJECTIVE_NAMES.get(k, k) for k in objectives)})",
         "",
         "| trial | recipe | val acc | test acc | gzip | gzip ratio | latency p50 | TFLM arena | "
         "flash | TFLM vs LiteRT | in budget (val) | budgets |",
@@ -242,7 +301,12 @@ def markdown(data: dict) -> str:
             f"{tflm_cell(c)} | {'yes' if c['within_budget'] else 'no'} | "
             f"{'rejected: ' + c['rejected'] if c.get('rejected') else 'fits'} |"
         )
-    lines += [
+    return lines
+
+
+def _trial_lines(candidates: list[dict]) -> list[str]:
+    """The table of every trial, failed ones with their error's first line."""
+    lines = [
         "",
         "## All trials",
         "",
@@ -250,7 +314,7 @@ def markdown(data: dict) -> str:
         "flash | TFLM vs LiteRT | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in data["candidates"]:
+    for c in candidates:
         if c["status"] == "COMPLETED":
             status = f"rejected: {c['rejected']}" if c.get("rejected") else "ok"
             lines.append(
@@ -268,13 +332,7 @@ def markdown(data: dict) -> str:
                 f"| {c['trial_id']} | {status} | {err} | - | - | - | - | - | - | - | "
                 f"{c['seconds']:.0f} |"
             )
-    lines += _sensitivity_lines(data.get("sensitivity"), data.get("plans") or {})
-    if data.get("missing_techniques"):
-        lines += [
-            "",
-            f"Not available in this installation: {', '.join(data['missing_techniques'])}.",
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _sensitivity_lines(sens: dict | None, plans: dict) -> list[str]:

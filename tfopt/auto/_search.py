@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tfopt import _rundir
+from tfopt._budget import Budget
 from tfopt.auto._candidate import (
     SELECTION,
     Candidate,
@@ -101,15 +102,15 @@ def plan_seeds(labels, *, small: bool = False) -> list[dict]:
     ]  # fmt: skip
 
 
-def default_seeds(hypermodel: CompressionHyperModel, budgets: dict | None = None) -> list[dict]:
+def default_seeds(hypermodel: CompressionHyperModel, budget: Budget | None = None) -> list[dict]:
     """`SAFE_FIRST`, then the recipes of the model's per-layer plans (`plan_seeds`, when
     ``hypermodel`` is a `PlannedHyperModel`), then the generic ones, restricted to
     ``hypermodel``'s space, deduplicated, in order (`KNOWN_GOOD_SMALL` instead of `KNOWN_GOOD`
-    when ``budgets`` hold a RAM or flash budget: the others are too large for a
+    when ``budget`` holds a RAM or flash budget: the others are too large for a
     microcontroller's flash)."""
     names = set(hypermodel.hyperparameter_names())
     seeds, seen = [], set()
-    small = bool(budgets and any(budgets.get(k) is not None for k in ("max_ram", "max_flash")))
+    small = budget is not None and budget.memory
     planned_labels = list(getattr(hypermodel, "plans", {}))
     planned = plan_seeds(planned_labels, small=small)
     scopes = [*compression_choices("channel_scope", hypermodel.model), *planned_labels]
@@ -190,6 +191,8 @@ def _measure_baseline(model, out_dir: Path, val, test, representative, micro=Non
 class Search:
     """One `optimize` call: its settings, its candidates, and the steps of the search.
 
+    The constructor only keeps the settings; `start` does the work a search begins with (the
+    baseline saved and measured, the sensitivity pass, the tuner, the trials of an earlier run).
     ``candidates`` (trial id -> `Candidate`) and ``best`` are the only state; everything written
     (best.tflite, best.keras, recipe.yaml, report.*) is derived from them by `save`.
     """
@@ -201,7 +204,7 @@ class Search:
         val,
         *,
         test,
-        max_accuracy_drop: float,
+        budget: Budget,
         target: str,
         objective: str,
         out_dir: Path,
@@ -213,28 +216,27 @@ class Search:
         run_config: dict | None,
         verbose: int,
         started: float,
-        budgets: dict | None = None,
         worker: bool = False,
     ):
-        self.model, self.train, self.val, self.test = model, train, val, test
-        self.max_accuracy_drop = max_accuracy_drop
-        self.target, self.objective = target, objective
-        self.key = OBJECTIVE_KEYS[objective]
-        self.budgets = {
-            "max_ram": None,
-            "max_flash": None,
-            "min_robust_accuracy": None,
-            "robust_epsilon": None,
-            **(budgets or {}),
-        }
         from tfopt import _tflm
 
+        self.model, self.train, self.val, self.test = model, train, val, test
+        self.budget = budget
+        self.target, self.objective = target, objective
+        self.key = OBJECTIVE_KEYS[objective]
+        self.techniques, self.given_seeds, self.space = techniques, seeds, space
+        self.max_trials = max_trials
         # TFLite Micro measures every candidate when the target is TFLM, a RAM/flash budget or
         # the RAM objective needs it, or (int8 targets) it is installed
         self.micro = _tflm.available()
         self.out_dir, self.seed, self.run_config = out_dir, seed, run_config
+        self.refine_dir = out_dir / "refine"
         # the progress lines: INFO when verbose (the CLI shows them), else DEBUG
         self.say, self.started = _logger.info if verbose else _logger.debug, started
+        # a worker of a distributed screening records its trials; its chief measured the baseline
+        # (before it listened) and the parent writes the report once the screening is over
+        self.worker = worker
+        self.replayable = True  # False when the model cannot be saved: no recipe.yaml
         self.candidates: dict[str, Candidate] = {}
         self.best: Candidate | None = None
         self.closest_id: str | None = None  # the candidate in CLOSEST_FILE
@@ -242,88 +244,105 @@ class Search:
         self.report: dict[str, Path] = {}
         self.data: dict = {}
         self.recipe_path: Path | None = None
-
-        # a worker of a distributed screening records its trials; its chief measured the baseline
-        # (before it listened) and the parent writes the report once the screening is over
-        self.worker = worker
-        self.replayable = True
-        if worker:
-            self.baseline = json.loads((out_dir / "baseline.json").read_text())
-        else:
-            try:  # the model of recipe.yaml; kept on resume (the same weights: the identity
-                # check), so the sha256 an earlier recipe.yaml records stays true
-                if not (out_dir / "baseline.keras").is_file():
-                    _rundir.save_model(model, out_dir / "baseline.keras")
-            except Exception as e:  # a model Keras cannot save: no recipe.yaml, the search goes on
-                self.replayable = False
-                self.say(
-                    f"[auto] no recipe.yaml: the model cannot be saved ({type(e).__name__}: {e})"
-                )
-            self.baseline = _measure_baseline(
-                model, out_dir, val, test, train[0][:200], micro=self.micro or None
-            )
-            write_json(out_dir / "baseline.json", self.baseline)
-        b = self.baseline
-        self.say(
-            f"[auto] baseline (float32 TFLite): {b['bytes']} bytes, {b['gzip_bytes']} gzip bytes, "
-            f"val acc {b['val_accuracy']:.4f}"
-            + (f", test acc {b['test_accuracy']:.4f}" if test is not None else "")
-            + f"; budget: -{100 * max_accuracy_drop:.2f} pt on val"
-            + _budget_text(self.budgets)
-            + (" (test is measured, not used to select)" if test is not None else "")
-        )
-        self.resolution = split_resolution(len(val[1]), b["val_accuracy"], max_accuracy_drop)
-        self.say("[auto] " + resolution_text(self.resolution, max_accuracy_drop))
-        self.sensitivity = self._sensitivity(model, val, planned=seeds is None)
         self.screen_train = screening_subset(train, seed)
-        if len(self.screen_train[1]) < len(train[1]):
+
+    def start(self) -> Search:
+        """Measures the baseline, plans the recipes, builds the tuner and reads back the trials
+        of an earlier run in ``out_dir``; returns the search, ready to `run`."""
+        self.baseline = self._baseline()
+        self._say_baseline()
+        drop = self.budget.max_accuracy_drop
+        self.resolution = split_resolution(len(self.val[1]), self.baseline["val_accuracy"], drop)
+        self.say("[auto] " + resolution_text(self.resolution, drop))
+        self.sensitivity = self._sensitivity(planned=self.given_seeds is None)
+        if len(self.screen_train[1]) < len(self.train[1]):
             self.say(
                 f"[auto] screening fine-tunes on {len(self.screen_train[1]):,} of the "
-                f"{len(train[1]):,} training samples; refinement on all of them"
+                f"{len(self.train[1]):,} training samples; refinement on all of them"
             )
         self.hypermodel = PlannedHyperModel(
-            model,
+            self.model,
             plans=plans(self.sensitivity, PLAN_TOLERANCES) if self.sensitivity else {},
-            techniques=techniques,
-            target=target,
-            space=space,
+            techniques=self.techniques,
+            target=self.target,
+            space=self.space,
         )
-        self.seeds = default_seeds(self.hypermodel, self.budgets) if seeds is None else list(seeds)
+        seeds = self.given_seeds
+        self.seeds = default_seeds(self.hypermodel, self.budget) if seeds is None else list(seeds)
         # the default seeds start with `SAFE_FIRST`: QAT of the unchanged model only when PTQ misses
         self.safe_first = (
             seeds is None and len(self.seeds) > 1 and self.seeds[1] == _safe_qat(self.hypermodel)
         )
         self.oracle = AutoOracle(
             objective=_objective(),
-            max_trials=max_trials or 999,
+            max_trials=self.max_trials or 999,
             num_initial_points=max(2, len(self.seeds)),  # then the Gaussian process proposes
             seeds=self.seeds,
-            seed=seed,
+            seed=self.seed,
             max_failures=8,
         )
-        self.tuner = Tuner(
+        self.tuner = self._tuner()
+        self._resume()
+        return self
+
+    def _baseline(self) -> dict:
+        """The float32 TFLite baseline's measurements (``baseline.json``): measured here, or,
+        in a worker, read from its chief's."""
+        if self.worker:
+            return json.loads((self.out_dir / "baseline.json").read_text())
+        try:  # the model of recipe.yaml; kept on resume (the same weights: the identity
+            # check), so the sha256 an earlier recipe.yaml records stays true
+            if not (self.out_dir / "baseline.keras").is_file():
+                _rundir.save_model(self.model, self.out_dir / "baseline.keras")
+        except Exception as e:  # a model Keras cannot save: no recipe.yaml, the search goes on
+            self.replayable = False
+            self.say(f"[auto] no recipe.yaml: the model cannot be saved ({type(e).__name__}: {e})")
+        baseline = _measure_baseline(
+            self.model,
+            self.out_dir,
+            self.val,
+            self.test,
+            self.train[0][:200],
+            micro=self.micro or None,
+        )
+        write_json(self.out_dir / "baseline.json", baseline)
+        return baseline
+
+    def _say_baseline(self) -> None:
+        b, has_test = self.baseline, self.test is not None
+        self.say(
+            f"[auto] baseline (float32 TFLite): {b['bytes']} bytes, {b['gzip_bytes']} gzip bytes, "
+            f"val acc {b['val_accuracy']:.4f}"
+            + (f", test acc {b['test_accuracy']:.4f}" if has_test else "")
+            + f"; budget: -{100 * self.budget.max_accuracy_drop:.2f} pt on val"
+            + self.budget.text()
+            + (" (test is measured, not used to select)" if has_test else "")
+        )
+
+    def _tuner(self) -> Tuner:
+        """The screening's tuner: `AutoOracle` proposes, trials are scored against the budget."""
+        from tfopt.tune._distributed import pace_idle
+
+        tuner = Tuner(
             self.oracle,
             self.hypermodel,
             epochs=0,
-            objective=objective,
-            baseline_accuracy=b["val_accuracy"],
-            max_accuracy_drop=max_accuracy_drop,
-            max_ram=self.budgets["max_ram"],
-            max_flash=self.budgets["max_flash"],
-            min_robust_accuracy=self.budgets["min_robust_accuracy"],
-            robust_epsilon=self.budgets["robust_epsilon"],
+            objective=self.objective,
+            baseline_accuracy=self.baseline["val_accuracy"],
+            budget=self.budget,
             on_trial_done=self._on_trial_done,
             save_models=True,
-            trial_seed=seed,
-            directory=str(out_dir),
+            trial_seed=self.seed,
+            directory=str(self.out_dir),
             project_name="search",
             overwrite=False,
         )
-        from tfopt.tune._distributed import pace_idle
+        pace_idle(tuner)  # a worker of a distributed screening: no busy loop while IDLE
+        return tuner
 
-        pace_idle(self.tuner)  # a worker of a distributed screening: no busy loop while IDLE
-        self.refine_dir = out_dir / "refine"
-        for record in self.tuner.records():  # trials of an earlier, resumed run
+    def _resume(self) -> None:
+        """Reads back the trials and refinement runs of an earlier run in ``out_dir``."""
+        for record in self.tuner.records():
             self._add(record)
         for path in sorted(self.refine_dir.glob("r*/tfopt.json")):
             stale = _refine_record(path)
@@ -333,9 +352,11 @@ class Search:
             else:
                 self._add(stale)
         if self.candidates:
-            self.say(f"[auto] resuming: {len(self.candidates)} trial(s) already done in {out_dir}")
+            self.say(
+                f"[auto] resuming: {len(self.candidates)} trial(s) already done in {self.out_dir}"
+            )
 
-    def _sensitivity(self, model, val, *, planned: bool) -> dict | None:
+    def _sensitivity(self, *, planned: bool) -> dict | None:
         """The per-layer sensitivity pass (`layer_sensitivity`), made once per run directory
         (``sensitivity.json``: a resumed search and the workers of a distributed one read it);
         None when the seeds are the caller's (no plan is needed)."""
@@ -345,7 +366,7 @@ class Search:
         if not planned or self.worker:
             return None
         t0 = time.monotonic()
-        sens = layer_sensitivity(model, val)
+        sens = layer_sensitivity(self.model, self.val)
         write_json(path, sens)
         self.say(
             f"[auto] sensitivity pass: {len(sens['layers'])} layer(s) x (channel cuts, "
@@ -355,7 +376,7 @@ class Search:
 
     # -- candidates ------------------------------------------------------------------------------
     def _add(self, record: dict) -> Candidate:
-        c = Candidate.from_record(record, self.baseline, self.max_accuracy_drop, self.budgets)
+        c = Candidate.from_record(record, self.baseline, self.budget)
         stale = _stale(c, record)
         if stale:  # never select (or copy to best.tflite) a file that is not the one measured
             c.status, c.within_budget = "ERROR", None
@@ -488,7 +509,7 @@ class Search:
                 queue = refine_queue(
                     cands,
                     self.baseline["val_accuracy"],
-                    self.max_accuracy_drop,
+                    self.budget.max_accuracy_drop,
                     key=self.key,
                     best=best,
                 )
@@ -526,7 +547,7 @@ class Search:
                     val=self.val,
                     test=self.test,
                     seed=self.seed,
-                    robust_epsilon=self.budgets["robust_epsilon"],
+                    robust_epsilon=self.budget.robust_epsilon,
                     screened=len(self.screen_train[1]) / len(self.train[1]),
                 )
                 durations.append(record["seconds"])
@@ -543,6 +564,41 @@ class Search:
         """Selects the best candidate and rewrites best.tflite/.keras, recipe.yaml and the report."""
         cands = sorted(self.candidates.values(), key=lambda c: c.trial_id)
         done = [c for c in cands if c.completed]
+        best = select_best(done, self.key)
+        if best is not None and (self.best is None or self.best.trial_id != best.trial_id):
+            self._write_best(best)
+        near = None if best is not None else closest(done)
+        if best is None:
+            for stale in ("best.tflite", "best.keras", "recipe.yaml"):
+                (self.out_dir / stale).unlink(missing_ok=True)
+            self.recipe_path = None
+        self._write_closest(near)
+        self.best = best
+        self.data = self._report_data(cands, near, stopped)
+        self.report = write_report(self.out_dir, self.data)
+
+    def _write_best(self, best: Candidate) -> None:
+        """Copies ``best``'s artifact (and Keras model) to best.tflite (best.keras) and writes
+        its recipe.yaml."""
+        _rundir.copy_file(best.artifact, self.out_dir / "best.tflite")
+        if best.keras_model:
+            _rundir.copy_file(best.keras_model, self.out_dir / "best.keras")
+        else:
+            (self.out_dir / "best.keras").unlink(missing_ok=True)
+        if self.replayable:
+            raw = recipe_config(
+                best.to_dict(),
+                out_dir=self.out_dir,
+                target=self.target,
+                seed=self.seed,
+                run_config=self.run_config,
+            )
+            self.recipe_path = write_recipe(
+                self.out_dir / "recipe.yaml", raw, best=best.to_dict(), run_config=self.run_config
+            )
+
+    def _front(self, done: list[Candidate]) -> tuple[list[str], dict]:
+        """The Pareto front's trial ids and the objectives it is over."""
         points = [
             {
                 "accuracy": c.val_accuracy,
@@ -555,40 +611,20 @@ class Search:
         ]
         objectives = front_objectives(points)
         front = [done[i].trial_id for i in pareto_front(points, objectives)] if done else []
-        best = select_best(done, self.key)
-        if best is not None and (self.best is None or self.best.trial_id != best.trial_id):
-            _rundir.copy_file(best.artifact, self.out_dir / "best.tflite")
-            if best.keras_model:
-                _rundir.copy_file(best.keras_model, self.out_dir / "best.keras")
-            else:
-                (self.out_dir / "best.keras").unlink(missing_ok=True)
-            if self.replayable:
-                raw = recipe_config(
-                    best.to_dict(),
-                    out_dir=self.out_dir,
-                    target=self.target,
-                    seed=self.seed,
-                    run_config=self.run_config,
-                )
-                self.recipe_path = write_recipe(
-                    self.out_dir / "recipe.yaml",
-                    raw,
-                    best=best.to_dict(),
-                    run_config=self.run_config,
-                )
-        near = None if best is not None else closest(done)
-        if best is None:
-            for stale in ("best.tflite", "best.keras", "recipe.yaml"):
-                (self.out_dir / stale).unlink(missing_ok=True)
-            self.recipe_path = None
-        self._write_closest(near)
-        self.best = best
+        return front, objectives
+
+    def _report_data(self, cands: list[Candidate], near: Candidate | None, stopped: str) -> dict:
+        """What report.json holds (and report.md shows): the settings, the baseline, every
+        candidate, the best or the closest one, the front, how the search went."""
+        done = [c for c in cands if c.completed]
+        front, objectives = self._front(done)
+        best = self.best
         test_note = "; test accuracy is measured and reported only" if self.test is not None else ""
-        self.data = {
+        return {
             "name": self.out_dir.name,
             "target": self.target,
             "objective": self.objective,
-            "max_accuracy_drop": self.max_accuracy_drop,
+            "max_accuracy_drop": self.budget.max_accuracy_drop,
             "baseline": self.baseline,
             "best": None
             if best is None
@@ -608,7 +644,7 @@ class Search:
             "plans": self.hypermodel.plans,
             "front": front,
             "front_objectives": objectives,
-            "budgets": self.budgets,
+            "budgets": self.budget.limits(),
             "candidates": [c.to_dict() for c in cands],
             "trials_completed": len(done),
             "trials_failed": len(cands) - len(done),
@@ -623,10 +659,8 @@ class Search:
                 "margin": REFINE_MARGIN,
                 "distill": "distill" in self.hypermodel.techniques,
             },
-            "selection": SELECTION.format(key=self.key, budgets=_budget_text(self.budgets))
-            + test_note,
+            "selection": SELECTION.format(key=self.key, budgets=self.budget.text()) + test_note,
         }
-        self.report = write_report(self.out_dir, self.data)
 
     def _write_closest(self, near: Candidate | None) -> None:
         """`CLOSEST_FILE`: the candidate nearest to the budgets while none meets them (named so
@@ -737,20 +771,6 @@ def _micro_text(c: Candidate) -> str:
         f"TFLite Micro arena {c.arena_bytes:,} B, flash {c.flash_bytes:,} B, argmax agreement "
         f"with LiteRT {tflm_cell(c.to_dict())}; "
     )
-
-
-def _budget_text(budgets: dict) -> str:
-    parts = [
-        f"{label} <= {budgets[key]:,} B"
-        for key, label in (("max_ram", "TFLM arena"), ("max_flash", "flash"))
-        if budgets.get(key) is not None
-    ]
-    if budgets.get("min_robust_accuracy") is not None:
-        parts.append(
-            f"PGD accuracy >= {budgets['min_robust_accuracy']:g} at "
-            f"eps={budgets['robust_epsilon']:g}"
-        )
-    return (", " + ", ".join(parts)) if parts else ""
 
 
 def _objective():

@@ -247,6 +247,23 @@ def _data(data):
     return np.asarray(data, dtype="float32"), None
 
 
+def _check_timing(*, runs, warmup, concurrency, max_batch, max_wait_ms) -> list[int]:
+    """Refuses timing and load-test options out of range; returns the concurrency levels."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(
+            f"runs must be >= 1 and warmup >= 0. Received: runs={runs}, warmup={warmup}"
+        )
+    levels = [concurrency] if isinstance(concurrency, int) else list(concurrency or ())
+    if any(not isinstance(c, int) or c < 1 for c in levels):
+        raise ValueError(f"concurrency must hold ints >= 1. Received: concurrency={concurrency!r}")
+    # checked here, not in the load test's child processes, whose error would be a traceback
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise ValueError(f"max_batch must be an int >= 1. Received: max_batch={max_batch!r}")
+    if not (isinstance(max_wait_ms, int | float) and 0 <= max_wait_ms < float("inf")):
+        raise ValueError(f"max_wait_ms must be a finite number >= 0. Received: {max_wait_ms!r}")
+    return levels
+
+
 def benchmark(
     artifact,
     data=None,
@@ -321,18 +338,8 @@ def benchmark(
         >>> res = tfopt.bench.benchmark("m.tflite", (x_test, y_test), concurrency=(1, 8))
         >>> res.accuracy, res.gzip_bytes, res.latency_ms["p99"], res.concurrency[1]["throughput_rps"]
     """
-    if runs < 1 or warmup < 0:
-        raise ValueError(
-            f"runs must be >= 1 and warmup >= 0. Received: runs={runs}, warmup={warmup}"
-        )
-    levels = [concurrency] if isinstance(concurrency, int) else list(concurrency or ())
-    if any(not isinstance(c, int) or c < 1 for c in levels):
-        raise ValueError(f"concurrency must hold ints >= 1. Received: concurrency={concurrency!r}")
-    # checked here, not in the load test's child processes, whose error would be a traceback
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-        raise ValueError(f"max_batch must be an int >= 1. Received: max_batch={max_batch!r}")
-    if not (isinstance(max_wait_ms, int | float) and 0 <= max_wait_ms < float("inf")):
-        raise ValueError(f"max_wait_ms must be a finite number >= 0. Received: {max_wait_ms!r}")
+    levels = _check_timing(runs=runs, warmup=warmup, concurrency=concurrency,
+                           max_batch=max_batch, max_wait_ms=max_wait_ms)  # fmt: skip
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
     kwargs = {"num_threads": num_threads} if isinstance(artifact, str | Path) else {}
     runner = runner_for(artifact, runtime=runtime, **kwargs)

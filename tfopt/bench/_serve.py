@@ -454,36 +454,9 @@ def load_test(
     Example:
         >>> load_test(runner_for("m.tflite"), x_test, clients=8)["throughput_rps"]
     """
-    if not isinstance(clients, int) or clients < 1:
-        raise ValueError(f"clients must be an int >= 1. Received: clients={clients!r}")
-    if not 0 < start_timeout_s < float("inf"):  # also refuses nan: the wait must end
-        raise ValueError(
-            f"start_timeout_s must be a finite number of seconds > 0. "
-            f"Received: start_timeout_s={start_timeout_s!r}"
-        )
-    if (requests is not None and requests < 1) or not 0 < duration_s < float("inf"):
-        raise ValueError(
-            f"requests must be >= 1 and duration_s > 0. Received: requests={requests}, "
-            f"duration_s={duration_s}"
-        )
+    _check_load(clients, requests=requests, duration_s=duration_s, start_timeout_s=start_timeout_s)
     x = np.asarray(x, dtype="float32")
-    workers = min(clients, os.cpu_count() or 1) if workers is None else workers
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1. Received: workers={workers!r}")
-    if processes is None:
-        processes = (
-            min(workers, clients) if workers > 1 and getattr(runner, "rebuildable", False) else 1
-        )
-    elif not isinstance(processes, int) or not 1 <= processes <= min(workers, clients):
-        raise ValueError(
-            f"processes must be an int from 1 to min(workers, clients) = {min(workers, clients)}. "
-            f"Received: processes={processes!r}"
-        )
-    elif processes > 1 and not getattr(runner, "rebuildable", False):
-        raise ValueError(
-            f"processes={processes} needs a runner that can be rebuilt in another process "
-            f"(TFLite or ONNX); a {type(runner).__name__} serves from this process only"
-        )
+    workers, processes = _pool_shape(runner, clients, workers, processes)
     kwargs = {
         "micro_batch": micro_batch,
         "max_batch": max_batch,
@@ -505,13 +478,57 @@ def load_test(
             start_timeout_s=start_timeout_s,
             **kwargs,
         )
+    pool = {"clients": clients, "workers": workers, "processes": processes}
+    return _load_summary(out, pool, micro_batch=micro_batch, max_batch=max_batch,
+                         max_wait_ms=max_wait_ms)  # fmt: skip
+
+
+def _check_load(clients, *, requests, duration_s, start_timeout_s) -> None:
+    """Refuses a client count, request cap, duration or start timeout out of range."""
+    if not isinstance(clients, int) or clients < 1:
+        raise ValueError(f"clients must be an int >= 1. Received: clients={clients!r}")
+    if not 0 < start_timeout_s < float("inf"):  # also refuses nan: the wait must end
+        raise ValueError(
+            f"start_timeout_s must be a finite number of seconds > 0. "
+            f"Received: start_timeout_s={start_timeout_s!r}"
+        )
+    if (requests is not None and requests < 1) or not 0 < duration_s < float("inf"):
+        raise ValueError(
+            f"requests must be >= 1 and duration_s > 0. Received: requests={requests}, "
+            f"duration_s={duration_s}"
+        )
+
+
+def _pool_shape(runner, clients: int, workers, processes) -> tuple[int, int]:
+    """``(workers, processes)``: the defaults filled in (`load_test`), checked against
+    ``clients`` and against what ``runner`` can do in another process."""
+    workers = min(clients, os.cpu_count() or 1) if workers is None else workers
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1. Received: workers={workers!r}")
+    if processes is None:
+        processes = (
+            min(workers, clients) if workers > 1 and getattr(runner, "rebuildable", False) else 1
+        )
+    elif not isinstance(processes, int) or not 1 <= processes <= min(workers, clients):
+        raise ValueError(
+            f"processes must be an int from 1 to min(workers, clients) = {min(workers, clients)}. "
+            f"Received: processes={processes!r}"
+        )
+    elif processes > 1 and not getattr(runner, "rebuildable", False):
+        raise ValueError(
+            f"processes={processes} needs a runner that can be rebuilt in another process "
+            f"(TFLite or ONNX); a {type(runner).__name__} serves from this process only"
+        )
+    return workers, processes
+
+
+def _load_summary(out: dict, pool: dict, *, micro_batch, max_batch, max_wait_ms) -> dict:
+    """`load_test`'s result from a closed loop's raw ``out`` (latencies, batch sizes, errors)."""
     ms = out["latency_s"] * 1e3
     sizes = out["batch_sizes"]
     seconds = out["seconds"]
     return {
-        "clients": clients,
-        "workers": workers,
-        "processes": processes,
+        **pool,
         "micro_batch": bool(micro_batch),
         "max_batch": max_batch if micro_batch else 1,
         "max_wait_ms": max_wait_ms if micro_batch else 0.0,

@@ -39,26 +39,28 @@ def add_parser(sub):
         "candidate so far and the report are written).",
     )
     p.add_argument("config", nargs="?", help="YAML config (data, model, train sections are used)")
+    _add_budget_args(p)
+    _add_search_args(p)
+    _add_input_args(p)
+    add_distributed_args(
+        p,
+        workers_help="screen with a chief and N worker processes on this machine (KerasTuner's "
+        "distributed mode over loopback, as `tfopt tune --workers`); refinement and the report "
+        "follow in this process",
+        chief_help="join the screening served by a chief at HOST:PORT as a worker (its --out "
+        "must be shared with this machine: the chief's process reads the trials' files)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    return p
+
+
+def _add_budget_args(p) -> None:
+    """The budget flags: what `budget_of` makes a `tfopt.auto.Budget` of."""
     p.add_argument(
         "--max-accuracy-drop",
         type=float,
         required=True,
         help="allowed accuracy drop as a fraction, e.g. 0.005 = half a point",
-    )
-    p.add_argument("--time-budget", type=float, help="search time in seconds (no new trial after)")
-    p.add_argument("--max-trials", type=int, help="number of trials (default 20 without a budget)")
-    p.add_argument(
-        "--out",
-        help="run directory (default: runs/auto_<model file's stem, else config name>-<hash "
-        "of the model, data and settings>, so the same command resumes and another model or "
-        "data gets its own)",
-    )
-    p.add_argument(
-        "--objective",
-        choices=["size", "latency", "ram"],
-        default="size",
-        help="what to minimize: gzip size, p50 latency, or ram (TFLite Micro's arena) "
-        "(default: size)",
     )
     p.add_argument(
         "--max-ram",
@@ -75,6 +77,13 @@ def add_parser(sub):
         "e.g. 256KB",
     )
     p.add_argument(
+        "--max-latency",
+        type=float,
+        metavar="MS",
+        help="reject candidates whose p50 latency of one request through the artifact (LiteRT on "
+        "this machine; TFLite Micro for --target tflm) exceeds MS milliseconds",
+    )
+    p.add_argument(
         "--min-robust-accuracy",
         type=float,
         metavar="FRACTION",
@@ -87,43 +96,56 @@ def add_parser(sub):
         metavar="EPS",
         help="the PGD attack's L-inf radius in input units (needed by --min-robust-accuracy)",
     )
+
+
+def _add_search_args(p) -> None:
+    """What to search for and for how long, and where the run directory is."""
     p.add_argument(
         "--target",
         choices=formats.targets(),
         default="tflite-int8",
     )
     p.add_argument(
+        "--objective",
+        choices=["size", "latency", "ram"],
+        default="size",
+        help="what to minimize: gzip size, p50 latency, or ram (TFLite Micro's arena) "
+        "(default: size)",
+    )
+    p.add_argument(
         "--techniques",
         help="comma-separated subset of prune,prune_channels,quantize,cluster,distill "
         "(default: all available)",
     )
-    p.add_argument("--data", help="dataset name or .npz (overrides the config's data.name)")
+    p.add_argument("--time-budget", type=float, help="search time in seconds (no new trial after)")
+    p.add_argument("--max-trials", type=int, help="number of trials (default 20 without a budget)")
     p.add_argument(
-        "--model", help="zoo model name or .keras/.h5 file (overrides the config's model)"
+        "--out",
+        help="run directory (default: runs/auto_<model file's stem, else config name>-<hash "
+        "of the model, data and settings>, so the same command resumes and another model or "
+        "data gets its own)",
     )
-    p.add_argument("--epochs", type=int, help="baseline training epochs (overrides train.epochs)")
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="discard an earlier search in --out (only a directory tfopt created is removed)",
     )
-    add_distributed_args(
-        p,
-        workers_help="screen with a chief and N worker processes on this machine (KerasTuner's "
-        "distributed mode over loopback, as `tfopt tune --workers`); refinement and the report "
-        "follow in this process",
-        chief_help="join the screening served by a chief at HOST:PORT as a worker (its --out "
-        "must be shared with this machine: the chief's process reads the trials' files)",
+
+
+def _add_input_args(p) -> None:
+    """The baseline's data, model and training epochs (overriding CONFIG's)."""
+    p.add_argument("--data", help="dataset name or .npz (overrides the config's data.name)")
+    p.add_argument(
+        "--model", help="zoo model name or .keras/.h5 file (overrides the config's model)"
     )
-    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
-    return p
+    p.add_argument("--epochs", type=int, help="baseline training epochs (overrides train.epochs)")
 
 
 # the options a chief and its workers get from `tfopt auto --workers` (all but --workers and
 # --overwrite, which the launcher handles)
 _SHARED = (
     "max_accuracy_drop", "time_budget", "max_trials", "objective", "max_ram", "max_flash",
-    "min_robust_accuracy", "robust_epsilon", "target", "techniques", "data", "model", "epochs",
+    "max_latency", "min_robust_accuracy", "robust_epsilon", "target", "techniques", "data", "model", "epochs",
 )  # fmt: skip
 
 
@@ -181,6 +203,8 @@ def auto_identity(cfg, args, techniques) -> dict:
             "max_flash": args.max_flash,
             "min_robust_accuracy": args.min_robust_accuracy,
             "robust_epsilon": args.robust_epsilon,
+            # only when set: the default run directory of an earlier command stays its own
+            **({} if args.max_latency is None else {"max_latency_ms": args.max_latency}),
         },
     }
 
@@ -198,51 +222,53 @@ def default_run_dir(cfg, identity: dict) -> Path:
 
 
 def baseline_model(cfg, data, out_dir: Path):
-    """Loads ``out_dir/baseline.keras`` (a resumed run) or builds and trains the float baseline."""
+    """Loads ``out_dir/baseline.keras`` (a resumed run) or builds and trains the float baseline
+    as `tfopt run` does (`tfopt._pipeline.build_baseline`, `fit_baseline`)."""
     from tfopt import _rundir
     from tfopt._backend import import_keras
-    from tfopt.models import get, load
+    from tfopt._pipeline import build_baseline, fit_baseline
+    from tfopt._steps import StepContext
+    from tfopt.models import load
 
     keras = import_keras()
     saved = out_dir / "baseline.keras"
     if saved.exists():
         _logger.info(f"[auto] using the trained baseline of the earlier run: {saved}")
         return load(saved)
+    _rundir.prepare(out_dir, resume=True, by="tfopt auto")  # before the fit writes its logs
     keras.utils.set_random_seed(cfg.seed)  # before building: the initial weights are seeded too
-    if cfg.model.path:
-        model = load(cfg.model.path)
-    else:
-        model = get(
-            cfg.model.name,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            **cfg.model.options,
-        )
-    from tfopt.data._checks import check_model_data
-
-    check_model_data(model, data, what=cfg.data.name)  # before the baseline trains
+    ctx = StepContext(
+        data=data, run_dir=out_dir, batch_size=cfg.train.batch_size, verbose=0, seed=cfg.seed
+    )
+    model = build_baseline(cfg, data, ctx)  # refused here, before it trains, if data won't fit
     if cfg.train.epochs:
         _logger.info(f"[auto] training the float baseline: {model.name}, {cfg.train.epochs} epochs")
-        from tfopt._training import fit
-
-        fit(model, cfg.train, data, seed=cfg.seed)  # the train: options, as in `tfopt run`
-    _rundir.prepare(out_dir, resume=True, by="tfopt auto")
+    fit_baseline(cfg, model, ctx)  # the train: options, as in `tfopt run`
     _rundir.save_model(model, saved)  # atomic: a killed run leaves no half-written baseline
     return model
 
 
+def budget_of(args):
+    """The `tfopt.auto.Budget` of the budget flags (checked as it is made)."""
+    from tfopt.auto import Budget
+
+    return Budget(
+        args.max_accuracy_drop,
+        max_ram=args.max_ram,
+        max_flash=args.max_flash,
+        max_latency_ms=args.max_latency,
+        min_robust_accuracy=args.min_robust_accuracy,
+        robust_epsilon=args.robust_epsilon,
+    )
+
+
 def main(args) -> int:
-    from tfopt.auto._optimize import check_budget, check_search_args
+    from tfopt.auto._optimize import check_search_args
 
-    check_budget(args.max_accuracy_drop)
     # every option is checked before the baseline trains
+    budget = budget_of(args)
     check_search_args(time_budget=args.time_budget, max_trials=args.max_trials)
-    from tfopt.auto._optimize import check_memory_budgets
-
-    check_memory_budgets(args.max_ram, args.max_flash, target=args.target, objective=args.objective)
-    from tfopt.auto._optimize import check_robust_budget
-
-    check_robust_budget(args.min_robust_accuracy, args.robust_epsilon)
+    budget.check_target(args.target, args.objective)
     if args.techniques:
         from tfopt.tune import TECHNIQUES
 
@@ -281,13 +307,13 @@ def main(args) -> int:
         with _rundir.claim_run(
             out_dir, "auto", identity, command="tfopt auto", what=what, overwrite=args.overwrite
         ):
-            return _search(args, cfg, out_dir, techniques=techniques, role=role)
+            return _search(args, cfg, out_dir, budget=budget, techniques=techniques, role=role)
     _rundir.prepare(out_dir, resume=True, by="tfopt auto")
     _rundir.claim_identity(out_dir, "auto", identity, what=what)
-    return _search(args, cfg, out_dir, techniques=techniques, role=role)
+    return _search(args, cfg, out_dir, budget=budget, techniques=techniques, role=role)
 
 
-def _search(args, cfg, out_dir: Path, *, techniques, role) -> int:
+def _search(args, cfg, out_dir: Path, *, budget, techniques, role) -> int:
     """Loads the data and the baseline, then searches (screening in --workers children)."""
     from tfopt import auto
     from tfopt import data as data_mod
@@ -316,8 +342,8 @@ def _search(args, cfg, out_dir: Path, *, techniques, role) -> int:
         model,
         data.train,
         data.val,
+        budget,
         test=data.test,
-        max_accuracy_drop=args.max_accuracy_drop,
         target=args.target,
         objective=args.objective,
         time_budget=time_budget,
@@ -327,10 +353,6 @@ def _search(args, cfg, out_dir: Path, *, techniques, role) -> int:
         seed=cfg.seed,
         run_config=cfg,
         verbose=0 if args.quiet else 1,
-        max_ram=args.max_ram,
-        max_flash=args.max_flash,
-        min_robust_accuracy=args.min_robust_accuracy,
-        robust_epsilon=args.robust_epsilon,
         screen=not args.workers,
         role=role,
     )
@@ -354,14 +376,11 @@ def _search(args, cfg, out_dir: Path, *, techniques, role) -> int:
 def _no_fit_line(res) -> str:
     """The last line when no candidate met the budgets: the rejections per budget, the closest."""
     from tfopt.auto._candidate import rejection_text
-    from tfopt.auto._search import _budget_text
 
-    counts = res.rejections
+    budget = res.budget
     text = "tfopt: no candidate within the budgets " + (
-        f"(accuracy -{100 * res.extra['max_accuracy_drop']:.2f} pt"
-        + _budget_text(res.extra["budgets"])
-        + "): "
-        + rejection_text(counts, len(res.candidates), res.extra["budgets"])
+        f"(accuracy -{100 * budget.max_accuracy_drop:.2f} pt{budget.text()}): "
+        + rejection_text(res.rejections, len(res.candidates), budget.limits())
     )
     if res.closest_path is not None:
         text += f"; closest, outside the budget: {res.closest_path}"

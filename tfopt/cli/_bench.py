@@ -42,6 +42,30 @@ def add_parser(sub):
         help="dataset name or .npz; its test split gives accuracy and inputs "
         "(default: none: latency on zero inputs, no accuracy)",
     )
+    _add_load_args(p)
+    p.add_argument("--runs", type=int, default=200, help="timed single-request runs (default: 200)")
+    p.add_argument(
+        "--robust-epsilon",
+        type=float,
+        metavar="EPS",
+        help="also measure accuracy under PGD-10 at this L-inf radius (needs --data)",
+    )
+    p.add_argument(
+        "--attack-model",
+        metavar="M.keras",
+        help="the Keras model the PGD examples are made on (needed for .tflite/.onnx/SavedModel "
+        "artifacts, which give no gradients: a transfer attack); .keras artifacts are attacked "
+        "white-box",
+    )
+    p.add_argument("--json", dest="json_path", metavar="OUT.json", help="write the results as JSON")
+    p.add_argument(
+        "--report", metavar="DIR", help="write bench.md, bench.json and PNG plots to DIR"
+    )
+    return p
+
+
+def _add_load_args(p) -> None:
+    """The load test's flags: concurrency levels, micro-batching, the serving pool, how long."""
     p.add_argument(
         "--concurrency",
         type=_levels,
@@ -80,25 +104,6 @@ def add_parser(sub):
     p.add_argument(
         "--requests", type=int, help="stop a level early after this many requests (default: no cap)"
     )
-    p.add_argument("--runs", type=int, default=200, help="timed single-request runs (default: 200)")
-    p.add_argument(
-        "--robust-epsilon",
-        type=float,
-        metavar="EPS",
-        help="also measure accuracy under PGD-10 at this L-inf radius (needs --data)",
-    )
-    p.add_argument(
-        "--attack-model",
-        metavar="M.keras",
-        help="the Keras model the PGD examples are made on (needed for .tflite/.onnx/SavedModel "
-        "artifacts, which give no gradients: a transfer attack); .keras artifacts are attacked "
-        "white-box",
-    )
-    p.add_argument("--json", dest="json_path", metavar="OUT.json", help="write the results as JSON")
-    p.add_argument(
-        "--report", metavar="DIR", help="write bench.md, bench.json and PNG plots to DIR"
-    )
-    return p
 
 
 def main(args) -> int:

@@ -156,6 +156,43 @@ def _check_number(value, arg: str, *, low: float, high: float | None = None, ope
         raise ValueError(f"{arg} must be a number {rule}. Received: {arg}={value!r}")
 
 
+def _check_options(
+    teacher,
+    student,
+    *,
+    temperature,
+    alpha,
+    feature_loss,
+    feature_weight,
+    precompute_teacher,
+    augment,
+    mixup,
+) -> list:
+    """Refuses `Distiller` arguments out of range or that do not go together; returns the
+    augmentation layers of ``augment``."""
+    check_model(teacher, "teacher")
+    check_model(student, "student")
+    _check_number(temperature, "temperature", low=0, open_low=True)
+    _check_number(alpha, "alpha", low=0, high=1)
+    _check_number(feature_weight, "feature_weight", low=0)
+    if not (isinstance(feature_loss, str) or callable(feature_loss)):
+        raise TypeError(
+            "feature_loss must be a loss name, a keras.losses.Loss or a function. "
+            f"Received: feature_loss={feature_loss!r}"
+        )
+    augment_layers = _augmentation(augment)
+    _check_number(mixup, "mixup", low=0)
+    if (augment_layers or mixup) and precompute_teacher:
+        raise ValueError(
+            "augment and mixup need the teacher online (it must label the inputs the student "
+            "sees); precompute_teacher=True gives it the original ones. Received: "
+            f"precompute_teacher=True with augment={augment!r}, mixup={mixup!r}"
+        )
+    if teacher is student:
+        raise ValueError("teacher and student must be different models (got the same object twice)")
+    return augment_layers
+
+
 @keras.saving.register_keras_serializable(package="tfopt")
 class Distiller(keras.Model):
     """Trains ``student`` to match a frozen ``teacher`` (outputs and, optionally, features) and labels.
@@ -267,28 +304,17 @@ class Distiller(keras.Model):
         name: str = "distiller",
         **kwargs,
     ):
-        check_model(teacher, "teacher")
-        check_model(student, "student")
-        _check_number(temperature, "temperature", low=0, open_low=True)
-        _check_number(alpha, "alpha", low=0, high=1)
-        _check_number(feature_weight, "feature_weight", low=0)
-        if not (isinstance(feature_loss, str) or callable(feature_loss)):
-            raise TypeError(
-                "feature_loss must be a loss name, a keras.losses.Loss or a function. "
-                f"Received: feature_loss={feature_loss!r}"
-            )
-        augment_layers = _augmentation(augment)
-        _check_number(mixup, "mixup", low=0)
-        if (augment_layers or mixup) and precompute_teacher:
-            raise ValueError(
-                "augment and mixup need the teacher online (it must label the inputs the student "
-                "sees); precompute_teacher=True gives it the original ones. Received: "
-                f"precompute_teacher=True with augment={augment!r}, mixup={mixup!r}"
-            )
-        if teacher is student:
-            raise ValueError(
-                "teacher and student must be different models (got the same object twice)"
-            )
+        augment_layers = _check_options(
+            teacher,
+            student,
+            temperature=temperature,
+            alpha=alpha,
+            feature_loss=feature_loss,
+            feature_weight=feature_weight,
+            precompute_teacher=precompute_teacher,
+            augment=augment,
+            mixup=mixup,
+        )
         super().__init__(name=name, **kwargs)
         _check_shapes(teacher, student)
         self.teacher_output, self.student_output = teacher_output, student_output
@@ -311,6 +337,14 @@ class Distiller(keras.Model):
         self._logits_term = keras.distillation.LogitsDistillation(
             temperature=self.temperature, loss=keras.losses.KLDivergence()
         )
+        self._build_feature_terms(teacher, student, feature_loss)
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self._student_loss_arg = self._distillation_loss_arg = None
+
+    def _build_feature_terms(self, teacher, student, feature_loss) -> None:
+        """One `keras.distillation.FeatureDistillation` term and projection per ``features``
+        pair, and the models that give both models' outputs and features in one pass each."""
         self._feature_terms = []
         self.projections = []
         teacher_extractor = student_extractor = None
@@ -343,9 +377,6 @@ class Distiller(keras.Model):
             )
         object.__setattr__(self, "_teacher_extractor", teacher_extractor)
         object.__setattr__(self, "_student_extractor", student_extractor)
-        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
-        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
-        self._student_loss_arg = self._distillation_loss_arg = None
 
     @property
     def teacher(self):

@@ -77,6 +77,38 @@ def config_pbtxt(
     return "\n".join(lines) + "\n"
 
 
+def _check_args(model, *, backend, kind, version, name, max_batch_size) -> str:
+    """Refuses a backend, kind, version, batch size or name `triton` cannot use; returns the
+    model's directory name (``name``, else the model's)."""
+    check_model(model)
+    if backend not in BACKENDS:
+        raise ValueError(f"Unrecognized backend={backend!r}. Supported: {sorted(BACKENDS)}")
+    if kind not in KINDS:
+        raise ValueError(f"Unrecognized kind={kind!r}. Supported: {list(KINDS)}")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be an int >= 1. Received: version={version!r}")
+    if not isinstance(max_batch_size, int) or max_batch_size < 0:
+        raise ValueError(
+            f"max_batch_size must be an int >= 0. Received: max_batch_size={max_batch_size!r}"
+        )
+    name = name or model.name
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"name must be a plain directory name. Received: name={name!r}")
+    return name
+
+
+def _tensor_specs(model, info: dict, *, batched: bool) -> tuple[dict, dict]:
+    """``(inputs, outputs)``: name -> (dtype, dims) for config.pbtxt; with batching, Triton
+    takes the dims without the batch axis."""
+    dtype = np.dtype(model.inputs[0].dtype).name
+    out_dtype = np.dtype(model.outputs[0].dtype).name
+    inputs = {k: (dtype, v[1:] if batched else [1, *v[1:]]) for k, v in info["inputs"].items()}
+    outputs = {
+        k: (out_dtype, v[1:] if batched else [1, *v[1:]]) for k, v in info["outputs"].items()
+    }
+    return inputs, outputs
+
+
 def triton(
     model,
     repository,
@@ -138,20 +170,8 @@ def triton(
         >>> art = tfopt.export.triton(model, "model_repository", backend="onnx")
         >>> print((art.path / "config.pbtxt").read_text())
     """
-    check_model(model)
-    if backend not in BACKENDS:
-        raise ValueError(f"Unrecognized backend={backend!r}. Supported: {sorted(BACKENDS)}")
-    if kind not in KINDS:
-        raise ValueError(f"Unrecognized kind={kind!r}. Supported: {list(KINDS)}")
-    if not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be an int >= 1. Received: version={version!r}")
-    if not isinstance(max_batch_size, int) or max_batch_size < 0:
-        raise ValueError(
-            f"max_batch_size must be an int >= 0. Received: max_batch_size={max_batch_size!r}"
-        )
-    name = name or model.name
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"name must be a plain directory name. Received: name={name!r}")
+    name = _check_args(model, backend=backend, kind=kind, version=version, name=name,
+                       max_batch_size=max_batch_size)  # fmt: skip
     model_dir = Path(repository) / name
     version_dir = model_dir / str(version)
     if version_dir.exists():
@@ -172,15 +192,7 @@ def triton(
         from tfopt.export._savedmodel import savedmodel
 
         inner = savedmodel(model, version_dir / "model.savedmodel", **checks)
-    dtype = np.dtype(model.inputs[0].dtype).name
-    out_dtype = np.dtype(model.outputs[0].dtype).name
-    batched = max_batch_size > 0
-    inputs = {
-        k: (dtype, v[1:] if batched else [1, *v[1:]]) for k, v in inner.info["inputs"].items()
-    }
-    outputs = {
-        k: (out_dtype, v[1:] if batched else [1, *v[1:]]) for k, v in inner.info["outputs"].items()
-    }
+    inputs, outputs = _tensor_specs(model, inner.info, batched=max_batch_size > 0)
     text = config_pbtxt(
         name=name,
         platform=BACKENDS[backend],

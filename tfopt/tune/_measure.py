@@ -38,6 +38,27 @@ def correctness(path, data, *, runtime: str | None = None) -> dict:
     return {"accuracy": float(right.mean()), "n": len(right), "correct": pack_correct(right)}
 
 
+def _micro_metrics(result) -> dict:
+    """What TFLite Micro measured of a benchmark ``result`` (arena, flash, agreement with
+    LiteRT), or its flash bytes and why TFLite Micro did not run it."""
+    micro = result.micro
+    if micro:
+        return {
+            "arena_bytes": micro.get("arena_bytes"),
+            "flash_bytes": micro.get("flash_bytes"),
+            "tflm_agreement": micro.get("tflm_agreement"),
+            "tflm_note": micro.get("skipped"),
+        }
+    from tfopt import _tflm
+
+    why = (
+        "tflite-micro is not installed (pip install tflite-micro)"
+        if not _tflm.available()
+        else "not an int8 model: TFLite Micro is measured for int8 models"
+    )
+    return {"flash_bytes": int(result.bytes), "tflm_note": why}
+
+
 def export_and_measure(
     model,
     path,
@@ -111,23 +132,7 @@ def export_and_measure(
     # which samples it gets right: the search compares it with the baseline on the same samples
     val_right = correctness(path, val, runtime=runtime)
     test_right = None if test is None else correctness(path, test, runtime=runtime)
-    micro = result.micro
-    if micro:
-        tflm = {
-            "arena_bytes": micro.get("arena_bytes"),
-            "flash_bytes": micro.get("flash_bytes"),
-            "tflm_agreement": micro.get("tflm_agreement"),
-            "tflm_note": micro.get("skipped"),
-        }
-    else:
-        from tfopt import _tflm
-
-        why = (
-            "tflite-micro is not installed (pip install tflite-micro)"
-            if not _tflm.available()
-            else "not an int8 model: TFLite Micro is measured for int8 models"
-        )
-        tflm = {"flash_bytes": int(result.bytes), "tflm_note": why}
+    tflm = _micro_metrics(result)
     return {
         "val_accuracy": float(result.accuracy),
         "test_accuracy": None if test_right is None else test_right["accuracy"],

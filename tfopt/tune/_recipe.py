@@ -138,50 +138,9 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
                 **fine,
             }
         )
-    ratio = float(recipe.get("channel_ratio", 0.0) or 0.0)
-    if ratio > 0 and str(recipe.get("channel_scope", "")).startswith("plan"):
-        raw += _planned_channel_steps(recipe.get("channel_plan") or {}, epochs, lr, fine)
-    elif ratio > 0:
-        scope = recipe.get("channel_scope", "dense")
-        if scope not in ("dense", "all", "all_dense"):
-            raise ValueError(
-                "channel_scope must be 'dense', 'all' or 'all_dense'. Received: "
-                f"channel_scope={scope!r}"
-            )
-        # "all_dense": every layer, then the widest hidden Dense layer again (a microcontroller
-        # model: narrower convolutions and a much narrower Dense)
-        scopes = {"dense": ["widest_dense"], "all": ["all"], "all_dense": ["all", "widest_dense"]}
-        for step_scope in scopes[scope]:
-            raw.append(
-                {
-                    "type": "prune_channels",
-                    "ratio": ratio,
-                    "steps": 1,
-                    "epochs_per_step": max(1, epochs // 2),
-                    "learning_rate": lr,
-                    "scope": step_scope,
-                    **fine,
-                }
-            )
-    sparsity = float(recipe.get("sparsity", 0.0) or 0.0)
-    where: dict = {"scope": recipe.get("prune_scope", "large")}
-    if str(where["scope"]).startswith("plan"):
-        layers = recipe.get("prune_layers") or []
-        where = {"filters": _exact(layers)} if layers else {}
-        sparsity = sparsity if layers else 0.0  # the plan prunes no layer
-    if sparsity > 0:
-        raw.append(
-            {
-                "type": "prune",
-                "target_sparsity": sparsity,
-                "schedule": recipe.get("schedule", "polynomial"),
-                "end_fraction": 0.7,
-                "epochs": epochs,
-                "learning_rate": lr,
-                **where,
-                **fine,
-            }
-        )
+    raw += _channel_steps(recipe, epochs, lr, fine)
+    prune, sparsity = _prune_step(recipe, epochs, lr, fine)
+    raw += prune
     clusters = int(recipe.get("clusters", 0) or 0)
     if clusters > 0:
         raw.append(
@@ -207,6 +166,60 @@ def recipe_steps(recipe: dict, *, target: str = "tflite-int8") -> list:
             }
         )
     return validate_steps(raw)
+
+
+def _channel_steps(recipe: dict, epochs: int, lr: float, fine: dict) -> list[dict]:
+    """The recipe's ``prune_channels`` steps: a per-layer plan's, or one per ``channel_scope``
+    part at ``channel_ratio`` (none at ratio 0)."""
+    ratio = float(recipe.get("channel_ratio", 0.0) or 0.0)
+    if ratio <= 0:
+        return []
+    if str(recipe.get("channel_scope", "")).startswith("plan"):
+        return _planned_channel_steps(recipe.get("channel_plan") or {}, epochs, lr, fine)
+    scope = recipe.get("channel_scope", "dense")
+    if scope not in ("dense", "all", "all_dense"):
+        raise ValueError(
+            f"channel_scope must be 'dense', 'all' or 'all_dense'. Received: channel_scope={scope!r}"
+        )
+    # "all_dense": every layer, then the widest hidden Dense layer again (a microcontroller
+    # model: narrower convolutions and a much narrower Dense)
+    scopes = {"dense": ["widest_dense"], "all": ["all"], "all_dense": ["all", "widest_dense"]}
+    return [
+        {
+            "type": "prune_channels",
+            "ratio": ratio,
+            "steps": 1,
+            "epochs_per_step": max(1, epochs // 2),
+            "learning_rate": lr,
+            "scope": step_scope,
+            **fine,
+        }
+        for step_scope in scopes[scope]
+    ]
+
+
+def _prune_step(recipe: dict, epochs: int, lr: float, fine: dict) -> tuple[list[dict], float]:
+    """The recipe's magnitude-pruning step (none at sparsity 0, or when a per-layer plan prunes
+    no layer) and the sparsity it prunes to."""
+    sparsity = float(recipe.get("sparsity", 0.0) or 0.0)
+    where: dict = {"scope": recipe.get("prune_scope", "large")}
+    if str(where["scope"]).startswith("plan"):
+        layers = recipe.get("prune_layers") or []
+        where = {"filters": _exact(layers)} if layers else {}
+        sparsity = sparsity if layers else 0.0  # the plan prunes no layer
+    if sparsity <= 0:
+        return [], sparsity
+    step = {
+        "type": "prune",
+        "target_sparsity": sparsity,
+        "schedule": recipe.get("schedule", "polynomial"),
+        "end_fraction": 0.7,
+        "epochs": epochs,
+        "learning_rate": lr,
+        **where,
+        **fine,
+    }
+    return [step], sparsity
 
 
 # flat ``weight_bits`` -> the qat step's ``bits``

@@ -12,6 +12,7 @@ import keras_tuner
 import numpy as np
 
 from tfopt import _rundir
+from tfopt._budget import Budget
 from tfopt.tune._hparams import write_config, write_trial
 from tfopt.tune._measure import ExportFailed, export_and_measure
 from tfopt.tune._recipe import describe, dump_steps, quantization
@@ -30,6 +31,7 @@ def score(
     latency_weight: float = 0.0,
     max_ram: int | None = None,
     max_flash: int | None = None,
+    max_latency_ms: float | None = None,
     min_robust_accuracy: float | None = None,
 ) -> float:
     """The scalar a search maximizes, from the measurements of an exported artifact.
@@ -60,6 +62,8 @@ def score(
         max_ram: the arena budget in bytes (``metrics["arena_bytes"]``). Defaults to None.
         max_flash: the flash budget in bytes (``metrics["flash_bytes"]``, else ``bytes``).
             Defaults to None.
+        max_latency_ms: the latency budget in milliseconds (``metrics["latency_ms"]``): it
+            costs as the RAM budget does. Defaults to None.
         min_robust_accuracy: the least ``metrics["robust_accuracy"]``. Defaults to None.
 
     Returns:
@@ -87,7 +91,8 @@ def score(
         value = -math.log2(max(float(metrics.get("arena_bytes") or 2**40), 1.0))
     else:
         value = -lat
-    for budget, key in ((max_ram, "arena_bytes"), (max_flash, "flash_bytes")):
+    limits = ((max_ram, "arena_bytes"), (max_flash, "flash_bytes"), (max_latency_ms, "latency_ms"))
+    for budget, key in limits:
         if budget is None:
             continue
         measured = metrics.get(key) or (metrics.get("bytes") if key == "flash_bytes" else None)
@@ -219,14 +224,11 @@ class Tuner(keras_tuner.Tuner):
             to 1.
         objective: see `tfopt.tune.score`. Defaults to "accuracy".
         baseline_accuracy: for the accuracy budget. Defaults to None.
-        max_accuracy_drop: the accuracy budget. Defaults to None.
+        budget: the `tfopt.auto.Budget` trials are scored against (`tfopt.tune.score`); its
+            ``robust_epsilon``, when set, also measures PGD accuracy through each artifact.
+            Defaults to None (no budget).
         size_weight: see `tfopt.tune.score`. Defaults to 0.0.
         latency_weight: see `tfopt.tune.score`. Defaults to 0.0.
-        max_ram: see `tfopt.tune.score`. Defaults to None.
-        max_flash: see `tfopt.tune.score`. Defaults to None.
-        min_robust_accuracy: see `tfopt.tune.score`. Defaults to None.
-        robust_epsilon: the PGD radius of ``robust_accuracy`` (measured when given; needed by
-            ``min_robust_accuracy``). Defaults to None.
         representative_samples: calibration samples taken from the training inputs. Defaults to 200.
         latency_runs: timed invocations per artifact. Defaults to 50.
         on_trial_done: called with ``(trial_id, record)`` after each trial (records hold the
@@ -253,13 +255,9 @@ class Tuner(keras_tuner.Tuner):
         epochs: int = 1,
         objective: str = "accuracy",
         baseline_accuracy: float | None = None,
-        max_accuracy_drop: float | None = None,
+        budget: Budget | None = None,
         size_weight: float = 0.0,
         latency_weight: float = 0.0,
-        max_ram: int | None = None,
-        max_flash: int | None = None,
-        min_robust_accuracy: float | None = None,
-        robust_epsilon: float | None = None,
         representative_samples: int = 200,
         latency_runs: int = 50,
         on_trial_done: Callable | None = None,
@@ -278,16 +276,11 @@ class Tuner(keras_tuner.Tuner):
         self.score_options = dict(
             objective=objective,
             baseline_accuracy=baseline_accuracy,
-            max_accuracy_drop=max_accuracy_drop,
             size_weight=size_weight,
             latency_weight=latency_weight,
-            max_ram=max_ram,
-            max_flash=max_flash,
-            min_robust_accuracy=min_robust_accuracy,
+            **({} if budget is None else budget.score_options()),
         )
-        if min_robust_accuracy is not None and robust_epsilon is None:
-            raise ValueError("min_robust_accuracy needs robust_epsilon (the PGD radius)")
-        self.robust_epsilon = robust_epsilon
+        self.robust_epsilon = None if budget is None else budget.robust_epsilon
         score({"val_accuracy": 1.0, "gzip_bytes": 1, "latency_ms": 1}, **self.score_options)
         self.representative_samples = int(representative_samples)
         self.latency_runs = int(latency_runs)
