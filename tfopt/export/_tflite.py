@@ -238,7 +238,7 @@ def _convert_with_fallback(
             raise
     import logging
 
-    logging.getLogger(__name__).info(
+    logging.getLogger(__name__).debug(  # the artifact's info["fixed_batch"] records it
         "TFLite conversion (%s): a dynamic batch needs TensorFlow ops (TensorList); converting "
         "with fixed_batch=1",
         quantization,
