@@ -209,13 +209,14 @@ def test_failed_parity_raises_unless_the_tolerance_is_relaxed(model, x, tmp_path
             representative_data=x * 1e-3,
             check_data=x,
         )
-    art = export(
+    art = export(  # the failed file stays for inspection, and export() never replaces a file
         model,
         tmp_path / "q.tflite",
         format="tflite-int8",
         representative_data=x * 1e-3,
         check_data=x,
         min_agreement=0.0,
+        overwrite=True,
     )
     assert art.check["passed"] is True and art.check["argmax_agreement"] < 0.9
 

@@ -338,6 +338,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return None if w is None else resolve(self.layer, w.attr)[2]
 
     def build(self, input_shape):
+        if self.layer.dtype_policy.compute_dtype != "float32":
+            # QAT simulates int8 in float32 (the fold's statistics and ranges are float32); a
+            # mixed-precision layer run through its own call would mix half and float tensors
+            self.layer.dtype_policy = keras.DTypePolicy("float32")
         if not self.layer.built:
             self.layer.build(input_shape)
         out_shape = self.layer.compute_output_shape(input_shape)
