@@ -335,6 +335,8 @@ def test_time_budget_and_interrupt_leave_a_report(trained, tmp_path):
         if line.startswith("[auto] trial"):
             os.kill(os.getpid(), signal.SIGINT)
 
+    # Python's own Ctrl-C handler, whatever an earlier test in this worker process installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     with progress_lines(on_line=ctrl_c):
         res = tfopt.auto.optimize(
             model,
@@ -346,6 +348,7 @@ def test_time_budget_and_interrupt_leave_a_report(trained, tmp_path):
             space={"ft_epochs": 1},
             out_dir=tmp_path / "ki",
         )
+    signal.signal(signal.SIGINT, previous)
     assert res.stopped == "interrupted"
     assert len(res.candidates) == 1 and res.best["trial_id"] == "0"
     assert (tmp_path / "ki/best.tflite").read_bytes() == Path(
