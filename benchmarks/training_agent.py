@@ -56,10 +56,14 @@ def _tfopt(*args, log_path: Path) -> float:
     return time.time() - started
 
 
-def search(out: Path, *, time_budget: float, max_epochs: int, workers: int) -> dict:
+def search(
+    out: Path, *, time_budget: float, max_epochs: int, workers: int, config: tuple = ()
+) -> dict:
+    """``tfopt tune [config...]``: ``config`` is the config name and key=value overrides."""
     d = out / "search"
     wall = _tfopt(
         "tune",
+        *config,
         "--workers",
         str(workers),
         "--time-budget",

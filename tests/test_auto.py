@@ -617,6 +617,32 @@ def test_one_trial_search_returns_the_int8_model_of_the_unchanged_model(
     assert any(ln.startswith("[auto] val split: 96 samples, resolution 1.04 pt") for ln in lines)
 
 
+def test_a_model_whose_int8_calibration_crashes_gets_the_calibration_free_target(tmp_path):
+    """TFLite's int8 calibrator dies (SIGSEGV, in the worker) on a GRU: with no target given,
+    auto searches tflite-dynamic and returns a model instead of failing every candidate."""
+    import keras
+
+    import tfopt
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(160, 12, 4)).astype("float32")
+    y = (x[:, :, 0].mean(axis=1) > 0).astype("int64")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 4))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GRU(8, name="gru")(inputs)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:128], y[:128], epochs=3, batch_size=32, verbose=0)
+    res = tfopt.auto.optimize(
+        model, (x[:128], y[:128]), (x[128:], y[128:]), max_accuracy_drop=0.3, max_trials=1,
+        refine=0, techniques=(), out_dir=tmp_path / "gru",
+    )  # fmt: skip
+    report = json.loads(Path(res.report["json"]).read_text())
+    assert report["target"] == "tflite-dynamic"
+    assert "NativeCrashError" in report["target_note"] and "SIGSEGV" in report["target_note"]
+    assert res.best is not None and res.best_path.is_file()
+    assert not (tmp_path / "gru/int8_probe.tflite").exists()
+
+
 def test_default_seeds_start_safe_and_qat_follows_only_a_ptq_that_misses(trained, tmp_path):
     import tfopt
     from tfopt.auto._search import SAFE_FIRST, default_seeds

@@ -14,7 +14,7 @@ import numpy as np
 from tfopt import _rundir
 from tfopt._backend import check_model
 from tfopt._budget import Budget, check_accuracy_drop
-from tfopt.auto._search import CLOSEST_FILE, Search
+from tfopt.auto._search import CLOSEST_FILE, DEFAULT_TARGET, Search
 from tfopt.tune._space import TARGETS
 
 _logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def optimize(
     *,
     test=None,
     max_accuracy_drop: float | None = None,
-    target: str = "tflite-int8",
+    target: str | None = None,
     objective: str = "size",
     time_budget: float | None = None,
     max_trials: int | None = None,
@@ -228,7 +228,10 @@ def optimize(
         max_accuracy_drop: the allowed accuracy drop on ``val``, a fraction (0.005 = half a
             point): the same as ``budget=Budget(max_accuracy_drop)``. Defaults to None.
         target: the artifact format, one of ``tfopt.tune.TARGETS``; ``"tflm"`` measures accuracy
-            and latency in TensorFlow Lite for Microcontrollers. Defaults to "tflite-int8".
+            and latency in TensorFlow Lite for Microcontrollers. Defaults to None:
+            ``"tflite-int8"``, or ``"tflite-dynamic"`` (int8 weights, float activations: no
+            calibration) when the int8 conversion of ``model`` fails, e.g. TFLite's calibrator
+            crashing on a recurrent model; the log and the report's ``target_note`` say so.
         objective: ``"size"`` (gzip bytes), ``"latency"`` (p50) or ``"ram"`` (TFLite Micro's
             arena bytes). Defaults to "size".
         time_budget: seconds for the search and the refinement (the last `REFINE_SHARE` of it is
@@ -353,6 +356,7 @@ def _check_settings(model, budget: Budget, *, target: str, objective: str, role)
     """Refuses a model that is not Keras 3, an unknown target, objective or role, and budgets
     the target cannot measure (`Budget.check_target`)."""
     check_model(model)
+    target = DEFAULT_TARGET if target is None else target
     if target not in TARGETS:
         raise ValueError(f"Unrecognized target={target!r}. Supported targets are: {list(TARGETS)}")
     if objective not in AUTO_OBJECTIVES:

@@ -134,6 +134,7 @@ def _settings_lines(data: dict) -> list[str]:
             else ""
         )
         + ")",
+        *([f"- {data['target_note']}"] if data.get("target_note") else []),
         f"- trials: {data['trials_completed']} completed, {data['trials_failed']} failed; stopped: "
         f"{data['stopped']}; wall time {data['elapsed_s']:.0f} s",
         f"- techniques searched: {', '.join(data['techniques']) or 'none (PTQ only)'}",

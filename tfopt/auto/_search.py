@@ -222,7 +222,8 @@ class Search:
 
         self.model, self.train, self.val, self.test = model, train, val, test
         self.budget = budget
-        self.target, self.objective = target, objective
+        self.requested_target = target  # None: `DEFAULT_TARGET`, or `FALLBACK_TARGET` (`start`)
+        self.target, self.objective = target or DEFAULT_TARGET, objective
         self.key = OBJECTIVE_KEYS[objective]
         self.techniques, self.given_seeds, self.space = techniques, seeds, space
         self.max_trials = max_trials
@@ -250,6 +251,9 @@ class Search:
         """Measures the baseline, plans the recipes, builds the tuner and reads back the trials
         of an earlier run in ``out_dir``; returns the search, ready to `run`."""
         self.baseline = self._baseline()
+        self.target = self.baseline["target"]
+        if self.baseline.get("target_note"):
+            _logger.warning("[auto] %s", self.baseline["target_note"])
         self._say_baseline()
         drop = self.budget.max_accuracy_drop
         self.resolution = split_resolution(len(self.val[1]), self.baseline["val_accuracy"], drop)
@@ -305,8 +309,40 @@ class Search:
             self.train[0][:200],
             micro=self.micro or None,
         )
+        baseline["target"], baseline["target_note"] = self._choose_target()
         write_json(self.out_dir / "baseline.json", baseline)
         return baseline
+
+    def _choose_target(self) -> tuple[str, str | None]:
+        """The target (and why, when it is not the requested or default one): with no target
+        requested, one int8 conversion of the model (in the crash-safe worker) decides between
+        `DEFAULT_TARGET` and `FALLBACK_TARGET`, so that every candidate is not lost to it."""
+        from tfopt import export
+        from tfopt.errors import ExportCheckError, MissingDependencyError
+
+        if self.requested_target is not None:
+            return self.requested_target, None
+        try:
+            self.budget.check_target(FALLBACK_TARGET, self.objective)
+        except (ValueError, MissingDependencyError):  # a RAM budget needs int8: nothing to try
+            return DEFAULT_TARGET, None
+        probe = self.out_dir / "int8_probe.tflite"
+        try:
+            rep = self.train[0][:200]
+            export.tflite(self.model, probe, quantization="int8", representative_data=rep,
+                          check_data=rep[:16])  # fmt: skip
+        except ExportCheckError:  # it converts; how accurate int8 is, the candidates measure
+            return DEFAULT_TARGET, None
+        except Exception as e:  # a native crash (NativeCrashError) or a converter error
+            first = str(e).splitlines()[0] if str(e) else ""
+            return FALLBACK_TARGET, (
+                f"target {FALLBACK_TARGET} (int8 weights, float activations): the int8 "
+                f"conversion of this model failed ({type(e).__name__}: {first}); pass "
+                f"--target / target= to insist on one"
+            )
+        finally:
+            probe.unlink(missing_ok=True)
+        return DEFAULT_TARGET, None
 
     def _say_baseline(self) -> None:
         b, has_test = self.baseline, self.test is not None
@@ -623,6 +659,7 @@ class Search:
         return {
             "name": self.out_dir.name,
             "target": self.target,
+            "target_note": self.baseline.get("target_note"),
             "objective": self.objective,
             "max_accuracy_drop": self.budget.max_accuracy_drop,
             "baseline": self.baseline,
@@ -728,6 +765,9 @@ def _refine_record(path: Path) -> dict | str:
 
 # what auto writes when no candidate meets the budgets (never best.tflite: not a result)
 CLOSEST_FILE = "closest_over_budget.tflite"
+# target=None: int8, or, when the model's int8 conversion fails (TFLite's calibrator crashes on
+# some recurrent models), int8 weights with float activations, which need no calibration
+DEFAULT_TARGET, FALLBACK_TARGET = "tflite-int8", "tflite-dynamic"
 
 
 def _safe_qat(hypermodel) -> dict:

@@ -103,7 +103,9 @@ def _add_search_args(p) -> None:
     p.add_argument(
         "--target",
         choices=formats.targets(),
-        default="tflite-int8",
+        default=None,
+        help="the artifact format (default: tflite-int8, or tflite-dynamic when the model's int8 "
+        "conversion fails, e.g. the calibrator crashing on an RNN; the log says so)",
     )
     p.add_argument(
         "--objective",
@@ -264,11 +266,12 @@ def budget_of(args):
 
 def main(args) -> int:
     from tfopt.auto._optimize import check_search_args
+    from tfopt.auto._search import DEFAULT_TARGET
 
     # every option is checked before the baseline trains
     budget = budget_of(args)
     check_search_args(time_budget=args.time_budget, max_trials=args.max_trials)
-    budget.check_target(args.target, args.objective)
+    budget.check_target(args.target or DEFAULT_TARGET, args.objective)
     if args.techniques:
         from tfopt.tune import TECHNIQUES
 
