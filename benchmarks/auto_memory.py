@@ -46,13 +46,19 @@ def main(argv=None) -> int:
         r = run(["--model", model, "--data", "mnist1d", "--epochs", "0", "--max-accuracy-drop",
                  "0.02", "--max-trials", str(n), "--out", str(out / f"trials{n}"), "--overwrite"])  # fmt: skip
         done = (r["report"] or {}).get("trials_completed")
+        # the report's split: the search process and the converter's (recycled) worker
+        split = (r["report"] or {}).get("resident_mb") or {}
         rows.append({"max_trials": n, "trials_completed": done, "peak_rss_mb": r["peak_rss_mb"],
+                     "search_mb": split.get("search"), "worker_mb": split.get("converter_worker"),
                      "wall_s": r["wall_s"], "exit_code": r["exit_code"], "command": r["command"]})  # fmt: skip
     lines = [
-        "| --max-trials | trials completed | peak RSS | wall | exit |",
-        "|---|---|---|---|---|",
+        "| --max-trials | trials completed | peak RSS | of it: search process / converter worker "
+        "| wall | exit |",
+        "|---|---|---|---|---|---|",
     ]
+    mb = lambda v: "-" if v is None else f"{v:.0f} MB"  # noqa: E731
     lines += [f"| {r['max_trials']} | {r['trials_completed']} | {r['peak_rss_mb']:.0f} MB | "
+              f"{mb(r['search_mb'])} / {mb(r['worker_mb'])} | "
               f"{r['wall_s'] / 60:.1f} min | {r['exit_code']} |" for r in rows]  # fmt: skip
     growth = rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
     lines.append(f"\n{rows[-1]['max_trials']} trials vs {rows[0]['max_trials']}: {growth:+.0f} MB "

@@ -14,3 +14,12 @@ def pid_and(value):
 
 def fail(message):
     raise ValueError(message)
+
+
+_HELD = []
+
+
+def grow(mb):
+    """Holds ``mb`` more megabytes (touched, so resident) and returns the pid."""
+    _HELD.append(bytearray(b"x" * (mb * 2**20)))
+    return os.getpid()

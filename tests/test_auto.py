@@ -641,6 +641,8 @@ def test_a_model_whose_int8_calibration_crashes_gets_the_calibration_free_target
     assert "NativeCrashError" in report["target_note"] and "SIGSEGV" in report["target_note"]
     assert res.best is not None and res.best_path.is_file()
     assert not (tmp_path / "gru/int8_probe.tflite").exists()
+    # the report splits peak memory: the search process and the converter's worker
+    assert report["resident_mb"]["search"] > 100 and report["resident_mb"]["converter_worker"] > 100
 
 
 def test_default_seeds_start_safe_and_qat_follows_only_a_ptq_that_misses(trained, tmp_path):

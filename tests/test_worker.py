@@ -28,12 +28,25 @@ def test_a_crashing_task_is_one_error_line_and_the_next_task_gets_a_fresh_worker
         w.stop()
 
 
+def test_the_worker_is_replaced_once_its_memory_grew_past_the_limit():
+    """The converter leak's defence: a worker that grew by more than max_growth_mb is replaced."""
+    w = Worker(max_growth_mb=20)
+    try:
+        first = w.run(_crash.pid_and, 0, stage="task")[0]
+        assert w.run(_crash.grow, 5, stage="task") == first  # +5 MB: kept
+        assert w.run(_crash.grow, 40, stage="task") == first  # +45 MB: replaced after it
+        assert w.run(_crash.pid_and, 1, stage="task")[0] != first and w.started == 2
+    finally:
+        w.stop()
+
+
 def test_the_worker_is_replaced_after_max_tasks():
     w = Worker(max_tasks=2)
     try:
         pids = [w.run(_crash.pid_and, i, stage="task")[0] for i in range(5)]
         assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
         assert w.started == 3
+        assert w.peak_mb > 1.0  # each task reports its process's resident size
     finally:
         w.stop()
 

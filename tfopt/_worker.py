@@ -27,7 +27,9 @@ from tfopt.errors import NativeCrashError
 log = logging.getLogger(__name__)
 
 MAX_TASKS = 50  # tasks before a fresh worker (the converter's leak, ~22 MB a task)
-MAX_GROWTH_MB = 1024.0  # memory growth over the first task's before a fresh worker
+# memory growth over the first task's before a fresh worker: about 12 leaked conversions; a fresh
+# worker costs one TensorFlow import (seconds), a grown one holds the memory for the whole search
+MAX_GROWTH_MB = 256.0
 
 
 def _rss_mb() -> float:
@@ -58,6 +60,7 @@ class Worker:
         self.max_growth_mb = float(max_growth_mb)
         self.process: subprocess.Popen | None = None
         self.started = 0  # processes started so far (tests and logs)
+        self.peak_mb = 0.0  # the largest resident size a task ended with, over every process
         self._conn: Connection | None = None
         self._tasks = 0
         self._first_rss: float | None = None
@@ -128,6 +131,7 @@ class Worker:
 
     def _recycle(self, rss: float) -> None:
         self._tasks += 1
+        self.peak_mb = max(self.peak_mb, rss)
         self._first_rss = rss if self._first_rss is None else self._first_rss
         grown = rss - self._first_rss
         if self._tasks >= self.max_tasks or grown > self.max_growth_mb:

@@ -697,6 +697,7 @@ class Search:
                 "distill": "distill" in self.hypermodel.techniques,
             },
             "selection": SELECTION.format(key=self.key, budgets=self.budget.text()) + test_note,
+            "resident_mb": _resident_mb(),
         }
 
     def _write_closest(self, near: Candidate | None) -> None:
@@ -739,6 +740,17 @@ class Search:
                 f"{_micro_text(best)}"
                 f"replay: tfopt run {self.recipe_path}; report: {self.report['markdown']}"
             )
+
+
+def _resident_mb() -> dict:
+    """Peak resident memory so far: of this process, and of the converter's worker processes
+    (`tfopt._worker`, recycled as the converter leaks)."""
+    import resource
+
+    from tfopt import _worker
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"search": round(own, 1), "converter_worker": round(_worker.worker().peak_mb, 1)}
 
 
 def _stale(c: Candidate, record: dict) -> str | None:
