@@ -93,6 +93,11 @@ class LayerSpec:
     activation: Callable | None = None  # (layer) -> name of the function it applies ("relu", ...)
     transparent: bool = False  # passes its input's values on at inference (noise, a QAT range)
     probabilities: bool = False  # outputs probabilities (softmax, sigmoid): the logits rule
+    dense: bool = False  # fully connected: one (in, out) kernel, ``width`` its units (a
+    #   classifier head `train.transfer` replaces, prune_channels' widest_dense scope)
+    attention: bool = False  # called as (query, value, key=None): the pruning wrapper's signature
+    batch_statistics: bool = False  # normalizes with moving batch statistics and a per-channel
+    #   ``gamma`` (prune_channels' bn_gamma importance, _training.recalibrate_batchnorm)
     user: bool = False  # registered with register_layer
 
     def compressed(self) -> tuple[Weight, ...]:
@@ -117,6 +122,18 @@ def spec_of(layer) -> LayerSpec | None:
         if spec is not None:
             return spec
     return None
+
+
+def register_spec(spec: LayerSpec) -> LayerSpec:
+    """Puts ``spec`` in the registry for ``spec.cls`` (replacing any spec it had)."""
+    _REGISTRY[spec.cls] = spec
+    return spec
+
+
+def spec_flag(layer, name: str) -> bool:
+    """Whether the spec of ``layer`` sets the boolean field ``name`` (False without a spec)."""
+    spec = spec_of(layer)
+    return spec is not None and bool(getattr(spec, name))
 
 
 def overrides_call(layer, spec: LayerSpec) -> bool:
@@ -248,7 +265,9 @@ def register_layer(
             channels (either may be missing).
         width: the ``get_config`` key that sets the number of output channels (``"units"``); with
             it, `tfopt.prune.prune_channels` may remove output channels. Defaults to None (the
-            layer's channels are left whole).
+            layer's channels are left whole). With one ``{"in": 0, "out": 1}`` kernel the layer
+            is fully connected, like Dense: `tfopt.train.transfer` may replace it as a
+            classifier head, and prune_channels' ``scope: widest_dense`` counts it.
         macs: ``(layer, input_shapes, output_shapes) -> int`` for one call. Defaults to None:
             output positions x the kernels' sizes (right for a Dense-like layer).
         quantize: QAT fake-quantizes the kernels (per tensor) and tracks the output range.
@@ -278,6 +297,7 @@ def register_layer(
         weights=specs,
         channels="producer" if width else None,
         width=width,
+        dense=width is not None and _is_matrix(specs),
         macs=_user_macs(macs) if macs else _dense_like_macs,
         qat="substitute" if quantize else None,
         float_reason=None if quantize else (float_reason or "registered with quantize=False"),
@@ -285,8 +305,13 @@ def register_layer(
         cluster=True,
         user=True,
     )
-    _REGISTRY[cls] = spec
-    return spec
+    return register_spec(spec)
+
+
+def _is_matrix(weights: tuple[Weight, ...]) -> bool:
+    """One kernel, an (in, out) matrix (``{"in": 0, "out": 1}``): a fully-connected layer."""
+    kernels = [w for w in weights if w.compress]
+    return len(kernels) == 1 and (kernels[0].in_axis, kernels[0].out_axis) == (0, 1)
 
 
 def unregister_layer(cls: type) -> None:
@@ -563,7 +588,7 @@ def _register_keras() -> None:
     conv = dict(channels="producer", width="filters", macs=_conv_macs, prune=True)
     fold = dict(qat="substitute", fold_batchnorm=True)
     _add(L.Dense, weights=(_KERNEL, _BIAS), channels="producer", width="units", macs=_dense_macs,
-         last_axis=True, prune=True, cluster=True, lowrank=True, **fold)  # fmt: skip
+         last_axis=True, dense=True, prune=True, cluster=True, lowrank=True, **fold)  # fmt: skip
     _add(L.EinsumDense, weights=(Weight("_kernel", reduce_axis=-2),), macs=_einsum_macs, qat="einsum",
          float_boundary=True, prune=True)  # fmt: skip
     conv_kernel = dict(weights=(_CONV_KERNEL, _BIAS), cluster=True, lowrank=True)
@@ -601,11 +626,11 @@ def _register_keras() -> None:
         Weight(f"_{p}_dense._kernel", reduce_axis=-2) for p in ("query", "key", "value", "output")
     )
     _add(L.MultiHeadAttention, weights=mha, macs=_attention_macs, qat="attention",
-         float_boundary=True, prune=True)  # fmt: skip
-    _add(L.GroupQueryAttention, float_boundary=True,
+         float_boundary=True, attention=True, prune=True)  # fmt: skip
+    _add(L.GroupQueryAttention, float_boundary=True, attention=True,
          float_reason="attention kept float (only MultiHeadAttention gets int8 projections)")  # fmt: skip
     _add(L.BatchNormalization, weights=_PER_CHANNEL, channels="tied",
-         channel_check=_batchnorm_check, qat="batchnorm")  # fmt: skip
+         channel_check=_batchnorm_check, qat="batchnorm", batch_statistics=True)  # fmt: skip
     _add(L.LayerNormalization, weights=_PER_CHANNEL[:2], channels="tied",
          channel_check=_layernorm_check, float_reason=_NORM)  # fmt: skip
     _add(_layers("GroupNormalization"), float_reason=_NORM)
