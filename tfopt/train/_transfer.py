@@ -84,7 +84,7 @@ def transfer(
 ):
     """Returns a copy of ``model`` ready to fine-tune on a new task.
 
-    The copy is made by the rewriter (`tfopt._rewrite.rewrite`): ``model`` is not changed. With
+    The copy is made by the rewriter (`tfopt._rewrite.clone`): ``model`` is not changed. With
     ``head="new"`` the last Dense layer (or a layer registered as fully connected) is replaced by
     a freshly initialized copy with ``num_classes`` units and the same activation (logits stay
     logits, a softmax stays a softmax); ``head="keep"`` keeps it (its output must already have ``num_classes`` units). The layers up to
@@ -110,7 +110,7 @@ def transfer(
         >>> model = tfopt.train.transfer(base, num_classes=5, freeze_until="conv2")
         >>> tfopt.train.fit_transfer(model, fit, epochs=10, unfreeze_at_epoch=4)
     """
-    from tfopt._rewrite import copy_layer, is_graph_model, rewrite
+    from tfopt._rewrite import clone, copy_layer, is_graph_model
 
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}. Received: head={head!r}")
@@ -128,7 +128,7 @@ def transfer(
             f"num_classes={num_classes}. Use head='new'."
         )
     old_head = _head(model) if head == "new" else None
-    copy = rewrite(model, lambda layer: None, action="transfer")
+    copy = clone(model, action="transfer")
     if old_head is not None:
         features = copy.get_layer(old_head.name).input
         # the same class and config (activation, bias, regularizers), num_classes wide
