@@ -130,6 +130,11 @@ def register_spec(spec: LayerSpec) -> LayerSpec:
     return spec
 
 
+def classes_with(name: str) -> list[type]:
+    """The registered classes whose spec sets the field ``name`` (Keras's first, then users')."""
+    return [cls for cls, spec in _REGISTRY.items() if getattr(spec, name)]
+
+
 def spec_flag(layer, name: str) -> bool:
     """Whether the spec of ``layer`` sets the boolean field ``name`` (False without a spec)."""
     spec = spec_of(layer)
@@ -337,11 +342,30 @@ def _known(dims) -> bool:
     return all(d is not None for d in dims)
 
 
-def _dense_like_macs(layer, shapes, out, c_in=None, c_out=None):
-    """Output positions x the kernels' sizes (scaled for channel what-ifs)."""
-    x = shapes[0]
-    if not _known(x[1:-1]):
-        return None
+def _per_position(per_position, positions: str = "rows"):
+    """A spec's ``macs``: positions x ``per_position(layer, c_in, c_out)`` (the MACs at one
+    position, for the input / output channels given or the layer's own).
+
+    ``positions``: ``"rows"`` (every axis but the batch and the last: Dense on (T, c_in) runs T
+    times), ``"outputs"`` (a convolution's output positions) or ``"inputs"`` (a transposed
+    convolution's input positions). None when a dimension it needs is unknown.
+    """
+
+    def macs(layer, shapes, out, c_in=None, c_out=None):
+        x = shapes[0]
+        if positions == "rows":
+            pos = _prod(x[1:-1]) if _known(x[1:-1]) else None
+        else:
+            pos = _conv_positions(layer, x, out, transpose=positions == "inputs")
+        if pos is None:
+            return None
+        return pos * per_position(layer, x[-1] if c_in is None else c_in, c_out)
+
+    return macs
+
+
+def _kernel_sizes(layer, c_in, c_out) -> int:
+    """The sizes of the spec's kernels, with their channel axes set to ``c_in`` / ``c_out``."""
     total = 0
     for w in spec_of(layer).compressed():
         kernel = resolve(layer, w.attr)[2]
@@ -351,14 +375,42 @@ def _dense_like_macs(layer, shapes, out, c_in=None, c_out=None):
         if c_out is not None and w.out_axis is not None:
             size = size // int(kernel.shape[w.out_axis]) * int(c_out)
         total += size
-    return _prod(x[1:-1]) * total
+    return total
 
 
-def _dense_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    c_in = x[-1] if c_in is None else c_in
-    units = layer.units if c_out is None else c_out
-    return _prod(x[1:-1]) * c_in * units if _known(x[1:-1]) else None
+def _units(layer, c_out) -> int:
+    return layer.units if c_out is None else c_out
+
+
+def _filters(layer, c_out) -> int:
+    return layer.filters if c_out is None else c_out
+
+
+def _window(layer) -> int:
+    return _prod(layer.kernel_size)
+
+
+# the formulas of tfopt/_measure.py's table; a registered layer's default is its kernels' sizes
+_dense_like_macs = _per_position(_kernel_sizes)
+_dense_macs = _per_position(lambda layer, c_in, c_out: c_in * _units(layer, c_out))
+_conv_macs = _per_position(
+    lambda layer, c_in, c_out: (
+        _window(layer) * (c_in // getattr(layer, "groups", 1)) * _filters(layer, c_out)
+    ),
+    "outputs",
+)
+_conv_transpose_macs = _per_position(
+    lambda layer, c_in, c_out: _window(layer) * c_in * _filters(layer, c_out), "inputs"
+)
+_depthwise_macs = _per_position(
+    lambda layer, c_in, c_out: _window(layer) * c_in * layer.depth_multiplier, "outputs"
+)
+_separable_macs = _per_position(  # the depthwise part + the pointwise part
+    lambda layer, c_in, c_out: (
+        c_in * layer.depth_multiplier * (_window(layer) + _filters(layer, c_out))
+    ),
+    "outputs",
+)
 
 
 def _einsum_macs(layer, shapes, out, c_in=None, c_out=None):
@@ -393,44 +445,6 @@ def _conv_positions(layer, x, out, transpose: bool):
         out = out if out is not None else layer.compute_output_shape(x)
         spatial = tuple(out)[1:-1]
     return _prod(spatial) if _known(spatial) else None
-
-
-def _conv_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    pos = _conv_positions(layer, x, out, False)
-    if pos is None:
-        return None
-    c_in = x[-1] if c_in is None else c_in
-    filters = layer.filters if c_out is None else c_out
-    return pos * _prod(layer.kernel_size) * (c_in // getattr(layer, "groups", 1)) * filters
-
-
-def _conv_transpose_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    pos = _conv_positions(layer, x, out, True)
-    if pos is None:
-        return None
-    c_in = x[-1] if c_in is None else c_in
-    return pos * _prod(layer.kernel_size) * c_in * (layer.filters if c_out is None else c_out)
-
-
-def _depthwise_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    pos = _conv_positions(layer, x, out, False)
-    if pos is None:
-        return None
-    c_in = x[-1] if c_in is None else c_in
-    return pos * _prod(layer.kernel_size) * c_in * layer.depth_multiplier
-
-
-def _separable_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    pos = _conv_positions(layer, x, out, False)
-    if pos is None:
-        return None
-    c_in, m = (x[-1] if c_in is None else c_in), layer.depth_multiplier
-    filters = layer.filters if c_out is None else c_out
-    return pos * _prod(layer.kernel_size) * c_in * m + pos * c_in * m * filters
 
 
 def _attention_macs(layer, shapes, out, c_in=None, c_out=None):
@@ -492,9 +506,10 @@ def _rnn_macs(layer, shapes, out, c_in=None, c_out=None):
 
 
 def _wrapper_macs(layer, shapes, out, c_in=None, c_out=None):
+    """The wrapped layer's (tfopt's pruning, QAT and clustering wrappers, any Wrapper)."""
     from tfopt._measure import layer_macs
 
-    return layer_macs(layer.layer, shapes)
+    return layer_macs(layer.layer, shapes, out, c_in=c_in, c_out=c_out)
 
 
 def _matmul_macs(op, shapes, out, c_in=None, c_out=None):
