@@ -186,3 +186,37 @@ def test_a_registered_fully_connected_layer_is_a_dense_head_and_a_widest_dense()
         assert tuple(copy.outputs[0].shape) == (None, 5) and model.get_layer("head").units == 3
     finally:
         unregister_layer(RegisteredDense)
+
+
+def test_contributing_worked_example_runs():
+    """CONTRIBUTING.md's "add a layer type in one file" block, run as written: the one
+    register_layer call makes its layer work with prune, cluster, qat, prune_channels and the
+    MAC counter."""
+    import re
+    from pathlib import Path
+
+    from tfopt._layers import spec_flag, unregister_layer
+    from tfopt._measure import count
+
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text()
+    section = text.split("### Worked example: add a layer type in one file", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "CONTRIBUTING.md", "exec"), scope)
+    cls = scope["ScaledDense"]
+    try:
+        inputs = keras.Input((16,))
+        x = L.Dense(16, activation="relu", name="fc1")(inputs)
+        x = L.ReLU()(cls(16, scale=0.5, name="scaled")(x))
+        model = keras.Model(inputs, L.Dense(3, name="logits")(x))
+        assert count(model)["macs"] == 16 * 16 + 16 * 16 + 16 * 3 and spec_flag(cls, "dense")
+        for made in (
+            tfopt.prune.prune(model),
+            tfopt.cluster.cluster(model, 4),
+            tfopt.quantize.qat(model),
+        ):
+            assert "scaled" in made.tfopt_report.changed, made.tfopt_report
+        small, plan = tfopt.prune.prune_channels(model, 0.5)
+        assert small.get_layer("scaled").units == 8, plan
+    finally:
+        unregister_layer(cls)
