@@ -626,6 +626,13 @@ class _SubclassRewrite:
                 if self.finish is not None:
                     self.finish(source, new)
                 self.put(parent, attr, index, new, step, plain=type(new) is type(built))
+            elif type(source) is not type(built):
+                # an earlier replacement (a tfopt wrapper) that the config copy holds as the
+                # plain layer: copied whole, and recorded so that the copy saves and loads
+                new = copy_layer(source)
+                build_like(new, source)
+                copy_weights(source, new)
+                self.put(parent, attr, index, new, step)
             elif is_leaf(source):
                 copy_weights(source, built)
             else:
