@@ -16,7 +16,9 @@ One `LayerSpec` per Keras layer (or keras.ops operation) class says:
   ``float_reason``: why it stays float;
 - ``prune`` / ``cluster`` / ``lowrank``: whether those techniques wrap (factorize) it;
 - ``activation``, ``transparent``, ``probabilities``: what QAT's range placement and the logits
-  rule (`tfopt._training.outputs_probabilities`) see in it.
+  rule (`tfopt._training.outputs_probabilities`) see in it;
+- ``dense``, ``attention``, ``batch_statistics``: what kind of layer it is, where a technique
+  asks (a classifier head, the attention call signature, BatchNorm statistics): `spec_flag`.
 
 Matching is one rule, `spec_of`: the most specific class of the layer's MRO that has a spec. A
 subclass that overrides ``call`` is not trusted to read its weights the way its base does
