@@ -405,3 +405,57 @@ def test_step_context_compiles_softmax_models_and_applies_the_step_fine_tuning(t
     assert float(history.model.optimizer.learning_rate) == pytest.approx(5e-5, rel=1e-4)
     assert len(history.history["loss"]) == 1
     assert student.loss.from_logits is True  # compiled plainly again after distillation
+
+
+class TinyNet(__import__("keras").Model):
+    """A subclassed model (layers in a list and an attribute) for the copier test."""
+
+    def __init__(self, **kwargs):
+        import keras
+
+        super().__init__(**kwargs)
+        self.body = [keras.layers.Dense(8, activation="relu"), keras.layers.Dense(8)]
+        self.head = keras.layers.Dense(3)
+
+    def call(self, x, training=None):
+        for layer in self.body:
+            x = layer(x)
+        return self.head(x)
+
+
+def test_trial_models_are_copies_by_the_one_copier_subclassed_and_pruned():
+    """`CompressionHyperModel.build` copies the user's model with the rewriter's `clone`: a
+    subclassed model, a model holding pruning wrappers and a pruned subclassed model (wrappers in
+    its attributes) come back with the same weights (and masks), and fitting the copy leaves the
+    model as it was. (keras.models.clone_model could not copy the last: it looked the class up
+    by its registered name.)"""
+    import keras
+
+    import tfopt
+    from tfopt.tune import CompressionHyperModel
+
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = np.arange(16) % 3
+    subclassed = TinyNet()
+    subclassed(x)
+    inputs = keras.Input((4,))
+    plain = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8)(inputs)))
+    pruned = tfopt.prune.prune(plain, tfopt.prune.ConstantSparsity(0.5, frequency=1))
+    pruned_subclassed = tfopt.prune.prune(
+        subclassed, tfopt.prune.ConstantSparsity(0.5, frequency=1)
+    )
+    for model in (subclassed, pruned, pruned_subclassed):
+        before = [w.copy() for w in model.get_weights()]
+        copy = CompressionHyperModel(model, techniques=["prune"]).build(
+            keras_tuner.HyperParameters()
+        )
+        assert type(copy) is type(model) and copy is not model
+        assert not {id(v) for v in copy.weights} & {id(v) for v in model.weights}
+        for a, b in zip(copy.get_weights(), before, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0))
+        copy.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        copy.fit(x, y, epochs=1, verbose=0)
+        assert any(not np.array_equal(a, b) for a, b in zip(copy.get_weights(), before))
+        for a, b in zip(model.get_weights(), before, strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -16,7 +16,9 @@ One `LayerSpec` per Keras layer (or keras.ops operation) class says:
   ``float_reason``: why it stays float;
 - ``prune`` / ``cluster`` / ``lowrank``: whether those techniques wrap (factorize) it;
 - ``activation``, ``transparent``, ``probabilities``: what QAT's range placement and the logits
-  rule (`tfopt._training.outputs_probabilities`) see in it.
+  rule (`tfopt._training.outputs_probabilities`) see in it;
+- ``dense``, ``attention``, ``batch_statistics``: what kind of layer it is, where a technique
+  asks (a classifier head, the attention call signature, BatchNorm statistics): `spec_flag`.
 
 Matching is one rule, `spec_of`: the most specific class of the layer's MRO that has a spec. A
 subclass that overrides ``call`` is not trusted to read its weights the way its base does
@@ -93,6 +95,11 @@ class LayerSpec:
     activation: Callable | None = None  # (layer) -> name of the function it applies ("relu", ...)
     transparent: bool = False  # passes its input's values on at inference (noise, a QAT range)
     probabilities: bool = False  # outputs probabilities (softmax, sigmoid): the logits rule
+    dense: bool = False  # fully connected: one (in, out) kernel, ``width`` its units (a
+    #   classifier head `train.transfer` replaces, prune_channels' widest_dense scope)
+    attention: bool = False  # called as (query, value, key=None): the pruning wrapper's signature
+    batch_statistics: bool = False  # normalizes with moving batch statistics and a per-channel
+    #   ``gamma`` (prune_channels' bn_gamma importance, _training.recalibrate_batchnorm)
     user: bool = False  # registered with register_layer
 
     def compressed(self) -> tuple[Weight, ...]:
@@ -117,6 +124,23 @@ def spec_of(layer) -> LayerSpec | None:
         if spec is not None:
             return spec
     return None
+
+
+def register_spec(spec: LayerSpec) -> LayerSpec:
+    """Puts ``spec`` in the registry for ``spec.cls`` (replacing any spec it had)."""
+    _REGISTRY[spec.cls] = spec
+    return spec
+
+
+def classes_with(name: str) -> list[type]:
+    """The registered classes whose spec sets the field ``name`` (Keras's first, then users')."""
+    return [cls for cls, spec in _REGISTRY.items() if getattr(spec, name)]
+
+
+def spec_flag(layer, name: str) -> bool:
+    """Whether the spec of ``layer`` sets the boolean field ``name`` (False without a spec)."""
+    spec = spec_of(layer)
+    return spec is not None and bool(getattr(spec, name))
 
 
 def overrides_call(layer, spec: LayerSpec) -> bool:
@@ -248,7 +272,9 @@ def register_layer(
             channels (either may be missing).
         width: the ``get_config`` key that sets the number of output channels (``"units"``); with
             it, `tfopt.prune.prune_channels` may remove output channels. Defaults to None (the
-            layer's channels are left whole).
+            layer's channels are left whole). With one ``{"in": 0, "out": 1}`` kernel the layer
+            is fully connected, like Dense: `tfopt.train.transfer` may replace it as a
+            classifier head, and prune_channels' ``scope: widest_dense`` counts it.
         macs: ``(layer, input_shapes, output_shapes) -> int`` for one call. Defaults to None:
             output positions x the kernels' sizes (right for a Dense-like layer).
         quantize: QAT fake-quantizes the kernels (per tensor) and tracks the output range.
@@ -278,6 +304,7 @@ def register_layer(
         weights=specs,
         channels="producer" if width else None,
         width=width,
+        dense=width is not None and _is_matrix(specs),
         macs=_user_macs(macs) if macs else _dense_like_macs,
         qat="substitute" if quantize else None,
         float_reason=None if quantize else (float_reason or "registered with quantize=False"),
@@ -285,8 +312,13 @@ def register_layer(
         cluster=True,
         user=True,
     )
-    _REGISTRY[cls] = spec
-    return spec
+    return register_spec(spec)
+
+
+def _is_matrix(weights: tuple[Weight, ...]) -> bool:
+    """One kernel, an (in, out) matrix (``{"in": 0, "out": 1}``): a fully-connected layer."""
+    kernels = [w for w in weights if w.compress]
+    return len(kernels) == 1 and (kernels[0].in_axis, kernels[0].out_axis) == (0, 1)
 
 
 def unregister_layer(cls: type) -> None:
@@ -312,11 +344,30 @@ def _known(dims) -> bool:
     return all(d is not None for d in dims)
 
 
-def _dense_like_macs(layer, shapes, out, c_in=None, c_out=None):
-    """Output positions x the kernels' sizes (scaled for channel what-ifs)."""
-    x = shapes[0]
-    if not _known(x[1:-1]):
-        return None
+def _per_position(per_position, positions: str = "rows"):
+    """A spec's ``macs``: positions x ``per_position(layer, c_in, c_out)`` (the MACs at one
+    position, for the input / output channels given or the layer's own).
+
+    ``positions``: ``"rows"`` (every axis but the batch and the last: Dense on (T, c_in) runs T
+    times), ``"outputs"`` (a convolution's output positions) or ``"inputs"`` (a transposed
+    convolution's input positions). None when a dimension it needs is unknown.
+    """
+
+    def macs(layer, shapes, out, c_in=None, c_out=None):
+        x = shapes[0]
+        if positions == "rows":
+            pos = _prod(x[1:-1]) if _known(x[1:-1]) else None
+        else:
+            pos = _conv_positions(layer, x, out, transpose=positions == "inputs")
+        if pos is None:
+            return None
+        return pos * per_position(layer, x[-1] if c_in is None else c_in, c_out)
+
+    return macs
+
+
+def _kernel_sizes(layer, c_in, c_out) -> int:
+    """The sizes of the spec's kernels, with their channel axes set to ``c_in`` / ``c_out``."""
     total = 0
     for w in spec_of(layer).compressed():
         kernel = resolve(layer, w.attr)[2]
@@ -326,14 +377,42 @@ def _dense_like_macs(layer, shapes, out, c_in=None, c_out=None):
         if c_out is not None and w.out_axis is not None:
             size = size // int(kernel.shape[w.out_axis]) * int(c_out)
         total += size
-    return _prod(x[1:-1]) * total
+    return total
 
 
-def _dense_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    c_in = x[-1] if c_in is None else c_in
-    units = layer.units if c_out is None else c_out
-    return _prod(x[1:-1]) * c_in * units if _known(x[1:-1]) else None
+def _units(layer, c_out) -> int:
+    return layer.units if c_out is None else c_out
+
+
+def _filters(layer, c_out) -> int:
+    return layer.filters if c_out is None else c_out
+
+
+def _window(layer) -> int:
+    return _prod(layer.kernel_size)
+
+
+# the formulas of tfopt/_measure.py's table; a registered layer's default is its kernels' sizes
+_dense_like_macs = _per_position(_kernel_sizes)
+_dense_macs = _per_position(lambda layer, c_in, c_out: c_in * _units(layer, c_out))
+_conv_macs = _per_position(
+    lambda layer, c_in, c_out: (
+        _window(layer) * (c_in // getattr(layer, "groups", 1)) * _filters(layer, c_out)
+    ),
+    "outputs",
+)
+_conv_transpose_macs = _per_position(
+    lambda layer, c_in, c_out: _window(layer) * c_in * _filters(layer, c_out), "inputs"
+)
+_depthwise_macs = _per_position(
+    lambda layer, c_in, c_out: _window(layer) * c_in * layer.depth_multiplier, "outputs"
+)
+_separable_macs = _per_position(  # the depthwise part + the pointwise part
+    lambda layer, c_in, c_out: (
+        c_in * layer.depth_multiplier * (_window(layer) + _filters(layer, c_out))
+    ),
+    "outputs",
+)
 
 
 def _einsum_macs(layer, shapes, out, c_in=None, c_out=None):
@@ -368,44 +447,6 @@ def _conv_positions(layer, x, out, transpose: bool):
         out = out if out is not None else layer.compute_output_shape(x)
         spatial = tuple(out)[1:-1]
     return _prod(spatial) if _known(spatial) else None
-
-
-def _conv_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    pos = _conv_positions(layer, x, out, False)
-    if pos is None:
-        return None
-    c_in = x[-1] if c_in is None else c_in
-    filters = layer.filters if c_out is None else c_out
-    return pos * _prod(layer.kernel_size) * (c_in // getattr(layer, "groups", 1)) * filters
-
-
-def _conv_transpose_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    pos = _conv_positions(layer, x, out, True)
-    if pos is None:
-        return None
-    c_in = x[-1] if c_in is None else c_in
-    return pos * _prod(layer.kernel_size) * c_in * (layer.filters if c_out is None else c_out)
-
-
-def _depthwise_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    pos = _conv_positions(layer, x, out, False)
-    if pos is None:
-        return None
-    c_in = x[-1] if c_in is None else c_in
-    return pos * _prod(layer.kernel_size) * c_in * layer.depth_multiplier
-
-
-def _separable_macs(layer, shapes, out, c_in=None, c_out=None):
-    x = shapes[0]
-    pos = _conv_positions(layer, x, out, False)
-    if pos is None:
-        return None
-    c_in, m = (x[-1] if c_in is None else c_in), layer.depth_multiplier
-    filters = layer.filters if c_out is None else c_out
-    return pos * _prod(layer.kernel_size) * c_in * m + pos * c_in * m * filters
 
 
 def _attention_macs(layer, shapes, out, c_in=None, c_out=None):
@@ -467,9 +508,10 @@ def _rnn_macs(layer, shapes, out, c_in=None, c_out=None):
 
 
 def _wrapper_macs(layer, shapes, out, c_in=None, c_out=None):
+    """The wrapped layer's (tfopt's pruning, QAT and clustering wrappers, any Wrapper)."""
     from tfopt._measure import layer_macs
 
-    return layer_macs(layer.layer, shapes)
+    return layer_macs(layer.layer, shapes, out, c_in=c_in, c_out=c_out)
 
 
 def _matmul_macs(op, shapes, out, c_in=None, c_out=None):
@@ -563,7 +605,7 @@ def _register_keras() -> None:
     conv = dict(channels="producer", width="filters", macs=_conv_macs, prune=True)
     fold = dict(qat="substitute", fold_batchnorm=True)
     _add(L.Dense, weights=(_KERNEL, _BIAS), channels="producer", width="units", macs=_dense_macs,
-         last_axis=True, prune=True, cluster=True, lowrank=True, **fold)  # fmt: skip
+         last_axis=True, dense=True, prune=True, cluster=True, lowrank=True, **fold)  # fmt: skip
     _add(L.EinsumDense, weights=(Weight("_kernel", reduce_axis=-2),), macs=_einsum_macs, qat="einsum",
          float_boundary=True, prune=True)  # fmt: skip
     conv_kernel = dict(weights=(_CONV_KERNEL, _BIAS), cluster=True, lowrank=True)
@@ -601,11 +643,11 @@ def _register_keras() -> None:
         Weight(f"_{p}_dense._kernel", reduce_axis=-2) for p in ("query", "key", "value", "output")
     )
     _add(L.MultiHeadAttention, weights=mha, macs=_attention_macs, qat="attention",
-         float_boundary=True, prune=True)  # fmt: skip
-    _add(L.GroupQueryAttention, float_boundary=True,
+         float_boundary=True, attention=True, prune=True)  # fmt: skip
+    _add(L.GroupQueryAttention, float_boundary=True, attention=True,
          float_reason="attention kept float (only MultiHeadAttention gets int8 projections)")  # fmt: skip
     _add(L.BatchNormalization, weights=_PER_CHANNEL, channels="tied",
-         channel_check=_batchnorm_check, qat="batchnorm")  # fmt: skip
+         channel_check=_batchnorm_check, qat="batchnorm", batch_statistics=True)  # fmt: skip
     _add(L.LayerNormalization, weights=_PER_CHANNEL[:2], channels="tied",
          channel_check=_layernorm_check, float_reason=_NORM)  # fmt: skip
     _add(_layers("GroupNormalization"), float_reason=_NORM)

@@ -56,14 +56,6 @@ L = keras.layers
 _BOOKKEEPING_MODULES = ("tfopt.prune.", "tfopt.quantize.", "tfopt.cluster.")
 
 
-def _prod(dims) -> int:
-    return math.prod(int(d) for d in dims)
-
-
-def _known(dims) -> bool:
-    return all(d is not None for d in dims)
-
-
 def _is_bookkeeping(layer) -> bool:
     return type(layer).__module__.startswith(_BOOKKEEPING_MODULES)
 
@@ -91,7 +83,7 @@ def count_params(model) -> int:
         if id(v) in seen or id(v) in skip:
             continue
         seen.add(id(v))
-        total += _prod(v.shape)
+        total += math.prod(int(d) for d in v.shape)
     return int(total)
 
 
@@ -105,13 +97,6 @@ def _shape_list(shapes) -> list[tuple]:
     if all(d is None or isinstance(d, int) for d in shapes):
         return [shapes] if shapes else []
     return [tuple(s) for s in shapes if s is not None]
-
-
-def _unwrap(layer):
-    """The layer a tfopt wrapper (pruning, QAT, clustering) holds; other layers as they are."""
-    while isinstance(layer, L.Wrapper) and _is_bookkeeping(layer):
-        layer = layer.layer
-    return layer
 
 
 def layer_macs(layer, input_shapes, output_shapes=None, *, c_in=None, c_out=None) -> int | None:
@@ -132,17 +117,16 @@ def layer_macs(layer, input_shapes, output_shapes=None, *, c_in=None, c_out=None
         The MACs, 0 for layers that do no multiply-accumulate, or None when a dimension the
         count needs is unknown.
     """
-    op = _unwrap(layer)
     shapes = _shape_list(input_shapes)
-    if isinstance(op, keras.Model):
-        return count_macs(op)
+    if isinstance(layer, keras.Model):
+        return count_macs(layer)
     if not shapes:
         return 0
     outs = _shape_list(output_shapes)
-    spec = spec_of(op)
+    spec = spec_of(layer)  # a wrapper's spec (keras.layers.Wrapper) counts the layer it wraps
     if spec is None or spec.macs is None:
         return 0
-    return spec.macs(op, shapes, outs[0] if outs else None, c_in=c_in, c_out=c_out)
+    return spec.macs(layer, shapes, outs[0] if outs else None, c_in=c_in, c_out=c_out)
 
 
 def _graph(model):

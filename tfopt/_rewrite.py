@@ -5,7 +5,8 @@ module owns everything else, so that every technique treats models the same way:
 
 - **selection** (`layer_filter`): Keras's ``Model.quantize(filters=)`` rule: a regex searched in
   the layer name, a list of regexes (any matches), or a callable ``layer -> bool``.
-- **copy policy** (`copy_layer`, `copy_model`): the user's model is only read. Every layer of the
+- **copy policy** (`copy_layer`, `copy_model`; `clone`: a whole model, the one copier that
+  tune, distill and transfer use): the user's model is only read. Every layer of the
   result is a new object; a layer that cannot be copied is a `RewriteError` naming it, never a
   layer shared with the user's model (fitting the copy would change the original).
 - **graph walk** (`GraphRewrite`): Sequential and functional models, with keras.ops nodes
@@ -530,6 +531,23 @@ def rewrite(
     return _rewrite_subclassed(model, replace, finish, action)
 
 
+def clone(model, *, action: str = "clone"):
+    """A copy of ``model`` with layers of its own and the same weights: the one model copier
+    (`rewrite` with nothing replaced).
+
+    Works for Sequential, functional and subclassed models, and for models holding tfopt's
+    wrappers (pruning, clustering, QAT: copied by their config, with their masks, centroids and
+    ranges). Training the copy never changes ``model``.
+
+    Raises:
+        RewriteError: a layer or a subclassed model that cannot be copied (named in the message).
+
+    Example:
+        >>> student = clone(model)
+    """
+    return rewrite(model, lambda layer: None, action=action)
+
+
 def _rewrite_sequential(model, replace, finish, action):
     func = graph_of(model, action)
     t = func.inputs[0]
@@ -608,6 +626,13 @@ class _SubclassRewrite:
                 if self.finish is not None:
                     self.finish(source, new)
                 self.put(parent, attr, index, new, step, plain=type(new) is type(built))
+            elif type(source) is not type(built):
+                # an earlier replacement (a tfopt wrapper) that the config copy holds as the
+                # plain layer: copied whole, and recorded so that the copy saves and loads
+                new = copy_layer(source)
+                build_like(new, source)
+                copy_weights(source, new)
+                self.put(parent, attr, index, new, step)
             elif is_leaf(source):
                 copy_weights(source, built)
             else:

@@ -56,7 +56,7 @@ def _output_operation(model):
         layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
         layers = [layer for layer in layers if not _transparent(layer)]
         op = layers[-1] if layers else None
-    while isinstance(op, keras.layers.Wrapper):
+    while isinstance(op, keras.layers.Wrapper):  # structural: look inside any wrapper
         op = op.layer
     if isinstance(op, keras.Model):
         return _output_operation(op)
@@ -161,10 +161,12 @@ def recalibrate_batchnorm(model, x, *, batch_size: int, seed: int = 0) -> int:
     """
     import tensorflow as tf
 
+    from tfopt._layers import spec_flag
+
     bns = [
         layer
         for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.BatchNormalization)
+        if spec_flag(layer, "batch_statistics")
         and layer.trainable
         and not getattr(layer, "renorm", False)  # renormalization keeps statistics of its own
     ]

@@ -42,7 +42,7 @@ def _why_not(layer) -> str:
     weight = cluster_weight(layer)
     if isinstance(layer, ClusterWeights):
         return "already clustered"
-    if isinstance(layer, keras.layers.Wrapper):
+    if isinstance(layer, keras.layers.Wrapper):  # structural: any wrapper, not a layer type
         return (
             f"wrapped by {type(layer).__name__} ({type(layer).__module__}); strip that wrapper "
             "first (e.g. tfopt.prune.strip) and cluster the plain model"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt._backend import import_keras
-from tfopt._layers import _REGISTRY, Weight, channel_axis, resolve, spec_of, substituted
+from tfopt._layers import Weight, channel_axis, classes_with, resolve, spec_of, substituted
 
 keras = import_keras()
 ops = keras.ops
@@ -24,7 +24,7 @@ def cluster_weight(layer) -> Weight | None:
 
 def supported() -> list[str]:
     """The layer classes `cluster` wraps: Keras's and those registered with register_layer."""
-    return [c.__name__ for c, spec in _REGISTRY.items() if spec.cluster]
+    return [c.__name__ for c in classes_with("cluster")]
 
 
 SUPPORTED = tuple(supported())  # Keras's own clusterable layer classes

@@ -5,15 +5,6 @@ from __future__ import annotations
 from tfopt.config._steps import DistillStepConfig
 
 
-def _copy(model):
-    from tfopt._backend import import_keras
-
-    keras = import_keras()
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
 def run(cfg: DistillStepConfig, model, ctx):
     """Distils the teacher into the student and returns the trained student."""
     from tfopt._backend import import_keras
@@ -28,7 +19,9 @@ def run(cfg: DistillStepConfig, model, ctx):
     else:
         raise ValueError("distill: no teacher (set teacher: path.keras, or run a baseline first)")
     if cfg.student is None:
-        student = _copy(model)
+        from tfopt._rewrite import clone
+
+        student = clone(model, action="distill")
     else:
         options = {k: v for k, v in cfg.student.items() if k != "model"}
         student = get(

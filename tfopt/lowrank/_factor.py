@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfopt._backend import check_model, import_keras
-from tfopt._layers import _REGISTRY, guard, spec_of
+from tfopt._layers import classes_with, guard, spec_of
 from tfopt._rewrite import GraphRewrite, Report, attach_report, is_graph_model, layer_filter
 
 keras = import_keras()
@@ -20,10 +20,10 @@ Filters = str | Sequence[str] | Callable[[object], bool] | None
 
 def supported() -> list[str]:
     """The layer classes `factorize` splits: those whose spec says ``lowrank`` (tfopt._layers)."""
-    return [c.__name__ for c, spec in _REGISTRY.items() if spec.lowrank]
+    return [c.__name__ for c in classes_with("lowrank")]
 
 
-SUPPORTED = tuple(c for c, spec in _REGISTRY.items() if spec.lowrank)  # Keras's own classes
+SUPPORTED = tuple(classes_with("lowrank"))  # Keras's own classes
 
 
 def _check_fraction(name: str, value) -> None:

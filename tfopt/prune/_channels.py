@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tfopt._backend import check_model, import_keras
-from tfopt._layers import resolve, spec_of
+from tfopt._layers import resolve, spec_flag, spec_of
 from tfopt._rewrite import GraphRewrite, copy_layer, copy_weights, layer_filter
 from tfopt.prune._channels_graph import (
     Graph,
@@ -89,7 +89,7 @@ def _score_groups(graph: Graph, importance) -> list[str]:
     if importance == "bn_gamma":
         for info in graph.nodes:
             op = info.op
-            if not isinstance(op, keras.layers.BatchNormalization) or info.kind != "tied":
+            if not spec_flag(op, "batch_statistics") or info.kind != "tied":
                 continue
             if op.gamma is None:
                 continue

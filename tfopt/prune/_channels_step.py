@@ -16,6 +16,7 @@ Example config::
 from __future__ import annotations
 
 from tfopt._backend import import_keras
+from tfopt._layers import spec_flag, spec_of
 from tfopt.config._steps import PruneChannelsStepConfig
 from tfopt.prune._channels import prune_channels_iterative
 
@@ -23,14 +24,19 @@ keras = import_keras()
 
 
 def widest_hidden_dense(model: keras.Model) -> str | None:
-    """The name of the Dense layer with the most units that is not an output layer."""
+    """The name of the fully-connected layer (its spec's ``dense``: Dense, a registered
+    dense-like layer) with the most units that is not an output layer."""
     outputs = {id(t) for t in model.outputs}
     dense = [
         layer
         for layer in model.layers
-        if isinstance(layer, keras.layers.Dense) and id(layer.output) not in outputs
+        if spec_flag(layer, "dense") and id(layer.output) not in outputs
     ]
-    return max(dense, key=lambda layer: layer.units).name if dense else None
+    return (
+        max(dense, key=lambda layer: layer.get_config()[spec_of(layer).width]).name
+        if dense
+        else None
+    )
 
 
 def _filters(cfg: PruneChannelsStepConfig, model: keras.Model):

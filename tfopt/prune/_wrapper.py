@@ -13,7 +13,15 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfopt._backend import import_keras
-from tfopt._layers import Weight, guard, register_layer, resolve, spec_of, substituted
+from tfopt._layers import (
+    Weight,
+    guard,
+    register_layer,
+    resolve,
+    spec_flag,
+    spec_of,
+    substituted,
+)
 from tfopt.prune import _masks
 from tfopt.prune._schedules import PruningSchedule, deserialize, serialize
 
@@ -324,6 +332,6 @@ class PruneMultiHeadAttention(PruneLowMagnitude):
 
 def wrap(layer, schedule=None, *, m_by_n=None, block_size=None, **kwargs) -> PruneLowMagnitude:
     """Returns the pruning wrapper class suited to ``layer``, wrapping it."""
-    attention = isinstance(layer, keras.layers.MultiHeadAttention)
+    attention = spec_flag(layer, "attention")  # called as (query, value, key)
     cls = PruneMultiHeadAttention if attention else PruneLowMagnitude
     return cls(layer, schedule, m_by_n=m_by_n, block_size=block_size, **kwargs)

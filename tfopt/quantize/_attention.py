@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tfopt._backend import import_keras
+from tfopt._layers import spec_of
 from tfopt.quantize._layers import QuantizeWrapper, einsum_plan
 
 keras = import_keras()
@@ -23,7 +24,9 @@ _PROJECTIONS = (
 
 def attention_unquantizable(layer) -> str | None:
     """Why `QuantizedMultiHeadAttention` cannot stand in for ``layer``, or None if it can."""
-    if type(layer) is not keras.layers.MultiHeadAttention:
+    spec = spec_of(layer)
+    # it is rebuilt from the layer's config: only the class whose spec says qat="attention"
+    if spec is None or spec.qat != "attention" or type(layer) is not spec.cls:
         return (
             f"{type(layer).__name__} (a MultiHeadAttention subclass) is not supported; kept float"
         )

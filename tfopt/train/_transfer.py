@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tfopt._backend import import_keras
+from tfopt._layers import spec_flag, spec_of
 
 keras = import_keras()
 
@@ -38,9 +39,10 @@ def check_freeze_until(model, freeze_until: str | None) -> None:
 
 def _head(model):
     last = model.layers[-1]
-    if not isinstance(last, keras.layers.Dense):
+    if not spec_flag(last, "dense"):
         raise ValueError(
-            f"head='new' replaces the model's last layer, which must be a Dense layer; the model "
+            f"head='new' replaces the model's last layer, which must be a Dense layer (or a layer "
+            f"registered as fully connected with tfopt.register_layer); the model "
             f"{model.name!r} ends in {type(last).__name__} {last.name!r}. Use head='keep', or end "
             "the model in a Dense layer."
         )
@@ -58,7 +60,7 @@ def freeze(model, freeze_until: str | None) -> list[str]:
         return []
     frozen = []
     for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
+        if isinstance(layer, keras.layers.InputLayer):  # structural: no weights to freeze
             continue
         layer.trainable = False
         frozen.append(layer.name)
@@ -82,10 +84,10 @@ def transfer(
 ):
     """Returns a copy of ``model`` ready to fine-tune on a new task.
 
-    The copy is made by the rewriter (`tfopt._rewrite.rewrite`): ``model`` is not changed. With
-    ``head="new"`` the last Dense layer is replaced by a freshly initialized Dense with
-    ``num_classes`` units and the same activation (logits stay logits, a softmax stays a softmax);
-    ``head="keep"`` keeps it (its output must already have ``num_classes`` units). The layers up to
+    The copy is made by the rewriter (`tfopt._rewrite.clone`): ``model`` is not changed. With
+    ``head="new"`` the last Dense layer (or a layer registered as fully connected) is replaced by
+    a freshly initialized copy with ``num_classes`` units and the same activation (logits stay
+    logits, a softmax stays a softmax); ``head="keep"`` keeps it (its output must already have ``num_classes`` units). The layers up to
     and including ``freeze_until`` are frozen (``trainable=False``); the new head always trains.
 
     Args:
@@ -108,7 +110,7 @@ def transfer(
         >>> model = tfopt.train.transfer(base, num_classes=5, freeze_until="conv2")
         >>> tfopt.train.fit_transfer(model, fit, epochs=10, unfreeze_at_epoch=4)
     """
-    from tfopt._rewrite import is_graph_model, rewrite
+    from tfopt._rewrite import clone, copy_layer, is_graph_model
 
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}. Received: head={head!r}")
@@ -126,17 +128,12 @@ def transfer(
             f"num_classes={num_classes}. Use head='new'."
         )
     old_head = _head(model) if head == "new" else None
-    copy = rewrite(model, lambda layer: None, action="transfer")
+    copy = clone(model, action="transfer")
     if old_head is not None:
         features = copy.get_layer(old_head.name).input
-        config = old_head.get_config()
-        new_head = keras.layers.Dense(
-            num_classes,
-            activation=config["activation"],
-            use_bias=config["use_bias"],
-            kernel_regularizer=config.get("kernel_regularizer"),
-            name=old_head.name,
-        )
+        # the same class and config (activation, bias, regularizers), num_classes wide
+        width = {spec_of(old_head).width: num_classes, "trainable": True}
+        new_head = copy_layer(old_head, {**old_head.get_config(), **width})
         copy = keras.Model(copy.inputs, new_head(features), name=f"{model.name}_transfer")
     frozen = freeze(copy, freeze_until)
     if old_head is not None and old_head.name in frozen:

@@ -244,12 +244,10 @@ def record_start(hm, data, out_dir) -> dict | None:
     the report. None (nothing written) for a search of a zoo builder."""
     if getattr(hm, "source", None) is None:
         return None
-    from tfopt._backend import import_keras
+    from tfopt._rewrite import clone
     from tfopt._training import compile_classifier
 
-    keras = import_keras()
-    source = keras.models.clone_model(hm.source)
-    source.set_weights(hm.source.get_weights())
+    source = clone(hm.source, action="tfopt tune")
     compile_classifier(source, 1e-3)
     start = {"model": hm.source.name}
     for split, (x, y) in (("val", data.val), ("test", data.test)):

@@ -13,19 +13,13 @@ import keras_tuner
 
 from tfopt import _formats as formats
 from tfopt._backend import check_model, import_keras
+from tfopt._rewrite import clone  # the one model copier (a trial's model is a copy)
 from tfopt._training import compile_classifier, fit_arrays
 from tfopt.tune._recipe import OPT_IN, TECHNIQUES, available_techniques, recipe_steps
 
 keras = import_keras()
 
 TARGETS = formats.targets()  # the formats table's search targets
-
-
-def clone(model):
-    """A copy of ``model`` with its own layers and the same weights (the input is never mutated)."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 # name -> default choices. Floats with a range are declared below with hp.Float.
