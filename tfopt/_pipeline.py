@@ -195,7 +195,10 @@ def run(
         run_dir = Path(tempfile.mkdtemp(prefix=f"tfopt-{cfg.name}-worker-"))
         return _run_in(cfg, run_dir, strategy, verbose=verbose, started=started)
     run_dir = run_directory(cfg, out_dir, overwrite=overwrite)
-    with _rundir.lock(run_dir, command="tfopt run"):  # one process per run directory
+    with (
+        _rundir.lock(run_dir, command="tfopt run"),  # one process per run directory
+        _rundir.discard_if_refused(run_dir, written=("config.json",)),  # e.g. bad data
+    ):
         _rundir.claim_identity(run_dir, "run", run_identity(cfg))
         return _run_in(cfg, run_dir, strategy, verbose=verbose, started=started)
 
