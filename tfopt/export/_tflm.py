@@ -108,6 +108,20 @@ def parse_c_array(text: str) -> tuple[str, bytes]:
     return match.group(1), bytes(int(v, 16) for v in values)
 
 
+def _check_names(quantization: str, source_name: str | None, array_name: str) -> None:
+    if quantization != "int8":
+        raise ValueError(
+            f"format='tflm' exports int8 models. Received: quantization={quantization!r}"
+        )
+    if source_name is not None and not _FILE_STEM.match(source_name):
+        raise ValueError(
+            "source_name must be a file stem (letters, digits, '_', '-', '.'). "
+            f"Received: source_name={source_name!r}"
+        )
+    if not _NAME.match(array_name):
+        raise ValueError(f"array_name must be a C identifier. Received: array_name={array_name!r}")
+
+
 def tflm(
     model,
     path,
@@ -176,17 +190,7 @@ def tflm(
     from tfopt.bench._runners import TFLMRunner
     from tfopt.export._tflite import tflite
 
-    if quantization != "int8":
-        raise ValueError(
-            f"format='tflm' exports int8 models. Received: quantization={quantization!r}"
-        )
-    if source_name is not None and not _FILE_STEM.match(source_name):
-        raise ValueError(
-            "source_name must be a file stem (letters, digits, '_', '-', '.'). "
-            f"Received: source_name={source_name!r}"
-        )
-    if not _NAME.match(array_name):
-        raise ValueError(f"array_name must be a C identifier. Received: array_name={array_name!r}")
+    _check_names(quantization, source_name, array_name)
     path = Path(path)
     source_name = source_name or f"{path.stem}_model_data"
     sources = [path.parent / f"{source_name}{ext}" for ext in (".cc", ".h")]
