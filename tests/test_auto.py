@@ -402,6 +402,16 @@ def test_optimize_argument_errors(trained):
         tfopt.auto.optimize(model, train, (val[0], val[1][:3]), max_accuracy_drop=0.01)
     with pytest.raises(TypeError, match="must be a keras.Model"):
         tfopt.auto.optimize("model.keras", train, val, max_accuracy_drop=0.01)
+    with pytest.raises(TypeError) as info:  # the budgets are one value (issue 23)
+        tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.01, max_ram="64KB")
+    assert str(info.value) == (
+        "optimize takes its budgets as one value: budget=tfopt.auto.Budget(max_accuracy_drop=..., "
+        "max_ram='64KB'). Received: max_ram='64KB'"
+    )
+    with pytest.raises(
+        TypeError, match=r"^optimize\(\) got an unexpected keyword argument 'max_trails'$"
+    ):
+        tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.01, max_trails=3)
 
 
 def test_cli_auto_bad_input_is_one_line(tmp_path):
