@@ -192,7 +192,7 @@ def test_selection_uses_val_only_and_refinement_is_recorded(
     (refined candidates are final) although it fails the test data (test never takes part), and
     the report shows its test drop."""
     import tfopt
-    import tfopt.tune._measure as measure
+    import tfopt.export._measure as measure
     import tfopt.tune._tuner as tuner_mod
 
     model, train, val, test = trained
@@ -200,17 +200,17 @@ def test_selection_uses_val_only_and_refinement_is_recorded(
     base_val = tfopt.bench.evaluate(str(tmp_path / "float.tflite"), val)
     real = measure.export_and_measure
 
-    def rewrite(*args, **kwargs):
-        m = real(*args, **kwargs)
+    def rewrite(*args, **kwargs):  # the candidates' measurements (the baseline's stand)
+        measured = real(*args, **kwargs)
+        m = measured.metrics
         m["test_accuracy"] = 0.0
         m["test_correct"] = measure.pack_correct(np.zeros(len(test[1]), bool))
         if "search" in Path(m["path"]).parts:
             m["val_accuracy"] = base_val - 0.05
             m["val_correct"] = None  # no per-sample results: no paired interval
-        return m
+        return measured
 
     monkeypatch.setattr(tuner_mod, "export_and_measure", rewrite)
-    monkeypatch.setattr(measure, "export_and_measure", rewrite)
     lines = progress
     res = tfopt.auto.optimize(
         model, train, val, test=test, max_accuracy_drop=0.1, max_trials=2, refine=1,
@@ -402,6 +402,16 @@ def test_optimize_argument_errors(trained):
         tfopt.auto.optimize(model, train, (val[0], val[1][:3]), max_accuracy_drop=0.01)
     with pytest.raises(TypeError, match="must be a keras.Model"):
         tfopt.auto.optimize("model.keras", train, val, max_accuracy_drop=0.01)
+    with pytest.raises(TypeError) as info:  # the budgets are one value (issue 23)
+        tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.01, max_ram="64KB")
+    assert str(info.value) == (
+        "optimize takes its budgets as one value: budget=tfopt.auto.Budget(max_accuracy_drop=..., "
+        "max_ram='64KB'). Received: max_ram='64KB'"
+    )
+    with pytest.raises(
+        TypeError, match=r"^optimize\(\) got an unexpected keyword argument 'max_trails'$"
+    ):
+        tfopt.auto.optimize(model, train, val, max_accuracy_drop=0.01, max_trails=3)
 
 
 def test_cli_auto_bad_input_is_one_line(tmp_path):
@@ -583,7 +593,7 @@ def test_one_trial_search_returns_the_int8_model_of_the_unchanged_model(
     import tfopt
     from tfopt._stats import correct
     from tfopt.bench._runners import runner_for
-    from tfopt.tune._measure import pack_correct
+    from tfopt.export._measure import pack_correct
 
     model, train, val, test = trained
     lines = progress
@@ -698,7 +708,7 @@ def test_paired_delta_resolution_and_rejections_are_exact():
         rejections,
         split_resolution,
     )
-    from tfopt.tune._measure import pack_correct, unpack_correct
+    from tfopt.export._measure import pack_correct, unpack_correct
 
     rng = np.random.default_rng(0)
     base = rng.random(400) < 0.9

@@ -207,9 +207,8 @@ def test_cli_refuses_bad_npz_before_training(tmp_path, capsys, case, command):
     out = tmp_path / "run"
     assert main([*COMMANDS[command], "--data", str(path), "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip() == f"tfopt: error: {message}"
-    if command == "tune":  # run and auto make --out (empty, marked) before they load the data
-        assert not out.exists()
-    assert not (out / "baseline.keras").exists()
+    # run and auto make --out (marked) before they load the data: refused, they remove it
+    assert not out.exists()
 
 
 # -- data that the model cannot take, refused where both are known (before the baseline fit) ----

@@ -221,6 +221,40 @@ def test_failed_parity_raises_unless_the_tolerance_is_relaxed(model, x, tmp_path
     assert art.check["passed"] is True and art.check["argmax_agreement"] < 0.9
 
 
+@pytest.mark.parametrize(
+    "fn, name, options",
+    [
+        ("tflite", "m.tflite", {}),
+        ("tflite", "m.tflite", {"quantization": "int8"}),
+        ("onnx", "m.onnx", {}),
+        ("lowbit", "m.tflite", {"mode": "w8"}),
+        ("tflm", "m_model_data.cc", {}),  # its C sources count too
+        ("tensorrt", "m.onnx", {}),  # the ONNX file it writes beside the engine
+    ],
+    ids=["tflite", "tflite-int8", "onnx", "lowbit", "tflm_source", "tensorrt_onnx"],
+)
+def test_format_functions_refuse_an_existing_file_unless_overwrite(
+    model, x, tmp_path, fn, name, options
+):
+    """As `export(overwrite=False)` does: before any work, one line naming the path and the
+    flag; the file is left as it was."""
+    from tfopt.errors import OutputDirError
+
+    (tmp_path / name).write_text("mine\n")
+    target = tmp_path / ("m.engine" if fn == "tensorrt" else "m.tflite" if fn != "onnx" else name)
+    with pytest.raises(OutputDirError) as info:
+        rep = {"representative_data": x} if fn in ("tflite", "lowbit", "tflm") else {}
+        getattr(tfopt.export, fn)(model, target, **rep, **options)
+    assert str(info.value) == (
+        f"path: {tmp_path / name} already exists; pass overwrite=True to replace, or choose "
+        "another path"
+    )
+    assert (tmp_path / name).read_text() == "mine\n"
+    if fn == "tflite" and not options:  # asked for: replaced
+        art = tfopt.export.tflite(model, target, check_data=x, overwrite=True)
+        assert art.check["passed"] and target.read_bytes()[4:8] == b"TFL3"
+
+
 def test_check_against_keras_measures_a_wrong_runner(model, x):
     from tfopt.export import check_against_keras
 

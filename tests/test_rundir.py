@@ -59,6 +59,40 @@ def test_prepare_removes_only_what_tfopt_created(tmp_path):
     assert _rundir.is_owned(_rundir.prepare(empty))
 
 
+def test_a_refused_block_removes_only_the_directory_it_made_and_left_bare(tmp_path):
+    """`discard_if_refused`: a fresh run directory (marker and lock only) that holds nothing but
+    bookkeeping when the block raises is removed; one that held an earlier run, or that got an
+    output, is kept; a block that ends normally keeps it."""
+
+    def refuse(path, write=None):
+        with pytest.raises(ValueError, match="bad data"):
+            with (
+                _rundir.lock(path, command="t"),
+                _rundir.discard_if_refused(path, written=("config.json",)),
+            ):
+                _rundir.write_json(path / "identity.json", {"run": 1})
+                _rundir.write_json(path / "config.json", {})
+                if write:
+                    (path / write).write_text("x")
+                raise ValueError("bad data")
+
+    fresh = _rundir.prepare(tmp_path / "fresh", by="t")
+    refuse(fresh)
+    assert not fresh.exists()
+    made = _rundir.prepare(tmp_path / "made", by="t")
+    refuse(made, write="baseline.keras")  # something was made: kept
+    assert sorted(p.name for p in made.iterdir()) == [
+        ".tfopt-lock", ".tfopt-run", "baseline.keras", "config.json", "identity.json"
+    ]  # fmt: skip
+    earlier = _rundir.prepare(tmp_path / "earlier", by="t")
+    (earlier / "notes.md").write_text("mine")
+    refuse(earlier)  # not bare when the block began: an earlier run's directory is kept
+    assert (earlier / "notes.md").read_text() == "mine"
+    with _rundir.discard_if_refused(fresh := _rundir.prepare(tmp_path / "ok", by="t")):
+        pass
+    assert _rundir.is_owned(fresh)
+
+
 @pytest.mark.parametrize(
     "name", ["../../escape", "/abs/victim", "..", ".hidden", "a/b", "a\\b", ""]
 )

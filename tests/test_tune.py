@@ -114,7 +114,7 @@ def test_failed_export_is_a_failed_trial_and_search_goes_on(tmp_path):
     tuner.search(train, val, verbose=0)
     trials = tuner.oracle.trials
     assert [trials[t].status for t in sorted(trials)] == ["FAILED", "COMPLETED"]
-    assert "export to tflite (float32) failed" in trials["0"].message
+    assert "export to tflite failed" in trials["0"].message
     records = tuner.records()
     assert [r["status"] for r in records] == ["FAILED", "COMPLETED"]
     m = records[1]["metrics"]
@@ -459,3 +459,53 @@ def test_trial_models_are_copies_by_the_one_copier_subclassed_and_pruned():
         assert any(not np.array_equal(a, b) for a, b in zip(copy.get_weights(), before))
         for a, b in zip(model.get_weights(), before, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_search_candidate_and_tfopt_run_make_the_same_artifact(tmp_path, blobs):
+    """One candidate runner (`tfopt.export.export_and_measure`): the same steps run as a search
+    candidate (`run_candidate`) and as `tfopt run` give byte-identical artifacts and the same
+    accuracy on the same test samples (lowrank with 0 epochs: no fit, nothing left to chance)."""
+    import keras
+    import yaml
+
+    import tfopt
+    from tfopt import config
+    from tfopt._pipeline import run
+    from tfopt.export._measure import correctness
+    from tfopt.tune import run_candidate
+
+    keras.utils.set_random_seed(0)
+    (x, y), (xt, yt) = blobs(300, 1), blobs(120, 2)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    inputs = keras.Input((40, 1))
+    h = keras.layers.Dense(24, activation="relu")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Dense(24)(h)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=3, verbose=0)
+    model.save(tmp_path / "m.keras")
+    raw = {
+        "name": "same", "seed": 4,
+        "data": {"name": str(tmp_path / "d.npz"), "val_fraction": 0.2},
+        "model": {"path": str(tmp_path / "m.keras")},
+        "train": {"epochs": 0, "batch_size": 64},
+        "steps": [{"type": "lowrank", "rank_ratio": 0.25, "epochs": 0}],
+        "export": {"formats": ["tflite-int8"], "representative_samples": 100},
+        "bench": {"runs": 2, "warmup": 1, "concurrency": []},
+    }  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    cfg = config.load(tmp_path / "c.yaml")
+    rows = run(cfg, out_dir=tmp_path / "run", verbose=0)["results"]
+    row = next(r for r in rows if r["format"] == "tflite-int8")
+
+    data = tfopt.data.load(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+    _, metrics, facts = run_candidate(
+        keras.models.load_model(tmp_path / "m.keras"), cfg.steps, train=data.train,
+        val=data.test, out_dir=tmp_path / "cand", target="tflite-int8", seed=cfg.seed,
+        representative_samples=100,
+    )  # fmt: skip
+    assert facts["1_lowrank"]["lowrank"]["changed"]  # the step factorized layers
+    assert Path(row["path"]).name == "1_lowrank_tflite_int8.tflite"
+    assert (tmp_path / "cand" / "model.tflite").read_bytes() == Path(row["path"]).read_bytes()
+    assert metrics["val_accuracy"] == row["accuracy"]
+    right = correctness(row["path"], data.test)
+    assert metrics["val_correct"] == right["correct"] and right["n"] == len(yt)

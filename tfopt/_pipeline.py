@@ -159,17 +159,6 @@ def _fit_baseline(cfg: RunConfig, model, ctx: StepContext) -> None:
     ctx.compile(model, cfg.train.learning_rate)
 
 
-def _export(model, fmt: str, path: Path, cfg: RunConfig, data: Dataset):
-    from tfopt import export
-
-    rep = data.x_train[: cfg.export.representative_samples]
-    if formats.get(fmt).calibrates:
-        return export.export(
-            model, path, format=fmt, representative_data=rep, check_data=data.x_val
-        )
-    return export.export(model, path, format=fmt, check_data=data.x_val)
-
-
 def check(cfg: RunConfig) -> None:
     """What `tfopt run --check` does after validating the config: loads the data, builds the
     model (and its transfer head) and runs the steps' preflight against them, so anything `run`
@@ -206,7 +195,10 @@ def run(
         run_dir = Path(tempfile.mkdtemp(prefix=f"tfopt-{cfg.name}-worker-"))
         return _run_in(cfg, run_dir, strategy, verbose=verbose, started=started)
     run_dir = run_directory(cfg, out_dir, overwrite=overwrite)
-    with _rundir.lock(run_dir, command="tfopt run"):  # one process per run directory
+    with (
+        _rundir.lock(run_dir, command="tfopt run"),  # one process per run directory
+        _rundir.discard_if_refused(run_dir, written=("config.json",)),  # e.g. bad data
+    ):
         _rundir.claim_identity(run_dir, "run", run_identity(cfg))
         return _run_in(cfg, run_dir, strategy, verbose=verbose, started=started)
 
@@ -236,11 +228,7 @@ def _run_in(cfg: RunConfig, run_dir: Path, strategy, *, verbose: int, started: f
     _rundir.save_model(model, run_dir / "baseline.keras")
     ctx.baseline = model
     stages = _run_stages(cfg, model, ctx, total=total)
-    artifacts = _export_stages(stages, cfg, data, run_dir, step=f"{total - 1}/{total}")
-    _log(
-        f"[{total}/{total}] bench: accuracy on {len(data.x_test)} test samples through each artifact"
-    )
-    rows = _bench_stages(stages, artifacts, cfg, data)
+    rows = _export_and_bench(stages, cfg, data, run_dir, step=(total - 1, total))
     report = {
         "name": cfg.name,
         "run_dir": str(run_dir),
@@ -278,29 +266,8 @@ def _run_stages(cfg: RunConfig, model, ctx: StepContext, *, total: int) -> list[
     return stages
 
 
-def _export_stages(stages, cfg: RunConfig, data: Dataset, run_dir: Path, *, step: str) -> list:
-    """Exports the baseline to TFLite (when there are steps) and the last stage to every format
-    of ``export.formats``; returns ``{"stage", "format", "artifact"}`` per file."""
-    final = stages[-1]
-    exports = [(stages[0], "tflite")] if len(stages) > 1 else []
-    exports += [(final, fmt) for fmt in cfg.export.formats]
-    names = ", ".join(f"{stage['stage']}:{fmt}" for stage, fmt in exports)
-    _log(f"[{step}] export: {names}")
-    artifacts = []
-    for stage, fmt in exports:
-        path = run_dir / f"{stage['stage']}_{fmt.replace('-', '_')}{formats.get(fmt).suffix}"
-        art = _export(stage["model"], fmt, path, cfg, data)
-        artifacts.append({"stage": stage, "format": fmt, "artifact": art})
-    return artifacts
-
-
-def _bench_stages(stages, artifacts, cfg: RunConfig, data: Dataset) -> list[dict]:
-    """Benchmarks every stage's Keras model and every artifact on the test data; returns the
-    report's rows (and logs one line each)."""
-    from tfopt import bench
-
-    rows = []
-    options = dict(
+def _bench_options(cfg: RunConfig) -> dict:
+    return dict(
         warmup=cfg.bench.warmup,
         runs=cfg.bench.runs,
         concurrency=cfg.bench.concurrency,
@@ -308,22 +275,49 @@ def _bench_stages(stages, artifacts, cfg: RunConfig, data: Dataset) -> list[dict
         duration_s=cfg.bench.duration_s,
         robust_epsilon=cfg.bench.robust_epsilon,
     )
-    for stage in stages:
-        res = bench.benchmark(stage["model"], data.test, **options)
-        rows.append(_row(stage["stage"], "keras", stage["keras"], res, None))
-    for item in artifacts:
-        art = item["artifact"]
-        # params/MACs of the model this artifact was exported from, not of the final stage
-        runtime = "tflm" if formats.get(item["format"]).runtime == "tflm" else None
-        res = bench.benchmark(
-            art.path,
-            data.test,
-            model=item["stage"]["model"],
-            runtime=runtime,
-            attack_model=item["stage"]["model"] if cfg.bench.robust_epsilon is not None else None,
+
+
+def _export_and_bench(stages, cfg: RunConfig, data: Dataset, run_dir: Path, *, step) -> list:
+    """Exports the baseline to TFLite (when there are steps) and the last stage to every format
+    of ``export.formats``, and benchmarks every artifact and every stage's Keras model on the
+    test data; returns the report's rows, the Keras models first (and logs one line each).
+
+    Each artifact is made and measured by `tfopt.export.export_and_measure`, the path of every
+    search candidate, so a searched recipe replays the exporter too."""
+    from tfopt import bench
+    from tfopt.export import export_and_measure
+
+    exports = [(stages[0], "tflite")] if len(stages) > 1 else []
+    exports += [(stages[-1], fmt) for fmt in cfg.export.formats]
+    names = ", ".join(f"{stage['stage']}:{fmt}" for stage, fmt in exports)
+    _log(f"[{step[0]}/{step[1]}] export: {names}")
+    options = _bench_options(cfg)
+    representative = data.x_train[: cfg.export.representative_samples]
+    artifact_rows = []
+    for stage, fmt in exports:
+        path = run_dir / f"{stage['stage']}_{fmt.replace('-', '_')}{formats.get(fmt).suffix}"
+        measured = export_and_measure(
+            stage["model"],
+            path,
+            format=fmt,
+            representative=representative,
+            check_data=data.x_val,
+            val=data.test,
             **options,
         )
-        rows.append(_row(item["stage"]["stage"], item["format"], art.path, res, art.check))
+        art = measured.artifact
+        artifact_rows.append(_row(stage["stage"], fmt, art.path, measured.result, art.check))
+    _log(f"[{step[1]}/{step[1]}] bench: accuracy on {len(data.x_test)} test samples")
+    rows = [
+        _row(
+            stage["stage"],
+            "keras",
+            stage["keras"],
+            bench.benchmark(stage["model"], data.test, **options),
+            None,
+        )
+        for stage in stages
+    ] + artifact_rows
     for row in rows:
         _log(
             f"      {row['stage']:<14} {row['format']:<14} acc {row['accuracy']:.4f}  "

@@ -67,6 +67,28 @@ def remove(path, *, what: str = "directory") -> None:
     shutil.rmtree(path)
 
 
+def _holds_only(path: Path, names) -> bool:
+    """Whether ``path`` is a directory whose entries are all in ``names``."""
+    return path.is_dir() and all(p.name in names for p in path.iterdir())
+
+
+@contextmanager
+def discard_if_refused(path, *, written=()) -> Iterator[Path]:
+    """Removes ``path`` when the block raises before it made anything: ``path`` held only its
+    marker (and lock) when the block began, as a directory `prepare` just made does, and holds
+    only tfopt's bookkeeping (`MARKER`, `LOCK`, `IDENTITY` and the names in ``written``) now. A
+    `tfopt run` or `tfopt auto` that refuses its data leaves no empty run directory behind; a
+    directory with anything else in it, or an earlier run's, is kept."""
+    path = Path(path)
+    fresh = _holds_only(path, {MARKER, LOCK})
+    try:
+        yield path
+    except Exception:
+        if fresh and _holds_only(path, {MARKER, LOCK, IDENTITY, *written}):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def refuse_dangling(path: Path, *, arg: str = "--out") -> None:
     """Raises `OutputDirError` when ``path`` is a symbolic link to nothing (writing through it
     would create a file wherever the link points); ``arg`` names the argument in the message."""
@@ -419,13 +441,14 @@ def claim_run(
 ) -> Iterator[Path]:
     """How every command that resumes (`tfopt tune`, `tfopt auto`) opens its run directory:
     `prepare` (resume; ``overwrite`` replaces an earlier run tfopt made), `lock` for the block,
-    then `claim_identity` (the same model, data and settings, or a one-line refusal).
+    then `claim_identity` (the same model, data and settings, or a one-line refusal); a block
+    that raises before writing anything removes the directory it made (`discard_if_refused`).
 
     Raises:
         OutputDirError, RunLockedError, RunMismatchError: each one line.
     """
     path = prepare(run_dir, overwrite=overwrite, resume=True, by=command)
-    with lock(path, command=command):
+    with lock(path, command=command), discard_if_refused(path):
         claim_identity(path, section, identity, what=what)
         yield path
 

@@ -142,7 +142,7 @@ class Candidate:
 def _paired(baseline: dict, metrics: dict, split: str) -> dict | None:
     """The paired delta of a candidate vs the baseline on ``split`` (None without both sides)."""
     from tfopt._stats import paired_delta
-    from tfopt.tune._measure import unpack_correct
+    from tfopt.export._measure import unpack_correct
 
     a, b = baseline.get(f"{split}_correct"), metrics.get(f"{split}_correct")
     n = baseline.get(f"{split}_samples")

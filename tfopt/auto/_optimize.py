@@ -174,8 +174,7 @@ def optimize(
     seed: int = 0,
     run_config=None,
     verbose: int = 1,
-    screen: bool = True,
-    role: str | None = None,
+    **unknown,
 ) -> AutoResult:
     """Finds the smallest (or fastest) deployable artifact within an accuracy budget.
 
@@ -257,14 +256,8 @@ def optimize(
         verbose: 1 logs one line per trial on the ``tfopt.auto`` loggers at INFO, 0 at DEBUG
             (`tfopt auto` shows INFO; ``logging.basicConfig(level=logging.INFO)`` shows it in
             a script). Defaults to 1.
-        screen: run screening trials. False refines and reports the trials already in
-            ``out_dir`` (what `tfopt auto --workers` does after its workers screened). Defaults
-            to True.
-        role: None (this process searches), or a process of a distributed search
-            (`tfopt.tune._distributed`; KerasTuner's environment set): ``"chief"`` serves the
-            screening oracle at ``KERASTUNER_ORACLE_IP:PORT`` until the screening ends,
-            ``"worker"`` runs screening trials from the chief. Both return None. Defaults to
-            None.
+        **unknown: refused. The RAM, flash, latency and robustness budgets are fields of
+            ``budget`` (``max_ram=`` here is a TypeError that says so).
 
     Returns:
         An `AutoResult`: the baseline, every candidate (refined ones have ``phase="refine"`` and
@@ -278,7 +271,7 @@ def optimize(
     Raises:
         ValueError: an argument out of range (named in the message), or neither or both of
             ``budget`` and ``max_accuracy_drop``.
-        TypeError: ``model`` is not a Keras 3 model.
+        TypeError: ``model`` is not a Keras 3 model, or a budget given as its own keyword.
         MissingDependencyError: the target, a RAM budget or the RAM objective needs TFLite Micro
             and tflite-micro is not installed.
 
@@ -289,7 +282,61 @@ def optimize(
         >>> tight = tfopt.auto.Budget(max_accuracy_drop=0.01, max_ram="64KB", max_flash="256KB")
         >>> res = tfopt.auto.optimize(model, ds.train, ds.val, tight, target="tflm")
     """
-    budget = _budget_of(budget, max_accuracy_drop)
+    _refuse_unknown(unknown)
+    return run_search(
+        model, train, val, _budget_of(budget, max_accuracy_drop), test=test, target=target,
+        objective=objective, time_budget=time_budget, max_trials=max_trials, refine=refine,
+        out_dir=out_dir, techniques=techniques, seeds=seeds, space=space, overwrite=overwrite,
+        seed=seed, run_config=run_config, verbose=verbose,
+    )  # fmt: skip
+
+
+def _refuse_unknown(unknown: dict) -> None:
+    """A budget given as its own keyword (``max_ram=``) is refused with the one way to give it;
+    any other unknown keyword as Python would."""
+    if not unknown:
+        return
+    from dataclasses import fields
+
+    budgets = [f.name for f in fields(Budget)]
+    given = {k: v for k, v in unknown.items() if k in budgets}
+    if given:
+        kw = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        raise TypeError(
+            f"optimize takes its budgets as one value: budget=tfopt.auto.Budget("
+            f"max_accuracy_drop=..., {kw}). Received: {kw}"
+        )
+    raise TypeError(f"optimize() got an unexpected keyword argument {next(iter(unknown))!r}")
+
+
+def run_search(
+    model,
+    train,
+    val,
+    budget: Budget,
+    *,
+    screen: bool = True,
+    role: str | None = None,
+    test=None,
+    target: str = "tflite-int8",
+    objective: str = "size",
+    time_budget: float | None = None,
+    max_trials: int | None = None,
+    refine: int | None = None,
+    out_dir="tfopt_auto",
+    techniques: Sequence[str] | None = None,
+    seeds: Sequence[dict] | None = None,
+    space: dict | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    run_config=None,
+    verbose: int = 1,
+) -> AutoResult | None:
+    """`optimize` with a `Budget`, as one process of a search: ``screen`` False refines and
+    reports the trials already in ``out_dir`` (what `tfopt auto --workers` does after its workers
+    screened); ``role`` ``"chief"`` serves the screening oracle at
+    ``KERASTUNER_ORACLE_IP:PORT`` until the screening ends, ``"worker"`` runs screening trials
+    from the chief (`tfopt.tune._distributed`); both return None."""
     _check_settings(model, budget, target=target, objective=objective, role=role)
     check_search_args(time_budget=time_budget, max_trials=max_trials, refine=refine)
     train = _check_data("train", train, model)

@@ -127,7 +127,7 @@ def refinement_run(
     shape of a `tfopt.tune.Tuner` trial's: ``status`` ``"COMPLETED"``, ``"FAILED"`` (the artifact
     could not be exported) or ``"ERROR"`` (any other exception, with its type and message).
     """
-    from tfopt.tune._measure import ExportFailed
+    from tfopt.export._measure import ExportFailed
     from tfopt.tune._recipe import describe, dump_steps, recipe_steps
     from tfopt.tune._tuner import run_candidate
 

@@ -158,27 +158,28 @@ class PlannedHyperModel(CompressionHyperModel):
 
 
 def _measure_baseline(model, out_dir: Path, val, test, representative, micro=None) -> dict:
-    from tfopt import bench, export
-    from tfopt.tune._measure import correctness
+    from tfopt.export._measure import export_and_measure
 
     path = out_dir / "baseline.tflite"
-    art = export.tflite(model, path, quantization="float32", check_data=representative[:256])
-    res = bench.benchmark(str(path), data=val, warmup=5, runs=50, micro=micro)
-    # which samples it gets right: every candidate is compared with it on the same samples
-    val_right = correctness(path, val)
-    test_right = None if test is None else correctness(path, test)
+    # the float32 TFLite model, made and measured as every candidate is; which samples it gets
+    # right: every candidate is compared with it on the same samples
+    m = export_and_measure(
+        model, path, format="tflite", representative=representative, val=val, test=test,
+        overwrite=True, warmup=5, runs=50, micro=micro,
+    )  # fmt: skip
+    res, metrics = m.result, m.metrics
     return {
         "artifact": str(path),
-        "format": art.format,
-        "bytes": int(res.bytes),
-        "gzip_bytes": int(res.gzip_bytes),
-        "val_accuracy": float(res.accuracy),
-        "test_accuracy": None if test is None else test_right["accuracy"],
-        "val_samples": val_right["n"],
-        "test_samples": None if test is None else test_right["n"],
-        "val_correct": val_right["correct"],
-        "test_correct": None if test is None else test_right["correct"],
-        "latency_ms": float(res.latency_ms["p50"]),
+        "format": m.artifact.format,
+        "bytes": metrics["bytes"],
+        "gzip_bytes": metrics["gzip_bytes"],
+        "val_accuracy": metrics["val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "val_samples": len(val[1]),
+        "test_samples": None if test is None else len(test[1]),
+        "val_correct": metrics["val_correct"],
+        "test_correct": metrics["test_correct"],
+        "latency_ms": metrics["latency_ms"],
         "params": int(model.count_params()),
         # the float32 model in TFLite Micro (a reference for the RAM / flash budgets)
         "arena_bytes": res.arena_bytes,

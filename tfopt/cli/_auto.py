@@ -318,7 +318,6 @@ def main(args) -> int:
 
 def _search(args, cfg, out_dir: Path, *, budget, techniques, role) -> int:
     """Loads the data and the baseline, then searches (screening in --workers children)."""
-    from tfopt import auto
     from tfopt import data as data_mod
     from tfopt.tune import _distributed as dist
 
@@ -341,7 +340,9 @@ def _search(args, cfg, out_dir: Path, *, budget, techniques, role) -> int:
             return code
         if time_budget is not None:  # what the screening left of it goes to the refinement
             time_budget = max(1.0, time_budget - (time.monotonic() - started))
-    res = auto.optimize(
+    from tfopt.auto._optimize import run_search
+
+    res = run_search(
         model,
         data.train,
         data.val,

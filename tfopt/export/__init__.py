@@ -5,7 +5,8 @@ signature), a Triton model repository and TensorRT (built from ONNX; needs the `
 package and an NVIDIA GPU). Each export runs the artifact in its runtime and compares it with
 ``model.predict``; the result is ``Artifact.check``. ``FORMATS`` is the one table of formats
 (name -> `Format`: exporter, runtime, parity tolerance, file suffix) that config, CLI, export,
-bench and search read.
+bench and search read. `export_and_measure` exports through it and measures the artifact in its
+runtime: the one path of `tfopt run`'s artifacts, `tfopt tune` trials and `tfopt auto`.
 
 Example:
     >>> art = tfopt.export.export(model, "m.tflite", format="tflite-int8",
@@ -17,6 +18,7 @@ from tfopt._formats import FORMATS, Format
 from tfopt.export._common import TOLERANCES, Artifact, check_against_keras
 from tfopt.export._export import check_format, default_path, export
 from tfopt.export._lowbit import lowbit
+from tfopt.export._measure import ExportFailed, Measurement, export_and_measure
 from tfopt.export._onnx import onnx
 from tfopt.export._savedmodel import savedmodel
 from tfopt.export._tensorrt import PRECISIONS, tensorrt
@@ -30,12 +32,15 @@ __all__ = [
     "QUANTIZATIONS",
     "TOLERANCES",
     "Artifact",
+    "ExportFailed",
+    "Measurement",
     "Format",
     "check_against_keras",
     "check_format",
     "config_pbtxt",
     "default_path",
     "export",
+    "export_and_measure",
     "lowbit",
     "onnx",
     "savedmodel",

@@ -51,7 +51,7 @@ def check_output(
     written = [path, *map(Path, extra)]
     if fmt.exporter == "tflm":
         written += [path.with_name(f"{path.stem}_model_data{ext}") for ext in (".cc", ".h")]
-    existing = [str(p) for p in written if p.exists() or p.is_symlink()]
+    existing = [str(p) for p in dict.fromkeys(written) if p.exists() or p.is_symlink()]
     if existing and not overwrite:
         raise OutputDirError(
             f"{arg}: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
@@ -102,7 +102,7 @@ def export(model, path, *, format: str = "tflite", overwrite: bool = False, **op
     fmt = formats.get(format)
     exporter = getattr(importlib.import_module("tfopt.export"), fmt.exporter)
     accepted = inspect.signature(exporter).parameters
-    fixed = {"model", "path", "repository", *fmt.options}
+    fixed = {"model", "path", "repository", "overwrite", *fmt.options}
     unknown = sorted(k for k in options if k not in accepted or k in fixed)
     if unknown:
         allowed = sorted(k for k in accepted if k not in fixed)
@@ -110,8 +110,8 @@ def export(model, path, *, format: str = "tflite", overwrite: bool = False, **op
             f"format={format!r} does not take option(s) {unknown}. Its options: {allowed}"
         )
     check_output(path, format, overwrite=overwrite)
-    if not fmt.suffix:  # a directory format replaces only an earlier export, and only if asked
-        options["overwrite"] = overwrite
+    # every exporter refuses what it may not replace (a directory format only an earlier export)
+    options["overwrite"] = overwrite
     from tfopt._guard import stage
 
     hint = "Try another format (e.g. onnx or tflite-float16)."

@@ -15,6 +15,7 @@ from tfopt.export._common import (
     single_input,
     verify,
 )
+from tfopt.export._export import check_output
 
 
 def lowbit(
@@ -27,6 +28,7 @@ def lowbit(
     check_data=None,
     min_agreement: float | None = None,
     atol: float | None = None,
+    overwrite: bool = False,
 ) -> Artifact:
     """Writes a ``.tflite`` below int8 (or mixed) with Google's LiteRT Quantizer and checks it.
 
@@ -48,6 +50,8 @@ def lowbit(
         check_data: inputs of the parity check. Defaults to ``representative_data``, else random.
         min_agreement: the accepted argmax agreement. Defaults to the format's (tfopt.export.FORMATS).
         atol: the accepted max abs difference. Defaults to the format's (None: not checked).
+        overwrite: replace an existing file. Defaults to False: an existing ``path`` is refused
+            (`OutputDirError`) and nothing is written.
 
     Returns:
         An `Artifact`.
@@ -56,6 +60,7 @@ def lowbit(
         MissingDependencyError: litert-quantizer is not installed (``pip install 'tfopt[lowbit]'``).
         ValueError: an unknown mode, bad ``bits``, a static mode without representative data.
         ExportCheckError: the artifact disagrees with the Keras model beyond the tolerance.
+        OutputDirError: ``path`` exists and ``overwrite`` is False, or is a directory.
 
     Example:
         >>> art = tfopt.export.lowbit(model, "m_w4.tflite", mode="w8", bits={"fc1": 4})
@@ -73,6 +78,7 @@ def lowbit(
 
     check_model(model)
     get_mode(mode)
+    check_output(path, f"tflite-{mode}", overwrite=overwrite)
     _aeq()  # a missing litert-quantizer is reported before any conversion
     fmt = f"tflite-{mode}"
     plain = float32_copy(graph_model(model))

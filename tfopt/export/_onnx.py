@@ -18,6 +18,7 @@ from tfopt.export._common import (
     single_input,
     verify,
 )
+from tfopt.export._export import check_output
 
 OUTPUT_NAME = "output_0"  # the same name as the SavedModel serving signature's output
 
@@ -91,6 +92,7 @@ def onnx(
     check_data=None,
     min_agreement: float | None = None,
     atol: float | None = None,
+    overwrite: bool = False,
 ) -> Artifact:
     """Exports a Keras model to ONNX and checks it with onnxruntime against the Keras model.
 
@@ -107,6 +109,8 @@ def onnx(
         min_agreement: the argmax agreement below which the check fails. Defaults to 0.99.
         atol: the largest accepted max abs difference, as a fraction of the largest Keras output
             (floored at 1). Defaults to 1e-3.
+        overwrite: replace an existing file. Defaults to False: an existing ``path`` is refused
+            (`OutputDirError`) and nothing is written.
 
     Returns:
         An `Artifact` (format ``"onnx"``); ``info`` holds the opset and input/output names and shapes.
@@ -116,6 +120,7 @@ def onnx(
         MissingDependencyError: tf2onnx or onnxruntime is not installed.
         RuntimeError: tf2onnx failed (one line).
         ExportCheckError: onnxruntime's outputs disagree with Keras beyond the tolerance.
+        OutputDirError: ``path`` exists and ``overwrite`` is False, or is a directory.
 
     Example:
         >>> art = tfopt.export.onnx(model, "m.onnx", opset=17)
@@ -123,6 +128,7 @@ def onnx(
         {'input': [None, 40, 1]}
     """
     check_model(model)
+    check_output(path, "onnx", overwrite=overwrite)
     if not isinstance(opset, int) or not 7 <= opset <= 21:
         raise ValueError(f"opset must be an int in [7, 21]. Received: opset={opset!r}")
     model = graph_model(model)

@@ -17,6 +17,7 @@ import numpy as np
 from tfopt._backend import check_model
 from tfopt.errors import MissingDependencyError
 from tfopt.export._common import Artifact, check_inputs, samples, verify
+from tfopt.export._export import check_output
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -154,6 +155,7 @@ def tensorrt(
     check_data=None,
     min_agreement: float | None = None,
     atol: float | None = None,
+    overwrite: bool = False,
 ) -> Artifact:
     """Builds a TensorRT engine from the model's ONNX export and checks it against Keras.
 
@@ -171,6 +173,8 @@ def tensorrt(
             fp32/fp16, 0.9 for int8.
         atol: the largest accepted max abs difference as a fraction of the largest Keras output.
             Defaults to 1e-3 (fp32), 2e-2 (fp16), None (int8).
+        overwrite: replace an existing engine (and its ``.onnx``). Defaults to False: either
+            existing is refused (`OutputDirError`) and nothing is written.
 
     Returns:
         An `Artifact` (format ``"tensorrt-<precision>"``).
@@ -181,6 +185,7 @@ def tensorrt(
         ValueError: a bad precision or batch size, or int8 without calibration data.
         RuntimeError: TensorRT could not parse the ONNX graph or build the engine.
         ExportCheckError: the engine's outputs disagree with Keras beyond the tolerance.
+        OutputDirError: ``path`` or its ``.onnx`` exists and ``overwrite`` is False.
 
     Example:
         >>> art = tfopt.export.tensorrt(model, "m.engine", precision="fp16")  # on a GPU machine
@@ -196,11 +201,14 @@ def tensorrt(
         raise ValueError("precision='int8' needs calibration_data (a few hundred training inputs).")
     if calibration_data is not None:
         calibration_data = samples(model, calibration_data, "calibration_data", dtype="float32")
+    path = Path(path)
+    check_output(path, "tensorrt", overwrite=overwrite, extra=[path.with_suffix(".onnx")])
     trt = _require("tensorrt")
     from tfopt.export._onnx import onnx
 
-    path = Path(path)
-    onnx_art = onnx(model, path.with_suffix(".onnx"), opset=opset, check_data=check_data)
+    onnx_art = onnx(
+        model, path.with_suffix(".onnx"), opset=opset, check_data=check_data, overwrite=overwrite
+    )
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,11 @@ from tfopt.export._common import (
     single_input,
     verify,
 )
+from tfopt.export._export import check_output
 
 keras = import_keras()
+
+_logger = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("float32", "dynamic", "float16", "int8", "int16x8")
 
@@ -236,9 +240,7 @@ def _convert_with_fallback(
     except RuntimeError as e:
         if fixed_batch is not None or select_tf_ops or "TensorList" not in str(e):
             raise
-    import logging
-
-    logging.getLogger(__name__).debug(  # the artifact's info["fixed_batch"] records it
+    _logger.debug(  # the artifact's info["fixed_batch"] records it
         "TFLite conversion (%s): a dynamic batch needs TensorFlow ops (TensorList); converting "
         "with fixed_batch=1",
         quantization,
@@ -264,16 +266,14 @@ def convert_isolated(model, quantization: str, representative_data, *args, **kwa
     """`_convert` in tfopt's recycled worker process (`tfopt._worker`): a converter that crashes
     (a signal) raises `tfopt.errors.NativeCrashError` here, and its leak dies with the worker.
     A model the worker cannot rebuild is converted in this process instead."""
-    import logging
     import pickle
 
     from tfopt import _worker
 
-    log = logging.getLogger(__name__)
     try:
         payload = pickle.dumps(model)  # Keras writes it as an in-memory .keras archive
     except Exception as e:
-        log.warning("converting in this process: the model does not pickle (%s)", e)
+        _logger.warning("converting in this process: the model does not pickle (%s)", e)
         return _convert(model, quantization, representative_data, *args, **kwargs)
     calibrating = quantization in ("int8", "int16x8") and representative_data is not None
     stage, hint = _crash_stage_and_hint(model, quantization, calibrating)
@@ -289,7 +289,7 @@ def convert_isolated(model, quantization: str, representative_data, *args, **kwa
             **kwargs,
         )
     except _ModelTransferError as e:
-        log.warning("converting in this process: the worker cannot rebuild the model (%s)", e)
+        _logger.warning("converting in this process: the worker cannot rebuild the model (%s)", e)
         return _convert(model, quantization, representative_data, *args, **kwargs)
 
 
@@ -386,6 +386,7 @@ def tflite(
     min_agreement: float | None = None,
     atol: float | None = None,
     fixed_batch: int | None = None,
+    overwrite: bool = False,
 ) -> Artifact:
     """Converts a Keras model to a ``.tflite`` file and checks it against the Keras model.
 
@@ -414,6 +415,8 @@ def tflite(
             layers convert with builtin ops only). Defaults to None: a dynamic batch, or 1 when
             the dynamic one needs TensorFlow ops (recurrent layers); the artifact's
             ``info["fixed_batch"]`` says which.
+        overwrite: replace an existing file. Defaults to False: an existing ``path`` is refused
+            (`OutputDirError`) and nothing is written.
 
     Returns:
         An `Artifact` with the path, size and the check's measurements.
@@ -422,6 +425,7 @@ def tflite(
         ValueError: an unknown quantization, or int8 without representative data.
         RuntimeError: the converter failed (one line, with what to try).
         ExportCheckError: the artifact disagrees with the Keras model more than allowed.
+        OutputDirError: ``path`` exists and ``overwrite`` is False, or is a directory.
 
     Example:
         >>> art = tfopt.export.tflite(model, "m.tflite", quantization="int8",
@@ -429,6 +433,9 @@ def tflite(
         >>> art.check["argmax_agreement"]
     """
     check_model(model)
+    fmt = "tflite" if quantization == "float32" else f"tflite-{quantization}"
+    if quantization in QUANTIZATIONS:  # an unknown one is refused below, by name
+        check_output(path, fmt, overwrite=overwrite)
     subclassed = not is_graph_model(model)
     model = float32_copy(graph_model(model))
     single_input(model, "tflite" if quantization == "float32" else f"tflite-{quantization}")
@@ -458,7 +465,6 @@ def tflite(
     content, fixed_batch = _convert_with_fallback(
         model, quantization, representative_data, int8_io, select_tf_ops, fixed_batch, subclassed
     )
-    fmt = "tflite" if quantization == "float32" else f"tflite-{quantization}"
     x = check_inputs(model, check_data, representative_data)
     # checked before the file is written: a file is never labelled with a type it lacks
     types, float_ops = check_tensor_types(content, quantization)

@@ -11,6 +11,7 @@ import numpy as np
 
 from tfopt import _tflm
 from tfopt.export._common import Artifact, check_inputs, graph_model, verify
+from tfopt.export._export import check_output
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FILE_STEM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -107,6 +108,20 @@ def parse_c_array(text: str) -> tuple[str, bytes]:
     return match.group(1), bytes(int(v, 16) for v in values)
 
 
+def _check_names(quantization: str, source_name: str | None, array_name: str) -> None:
+    if quantization != "int8":
+        raise ValueError(
+            f"format='tflm' exports int8 models. Received: quantization={quantization!r}"
+        )
+    if source_name is not None and not _FILE_STEM.match(source_name):
+        raise ValueError(
+            "source_name must be a file stem (letters, digits, '_', '-', '.'). "
+            f"Received: source_name={source_name!r}"
+        )
+    if not _NAME.match(array_name):
+        raise ValueError(f"array_name must be a C identifier. Received: array_name={array_name!r}")
+
+
 def tflm(
     model,
     path,
@@ -120,6 +135,7 @@ def tflm(
     fixed_batch: int | None = 1,
     array_name: str = "g_model",
     source_name: str | None = None,
+    overwrite: bool = False,
 ) -> Artifact:
     """Exports an int8 ``.tflite`` model for TensorFlow Lite for Microcontrollers, with its C source.
 
@@ -150,6 +166,8 @@ def tflm(
         array_name: the C identifier of the array. Defaults to "g_model".
         source_name: the stem of the ``.cc``/``.h`` files. Defaults to None (``<path's
             stem>_model_data``).
+        overwrite: replace an existing ``path`` or C sources. Defaults to False: any of them
+            existing is refused (`OutputDirError`) and nothing is written.
 
     Returns:
         An `Artifact`: ``check`` is TFLM against Keras (plus ``tflm_vs_litert_agreement`` and
@@ -161,6 +179,7 @@ def tflm(
         UnsupportedOpsError: TFLM has no kernel for some op of the model.
         ExportCheckError: TFLM disagrees with the Keras model beyond the tolerance.
         MissingDependencyError: tflite-micro is not installed.
+        OutputDirError: ``path`` or its C sources exist and ``overwrite`` is False.
 
     Example:
         >>> art = tfopt.export.export(model, "m_tflm.tflite", format="tflm",
@@ -171,17 +190,11 @@ def tflm(
     from tfopt.bench._runners import TFLMRunner
     from tfopt.export._tflite import tflite
 
-    if quantization != "int8":
-        raise ValueError(
-            f"format='tflm' exports int8 models. Received: quantization={quantization!r}"
-        )
-    if source_name is not None and not _FILE_STEM.match(source_name):
-        raise ValueError(
-            "source_name must be a file stem (letters, digits, '_', '-', '.'). "
-            f"Received: source_name={source_name!r}"
-        )
-    if not _NAME.match(array_name):
-        raise ValueError(f"array_name must be a C identifier. Received: array_name={array_name!r}")
+    _check_names(quantization, source_name, array_name)
+    path = Path(path)
+    source_name = source_name or f"{path.stem}_model_data"
+    sources = [path.parent / f"{source_name}{ext}" for ext in (".cc", ".h")]
+    check_output(path, "tflm", overwrite=overwrite, extra=sources)
     _tflm.import_runtime()  # before converting: a missing runtime is said first
     art = tflite(
         model,
@@ -193,9 +206,8 @@ def tflm(
         min_agreement=min_agreement,
         atol=atol,
         fixed_batch=fixed_batch,
+        overwrite=overwrite,
     )
-    path = Path(path)
-    source_name = source_name or f"{path.stem}_model_data"
     content = path.read_bytes()
     runner = TFLMRunner(content)  # UnsupportedOpsError names what TFLM lacks
     x = check_inputs(graph_model(model), check_data, representative_data)

@@ -30,7 +30,7 @@ Example:
 """
 
 from tfopt import _tensorflow  # noqa: F401 - first: TensorFlow starts quietly
-from tfopt.tune._measure import ExportFailed, export_and_measure
+from tfopt.export._measure import ExportFailed, export_and_measure
 from tfopt.tune._recipe import TECHNIQUES, available_techniques, describe, recipe_steps
 from tfopt.tune._search_training import TuneResult, search_training
 from tfopt.tune._space import TARGETS, CompressionHyperModel

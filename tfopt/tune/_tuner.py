@@ -13,9 +13,9 @@ import numpy as np
 
 from tfopt import _rundir
 from tfopt._budget import Budget
+from tfopt.export._measure import ExportFailed, export_and_measure
 from tfopt.tune._hparams import write_config, write_trial
-from tfopt.tune._measure import ExportFailed, export_and_measure
-from tfopt.tune._recipe import describe, dump_steps, quantization
+from tfopt.tune._recipe import describe, dump_steps
 
 OBJECTIVES = ("accuracy", "size", "latency", "ram")
 KINDS = ("random", "bayesian", "hyperband")
@@ -160,13 +160,13 @@ def run_candidate(
             (`export_and_measure`). Defaults to None.
 
     Returns:
-        ``(final_model, metrics, facts)``: the model exported, the `export_and_measure` dict, and
+        ``(final_model, metrics, facts)``: the model exported, the `export_and_measure`
+        ``metrics``, and
         what the stages recorded (plus ``kernel_sparsity``).
 
     Raises:
         ExportFailed: the candidate could not be exported. Any other error propagates.
     """
-    from tfopt import _formats
     from tfopt._steps import StepContext, run_steps
     from tfopt.data import Dataset
 
@@ -186,19 +186,19 @@ def run_candidate(
     )
     final = run_steps(steps, model, ctx, seed=seed)
     facts = {**ctx.records, "kernel_sparsity": _kernel_sparsity(final)}
+    # the exporter of `tfopt run`'s export.formats: the formats table says how `target` is made
     metrics = export_and_measure(
         final,
         Path(out_dir) / "model.tflite",
-        quantization=quantization(target),
+        format=target,
         representative=x[:representative_samples],
         val=val,
         test=test,
-        latency_runs=latency_runs,
-        runtime=_formats.get(target).runtime,
-        # the tflm target's artifact is what `tfopt.export.tflm` writes: batch fixed to 1
-        fixed_batch=1 if _formats.get(target).runtime == "tflm" else None,
         robust_epsilon=robust_epsilon,
-    )
+        overwrite=True,  # the search's own trial directory (a resumed trial runs again)
+        warmup=5,
+        runs=latency_runs,
+    ).metrics
     return final, metrics, facts
 
 
@@ -219,9 +219,9 @@ class Tuner(keras_tuner.Tuner):
 
     ``run_trial`` builds the model of the trial's hyperparameters (`CompressionHyperModel.build`),
     trains it (builder mode), runs its recipe stages (`CompressionHyperModel.steps`, the step
-    configs of `tfopt run`) with the recipe engine, exports it with `tfopt.export.tflite`, and
-    measures the file with `tfopt.bench` on the validation data (and the test data when given)
-    (`run_candidate`). A candidate that fails to export is a failed trial
+    configs of `tfopt run`) with the recipe engine, exports it to its target format and measures
+    the file on the validation data (and the test data when given) with
+    `tfopt.export.export_and_measure`, as `tfopt run` does (`run_candidate`). A candidate that fails to export is a failed trial
     (`keras_tuner.errors.FailedTrialError`); the search goes on. Any other error is a bug, not a
     failed trial: it is recorded (status ``"ERROR"``) and re-raised to KerasTuner unchanged. Each trial's hparams and metrics go
     to TensorBoard (hparams plugin) under ``<directory>/<project_name>/tensorboard``, and its
