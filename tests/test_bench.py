@@ -8,28 +8,6 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def identity():
-    """A model whose logits are its inputs: Dense(3) with an identity kernel and no bias."""
-    import keras
-
-    inputs = keras.Input((3,), name="input")
-    dense = keras.layers.Dense(3, use_bias=False, name="identity")
-    model = keras.Model(inputs, dense(inputs), name="identity")
-    dense.set_weights([np.eye(3, dtype="float32")])
-    return model
-
-
-@pytest.fixture(scope="module")
-def labelled():
-    """40 samples whose argmax is known; the labels are right for exactly 30 of them (0.75)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 3)).astype("float32")
-    y = x.argmax(-1)
-    y[:10] = (y[:10] + 1) % 3
-    return x, y
-
-
-@pytest.fixture(scope="module")
 def artifacts(identity, tmp_path_factory):
     from tfopt.export import export
 
@@ -304,19 +282,13 @@ def test_server_hands_runtime_errors_to_every_caller_and_validates_arguments():
 def test_run_report_rows_carry_their_own_models_counts(tmp_path):
     """Each exported row of `tfopt run` has the params/MACs of the model it was exported from."""
     import keras
+    from _helpers import random_npz
 
     from tfopt._measure import count
     from tfopt._pipeline import run
     from tfopt.config import validate
 
-    rng = np.random.default_rng(0)
-    arrays = {
-        "x_train": rng.normal(size=(80, 40, 1)).astype("float32"),
-        "y_train": rng.integers(0, 10, size=80),
-        "x_test": rng.normal(size=(16, 40, 1)).astype("float32"),
-        "y_test": rng.integers(0, 10, size=16),
-    }
-    np.savez(tmp_path / "tiny.npz", **arrays)
+    random_npz(tmp_path / "tiny.npz", 80, 16)
     cfg = validate(
         {
             "name": "tiny",
