@@ -423,6 +423,34 @@ def _gone(pid: int) -> bool:
         return not os.path.exists(f"/proc/{pid}")
 
 
+def test_a_script_without_a_main_guard_runs_once_beside_its_replicas(artifacts, tmp_path):
+    """The replicas used to be multiprocessing spawns, which import the caller's script again:
+    without an ``if __name__ == "__main__":`` guard (README's tour as a script) the script ran
+    once more in each replica, which then failed while starting."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "tour.py"
+    script.write_text(
+        "import sys\n"
+        "import numpy as np\n"
+        "from tfopt.bench import load_test, runner_for\n"
+        "print('top level', flush=True)\n"
+        "x = np.zeros((4, 3), 'float32')\n"
+        "out = load_test(runner_for(sys.argv[1]), x, clients=2, processes=2, requests=20)\n"
+        "print('requests', out['requests'], 'processes', out['processes'], flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(artifacts["tflite"])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=600,
+    )
+    assert done.stdout == "top level\nrequests 20 processes 2\n", done.stderr[-3000:]
+
+
 def test_killing_the_parent_during_start_up_leaves_no_worker(artifacts):
     import os
     import signal
@@ -433,16 +461,26 @@ def test_killing_the_parent_during_start_up_leaves_no_worker(artifacts):
     if not os.path.isdir("/proc"):
         pytest.skip("needs /proc")
     script = (
-        "import multiprocessing, sys, threading, time\n"
+        "import glob, os, sys, threading, time\n"
         "import numpy as np\n"
         "from tfopt.bench import load_test, runner_for\n"
+        "def children():  # by the parent pid in /proc/PID/stat\n"
+        "    found = []\n"
+        "    for stat in glob.glob('/proc/[0-9]*/stat'):\n"
+        "        try:\n"
+        "            fields = open(stat).read().rsplit(')', 1)[1].split()\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        if int(fields[1]) == os.getpid():\n"
+        "            found.append(stat.split('/')[2])\n"
+        "    return found\n"
         "r = runner_for(sys.argv[1])\n"
         "x = np.zeros((4, 3), 'float32')\n"
         "kw = dict(clients=2, processes=2, duration_s=60)\n"
         "threading.Thread(target=load_test, args=(r, x), kwargs=kw, daemon=True).start()\n"
-        "while len(multiprocessing.active_children()) < 2:\n"
+        "while len(children()) < 2:\n"
         "    time.sleep(0.01)\n"
-        "print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "print(' '.join(children()), flush=True)\n"
         "time.sleep(600)\n"
     )
     proc = subprocess.Popen(

@@ -390,32 +390,21 @@ def test_the_guard_kills_a_command_deaf_to_sigterm(monkeypatch):
 def test_a_replica_that_stalls_while_starting_is_one_error_within_its_timeout(tmp_path):
     """The parent used to hand each replica its share through the start pipe: a replica that
     stalled before reading it left the parent in a pipe write, where no timeout fired."""
-    import keras
-
-    from tfopt.export import export
-
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    tflite = export(model, tmp_path / "m.tflite", check_data=np.ones((4, 3), "float32")).path
     script = tmp_path / "stall.py"
     script.write_text(
-        "import sys, time\n"
-        "if __name__ == '__mp_main__':  # a replica, importing this file: it stalls\n"
-        "    time.sleep(120)\n"
         "import numpy as np\n"
-        "from tfopt.bench import load_test, runner_for\n"
+        "from _serve_helpers import StallsOnLoad  # a replica sleeps 120 s unpickling it\n"
+        "from tfopt.bench import load_test\n"
         "x = np.zeros((50000, 3), 'float32')  # 600 KB: more than a pipe holds\n"
-        "if __name__ == '__main__':\n"
-        "    try:\n"
-        "        load_test(runner_for(sys.argv[1]), x, clients=2, processes=2, start_timeout_s=2)\n"
-        "    except RuntimeError as e:\n"
-        "        print('error:', e)\n"
+        "try:\n"
+        "    load_test(StallsOnLoad(), x, clients=2, processes=2, start_timeout_s=2)\n"
+        "except RuntimeError as e:\n"
+        "    print('error:', e)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env(PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     done = subprocess.run(
-        [sys.executable, str(script), str(tflite)], capture_output=True, text=True, env=env,
-        timeout=600,
-    )  # fmt: skip
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert "error: load-test process 1 of 2 sent nothing for 2 s" in done.stdout, done.stderr
     with pytest.raises(ValueError, match="start_timeout_s must be a finite number"):
         from tfopt.bench._serve import load_test
