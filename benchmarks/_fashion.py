@@ -16,9 +16,9 @@ In a benchmark:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -109,9 +109,13 @@ def baseline(model_name: str = "fashion_cnn", seed: int = 0, *, overrides=(), ve
 
 
 if __name__ == "__main__":
-    name = sys.argv[1] if len(sys.argv) > 1 else "fashion_cnn"
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    model, data, record = baseline(name, seed, overrides=sys.argv[3:], verbose=2)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", default="fashion_cnn", help="a zoo model name")
+    ap.add_argument("seed", nargs="?", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
+    args = ap.parse_args()
+    name, seed = args.model, args.seed
+    model, data, record = baseline(name, seed, overrides=args.overrides, verbose=2)
     _, acc = model.evaluate(data.x_test, data.y_test, verbose=0)[:2]
     print(
         f"{name} seed {seed}: test accuracy {acc:.4f}, {record['epochs']} epochs, "

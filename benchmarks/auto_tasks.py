@@ -242,6 +242,9 @@ def run_task(task: str, model: str, seed: int, args, out: Path) -> dict:
         main_run = {"command": "-", "report": None, "wall_s": 0.0, "peak_rss_mb": 0.0,
                     "exit_code": None}  # fmt: skip
         if not (run_dir / "baseline.keras").exists():
+            if not Path(model).is_file():  # a zoo name: there is no trained baseline to reuse
+                raise SystemExit(f"--small-only needs a trained baseline: {run_dir}/baseline.keras"
+                                 f" from an earlier run of {task}; run it without --small-only")  # fmt: skip
             run_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy(model, run_dir / "baseline.keras")
     else:

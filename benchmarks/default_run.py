@@ -1,9 +1,10 @@
 """The default `tfopt run` (configs/default.yaml): MNIST-1D, mnist1d_cnn, float and int8 TFLite.
 
-Usage: python benchmarks/default_run.py
-Writes benchmarks/results/default_run.{json,md} and prints the table.
+Usage: python benchmarks/default_run.py [--out DIR]
+Writes DIR/default_run.{json,md} (default benchmarks/results) and prints the table.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -15,8 +16,10 @@ from tfopt._pipeline import run
 from tfopt._report import markdown_table
 from tfopt.cli import show_progress
 
-out = Path(__file__).parent / "results"
-out.mkdir(exist_ok=True)
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+out = ap.parse_args().out
+out.mkdir(parents=True, exist_ok=True)
 show_progress()  # the run's progress lines, as `tfopt run` shows them
 with tempfile.TemporaryDirectory() as tmp:
     report = run(tfopt.config.load(), out_dir=Path(tmp) / "default", verbose=0)

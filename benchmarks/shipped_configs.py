@@ -6,13 +6,13 @@ measured through its runtime, in points.
 Each config states this number in its header comment ("expected accuracy drop: X pt"), and
 tests/test_config.py checks that the comment matches benchmarks/results/shipped_configs.json.
 
-Usage: python benchmarks/shipped_configs.py [NAME ...]
-Writes benchmarks/results/shipped_configs.{json,md}.
+Usage: python benchmarks/shipped_configs.py [NAME ...] [--out DIR]
+Writes DIR/shipped_configs.{json,md} (default benchmarks/results), adding to the rows it holds.
 """
 
+import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,10 +38,17 @@ def interval(r) -> str:
 
 
 root = Path(__file__).resolve().parent.parent
-out = root / "benchmarks" / "results"
-out.mkdir(exist_ok=True)
 configs = sorted((root / "tfopt" / "configs").glob("*.yaml"))
-names = sys.argv[1:] or [p.stem for p in configs]
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("names", nargs="*", metavar="NAME", help="configs to run (default: all)")
+ap.add_argument("--out", type=Path, default=root / "benchmarks" / "results")
+args = ap.parse_args()
+unknown = set(args.names) - {p.stem for p in configs}
+if unknown:
+    ap.error(f"unknown config(s) {sorted(unknown)}; shipped: {[p.stem for p in configs]}")
+out = args.out
+out.mkdir(parents=True, exist_ok=True)
+names = args.names or [p.stem for p in configs]
 path_json = out / "shipped_configs.json"
 results = json.loads(path_json.read_text()) if path_json.exists() else {}
 load_start = os.getloadavg()[0]

@@ -5,9 +5,11 @@ contents, so every number in README is the output of a script in benchmarks/.
 Usage: python benchmarks/update_readme.py
 """
 
+import argparse
 import re
 from pathlib import Path
 
+argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
 root = Path(__file__).resolve().parent.parent
 readme = root / "README.md"
 text = readme.read_text()

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -33,3 +34,12 @@ class DiesOnLoad(FlakyRunner):
 
 def _die():
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StallsOnLoad(FlakyRunner):
+    """Sleeps 120 s in the process that unpickles it: a replica that stalls while starting."""
+
+    rebuildable = True
+
+    def __reduce__(self):
+        return (time.sleep, (120,))

@@ -73,9 +73,34 @@ def blobs():
 @pytest.fixture
 def tiny_data():
     """64 random samples shaped like MNIST-1D, 10 classes."""
+    from _helpers import random_mnist1d
+
+    return random_mnist1d(64)
+
+
+@pytest.fixture(scope="module")
+def identity():
+    """A model whose logits are its inputs: Dense(3) with an identity kernel and no bias."""
+    import keras
+
+    inputs = keras.Input((3,), name="input")
+    dense = keras.layers.Dense(3, use_bias=False, name="identity")
+    model = keras.Model(inputs, dense(inputs), name="identity")
+    dense.set_weights([np.eye(3, dtype="float32")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    """40 samples of 3 features for ``identity``, whose top logit leads the next by >= 0.5 (int8
+    steps here are ~0.03, so every int8 kernel picks the same class); the labels are right for
+    exactly 30 of them (0.75)."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 40, 1)).astype("float32")
-    y = rng.integers(0, 10, size=64).astype("int32")
+    x = rng.uniform(-2, 2, size=(40, 3)).astype("float32")
+    top = rng.integers(0, 3, size=40)
+    x[np.arange(40), top] = x.max(-1) + 0.5
+    y = top.copy()
+    y[:10] = (y[:10] + 1) % 3
     return x, y
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import child_env, compile_classifier
 from _progress import progress_lines
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- Pareto front (exact, synthetic points) ------------------------------------------------------
@@ -73,11 +72,7 @@ def trained(blobs):
 
     keras.utils.set_random_seed(0)
     model = tfopt.models.get("mnist1d_cnn", width=8, dense=64)
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_classifier(model, 3e-3)
     train = blobs(320, 0)
     model.fit(*train, epochs=3, batch_size=32, verbose=0)
     return model, train, blobs(96, 1), blobs(96, 2)
@@ -416,8 +411,7 @@ def test_optimize_argument_errors(trained):
 
 def test_cli_auto_bad_input_is_one_line(tmp_path):
     out = tmp_path / "cli"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env = child_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "tfopt", "auto", "--max-accuracy-drop", "1.5"]
     bad = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, env=env,
                          timeout=1800)  # fmt: skip

@@ -5,6 +5,7 @@ Each table row is one case: what is wrong, and the exact line that says what to 
 
 import numpy as np
 import pytest
+from _helpers import save_dense_model
 
 import tfopt
 from tfopt.errors import DataError
@@ -212,19 +213,6 @@ def test_cli_refuses_bad_npz_before_training(tmp_path, capsys, case, command):
 
 
 # -- data that the model cannot take, refused where both are known (before the baseline fit) ----
-def _model(path, input_shape=(6, 6, 1), outputs=3):
-    import keras
-
-    model = keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Flatten(name="flatten"),  # named: a whole session's layers are numbered
-            keras.layers.Dense(outputs, name="dense"),
-        ],
-        name="m",
-    )
-    model.save(path)
-    return path
 
 
 NO_CHANNEL = (
@@ -270,7 +258,7 @@ def test_model_data_mismatch_is_refused_before_training(
     from tfopt.cli import main
 
     monkeypatch.chdir(tmp_path)
-    _model(tmp_path / "m.keras")
+    save_dense_model(tmp_path / "m.keras")
     _write(tmp_path, change)
     assert main([*command, "train.epochs=1"] if command[0] == "tune" else command) == 1
     assert capsys.readouterr().err.strip() == f"tfopt: error: {message}"
@@ -280,7 +268,7 @@ def test_model_data_mismatch_is_refused_before_training(
 def test_optimize_refuses_inputs_of_another_shape(tmp_path):
     import keras
 
-    model = keras.models.load_model(_model(tmp_path / "m.keras"))
+    model = keras.models.load_model(save_dense_model(tmp_path / "m.keras"))
     x, y = np.zeros((20, 6, 6), "float32"), np.arange(20) % 3
     with pytest.raises(DataError) as info:
         tfopt.auto.optimize(model, (x, y), (x, y), max_accuracy_drop=0.01, out_dir=tmp_path / "a")
@@ -366,7 +354,7 @@ def test_transfer_that_freezes_every_layer_is_refused(tmp_path, monkeypatch, cap
     from tfopt.cli import main
 
     monkeypatch.chdir(tmp_path)
-    _model(tmp_path / "m.keras")
+    save_dense_model(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", **_good())
     argv = [command, "--model", "m.keras", "--data", "d.npz", "train.epochs=2"]
     argv += ["tune.max_epochs=2"] if command == "tune" else []
@@ -384,7 +372,7 @@ def test_tune_space_without_never_may_freeze_every_layer_until_an_epoch(tmp_path
     from tfopt.errors import ConfigError
     from tfopt.tune import TrainingHyperModel
 
-    source = keras.models.load_model(_model(tmp_path / "m.keras"))
+    source = keras.models.load_model(save_dense_model(tmp_path / "m.keras"))
     keep = TransferConfig(freeze_until="dense", head="keep", unfreeze_at_epoch=1)
     kw = dict(input_shape=(6, 6, 1), num_classes=3, max_epochs=3, transfer=keep, source=source)
     hm = TrainingHyperModel(None, **kw)
@@ -399,7 +387,7 @@ def test_tune_space_without_never_may_freeze_every_layer_until_an_epoch(tmp_path
 # -- exports never replace a file without --overwrite (issue 25 item 7, issue 24 item 5) ---------
 def _setup_export(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _model(tmp_path / "m.keras")
+    save_dense_model(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", **_good())
     (tmp_path / "notes.md").write_text("my notes\n")
     (tmp_path / "folder").mkdir()
@@ -505,7 +493,7 @@ def test_tflm_exports_into_one_folder_keep_their_own_c_sources(tmp_path, monkeyp
     from tfopt.export import parse_c_array
 
     _setup_export(tmp_path, monkeypatch)
-    _model(tmp_path / "b.keras", outputs=4)
+    save_dense_model(tmp_path / "b.keras", outputs=4)
     for name in ("m", "b"):
         argv = ["export", f"{name}.keras", "-f", "tflm", "--data", "d.npz", "--out", f"out/{name}"]
         assert main([*argv, "--min-agreement", "0"]) == 0
@@ -523,7 +511,7 @@ def test_qat_model_is_never_labelled_float16(tmp_path):
 
     from tfopt.errors import ExportCheckError
 
-    model = tfopt.quantize.qat(keras.models.load_model(_model(tmp_path / "m.keras")))
+    model = tfopt.quantize.qat(keras.models.load_model(save_dense_model(tmp_path / "m.keras")))
     with pytest.raises(ExportCheckError) as info:
         tfopt.export.export(model, tmp_path / "q.tflite", format="tflite-float16")
     assert str(info.value) == (

@@ -8,28 +8,6 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def identity():
-    """A model whose logits are its inputs: Dense(3) with an identity kernel and no bias."""
-    import keras
-
-    inputs = keras.Input((3,), name="input")
-    dense = keras.layers.Dense(3, use_bias=False, name="identity")
-    model = keras.Model(inputs, dense(inputs), name="identity")
-    dense.set_weights([np.eye(3, dtype="float32")])
-    return model
-
-
-@pytest.fixture(scope="module")
-def labelled():
-    """40 samples whose argmax is known; the labels are right for exactly 30 of them (0.75)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 3)).astype("float32")
-    y = x.argmax(-1)
-    y[:10] = (y[:10] + 1) % 3
-    return x, y
-
-
-@pytest.fixture(scope="module")
 def artifacts(identity, tmp_path_factory):
     from tfopt.export import export
 
@@ -304,19 +282,13 @@ def test_server_hands_runtime_errors_to_every_caller_and_validates_arguments():
 def test_run_report_rows_carry_their_own_models_counts(tmp_path):
     """Each exported row of `tfopt run` has the params/MACs of the model it was exported from."""
     import keras
+    from _helpers import random_npz
 
     from tfopt._measure import count
     from tfopt._pipeline import run
     from tfopt.config import validate
 
-    rng = np.random.default_rng(0)
-    arrays = {
-        "x_train": rng.normal(size=(80, 40, 1)).astype("float32"),
-        "y_train": rng.integers(0, 10, size=80),
-        "x_test": rng.normal(size=(16, 40, 1)).astype("float32"),
-        "y_test": rng.integers(0, 10, size=16),
-    }
-    np.savez(tmp_path / "tiny.npz", **arrays)
+    random_npz(tmp_path / "tiny.npz", 80, 16)
     cfg = validate(
         {
             "name": "tiny",
@@ -451,6 +423,34 @@ def _gone(pid: int) -> bool:
         return not os.path.exists(f"/proc/{pid}")
 
 
+def test_a_script_without_a_main_guard_runs_once_beside_its_replicas(artifacts, tmp_path):
+    """The replicas used to be multiprocessing spawns, which import the caller's script again:
+    without an ``if __name__ == "__main__":`` guard (README's tour as a script) the script ran
+    once more in each replica, which then failed while starting."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "tour.py"
+    script.write_text(
+        "import sys\n"
+        "import numpy as np\n"
+        "from tfopt.bench import load_test, runner_for\n"
+        "print('top level', flush=True)\n"
+        "x = np.zeros((4, 3), 'float32')\n"
+        "out = load_test(runner_for(sys.argv[1]), x, clients=2, processes=2, requests=20)\n"
+        "print('requests', out['requests'], 'processes', out['processes'], flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(artifacts["tflite"])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=600,
+    )
+    assert done.stdout == "top level\nrequests 20 processes 2\n", done.stderr[-3000:]
+
+
 def test_killing_the_parent_during_start_up_leaves_no_worker(artifacts):
     import os
     import signal
@@ -461,16 +461,26 @@ def test_killing_the_parent_during_start_up_leaves_no_worker(artifacts):
     if not os.path.isdir("/proc"):
         pytest.skip("needs /proc")
     script = (
-        "import multiprocessing, sys, threading, time\n"
+        "import glob, os, sys, threading, time\n"
         "import numpy as np\n"
         "from tfopt.bench import load_test, runner_for\n"
+        "def children():  # by the parent pid in /proc/PID/stat\n"
+        "    found = []\n"
+        "    for stat in glob.glob('/proc/[0-9]*/stat'):\n"
+        "        try:\n"
+        "            fields = open(stat).read().rsplit(')', 1)[1].split()\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        if int(fields[1]) == os.getpid():\n"
+        "            found.append(stat.split('/')[2])\n"
+        "    return found\n"
         "r = runner_for(sys.argv[1])\n"
         "x = np.zeros((4, 3), 'float32')\n"
         "kw = dict(clients=2, processes=2, duration_s=60)\n"
         "threading.Thread(target=load_test, args=(r, x), kwargs=kw, daemon=True).start()\n"
-        "while len(multiprocessing.active_children()) < 2:\n"
+        "while len(children()) < 2:\n"
         "    time.sleep(0.01)\n"
-        "print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "print(' '.join(children()), flush=True)\n"
         "time.sleep(600)\n"
     )
     proc = subprocess.Popen(

@@ -5,6 +5,7 @@ import gzip
 import keras
 import numpy as np
 import pytest
+from _helpers import compile_classifier
 
 import tfopt
 from tfopt.cluster import ClusterWeights, cluster, distinct_values, strip
@@ -17,8 +18,7 @@ def _model(width=8, dense=32):
 
 
 def _fit(model, data, lr=1e-2, epochs=2):
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=LOSS, metrics=["accuracy"])
-    model.fit(*data, epochs=epochs, batch_size=16, verbose=0)
+    compile_classifier(model, lr).fit(*data, epochs=epochs, batch_size=16, verbose=0)
 
 
 def _kernels(model):

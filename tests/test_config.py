@@ -1,4 +1,5 @@
 import pytest
+from _helpers import random_npz
 
 import tfopt
 from tfopt.config import apply_overrides, load, validate
@@ -219,21 +220,6 @@ def test_yaml_alias_bomb_is_refused_fast(tmp_path, text, monkeypatch):
     assert load(ok).model.options == {"width": 8}
 
 
-def _tiny_npz(tmp_path):
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    path = tmp_path / "tiny.npz"
-    np.savez(
-        path,
-        x_train=rng.normal(size=(48, 40, 1)).astype("float32"),
-        y_train=rng.integers(0, 10, 48),
-        x_test=rng.normal(size=(16, 40, 1)).astype("float32"),
-        y_test=rng.integers(0, 10, 16),
-    )
-    return path
-
-
 @pytest.mark.parametrize(
     "step, message",
     [
@@ -246,7 +232,13 @@ def _tiny_npz(tmp_path):
 def test_run_checks_steps_against_model_and_data_before_training(tmp_path, step, message):
     from tfopt._pipeline import run
 
-    cfg = load(overrides=[f"data.name={_tiny_npz(tmp_path)}", "train.epochs=1", f"steps=[{step}]"])
+    cfg = load(
+        overrides=[
+            f"data.name={random_npz(tmp_path / 'tiny.npz', 48, 16)}",
+            "train.epochs=1",
+            f"steps=[{step}]",
+        ]
+    )
     with pytest.raises(ConfigError, match=message):
         run(cfg, out_dir=tmp_path / "run", verbose=0)
     assert not (tmp_path / "run" / "baseline.keras").exists()  # nothing trained

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from _helpers import compile_classifier
 
 import tfopt
 from tfopt.bench._runners import TFLiteRunner
@@ -39,11 +40,7 @@ def trained(digits):
     keras.utils.set_random_seed(0)
     x, y = digits
     model = _model()
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_classifier(model, 3e-3)
     model.fit(x[:1200], y[:1200], batch_size=64, epochs=4, verbose=0)
     return model
 

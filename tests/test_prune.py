@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from _helpers import random_mnist1d
 
 import tfopt
 from tfopt.prune import (
@@ -546,9 +547,7 @@ def test_prune_recipe_step_returns_a_stripped_sparse_model(tmp_path):
     from tfopt.data import Dataset
     from tfopt.prune import _step
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 40, 1)).astype("float32")
-    y = rng.integers(0, 10, 96).astype("int32")
+    x, y = random_mnist1d(96)
     data = Dataset("tiny", x[:64], y[:64], x[64:80], y[64:80], x[80:], y[80:], 10)
     ctx = StepContext(data=data, run_dir=tmp_path, batch_size=16, verbose=0)
     cfg = Config(target_sparsity=0.7, epochs=2, end_fraction=1.0)

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _helpers import compile_classifier, signal_data
 from _tflite import KERNEL_OPS as _KERNEL_OPS
 from _tflite import assert_fully_int8 as _assert_fully_int8
 from _tflite import assert_int8_agrees
@@ -19,25 +20,6 @@ L = keras.layers
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def _compile(model, lr=2e-3):
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def _signal_data(n=384, length=24, classes=4, seed=0):
-    """Class k = a bump at position 5k + noise: learnable by a small Conv1D in a few epochs."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n).astype("int32")
-    t = np.arange(length)
-    x = np.exp(-0.5 * ((t[None] - (4 + 5 * y[:, None])) / 1.5) ** 2)
-    x = x + 0.3 * rng.normal(size=x.shape)
-    return x[..., None].astype("float32"), y
 
 
 def _conv1d_bn_model():
@@ -60,12 +42,12 @@ def _conv1d_bn_model():
 def trained_qat(tmp_path_factory):
     """A float Conv1D+BN model, its QAT copy after fine-tuning and the int8 export."""
     keras.utils.set_random_seed(0)
-    x, y = _signal_data()
-    xt, yt = _signal_data(256, seed=1)
-    model = _compile(_conv1d_bn_model())
+    x, y = signal_data()
+    xt, yt = signal_data(256, seed=1)
+    model = compile_classifier(_conv1d_bn_model(), 2e-3)
     model.fit(x, y, epochs=8, batch_size=32, verbose=0)
     before = [w.copy() for w in model.get_weights()]
-    q = _compile(qat(model), lr=5e-4)
+    q = compile_classifier(qat(model), 5e-4)
     q.fit(x, y, epochs=2, batch_size=32, verbose=0)
     path = tmp_path_factory.mktemp("qat") / "m.tflite"
     art = tfopt.export.tflite(q, path, quantization="int8", check_data=xt)
@@ -113,8 +95,8 @@ def test_qat_report_lists_quantized_folded_and_ranges(trained_qat):
 
 def test_folded_batchnorm_matches_the_float_model_at_inference():
     keras.utils.set_random_seed(1)
-    x, y = _signal_data(128)
-    model = _compile(_conv1d_bn_model())
+    x, y = signal_data(128)
+    model = compile_classifier(_conv1d_bn_model(), 2e-3)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0)
     q = qat(model)
     q.get_layer("quant_c1")  # exists
@@ -220,11 +202,11 @@ def test_qat_model_round_trips_through_a_keras_file(trained_qat, tmp_path):
 
 def test_pruned_zeros_stay_zero_through_qat_and_in_the_int8_file(tmp_path):
     keras.utils.set_random_seed(2)
-    x, y = _signal_data(256)
+    x, y = signal_data(256)
     i = keras.Input((24, 1))
     h = L.Conv1D(16, 5, padding="same", activation="relu", name="conv")(i)
     h = L.Flatten()(h)
-    model = _compile(keras.Model(i, L.Dense(4, name="fc")(h)))
+    model = compile_classifier(keras.Model(i, L.Dense(4, name="fc")(h)), 2e-3)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0)
     zeros = {}
     for name in ("conv", "fc"):  # prune 80% by magnitude, as a stripped pruned model would be
@@ -233,7 +215,7 @@ def test_pruned_zeros_stay_zero_through_qat_and_in_the_int8_file(tmp_path):
         k[np.abs(k) < np.quantile(np.abs(k), 0.8)] = 0.0
         layer.kernel.assign(k)
         zeros[name] = k == 0
-    q = _compile(qat(model), lr=1e-3)
+    q = compile_classifier(qat(model), 1e-3)
     assert f"sparsity {zeros['fc'].mean():.1%} preserved" in q.qat_report.changed["fc"]
     q.fit(x, y, epochs=2, batch_size=32, verbose=0)
     fc = q.get_layer("quant_fc")
@@ -256,7 +238,7 @@ def test_pruned_zeros_stay_zero_through_qat_and_in_the_int8_file(tmp_path):
 
 
 def _fit_export(q, x, y, path, **kwargs):
-    _compile(q, lr=1e-3).fit(x, y, epochs=1, batch_size=16, verbose=0)
+    compile_classifier(q, 1e-3).fit(x, y, epochs=1, batch_size=16, verbose=0)
     return tfopt.export.tflite(
         q, path, quantization="int8", check_data=x, min_agreement=0.0, **kwargs
     )
@@ -355,7 +337,7 @@ def test_attention_projections_run_as_int8_kernels(tmp_path):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(256, 10, 16)).astype("float32")
     y = x[:, :, :4].mean(axis=1).argmax(-1).astype("int32")  # learnable through the attention
-    model = _compile(_attention_model())
+    model = compile_classifier(_attention_model(), 2e-3)
     model.fit(x, y, epochs=4, batch_size=32, verbose=0)
     q = qat(model)
     r = q.qat_report
@@ -367,7 +349,7 @@ def test_attention_projections_run_as_int8_kernels(tmp_path):
     np.testing.assert_array_equal(
         mha.projections()["query"].layer.kernel.numpy(), model.get_layer("mha").query_dense.kernel
     )
-    _compile(q, lr=5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
+    compile_classifier(q, 5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
     art = tfopt.export.tflite(q, tmp_path / "mha.tflite", quantization="int8", check_data=x)
     it, ops = _ops(art.path)
     fc = [o for o in ops if o[0] == "FULLY_CONNECTED"]
@@ -436,7 +418,7 @@ def test_gru_is_left_float_and_the_rest_quantized(tmp_path):
 
 
 def test_sequential_and_subclassed_models(tmp_path):
-    x, y = _signal_data(64)
+    x, y = signal_data(64)
     seq = keras.Sequential(
         [
             keras.Input((24, 1)),
@@ -519,9 +501,9 @@ class SubclassedNet(keras.Model):
 
 def test_qat_copy_of_a_registered_subclassed_model_round_trips_through_keras_file(tmp_path):
     keras.utils.set_random_seed(4)
-    x, y = _signal_data(192)
+    x, y = signal_data(192)
     net = SubclassedNet()
-    _compile(net).fit(x, y, epochs=4, batch_size=32, verbose=0)  # decisive logits
+    compile_classifier(net, 2e-3).fit(x, y, epochs=4, batch_size=32, verbose=0)  # decisive logits
     q = qat(net, filters=lambda layer: layer.name != "hidden")
     r = q.qat_report
     conv_name = net.block.conv.name  # the user's names, not the copy's
@@ -530,7 +512,7 @@ def test_qat_copy_of_a_registered_subclassed_model_round_trips_through_keras_fil
         f"block/{net.block.norm.name}": r.skipped[f"block/{net.block.norm.name}"],
         "hidden": "excluded by filters",
     }
-    _compile(q, lr=5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
+    compile_classifier(q, 5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
     path = tmp_path / "sub.keras"
     keras.saving.save_model(q, path)
     loaded = tfopt.models.load(path)
@@ -624,10 +606,10 @@ def test_filters_select_layers_and_bad_arguments_raise():
 def test_quantization_summaries_write_the_learned_ranges(tmp_path):
     import tensorflow as tf
 
-    x, y = _signal_data(64)
+    x, y = signal_data(64)
     i = keras.Input((24, 1), name="x")
     h = L.Flatten()(L.Conv1D(4, 3, activation="relu", name="conv")(i))
-    q = _compile(qat(keras.Model(i, L.Dense(4, name="fc")(h))))
+    q = compile_classifier(qat(keras.Model(i, L.Dense(4, name="fc")(h))), 2e-3)
     cb = tfopt.callbacks.QuantizationSummaries(tmp_path / "logs")
     q.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
     values = {}
@@ -645,7 +627,9 @@ def test_quantization_summaries_write_the_learned_ranges(tmp_path):
     assert values["quantization/quant_conv/output_range/min"][-1][1] == pytest.approx(0.0)
     with pytest.raises(ValueError, match=r"update_freq must be 'epoch' or an int >= 1"):
         tfopt.callbacks.QuantizationSummaries(tmp_path, update_freq=0)
-    float_model = _compile(keras.Sequential([keras.Input((24, 1)), L.Flatten(), L.Dense(4)]))
+    float_model = compile_classifier(
+        keras.Sequential([keras.Input((24, 1)), L.Flatten(), L.Dense(4)]), 2e-3
+    )
     with pytest.raises(TypeError, match=r"has no ActivationQuantizer layers"):
         float_model.fit(
             x, y, epochs=1, verbose=0, callbacks=[tfopt.callbacks.QuantizationSummaries(tmp_path)]
@@ -667,7 +651,7 @@ def test_qat_recipe_step_returns_the_fitted_qat_model(tmp_path):
         Config(nbits=4)
     with pytest.raises(ValidationError, match=r"bits"):
         Config(bits=4)  # per-layer {regex: 4 | 8} or "sensitivity", not a number
-    x, y = _signal_data(64)
+    x, y = signal_data(64)
     fits, records = [], {}
 
     class Ctx:
@@ -684,7 +668,7 @@ def test_qat_recipe_step_returns_the_fitted_qat_model(tmp_path):
 
         def fit(self, model, *, epochs, learning_rate, callbacks=()):
             fits.append((epochs, learning_rate))
-            _compile(model, learning_rate)
+            compile_classifier(model, learning_rate)
             return model.fit(x, y, epochs=epochs, verbose=0, callbacks=list(callbacks))
 
         def record(self, key, value):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from _helpers import compile_classifier, signal_data
 from _tflite import tflite_ops as _details
 
 import tfopt
@@ -13,23 +14,13 @@ L = keras.layers
 @pytest.fixture(scope="module")
 def trained():
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, 256).astype("int32")
-    t = np.arange(24)
-    x = np.exp(-0.5 * ((t[None] - (4 + 5 * y[:, None])) / 1.5) ** 2) + 0.3 * rng.normal(
-        size=(256, 24)
-    )
-    x = x[..., None].astype("float32")
+    x, y = signal_data(256)
     i = keras.Input((24, 1))
     h = L.Conv1D(8, 5, padding="same", activation="relu", name="conv")(i)
     h = L.Flatten()(h)
     h = L.Dense(16, activation="relu", name="fc")(h)
     model = keras.Model(i, L.Dense(4, name="logits")(h))
-    model.compile(
-        optimizer=keras.optimizers.Adam(2e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_classifier(model, 2e-3)
     model.fit(x, y, epochs=6, batch_size=32, verbose=0)
     return model, x
 

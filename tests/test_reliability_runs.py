@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _helpers import child_env, shifted_npz
 
 from tfopt import _rundir
 
@@ -33,17 +34,9 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def _npz(path: Path, *, classes: int = 3, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, 150)
-    x = (rng.normal(size=(150, 16, 1)) + y[:, None, None] * 0.8).astype("float32")
-    np.savez(path, x_train=x[:120], y_train=y[:120], x_test=x[120:], y_test=y[120:])
-    return path
-
-
 def _tune_config(tmp_path: Path) -> Path:
     """A 1-epoch random search of a tiny CNN on a 3-class .npz next to the config."""
-    _npz(tmp_path / "tiny.npz")
+    shifted_npz(tmp_path / "tiny.npz")
     space = {"width": 4, "depth": 1, "dense": 8, "batch_size": 32, "optimizer": ["adam", "sgd"]}
     cfg = {
         "name": "tiny",
@@ -83,7 +76,7 @@ def tuned(tmp_path_factory):
 )
 def test_tune_refuses_to_resume_another_search(tuned, capsys, change, differs):
     tmp, path = tuned
-    _npz(tmp / "other.npz", classes=10, seed=1)
+    shifted_npz(tmp / "other.npz", classes=10, seed=1)
     before = json.loads((tmp / "s" / "report.json").read_text())["trials"]
     change = [c.format(tmp=tmp) for c in change]
     rc, _, err = _cli(capsys, "tune", path, *change, "--max-trials", "2", "--out", tmp / "s")
@@ -167,7 +160,7 @@ def recipe(tmp_path):
     _keras_file(run / "baseline.keras", seed=0)
     best = {"trial_id": "r000", "val_accuracy": 0.758, "test_accuracy": 0.75, "gzip_bytes": 900}
     best["steps"] = [{"type": "prune", "target_sparsity": 0.5, "epochs": 1}]
-    data = {"data": {"name": str(_npz(tmp_path / "d.npz")), "val_fraction": 0.2}}
+    data = {"data": {"name": str(shifted_npz(tmp_path / "d.npz")), "val_fraction": 0.2}}
     raw = recipe_config(best, out_dir=run, target="tflite-int8", seed=0, run_config=data)
     write_recipe(run / "recipe.yaml", raw, best=best)
     (tmp_path / "cwd").mkdir()
@@ -218,7 +211,7 @@ def test_tune_best_yaml_names_its_files_absolutely_with_the_model_sha256(tmp_pat
     from tfopt.tune._search_training import _load_config, run_config
 
     model = _keras_file(tmp_path / "m.keras", seed=0)
-    _npz(tmp_path / "d.npz")
+    shifted_npz(tmp_path / "d.npz")
     (tmp_path / "c.yaml").write_text(
         "data: {name: d.npz}\nmodel: {name: null, path: m.keras}\ntransfer: {head: new}\n"
     )
@@ -237,7 +230,7 @@ def test_a_dangling_out_is_one_line_for_every_command(tmp_path, capsys, command)
     """A raw OSError / FileExistsError before; writing through it would create the target."""
     link, target = tmp_path / "out", tmp_path / "nowhere" / "dir"
     link.symlink_to(target)
-    data = _npz(tmp_path / "d.npz")
+    data = shifted_npz(tmp_path / "d.npz")
     argv = {
         "run": ["run", f"data.name={data}", "train.epochs=1"],
         "tune": ["tune", _tune_config(tmp_path)],
@@ -306,7 +299,7 @@ def test_the_launcher_dies_with_its_parent(tmp_path):
         f"    p = subprocess.Popen({launcher!r}, stdout=f, stderr=subprocess.STDOUT)\n"
         "print(p.pid, flush=True); time.sleep(600)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     parent = subprocess.Popen(
         [sys.executable, "-c", parent_script], stdout=subprocess.PIPE, text=True, env=env
     )
@@ -358,7 +351,7 @@ def test_a_multi_worker_peer_that_listens_but_never_joins_ends_the_command_in_on
         peer.listen(16)
         workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{peer.getsockname()[1]}"]
         conf = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": json.dumps(conf)}
+        env = child_env(TF_CONFIG=json.dumps(conf))
         argv = ["run", "train.strategy=multi_worker", "train.peer_timeout=3"]
         done = subprocess.run(
             [sys.executable, "-m", "tfopt", *argv, "--out", str(tmp_path / "r")],
@@ -397,32 +390,21 @@ def test_the_guard_kills_a_command_deaf_to_sigterm(monkeypatch):
 def test_a_replica_that_stalls_while_starting_is_one_error_within_its_timeout(tmp_path):
     """The parent used to hand each replica its share through the start pipe: a replica that
     stalled before reading it left the parent in a pipe write, where no timeout fired."""
-    import keras
-
-    from tfopt.export import export
-
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    tflite = export(model, tmp_path / "m.tflite", check_data=np.ones((4, 3), "float32")).path
     script = tmp_path / "stall.py"
     script.write_text(
-        "import sys, time\n"
-        "if __name__ == '__mp_main__':  # a replica, importing this file: it stalls\n"
-        "    time.sleep(120)\n"
         "import numpy as np\n"
-        "from tfopt.bench import load_test, runner_for\n"
+        "from _serve_helpers import StallsOnLoad  # a replica sleeps 120 s unpickling it\n"
+        "from tfopt.bench import load_test\n"
         "x = np.zeros((50000, 3), 'float32')  # 600 KB: more than a pipe holds\n"
-        "if __name__ == '__main__':\n"
-        "    try:\n"
-        "        load_test(runner_for(sys.argv[1]), x, clients=2, processes=2, start_timeout_s=2)\n"
-        "    except RuntimeError as e:\n"
-        "        print('error:', e)\n"
+        "try:\n"
+        "    load_test(StallsOnLoad(), x, clients=2, processes=2, start_timeout_s=2)\n"
+        "except RuntimeError as e:\n"
+        "    print('error:', e)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env(PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     done = subprocess.run(
-        [sys.executable, str(script), str(tflite)], capture_output=True, text=True, env=env,
-        timeout=600,
-    )  # fmt: skip
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert "error: load-test process 1 of 2 sent nothing for 2 s" in done.stdout, done.stderr
     with pytest.raises(ValueError, match="start_timeout_s must be a finite number"):
         from tfopt.bench._serve import load_test

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import compile_classifier, save_dense_model
 
 from tfopt import _rundir
 from tfopt.errors import OutputDirError, RunMismatchError
@@ -160,18 +161,8 @@ def test_run_and_auto_never_delete_a_directory_tfopt_did_not_create(tmp_path, ca
     assert (tmp_path / "file").read_text() == "x"
 
 
-def _tiny_keras(path, input_shape=(6,), classes=3):
-    import keras
-
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
-    model = keras.Model(inputs, keras.layers.Dense(classes)(x))
-    model.save(path)
-    return path
-
-
 def test_export_overwrite_replaces_only_its_own_savedmodel(tmp_path, capsys):
-    m = _tiny_keras(tmp_path / "m.keras")
+    m = save_dense_model(tmp_path / "m.keras", (6,))
     thesis = _thesis(tmp_path / "d")
     rc, _, err = _cli(capsys, "export", str(m), "--format", "savedmodel", "--out",
                       str(tmp_path / "d"), "--overwrite")  # fmt: skip
@@ -217,7 +208,7 @@ def test_bad_inputs_end_in_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_model_file_as_config_is_the_model_of_the_default_config(tmp_path, capsys):
-    m = _tiny_keras(tmp_path / "my.keras", input_shape=(8, 8, 1), classes=10)  # digits' shape
+    m = save_dense_model(tmp_path / "my.keras", (8, 8, 1), 10)  # digits' shape
     rc, out, err = _cli(capsys, "run", str(m), "--check", "--data", "digits")
     assert rc == 0, err
     assert f"path: {m}" in out and "name: digits" in out and "is a model, not a config" in err
@@ -242,7 +233,7 @@ def test_a_relative_model_path_is_found_next_to_its_config(tmp_path, monkeypatch
     from tfopt.config import load
 
     (tmp_path / "a").mkdir()
-    _tiny_keras(tmp_path / "a" / "m.keras")
+    save_dense_model(tmp_path / "a" / "m.keras", (6,))
     (tmp_path / "a" / "c.yaml").write_text("model: {name: null, path: m.keras}\n")
     moved = tmp_path / "b"
     shutil.move(tmp_path / "a", moved)
@@ -293,11 +284,7 @@ def searched(tmp_path_factory, blobs):
 
     keras.utils.set_random_seed(0)
     model = tfopt.models.get("mnist1d_cnn", width=4, dense=16)
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_classifier(model, 3e-3)
     train, val = blobs(192, 0), blobs(48, 1)
     model.fit(*train, epochs=2, batch_size=32, verbose=0)
     out = tmp_path_factory.mktemp("auto") / "run"

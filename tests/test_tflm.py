@@ -13,31 +13,6 @@ pytest.importorskip("tflite_micro")
 
 
 @pytest.fixture(scope="module")
-def identity():
-    """Dense(3) with an identity kernel: its logits are its inputs."""
-    import keras
-
-    inputs = keras.Input((3,), name="input")
-    dense = keras.layers.Dense(3, use_bias=False, name="identity")
-    model = keras.Model(inputs, dense(inputs), name="identity")
-    dense.set_weights([np.eye(3, dtype="float32")])
-    return model
-
-
-@pytest.fixture(scope="module")
-def labelled():
-    """40 samples whose top logit leads the next by >= 0.5 (int8 steps here are ~0.03, so every
-    int8 kernel picks the same class); the labels are right for exactly 30 of them."""
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-2, 2, size=(40, 3)).astype("float32")
-    top = rng.integers(0, 3, size=40)
-    x[np.arange(40), top] = x.max(-1) + 0.5
-    y = top.copy()
-    y[:10] = (y[:10] + 1) % 3
-    return x, y
-
-
-@pytest.fixture(scope="module")
 def exported(identity, labelled, tmp_path_factory):
     from tfopt.export import export
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import child_env
 
 from tfopt import config, train
 from tfopt.errors import ConfigError
@@ -18,13 +18,6 @@ from tfopt.errors import ConfigError
 keras = pytest.importorskip("keras")
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "_distributed.py"
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
 
 
 def _free_ports(n: int) -> list[int]:
@@ -42,7 +35,7 @@ def test_mirrored_two_logical_devices_prune_qat_distill(tmp_path):
     out = tmp_path / "mirrored.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "mirrored", str(out)],
-        env=_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=1800,
@@ -67,7 +60,7 @@ def test_multi_worker_two_processes_on_loopback(tmp_path):
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(SCRIPT), "multi_worker", str(tmp_path / f"w{i}.json")],
-                env=_env(TF_CONFIG=tf_config),
+                env=child_env(TF_CONFIG=tf_config),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -1,27 +1,16 @@
 """tfopt.tune: search space, trials measured through the artifact, failures, resume, hparams, distributed."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
+from _helpers import child_env, random_mnist1d
 
 keras_tuner = pytest.importorskip("keras_tuner")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _data(n=96, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 40, 1)).astype("float32")
-    y = rng.integers(0, 10, size=n).astype("int32")
-    return x, y
 
 
 # A builder whose width=8 model uses erfinv, which TFLite cannot convert: its trials must fail.
@@ -103,7 +92,7 @@ def test_failed_export_is_a_failed_trial_and_search_goes_on(tmp_path):
 
     import tfopt
 
-    train, val = _data(96), _data(64, seed=1)
+    train, val = random_mnist1d(96), random_mnist1d(64, seed=1)
     hm = tfopt.tune.CompressionHyperModel(
         builder=builder, techniques=(), target="tflite", space={"width": [8, 16], "batch_size": 32}
     )
@@ -140,7 +129,7 @@ def test_failed_export_is_a_failed_trial_and_search_goes_on(tmp_path):
 def test_hyperband_runs_and_bayesian_builds(tmp_path):
     import tfopt
 
-    train, val = _data(64), _data(32, seed=1)
+    train, val = random_mnist1d(64), random_mnist1d(32, seed=1)
     hm = tfopt.tune.CompressionHyperModel(
         builder="mnist1d_cnn",
         techniques=(),
@@ -201,12 +190,6 @@ SEARCH_SCRIPT = textwrap.dedent(
 )
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
-    return env
-
-
 @pytest.mark.slow
 def test_search_resumes_after_the_process_is_killed(tmp_path):
     script = tmp_path / "search.py"
@@ -216,7 +199,7 @@ def test_search_resumes_after_the_process_is_killed(tmp_path):
         [sys.executable, str(script), d, "3"],
         capture_output=True,
         text=True,
-        env=_env(KILL_AFTER_TRIALS="1"),
+        env=child_env(OMP_NUM_THREADS="1", KILL_AFTER_TRIALS="1"),
         timeout=1800,
     )
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
@@ -230,7 +213,7 @@ def test_search_resumes_after_the_process_is_killed(tmp_path):
         [sys.executable, str(script), d, "3"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=child_env(OMP_NUM_THREADS="1"),
         timeout=1800,
     )
     assert second.returncode == 0, second.stderr[-2000:]
@@ -256,7 +239,7 @@ def test_distributed_chief_and_worker_on_loopback(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(KERASTUNER_TUNER_ID="chief", **net),
+        env=child_env(OMP_NUM_THREADS="1", KERASTUNER_TUNER_ID="chief", **net),
     )
     try:
         time.sleep(3)  # the worker retries until the chief serves; this only avoids a busy wait
@@ -264,7 +247,7 @@ def test_distributed_chief_and_worker_on_loopback(tmp_path):
             [sys.executable, str(script), d, "2"],
             capture_output=True,
             text=True,
-            env=_env(KERASTUNER_TUNER_ID="tuner0", **net),
+            env=child_env(OMP_NUM_THREADS="1", KERASTUNER_TUNER_ID="tuner0", **net),
             timeout=1800,
         )
         out, err = chief.communicate(timeout=1800)
@@ -354,7 +337,7 @@ def test_a_bug_in_a_trial_is_not_a_failed_export(tmp_path):
     and reaches KerasTuner unchanged (INVALID, with its traceback)."""
     import tfopt
 
-    train = _data(32)
+    train = random_mnist1d(32)
     hm = tfopt.tune.CompressionHyperModel(
         builder=builder, techniques=(), target="tflite", space={"width": 16, "batch_size": 32}
     )
@@ -382,7 +365,7 @@ def test_step_context_compiles_softmax_models_and_applies_the_step_fine_tuning(t
     from tfopt.config import validate_steps
     from tfopt.data import from_arrays
 
-    x, y = _data(64)
+    x, y = random_mnist1d(64)
     data = from_arrays(x, y, x_test=x[:8], y_test=y[:8])
     inputs = keras.Input((40, 1))
     probs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _helpers import shifted_npz
 
 keras_tuner = pytest.importorskip("keras_tuner")
 
@@ -20,13 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path, **tune) -> Path:
     """A tiny 3-class 1-D task (shift-separable) and a 1-epoch random search over it."""
-    rng = np.random.default_rng(0)
-    n = 150
-    y = rng.integers(0, 3, n)
-    x = (rng.normal(size=(n, 16, 1)) + y[:, None, None] * 0.8).astype("float32")
-    np.savez(
-        tmp_path / "tiny.npz", x_train=x[:120], y_train=y[:120], x_test=x[120:], y_test=y[120:]
-    )
+    shifted_npz(tmp_path / "tiny.npz")
     space = {
         "width": [4, 6],
         "depth": 2,

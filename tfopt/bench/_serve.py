@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
 import queue
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +18,7 @@ import traceback
 import numpy as np
 
 from tfopt._guard import watch_parent
+from tfopt._worker import _Duplex
 
 
 def _percentiles(ms) -> dict[str, float]:
@@ -269,8 +271,8 @@ def _child(conn, payload_path: str, parent_pid: int) -> None:
     """A load-test process: reads its share (runner, inputs) from ``payload_path``, rebuilds the
     runner, warms up, says "ready", waits for "go" on the pipe (EOF: the parent is gone, so it
     exits), runs and reports."""
-    # a daemon of its parent, which ends it on a normal exit; after a SIGKILL of the parent
-    # nothing would: exit as soon as the parent (by its pid before the spawn) is gone
+    # its parent ends it (closes the pipe, then kills it); after a SIGKILL of the parent
+    # nothing would: exit as soon as the parent (by its pid at the start) is gone
     watch_parent(lambda: os._exit(3), interval=0.25, parent=parent_pid)
     try:
         from tfopt._litert_log import silence_xnnpack_banner
@@ -296,17 +298,85 @@ def _child(conn, payload_path: str, parent_pid: int) -> None:
         conn.close()
 
 
+class _Replica:
+    """One load-test process: a plain ``python -c`` child, not a ``multiprocessing`` spawn, which
+    imports the caller's ``__main__`` again (a script without an ``if __name__ == "__main__":``
+    guard ran once more in every replica, which then failed while starting). It gets the caller's
+    ``sys.path``, so runners of the caller's modules unpickle there too."""
+
+    def __init__(self, payload: str):
+        parent_r, child_w = os.pipe()
+        child_r, parent_w = os.pipe()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        code = "import sys; from tfopt.bench._serve import _replica_main; _replica_main(sys.argv)"
+        argv = [str(child_r), str(child_w), payload, str(os.getpid())]
+        self.process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env,
+                                        pass_fds=(child_r, child_w), stdin=subprocess.DEVNULL)  # fmt: skip
+        os.close(child_r)
+        os.close(child_w)
+        self.conn, self.pid = _Duplex(parent_r, parent_w), self.process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.poll()
+
+    def join(self, timeout: float) -> None:
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+def _replica_main(argv: list[str]) -> None:
+    """The body of a `_Replica`: ``argv`` is [-c, read fd, write fd, payload, parent pid]."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _child(_Duplex(int(argv[1]), int(argv[2])), argv[3], int(argv[4]))
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _receive(replicas: list[_Replica], i: int, expect: str, timeout: float):
+    """Replica ``i``'s next message, which must be ``expect``; its exit, its error or its silence
+    for ``timeout`` seconds is a RuntimeError."""
+    replica = replicas[i]
+
+    def died():
+        replica.join(timeout=5)
+        when = "while starting" if expect == "ready" else "during the run"
+        return RuntimeError(
+            f"load-test process {i + 1} of {len(replicas)} (pid {replica.pid}) exited with "
+            f"code {replica.exitcode} {when}, without a result"
+        )
+
+    # wakes on a message or on the process's exit (its end of the pipe closes: EOF)
+    if not multiprocessing.connection.wait([replica.conn._r], timeout):
+        if replica.exitcode is not None:
+            raise died()
+        raise RuntimeError(
+            f"load-test process {i + 1} of {len(replicas)} sent nothing for {timeout:.0f} s"
+        )
+    try:
+        kind, value = replica.conn.recv()
+    except EOFError:  # its end of the pipe closed: the process is gone
+        raise died() from None
+    if kind == "error":
+        raise RuntimeError(f"a load-test process failed:\n{value}")
+    if kind != expect:
+        raise RuntimeError(f"a load-test process sent {kind!r}, expected {expect!r}")
+    return value
 
 
 def _in_processes(
     runner, x, *, processes, clients, workers, requests, timeout_s, start_timeout_s, **kwargs
 ):
-    """Runs `_closed_loop` in ``processes`` spawned processes that share out clients, workers
+    """Runs `_closed_loop` in ``processes`` replica processes that share out clients, workers
     and requests, starts their timed runs together and merges the results."""
-    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once TensorFlow has started
-    procs, conns, payloads = [], [], []
+    replicas, payloads = [], []
     shares = zip(_split(clients, processes), _split(workers, processes), strict=True)
     finished = False
     try:
@@ -322,60 +392,23 @@ def _in_processes(
                     | kwargs,
                     f,
                 )
-            parent, child = ctx.Pipe()
-            # daemon: ended when this process exits; the child also watches this pid (SIGKILL)
-            p = ctx.Process(target=_child, args=(child, payload, os.getpid()), daemon=True)
-            p.start()
-            child.close()
-            procs.append(p)
-            conns.append(parent)
-
-        def receive(i, expect, timeout):
-            conn, proc = conns[i], procs[i]
-            # wakes on a message or on the process's exit, whichever comes first
-            ready = multiprocessing.connection.wait([conn, proc.sentinel], timeout)
-            if proc.sentinel in ready and not conn.poll():
-                # the sentinel closes while the process exits, a moment before waitpid sees it
-                proc.join(timeout=5)
-
-            def died():
-                proc.join(timeout=5)
-                when = "while starting" if expect == "ready" else "during the run"
-                return RuntimeError(
-                    f"load-test process {i + 1} of {len(procs)} (pid {proc.pid}) exited with "
-                    f"code {proc.exitcode} {when}, without a result"
-                )
-
-            if not conn.poll():
-                if not proc.is_alive():
-                    raise died()
-                raise RuntimeError(
-                    f"load-test process {i + 1} of {len(procs)} sent nothing for {timeout:.0f} s"
-                )
-            try:
-                kind, value = conn.recv()
-            except EOFError:  # its end of the pipe closed: the process is gone
-                raise died() from None
-            if kind == "error":
-                raise RuntimeError(f"a load-test process failed:\n{value}")
-            if kind != expect:
-                raise RuntimeError(f"a load-test process sent {kind!r}, expected {expect!r}")
-            return value
-
-        for i in range(len(conns)):
-            receive(i, "ready", start_timeout_s)
-        for conn in conns:
-            conn.send("go")
-        outs = [receive(i, "done", timeout_s) for i in range(len(conns))]
+            # a fresh interpreter (fork is unsafe once TensorFlow has started); it watches this
+            # pid and exits when this process is gone, even killed
+            replicas.append(_Replica(payload))
+        for i in range(len(replicas)):
+            _receive(replicas, i, "ready", start_timeout_s)
+        for r in replicas:
+            r.conn.send("go")
+        outs = [_receive(replicas, i, "done", timeout_s) for i in range(len(replicas))]
         finished = True
     finally:
-        for conn in conns:
-            conn.close()  # a process still waiting for "go" sees EOF and exits
-        for p in procs:
-            p.join(timeout=10 if finished else 1)  # a stalled replica is not waited for
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
+        for r in replicas:
+            r.conn.close()  # a process still waiting for "go" sees EOF and exits
+        for r in replicas:
+            r.join(timeout=10 if finished else 1)  # a stalled replica is not waited for
+            if r.exitcode is None:
+                r.kill()
+                r.join(timeout=5)
         for payload in payloads:
             os.unlink(payload)
     return {
