@@ -6,7 +6,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 from _helpers import child_env, random_mnist1d
 

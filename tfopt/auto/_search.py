@@ -165,7 +165,7 @@ def _measure_baseline(model, out_dir: Path, val, test, representative, micro=Non
     # right: every candidate is compared with it on the same samples
     m = export_and_measure(
         model, path, format="tflite", representative=representative, val=val, test=test,
-        overwrite=True, warmup=5, runs=50, micro=micro,
+        overwrite=True, warmup=5, runs=50, micro=micro, concurrency=(),
     )  # fmt: skip
     res, metrics = m.result, m.metrics
     return {

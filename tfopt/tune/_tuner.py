@@ -198,6 +198,7 @@ def run_candidate(
         overwrite=True,  # the search's own trial directory (a resumed trial runs again)
         warmup=5,
         runs=latency_runs,
+        concurrency=(),  # a search reads p50 latency only: no 3-second load test per trial
     ).metrics
     return final, metrics, facts
 
