@@ -32,7 +32,8 @@ MAX_TASKS = 50  # tasks before a fresh worker (the converter's leak, ~22 MB a ta
 MAX_GROWTH_MB = 256.0
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -189,9 +190,9 @@ def _serve(read_fd: int, write_fd: int) -> None:
         except Exception as e:  # re-raised in the caller
             reply = ("error", e)
         try:
-            conn.send((*reply, _rss_mb()))
+            conn.send((*reply, rss_mb()))
         except Exception as e:  # an exception that does not pickle: its type and text
-            conn.send(("error", RuntimeError(f"{type(e).__name__}: {reply[1]}"), _rss_mb()))
+            conn.send(("error", RuntimeError(f"{type(e).__name__}: {reply[1]}"), rss_mb()))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import numpy as np
 
 from tfopt import _rundir
 from tfopt._budget import Budget
+from tfopt._worker import rss_mb
 from tfopt.export._measure import ExportFailed, export_and_measure
 from tfopt.tune._hparams import write_config, write_trial
 from tfopt.tune._recipe import describe, dump_steps
@@ -389,6 +390,7 @@ class Tuner(keras_tuner.Tuner):
             raise
         metrics["score"] = score(metrics, **self.score_options)
         record.update(status="COMPLETED", metrics=metrics, seconds=time.perf_counter() - started)
+        record["resident_mb"] = round(rss_mb(), 1)  # the search process after the trial
         if self.hypermodel.model is None:  # builder mode: keep the trained float model
             _rundir.save_model(model, trial_dir / "float.keras")
         if self.save_models:
