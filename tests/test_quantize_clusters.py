@@ -23,8 +23,8 @@ def _conv_dense_model():
     i = keras.Input((8, 8, 1))
     h = L.Conv2D(8, 3, use_bias=False, name="conv")(i)
     h = L.BatchNormalization(name="bn")(h)  # folded into the conv: its kernel is scaled per channel
-    h = L.Flatten()(L.ReLU()(h))
-    return keras.Model(i, L.Dense(4, name="fc")(h))
+    h = L.DepthwiseConv2D(3, name="dw")(L.ReLU()(h))
+    return keras.Model(i, L.Dense(4, name="fc")(L.Flatten()(h)))
 
 
 def _clustered(per_channel=False, k=4):
@@ -42,13 +42,16 @@ def _fit(q, x, y, lr=0.05):
 
 
 def _int8_kernels(path) -> dict:
-    """{op name: int8 kernel as TFLite stores it, output channels first}."""
+    """{op name: int8 kernel as TFLite stores it, one row per quantization channel}."""
     it, ops = tflite_ops(path)
-    return {
-        name: it.get_tensor(idx[1])
-        for name, _, _, idx in ops
-        if name in ("CONV_2D", "FULLY_CONNECTED")
-    }
+    kernels = {}
+    for name, _, _, idx in ops:
+        if name in ("CONV_2D", "FULLY_CONNECTED"):  # output channels first
+            kernels[name] = it.get_tensor(idx[1])
+        elif name == "DEPTHWISE_CONV_2D":  # (1, kh, kw, channels): its channels are last
+            w = it.get_tensor(idx[1])
+            kernels[name] = w.reshape(-1, w.shape[-1]).T
+    return kernels
 
 
 def _distinct(w, per_channel: bool) -> int:
@@ -61,7 +64,8 @@ def _distinct(w, per_channel: bool) -> int:
 def test_int8_kernels_keep_at_most_n_clusters_values_after_qat(per_channel, tmp_path):
     x, y = _data()
     small = _clustered(per_channel)
-    assert tfopt.cluster.distinct_values(small, per_channel=per_channel) == {"conv": 4, "fc": 4}
+    counts = tfopt.cluster.distinct_values(small, per_channel=per_channel)
+    assert counts == {"conv": 4, "dw": 4, "fc": 4}
     counts = {}
     for preserve in ("auto", False):
         q = qat(small, preserve_clusters=preserve)
@@ -74,18 +78,16 @@ def test_int8_kernels_keep_at_most_n_clusters_values_after_qat(per_channel, tmp_
         tfopt.export.tflite(q, path, quantization="int8", check_data=x, min_agreement=0.0)
         assert_fully_int8(path)  # the gather is constant-folded: int8 kernels, no float op
         w = _int8_kernels(path)
-        assert {k: v.dtype for k, v in w.items()} == {
-            "CONV_2D": np.int8,
-            "FULLY_CONNECTED": np.int8,
-        }
-        # TFLite quantizes the conv per output channel (and the folded BatchNorm scales each
+        assert len(w) == 3 and {v.dtype for v in w.values()} == {np.dtype("int8")}
+        # TFLite quantizes convolutions per channel (and the folded BatchNorm scales each
         # channel): a per-layer codebook stays <= 4 values in each channel; Dense is per tensor
         counts[preserve] = {
             "conv": _distinct(w["CONV_2D"], per_channel=True),
+            "dw": _distinct(w["DEPTHWISE_CONV_2D"], per_channel=True),
             "fc": _distinct(w["FULLY_CONNECTED"], per_channel),
         }
-    assert counts["auto"]["conv"] <= 4 and counts["auto"]["fc"] <= 4, counts
-    assert counts[False]["conv"] > 4 and counts[False]["fc"] > 4, counts  # plain QAT: no clusters
+    assert max(counts["auto"].values()) <= 4, counts
+    assert min(counts[False].values()) > 4, counts  # plain QAT: no clusters
 
 
 def test_qat_report_and_defaults_say_which_kernels_keep_clusters():
@@ -93,24 +95,25 @@ def test_qat_report_and_defaults_say_which_kernels_keep_clusters():
     report = qat(small).qat_report.changed
     assert report["fc"] == "Dense, per-tensor weights, 4 clusters preserved"
     assert report["conv"] == "Conv2D, per-channel weights, folded bn, 4 clusters preserved"
+    assert report["dw"] == "DepthwiseConv2D, per-channel weights, 4 clusters preserved"
     per_channel = qat(_clustered(per_channel=True)).qat_report.changed
     assert per_channel["fc"].endswith("16 clusters (<= 4 per channel) preserved")
     assert per_channel["conv"].endswith("32 clusters (<= 4 per channel) preserved")
     # a float model, and a pruned one (its non-zero values are all different), train as usual
     model = _conv_dense_model()
     assert "clusters" not in " ".join(qat(model).qat_report.changed.values())
-    # True: each kernel with <= 256 values per codebook: the conv's 72 weights, not the fc's
-    # 4 x 288 (per channel)
+    # True: each kernel with <= 256 values per codebook: the conv's 72 weights in one, the fc's
+    # 128 x 4 per output channel
     forced = qat(model, preserve_clusters=True)
-    conv = forced.get_layer("quant_conv")
+    conv, fc = forced.get_layer("quant_conv"), forced.get_layer("quant_fc")
     assert (conv.clusters, conv.clusters_per_channel) == (72, False)
-    assert forced.get_layer("quant_fc").clusters is None
+    assert (fc.clusters, fc.clusters_per_channel) == (128, True)
     kernel = model.get_layer("fc").kernel
     k = kernel.numpy()
     k[np.abs(k) < np.quantile(np.abs(k), 0.8)] = 0.0
     kernel.assign(k)
     assert qat(model).qat_report.changed["fc"] == (
-        "Dense, per-tensor weights, sparsity 79.9% preserved"  # 80% of 1152, rounded
+        "Dense, per-tensor weights, sparsity 79.9% preserved"  # 409 of 512 weights at 0
     )
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match=r"preserve_clusters must be 'auto', True or False"):
