@@ -162,3 +162,29 @@ def test_qat_step_option_preserve_clusters():
     assert Config(preserve_clusters=False).preserve_clusters is False
     with pytest.raises(ValidationError, match=r"preserve_clusters"):
         Config(preserve_clusters="yes")
+
+
+def test_recipe_cluster_then_qat_keeps_the_clusters(tmp_path):
+    """`tfopt run`'s steps ``cluster`` then ``qat``: the qat step trains the 4 centroids of each
+    kernel (its default ``preserve_clusters: auto``); ``false`` trains the kernels themselves."""
+    from tfopt._steps import StepContext, run_steps
+
+    x, y = _data(64)
+    data = tfopt.data.from_arrays(x, y, x_test=x[:16], y_test=y[:16], val_fraction=0.25)
+    for preserve, expect in (("auto", {"conv": 4, "dw": 4, "fc": 4}), (False, {})):
+        steps = tfopt.config.validate_steps(
+            [
+                {"type": "cluster", "n_clusters": 4, "epochs": 1},
+                {"type": "qat", "epochs": 1, "learning_rate": 0.05, "preserve_clusters": preserve},
+            ]
+        )
+        ctx = StepContext(data=data, run_dir=tmp_path, verbose=0, tensorboard=False)
+        q = run_steps(steps, _conv_dense_model(), ctx)
+        kept = {
+            w.layer.name: len(np.unique(np.asarray(w.trained_kernel())))
+            for w in q.layers
+            if isinstance(w, QuantizeWrapper) and w.clusters is not None
+        }
+        assert kept == expect, kept
+        report = ctx.records["2_qat"]["qat_report"]["changed"]
+        assert ("4 clusters preserved" in report["fc"]) == bool(expect), report
