@@ -118,6 +118,14 @@ def test_qat_report_and_defaults_say_which_kernels_keep_clusters():
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match=r"preserve_clusters must be 'auto', True or False"):
             qat(model, preserve_clusters=bad)
+    with pytest.raises(ValueError, match=r"clusters must be None or an int >= 1"):
+        QuantizeWrapper(L.Dense(2), clusters=0)
+    wrapper = QuantizeWrapper(model.get_layer("conv"), clusters=8, name="quant_conv")
+    wrapper.build((None, 8, 8, 1))
+    with pytest.raises(
+        ValueError, match=r"holds 72 distinct values, more than k=8. Give clusters="
+    ):
+        wrapper.update_clusters()
 
 
 def test_centroid_gradient_is_the_sum_of_its_weights_gradients():

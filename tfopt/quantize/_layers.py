@@ -42,9 +42,8 @@ _MIN_RANGE = 1e-6
 # "batchnorm" (standalone) runs as multiply + add with a range in between.
 WRAPPER_KINDS = ("substitute", "conv1d", "separable", "einsum", "batchnorm")
 
-# qat(preserve_clusters=): the values it takes, and the most centroids a preserved codebook holds
-# (a kernel with more distinct values per codebook is not treated as clustered)
-PRESERVE_CLUSTERS = ("auto", True, False)
+# qat(preserve_clusters=): the most centroids a kept codebook holds (a kernel with more distinct
+# values per codebook is not treated as clustered)
 MAX_CENTROIDS = 256
 
 
@@ -485,8 +484,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             )
         except ValueError as e:
             raise ValueError(
-                f"{self.name}: cannot keep the clusters of {self.layer.name}'s kernel: {e} "
-                "(clusters=); pass preserve_clusters=False to train the kernel itself"
+                f"{self.name} cannot keep the clusters of {self.layer.name}'s kernel: {e}. "
+                "Give clusters= at least that many, or None to train the kernel itself."
             ) from None
         self.centroids.assign(centroids)
         self.assignments.assign(assignments)
