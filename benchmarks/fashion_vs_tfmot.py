@@ -19,8 +19,8 @@ Rows, as tfmot's published tables have them:
   cluster_weights); float32 TFLite;
 - pruning-preserving QAT (the 50% row's pruned model; tfopt.quantize.qat keeps its zeros /
   tfmot's Default8BitPrunePreserveQuantizeScheme) and cluster-preserving QAT (the 16-cluster
-  row's model; tfmot's Default8BitClusterPreserveQuantizeScheme; tfopt has no cluster-preserving
-  QAT, so its row is plain QAT of the clustered model and says so).
+  row's model; tfopt.quantize.qat(preserve_clusters=True) trains the 16 centroids of each kernel
+  / tfmot's Default8BitClusterPreserveQuantizeScheme).
 
 Every fine-tune: Adam (prune 5e-4, the others 1e-4), batch 128, `--ft-epochs` epochs of the
 54,000 training images (a fraction is a seeded random subset, the same on both sides), from the
@@ -158,9 +158,11 @@ class TfoptSide:
             model = keras.models.clone_model(self.base)
             model.set_weights(self.base.get_weights())
             return model
-        if kind in ("pqat", "cqat"):  # tfopt has no cluster-preserving QAT: plain QAT
+        if kind in ("pqat", "cqat"):  # QAT that keeps the zeros / the clusters of its base row
             base = self.timing_base(row) if seed is None else self.prerequisite(row["base"], seed)
-            return tfopt.quantize.qat(base, preserve_sparsity=True)
+            return tfopt.quantize.qat(
+                base, preserve_sparsity=True, preserve_clusters=kind == "cqat"
+            )
         raise ValueError(f"unknown row kind {kind!r}")
 
     def timing_base(self, row):
@@ -334,6 +336,25 @@ def measure(path: Path, data) -> dict:
     }
 
 
+def kernel_values(path: Path) -> int:
+    """The most distinct int8 values in one output channel of any conv / FC kernel of a .tflite
+    file (cluster-preserving QAT of 16 clusters: <= 16)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    most = 0
+    for op in it._get_ops_details():
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        w = it.get_tensor(op["inputs"][1])
+        # CONV_2D / FULLY_CONNECTED store output channels first, DEPTHWISE_CONV_2D last
+        rows = w.reshape(-1, w.shape[-1]).T if op["op_name"] == "DEPTHWISE_CONV_2D" else w
+        rows = rows.reshape(rows.shape[0], -1)
+        most = max([most] + [len(np.unique(r)) for r in rows])
+    return most
+
+
 def correct_of(result: dict, n: int) -> np.ndarray:
     right = np.ones(n, bool)
     right[result["wrong"]] = False
@@ -399,9 +420,6 @@ def step_overheads(timing: dict) -> dict:
     return out
 
 
-TFOPT_NOTES = {"cqat-int8": " (plain QAT: clusters not preserved)"}
-
-
 def render(result: dict) -> str:
     n = result["n_test"]
     summary = summarize(result, n)
@@ -442,9 +460,34 @@ def render(result: dict) -> str:
             )
             cells += [acc, delta, f"{r['gzip_bytes'] / 1024:.1f}", step_cell]
         vs = row.get("tfopt_minus_tfmot_seed1", {}).get("points", "-")
-        label = spec["label"] + TFOPT_NOTES.get(name, "")
+        label = spec["label"] + cqat_note(result, name)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {vs} |")
     return header(result, s) + "\n".join(lines) + "\n" + footer(result, summary, steps)
+
+
+def cqat_note(result: dict, name: str) -> str:
+    """The cqat row's int8 values per kernel channel on each side; a run from before
+    `qat(preserve_clusters=)` (no count recorded) ran plain QAT on tfopt's side and says so."""
+    if name != "cqat-int8":
+        return ""
+    answers = {
+        side: [a for a in result["rows"].get(name, {}).get(side, {}).values() if "error" not in a]
+        for side in SIDES
+    }
+    if answers["tfopt"] and not any("kernel_values" in a for a in answers["tfopt"]):
+        return " (tfopt: plain QAT, clusters not preserved)"
+    counts = {
+        side: max(a["kernel_values"] for a in found)
+        for side, found in answers.items()
+        if found and all("kernel_values" in a for a in found)
+    }
+    if not counts:
+        return ""
+    return (
+        " (int8 values per kernel channel: "
+        + ", ".join(f"{side} <= {v}" for side, v in counts.items())
+        + ")"
+    )
 
 
 def timing_key(name: str) -> str:
@@ -729,6 +772,8 @@ def run_pair(name, seed, result, replaced, ours, tfmot, data, args, tmp):
     for side, answer in answers.items():
         if "error" not in answer:
             answer.update(measure(outputs[side], data))
+            if row["kind"] == "cqat":
+                answer["kernel_values"] = kernel_values(outputs[side])
         if "bn_refresh_path" in answer:
             answer["bn_refresh"] = measure(Path(answer.pop("bn_refresh_path")), data)
         result["rows"][name][side][str(seed)] = answer

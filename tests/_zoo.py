@@ -490,7 +490,7 @@ def _entry(build, data, **kwargs) -> ZooModel:
 # recurrent layers lower to TensorList ops at a dynamic batch: TFLite needs a fixed one
 _FIXED_BATCH = {"tflite": {"fixed_batch": 1}, "tflite-int8": {"fixed_batch": 1}}
 
-_SPEC_TECHNIQUES = ("baseline", "prune", "cluster", "qat", "prune_channels")
+_SPEC_TECHNIQUES = ("baseline", "prune", "cluster", "qat", "cqat", "prune_channels")
 
 ZOO: dict[str, ZooModel] = {
     e.name: e
@@ -568,12 +568,15 @@ class Technique:
         wrap: ``model -> (new_model, {layer name: reason skipped})``.
         strip: ``model -> plain model`` after save/load, or None (the loaded model is exported).
         exports: the `tfopt.export` formats checked.
+        models: the zoo models of its cells in tests/test_conformance.py (None: every model in
+            the suite); benchmarks/conformance_matrix.py runs every model.
     """
 
     name: str
     wrap: Callable
     strip: Callable | None
     exports: tuple[str, ...]
+    models: tuple[str, ...] | None = None
 
 
 def _baseline(model):
@@ -600,6 +603,16 @@ def _qat(model):
     import tfopt
 
     q = tfopt.quantize.qat(model)
+    return q, dict(q.tfopt_report.skipped)
+
+
+def _cqat(model):
+    import tfopt
+
+    # cluster-preserving QAT: a clustered, stripped model; qat's default (preserve_clusters=
+    # "auto") trains each clustered kernel's 4 centroids
+    small = tfopt.cluster.strip(tfopt.cluster.cluster(model, 4))
+    q = tfopt.quantize.qat(small)
     return q, dict(q.tfopt_report.skipped)
 
 
@@ -641,6 +654,16 @@ TECHNIQUES: dict[str, Technique] = {
         Technique("prune", _prune, _strip_prune, ("tflite",)),
         Technique("cluster", _cluster, _strip_cluster, ("onnx",)),
         Technique("qat", _qat, None, ("tflite-int8",)),
+        # cluster -> strip -> QAT on the layer kinds whose kernels it gathers: convolutions with
+        # folded BatchNorms and a residual, Embedding + Conv1D, a subclassed model, a registered
+        # layer (tests/test_quantize_clusters.py: Conv2D, DepthwiseConv2D, Dense in the int8 file)
+        Technique(
+            "cqat",
+            _cqat,
+            None,
+            ("tflite-int8",),
+            models=("resnet_v2_block", "text_cnn", "subclassed", "users_layer"),
+        ),
         Technique("prune_channels", _prune_channels, None, ("tflite",)),
         Technique("lowrank", _lowrank, None, ("tflite",)),
     ]

@@ -111,6 +111,11 @@ def _cells():
                 entry.in_suite is not True and technique not in entry.in_suite
             ):
                 continue
+            if (
+                TECHNIQUES[technique].models is not None
+                and model not in TECHNIQUES[technique].models
+            ):
+                continue
             key = (technique, model)
             marks = [pytest.mark.slow] if ZOO[model].slow else []
             if key in TODAY:
@@ -133,6 +138,16 @@ def _assert_effect(technique: str, outcome: Outcome, entry, expected) -> None:
     elif technique == "cluster":
         counts = tfopt.cluster.distinct_values(final)
         assert counts and max(counts.values()) <= 8, counts
+    elif technique == "cqat":  # each clustered kernel QAT wraps still gathers <= 4 values
+        from tfopt.quantize import QuantizeWrapper
+
+        wrappers = [x for x in final._flatten_layers() if isinstance(x, QuantizeWrapper)]
+        clustered = set(tfopt.cluster.cluster(entry.build(), 4).cluster_report.changed)
+        kept = {w.layer.name: w for w in wrappers if w.clusters is not None}
+        assert kept and set(kept) == clustered & {w.layer.name for w in wrappers}, (kept, clustered)
+        for name, w in kept.items():
+            values = np.unique(np.asarray(w.trained_kernel()))
+            assert len(values) <= 4, (name, values)
     elif technique == "prune_channels":
         before, after = entry.build().count_params(), final.count_params()
         shrinks = getattr(expected, "shrinks", True)

@@ -97,6 +97,53 @@ def init_codebook(
     return centroids, assignments, mask
 
 
+# A codebook's layout: the kernel's channel axis moved to the front and the rest flattened,
+# (channels, weights per channel); one row for a per-layer codebook.
+def kernel_rows(kernel: np.ndarray, axis: int, per_channel: bool) -> np.ndarray:
+    """``kernel`` as codebook rows: ``(1, size)``, or ``(channels, size / channels)``."""
+    if not per_channel:
+        return kernel.reshape(1, -1)
+    moved = np.moveaxis(kernel, axis, 0)
+    return moved.reshape(moved.shape[0], -1)
+
+
+def rows_to_kernel(rows, shape: tuple, axis: int, per_channel: bool):
+    """The inverse of `kernel_rows` on a tensor: ``rows`` back in the kernel's ``shape``."""
+    if not per_channel:
+        return ops.reshape(rows, shape)
+    moved_shape = (shape[axis],) + tuple(d for i, d in enumerate(shape) if i != axis)
+    return ops.moveaxis(ops.reshape(rows, moved_shape), 0, axis)
+
+
+def gather_rows(centroids, assignments):
+    """``centroids[r, assignments[r, i]]`` for every row ``r``: the clustered weights, as rows.
+
+    Its gradient with respect to ``centroids`` is the sum of the gradients of each centroid's
+    weights.
+    """
+    return ops.take_along_axis(centroids, ops.cast(assignments, "int32"), axis=1)
+
+
+def exact_codebook(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The codebook of rows that hold at most ``k`` distinct values each: their own values.
+
+    Returns ``(centroids (R, k), assignments (R, M) int32)`` with ``centroids[r][assignments[r]]
+    == rows[r]`` exactly (a row with fewer values repeats its last one; that centroid is unused).
+
+    Raises:
+        ValueError: a row holds more than ``k`` distinct values.
+    """
+    centroids = np.zeros((rows.shape[0], k), "float32")
+    assignments = np.zeros(rows.shape, "int32")
+    for r, row in enumerate(rows):
+        values, index = np.unique(row, return_inverse=True)
+        if values.size > k:
+            raise ValueError(f"a codebook row holds {values.size} distinct values, more than k={k}")
+        centroids[r] = np.concatenate([values, np.full(k - values.size, values[-1])])
+        assignments[r] = index.reshape(-1)
+    return centroids, assignments
+
+
 @keras.saving.register_keras_serializable(package="tfopt")
 class ClusterWeights(keras.layers.Wrapper):
     """Wraps a layer so that its kernel is a gather of trainable centroids.
@@ -177,20 +224,11 @@ class ClusterWeights(keras.layers.Wrapper):
         """The wrapped layer's kernel variable (kept only to rebuild the layer)."""
         return resolve(self.layer, self.weight.attr)[2]
 
-    # Layout: the kernel's channel axis moved to the front, the rest flattened: (rows, cols).
     def _to_rows(self, kernel: np.ndarray) -> np.ndarray:
-        if not self.per_channel:
-            return kernel.reshape(1, -1)
-        moved = np.moveaxis(kernel, self._kernel_axis, 0)
-        return moved.reshape(moved.shape[0], -1)
+        return kernel_rows(kernel, self._kernel_axis, self.per_channel)
 
     def _from_rows(self, rows):
-        if not self.per_channel:
-            return ops.reshape(rows, self._kernel_shape)
-        moved_shape = (self._kernel_shape[self._kernel_axis],) + tuple(
-            d for i, d in enumerate(self._kernel_shape) if i != self._kernel_axis
-        )
-        return ops.moveaxis(ops.reshape(rows, moved_shape), 0, self._kernel_axis)
+        return rows_to_kernel(rows, self._kernel_shape, self._kernel_axis, self.per_channel)
 
     def initialize_clusters(self, *, seed: int = 0) -> None:
         """Clusters the wrapped layer's current kernel (k-means++ or linear) into the codebook."""
@@ -211,8 +249,7 @@ class ClusterWeights(keras.layers.Wrapper):
         centroids = ops.where(
             self.centroid_mask > 0, self.centroids, ops.zeros_like(self.centroids)
         )
-        values = ops.take_along_axis(centroids, ops.cast(self.assignments, "int32"), axis=1)
-        return self._from_rows(values)
+        return self._from_rows(gather_rows(centroids, self.assignments))
 
     def clustered_kernel_numpy(self) -> np.ndarray:
         """`clustered_kernel` as a NumPy array (exact pinned zeros)."""

@@ -142,6 +142,10 @@ class QatStepConfig(FineTuneStepConfig):
     scheme: Literal["int8"] = "int8"
     filters: Filters = None
     preserve_sparsity: bool = True
+    # keep a clustered model's clusters (`tfopt.quantize.qat(preserve_clusters=)`): "auto" for
+    # each kernel that looks clustered (<= 256 distinct values, each held by 2+ weights), true
+    # for each with <= 256 distinct values, false never
+    preserve_clusters: bool | Literal["auto"] = "auto"
     # {layer regex: 4 or 8}, as `tfopt.quantize.qat(bits=)`; "sensitivity": 4 bits for each layer
     # `tfopt.quantize.choose_bits` lowers within bits_max_drop on the val data; None: every layer 8
     bits: dict[str, Literal[4, 8]] | Literal["sensitivity"] | None = None

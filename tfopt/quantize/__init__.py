@@ -1,5 +1,9 @@
 """Quantization: quantization-aware training (QAT) that converts to fully int8 TFLite.
 
+QAT keeps what compression made before it: the zeros of a pruned model (``preserve_sparsity``)
+and the clusters of a clustered one (``preserve_clusters``: the centroids train, each weight
+stays in its cluster, the int8 file holds at most ``n_clusters`` values per kernel).
+
 Post-training modes (dynamic, float16, int8, int16x8) are options of `tfopt.export.tflite`;
 below int8 (int4, mixed precision, w8a16: `tfopt.export.lowbit`, formats ``tflite-w4`` ...) goes
 through Google's LiteRT Quantizer, and `sensitivity` / `choose_bits` measure each layer's cost

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
+
 from tfopt._backend import import_keras
 from tfopt._layers import (
     Weight,
@@ -19,6 +21,7 @@ from tfopt._layers import (
     spec_of,
     substituted,
 )
+from tfopt.cluster._layers import exact_codebook, gather_rows, kernel_rows, rows_to_kernel
 
 keras = import_keras()
 ops = keras.ops
@@ -39,6 +42,10 @@ _MIN_RANGE = 1e-6
 # "batchnorm" (standalone) runs as multiply + add with a range in between.
 WRAPPER_KINDS = ("substitute", "conv1d", "separable", "einsum", "batchnorm")
 
+# qat(preserve_clusters=): the most centroids a kept codebook holds (a kernel with more distinct
+# values per codebook is not treated as clustered)
+MAX_CENTROIDS = 256
+
 
 def qat_kind(layer) -> str | None:
     """The `QuantizeWrapper` kind of ``layer`` from its spec, or None when QAT does not wrap it."""
@@ -46,6 +53,56 @@ def qat_kind(layer) -> str | None:
     if spec is None or spec.qat not in WRAPPER_KINDS or overrides_call(layer, spec):
         return None
     return spec.qat
+
+
+def qat_weight(layer, kind: str | None = None) -> Weight | None:
+    """The spec of the kernel a `QuantizeWrapper` of ``layer`` masks, folds into, fake-quantizes
+    and (with clusters) gathers: the first kernel, the pointwise one of a separable convolution,
+    None for a BatchNormalization."""
+    kind = kind or qat_kind(layer)
+    if kind in (None, "batchnorm"):
+        return None
+    kernels = spec_of(layer).compressed()
+    return kernels[-1] if kind == "separable" else kernels[0]
+
+
+def check_preserve_clusters(value) -> None:
+    """Raises the ValueError of a ``preserve_clusters`` that is not "auto", True or False."""
+    if not any(value is v for v in (True, False)) and not (
+        isinstance(value, str) and value == "auto"
+    ):
+        raise ValueError(
+            "preserve_clusters must be 'auto', True or False (bool). Received: "
+            f"preserve_clusters={value!r}"
+        )
+
+
+def cluster_plan(layer, preserve_clusters="auto") -> tuple[int, bool] | None:
+    """How QAT keeps the clusters of ``layer``'s kernel: ``(k, per_channel)``, or None.
+
+    One codebook for the kernel when it holds at most `MAX_CENTROIDS` distinct values (a
+    per-channel clustering keeps its structure in it too: each channel's weights stay on their
+    own values), else one per channel (the axis of `tfopt.cluster`'s ``per_channel``) when each
+    holds at most that many; ``k`` is the most distinct values of a codebook. ``"auto"`` also
+    asks that the kernel look clustered: at least 2 distinct values, and each non-zero value held
+    by 2 or more weights on average (a trained float kernel, pruned or not, holds each value once;
+    a clustered one ``n_clusters`` values).
+    """
+    check_preserve_clusters(preserve_clusters)
+    weight = qat_weight(layer)
+    if preserve_clusters is False or weight is None or not layer.built:
+        return None
+    kernel = np.asarray(ops.convert_to_numpy(resolve(layer, weight.attr)[2]))
+    if preserve_clusters == "auto":
+        nonzero = kernel[kernel != 0]
+        if np.unique(kernel).size < 2 or 2 * np.unique(nonzero).size > nonzero.size:
+            return None
+    axis = channel_axis(weight) % kernel.ndim
+    for per_channel in (False, True):
+        k = max(np.unique(row).size for row in kernel_rows(kernel, axis, per_channel))
+        if k <= MAX_CENTROIDS:
+            return k, per_channel
+    return None
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
@@ -255,6 +312,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
             already comes out of an int8 range (see `is_int8`). Defaults to False.
         preserve_sparsity: keep the kernel's exact zeros at zero (a mask taken when the wrapper is
             built on a layer with weights). Defaults to True.
+        clusters: keep the kernel's clusters (`cluster_plan`): the kernel is
+            ``centroids[assignments]`` with ``clusters`` trainable centroids per codebook and
+            assignments fixed by `update_clusters` (the layer's own kernel no longer trains and
+            is kept only to rebuild the layer). None: the kernel itself trains. Defaults to None.
+        clusters_per_channel: one codebook per channel (the channel axis of `tfopt.cluster`)
+            instead of one for the kernel. Defaults to False.
         weight_bits: 8, or 4 (int4 weights: the TFLite converter stores them as INT4 and int8
             activations stay; LiteRT and TFLite Micro run Conv2D/FullyConnected with them).
             Defaults to 8.
@@ -273,6 +336,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         quantize_input: bool = False,
         preserve_sparsity: bool = True,
         weight_bits: int = 8,
+        clusters: int | None = None,
+        clusters_per_channel: bool = False,
         **kwargs,
     ):
         super().__init__(layer, **kwargs)
@@ -305,6 +370,16 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.quantize_input = bool(quantize_input)
         self.input_quantizer = ActivationQuantizer(name="input_range") if quantize_input else None
         self.preserve_sparsity = bool(preserve_sparsity) and kind != "batchnorm"
+        if clusters is not None and (
+            isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 1
+        ):
+            raise ValueError(
+                f"clusters must be None or an int >= 1. Received: clusters={clusters!r}"
+            )
+        if clusters is not None and kind == "batchnorm":
+            raise ValueError("clusters does not apply to a standalone BatchNormalization.")
+        self.clusters = None if clusters is None else int(clusters)
+        self.clusters_per_channel = bool(clusters_per_channel)
         # the wrapper applies a Keras layer's activation itself, after the pre-activation range
         self.owns_activation = not spec.user and hasattr(layer, "activation")
         act = getattr(getattr(layer, "activation", None), "__name__", "linear")
@@ -326,12 +401,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     # -- building -------------------------------------------------------------------------------
     def _weight(self) -> Weight | None:
-        """The spec of the kernel that is masked, folded into and fake-quantized here (the
-        pointwise one of a separable convolution)."""
-        if self.kind == "batchnorm":
-            return None
-        kernels = spec_of(self.layer).compressed()
-        return kernels[-1] if self.kind == "separable" else kernels[0]
+        """The spec of the kernel that is masked, folded into and fake-quantized here (see
+        `qat_weight`)."""
+        return qat_weight(self.layer, self.kind)
 
     def _kernel(self):
         w = self._weight()
@@ -365,12 +437,81 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 shape=k.shape, initializer="ones", trainable=False, name="sparsity_mask"
             )
             self.update_mask()
+        if self.clusters is not None:
+            self._build_clusters()
         self.built = True
+
+    def _build_clusters(self):
+        kernel = self._kernel()
+        kernel.trainable = False  # the forward pass gathers the centroids instead
+        self._cluster_layout = (
+            tuple(kernel.shape),
+            channel_axis(self._weight()) % len(kernel.shape),
+            self.clusters_per_channel,
+        )
+        shape, axis, per_channel = self._cluster_layout
+        rows = shape[axis] if per_channel else 1
+        self.centroids = self.add_weight(
+            name="centroids", shape=(rows, self.clusters), initializer="zeros", trainable=True
+        )
+        self.assignments = self.add_weight(
+            name="assignments",
+            shape=(rows, math.prod(shape) // rows),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+        )
 
     def update_mask(self):
         """Sets the sparsity mask to the kernel's non-zeros (call after loading pruned weights)."""
         if self.mask is not None:
             self.mask.assign(ops.cast(ops.not_equal(self._kernel(), 0.0), self.mask.dtype))
+
+    def update_clusters(self):
+        """Takes the codebook from the layer's kernel: its distinct values become the centroids
+        and each weight's value fixes its assignment (call once the clustered weights are in).
+
+        Raises:
+            ValueError: a codebook of the kernel holds more than ``clusters`` distinct values.
+        """
+        if self.clusters is None:
+            return
+        shape, axis, per_channel = self._cluster_layout
+        kernel = np.asarray(ops.convert_to_numpy(self._kernel()))
+        try:
+            centroids, assignments = exact_codebook(
+                kernel_rows(kernel, axis, per_channel), self.clusters
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"{self.name} cannot keep the clusters of {self.layer.name}'s kernel: {e}. "
+                "Give clusters= at least that many, or None to train the kernel itself."
+            ) from None
+        self.centroids.assign(centroids)
+        self.assignments.assign(assignments)
+
+    def cluster_summary(self) -> str:
+        """``"16 clusters"``, ``"16 clusters per channel"``, or ``"64 clusters (<= 4 per
+        channel)"`` for one codebook that holds several per-channel ones."""
+        if self.clusters is None:
+            return "no clusters"
+        shape, axis, per_channel = self._cluster_layout
+        if per_channel:
+            return f"{self.clusters} clusters per channel"
+        kernel = np.asarray(ops.convert_to_numpy(self.trained_kernel()))
+        per_row = max(np.unique(row).size for row in kernel_rows(kernel, axis, True))
+        if per_row < self.clusters:
+            return f"{self.clusters} clusters (<= {per_row} per channel)"
+        return f"{self.clusters} clusters"
+
+    def trained_kernel(self):
+        """The kernel QAT trains: the layer's own, or ``centroids[assignments]`` (clusters)."""
+        if self.clusters is None:
+            return self._kernel()
+        shape, axis, per_channel = self._cluster_layout
+        return rows_to_kernel(
+            gather_rows(self.centroids, self.assignments), shape, axis, per_channel
+        )
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -423,7 +564,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def _folded(self, x, training):
         """The linear part (activation not applied), with a BatchNorm folded in if there is one."""
-        kernel, bn = self._masked(self._kernel()), self.batchnorm
+        kernel, bn = self._masked(self.trained_kernel()), self.batchnorm
         if bn is None:
             return self._apply(x, self._quantized(kernel))
         gamma = bn.gamma if bn.scale else 1.0
@@ -538,6 +679,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             quantize_input=self.quantize_input,
             preserve_sparsity=self.preserve_sparsity,
             weight_bits=self.weight_bits,
+            clusters=self.clusters,
+            clusters_per_channel=self.clusters_per_channel,
         )
         return config
 

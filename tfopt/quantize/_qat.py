@@ -21,6 +21,8 @@ from tfopt.quantize._layers import (
     ActivationQuantizer,
     FloatBoundary,
     QuantizeWrapper,
+    check_preserve_clusters,
+    cluster_plan,
     einsum_plan,
     qat_kind,
 )
@@ -148,6 +150,7 @@ def qat(
     scheme: str = "int8",
     filters=None,
     preserve_sparsity: bool = True,
+    preserve_clusters: bool | str = "auto",
     bits: dict | None = None,
 ):
     """Returns a quantization-aware-training copy of ``model`` (the model itself is not changed).
@@ -177,6 +180,16 @@ def qat(
             (all supported layers).
         preserve_sparsity: keep exact zeros of kernels (e.g. of a pruned and stripped model) at
             zero during QAT and in the int8 file. Defaults to True.
+        preserve_clusters: keep the clusters of a clustered (and stripped) model's kernels, as
+            tfmot's cluster-preserving QAT does: each weight's cluster is fixed when the wrapper
+            is built, the cluster values (centroids) train, with the gradients of their weights
+            summed, and the fake-quant applies to the gathered kernel, so the int8 file holds at
+            most as many distinct values per kernel (per channel for a per-channel clustering)
+            as the clustered model. ``"auto"``: for each kernel with at most 256 distinct
+            values and fewer than a quarter of its weights (one codebook for the kernel, else
+            one per channel), so a clustered model keeps its clusters and a float one trains as
+            usual. True: every kernel with at most 256 distinct values (per codebook). False:
+            never. The report says which kernels keep their clusters. Defaults to "auto".
         bits: per-layer weight bits, ``{layer regex: 4 or 8}`` (the last matching key wins;
             other layers 8). 4-bit weights are fake-quantized to 15 levels and the TFLite
             converter stores them as INT4 (packed, half the bytes) with int8 activations; LiteRT
@@ -191,7 +204,8 @@ def qat(
     Raises:
         TypeError: ``model`` is not a Keras 3 model, ``filters`` has the wrong type, or a
             subclassed model does not round-trip through ``get_config`` / ``from_config``.
-        ValueError: an unknown ``scheme``, or a Sequential or subclassed model that is not built.
+        ValueError: an unknown ``scheme``, a ``preserve_clusters`` that is not "auto", True or
+            False, or a Sequential or subclassed model that is not built.
 
     Example:
         >>> q = tfopt.quantize.qat(model)
@@ -202,18 +216,20 @@ def qat(
     check_model(model)
     if scheme not in SCHEMES:
         raise ValueError(f"Unrecognized scheme={scheme!r}. Supported schemes are: {list(SCHEMES)}")
+    check_preserve_clusters(preserve_clusters)
     selected = layer_filter(filters)
     _bits_rule(bits)  # checks bits
     report = Report("qat", details={"folded": {}, "ranges": []})
+    preserve = {"sparsity": preserve_sparsity, "clusters": preserve_clusters}
     if is_graph_model(model):
-        new = _QATRewrite(model, selected, preserve_sparsity, report, bits).run()
+        new = _QATRewrite(model, selected, preserve, report, bits).run()
     elif bits is not None:
         raise ValueError(
             "bits= (per-layer weight bits) applies to Sequential and functional models; "
             f"{type(model).__name__} is subclassed."
         )
     else:
-        new = _rewrite_subclassed(model, selected, preserve_sparsity, report)
+        new = _rewrite_subclassed(model, selected, preserve, report)
     return attach_report(new, report, "qat_report")
 
 
@@ -250,9 +266,9 @@ def _is_float(t) -> bool:
 class _QATRewrite(GraphRewrite):
     """Rebuilds a graph model with QAT layers: wrappers (BatchNorm folded), activation ranges."""
 
-    def __init__(self, model, selected, preserve_sparsity, report, bits=None):
+    def __init__(self, model, selected, preserve, report, bits=None):
         super().__init__(model, "qat()")
-        self.selected, self.preserve_sparsity, self.report = selected, preserve_sparsity, report
+        self.selected, self.preserve, self.report = selected, preserve, report
         self.bits, self.weight_bits = bits, _bits_rule(bits)
         self.ranges = _Ranges(report)
         for layer in self.func.layers:
@@ -260,7 +276,11 @@ class _QATRewrite(GraphRewrite):
 
     def nested(self, model):  # a nested model is quantized on its own
         new = qat(
-            model, filters=self.selected, preserve_sparsity=self.preserve_sparsity, bits=self.bits
+            model,
+            filters=self.selected,
+            preserve_sparsity=self.preserve["sparsity"],
+            preserve_clusters=self.preserve["clusters"],
+            bits=self.bits,
         )
         self.report.merge(new.qat_report, model.name)
         return new
@@ -350,13 +370,16 @@ class _QATRewrite(GraphRewrite):
             bn_node = user
         final_t = bn_node.outputs[0] if bn_node is not None else out_t
         bn = copy_layer(bn_node.operation) if bn_node is not None else None
+        k, per_channel = cluster_plan(op, self.preserve["clusters"]) or (None, False)
         wrapper = QuantizeWrapper(
             copy_layer(op),
             batchnorm=bn,
             quantize_output=self.wants_range(final_t)
             or (self.calls[id(op)] > 1 and _is_float(final_t)),
-            preserve_sparsity=self.preserve_sparsity,
+            preserve_sparsity=self.preserve["sparsity"],
             weight_bits=self.weight_bits(op),
+            clusters=k,
+            clusters_per_channel=per_channel,
             name=f"quant_{op.name}",
         )
         outputs = wrapper(*args)
@@ -366,6 +389,7 @@ class _QATRewrite(GraphRewrite):
             self.skip_nodes.add(id(bn_node))
             self.report.details["folded"][bn_node.operation.name] = op.name
         wrapper.update_mask()
+        wrapper.update_clusters()
         self.layers[id(op)] = wrapper
         self.report.change(op, _describe(wrapper))
         self.tensors[id(final_t)] = outputs
@@ -448,23 +472,25 @@ def _describe(wrapper: QuantizeWrapper) -> str:
     if wrapper.mask is not None and float(keras.ops.min(wrapper.mask)) == 0.0:
         zeros = 1.0 - float(keras.ops.mean(wrapper.mask))
         text += f", sparsity {zeros:.1%} preserved"
+    if wrapper.clusters is not None:
+        text += f", {wrapper.cluster_summary()} preserved"
     return text
 
 
 # -- subclassed models --------------------------------------------------------------------------
 
 
-def _rewrite_subclassed(model, selected, preserve_sparsity, report):
+def _rewrite_subclassed(model, selected, preserve, report):
     """Copies a subclassed model and swaps its attribute layers for QAT wrappers."""
     copy = copy_model(model, "qat()")
     shape = (None, *copy.get_build_config()["input_shape"][1:])
     swaps: list[dict] = []
-    _plan_swaps(copy, model, selected, preserve_sparsity, report, swaps, path=[], prefix="")
+    _plan_swaps(copy, model, selected, preserve, report, swaps, path=[], prefix="")
     wrapped = QuantizedSubclassModel(
         copy,
         swaps=swaps,
         model_input_shape=shape,
-        preserve_sparsity=preserve_sparsity,
+        preserve_sparsity=preserve["sparsity"],
         name=f"quant_{copy.name}",
     )
     # no range on the input here: the wrappers track their own input ranges
@@ -472,7 +498,7 @@ def _rewrite_subclassed(model, selected, preserve_sparsity, report):
     return keras.Model(inputs, wrapped(inputs), name=model.name)
 
 
-def _plan_swaps(parent, original, selected, preserve_sparsity, report, swaps, path, prefix):
+def _plan_swaps(parent, original, selected, preserve, report, swaps, path, prefix):
     """Swaps each quantizable sublayer of ``parent`` (recursively) for a QuantizeWrapper and
     records its attribute path; reports the layers (by their names in ``original``, the user's
     model) quantized and left float."""
@@ -507,26 +533,30 @@ def _plan_swaps(parent, original, selected, preserve_sparsity, report, swaps, pa
         custom = not type(layer).__module__.startswith("keras.")
         if custom and container and next(container, None) is not None and not graph:
             # a user's layer or subclassed model made of layers: quantize what is inside
-            _plan_swaps(layer, source, selected, preserve_sparsity, report, swaps, step, f"{name}/")
+            _plan_swaps(layer, source, selected, preserve, report, swaps, step, f"{name}/")
             continue
         reason = _float_reason(layer) or _unquantizable_built(layer)
         if kind is not None and reason is None and not selected(source):
             reason = "excluded by filters"
         if kind is not None and reason is None:
             quantize_input = not spec_of(layer).integer_inputs  # see QuantizedSubclassModel
+            clusters = cluster_plan(layer, preserve["clusters"])
             wrapper = swap_in_wrapper(
                 parent,
                 [[attr, index]],
                 name=f"quant_{source.name}",
-                preserve_sparsity=preserve_sparsity,
+                preserve_sparsity=preserve["sparsity"],
                 quantize_input=quantize_input,
+                clusters=clusters,
             )
+            wrapper.update_clusters()
             swaps.append(
                 {
                     "path": step,
                     "name": wrapper.name,
                     "kind": "wrapper",
                     "quantize_input": quantize_input,
+                    "clusters": None if clusters is None else list(clusters),
                 }
             )
             report.change(layer, _describe(wrapper), name=name)

@@ -10,6 +10,7 @@ Example config:
         epochs: 3
         learning_rate: 0.0001
         preserve_sparsity: true   # keep a pruned model's zeros
+        preserve_clusters: auto   # keep a clustered model's clusters (true | false | auto)
         bits: {"fc1|conv.*": 4}   # per-layer weight bits (INT4 in the file); others 8
         # or bits: sensitivity    # 4 bits where post-training int4 costs <= bits_max_drop (val)
 """
@@ -55,6 +56,7 @@ def run(cfg: QatStepConfig, model, ctx):
         scheme=cfg.scheme,
         filters=cfg.filters,
         preserve_sparsity=cfg.preserve_sparsity,
+        preserve_clusters=cfg.preserve_clusters,
         bits=bits,
     )
     report = q.qat_report

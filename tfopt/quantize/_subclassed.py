@@ -10,8 +10,9 @@ from tfopt.quantize._layers import QuantizeWrapper
 keras = import_keras()
 
 
-def swap_in_wrapper(root, path, *, name, preserve_sparsity, quantize_input):
-    """Wraps the built layer at ``path`` in a `QuantizeWrapper` and puts it in its place."""
+def swap_in_wrapper(root, path, *, name, preserve_sparsity, quantize_input, clusters=None):
+    """Wraps the built layer at ``path`` in a `QuantizeWrapper` and puts it in its place
+    (``clusters``: ``(k, per_channel)`` of a kernel whose clusters are kept, or None)."""
     parent, attr, index = resolve_path(root, path)
     layer = slot(parent, attr, index)
     if isinstance(layer, QuantizeWrapper):
@@ -20,8 +21,14 @@ def swap_in_wrapper(root, path, *, name, preserve_sparsity, quantize_input):
     shape = next(iter(shapes.values()), None)
     if shape is None:
         raise ValueError(f"layer {layer.name!r} at {path_text(path)} is not built")
+    k, per_channel = clusters or (None, False)
     wrapper = QuantizeWrapper(
-        layer, preserve_sparsity=preserve_sparsity, quantize_input=quantize_input, name=name
+        layer,
+        preserve_sparsity=preserve_sparsity,
+        quantize_input=quantize_input,
+        clusters=k,
+        clusters_per_channel=per_channel,
+        name=name,
     )
     wrapper.build(tuple(shape))
     set_slot(parent, attr, index, wrapper)
@@ -65,7 +72,8 @@ class QuantizedSubclassModel(RewrittenSubclassModel):
     Args:
         layer: the (copied) subclassed model.
         swaps: ``[{"path": [[attr, index or None], ...], "name": the new layer's name,
-            "kind": "wrapper" or "attention", "quantize_input": bool}, ...]``: a
+            "kind": "wrapper" or "attention", "quantize_input": bool, "clusters": [k,
+            per_channel] or None}, ...]``: a
             `QuantizeWrapper` around the layer at ``path``, or a `QuantizedMultiHeadAttention`
             in place of the ``MultiHeadAttention`` there.
         model_input_shape: the model's input shape, batch dimension first.
@@ -83,6 +91,7 @@ class QuantizedSubclassModel(RewrittenSubclassModel):
             "name": str(swap["name"]),
             "kind": str(swap.get("kind", "wrapper")),
             "quantize_input": bool(swap.get("quantize_input", False)),
+            "clusters": None if swap.get("clusters") is None else list(swap["clusters"]),
         }
 
     def needs_call(self, model) -> bool:
@@ -101,6 +110,7 @@ class QuantizedSubclassModel(RewrittenSubclassModel):
             name=swap["name"],
             preserve_sparsity=self.preserve_sparsity,
             quantize_input=swap["quantize_input"],
+            clusters=swap.get("clusters"),
         )
 
     def wrappers(self) -> dict:
