@@ -266,12 +266,15 @@ def test_auto_cli_refuses_to_resume_another_model_data_or_settings(
         line = _one_line(err)
         assert rc == 1 and differs in line and "--overwrite" in line, line
     # the default directory depends on the model: another model is another run (both are
-    # claimed before the data loads, which fails here: no baseline is needed to tell them apart)
+    # claimed before the data loads, which fails here: no baseline is needed to tell them apart;
+    # each refused run's directory, empty, is removed again)
+    named = set()
     for model in ("mnist1d_cnn", "mnist1d_resnet"):
         rc, out, err = _cli(capsys, *base[:-4], "--data", "missing.npz", "--model", model)
-        assert rc == 1 and "[auto] run directory: runs/auto_default-" in out
-    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    assert len(runs) == 2 and all(r.startswith("auto_default-") for r in runs)
+        line = next(ln for ln in out.splitlines() if ln.startswith("[auto] run directory: "))
+        named.add(line.split(": ", 1)[1].split()[0])
+        assert rc == 1 and line.startswith("[auto] run directory: runs/auto_default-")
+    assert len(named) == 2 and not any((tmp_path / n).exists() for n in named)
 
 
 @pytest.fixture(scope="module")
