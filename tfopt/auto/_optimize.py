@@ -318,7 +318,7 @@ def run_search(
     screen: bool = True,
     role: str | None = None,
     test=None,
-    target: str = "tflite-int8",
+    target: str | None = None,
     objective: str = "size",
     time_budget: float | None = None,
     max_trials: int | None = None,
