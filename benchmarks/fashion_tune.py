@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training_agent import RESULTS, _load, _replay_delta, replay, search
+from training_agent import RESULTS, _load, _replay_delta, replay, save_results, search
 
 NAME = "fashion_tune"
 SPACE = (
@@ -108,11 +108,7 @@ def main() -> None:
     if args.replay or args.replay_only:
         r["replay"] = replay(out, r["search"]["config"])
     r["load_after"] = _load()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(r, indent=2))
-    text = markdown(r)
-    (RESULTS / f"{NAME}.md").write_text(text)
-    print(text)
+    save_results(NAME, r, markdown(r))
 
 
 if __name__ == "__main__":

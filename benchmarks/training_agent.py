@@ -164,6 +164,14 @@ def _replay_delta(p: dict, s: dict) -> str:
     return f"{PairedDelta(**p['paired_delta']).as_points()}, paired 95% interval"
 
 
+def save_results(name: str, r: dict, text: str) -> None:
+    """Writes benchmarks/results/NAME.json (``r``) and NAME.md (``text``) and prints the table."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(r, indent=2))
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+
+
 def markdown(r: dict) -> str:
     s, p, t1, t2 = r["search"], r["replay"], r["throughput"][0], r["throughput"][1]
     speedup = t2["trials_per_hour"] / t1["trials_per_hour"]
@@ -220,11 +228,7 @@ def main() -> None:
     print(f"throughput: {r['throughput']}", flush=True)
     if not args.throughput_only:
         r["load_after"] = _load()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(r, indent=2))
-    text = markdown(r)
-    (RESULTS / f"{NAME}.md").write_text(text)
-    print(text)
+    save_results(NAME, r, markdown(r))
 
 
 if __name__ == "__main__":
