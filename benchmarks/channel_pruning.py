@@ -1,8 +1,16 @@
-"""Channel pruning vs magnitude pruning on MNIST-1D: accuracy, params, MACs, TFLite size and latency.
+"""Channel pruning vs magnitude pruning: accuracy, params, MACs, TFLite size and latency.
 
-A residual Conv1D network with BatchNorm (`tfopt.models.get("mnist1d_resnet")`) is trained on
-MNIST-1D (generated offline). Then, from the same trained baseline and with the same fine-tuning
-budget:
+Two tasks (``--task``):
+
+* ``mnist1d`` (the default): a residual Conv1D network with BatchNorm
+  (`tfopt.models.get("mnist1d_resnet")`) trained on MNIST-1D (generated offline) for ``--epochs``;
+* ``fashion``: the mobile-class `fashion_mobilenet` (MobileNetV2-style: expand / depthwise /
+  project blocks with residual Adds) on Fashion-MNIST (real data: `apt-get install
+  dataset-fashion-mnist`), trained by the `fashion` config's trainer for ``--epochs`` and cached
+  by benchmarks/_fashion.py (`python benchmarks/_fashion.py fashion_mobilenet 0 train.epochs=N`
+  trains it ahead).
+
+Then, from the same trained baseline and with the same fine-tuning budget:
 
 * channel pruning: `tfopt.prune.prune_channels_iterative(macs_reduction=0.5, allocation="global",
   round_to=16)`, i.e. 50% of the MACs removed in ``--steps`` rounds with fine-tuning after each,
@@ -12,13 +20,14 @@ budget:
   count, fine-tuned for the same number of epochs, then `tfopt.prune.strip`.
 
 Each model is exported to float32 and int8 (post-training, 200 calibration samples) TFLite files,
-evaluated on the 1000 test samples through the TFLite interpreter, and timed at batch 1 with one
+evaluated on every test sample through the TFLite interpreter, and timed at batch 1 with one
 thread; the timings of all artifacts are interleaved (round-robin) so that load on the shared
 machine hits them alike.
 
-Usage: python benchmarks/channel_pruning.py [--epochs 20] [--finetune-epochs 8] [--steps 2]
-       [--macs-reduction 0.5 0.7] [--allocation global] [--round-to 16]
-Writes benchmarks/results/channel_pruning.{json,md} and prints the table.
+Usage: python benchmarks/channel_pruning.py [--task mnist1d] [--epochs 20] [--finetune-epochs 8]
+       [--steps 2] [--macs-reduction 0.5 0.7] [--allocation global] [--round-to 16]
+Writes benchmarks/results/channel_pruning.{json,md} (``--task fashion``:
+channel_pruning_fashion.{json,md}) and prints the table.
 """
 
 import argparse
@@ -35,6 +44,7 @@ import numpy as np
 
 import tfopt
 from tfopt._stats import PairedDelta, correct, paired_delta
+from tfopt._training import fit_arrays
 from tfopt.bench import TFLiteRunner, file_sizes
 
 keras = tfopt.prune._channels.keras
@@ -42,6 +52,7 @@ keras = tfopt.prune._channels.keras
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="mnist1d", choices=["mnist1d", "fashion"])
     p.add_argument("--epochs", type=int, default=20, help="baseline training epochs")
     p.add_argument("--finetune-epochs", type=int, default=8, help="fine-tuning epochs (total)")
     p.add_argument("--steps", type=int, default=2, help="channel-pruning rounds")
@@ -105,7 +116,8 @@ def magnitude_prune(baseline, target_nonzero, data, args):
     steps_per_epoch = int(np.ceil(len(data.x_train) / args.batch_size))
     pruned = prune(baseline, ConstantSparsity(sparsity, begin_step=0, frequency=steps_per_epoch))
     compile_model(pruned, args.finetune_lr)
-    pruned.fit(
+    fit_arrays(  # whole batches, as prune_channels_iterative's fine-tuning (oneDNN, see there)
+        pruned,
         *data.train,
         batch_size=args.batch_size,
         epochs=args.finetune_epochs,
@@ -152,28 +164,41 @@ def interleaved_latency(runners: dict, sample, rounds: int, runs: int) -> dict:
     return {k: {"p50": float(np.median(v)), "mean": float(np.mean(v))} for k, v in times.items()}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    started = time.time()
+def load_baseline(args):
+    """(trained baseline, data, training seconds) of ``args.task``."""
+    if args.task == "fashion":  # trained by the `fashion` config's trainer, cached
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _fashion import baseline
+
+        model, data, record = baseline(
+            "fashion_mobilenet", args.seed, overrides=(f"train.epochs={args.epochs}",), verbose=2
+        )
+        return model, data, record["seconds"]
     keras.utils.set_random_seed(args.seed)
     data = tfopt.data.load("mnist1d")
-
-    baseline = tfopt.models.get(
+    model = tfopt.models.get(
         "mnist1d_resnet",
         input_shape=data.input_shape,
         num_classes=data.num_classes,
         width=args.width,
     )
-    compile_model(baseline, args.lr)
+    compile_model(model, args.lr)
     t = time.time()
-    baseline.fit(
+    model.fit(
         *data.train,
         batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=data.val,
         verbose=0,
     )
-    t_base = time.time() - t
+    return model, data, time.time() - t
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    baseline, data, t_base = load_baseline(args)
+    keras.utils.set_random_seed(args.seed)
     print(
         f"baseline: {args.epochs} epochs in {t_base:.0f}s, test acc {accuracy(baseline, data.test):.4f}",
         flush=True,
@@ -282,9 +307,16 @@ def main(argv=None) -> int:
         f"{t:.2f}": f"{1 - channel[t][1][-1].macs_after / channel[t][1][0].macs_before:.2%}"
         for t in channel
     }
+    what = (
+        f"Fashion-MNIST (`fashion_mobilenet`, {len(data.x_train):,} training images, "
+        f"{len(data.x_test):,} test images), baseline trained {args.epochs} epochs by the "
+        "`fashion` config's trainer (benchmarks/_fashion.py)"
+        if args.task == "fashion"
+        else f"MNIST-1D (`mnist1d_resnet`, width {args.width}, test set of {len(data.x_test)}), "
+        f"baseline trained {args.epochs} epochs"
+    )
     header = (
-        f"Channel pruning on MNIST-1D (`mnist1d_resnet`, width {args.width}, test set of {len(data.x_test)}), "
-        f"baseline trained {args.epochs} epochs. Channel pruning: "
+        f"Channel pruning on {what}. Channel pruning: "
         f"`prune_channels_iterative(macs_reduction=...)` in {args.steps} rounds x {per_step} "
         f"fine-tuning epochs (allocation {args.allocation!r}, round_to={args.round_to or None}, "
         f"importance {args.importance!r}; fraction of channels removed per round {ratios}; "
@@ -305,8 +337,10 @@ def main(argv=None) -> int:
     )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "channel_pruning.md").write_text(header + table + verdict + "\n")
-    (out / "channel_pruning.json").write_text(
+    stem = "channel_pruning" if args.task == "mnist1d" else f"channel_pruning_{args.task}"
+    command = "python benchmarks/channel_pruning.py" + "".join(f" {a}" for a in sys.argv[1:])
+    (out / f"{stem}.md").write_text(header + table + verdict + f"\n\n`{command}`\n")
+    (out / f"{stem}.json").write_text(
         json.dumps(
             {
                 "args": vars(args),

@@ -1,9 +1,9 @@
-"""Fashion-MNIST: tfopt vs tfmot on the same trained fashion_cnn, laid out like tfmot's tables.
+"""Fashion-MNIST: tfopt vs tfmot on the same trained Fashion model, laid out like tfmot's tables.
 
 Usage: python benchmarks/fashion_vs_tfmot.py [--rows prune-75,qat-int8,...,timing] [--seeds 3]
-           [--ft-epochs 1] [--baseline-epochs N] [--quick] [--render]
+           [--ft-epochs 1] [--model fashion_cnn] [--baseline-epochs N] [--quick] [--render]
 
-One float `fashion_cnn` (benchmarks/_fashion.py: the `fashion` config's model and trainer, trained
+One float `fashion_cnn` (or `--model fashion_mobilenet`, the mobile-class net; benchmarks/_fashion.py: the `fashion` config's model and trainer, trained
 once and cached; `--baseline-epochs` shortens its epochs) is the start of every row on both
 sides. A control row fine-tunes the float model itself with the same recipe. tfmot 0.8.1 runs
 in its own tf_keras process (benchmarks/_tfmot_fashion.py) that receives the same weights and
@@ -510,7 +510,7 @@ def header(result, s) -> str:
     )
     return (
         f"Fashion-MNIST ({result['n_train']:,} train / {n_fmt(result['n_test'])} test images, "
-        f"28x28), `fashion_cnn` ({b['params']:,} parameters), one float model trained "
+        f"28x28), `{b.get('model', 'fashion_cnn')}` ({b['params']:,} parameters), one float model trained "
         f"{b['epochs']} epochs by benchmarks/_fashion.py (the `fashion` config's trainer"
         f"{'; shortened' if s.get('baseline_epochs') else ''}). Both sides start "
         f"from its weights. Fine-tune: {s['ft_epochs']:g} epoch of {s['ft_images']:,} training "
@@ -611,7 +611,7 @@ def load_baseline(args):
             y_test=full.y_test[:1000],
         )
         keras.utils.set_random_seed(0)
-        model = tfopt.models.get("fashion_cnn")
+        model = tfopt.models.get(args.model)
         compile_model(model, 3e-3)
         model.fit(data.x_train, data.y_train, batch_size=128, epochs=1, verbose=0)
         return model, data, {"epochs": 1}
@@ -619,7 +619,7 @@ def load_baseline(args):
     from _fashion import baseline
 
     overrides = (f"train.epochs={args.baseline_epochs}",) if args.baseline_epochs else ()
-    return baseline("fashion_cnn", seed=0, overrides=overrides, verbose=2)
+    return baseline(args.model, seed=0, overrides=overrides, verbose=2)
 
 
 def work_items(args) -> list[tuple[str, int]]:
@@ -664,6 +664,9 @@ def parse_args():
     parser.add_argument(
         "--baseline-epochs", type=int, default=None, help="default: the fashion config's epochs"
     )
+    parser.add_argument(
+        "--model", default="fashion_cnn", help="the zoo model: fashion_cnn or fashion_mobilenet"
+    )
     parser.add_argument("--timing-steps", type=int, default=10)
     parser.add_argument("--timing-rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2,000 images, a smoke test")
@@ -699,6 +702,7 @@ def main() -> int:
     }
     fresh = {
         "baseline": {
+            "model": base.name,
             "digest": weights_digest(base),
             "epochs": record["epochs"],
             "params": base.count_params(),
