@@ -505,8 +505,13 @@ def header(result, s) -> str:
     runs = "; ".join(
         f"{len(r['rows'])} measurements ({r['rows'][0]} ... {r['rows'][-1]}) in "
         f"{r['seconds']:.0f} s at load average {r['load']:.1f}"
+        + (f" (`python benchmarks/fashion_vs_tfmot.py{r['command']}`)" if "command" in r else "")
         for r in result["runs"]
         if r["rows"]
+    )
+    last = result["runs"][-1] if result["runs"] else {}
+    command = (  # the runs that predate per-run commands: the last command of the file
+        "" if "command" in last else f" `python benchmarks/fashion_vs_tfmot.py{s['command_args']}`"
     )
     return (
         f"Fashion-MNIST ({result['n_train']:,} train / {n_fmt(result['n_test'])} test images, "
@@ -524,8 +529,7 @@ def header(result, s) -> str:
         f"of the fastest of {s['timing_rounds']} interleaved {s['timing_steps']}-step epochs; "
         "the pruning targets (and the cluster counts) share one measurement. "
         f"tfmot {result['versions']['tfmot']}, tf_keras {result['versions']['tf_keras']}. "
-        f"Runs: {runs}, {os.cpu_count()} shared cores. "
-        f"`python benchmarks/fashion_vs_tfmot.py{s['command_args']}`\n\n"
+        f"Runs: {runs}, {os.cpu_count()} shared cores.{command}\n\n"
     )
 
 
@@ -719,7 +723,7 @@ def main() -> int:
     if not same:
         result = fresh
     result["settings"] = {**result.get("settings", {}), **settings}
-    run = {"rows": [], "seconds": 0.0, "load": 0.0}
+    run = {"rows": [], "seconds": 0.0, "load": 0.0, "command": settings["command_args"]}
     result["runs"].append(run)
 
     def save(label):
