@@ -16,7 +16,7 @@ def add_parser(sub):
         "config",
         nargs="?",
         help="YAML config file, or the name of a shipped config (default, prune_qat, "
-        "compress_all); a .keras/.h5 file here is the --model of the default config "
+        "compress_all, fashion); a .keras/.h5 file here is the --model of the default config "
         "(default: the embedded default.yaml)",
     )
     p.add_argument(
