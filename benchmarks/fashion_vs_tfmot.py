@@ -3,9 +3,9 @@
 Usage: python benchmarks/fashion_vs_tfmot.py [--rows prune-75,qat-int8,...,timing] [--seeds 3]
            [--ft-epochs 1] [--model fashion_cnn] [--baseline-epochs N] [--quick] [--render]
 
-One float `fashion_cnn` (or `--model fashion_mobilenet`, the mobile-class net; benchmarks/_fashion.py: the `fashion` config's model and trainer, trained
-once and cached; `--baseline-epochs` shortens its epochs) is the start of every row on both
-sides. A control row fine-tunes the float model itself with the same recipe. tfmot 0.8.1 runs
+One float `fashion_cnn` (or `--model fashion_mobilenet`, the mobile-class net;
+benchmarks/_fashion.py: the `fashion` config's model and trainer, trained once and cached;
+`--baseline-epochs` shortens its epochs) is the start of every row on both sides. A control row fine-tunes the float model itself with the same recipe. tfmot 0.8.1 runs
 in its own tf_keras process (benchmarks/_tfmot_fashion.py) that receives the same weights and
 training images as .npz and answers each row with a .tflite file.
 Rows, as tfmot's published tables have them:
@@ -54,6 +54,7 @@ import tfopt
 from tfopt._backend import import_keras
 from tfopt._stats import accuracy_interval, paired_delta
 from tfopt.bench import file_sizes
+from tfopt.bench._ops import tflite_kernels
 from tfopt.bench._runners import TFLiteRunner
 from tfopt.config._steps import PruneStepConfig
 from tfopt.prune import _step as prune_step
@@ -339,20 +340,8 @@ def measure(path: Path, data) -> dict:
 def kernel_values(path: Path) -> int:
     """The most distinct int8 values in one output channel of any conv / FC kernel of a .tflite
     file (cluster-preserving QAT of 16 clusters: <= 16)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    most = 0
-    for op in it._get_ops_details():
-        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-            continue
-        w = it.get_tensor(op["inputs"][1])
-        # CONV_2D / FULLY_CONNECTED store output channels first, DEPTHWISE_CONV_2D last
-        rows = w.reshape(-1, w.shape[-1]).T if op["op_name"] == "DEPTHWISE_CONV_2D" else w
-        rows = rows.reshape(rows.shape[0], -1)
-        most = max([most] + [len(np.unique(r)) for r in rows])
-    return most
+    rows = [row for _, kernel in tflite_kernels(path) for row in kernel]
+    return max((len(np.unique(row)) for row in rows), default=0)
 
 
 def correct_of(result: dict, n: int) -> np.ndarray:
@@ -515,7 +504,7 @@ def header(result, s) -> str:
     )
     return (
         f"Fashion-MNIST ({result['n_train']:,} train / {n_fmt(result['n_test'])} test images, "
-        f"28x28), `{b.get('model', 'fashion_cnn')}` ({b['params']:,} parameters), one float model trained "
+        f"28x28), `{b['model']}` ({b['params']:,} parameters), one float model trained "
         f"{b['epochs']} epochs by benchmarks/_fashion.py (the `fashion` config's trainer"
         f"{'; shortened' if s.get('baseline_epochs') else ''}). Both sides start "
         f"from its weights. Fine-tune: {s['ft_epochs']:g} epoch of {s['ft_images']:,} training "

@@ -4,9 +4,10 @@ channel)."""
 
 import numpy as np
 import pytest
-from _tflite import assert_fully_int8, tflite_ops
+from _tflite import assert_fully_int8
 
 import tfopt
+from tfopt.bench._ops import tflite_kernels
 from tfopt.quantize import QuantizeWrapper, qat
 
 keras = pytest.importorskip("keras")
@@ -43,15 +44,7 @@ def _fit(q, x, y, lr=0.05):
 
 def _int8_kernels(path) -> dict:
     """{op name: int8 kernel as TFLite stores it, one row per quantization channel}."""
-    it, ops = tflite_ops(path)
-    kernels = {}
-    for name, _, _, idx in ops:
-        if name in ("CONV_2D", "FULLY_CONNECTED"):  # output channels first
-            kernels[name] = it.get_tensor(idx[1])
-        elif name == "DEPTHWISE_CONV_2D":  # (1, kh, kw, channels): its channels are last
-            w = it.get_tensor(idx[1])
-            kernels[name] = w.reshape(-1, w.shape[-1]).T
-    return kernels
+    return dict(tflite_kernels(path))
 
 
 def _distinct(w, per_channel: bool) -> int:

@@ -71,6 +71,26 @@ def tflite_counts(path_or_bytes) -> dict:
     }
 
 
+def tflite_kernels(path) -> list[tuple[str, np.ndarray]]:
+    """``[(op name, kernel), ...]`` of the CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED ops of a
+    .tflite file, each kernel as stored (int8 in a quantized file) with one row per output channel
+    (TFLite's per-channel quantization axis): CONV_2D and FULLY_CONNECTED store output channels
+    first, DEPTHWISE_CONV_2D (1, kh, kw, channels) last."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    kernels = []
+    for op in it._get_ops_details():
+        name = op["op_name"]
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        w = it.get_tensor(op["inputs"][1])
+        rows = w.reshape(-1, w.shape[-1]).T if name == "DEPTHWISE_CONV_2D" else w
+        kernels.append((name, rows.reshape(rows.shape[0], -1)))
+    return kernels
+
+
 def onnx_counts(path) -> dict:
     """Counts from the ONNX graph (batch 1, shapes inferred): Conv, Gemm, MatMul with a weight
     initializer. ``params`` sums all float initializers."""

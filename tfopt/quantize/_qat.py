@@ -186,8 +186,9 @@ def qat(
             summed, and the fake-quant applies to the gathered kernel, so the int8 file holds at
             most as many distinct values per kernel (per channel for a per-channel clustering)
             as the clustered model. ``"auto"``: for each kernel with at most 256 distinct
-            values and fewer than a quarter of its weights (one codebook for the kernel, else
-            one per channel), so a clustered model keeps its clusters and a float one trains as
+            values (one codebook for the kernel, else one per channel) whose non-zero values are
+            each held by 2 or more weights on average (a trained float kernel holds each value
+            once), so a clustered model keeps its clusters and a float one trains as
             usual. True: every kernel with at most 256 distinct values (per codebook). False:
             never. The report says which kernels keep their clusters. Defaults to "auto".
         bits: per-layer weight bits, ``{layer regex: 4 or 8}`` (the last matching key wins;
